@@ -1,0 +1,1 @@
+"""GANs and GAN-latent image compression in JAX/Flax."""

@@ -1,0 +1,1 @@
+"""Image GPT (Chen et al., 2020) in JAX/Flax."""

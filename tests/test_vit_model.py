@@ -1,0 +1,161 @@
+"""The ViT family: official parameter tree, zoo sizes, and logits against a numpy forward pass."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from tests import numpy_vit
+from vision_core import npz
+from vision_core.errors import UserInputError
+from vit_jax import checkpoint, models_vit
+from vit_jax.configs import models
+
+
+def tiny_config(classifier='token', representation_size=None, resnet_layers=None, patch=4):
+  config = models.vit_config('tiny', 'Ti', patch, classifier=classifier,
+                             representation_size=representation_size,
+                             resnet_layers=resnet_layers)
+  config.hidden_size = 32
+  config.transformer.mlp_dim = 48
+  config.transformer.num_heads = 4
+  config.transformer.num_layers = 2
+  return config
+
+
+def random_params(model, image_size, seed=0):
+  """Init params with every leaf replaced by noise, so zero-initialised parts matter too."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             jnp.zeros((1, image_size, image_size, 3))))
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: rng.normal(0, 0.5, s.shape).astype(np.float32),
+                      shapes['params'])
+
+
+def to_pre_linen(flat):
+  """Renames Linen block modules to the numbering of the released (pre-Linen) files."""
+  mapping = {'LayerNorm_1': 'LayerNorm_2', 'MultiHeadDotProductAttention_0':
+             'MultiHeadDotProductAttention_1', 'MlpBlock_0': 'MlpBlock_3'}
+  out = {}
+  for key, value in flat.items():
+    parts = key.split('/')
+    if len(parts) > 2 and parts[1].startswith('encoderblock_'):
+      parts[2] = mapping.get(parts[2], parts[2])
+    out['/'.join(parts)] = value
+  return out
+
+
+@pytest.mark.parametrize('classifier,rep,resnet', [
+    ('token', None, None), ('gap', None, None), ('token', 24, None), ('token', None, (1, 1))])
+def test_logits_match_numpy_forward_from_official_layout(tmp_path, classifier, rep, resnet):
+  config = tiny_config(classifier, rep, resnet, patch=1 if resnet else 4)
+  model = models_vit.VisionTransformer(num_classes=7, **config)
+  size = 32 if resnet else 16
+  params = random_params(model, size)
+  flat = to_pre_linen(npz.flatten(params))
+  if resnet:  # Old hybrid files store GroupNorm scale/bias as [1, 1, 1, C].
+    flat = {k: v.reshape(1, 1, 1, -1) if '/gn' in f'/{k}' and v.ndim == 1 else v
+            for k, v in flat.items()}
+  assert any('MultiHeadDotProductAttention_1' in k for k in flat)
+  path = tmp_path / 'official.npz'
+  np.savez(path, **flat)
+
+  loaded = checkpoint.load_params(path, params)
+  images = np.random.default_rng(1).uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
+  logits = model.apply({'params': loaded}, images, train=False)
+  expected = numpy_vit.forward(loaded, images, num_heads=4, classifier=classifier,
+                               patch=config.patches.size[0], resnet_layers=resnet)
+  assert logits.shape == (2, 7)
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_parameter_tree_has_official_names():
+  config = models.get_model_config('R26+ViT-S_32')
+  config.representation_size = 384
+  model = models_vit.VisionTransformer(num_classes=10, **config)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
+  keys = set(npz.flatten(shapes['params']))
+  for key in ['cls', 'embedding/kernel', 'Transformer/posembed_input/pos_embedding',
+              'Transformer/encoderblock_0/LayerNorm_0/scale',
+              'Transformer/encoderblock_11/MultiHeadDotProductAttention_0/query/kernel',
+              'Transformer/encoderblock_0/MultiHeadDotProductAttention_0/out/kernel',
+              'Transformer/encoderblock_0/LayerNorm_1/bias',
+              'Transformer/encoderblock_0/MlpBlock_0/Dense_1/kernel',
+              'Transformer/encoder_norm/scale', 'pre_logits/kernel', 'head/kernel',
+              'conv_root/kernel', 'gn_root/scale', 'block1/unit1/conv_proj/kernel',
+              'block4/unit2/gn3/bias']:
+    assert key in keys, key
+  assert shapes['params']['Transformer']['encoderblock_0']['MultiHeadDotProductAttention_0'][
+      'query']['kernel'].shape == (384, 6, 64)
+
+
+def test_head_is_zero_initialised_and_logits_zero():
+  model = models_vit.VisionTransformer(num_classes=5, **models.get_model_config('testing'))
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  assert not np.any(variables['params']['head']['kernel'])
+  logits = model.apply(variables, np.ones((3, 32, 32, 3), np.float32))
+  np.testing.assert_array_equal(logits, np.zeros((3, 5)))
+
+
+def _analytic_count(c, image=224, classes=1000):
+  """Parameter count from the architecture's formulas, independently of Flax."""
+  d, m, layers = c.hidden_size, c.transformer.mlp_dim, c.transformer.num_layers
+  count, channels, stride = 0, 3, 1
+  if c.get('resnet') is not None:
+    w = 64
+    count += 7 * 7 * 3 * w + 2 * w  # conv_root, gn_root
+    channels, stride = w, 4
+    for s, units in enumerate(c.resnet.num_layers):
+      f = w * 2**s
+      for u in range(units):
+        if u == 0:
+          count += channels * 4 * f + 2 * 4 * f  # conv_proj, gn_proj
+        count += channels * f + 2 * f + 9 * f * f + 2 * f + f * 4 * f + 2 * 4 * f
+        channels = 4 * f
+      stride *= 2 if s > 0 else 1
+  p = c.patches.size[0]
+  tokens = (image // stride // p) ** 2 + (c.classifier == 'token')
+  count += p * p * channels * d + d + (c.classifier == 'token') * d + tokens * d
+  count += layers * (4 * d + 4 * (d * d + d) + d * m + m + m * d + d) + 2 * d
+  if c.representation_size:
+    count += d * c.representation_size + c.representation_size
+    d = c.representation_size
+  return count + d * classes + classes
+
+
+# Published sizes (millions, 224 px, 1000 classes): timm's model cards / results tables for
+# vit_{tiny,small,base,large,huge}_patch*_224 and the augreg hybrids; ViT paper Table 1 for
+# the B/L/H families. B/16's exact count is given in the project's issue (86,567,656).
+PUBLISHED_MILLIONS = {
+    'ViT-Ti_16': 5.72, 'ViT-S_16': 22.05, 'ViT-S_32': 22.88, 'ViT-B_16': 86.57,
+    'ViT-B_32': 88.22, 'ViT-B_8': 86.58, 'ViT-L_16': 304.33, 'ViT-L_32': 306.54,
+    'ViT-H_14': 632.05, 'R+ViT-Ti_16': 6.34, 'R26+ViT-S_32': 36.43, 'R26+ViT-B_32': 101.38,
+    'R50+ViT-L_32': 328.99, 'R50+ViT-B_16': 98.66,
+}
+
+
+@pytest.mark.parametrize('name', sorted(models.MODEL_CONFIGS))
+def test_zoo_parameter_counts(name):
+  config = models.get_model_config(name)
+  model = models_vit.VisionTransformer(num_classes=1000, **config)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))
+  count = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
+  assert count == _analytic_count(config)
+  if name == 'ViT-B_16':
+    assert count == 86_567_656
+  if name in PUBLISHED_MILLIONS:
+    assert round(count / 1e6, 2) == PUBLISHED_MILLIONS[name]
+
+
+def test_unknown_model_name_lists_valid_names():
+  with pytest.raises(UserInputError, match=r"unknown model name 'ViT-X_16'.*ViT-B_16"):
+    models.get_model_config('ViT-X_16')
+  assert models.get_model_config('R26_S_32').model_name == 'R26+ViT-S_32'
+
+
+@pytest.mark.parametrize('shape,match', [((32, 32, 3), '4-D batch'), ((1, 32, 32, 4), 'channels')])
+def test_wrong_image_shape_is_a_clear_error(shape, match):
+  model = models_vit.VisionTransformer(num_classes=5, **models.get_model_config('testing'))
+  with pytest.raises(UserInputError, match=match):
+    model.init(jax.random.PRNGKey(0), jnp.zeros(shape))

@@ -1,0 +1,13 @@
+"""Machinery shared by the three model families (`vit_jax`, `igpt_jax`, `gan_jax`).
+
+One home for what every family needs, so that none copies another:
+
+- `vision_core.errors`: `UserInputError`, the exception for bad input a user can fix, and
+  `cli_errors`, which turns it into a one-line message instead of a traceback.
+- `vision_core.mesh`: the `('data', 'model')` device mesh, named shardings, batch placement,
+  multi-host start-up.
+- `vision_core.npz`: flat `'/'`-joined `.npz` parameter files (the official ViT layout), read
+  without pickle and written atomically, plus tree comparison with readable mismatch reports.
+- `vision_core.images`: image files and arrays in, validated `[B, H, W, C]` arrays out.
+- `vision_core.io`: atomic file writes that never overwrite silently.
+"""

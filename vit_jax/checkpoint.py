@@ -1,0 +1,156 @@
+"""Official ViT `.npz` checkpoints: load, save, and adapt for fine-tuning.
+
+The released files (gs://vit_models/imagenet21k, imagenet21k+imagenet2012, augreg, sam) hold
+one array per parameter under flat `'/'`-joined keys, some with pre-Linen module names
+(`MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`) and, in old hybrids,
+GroupNorm scales of shape `[1, 1, 1, C]`. `load` turns any of them into the tree that
+`models_vit.VisionTransformer` uses; `save` writes that tree back in the same layout.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from vision_core import npz
+from vision_core.errors import UserInputError
+
+_NUMBERED = re.compile(r'^(.*)_(\d+)$')
+
+
+def convert_pre_linen(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """Renumbers pre-Linen module names per type, at every level of the tree.
+
+  Pre-Linen numbered sibling modules in one sequence across types (`LayerNorm_0`,
+  `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`); Linen numbers each type on
+  its own (`LayerNorm_0`, `MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0`).
+  Names already in Linen form come out unchanged; names without a number are kept.
+  """
+  if not isinstance(tree, Mapping):
+    return tree
+  by_prefix = collections.defaultdict(list)
+  for key in tree:
+    match = _NUMBERED.match(key)
+    if match and isinstance(tree[key], Mapping):
+      by_prefix[match.group(1)].append((int(match.group(2)), key))
+  renamed = {}
+  for prefix, numbered in by_prefix.items():
+    # `encoderblock_{i}` counts layers, not module creation order, and is already per type.
+    for new_index, (_, key) in enumerate(sorted(numbered)):
+      renamed[key] = f'{prefix}_{new_index}'
+  return {renamed.get(k, k): convert_pre_linen(v) for k, v in tree.items()}
+
+
+def _fix_groupnorm(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """Squeezes old GroupNorm `scale`/`bias` of shape `[1, 1, 1, C]` to `[C]`."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      value = _fix_groupnorm(value)
+      if key.startswith('gn') and value.keys() <= {'scale', 'bias'}:
+        value = {k: np.reshape(v, (-1,)) for k, v in value.items()}
+    out[key] = value
+  return out
+
+
+def load(path: str | os.PathLike) -> dict[str, Any]:
+  """Reads an official (or our) `.npz` checkpoint into a nested parameter dict of numpy arrays.
+
+  Never unpickles (`allow_pickle=False`); a missing, corrupt or pickle-holding file raises an
+  error naming the file.
+  """
+  return _fix_groupnorm(convert_pre_linen(npz.unflatten(npz.load_flat(path))))
+
+
+def save(path: str | os.PathLike, params: Mapping[str, Any], *, overwrite: bool = False) -> None:
+  """Writes `params` in the official flat layout, atomically; refuses to overwrite by default.
+
+  The file loads with `load` here and with the official code's `checkpoint.load`.
+  """
+  flat = npz.flatten(params)
+  npz.save_flat(path, {k: np.asarray(v) for k, v in flat.items()}, overwrite=overwrite)
+
+
+def load_params(path: str | os.PathLike, expected: Mapping[str, Any]) -> dict[str, Any]:
+  """`load`, then checks that every key and shape matches `expected` (e.g. the init params).
+
+  Raises `UserInputError` listing each missing, extra or mis-shaped key with both shapes.
+  """
+  params = load(path)
+  npz.check_matches(params, expected, source=os.fspath(path))
+  return params
+
+
+def interpolate_grid(grid: np.ndarray, new_size: int) -> np.ndarray:
+  """Bilinear resize of a `[g, g, D]` grid to `[new, new, D]`, corners aligned.
+
+  The same mapping as `scipy.ndimage.zoom(grid, (new/g, new/g, 1), order=1)`: output index
+  `i` samples input coordinate `i * (g - 1) / (new - 1)`.
+  """
+  def resize_axis(x, axis, size):
+    old = x.shape[axis]
+    if size == old:
+      return x
+    coords = np.zeros(size) if size == 1 or old == 1 else np.arange(size) * (old - 1) / (size - 1)
+    lo = np.clip(np.floor(coords).astype(int), 0, old - 1)
+    hi = np.minimum(lo + 1, old - 1)
+    frac = (coords - lo).reshape([-1 if a == axis else 1 for a in range(x.ndim)])
+    return np.take(x, lo, axis) * (1 - frac) + np.take(x, hi, axis) * frac
+  grid = np.asarray(grid, np.float64)
+  out = resize_axis(resize_axis(grid, 0, new_size), 1, new_size)
+  return out
+
+
+def resize_posemb(posemb: np.ndarray, num_tokens: int, *, has_class_token: bool) -> np.ndarray:
+  """Resizes `[1, N, D]` position embeddings to `[1, num_tokens, D]`.
+
+  The class-token embedding (first row, when `has_class_token`) is kept as is; the patch
+  grid is interpolated bilinearly to the new square grid.
+  """
+  posemb = np.asarray(posemb)
+  start = 1 if has_class_token else 0
+  tok, grid = posemb[:, :start], posemb[0, start:]
+  old, new = int(round(np.sqrt(len(grid)))), int(round(np.sqrt(num_tokens - start)))
+  if old * old != len(grid) or new * new != num_tokens - start:
+    raise UserInputError(
+        f'position embeddings: cannot resize a grid of {len(grid)} tokens to '
+        f'{num_tokens - start}; both must be square grids.')
+  logging.info('Resizing position embedding grid %dx%d -> %dx%d', old, old, new, new)
+  grid = interpolate_grid(grid.reshape(old, old, -1), new).reshape(1, new * new, -1)
+  return np.concatenate([tok, grid.astype(posemb.dtype)], axis=1)
+
+
+def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[str, Any],
+                    model_config: Any) -> dict[str, Any]:
+  """Loads a pretrained checkpoint for fine-tuning a model whose fresh params are `init_params`.
+
+  - `head` comes from `init_params` (zero-initialised, the fine-tuning class count);
+  - `pre_logits` is dropped when `model_config.representation_size` is None (the released
+    i21k checkpoints carry one; fine-tuning without it works better);
+  - position embeddings are resized to the new resolution (class token kept apart);
+  - every other key and shape must match `init_params`, else an error lists each mismatch.
+  """
+  source = os.fspath(pretrained_path)
+  restored = load(pretrained_path)
+  if model_config.get('representation_size') is None and 'pre_logits' in restored:
+    logging.info('load_pretrained: dropping pre_logits (representation_size is None).')
+    del restored['pre_logits']
+  restored['head'] = init_params['head']
+  transformer = restored.get('Transformer', {})
+  posemb = transformer.get('posembed_input', {}).get('pos_embedding')
+  expected = init_params.get('Transformer', {}).get('posembed_input', {}).get('pos_embedding')
+  if posemb is not None and expected is not None and np.shape(posemb) != np.shape(expected):
+    if np.shape(posemb)[-1] != np.shape(expected)[-1]:
+      raise UserInputError(
+          f'{source}: pos_embedding width {np.shape(posemb)[-1]} != model width '
+          f'{np.shape(expected)[-1]}; is this checkpoint for another model size?')
+    has_token = model_config.get('classifier') in ('token', 'token_unpooled')
+    transformer['posembed_input']['pos_embedding'] = resize_posemb(
+        posemb, np.shape(expected)[1], has_class_token=has_token)
+  npz.check_matches(restored, init_params, source=source)
+  return restored
