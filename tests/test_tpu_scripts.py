@@ -258,10 +258,13 @@ def test_run_pod_slice_sets_the_coordinator_and_keeps_the_exit_status(fake, tmp_
   assert call['argv'] == command[1:]
   assert call['coordinator'] == '10.1.0.7:8482'
 
-  # A failing trainer fails the script (pipefail through tee).
-  (fake.home / 'vision-venv' / 'bin' / 'python').write_text('#!/bin/sh\nexit 3\n')
+  # A failing trainer fails the script (pipefail through tee); one that wrote a gs:// path to
+  # local disk is reported.
+  (fake.home / 'vision-venv' / 'bin' / 'python').write_text('#!/bin/sh\nmkdir -p gs:/b/x\nexit 3\n')
   failed = _run('run.sh', '--project=p', '--run-id=pod', '--', 'python', 'x', env=env)
   assert failed.returncode == 3
+  assert 'gs: is a local folder: the command wrote a gs:// path to local disk' in failed.stderr
+  assert 'warning' not in result.stderr
 
 
 def test_run_detach_and_subset_of_workers(fake, tmp_path):

@@ -89,6 +89,9 @@ if [[ ${OPT_DETACH:-0} == 1 ]]; then
   remote+=" echo \"\$(hostname): started, log ~/$TPU_LOG_DIR_REMOTE/$run_id.log\""
 else
   remote="set -o pipefail; $setup && $command 2>&1 | tee -a $log"
+  # A trainer that treats gs://... as a local path leaves a folder named gs: behind.
+  remote+="; status=\$?; [ ! -d gs: ] || echo \"\$(hostname): warning: ~/$TPU_REMOTE_DIR_DEFAULT/gs:"
+  remote+=" is a local folder: the command wrote a gs:// path to local disk\" >&2; exit \$status"
 fi
 
 extra=()
