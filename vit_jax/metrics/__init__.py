@@ -1,0 +1,7 @@
+"""Image-quality metrics on `[B, H, W, C]` batches, jit-compiled, one value per image.
+
+Conventions and the raw-pixel FID are documented in docs/metrics.md.
+"""
+
+from vit_jax.metrics.pixel import mse, psnr
+from vit_jax.metrics.ssim import ms_ssim, ssim
