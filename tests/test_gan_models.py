@@ -143,6 +143,6 @@ def test_dcgan_shapes_and_range(size, channels):
   dp = d.init(jax.random.PRNGKey(2), x)
   assert d.apply(dp, x).shape == (2,)
   # PixelNorm generator is per sample: a sample's output does not depend on its batch.
-  np.testing.assert_allclose(g.apply(gp, z[:1]), x[:1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(g.apply(gp, z[:1]), x[:1], rtol=1e-4, atol=1e-4)
   with pytest.raises(UserInputError, match='image_size=48'):
     DCGANGenerator(image_size=48).init(jax.random.PRNGKey(0), z)
