@@ -14,6 +14,7 @@ never decoded by a different generator.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -103,9 +104,16 @@ _generate = jax.jit(lambda module, params, z: module.apply({'params': params}, z
 
 def init_params(config: Mapping[str, Any], seed: int = 0):
   """Random parameters of the generator described by `config`."""
+  return _jitted_init(json.dumps(dict(config), sort_keys=True))(jax.random.PRNGKey(seed))
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_init(config_json: str):
+  """One compiled init per config (compiling is what costs; seeds reuse it)."""
+  config = json.loads(config_json)
   module = build(config)
   z = jnp.zeros((1, latent_dim(config)), jnp.float32)
-  return module.init(jax.random.PRNGKey(seed), z)['params']
+  return jax.jit(lambda key: module.init(key, z)['params'])
 
 
 def make(config: Mapping[str, Any], params) -> Generator:
