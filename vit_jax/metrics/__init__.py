@@ -1,0 +1,8 @@
+"""Image-quality metrics on `[B, H, W, C]` batches, jit-compiled, one value per image.
+
+Conventions and the raw-pixel FID are documented in docs/metrics.md.
+"""
+
+from vit_jax.metrics.pixel import mse, psnr
+from vit_jax.metrics.ssim import ms_ssim, ssim
+from vit_jax.metrics.frechet import GaussianStats, fid, frechet_distance
