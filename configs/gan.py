@@ -49,6 +49,7 @@ def get_config(arg: str = 'dcgan,mnist') -> ml_collections.ConfigDict:
   c.batch_size = 32
   c.total_steps = 5000
   c.seed = 0
+  c.num_devices = 0  # 0 = every device; the batch is sharded over them ('data').
   c.log_every = 50
   c.sample_every = 1000
   c.fid_every = 500
