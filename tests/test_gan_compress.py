@@ -156,3 +156,16 @@ def test_perceptual_term_on_vit_features(generator, held_out):
       (np.asarray(features(recon)) - np.asarray(features(target))) ** 2, axis=-1))
   np.testing.assert_allclose(result.loss, expected, rtol=1e-3)
   assert np.all(result.loss < np.asarray(result.curves)[0].min(axis=-1))
+
+
+def test_early_stop_on_plateau(generator, held_out):
+  cfg = latent_search.SearchConfig(steps=3000, restarts=1, stop_patience=5, stop_rtol=1e-2)
+  result = compress.search_latents(held_out[:2], generator, cfg)
+  n = result.steps_run
+  assert 5 < n < 3000
+  curves = np.asarray(result.curves)
+  assert np.all(np.isfinite(curves[:n])) and np.all(np.isnan(curves[n:]))
+  # Stopped because every trajectory went 5 steps without a 1% improvement.
+  for b in range(2):
+    c = curves[:n, b, 0]
+    assert c[-5:].min() > (1 - 1e-2) * np.minimum.accumulate(c)[-6] - 1e-12
