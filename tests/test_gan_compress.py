@@ -138,3 +138,34 @@ def test_compress_library_reconstruction_equals_decompress(generator, held_out):
                                        config=latent_search.SearchConfig(steps=30, restarts=1))
   for data, recon in zip(files, recons):
     np.testing.assert_array_equal(decompress.decompress(data, generator), recon)
+
+
+def test_perceptual_term_on_vit_features(generator, held_out):
+  import jax.numpy as jnp
+  from gan_jax import perceptual
+  from vit_jax import models_vit
+  from vit_jax.configs import models
+  vit = models_vit.VisionTransformer(num_classes=None, **models.get_model_config('testing'))
+  vit_params = vit.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  features = perceptual.vit_features(vit, vit_params, 32)
+  cfg = latent_search.SearchConfig(steps=40, restarts=2, perceptual_weight=0.5)
+  result = compress.search_latents(held_out[:2], generator, cfg, features_fn=features)
+  target = (held_out[:2].astype(np.float32) - 127.5) / 127.5
+  recon = generator.generate(result.latents)
+  expected = (np.mean((np.asarray(recon) - target) ** 2, axis=(1, 2, 3)) + 0.5 * np.mean(
+      (np.asarray(features(recon)) - np.asarray(features(target))) ** 2, axis=-1))
+  np.testing.assert_allclose(result.loss, expected, rtol=1e-3)
+  assert np.all(result.loss < np.asarray(result.curves)[0].min(axis=-1))
+
+
+def test_early_stop_on_plateau(generator, held_out):
+  cfg = latent_search.SearchConfig(steps=3000, restarts=1, stop_patience=5, stop_rtol=1e-2)
+  result = compress.search_latents(held_out[:2], generator, cfg)
+  n = result.steps_run
+  assert 5 < n < 3000
+  curves = np.asarray(result.curves)
+  assert np.all(np.isfinite(curves[:n])) and np.all(np.isnan(curves[n:]))
+  # Stopped because every trajectory went 5 steps without a 1% improvement.
+  for b in range(2):
+    c = curves[:n, b, 0]
+    assert c[-5:].min() > (1 - 1e-2) * np.minimum.accumulate(c)[-6] - 1e-12
