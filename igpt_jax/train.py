@@ -133,6 +133,14 @@ def get_palette(config, source, workdir: str) -> np.ndarray:
     return palette_lib.load_palette(config.palette, num_clusters=config.vocab_size)
   if os.path.exists(saved):
     return palette_lib.load_palette(saved, num_clusters=config.vocab_size)
+  if config.init_from:  # The weights only make sense with the palette they learned.
+    beside = os.path.join(os.path.dirname(os.path.abspath(config.init_from)), 'palette.npy')
+    if not os.path.exists(beside):
+      raise UserInputError(f'init_from={config.init_from}: pass the palette those weights '
+                           f'were trained with (--config.palette=...); {beside} is absent.')
+    centers = palette_lib.load_palette(beside, num_clusters=config.vocab_size)
+    palette_lib.save_palette(saved, centers)
+    return centers
   rng = np.random.default_rng(config.seed)
   idx = rng.choice(len(source), min(config.palette_fit_images, len(source)), replace=False)
   resize = data.parse_preprocess(f'resize({config.image_size})')

@@ -53,6 +53,17 @@ def test_tiny_model_lowers_bits_per_dim_on_cifar10_and_resumes(shared_data, tmp_
   assert steps == [50, 100, 150, 155]
   assert json.loads((tmp_path / 'final.json').read_text())['step'] == 155
 
+  # Fine-tuning the clf head from those weights (and their palette), jointly generative.
+  ft = tiny_config(shared_data / 'cifar10', objective='finetune', total_steps=10,
+                   eval_every=10, checkpoint_every=10, log_every=10, eval_examples=32,
+                   sample_grid=False, init_from=str(tmp_path / 'params.npz'), lr=1e-3)
+  tuned = train.train_and_evaluate(ft, tmp_path / 'ft')
+  assert 0.0 <= tuned['test']['accuracy'] <= 1.0
+  np.testing.assert_array_equal(np.load(tmp_path / 'ft' / 'palette.npy'),
+                                np.load(tmp_path / 'palette.npy'))
+  with np.load(tmp_path / 'ft' / 'params.npz') as ft_params:
+    assert ft_params['clf/wclf'].shape == (10, 32) and np.abs(ft_params['clf/wclf']).max() > 0
+
 
 def test_bert_and_finetune_losses_match_their_definitions():
   model = tiny_model(bert=True)
