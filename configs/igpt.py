@@ -57,6 +57,7 @@ def get_config(arg: str = 'tiny,cifar10') -> ml_collections.ConfigDict:
 
   config.batch_size = 64
   config.total_steps = 2000 if small else 100_000
+  config.time_limit_minutes = 0.0  # > 0: stop (evaluate, checkpoint) once this is spent.
   config.lr = 3e-3 if small else 1e-3
   config.warmup_steps = 100 if small else 5000
   config.weight_decay = 0.0

@@ -125,7 +125,7 @@ def plot(rows: list[dict], path: str, *, overwrite: bool = False) -> None:
   plt.close(fig)
 
 
-def _load_split(dataset, split, image_size, limit, centers):
+def load_split(dataset, split, image_size, limit, centers):
   from vision_core import data  # pylint: disable=g-import-not-at-top
   source = data.get_source(dataset, split)
   resize = data.parse_preprocess(f'resize({image_size})')
@@ -158,9 +158,9 @@ def main(argv=None) -> None:
       raise UserInputError(f'--image_size={args.image_size}: {args.image_size ** 2} tokens '
                            f'exceed the model\'s n_ctx={model.n_ctx}.')
     centers = palette_lib.load_palette(args.palette, num_clusters=model.vocab_size)
-    tr_tok, tr_lab, k = _load_split(args.dataset, 'train', args.image_size,
+    tr_tok, tr_lab, k = load_split(args.dataset, 'train', args.image_size,
                                     args.train_examples, centers)
-    te_tok, te_lab, _ = _load_split(args.dataset, 'test', args.image_size,
+    te_tok, te_lab, _ = load_split(args.dataset, 'test', args.image_size,
                                     args.test_examples, centers)
     rows = probe_layers(extract_features(model, params, tr_tok), tr_lab,
                         extract_features(model, params, te_tok), te_lab, num_classes=k,
