@@ -1,7 +1,10 @@
 """DCGAN generator and discriminator for 28, 32 and 64 px images (flax.linen).
 
-Radford et al.'s layout (stride-2 4x4 transposed convs up, stride-2 4x4 convs down,
-ReLU in G, LeakyReLU(0.2) in D, tanh output), with one deliberate change: the generator
+Radford et al.'s layout (doubling resolution per layer, stride-2 4x4 convs down, ReLU in
+G, LeakyReLU(0.2) in D, tanh output), with two deliberate changes. Upsampling is nearest x2
+then a 3x3 conv (as in PGAN) instead of a 4x4 stride-2 transposed conv: on XLA:CPU the
+transposed conv (and its gradient) runs 7x slower (measured: 0.58 s vs 0.08 s for one
+layer's gradient at batch 32), and it avoids checkerboard artifacts. And the generator
 normalises with PixelNorm (per sample, stateless) instead of BatchNorm. A per-sample
 generator makes the latent search exact and independent of which images share a batch,
 needs no running statistics in the EMA copy, and trains stably with R1 (the
@@ -15,7 +18,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gan_jax.models_pgan import pixel_norm
+from gan_jax.models_pgan import pixel_norm, upscale2d
 from vision_core.errors import UserInputError
 
 _START = {28: 7, 32: 4, 64: 4}
@@ -57,8 +60,8 @@ class DCGANGenerator(nn.Module):
     x = nn.Dense(start * start * self.width * 2 ** n, name='project')(z)
     x = norm(nn.relu(x.reshape(z.shape[0], start, start, self.width * 2 ** n)))
     for i in range(n):
-      x = nn.ConvTranspose(self.width * 2 ** (n - 1 - i), (4, 4), strides=(2, 2),
-                           padding='SAME', name=f'up_{i}')(x)
+      x = upscale2d(x)
+      x = nn.Conv(self.width * 2 ** (n - 1 - i), (3, 3), padding='SAME', name=f'up_{i}')(x)
       x = norm(nn.relu(x))
     x = nn.Conv(self.channels, (3, 3), padding='SAME', name='to_image')(x)
     return jnp.tanh(x)
