@@ -219,8 +219,10 @@ def _mscn(x: jax.Array, zero: jax.Array) -> jax.Array:
   Where rounding makes E[x^2] - mu^2 negative, OpenCV's sqrt gives NaN and its later
   max/min/patchNaNs turn that pixel into 0 (it still counts in the image size); so here.
   """
-  mu = _gaussian_7x7(x, zero)
-  var = _gaussian_7x7(x * x, zero) - _mul(mu, mu, zero)
+  b = x.shape[0]
+  blurred = _gaussian_7x7(jnp.concatenate([x, x * x]), zero)  # One pass for both.
+  mu, mean_sq = blurred[:b], blurred[b:]
+  var = mean_sq - _mul(mu, mu, zero)
   sigma = jnp.sqrt(jnp.maximum(var, 0)) + np.float32(1 / 255)
   return jnp.where(var < 0, np.float32(0), (x - mu) / sigma)
 
@@ -233,15 +235,18 @@ def _shifted(z: jax.Array, dy: int, dx: int) -> jax.Array:
 
 
 def _aggd_fit(z: jax.Array, zero: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """AGGD moment fit of `[B, H, W]` float32: (grid index, left sigma, right sigma) as `[B]`."""
+  """AGGD moment fit of `[..., H, W]` float32: (grid index, left, right sigma) as `[...]`.
+
+  Sums are float64 like OpenCV's cv::sum; zeros count in neither side, but in the total.
+  """
   sq = _mul(z, z, zero).astype(jnp.float64)
   pos, neg = z > 0, z < 0
-  pos_sq = jnp.where(pos, sq, 0).sum((1, 2))
-  neg_sq = jnp.where(neg, sq, 0).sum((1, 2))
-  abs_sum = jnp.abs(z).astype(jnp.float64).sum((1, 2))
-  n_pos = pos.sum((1, 2)).astype(jnp.float64)
-  n_neg = neg.sum((1, 2)).astype(jnp.float64)
-  total = z.shape[1] * z.shape[2]
+  pos_sq = jnp.where(pos, sq, 0).sum((-2, -1))
+  neg_sq = jnp.where(neg, sq, 0).sum((-2, -1))
+  abs_sum = jnp.abs(z).astype(jnp.float64).sum((-2, -1))
+  n_pos = pos.sum((-2, -1)).astype(jnp.float64)
+  n_neg = neg.sum((-2, -1)).astype(jnp.float64)
+  total = z.shape[-2] * z.shape[-1]
   left = jnp.sqrt(neg_sq / n_neg)
   right = jnp.sqrt(pos_sq / n_pos)
   g = left / right
@@ -260,11 +265,13 @@ def _scale_features(x: jax.Array, zero: jax.Array) -> list[jax.Array]:
   z = _mscn(x, zero)
   grid = jnp.asarray(_GRID)
   mean_factor = jnp.asarray(_MEAN_FACTOR)
-  index, left, right = _aggd_fit(z, zero)
-  feats = [grid[index], (left * left + right * right) / 2]
-  for dy, dx in _SHIFTS:
-    index, left, right = _aggd_fit(_mul(z, _shifted(z, dy, dx), zero), zero)
-    feats += [grid[index], (right - left) * mean_factor[index], left ** 2, right ** 2]
+  # The MSCN map and its four neighbour products, fitted together: `[5, B, H, W]`.
+  maps = jnp.stack([z] + [_mul(z, _shifted(z, dy, dx), zero) for dy, dx in _SHIFTS])
+  index, left, right = _aggd_fit(maps, zero)
+  feats = [grid[index[0]], (left[0] * left[0] + right[0] * right[0]) / 2]
+  for i in range(1, 5):
+    feats += [grid[index[i]], (right[i] - left[i]) * mean_factor[index[i]], left[i] ** 2,
+              right[i] ** 2]
   return feats
 
 
@@ -302,15 +309,25 @@ def _opencv_exp(x: jax.Array, zero: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _predict(features, feature_min, feature_max, support_vectors, alpha, rho, gamma, zero):
-  # OpenCV: scaling in float32 (quality_utils::scale); float32 differences, squared and
-  # summed in float64; the exponent rounded to float32, its float32 exp; the weighted sum in
-  # float64.
-  scaled = -1 + 2 * (features - feature_min) / (feature_max - feature_min)
+def _predict(scaled, support_vectors, alpha, rho, gamma, zero):
+  # OpenCV: float32 differences, squared and summed in float64; the exponent rounded to
+  # float32 and its float32 exp; the weighted sum in float64.
   diff = (support_vectors[None] - scaled[:, None, :]).astype(jnp.float64)
   exponent = ((diff * diff).sum(-1) * -gamma).astype(jnp.float32)
   kernel = _opencv_exp(exponent, zero).astype(jnp.float64)
   return kernel @ alpha - rho
+
+
+def scale_features(features: np.ndarray, model: BrisqueModel) -> np.ndarray:
+  """Raw features `[B, 36]` -> [-1, 1] with the range table, in float32 like OpenCV.
+
+  Done in numpy: each float32 operation rounded exactly once, in OpenCV's order
+  (lower + (upper - lower) * (v - min) / (max - min)), whatever the batch size.
+  """
+  lo = model.feature_min.astype(np.float32)
+  hi = model.feature_max.astype(np.float32)
+  f = np.asarray(features, np.float32)
+  return np.float32(-1) + np.float32(2) * (f - lo) / (hi - lo)
 
 
 def _check_images(images) -> None:
@@ -387,12 +404,10 @@ def predict(features, model: BrisqueModel, *, clip: bool = True) -> np.ndarray:
     raise UserInputError(
         f'brisque features: expected [B, {model.support_vectors.shape[1]}], got '
         f'{features.shape}.')
+  scaled = scale_features(features, model)
   with jax.enable_x64(True):
-    # Like OpenCV, the range table and support vectors are float32 numbers.
     scores = np.asarray(_predict(
-        jnp.asarray(features), jnp.asarray(model.feature_min, jnp.float32),
-        jnp.asarray(model.feature_max, jnp.float32),
-        jnp.asarray(model.support_vectors, jnp.float32),
+        jnp.asarray(scaled), jnp.asarray(model.support_vectors, jnp.float32),
         jnp.asarray(model.alpha, jnp.float64), model.rho, model.gamma, np.int32(0)))
   return np.clip(scores, 0, 100) if clip else scores
 
