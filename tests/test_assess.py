@@ -79,6 +79,7 @@ def test_report_matches_direct_metrics(tiny_checkpoint, tmp_path, shared_data):
     assert row['ssim'] == pytest.approx(float(metrics.ssim(a, b, data_range=255.0)[0]), abs=1e-6)
     assert row['psnr_db'] == pytest.approx(float(metrics.psnr(a, b, data_range=255.0)[0]))
     assert row['mse'] == pytest.approx(float(metrics.mse(a, b)[0]))
+    assert row['pixel_row_fid'] == pytest.approx(float(metrics.pixel_row_fid(a, b)[0]))
     assert row['vit_score'] == pytest.approx(
         metrics.vit_score(a, b, model, params, k=5, image_size=32)[0])
     assert row['brisque_original'] == pytest.approx(

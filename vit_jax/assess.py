@@ -46,6 +46,7 @@ def score_pairs(pairs, *, model, params, image_size, k, brisque_files=None, mesh
     cols['ssim'][idx] = np.asarray(metrics.ssim(a, b, data_range=255.0))
     cols['mse'][idx] = np.asarray(metrics.mse(a, b))
     cols['psnr'][idx] = np.asarray(metrics.psnr(a, b, data_range=255.0))
+    cols['pixel_row_fid'][idx] = np.asarray(metrics.pixel_row_fid(a, b))
     rgb_a, rgb_b = (np.repeat(x, 3, -1) if x.shape[-1] == 1 else x for x in (a, b))
     vit = metrics.vit_scores(rgb_a, rgb_b, model, params, k, image_size=image_size, mesh=mesh)
     cols['vit_score'][idx] = vit['top_k']

@@ -19,6 +19,7 @@ COLUMNS = (
     ('ssim', 'ssim', 'SSIM', '{:.4f}'),
     ('mse', 'mse', 'MSE', '{:.2f}'),
     ('psnr', 'psnr_db', 'PSNR (dB)', '{:.2f}'),
+    ('pixel_row_fid', 'pixel_row_fid', 'FID (pixel rows)', '{:.1f}'),
     ('brisque_original', 'brisque_original', 'BRISQUE orig.', '{:.2f}'),
     ('brisque_reconstruction', 'brisque_reconstruction', 'BRISQUE recon.', '{:.2f}'),
     ('compression_ratio', 'compression_ratio', 'compression ratio', '{:.1f}'),
@@ -74,8 +75,13 @@ def markdown(pairs, cols, fids, info) -> str:
     lines.append('- Raw-pixel FID: not computed (the images differ in size or channels).')
   lines += ['', 'Both are exact float64 Frechet distances; with fewer images than feature '
             'dimensions the covariances are rank-deficient, so compare these numbers only '
-            'between runs on the same set. No FID is given per image: it is a distance '
-            'between two sets.', '']
+            'between runs on the same set.', '',
+            'The per-image column "FID (pixel rows)" is the study\'s own definition, kept to '
+            'reproduce its table: the Frechet distance between the rows of the original and '
+            'the rows of the reconstruction (each row of W x C raw values one sample; '
+            '`vit_jax.metrics.pixel_row_fid`). It is not an FID in the usual sense (no '
+            'network features, one image per side) and is not comparable with Inception FIDs.',
+            '']
   lines += ['## Conventions', '',
             f'- Values: 8-bit levels 0-255; SSIM (Gaussian window 11, sigma 1.5, K1 0.01, '
             'K2 0.03), PSNR and MSE with data_range 255, per image over all channels.',
