@@ -55,6 +55,15 @@ def test_matches_opencv_brisque(name, shared_data, portable_opencv):
   np.testing.assert_allclose(brisque_features(im[None])[0], features, rtol=1e-4, atol=1e-6)
 
 
+def test_opencv_exp_is_bit_exact(portable_opencv):
+  import jax  # pylint: disable=g-import-not-at-top
+  from vit_jax.metrics.opencv_float import opencv_exp  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(0).uniform(-80, 5, (1, 20000)).astype(np.float32)
+  with jax.enable_x64(True):
+    ours = np.asarray(jax.jit(opencv_exp)(x, np.int32(0)))
+  np.testing.assert_array_equal(ours, portable_opencv.exp(x))
+
+
 def test_close_to_opencv_with_ipp_on_photos(shared_data):
   """OpenCV's IPP build resizes and exponentiates with other rounding; photos stay close."""
   model, ranges = _paths(shared_data)
