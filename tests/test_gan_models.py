@@ -146,3 +146,15 @@ def test_dcgan_shapes_and_range(size, channels):
   np.testing.assert_allclose(g.apply(gp, z[:1]), x[:1], rtol=1e-4, atol=1e-4)
   with pytest.raises(UserInputError, match='image_size=48'):
     DCGANGenerator(image_size=48).init(jax.random.PRNGKey(0), z)
+
+
+def test_shipped_mnist_generator_loads_and_draws_varied_digits():
+  from gan_jax import compress, report  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(compress.__file__), 'weights', 'dcgan_mnist_28.npz')
+  g = generators.load(path)
+  assert (g.image_size, g.channels, g.latent_dim) == (28, 1, 64)
+  images = report.to_uint8(g.generate(jax.random.normal(jax.random.PRNGKey(0), (16, 64))))
+  # Digits: mostly black background, some bright strokes, and samples differ.
+  assert 0.05 < np.mean(images > 128) < 0.4
+  assert np.mean(np.std(images.astype(float), axis=0)) > 30
