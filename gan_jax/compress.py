@@ -12,7 +12,7 @@ PSNR, and Pillow JPEG at the same size.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import json
 import os
 import sys
@@ -90,6 +90,12 @@ def search_latents(targets_uint8, generator: generators.Generator,
 _SEARCHES = {}
 
 
+@functools.lru_cache(maxsize=1)
+def _default_mesh():
+  """All devices on 'data' (one mesh per process, so compiled searches are reused)."""
+  return mesh_lib.make_mesh() if jax.device_count() > 1 else None
+
+
 def _cached_search(generator, config, mesh, features_fn):
   key = (generator.identity, config, id(mesh), id(features_fn))
   if key not in _SEARCHES:
@@ -163,7 +169,7 @@ def main(argv=None) -> None:
     config = latent_search.SearchConfig(
         steps=args.steps, restarts=args.restarts, optimizer=args.optimizer,
         learning_rate=args.learning_rate, perceptual_weight=args.perceptual_weight)
-    mesh = mesh_lib.make_mesh() if jax.device_count() > 1 else None
+    mesh = _default_mesh()
     originals = [images_lib.read_image(p) for p in args.images]
     targets = [prepare(im, generator, resize=args.resize, source=p)
                for im, p in zip(originals, args.images)]
