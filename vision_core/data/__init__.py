@@ -8,4 +8,4 @@
 from vision_core.data.loader import eval_batches, num_eval_batches, per_host_batch_size, train_loader
 from vision_core.data.preprocess import parse as parse_preprocess
 from vision_core.data.sources import (ArraySource, ImageFolderSource, MnistIdxSource, TfdsSource,
-                                      get_source, mnist_paths)
+                                      cache_in_memory, get_source, mnist_paths)

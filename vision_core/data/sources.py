@@ -257,3 +257,17 @@ def get_source(dataset: str, split: str, *, data_dir: str | None = None,
   if any('-idx3-ubyte' in f for f in os.listdir(dataset)):
     return MnistIdxSource(*mnist_paths(dataset, split))
   return ImageFolderSource(dataset, split, skip_bad_images=skip_bad_images)
+
+
+def cache_in_memory(source, *, threads: int = 8) -> ArraySource:
+  """Decodes every example once (threaded) into an `ArraySource`: for small datasets such as
+  CIFAR, so that training epochs cost no decoding. Images must share one size."""
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    records = list(pool.map(source.__getitem__, range(len(source))))
+  shapes = {r['image'].shape for r in records}
+  if len(shapes) > 1:
+    raise UserInputError(f'cache_in_memory: {source!r} has images of several sizes '
+                         f'{sorted(shapes)[:4]}; it caches only datasets of one size.')
+  return ArraySource(np.stack([r['image'] for r in records]),
+                     np.asarray([r['label'] for r in records]),
+                     class_names=source.class_names, name=repr(source))
