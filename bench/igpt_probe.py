@@ -50,7 +50,8 @@ def main() -> None:
   config.update(dict(dataset=args.dataset, image_size=args.image_size, batch_size=args.batch,
                      lr=args.lr, total_steps=1_000_000, warmup_steps=200,
                      time_limit_minutes=args.minutes, eval_every=1_000_000,
-                     checkpoint_every=2000, log_every=100, eval_examples=2000))
+                     checkpoint_every=2000, log_every=100, eval_examples=2000,
+                     cache_in_memory=True))
   start = time.time()
   result = train.train_and_evaluate(config, args.workdir)
   train_minutes = (time.time() - start) / 60

@@ -81,6 +81,7 @@ def main() -> None:
   run()
   seconds = best_of(run, args.repeats)
   results['jax_cached'] = dict(seconds=seconds, tokens_per_s=b * n / seconds)
+  print('jax_cached', results['jax_cached'], flush=True)
 
   k = args.recompute_tokens
   recompute = sample.make_sampler(model, num_tokens=n, prefix_len=n - k, cached=False)
@@ -90,16 +91,17 @@ def main() -> None:
   seconds = best_of(run, args.repeats)
   results['jax_recompute'] = dict(seconds_per_token=seconds / k, tokens_per_s=b * k / seconds,
                                   seconds_for_all_tokens=seconds / k * n)
+  print('jax_recompute', results['jax_recompute'], flush=True)
 
   if not args.skip_hf:
     sos = torch.full((b, 1), 512, dtype=torch.long)
-    def run_hf():
+    def run_hf(length=n):
       with torch.no_grad():
-        out = hf.generate(input_ids=sos, max_length=n + 1, do_sample=True, top_k=0,
+        out = hf.generate(input_ids=sos, max_length=length + 1, do_sample=True, top_k=0,
                           use_cache=True, pad_token_id=0,
                           attention_mask=torch.ones_like(sos))
-      assert out.shape == (b, n + 1), out.shape
-    run_hf()
+      assert out.shape == (b, length + 1), out.shape
+    run_hf(16)  # Warm-up (eager PyTorch: nothing to compile, a short run suffices).
     seconds = best_of(run_hf, args.repeats)
     results['hf_generate'] = dict(seconds=seconds, tokens_per_s=b * n / seconds)
 

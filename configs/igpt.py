@@ -46,6 +46,7 @@ def get_config(arg: str = 'tiny,cifar10') -> ml_collections.ConfigDict:
   config.objective = objective  # generative | bert | finetune
   config.dataset = dataset
   config.tfds_data_dir = ml_collections.config_dict.placeholder(str)
+  config.cache_in_memory = False  # Decode every image once (small datasets like CIFAR).
   config.train_split = 'train'
   config.test_split = 'test'
   config.image_size = 16 if small else 32

@@ -25,7 +25,7 @@ from igpt_jax import checkpoint as igpt_checkpoint
 from igpt_jax import model as igpt_model
 from igpt_jax import palette as palette_lib
 from igpt_jax import sample as igpt_sample
-from vision_core import checkpointing, data, mesh as mesh_lib, metrics_log, npz
+from vision_core import checkpointing, data, mesh as mesh_lib, metrics_log, npz, optim
 from vision_core.errors import UserInputError
 
 LN2 = math.log(2.0)
@@ -62,10 +62,11 @@ def token_losses(model, params, tokens, *, objective: str, key=None, labels=None
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, config.lr, max(config.warmup_steps, 1), max(config.total_steps, config.warmup_steps + 1))
-  return optax.chain(optax.clip_by_global_norm(config.grad_clip),
-                     optax.adamw(schedule, b2=config.b2, weight_decay=config.weight_decay))
+  """AdamW (decay on matrices only), linear warmup then cosine decay, global-norm clipping."""
+  schedule = optim.make_schedule(base_lr=config.lr, total_steps=config.total_steps,
+                                 warmup_steps=config.warmup_steps)
+  return optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=config.grad_clip,
+                              b2=config.b2, weight_decay=config.weight_decay)
 
 
 def make_train_step(*, model, optimizer, objective: str, gen_loss_weight: float = 1.0,
@@ -178,7 +179,8 @@ def initial_params(config, model, key) -> Any:
 
 
 def _source(config, split):
-  return data.get_source(config.dataset, split, data_dir=config.tfds_data_dir)
+  source = data.get_source(config.dataset, split, data_dir=config.tfds_data_dir)
+  return data.cache_in_memory(source) if config.cache_in_memory else source
 
 
 def evaluate(eval_step, params, centers, source, config, mesh) -> dict[str, float]:

@@ -56,7 +56,8 @@ def test_tiny_model_lowers_bits_per_dim_on_cifar10_and_resumes(shared_data, tmp_
   # Fine-tuning the clf head from those weights (and their palette), jointly generative.
   ft = tiny_config(shared_data / 'cifar10', objective='finetune', total_steps=10,
                    eval_every=10, checkpoint_every=10, log_every=10, eval_examples=32,
-                   sample_grid=False, init_from=str(tmp_path / 'params.npz'), lr=1e-3)
+                   sample_grid=False, init_from=str(tmp_path / 'params.npz'), lr=1e-3,
+                   warmup_steps=2)
   tuned = train.train_and_evaluate(ft, tmp_path / 'ft')
   assert 0.0 <= tuned['test']['accuracy'] <= 1.0
   np.testing.assert_array_equal(np.load(tmp_path / 'ft' / 'palette.npy'),
