@@ -54,11 +54,11 @@ def get_config(arg: str = 'default') -> ml_collections.ConfigDict:
   c.vit_resolution = 0  # 0 = model.json's resolution, else this (e.g. 384)
   c.vit_score_k = 3  # top-k overlap; chance level k / num_classes
   # Latent search (gan_jax.latent_search.SearchConfig).
-  c.steps = 400
-  c.restarts = 8
+  c.steps = 200
+  c.restarts = 4
   c.optimizer = 'adam'
   c.learning_rate = 0.05
-  c.stop_patience = 50
+  c.stop_patience = 30
   c.seed = 0
   c.batch_size = 8  # images searched at once
   c.quantization = '8bit'
