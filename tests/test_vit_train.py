@@ -112,7 +112,7 @@ def test_data_and_model_meshes_match_one_device():
 
 
 def test_gradient_accumulation_matches_full_batch():
-  mesh = mesh_lib.make_mesh((8, 1))
+  mesh = mesh_lib.make_mesh((2, 1), jax.devices()[:2])
   batches = _batches(n=1)
   full_loss, full = _losses(mesh, 'replicated', batches, steps=1)
   acc_loss, acc = _losses(mesh, 'replicated', batches, accum_steps=2, steps=1)
@@ -121,7 +121,7 @@ def test_gradient_accumulation_matches_full_batch():
 
 
 def test_eval_counts_every_example_once_and_matches_numpy():
-  mesh = mesh_lib.make_mesh((8, 1))
+  mesh = mesh_lib.make_mesh((2, 1), jax.devices()[:2])
   model = _tiny_model()
   params = model.init(jax.random.key(1), jnp.zeros((1, 8, 8, 3)))['params']
   params['head']['kernel'] = jax.random.normal(jax.random.key(2), (16, 3))
