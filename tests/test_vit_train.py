@@ -237,3 +237,14 @@ def test_predict_official_layout_with_model_name(tmp_path, capsys):
   out = capsys.readouterr().out
   assert 'airplane' in out  # 10 classes -> CIFAR-10 names; zero head -> uniform 10%
   assert '10.00%' in out
+
+
+def test_evaluate_mode_scores_latest_checkpoint(uninterrupted, dataset, tmp_path):
+  workdir, final = uninterrupted
+  copy = tmp_path / 'copy'
+  subprocess.run(['cp', '-r', workdir, str(copy)], check=True)
+  result = train_loop.evaluate_only(helpers.tiny_config(dataset, mode='evaluate'), str(copy))
+  assert result['test_examples'] == 14
+  assert result['test_accuracy'] == pytest.approx(final['test_accuracy'])
+  assert result['test_loss'] == pytest.approx(final['test_loss'], rel=1e-5)
+  assert json.loads((copy / 'eval.json').read_text())['params'].endswith('step 6')
