@@ -43,6 +43,32 @@ class AddPositionEmbs(nn.Module):
     return x + pos.astype(x.dtype)
 
 
+@jax.custom_vjp
+def matmul(x, w):
+  """`x [..., D] @ w [D, F]`. Its gradient for `w` is `x^T dy` over all leading axes, and
+  XLA:CPU copies whichever operand it must transpose; this picks the narrower of `x` and `dy`
+  for that copy (for the MLP's 768-wide activations, 4x fewer bytes than XLA's choice)."""
+  return jnp.einsum('...d,df->...f', x, w)
+
+
+def _matmul_fwd(x, w):
+  return matmul(x, w), (x, w)
+
+
+def _matmul_bwd(residuals, dy):
+  x, w = residuals
+  dx = jnp.einsum('...f,df->...d', dy, w)
+  x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+  if x2.shape[1] <= dy2.shape[1]:
+    dw = jnp.einsum('nd,nf->df', x2, dy2)  # the transposed (copied) operand is x
+  else:
+    dw = jnp.einsum('nf,nd->fd', dy2, x2).T  # ... is dy; the [F, D] result is small
+  return dx, dw.astype(w.dtype)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 def gelu(x):
   """Exact GELU, `x * Phi(x)`, written with erf: XLA's f32 erf is one rational polynomial,
   cheaper than the exp-based erfc that `nn.gelu(approximate=False)` lowers to (PyTorch uses
@@ -67,10 +93,12 @@ class MlpBlock(nn.Module):
       scale, shift = norm
       bias = bias + shift @ kernel
       kernel = kernel * scale[:, None]
-    x = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+    x = matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
     x = gelu(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-    x = nn.Dense(out_dim, dtype=self.dtype, name='Dense_1', **_DENSE_INIT)(x)
+    kernel, bias = _DenseParams((self.mlp_dim,), (out_dim,),
+                                bias_init=_DENSE_INIT['bias_init'], name='Dense_1')()
+    x = matmul(x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
     return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
 
 
