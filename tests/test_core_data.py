@@ -181,3 +181,11 @@ def test_tfds_source_reads_through_data_source():
     batch = next(iter(data.train_loader(source, global_batch_size=4,
                                         preprocess='flip_lr|value_range(-1, 1)', seed=0)))
     assert batch['image'].shape == (4, 32, 32, 3) and batch['label'].shape == (4,)
+
+
+def test_real_cifar10_folder(shared_data):
+  source = data.get_source(str(shared_data / 'cifar10'), 'test')
+  assert len(source) == 10000 and source.num_classes == 10
+  assert np.bincount(source.labels).tolist() == [1000] * 10
+  assert source[0]['image'].shape == (32, 32, 3)
+  assert data.num_eval_batches(len(source), 512) == 20  # 19 full + 1 padded: all 10,000 scored
