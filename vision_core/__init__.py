@@ -10,4 +10,11 @@ One home for what every family needs, so that none copies another:
   without pickle and written atomically, plus tree comparison with readable mismatch reports.
 - `vision_core.images`: image files and arrays in, validated `[B, H, W, C]` arrays out.
 - `vision_core.io`: atomic file writes that never overwrite silently.
+- `vision_core.data`: the input pipeline (image folders, TFDS, MNIST IDX, arrays -> preprocessing
+  ops -> grain loaders: resumable shuffled train batches, masked eval batches covering each
+  example once).
+- `vision_core.checkpointing`: orbax checkpoints of state + data-iterator position, keep last N.
+- `vision_core.metrics_log`: progress bar, metrics.jsonl, TensorBoard scalars
+  (`vision_core.tfevents`), final JSON.
+- `vision_core.sharding`: parameter sharding strategies (replicated, fsdp, tp, fsdp_tp).
 """

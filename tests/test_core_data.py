@@ -1,0 +1,183 @@
+"""The shared input pipeline: sources, preprocessing, train/eval loaders (vision_core.data)."""
+
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vision_core import data
+from vision_core.data import preprocess
+from vision_core.errors import UserInputError
+
+
+def write_folder(root, split='train', classes=('a', 'b'), per_class=5, size=8, fmt='png'):
+  """Writes `root/split/class/i.fmt` images; class k is filled with value 40 + 100 k."""
+  rng = np.random.default_rng(0)
+  for k, name in enumerate(classes):
+    os.makedirs(root / split / name, exist_ok=True)
+    for i in range(per_class):
+      pixels = np.clip(40 + 100 * k + rng.integers(-5, 5, (size, size, 3)), 0, 255)
+      Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f'{i}.{fmt}')
+  return root
+
+
+def test_image_folder_reads_classes_and_pixels(tmp_path):
+  write_folder(tmp_path, per_class=3)
+  source = data.get_source(str(tmp_path), 'train')
+  assert source.class_names == ('a', 'b') and len(source) == 6
+  example = source[4]
+  expected = np.asarray(Image.open(tmp_path / 'train' / 'b' / '1.png'))
+  np.testing.assert_array_equal(example['image'], expected)
+  assert example['label'] == 1
+
+
+def test_missing_dataset_and_split(tmp_path):
+  with pytest.raises(UserInputError, match='does not exist'):
+    data.get_source(str(tmp_path / 'nope'), 'train')
+  write_folder(tmp_path)
+  with pytest.raises(UserInputError, match=r"no such split folder.*\['train'\]"):
+    data.get_source(str(tmp_path), 'test')
+
+
+def test_empty_class_folder(tmp_path):
+  write_folder(tmp_path)
+  os.makedirs(tmp_path / 'train' / 'c')
+  with pytest.raises(UserInputError, match=r'train/c: empty class folder'):
+    data.ImageFolderSource(tmp_path, 'train')
+
+
+def test_corrupt_image_named_or_skipped_and_counted(tmp_path):
+  write_folder(tmp_path)
+  bad = tmp_path / 'train' / 'a' / 'broken.jpg'
+  bad.write_bytes(b'this is not a jpeg')
+  source = data.ImageFolderSource(tmp_path, 'train')
+  index = source.paths.index(str(bad))
+  with pytest.raises(UserInputError, match=r'broken\.jpg: not a readable image'):
+    source[index]
+  loader = data.train_loader(source, global_batch_size=11, preprocess='', seed=0)
+  with pytest.raises(Exception, match=r'broken\.jpg'):
+    next(iter(loader))
+  skipping = data.ImageFolderSource(tmp_path, 'train', skip_bad_images=True)
+  assert skipping.skipped == [str(bad)] and len(skipping) == 10
+
+
+def test_mnist_idx_matches_written_arrays(tmp_path):
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (7, 28, 28), dtype=np.uint8)
+  labels = rng.integers(0, 10, 7, dtype=np.uint8)
+  with gzip.open(tmp_path / 't10k-images-idx3-ubyte.gz', 'wb') as f:
+    f.write(struct.pack('>IIII', 0x803, 7, 28, 28) + images.tobytes())
+  with gzip.open(tmp_path / 't10k-labels-idx1-ubyte.gz', 'wb') as f:
+    f.write(struct.pack('>II', 0x801, 7) + labels.tobytes())
+  source = data.get_source(str(tmp_path), 'test')
+  assert len(source) == 7
+  np.testing.assert_array_equal(source[3]['image'][..., 0], images[3])
+  assert source[3]['label'] == labels[3]
+  with gzip.open(tmp_path / 't10k-labels-idx1-ubyte.gz', 'wb') as f:
+    f.write(struct.pack('>II', 0x801, 9) + labels.tobytes())
+  with pytest.raises(UserInputError, match='truncated'):
+    data.get_source(str(tmp_path), 'test')
+
+
+def test_real_mnist_test_set(shared_data):
+  source = data.get_source(str(shared_data / 'mnist'), 'test')
+  assert len(source) == 10000 and source[0]['image'].shape == (28, 28, 1)
+  assert np.bincount(source.labels).min() > 800  # every digit present
+
+
+def test_missing_tfds_dataset_is_clear(tmp_path):
+  with pytest.raises(UserInputError, match='not prepared'):
+    data.get_source('mnist', 'test', data_dir=str(tmp_path))
+
+
+def test_preprocess_ops():
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+  record = {'image': image, 'label': 3}
+  out = data.parse_preprocess('value_range(-1, 1)')(record)
+  np.testing.assert_allclose(out['image'], (image.astype(np.float64) - 127.5) / 127.5,
+                             atol=1e-6)
+  out = data.parse_preprocess('central_crop(10)')(record)['image']
+  np.testing.assert_array_equal(out, image[5:15, 10:20])
+  out = data.parse_preprocess('resize_small(10)')(record)['image']
+  assert out.shape == (10, 15, 3)
+  for seed in range(5):
+    crop = data.parse_preprocess('inception_crop(12)|flip_lr')(
+        record, np.random.default_rng(seed))['image']
+    assert crop.shape == (12, 12, 3) and crop.dtype == np.uint8
+  padded = data.parse_preprocess('random_crop(20, pad=4)')(
+      {'image': image[:20, :20]}, np.random.default_rng(3))['image']
+  assert padded.shape == (20, 20, 3)
+  with pytest.raises(UserInputError, match='unknown preprocessing op .*known ops'):
+    data.parse_preprocess('rezise(3)')
+  assert 'inception_crop' in preprocess.known_ops()
+
+
+def test_resize_matches_pil_bilinear():
+  image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  out = data.parse_preprocess('resize(8)')({'image': image})['image']
+  expected = np.asarray(Image.fromarray(image).resize((8, 8), Image.BILINEAR))
+  np.testing.assert_array_equal(out, expected)
+
+
+def _arrays(n, size=4):
+  images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, size, size, 3),
+                                                                       np.uint8)
+  return data.ArraySource(images, np.arange(n) % 3)
+
+
+def test_eval_covers_every_example_once():
+  source = _arrays(23)
+  seen = []
+  batches = list(data.eval_batches(source, global_batch_size=8, preprocess=''))
+  assert len(batches) == data.num_eval_batches(23, 8) == 3
+  for batch in batches:
+    assert batch['image'].shape == (8, 4, 4, 3) and batch['mask'].shape == (8,)
+    seen += list(batch['image'][batch['mask'], 0, 0, 0])
+  assert sorted(seen) == list(range(23))
+  assert batches[-1]['mask'].sum() == 7
+
+
+def test_train_loader_resumes_exactly_and_drops_remainder():
+  source = _arrays(30)
+  loader = data.train_loader(source, global_batch_size=8, preprocess='flip_lr', seed=3)
+  it = iter(loader)
+  first = [next(it)['image'][:, 0, 0, 0] for _ in range(3)]
+  state = it.get_state()
+  after = [next(it)['image'][:, 0, 0, 0] for _ in range(4)]
+  resumed = iter(loader)
+  resumed.set_state(state)
+  np.testing.assert_array_equal([next(resumed)['image'][:, 0, 0, 0] for _ in range(4)], after)
+  # An epoch is 3 full batches (24 of 30): shuffled, no example twice within it.
+  epoch = np.concatenate(first)
+  assert len(set(epoch.tolist())) == 24
+  again = iter(data.train_loader(source, global_batch_size=8, preprocess='flip_lr', seed=3))
+  np.testing.assert_array_equal(next(again)['image'][:, 0, 0, 0], first[0])
+
+
+def test_batch_too_large_and_mixed_sizes(tmp_path):
+  with pytest.raises(UserInputError, match='fewer than one batch'):
+    data.train_loader(_arrays(5), global_batch_size=8, preprocess='', seed=0)
+  write_folder(tmp_path, classes=('a',), per_class=2, size=8)
+  Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(tmp_path / 'train' / 'a' / 'z.png')
+  source = data.ImageFolderSource(tmp_path, 'train')
+  with pytest.raises(Exception, match='different shapes'):
+    list(data.eval_batches(source, global_batch_size=3, preprocess=''))
+
+
+def test_tfds_source_reads_through_data_source():
+  """tfds' own mock (random examples from the dataset's feature spec, served through
+  `tfds.data_source`) stands in for prepared array_record files."""
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=12):
+    source = data.get_source('cifar10', 'train')
+    assert len(source) == 12 and source.num_classes == 10
+    example = source[3]
+    assert example['image'].shape == (32, 32, 3) and example['image'].dtype == np.uint8
+    assert 0 <= int(example['label']) < 10
+    batch = next(iter(data.train_loader(source, global_batch_size=4,
+                                        preprocess='flip_lr|value_range(-1, 1)', seed=0)))
+    assert batch['image'].shape == (4, 32, 32, 3) and batch['label'].shape == (4,)

@@ -1,0 +1,136 @@
+"""vision_core checkpointing, metric logs (JSONL + TensorBoard event files) and sharding rules."""
+
+import json
+import os
+import struct
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from vision_core import checkpointing, data, mesh as mesh_lib, metrics_log, sharding, tfevents
+from vision_core.errors import UserInputError
+
+
+def test_checkpoint_keeps_last_n_restores_state_and_data(tmp_path):
+  source = data.ArraySource(np.arange(40, dtype=np.uint8)[:, None, None, None]
+                            * np.ones((1, 2, 2, 3), np.uint8), np.arange(40) % 2)
+  loader = data.train_loader(source, global_batch_size=4, preprocess='', seed=1)
+  it = iter(loader)
+  ckpt = checkpointing.Checkpointer(tmp_path, max_to_keep=2)
+  state = {'params': {'w': jnp.arange(6.0).reshape(2, 3)}, 'step': jnp.int32(0)}
+  expected_next = {}
+  for step in (1, 2, 3):
+    next(it)
+    state = {'params': {'w': state['params']['w'] + 1}, 'step': jnp.int32(step)}
+    ckpt.save(step, state, data_iterator=it)
+    ckpt.wait()
+    expected_next[step] = next(iter([next(it)]))['image'][:, 0, 0, 0]
+    it.set_state(it.get_state())  # no-op: the iterator continues
+  ckpt.close()
+  assert sorted(os.listdir(tmp_path)) == ['2', '3']
+  # A half-written checkpoint (orbax's temporary folder) is never taken as the latest.
+  os.makedirs(tmp_path / '9.orbax-checkpoint-tmp-1234')
+  reopened = checkpointing.Checkpointer(tmp_path)
+  assert reopened.latest_step() == 3
+  fresh = iter(loader)
+  restored = reopened.restore(checkpointing.abstract_like(state), data_iterator=fresh, step=2)
+  np.testing.assert_array_equal(restored['params']['w'], np.arange(6.0).reshape(2, 3) + 2)
+  assert int(restored['step']) == 2
+  np.testing.assert_array_equal(next(fresh)['image'][:, 0, 0, 0], expected_next[2])
+  with pytest.raises(UserInputError, match='does not match'):
+    reopened.restore(checkpointing.abstract_like({'params': {'w': jnp.zeros((3, 3))},
+                                                  'step': jnp.int32(0)}))
+  reopened.close()
+
+
+def test_crc32c_check_value():
+  assert tfevents.crc32c(b'123456789') == 0xE3069283
+
+
+def _event_classes():
+  """Event/Summary messages declared here from the TensorFlow .proto field numbers."""
+  fdp = descriptor_pb2.FileDescriptorProto(name='test_event.proto', package='t')
+  f = descriptor_pb2.FieldDescriptorProto
+  value = fdp.message_type.add(name='Value')
+  value.field.add(name='tag', number=1, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL)
+  value.field.add(name='simple_value', number=2, type=f.TYPE_FLOAT, label=f.LABEL_OPTIONAL)
+  summary = fdp.message_type.add(name='Summary')
+  summary.field.add(name='value', number=1, type=f.TYPE_MESSAGE, label=f.LABEL_REPEATED,
+                    type_name='.t.Value')
+  event = fdp.message_type.add(name='Event')
+  event.field.add(name='wall_time', number=1, type=f.TYPE_DOUBLE, label=f.LABEL_OPTIONAL)
+  event.field.add(name='step', number=2, type=f.TYPE_INT64, label=f.LABEL_OPTIONAL)
+  event.field.add(name='file_version', number=3, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL)
+  event.field.add(name='summary', number=5, type=f.TYPE_MESSAGE, label=f.LABEL_OPTIONAL,
+                  type_name='.t.Summary')
+  pool = descriptor_pool.DescriptorPool()
+  pool.Add(fdp)
+  return message_factory.GetMessageClass(pool.FindMessageTypeByName('t.Event'))
+
+
+def _masked(crc):
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def test_metrics_jsonl_and_event_file_decode(tmp_path):
+  log = metrics_log.MetricsLog(tmp_path)
+  log.write(5, {'loss': np.float32(1.5), 'lr': 0.01}, split='train')
+  log.write(10, {'accuracy': 0.75}, split='eval')
+  log.close()
+  rows = metrics_log.read_jsonl(tmp_path / 'metrics.jsonl')
+  assert [(r['step'], r['split']) for r in rows] == [(5, 'train'), (10, 'eval')]
+  assert rows[0]['loss'] == 1.5 and rows[1]['accuracy'] == 0.75
+  (name,) = os.listdir(tmp_path / 'tensorboard')
+  assert 'tfevents' in name
+  raw = (tmp_path / 'tensorboard' / name).read_bytes()
+  event_class = _event_classes()
+  events, pos = [], 0
+  while pos < len(raw):
+    (length,) = struct.unpack('<Q', raw[pos:pos + 8])
+    (length_crc,) = struct.unpack('<I', raw[pos + 8:pos + 12])
+    assert length_crc == _masked(tfevents.crc32c(raw[pos:pos + 8]))
+    payload = raw[pos + 12:pos + 12 + length]
+    (data_crc,) = struct.unpack('<I', raw[pos + 12 + length:pos + 16 + length])
+    assert data_crc == _masked(tfevents.crc32c(payload))
+    events.append(event_class.FromString(payload))
+    pos += 16 + length
+  assert events[0].file_version == 'brain.Event:2'
+  scalars = {(e.step, v.tag): v.simple_value for e in events[1:] for v in e.summary.value}
+  assert scalars == {(5, 'train/loss'): 1.5, (5, 'train/lr'): pytest.approx(0.01),
+                     (10, 'eval/accuracy'): 0.75}
+
+
+def test_write_json_atomic_and_progress(tmp_path):
+  metrics_log.write_json(tmp_path / 'final.json', {'accuracy': np.float64(0.5), 'n': 3})
+  assert json.loads((tmp_path / 'final.json').read_text()) == {'accuracy': 0.5, 'n': 3}
+  bar = metrics_log.Progress(total_steps=10, images_per_step=4, disable=True)
+  bar.update(2, loss=1.0, lr=0.1)
+  bar.close()
+
+
+def test_sharding_rules():
+  mesh = mesh_lib.make_mesh((4, 2))
+  tree = {'Transformer': {'encoderblock_0': {
+      'MultiHeadDotProductAttention_0': {'query': {'kernel': np.zeros((8, 4, 2))},
+                                         'out': {'kernel': np.zeros((4, 2, 8))}},
+      'MlpBlock_0': {'Dense_0': {'kernel': np.zeros((8, 16)), 'bias': np.zeros(16)},
+                     'Dense_1': {'kernel': np.zeros((16, 8))}}}},
+          'head': {'kernel': np.zeros((8, 3))}, 'step': np.zeros(())}
+  P = jax.sharding.PartitionSpec
+  tp = sharding.partition_specs(tree, mesh, strategy='tp')
+  block = tp['Transformer']['encoderblock_0']
+  assert block['MultiHeadDotProductAttention_0']['query']['kernel'] == P(None, 'model', None)
+  assert block['MultiHeadDotProductAttention_0']['out']['kernel'] == P('model', None, None)
+  assert block['MlpBlock_0']['Dense_0']['kernel'] == P(None, 'model')
+  assert block['MlpBlock_0']['Dense_1']['kernel'] == P('model', None)
+  assert tp['head']['kernel'] == P(None, None) and tp['step'] == P()
+  fsdp = sharding.partition_specs(tree, mesh, strategy='fsdp_tp', fsdp_min_size=1)
+  assert fsdp['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel'] == P(
+      'data', 'model')
+  assert fsdp['head']['kernel'] == P('data', None)  # 8 rows split 4 ways; 3 columns not
+  assert sharding.partition_specs(tree, mesh)['head']['kernel'] == P(None, None)
+  with pytest.raises(UserInputError, match='expected one of'):
+    sharding.partition_specs(tree, mesh, strategy='zero3')

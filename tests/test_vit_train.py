@@ -1,0 +1,239 @@
+"""ViT training, resume, meshes, eval coverage and bad input (issue 3 acceptance)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import vit_train_helpers as helpers
+from vision_core import data, metrics_log, optim
+from vision_core import mesh as mesh_lib
+from vision_core.errors import UserInputError
+from vit_jax import checkpoint as vit_checkpoint
+from vit_jax import models_vit, train, train_loop
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+  return helpers.write_dataset(tmp_path_factory.mktemp('ds'))
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(dataset, tmp_path_factory):
+  """One 6-step run (checkpoints at 3 and 6) shared by several tests."""
+  workdir = str(tmp_path_factory.mktemp('run'))
+  final = train_loop.train_and_evaluate(helpers.tiny_config(dataset), workdir)
+  return workdir, final
+
+
+def test_loss_goes_down_checkpoint_written_and_eval_complete(uninterrupted):
+  workdir, final = uninterrupted
+  rows = metrics_log.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  losses = [r['loss'] for r in rows if r['split'] == 'train']
+  assert len(losses) == 6 and losses[-1] < 0.5 * losses[0]
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
+  assert final['test_examples'] == 14 and final['step'] == 6
+  saved = json.loads(open(os.path.join(workdir, 'final.json')).read())
+  assert saved['test_accuracy'] == final['test_accuracy']
+  assert any(n.startswith('events.out.tfevents') for n in
+             os.listdir(os.path.join(workdir, 'tensorboard')))
+
+
+def test_second_run_resumes_at_saved_step(uninterrupted, dataset, tmp_path):
+  workdir, _ = uninterrupted
+  copy = tmp_path / 'copy'
+  subprocess.run(['cp', '-r', workdir, str(copy)], check=True)
+  final = train_loop.train_and_evaluate(helpers.tiny_config(dataset, total_steps=8), str(copy))
+  rows = metrics_log.read_jsonl(copy / 'metrics.jsonl')
+  train_steps = [r['step'] for r in rows if r['split'] == 'train']
+  assert train_steps == [1, 2, 3, 4, 5, 6, 7, 8]  # 7 and 8 appended by the resumed run
+  assert final['step'] == 8
+
+
+def test_kill_and_resume_gives_identical_params(uninterrupted, dataset, tmp_path):
+  workdir, _ = uninterrupted
+  def crash(step):
+    if step == 5:  # after the step-3 checkpoint, before the step-6 one
+      raise KeyboardInterrupt
+  with pytest.raises(KeyboardInterrupt):
+    train_loop.train_and_evaluate(helpers.tiny_config(dataset), str(tmp_path), on_step=crash)
+  assert os.listdir(tmp_path / 'checkpoints') == ['3']
+  train_loop.train_and_evaluate(helpers.tiny_config(dataset), str(tmp_path))
+  resumed = vit_checkpoint.load(tmp_path / 'model.npz')
+  reference = vit_checkpoint.load(os.path.join(workdir, 'model.npz'))
+  jax.tree.map(np.testing.assert_array_equal, resumed, reference)
+
+
+def _tiny_model(**kw):
+  config = helpers.tiny_config('unused').model
+  config.hidden_size = 16
+  config.transformer.num_heads = 2
+  config.transformer.mlp_dim = 32
+  return models_vit.VisionTransformer(num_classes=3, **{**config, **kw})
+
+
+def _losses(mesh, strategy, batches, accum_steps=1, steps=3):
+  model = _tiny_model()
+  schedule = optim.make_schedule(base_lr=0.01, total_steps=10)
+  tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
+                            weight_decay=0.1)
+  state, shardings = train.create_train_state(model=model, tx=tx, image_shape=(8, 8, 3),
+                                              mesh=mesh, strategy=strategy)
+  step = train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
+                               state_shardings=shardings, num_classes=3,
+                               accum_steps=accum_steps, label_smoothing=0.1)
+  losses = []
+  for batch in batches[:steps]:
+    state, metrics = step(state, mesh_lib.shard_batch(batch, mesh))
+    losses.append(float(metrics['loss']))
+  return np.asarray(losses), jax.device_get(state.params)
+
+
+def _batches(n=3, size=16):
+  rng = np.random.default_rng(0)
+  return [{'image': rng.uniform(-1, 1, (size, 8, 8, 3)).astype(np.float32),
+           'label': rng.integers(0, 3, size).astype(np.int32)} for _ in range(n)]
+
+
+def test_data_and_model_meshes_match_one_device():
+  assert jax.device_count() == 8
+  batches = _batches()
+  one, _ = _losses(mesh_lib.make_mesh((1, 1), jax.devices()[:1]), 'replicated', batches)
+  eight, _ = _losses(mesh_lib.make_mesh((8, 1)), 'replicated', batches)
+  four_two, _ = _losses(mesh_lib.make_mesh((4, 2)), 'fsdp_tp', batches)
+  assert one[-1] < one[0]
+  np.testing.assert_allclose(eight, one, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(four_two, one, atol=1e-5, rtol=0)
+
+
+def test_gradient_accumulation_matches_full_batch():
+  mesh = mesh_lib.make_mesh((8, 1))
+  batches = _batches(n=1)
+  full_loss, full = _losses(mesh, 'replicated', batches, steps=1)
+  acc_loss, acc = _losses(mesh, 'replicated', batches, accum_steps=2, steps=1)
+  np.testing.assert_allclose(acc_loss, full_loss, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), acc, full)
+
+
+def test_eval_counts_every_example_once_and_matches_numpy():
+  mesh = mesh_lib.make_mesh((8, 1))
+  model = _tiny_model()
+  params = model.init(jax.random.key(1), jnp.zeros((1, 8, 8, 3)))['params']
+  params['head']['kernel'] = jax.random.normal(jax.random.key(2), (16, 3))
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (23, 8, 8, 3), dtype=np.uint8)
+  labels = rng.integers(0, 3, 23)
+  source = data.ArraySource(images, labels)
+  eval_step = train.make_eval_step(model=model, mesh=mesh,
+                                   params_shardings=mesh_lib.replicated(mesh), num_classes=3)
+  result = train.evaluate(eval_step, params, data.eval_batches(
+      source, global_batch_size=16, preprocess='value_range(-1, 1)'), mesh)
+  logits = np.asarray(model.apply({'params': params}, (images - 127.5) / 127.5))
+  assert result['num_examples'] == 23
+  assert result['accuracy'] == pytest.approx(np.mean(logits.argmax(-1) == labels))
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  assert result['loss'] == pytest.approx(-np.mean(logp[np.arange(23), labels]), rel=1e-5)
+
+
+def test_bfloat16_compute_trains(dataset, tmp_path):
+  config = helpers.tiny_config(dataset, dtype='bfloat16', total_steps=4, export_npz=False)
+  final = train_loop.train_and_evaluate(config, str(tmp_path))
+  rows = metrics_log.read_jsonl(tmp_path / 'metrics.jsonl')
+  losses = [r['loss'] for r in rows if r['split'] == 'train']
+  assert np.isfinite(losses).all() and losses[-1] < losses[0]
+  assert final['test_examples'] == 14
+
+
+def test_bad_inputs_have_clear_messages(dataset, tmp_path):
+  with pytest.raises(UserInputError, match=r'batch=12 is not divisible by the 8 devices'):
+    train_loop.train_and_evaluate(helpers.tiny_config(dataset, batch=12, mesh=(-1, 1)),
+                                  str(tmp_path / 'w1'))
+  with pytest.raises(UserInputError, match=r'does not exist'):
+    train_loop.train_and_evaluate(helpers.tiny_config(str(tmp_path / 'missing')),
+                                  str(tmp_path / 'w2'))
+  bad = tmp_path / 'bad'
+  helpers.write_dataset(bad)
+  (bad / 'train' / 'a' / 'notes.png').write_text('not an image')
+  with pytest.raises(UserInputError, match=r'notes\.png: not a readable image'):
+    train_loop.train_and_evaluate(helpers.tiny_config(str(bad), total_steps=4),
+                                  str(tmp_path / 'w3'))
+  os.makedirs(bad / 'test' / 'c')
+  with pytest.raises(UserInputError, match=r'test/c: empty class folder'):
+    train_loop.evaluate_only(helpers.tiny_config(str(bad)), str(tmp_path / 'w4'))
+
+
+def test_skip_bad_images_trains_and_counts(tmp_path):
+  bad = tmp_path / 'bad'
+  helpers.write_dataset(bad)
+  (bad / 'train' / 'a' / 'notes.png').write_text('not an image')
+  source = data.ImageFolderSource(bad, 'train', skip_bad_images=True)
+  assert len(source.skipped) == 1 and len(source) == 32
+
+
+def test_config_typo_lists_valid_fields(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.main', '--config', 'configs/vit.py:testing,cifar10',
+       '--workdir', str(tmp_path), '--config.total_stepz=5'],
+      cwd=helpers.ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert 'total_stepz: no such config field. Did you mean total_steps' in result.stderr
+  assert 'Valid fields: accum_steps' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_predict_cli_matches_model_and_writes_csv(uninterrupted, dataset, tmp_path, capsys):
+  from PIL import Image
+  from vit_jax import predict
+  workdir, _ = uninterrupted
+  checkpoint = os.path.join(workdir, 'model.npz')
+  image_path = os.path.join(dataset, 'test', 'b', '0.png')
+  out_csv = tmp_path / 'pred.csv'
+  predict.main(['--checkpoint', checkpoint, '--top', '2', '--csv', str(out_csv), image_path,
+                os.path.join(dataset, 'test', 'a')])
+  table = capsys.readouterr().out
+  assert table.splitlines()[0] == image_path and len(table.splitlines()) == 3 * 8
+  params = vit_checkpoint.load(checkpoint)
+  config = helpers.tiny_config(dataset)
+  model = models_vit.VisionTransformer(num_classes=2, **config.model)
+  pixels = (np.asarray(Image.open(image_path), np.float32) - 127.5) / 127.5
+  logits = np.asarray(model.apply({'params': params}, pixels[None]), np.float64)[0]
+  probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+  rows = out_csv.read_text().splitlines()
+  assert rows[0] == 'file,rank,class_index,label,probability' and len(rows) == 1 + 2 * 8
+  file, rank, index, label, prob = rows[1].split(',')
+  assert (file, rank, label) == (image_path, '1', 'ab'[int(np.argmax(probs))])
+  assert float(prob) == pytest.approx(probs.max(), abs=1e-5)
+  with pytest.raises(SystemExit) as exit_info:
+    predict.main(['--checkpoint', checkpoint, '--csv', str(out_csv), image_path])
+  assert exit_info.value.code == 2
+  assert 'already exists' in capsys.readouterr().err
+
+
+def test_predict_official_layout_with_model_name(tmp_path, capsys):
+  from PIL import Image
+  from vit_jax import predict
+  from vit_jax.configs import models
+  model = models_vit.VisionTransformer(num_classes=10, **models.get_model_config('testing'))
+  params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
+  vit_checkpoint.save(tmp_path / 'official.npz', jax.tree.map(np.asarray, params))
+  other = models_vit.VisionTransformer(num_classes=10, **helpers.tiny_config('x').model)
+  other_params = other.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))['params']
+  vit_checkpoint.save(tmp_path / 'patch4.npz', jax.tree.map(np.asarray, other_params))
+  Image.fromarray(np.zeros((12, 20, 3), np.uint8)).save(tmp_path / 'x.jpg')
+  with pytest.raises(SystemExit):
+    predict.main(['--checkpoint', str(tmp_path / 'official.npz'), str(tmp_path / 'x.jpg')])
+  assert 'pass --model' in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    predict.main(['--checkpoint', str(tmp_path / 'patch4.npz'), '--model', 'testing',
+                  '--resolution', '16', str(tmp_path / 'x.jpg')])
+  assert 'embedding/kernel: expected (16, 16, 3, 10), found (4, 4, 3, 10)' in \
+      capsys.readouterr().err
+  predict.main(['--checkpoint', str(tmp_path / 'official.npz'), '--model', 'testing',
+                '--resolution', '16', str(tmp_path / 'x.jpg')])
+  out = capsys.readouterr().out
+  assert 'airplane' in out  # 10 classes -> CIFAR-10 names; zero head -> uniform 10%
+  assert '10.00%' in out

@@ -1,0 +1,94 @@
+"""Orbax checkpoints of a training run: state pytree (params, optimizer state, step) and the
+grain data-iterator state, in `{workdir}/checkpoints/{step}/`.
+
+Orbax writes each checkpoint into a temporary folder and renames it when complete, so a
+crash mid-save leaves the previous checkpoints intact and the half-written one invisible
+(`latest_step` never returns it). The last `max_to_keep` checkpoints are kept.
+
+  ckpt = Checkpointer(workdir / 'checkpoints', max_to_keep=3)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(abstract_state, data_iterator=it)   # resumes the data too
+  ...
+  ckpt.save(step, state, data_iterator=it)
+  ckpt.close()                                                 # waits for async writes
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain.python as grain
+import jax
+import orbax.checkpoint as ocp
+
+from vision_core.errors import UserInputError
+
+
+def abstract_like(tree: Any) -> Any:
+  """`jax.ShapeDtypeStruct`s (with the arrays' shardings) to restore `tree`'s structure into."""
+  def leaf(x):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None))
+  return jax.tree.map(leaf, tree)
+
+
+class Checkpointer:
+  """Keeps the last `max_to_keep` checkpoints of a run in `directory`.
+
+  Args:
+    directory: the checkpoint folder (created on first save).
+    max_to_keep: older checkpoints are deleted once a newer one is complete.
+    async_save: write in a background thread while training continues; `close()` (or
+      `wait()`) blocks until every started save is on disk.
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3,
+               async_save: bool = True):
+    self.directory = os.path.abspath(os.fspath(directory))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data': grain.PyGrainCheckpointHandler()})
+
+  def latest_step(self) -> int | None:
+    """The newest complete checkpoint's step, or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, *, data_iterator: Any = None) -> None:
+    """Saves `state` (a pytree of arrays) and the iterator's position as checkpoint `step`."""
+    items = {'state': ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items['data'] = grain.PyGrainCheckpointSave(data_iterator)
+    self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+
+  def restore(self, abstract_state: Any, *, data_iterator: Any = None,
+              step: int | None = None) -> Any:
+    """Restores the state (placed as `abstract_state`'s shardings say) and, when given, moves
+    `data_iterator` to where it was at `step` (default: the latest)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise UserInputError(f'{self.directory}: no checkpoint to restore.')
+    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    has_data = os.path.isdir(os.path.join(self.directory, str(step), 'data'))
+    if data_iterator is not None and has_data:
+      items['data'] = grain.PyGrainCheckpointRestore(data_iterator)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    except (ValueError, KeyError) as e:
+      raise UserInputError(
+          f'{self.directory}/{step}: the checkpoint does not match this run\'s model or '
+          f'optimizer ({type(e).__name__}: {str(e)[:500]}); use a new workdir or the same '
+          'config.') from None
+    return restored['state']
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

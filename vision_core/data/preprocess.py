@@ -1,0 +1,186 @@
+"""Per-example preprocessing ops, chosen by a spec string such as
+`'inception_crop(224)|flip_lr|value_range(-1, 1)'` (the big_vision `pp` style).
+
+Each op maps a record `{'image': [H, W, C], 'label': int, ...}` to a new record; random ops
+draw from the `np.random.Generator` grain derives from the loader seed and the example index,
+so a pipeline is deterministic and resumable. Images stay uint8 until `value_range`.
+`register` adds an op; `parse(spec)` -> `Preprocess` (a grain `RandomMapTransform`).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from typing import Any, Callable
+
+import grain.python as grain
+import numpy as np
+from PIL import Image
+
+from vision_core.errors import UserInputError
+
+Record = dict[str, Any]
+_OPS: dict[str, tuple[Callable[..., Callable], bool]] = {}
+
+
+def register(name: str, *, random: bool = False):
+  """Decorator: `fn(*args, **kwargs)` -> `op(record[, rng])`, used as `name(args)` in specs."""
+  def wrap(factory):
+    _OPS[name] = (factory, random)
+    return factory
+  return wrap
+
+
+def _size2(size) -> tuple[int, int]:
+  return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+
+
+def _resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+  """Bilinear (antialiased when shrinking) resize of uint8 `[H, W, C]` to `[h, w, C]`."""
+  if image.shape[:2] == hw:
+    return image
+  squeeze = image.shape[-1] == 1
+  pil = Image.fromarray(image[..., 0] if squeeze else image)
+  out = np.asarray(pil.resize((hw[1], hw[0]), Image.BILINEAR))
+  return out[..., None] if squeeze else out
+
+
+@register('resize')
+def resize(size):
+  """Resize to `size` (int: square, or (h, w))."""
+  hw = _size2(size)
+  return lambda r: {**r, 'image': _resize(r['image'], hw)}
+
+
+@register('resize_small')
+def resize_small(size: int):
+  """Resize so that the shorter side is `size`, keeping the aspect ratio."""
+  def op(r):
+    h, w = r['image'].shape[:2]
+    s = size / min(h, w)
+    return {**r, 'image': _resize(r['image'], (round(h * s), round(w * s)))}
+  return op
+
+
+@register('central_crop')
+def central_crop(size):
+  """The central `size` crop (int or (h, w)); the image must be at least that large."""
+  ch, cw = _size2(size)
+  def op(r):
+    h, w = r['image'].shape[:2]
+    if h < ch or w < cw:
+      raise UserInputError(f'central_crop({ch}, {cw}): image is only {h}x{w}; resize first.')
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return {**r, 'image': r['image'][top:top + ch, left:left + cw]}
+  return op
+
+
+@register('random_crop', random=True)
+def random_crop(size, pad: int = 0):
+  """A uniformly placed `size` crop, after zero-padding `pad` pixels per side (CIFAR style)."""
+  ch, cw = _size2(size)
+  def op(r, rng):
+    image = r['image']
+    if pad:
+      image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    h, w = image.shape[:2]
+    if h < ch or w < cw:
+      raise UserInputError(f'random_crop({ch}, {cw}): image is only {h}x{w}; resize first.')
+    top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    return {**r, 'image': image[top:top + ch, left:left + cw]}
+  return op
+
+
+@register('inception_crop', random=True)
+def inception_crop(size, area_min: float = 5, area_max: float = 100):
+  """Inception-style crop: area in [area_min, area_max]% of the image, aspect ratio
+  log-uniform in [3/4, 4/3], up to 10 tries (else the whole image), resized to `size`."""
+  hw = _size2(size)
+  log_ratio = (math.log(3 / 4), math.log(4 / 3))
+  def op(r, rng):
+    image = r['image']
+    h, w = image.shape[:2]
+    for _ in range(10):
+      area = h * w * rng.uniform(area_min / 100, area_max / 100)
+      ratio = math.exp(rng.uniform(*log_ratio))
+      ch, cw = round(math.sqrt(area / ratio)), round(math.sqrt(area * ratio))
+      if 0 < ch <= h and 0 < cw <= w:
+        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        image = image[top:top + ch, left:left + cw]
+        break
+    return {**r, 'image': _resize(image, hw)}
+  return op
+
+
+@register('flip_lr', random=True)
+def flip_lr():
+  """Mirror left-right with probability 1/2."""
+  return lambda r, rng: {**r, 'image': r['image'][:, ::-1]} if rng.random() < 0.5 else r
+
+
+@register('to_rgb')
+def to_rgb():
+  """Grayscale `[H, W, 1]` -> `[H, W, 3]`; RGB unchanged."""
+  def op(r):
+    image = r['image']
+    return {**r, 'image': np.repeat(image, 3, -1) if image.shape[-1] == 1 else image}
+  return op
+
+
+@register('value_range')
+def value_range(vmin: float = -1, vmax: float = 1):
+  """uint8 [0, 255] -> float32 [vmin, vmax]; (-1, 1) is the official ViT scaling."""
+  scale = (vmax - vmin) / 255.0
+  return lambda r: {**r, 'image': np.asarray(r['image'], np.float32) * np.float32(scale)
+                    + np.float32(vmin)}
+
+
+def _parse_call(text: str) -> tuple[str, tuple, dict]:
+  try:
+    node = ast.parse(text.strip() if '(' in text else text.strip() + '()', mode='eval').body
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+      raise ValueError('not a call')
+    args = tuple(ast.literal_eval(a) for a in node.args)
+    kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+  except (SyntaxError, ValueError) as e:
+    raise UserInputError(f'preprocessing op {text.strip()!r}: expected name or name(args) '
+                         f'with literal arguments ({e}).') from None
+  return node.func.id, args, kwargs
+
+
+class Preprocess(grain.RandomMapTransform):
+  """A parsed op chain; `random_map(record, rng)` applies it (deterministic ops ignore rng)."""
+
+  def __init__(self, spec: str):
+    self.spec = spec
+    self.ops = []
+    for part in filter(str.strip, spec.split('|')):
+      name, args, kwargs = _parse_call(part)
+      if name not in _OPS:
+        raise UserInputError(f'unknown preprocessing op {name!r} in {spec!r}; known ops: '
+                             f'{", ".join(sorted(_OPS))}.')
+      factory, is_random = _OPS[name]
+      try:
+        self.ops.append((factory(*args, **kwargs), is_random))
+      except TypeError as e:
+        raise UserInputError(f'preprocessing op {part.strip()!r}: {e}.') from None
+
+  def random_map(self, element: Record, rng: np.random.Generator) -> Record:
+    for op, is_random in self.ops:
+      element = op(element, rng) if is_random else op(element)
+    return element
+
+  def __call__(self, element: Record, rng: np.random.Generator | None = None) -> Record:
+    return self.random_map(element, rng or np.random.default_rng(0))
+
+  def __repr__(self) -> str:
+    return f'Preprocess({self.spec!r})'
+
+
+def parse(spec: str) -> Preprocess:
+  """`'op1(args)|op2|...'` -> a `Preprocess` transform. An empty spec is the identity."""
+  return Preprocess(spec)
+
+
+def known_ops() -> list[str]:
+  return sorted(_OPS)

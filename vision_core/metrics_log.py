@@ -1,0 +1,117 @@
+"""What a user sees of a run: a tqdm progress bar, `metrics.jsonl` and TensorBoard scalars in
+the workdir, and a final JSON. Only process 0 writes; other processes get no-ops.
+
+  log = MetricsLog(workdir)
+  log.write(step, {'loss': 0.3, 'lr': 1e-3}, split='train')   # JSONL row + TB `train/loss`
+  bar = Progress(total_steps=1000, initial_step=0, images_per_step=512)
+  bar.update(step, loss=0.3, lr=1e-3)                            # step, img/s, loss, lr, ETA
+  write_json(workdir / 'final.json', {...})                      # atomic
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from vision_core import io
+from vision_core import tfevents
+
+
+def _plain(value: Any) -> Any:
+  """numpy / jax scalars -> Python numbers (non-finite ones as strings JSON can hold)."""
+  if isinstance(value, Mapping):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  if hasattr(value, 'item') and np.ndim(value) == 0:
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  return value
+
+
+def write_json(path: str | os.PathLike, obj: Mapping[str, Any], *,
+               overwrite: bool = True) -> None:
+  """Writes `obj` as indented JSON, atomically (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  with io.atomic_write(path, 'w', overwrite=overwrite) as f:
+    json.dump(_plain(obj), f, indent=2)
+    f.write('\n')
+
+
+class MetricsLog:
+  """Appends `{"step", "split", "time", **metrics}` rows to `{workdir}/metrics.jsonl` and the
+  same scalars as `{split}/{name}` to TensorBoard event files in `{workdir}/tensorboard`."""
+
+  def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(os.fspath(workdir), 'metrics.jsonl')
+    self._events = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      if tensorboard:
+        self._events = tfevents.EventWriter(os.path.join(os.fspath(workdir), 'tensorboard'))
+
+  def write(self, step: int, metrics: Mapping[str, Any], *, split: str = 'train') -> None:
+    if not self.enabled:
+      return
+    metrics = {k: _plain(v) for k, v in metrics.items()}
+    row = {'step': int(step), 'split': split, 'time': round(time.time(), 3), **metrics}
+    with open(self.path, 'a', encoding='utf-8') as f:
+      f.write(json.dumps(row) + '\n')
+    if self._events is not None:
+      numbers = {f'{split}/{k}': v for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
+      self._events.scalars(step, numbers)
+
+  def close(self) -> None:
+    if self._events is not None:
+      self._events.close()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """The rows of a metrics.jsonl file."""
+  with open(path, encoding='utf-8') as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+  """A tqdm bar over steps showing img/s, loss and lr; tqdm gives the ETA."""
+
+  def __init__(self, *, total_steps: int, initial_step: int = 0, images_per_step: int,
+               desc: str = 'train', disable: bool | None = None):
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    if disable is None:
+      disable = jax.process_index() != 0
+    self._bar = tqdm(total=total_steps, initial=initial_step, desc=desc, unit='step',
+                     dynamic_ncols=True, mininterval=1.0, disable=disable, file=sys.stderr)
+    self._images_per_step = images_per_step
+    self._last = (initial_step, time.perf_counter())
+    self.images_per_second = float('nan')
+
+  def update(self, step: int, **values: float) -> None:
+    """Moves the bar to `step` and shows `values` (e.g. loss, lr) and the measured img/s."""
+    last_step, last_time = self._last
+    now = time.perf_counter()
+    if step > last_step and now > last_time:
+      self.images_per_second = (step - last_step) * self._images_per_step / (now - last_time)
+    self._last = (step, now)
+    postfix = {'img/s': f'{self.images_per_second:.0f}'}
+    postfix.update({k: f'{float(v):.4g}' for k, v in values.items()})
+    self._bar.set_postfix(postfix, refresh=False)
+    self._bar.update(step - self._bar.n)
+
+  def write(self, line: str) -> None:
+    """Prints a line (e.g. an eval result) above the bar."""
+    self._bar.write(line, file=sys.stderr)
+
+  def close(self) -> None:
+    self._bar.close()

@@ -1,0 +1,100 @@
+"""TensorBoard event files of scalar summaries, written without TensorFlow or tensorboardX.
+
+The format is small and stable: a file `events.out.tfevents.{time}.{host}` of records
+`[uint64 length][uint32 masked crc32c(length)][Event proto][uint32 masked crc32c(data)]`,
+the first Event holding `file_version = "brain.Event:2"`. We encode the few protobuf fields
+we need by hand (Event.wall_time=1 double, step=2 int64, file_version=3 string, summary=5;
+Summary.value=1; Value.tag=1 string, simple_value=2 float): no dependency for 60 lines.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from typing import Mapping
+
+
+def _crc32c_table() -> list[int]:
+  table = []
+  for n in range(256):
+    c = n
+    for _ in range(8):
+      c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    table.append(c)
+  return table
+
+
+_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+  """CRC-32C (Castagnoli), as TFRecord uses; crc32c(b'123456789') == 0xE3069283."""
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc = _TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+  return crc ^ 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> int:
+  crc = crc32c(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(value: int) -> bytes:
+  value &= (1 << 64) - 1  # int64 two's complement, as protobuf encodes negatives.
+  out = bytearray()
+  while True:
+    byte, value = value & 0x7F, value >> 7
+    out.append(byte | (0x80 if value else 0))
+    if not value:
+      return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+  """A length-delimited field (wire type 2)."""
+  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def encode_event(*, wall_time: float, step: int = 0, file_version: str | None = None,
+                 scalars: Mapping[str, float] | None = None) -> bytes:
+  """The serialised `tensorflow.Event` protobuf."""
+  out = _varint(1 << 3 | 1) + struct.pack('<d', wall_time) + _varint(2 << 3) + _varint(step)
+  if file_version is not None:
+    out += _field(3, file_version.encode())
+  if scalars:
+    values = b''.join(
+        _field(1, _field(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack('<f', value))
+        for tag, value in scalars.items())
+    out += _field(5, values)
+  return out
+
+
+def frame_record(data: bytes) -> bytes:
+  """One TFRecord: length, its masked CRC, the data, the data's masked CRC."""
+  length = struct.pack('<Q', len(data))
+  return length + struct.pack('<I', _masked_crc(length)) + data + struct.pack(
+      '<I', _masked_crc(data))
+
+
+class EventWriter:
+  """Appends scalar summaries to a new event file in `logdir`, flushed after every write."""
+
+  def __init__(self, logdir: str | os.PathLike):
+    os.makedirs(logdir, exist_ok=True)
+    name = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}'
+    self.path = os.path.join(os.fspath(logdir), name)
+    self._file = open(self.path, 'ab')  # pylint: disable=consider-using-with
+    self._write(encode_event(wall_time=time.time(), file_version='brain.Event:2'))
+
+  def _write(self, event: bytes) -> None:
+    self._file.write(frame_record(event))
+    self._file.flush()
+
+  def scalars(self, step: int, values: Mapping[str, float]) -> None:
+    self._write(encode_event(wall_time=time.time(), step=int(step),
+                             scalars={k: float(v) for k, v in values.items()}))
+
+  def close(self) -> None:
+    self._file.close()

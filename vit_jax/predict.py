@@ -1,0 +1,158 @@
+"""Top-k labels for image files or folders, from an official or our own ViT checkpoint.
+
+  python -m vit_jax.predict --checkpoint runs/ti/model.npz photos/ cat.jpg
+  python -m vit_jax.predict --checkpoint ViT-B_16.npz --model ViT-B_16 --resolution 384 \
+      --labels imagenet2012 --csv predictions.csv dog.jpg
+
+A checkpoint written by `vit_jax.main` has a `model.json` beside it (model config, class
+names, resolution), so nothing else is needed. For an official `.npz`, pass `--model`; the
+class count comes from the file's head, and the label names from `--labels` (by default
+imagenet2012 for 1,000 classes, cifar10 / cifar100 for 10 / 100, else class numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+
+from vision_core import images as images_lib
+from vision_core import io
+from vision_core import npz
+from vision_core.data import preprocess as pp_lib
+from vision_core.errors import UserInputError, cli_errors
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+  """Files as given; folders -> their image files (sorted, not recursive)."""
+  paths = []
+  for item in inputs:
+    if os.path.isdir(item):
+      found = images_lib.list_images(item)
+      if not found:
+        raise UserInputError(f'{item}: folder holds no image files '
+                             f'({"/".join(images_lib.IMAGE_EXTENSIONS)}).')
+      paths += found
+    elif os.path.exists(item):
+      paths.append(item)
+    else:
+      raise UserInputError(f'{item}: no such file or folder.')
+  return paths
+
+
+def _label_names(spec: str | None, num_classes: int) -> list[str]:
+  from vit_jax import class_names  # pylint: disable=g-import-not-at-top
+  if spec is None:
+    spec = {1000: 'imagenet2012', 10: 'cifar10', 100: 'cifar100'}.get(num_classes)
+  if spec is None:
+    return [str(i) for i in range(num_classes)]
+  if os.path.isfile(spec):
+    with open(spec, encoding='utf-8') as f:
+      names = [line.strip() for line in f if line.strip()]
+  else:
+    names = list(class_names.get(spec))
+  if len(names) != num_classes:
+    raise UserInputError(f'--labels {spec}: {len(names)} names, but the checkpoint predicts '
+                         f'{num_classes} classes.')
+  return names
+
+
+def load_model(checkpoint: str, *, model_name: str | None, resolution: int | None,
+               labels: str | None):
+  """(model, params, class names, resolution) for `checkpoint`."""
+  from vit_jax import checkpoint as vit_checkpoint  # pylint: disable=g-import-not-at-top
+  from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  params = vit_checkpoint.load(checkpoint)
+  meta_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'model.json')
+  meta = None
+  if model_name is None and os.path.exists(meta_path):
+    with open(meta_path, encoding='utf-8') as f:
+      meta = json.load(f)
+  if meta is not None:
+    config = ml_collections.ConfigDict(meta['model'])
+    names = meta['class_names'] if labels is None else None
+    resolution = resolution or meta['resolution']
+  elif model_name is None:
+    raise UserInputError(f'{checkpoint}: no model.json beside it; pass --model (e.g. ViT-B_16).')
+  else:
+    config = models.get_model_config(model_name)
+    names = None
+  if 'head' not in params:
+    raise UserInputError(f'{checkpoint}: has no classification head (an ImageNet-21k '
+                         'pre-training checkpoint without head?); nothing to predict with.')
+  num_classes = int(np.shape(params['head']['bias'])[0])
+  names = names or _label_names(labels, num_classes)
+  model = models_vit.VisionTransformer(num_classes=num_classes, **config)
+  resolution = resolution or 224
+  import jax  # pylint: disable=g-import-not-at-top
+  expected = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), np.zeros((1, resolution, resolution, 3), np.float32))['params'])
+  npz.check_matches(params, expected, source=f'{checkpoint} (as {config.get("model_name")})')
+  return model, params, names, resolution
+
+
+def predict(paths: list[str], *, model, params, resolution: int, top: int = 5,
+            batch_size: int = 32) -> list[tuple[str, list[tuple[int, float]]]]:
+  """[(path, [(class, probability) x top])], best first."""
+  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  transform = pp_lib.parse(f'to_rgb|resize({resolution})|value_range(-1, 1)')
+  predict_fn = train.make_predict_fn(model=model)
+  params = jax.device_put(params)
+  results = []
+  for start in range(0, len(paths), batch_size):
+    chunk = paths[start:start + batch_size]
+    batch = np.stack([transform({'image': images_lib.read_image(p)})['image'] for p in chunk])
+    n = len(chunk)
+    if n < batch_size and len(paths) > batch_size:  # one compiled shape for every batch
+      batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - n, 0)])
+    probs = np.asarray(predict_fn(params, batch))[:n]
+    for path, p in zip(chunk, probs):
+      order = np.argsort(-p, kind='stable')[:top]
+      results.append((path, [(int(i), float(p[i])) for i in order]))
+  return results
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog='vit_jax.predict', description=__doc__.split('\n')[0])
+  parser.add_argument('inputs', nargs='+', help='image files and/or folders of images')
+  parser.add_argument('--checkpoint', required=True, help='.npz (official layout)')
+  parser.add_argument('--model', help='zoo name, e.g. ViT-B_16 (default: from model.json)')
+  parser.add_argument('--resolution', type=int, help='input size (default: model.json or 224)')
+  parser.add_argument('--labels', help='imagenet2012 | cifar10 | cifar100 | a text file')
+  parser.add_argument('--top', type=int, default=5)
+  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--csv', help='also write file,rank,class_index,label,probability rows')
+  parser.add_argument('--force', action='store_true', help='overwrite an existing --csv')
+  args = parser.parse_args(argv)
+  with cli_errors('vit_jax.predict'):
+    if args.csv:
+      io.check_can_write(args.csv, overwrite=args.force)
+    paths = expand_inputs(args.inputs)
+    model, params, names, resolution = load_model(
+        args.checkpoint, model_name=args.model, resolution=args.resolution, labels=args.labels)
+    results = predict(paths, model=model, params=params, resolution=resolution,
+                      top=min(args.top, len(names)), batch_size=args.batch)
+    width = max(len(n) for n in names)
+    for path, top in results:
+      print(path)
+      for rank, (index, prob) in enumerate(top, 1):
+        print(f'  {rank}  {names[index]:<{width}}  {100 * prob:6.2f}%')
+    if args.csv:
+      with io.atomic_write(args.csv, 'w', overwrite=args.force) as f:
+        writer = csv.writer(f)
+        writer.writerow(['file', 'rank', 'class_index', 'label', 'probability'])
+        for path, top in results:
+          for rank, (index, prob) in enumerate(top, 1):
+            writer.writerow([path, rank, index, names[index], f'{prob:.6f}'])
+      print(f'wrote {args.csv}', file=sys.stderr)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,258 @@
+"""The ViT training and evaluation runs behind `python -m vit_jax.main`.
+
+`train_and_evaluate(config, workdir)`: resumes from the latest checkpoint in
+`{workdir}/checkpoints` if there is one (state and data position), else starts from
+`config.pretrained` or random weights; trains to `config.total_steps` with a progress bar,
+periodic eval on the whole test split, metrics in `{workdir}/metrics.jsonl` and
+`{workdir}/tensorboard`, checkpoints every `checkpoint_every` steps and at the end; writes
+`{workdir}/model.npz` (official layout), `{workdir}/model.json` and `{workdir}/final.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vision_core import checkpointing, data, io, metrics_log
+from vision_core import mesh as mesh_lib
+from vision_core import optim
+from vision_core.errors import UserInputError
+from vit_jax import checkpoint as vit_checkpoint
+from vit_jax import models_vit
+from vit_jax import train as train_lib
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def preprocess_specs(config: ml_collections.ConfigDict, channels: int) -> tuple[str, str]:
+  """Train and test op specs from `config.pp` (explicit `train_ops`/`test_ops` win)."""
+  pp = config.pp
+  rgb = 'to_rgb|' if channels == 1 and config.model.get('channels', 3) == 3 else ''
+  crop, resize = pp.crop, pp.resize
+  augment = {
+      'resize_crop': f'resize({resize})|random_crop({crop})|flip_lr',
+      'inception': f'inception_crop({crop})|flip_lr',
+      'pad_crop': f'resize({crop})|random_crop({crop}, pad=4)|flip_lr',
+      'none': f'resize({crop})',
+  }
+  if pp.augment not in augment:
+    raise UserInputError(f'pp.augment={pp.augment!r}: expected one of {", ".join(augment)}.')
+  train = pp.train_ops or f'{rgb}{augment[pp.augment]}|value_range(-1, 1)'
+  test = pp.test_ops or f'{rgb}resize({crop})|value_range(-1, 1)'
+  return train, test
+
+
+def _source(config, split: str):
+  source = data.get_source(config.dataset, split, data_dir=config.tfds_data_dir,
+                           skip_bad_images=config.skip_bad_images)
+  if config.cache_in_memory and not isinstance(source, data.ArraySource):
+    source = data.cache_in_memory(source)
+  return source
+
+
+def build_model(config, num_classes: int) -> models_vit.VisionTransformer:
+  if config.dtype not in DTYPES:
+    raise UserInputError(f'dtype={config.dtype!r}: expected one of {", ".join(DTYPES)}.')
+  return models_vit.VisionTransformer(num_classes=num_classes, dtype=DTYPES[config.dtype],
+                                      **config.model)
+
+
+def _setup(config, num_classes: int, image_shape, mesh):
+  """Model, optimizer, schedule, initial state (pretrained or random) and its shardings."""
+  model = build_model(config, num_classes)
+  schedule = optim.make_schedule(base_lr=config.base_lr, total_steps=config.total_steps,
+                                 warmup_steps=config.warmup_steps,
+                                 decay_type=config.decay_type, end_lr=config.end_lr)
+  tx = optim.make_optimizer(name=config.optimizer, schedule=schedule,
+                            grad_norm_clip=config.grad_norm_clip, momentum=config.momentum,
+                            weight_decay=config.weight_decay, b2=config.b2)
+  init_params = None
+  if config.pretrained:
+    fresh = jax.eval_shape(lambda: model.init(
+        jax.random.key(0), jnp.zeros((1, *image_shape)), train=False)['params'])
+    fresh_np = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), fresh)
+    init_params = vit_checkpoint.load_pretrained(
+        pretrained_path=config.pretrained, init_params=fresh_np, model_config=config.model)
+  state, shardings = train_lib.create_train_state(
+      model=model, tx=tx, image_shape=image_shape, mesh=mesh, seed=config.seed,
+      strategy=config.sharding, init_params=init_params)
+  return model, tx, schedule, state, shardings
+
+
+def make_mesh(config) -> jax.sharding.Mesh:
+  """The mesh of `config.mesh`; a fixed shape smaller than the device count (single process)
+  uses the first devices, e.g. (1, 1) for a one-device run on a multi-device machine."""
+  shape = tuple(config.mesh)
+  devices = jax.devices()
+  size = int(np.prod(shape))
+  if -1 not in shape and 0 < size < len(devices) and jax.process_count() == 1:
+    logging.warning('mesh %s uses %d of the %d devices.', shape, size, len(devices))
+    devices = devices[:size]
+  return mesh_lib.make_mesh(shape, devices)
+
+
+def _check_config(config, mesh) -> None:
+  mesh_lib.check_batch_size(config.batch, mesh, field='batch')
+  mesh_lib.check_batch_size(config.batch_eval, mesh, field='batch_eval')
+  if config.batch % (config.accum_steps * mesh.shape['data']):
+    raise UserInputError(
+        f'batch={config.batch} must split into accum_steps={config.accum_steps} micro-batches '
+        f'each divisible by the {mesh.shape["data"]} devices of the data axis.')
+  if config.total_steps <= 0:
+    raise UserInputError(f'total_steps={config.total_steps}: expected > 0.')
+
+
+def save_model_files(workdir: str, params, config, class_names) -> str:
+  """`model.npz` (official layout) and `model.json` (what predict needs to rebuild it)."""
+  path = os.path.join(workdir, 'model.npz')
+  vit_checkpoint.save(path, params, overwrite=True)
+  meta = {'model_name': config.model_name, 'model': config.model.to_dict(),
+          'num_classes': len(class_names), 'class_names': list(class_names),
+          'resolution': config.pp.crop, 'dataset': config.dataset}
+  metrics_log.write_json(os.path.join(workdir, 'model.json'), meta)
+  return path
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+  """Trains (resuming if `workdir` has checkpoints) and returns the final metrics dict.
+
+  `on_step(step)` is called after every step (tests use it to simulate a crash).
+  """
+  mesh_lib.initialize_distributed()
+  mesh = make_mesh(config)
+  _check_config(config, mesh)
+  train_source = _source(config, config.pp.train)
+  test_source = _source(config, config.pp.test)
+  channels = train_source[0]['image'].shape[-1]
+  train_pp, test_pp = preprocess_specs(config, channels)
+  crop = config.pp.crop
+  image_shape = (crop, crop, 3 if channels == 1 and 'to_rgb' in train_pp else channels)
+  num_classes = train_source.num_classes
+  model, tx, schedule, state, shardings = _setup(config, num_classes, image_shape, mesh)
+
+  os.makedirs(workdir, exist_ok=True)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                    max_to_keep=config.keep_checkpoints)
+  loader = data.train_loader(train_source, global_batch_size=config.batch,
+                             preprocess=train_pp, seed=config.seed,
+                             worker_count=config.workers)
+  batches = iter(loader)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=batches)
+    logging.info('Resumed from %s at step %d', ckpt.directory, int(state.step))
+  start = int(state.step)
+  with io.atomic_write(os.path.join(workdir, 'config.json'), 'w', overwrite=True) as f:
+    f.write(config.to_json(indent=2))
+
+  train_step = train_lib.make_train_step(
+      model=model, tx=tx, schedule=schedule, mesh=mesh, state_shardings=shardings,
+      num_classes=num_classes, accum_steps=config.accum_steps,
+      label_smoothing=config.label_smoothing, seed=config.seed)
+  eval_step = train_lib.make_eval_step(model=model, mesh=mesh,
+                                       params_shardings=shardings.params,
+                                       num_classes=num_classes)
+
+  def run_eval():
+    return train_lib.evaluate(eval_step, state.params, data.eval_batches(
+        test_source, global_batch_size=config.batch_eval, preprocess=test_pp,
+        worker_count=config.workers), mesh)
+
+  log = metrics_log.MetricsLog(workdir)
+  bar = metrics_log.Progress(total_steps=config.total_steps, initial_step=start,
+                             images_per_step=config.batch)
+  t0, history = time.time(), []
+  try:
+    for step in range(start + 1, config.total_steps + 1):
+      batch = mesh_lib.shard_batch(next(batches), mesh)
+      state, metrics = train_step(state, batch)
+      history.append(metrics)
+      if step % config.progress_every == 0 or step == config.total_steps:
+        values = jax.device_get(history)
+        mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+        history = []
+        if not np.isfinite(mean['loss']):
+          raise FloatingPointError(f'loss is {mean["loss"]} at step {step}; lower base_lr.')
+        bar.update(step, loss=mean['loss'], lr=mean['lr'])
+        log.write(step, {**mean, 'img_per_sec': bar.images_per_second})
+      if step % config.checkpoint_every == 0 or step == config.total_steps:
+        ckpt.save(step, state, data_iterator=batches)
+      if config.eval_every and step % config.eval_every == 0 and step < config.total_steps:
+        result = run_eval()
+        log.write(step, result, split='eval')
+        bar.write(f'step {step}: test accuracy {result["accuracy"]:.4f} '
+                  f'loss {result["loss"]:.4f} ({result["num_examples"]} images)')
+      if on_step is not None:
+        on_step(step)
+  finally:
+    bar.close()
+    ckpt.close()
+  result = run_eval()
+  log.write(config.total_steps, result, split='eval')
+  log.close()
+  final = {'step': int(state.step), 'test_accuracy': result['accuracy'],
+           'test_loss': result['loss'], 'test_examples': result['num_examples'],
+           'test_split': config.pp.test, 'dataset': config.dataset,
+           'model': config.model_name, 'train_seconds_this_run': round(time.time() - t0, 1)}
+  if config.export_npz:
+    final['model_npz'] = save_model_files(workdir, train_lib.params_to_host(state.params),
+                                          config, train_source.class_names)
+  metrics_log.write_json(os.path.join(workdir, 'final.json'), final)
+  print(json.dumps(final, indent=2))
+  return final
+
+
+def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Test accuracy of the latest checkpoint in `workdir`, else of `config.pretrained`."""
+  mesh_lib.initialize_distributed()
+  mesh = make_mesh(config)
+  mesh_lib.check_batch_size(config.batch_eval, mesh, field='batch_eval')
+  test_source = _source(config, config.pp.test)
+  channels = test_source[0]['image'].shape[-1]
+  _, test_pp = preprocess_specs(config, channels)
+  image_shape = (config.pp.crop, config.pp.crop, 3 if 'to_rgb' in test_pp else channels)
+  num_classes = test_source.num_classes
+  model = build_model(config, num_classes)
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  ckpt = checkpointing.Checkpointer(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+  if ckpt is not None and ckpt.latest_step() is not None:
+    with config.unlocked():  # The checkpoint holds the weights; don't load pretrained too.
+      pretrained, config.pretrained = config.pretrained, None
+      try:
+        _, _, _, state, shardings = _setup(config, num_classes, image_shape, mesh)
+      finally:
+        config.pretrained = pretrained
+    state = ckpt.restore(checkpointing.abstract_like(state))
+    params, params_shardings, source = state.params, shardings.params, \
+        f'{ckpt_dir} step {int(state.step)}'
+    ckpt.close()
+  elif config.pretrained:
+    fresh = jax.eval_shape(lambda: model.init(
+        jax.random.key(0), jnp.zeros((1, *image_shape)), train=False)['params'])
+    params = vit_checkpoint.load_params(config.pretrained, fresh)
+    params_shardings = jax.tree.map(lambda _: mesh_lib.replicated(mesh), params)
+    params = jax.device_put(params, params_shardings)
+    source = config.pretrained
+  else:
+    raise UserInputError(f'mode=evaluate: {workdir} has no checkpoints and config.pretrained '
+                         'is not set; nothing to evaluate.')
+  eval_step = train_lib.make_eval_step(model=model, mesh=mesh, params_shardings=params_shardings,
+                                       num_classes=num_classes)
+  result = train_lib.evaluate(eval_step, params, data.eval_batches(
+      test_source, global_batch_size=config.batch_eval, preprocess=test_pp,
+      worker_count=config.workers), mesh)
+  final = {'params': source, 'test_accuracy': result['accuracy'], 'test_loss': result['loss'],
+           'test_examples': result['num_examples'], 'test_split': config.pp.test,
+           'dataset': config.dataset, 'model': config.model_name}
+  os.makedirs(workdir, exist_ok=True)
+  metrics_log.write_json(os.path.join(workdir, 'eval.json'), final)
+  print(json.dumps(final, indent=2))
+  return final
