@@ -212,18 +212,17 @@ def _shifted(z: jax.Array, dy: int, dx: int) -> jax.Array:
 def _aggd_fit(z: jax.Array, zero: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """AGGD moment fit of `[..., H, W]` float32: (grid index, left, right sigma) as `[...]`.
 
-  Sums are float64 like OpenCV's cv::sum; zeros count in neither side, but in the total.
+  OpenCV sums in float64 (cv::sum); zeros count in neither side, but in the total.
   """
   sq = _mul(z, z, zero)
   pos, neg = z > 0, z < 0
-  # The five per-pixel quantities, each row summed in float32 by one matrix product (fast on
-  # CPU; <= W terms per row), the rows in float64: ~1e-7 relative, far below the AGGD grid
-  # spacing. Counts are exact (float32 holds integers up to 2^24).
-  def total(x):
+  # Each row summed in float32 (<= W terms), the rows in float64: ~1e-7 relative, far below
+  # the AGGD grid spacing, at float32 speed. Counts are exact.
+  def image_sum(x):
     return x.sum(-1).astype(jnp.float64).sum(-1)
-  pos_sq = total(jnp.where(pos, sq, 0))
-  neg_sq = total(jnp.where(neg, sq, 0))
-  abs_sum = total(jnp.abs(z))
+  pos_sq = image_sum(jnp.where(pos, sq, 0))
+  neg_sq = image_sum(jnp.where(neg, sq, 0))
+  abs_sum = image_sum(jnp.abs(z))
   n_pos = pos.sum((-2, -1)).astype(jnp.float64)
   n_neg = neg.sum((-2, -1)).astype(jnp.float64)
   total = z.shape[-2] * z.shape[-1]
