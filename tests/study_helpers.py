@@ -1,4 +1,4 @@
-"""Tiny weights and configs for the study tests: a random 16x16 DCGAN and a random ViT."""
+"""Tiny weights and configs for the study tests: random 28x28 DCGAN, 16x16 PGAN and ViTs."""
 
 import importlib.util
 import json
@@ -68,12 +68,12 @@ def tiny_config(tmp_path, *, generator=None, vit=None, **overrides):
   return config
 
 
-PGAN = {'family': 'pgan', 'dim_latent': 8, 'depth_scale0': 8, 'depth_other_scales': [8, 4, 4],
+PGAN = {'family': 'pgan', 'dim_latent': 8, 'depth_scale0': 8, 'depth_other_scales': [4, 4],
         'dim_output': 3}
 
 
 def write_pgan(path, seed=0):
-  """A tiny Progressive GAN generator (32x32), the family of the full-size preset."""
+  """A tiny Progressive GAN generator (16x16), the family of the full-size preset."""
   from gan_jax import generators  # pylint: disable=g-import-not-at-top
   generators.save(path, PGAN, generators.init_params(PGAN, seed=seed))
   return str(path)

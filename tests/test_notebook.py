@@ -1,6 +1,5 @@
 """Runs notebooks/quickstart.ipynb top to bottom on CPU with tiny settings, so it cannot rot."""
 
-
 import pytest
 
 from tests.study_helpers import ROOT
