@@ -246,3 +246,17 @@ def test_pgan_preset_same_code_path(tmp_path):
                                         'rocket (GAN)', 'rocket (JPEG)']
   report = open(paths['markdown'], encoding='utf-8').read()
   assert 'pgan, latent 8' in report and '(testing, 6 classes, 32 px)' in report
+
+
+def test_brisque_columns_with_the_opencv_model(shared_data, weights, tmp_path):
+  brisque = shared_data / 'brisque'
+  config = h.tiny_config(tmp_path, generator=weights['generator'], vit=weights['vit'],
+                         brisque_model=str(brisque / 'brisque_model_live.yml'),
+                         brisque_range=str(brisque / 'brisque_range_live.yml'))
+  paths = _run(config)
+  rows = _csv(config.out)
+  from vit_jax import metrics  # pylint: disable=g-import-not-at-top
+  original = _png(os.path.join(config.out, 'originals', 'astronaut.png'))
+  expected = metrics.brisque(original[None], config.brisque_model, config.brisque_range)[0]
+  assert float(rows[0]['brisque_original']) == pytest.approx(expected)
+  assert 'BRISQUE: absent' not in open(paths['markdown'], encoding='utf-8').read()
