@@ -61,8 +61,8 @@ def load_classifier(checkpoint: str, *, model_name: str = '', resolution: int = 
 def brisque_files(model: str, range_file: str) -> tuple[tuple[str, str] | None, str]:
   """((model, range) or None, why BRISQUE is absent)."""
   if not model and not range_file:
-    return None, ('no BRISQUE model given (config brisque_model / brisque_range: OpenCV\'s '
-                  'brisque_model_live.yml and brisque_range_live.yml)')
+    return None, ('no BRISQUE model given: config brisque_model / brisque_range, OpenCV\'s '
+                  'brisque_model_live.yml and brisque_range_live.yml')
   for field, path in (('brisque_model', model), ('brisque_range', range_file)):
     if not path or not os.path.isfile(path):
       raise UserInputError(f'{field}: {path or "(empty)"} does not exist; give both BRISQUE '

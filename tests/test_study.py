@@ -227,3 +227,36 @@ def test_cli_runs_prints_paths_then_refuses(weights, tmp_path):
                          timeout=300)
   assert again.returncode != 0 and '--force' in again.stderr
   assert 'Traceback' not in again.stderr
+
+
+def test_pgan_preset_same_code_path(tmp_path):
+  """configs/study.py:pgan_celebahq512 with a tiny PGAN and a zoo-named ViT (no model.json)."""
+  config = h.load_study_config('pgan_celebahq512')
+  config.generator = h.write_pgan(tmp_path / 'pgan.npz')
+  config.vit_checkpoint = h.write_zoo_vit(tmp_path / 'ViT-testing.npz')
+  config.vit_model = 'testing'
+  config.vit_resolution = 32
+  config.vit_score_k = 2
+  config.images = 'skimage:astronaut,skimage:rocket'
+  config.steps, config.restarts, config.stop_patience = 10, 1, 0
+  config.brisque_model = config.brisque_range = ''
+  paths = _run(config, out=str(tmp_path / 'pgan_study'))
+  rows = _csv(os.path.dirname(paths['csv']))
+  assert [r['image'] for r in rows] == ['astronaut (GAN)', 'astronaut (JPEG)',
+                                        'rocket (GAN)', 'rocket (JPEG)']
+  report = open(paths['markdown'], encoding='utf-8').read()
+  assert 'pgan, latent 8' in report and '(testing, 6 classes, 32 px)' in report
+
+
+def test_brisque_columns_with_the_opencv_model(shared_data, weights, tmp_path):
+  brisque = shared_data / 'brisque'
+  config = h.tiny_config(tmp_path, generator=weights['generator'], vit=weights['vit'],
+                         brisque_model=str(brisque / 'brisque_model_live.yml'),
+                         brisque_range=str(brisque / 'brisque_range_live.yml'))
+  paths = _run(config)
+  rows = _csv(config.out)
+  from vit_jax import metrics  # pylint: disable=g-import-not-at-top
+  original = _png(os.path.join(config.out, 'originals', 'astronaut.png'))
+  expected = metrics.brisque(original[None], config.brisque_model, config.brisque_range)[0]
+  assert float(rows[0]['brisque_original']) == pytest.approx(expected)
+  assert 'BRISQUE: absent' not in open(paths['markdown'], encoding='utf-8').read()
