@@ -258,5 +258,7 @@ def test_brisque_columns_with_the_opencv_model(shared_data, weights, tmp_path):
   from vit_jax import metrics  # pylint: disable=g-import-not-at-top
   original = _png(os.path.join(config.out, 'originals', 'astronaut.png'))
   expected = metrics.brisque(original[None], config.brisque_model, config.brisque_range)[0]
-  assert float(rows[0]['brisque_original']) == pytest.approx(expected)
+  # The study scores a batch of 4 images, this call a batch of 1: float32 reductions compile
+  # differently per batch shape (~1e-5 relative), so compare at the OpenCV-agreement bound.
+  assert float(rows[0]['brisque_original']) == pytest.approx(expected, abs=1e-3)
   assert 'BRISQUE: absent' not in open(paths['markdown'], encoding='utf-8').read()
