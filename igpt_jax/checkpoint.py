@@ -1,0 +1,208 @@
+"""Image GPT weights in and out: OpenAI's TF checkpoints, HF safetensors, our own `.npz`.
+
+    params, model = checkpoint.load('igpt-s/model.ckpt-1000000')        # OpenAI (TF bundle)
+    params, model = checkpoint.load('imagegpt-small/model.safetensors')  # HF transformers
+    params, model = checkpoint.load('run/params.npz')                    # ours
+
+Every loader returns our parameter tree (see `igpt_jax.model`) and an `ImageGPT` whose sizes
+are read from the weights (or checked against the `model` you pass). A missing, extra or
+mis-shaped variable is a `UserInputError` listing every such variable.
+
+Layouts, for the same weights:
+  OpenAI  `model/h{i}/attn/q_proj [H, D/H, D]`, `model/wte [512, D]`, `model/sos [D]`,
+          `model/wtet [512, D]`, `model/clf/wclf [C, D]`; Adam slots and global_step skipped.
+  HF      `transformer.wte.weight [513, D]` (row 512 is sos), `transformer.h.{i}.attn.c_attn
+          .weight [D, 3D]` (Conv1D, [in, out]; q|k|v, heads minor in each), `lm_head.weight
+          [512, D]`, `score.weight [C, D]`; zero Conv1D biases; n_head from config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from igpt_jax import model as igpt_model
+from igpt_jax import tf_bundle
+from vision_core import npz
+from vision_core.errors import UserInputError
+
+_OPTIMIZER_PARTS = {'Adam', 'Adam_1', 'adam_m', 'adam_v', 'AdamWeightDecayOptimizer',
+                    'AdamWeightDecayOptimizer_1', 'Momentum', 'ExponentialMovingAverage'}
+_OPTIMIZER_NAMES = {'global_step', '_step', 'beta1_power', 'beta2_power'}
+_HF_BUFFERS = re.compile(r'h\.\d+\.attn\.(bias|masked_bias)$')
+
+
+def is_optimizer_state(name: str) -> bool:
+  """True for the Adam slots, step counters and other non-model variables of a TF run."""
+  parts = name.split('/')
+  return bool(_OPTIMIZER_PARTS.intersection(parts)) or parts[-1] in _OPTIMIZER_NAMES
+
+
+def model_from_params(flat: Mapping[str, Any], *, source: str,
+                      num_heads: Optional[int] = None, dtype=None) -> igpt_model.ImageGPT:
+  """An `ImageGPT` with the sizes of flat parameters (`h0/attn/q_proj` gives the heads)."""
+  needed = ['wte', 'wpe'] + ([] if num_heads else ['h0/attn/q_proj'])
+  missing = [k for k in needed if k not in flat]
+  if missing:
+    raise UserInputError(f'{source}: cannot tell the model size; missing {", ".join(missing)} '
+                         f'(found {len(flat)} variables: {", ".join(sorted(flat)[:8])}...).')
+  layers = {int(m.group(1)) for k in flat if (m := re.match(r'h(\d+)/', k))}
+  kwargs = dict(
+      width=int(np.shape(flat['wte'])[1]),
+      num_heads=int(num_heads or np.shape(flat['h0/attn/q_proj'])[0]),
+      num_layers=max(layers) + 1 if layers else 0,
+      vocab_size=int(np.shape(flat['wte'])[0]), n_ctx=int(np.shape(flat['wpe'])[0]),
+      num_classes=int(np.shape(flat['clf/wclf'])[0]) if 'clf/wclf' in flat else 0,
+      bert='sos' not in flat)
+  if dtype is not None:
+    kwargs['dtype'] = dtype
+  if kwargs['width'] % kwargs['num_heads']:
+    raise UserInputError(f'{source}: width {kwargs["width"]} is not divisible by '
+                         f'{kwargs["num_heads"]} heads.')
+  return igpt_model.ImageGPT(**kwargs)
+
+
+def check_params(flat: Mapping[str, Any], model: igpt_model.ImageGPT, *, source: str) -> dict:
+  """Checks flat parameters against `model`; returns them as a float32 tree."""
+  expected = igpt_model.param_shapes(model)
+  tree = npz.unflatten({k: np.asarray(v) for k, v in flat.items()})
+  npz.check_matches(tree, expected, source=source)
+  return npz.unflatten({k: np.asarray(v, np.float32) for k, v in flat.items()})
+
+
+def _finish(flat, model, source, num_heads=None):
+  if model is None:
+    model = model_from_params(flat, source=source, num_heads=num_heads)
+  return check_params(flat, model, source=source), model
+
+
+def load_openai_tf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = None,
+                   verify_checksums: bool = False):
+  """OpenAI's released checkpoint (`PREFIX`, `PREFIX.index` or its directory).
+
+  Returns:
+    `(params, model)`.
+  """
+  prefix = tf_bundle.resolve_prefix(path)
+  source = prefix + '.index'
+  arrays = tf_bundle.read_bundle(prefix, skip=is_optimizer_state,
+                                 verify_checksums=verify_checksums)
+  flat = {}
+  for name, value in arrays.items():
+    if not name.startswith('model/'):
+      raise UserInputError(f'{source}: variable {name!r} is outside the release\'s '
+                           '"model/" scope; not an Image GPT checkpoint?')
+    flat[name[len('model/'):]] = value
+  return _finish(flat, model, source)
+
+
+def openai_names(params) -> dict[str, np.ndarray]:
+  """Our tree -> OpenAI's TF variable names (`model/...`), e.g. to write a TF checkpoint."""
+  return {'model/' + k: np.asarray(v) for k, v in npz.flatten(params).items()}
+
+
+def _hf_config(path: str) -> dict:
+  config_path = os.path.join(os.path.dirname(path), 'config.json')
+  if not os.path.exists(config_path):
+    return {}
+  with open(config_path, encoding='utf-8') as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise UserInputError(f'{config_path}: not valid JSON ({e}).') from None
+
+
+def hf_to_flat(state: Mapping[str, np.ndarray], *, num_heads: int, source: str) -> dict:
+  """HF ImageGPT tensors (`transformer.` prefix optional) -> our flat names."""
+  state = {k[len('transformer.'):] if k.startswith('transformer.') else k: v
+           for k, v in state.items()}
+  flat, problems = {}, []
+  for key, value in sorted(state.items()):
+    value = np.asarray(value)
+    if _HF_BUFFERS.search(key):
+      continue  # The causal-mask buffers of older HF versions, not weights.
+    if key.endswith('.bias'):
+      if np.any(value != 0):
+        problems.append(f'  bias     {key}: nonzero, but Image GPT has no biases')
+      continue
+    m = re.fullmatch(r'h\.(\d+)\.(.+)\.weight', key)
+    if key == 'wte.weight':
+      if value.ndim != 2 or value.shape[0] < 2:
+        problems.append(f'  shape    {key}: expected [vocab + 1, D], found {value.shape}')
+        continue
+      flat['wte'], flat['sos'] = value[:-1], value[-1]
+    elif key in ('wpe.weight', 'lm_head.weight', 'ln_f.weight', 'score.weight'):
+      flat[{'wpe.weight': 'wpe', 'lm_head.weight': 'wtet', 'ln_f.weight': 'ln_f/g',
+            'score.weight': 'clf/wclf'}[key]] = value
+    elif m and m.group(2) in ('ln_1', 'ln_2'):
+      flat[f'h{m.group(1)}/{m.group(2)}/g'] = value
+    elif m and m.group(2) in ('mlp.c_fc', 'mlp.c_proj'):
+      flat[f'h{m.group(1)}/{m.group(2).replace(".", "/")}/w'] = value
+    elif m and m.group(2) in ('attn.c_attn', 'attn.c_proj'):
+      d = value.shape[0]
+      if d % num_heads or value.shape[1] != (3 * d if 'c_attn' in key else d):
+        problems.append(f'  shape    {key}: expected [D, {"3D" if "c_attn" in key else "D"}] '
+                        f'with D divisible by n_head={num_heads}, found {value.shape}')
+        continue
+      split = lambda w: w.reshape(num_heads, d // num_heads, d)
+      if 'c_proj' in key:  # [in = (head, e), out] is already [H, D/H, D] once split.
+        flat[f'h{m.group(1)}/attn/c_proj'] = split(value)
+      else:
+        for i, name in enumerate(('q_proj', 'k_proj', 'v_proj')):
+          flat[f'h{m.group(1)}/attn/{name}'] = split(value[:, i * d:(i + 1) * d].T)
+    else:
+      problems.append(f'  extra    {key}: shape {value.shape} is not an ImageGPT weight')
+  if problems:
+    raise UserInputError(f'{source}: not a loadable ImageGPT checkpoint ({len(problems)} '
+                         'problems):\n' + '\n'.join(problems))
+  return flat
+
+
+def load_hf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = None,
+            num_heads: Optional[int] = None):
+  """HF transformers' ImageGPT safetensors (a file, or a directory with model.safetensors).
+
+  The number of heads comes from `num_heads`, `model`, or `config.json` beside the file.
+
+  Returns:
+    `(params, model)`.
+  """
+  from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    path = os.path.join(path, 'model.safetensors')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path}: no such safetensors file.')
+  config = _hf_config(path)
+  num_heads = num_heads or (model.num_heads if model else config.get('n_head'))
+  if not num_heads:
+    raise UserInputError(f'{path}: the number of heads is not stored in the weights; put HF\'s '
+                         'config.json beside the file or pass num_heads.')
+  try:
+    state = st_numpy.load_file(path)
+  except Exception as e:  # safetensors raises its own error types for corrupt headers.
+    raise UserInputError(f'{path}: not a readable safetensors file ({e}).') from None
+  flat = hf_to_flat(state, num_heads=num_heads, source=path)
+  return _finish(flat, model, path, num_heads=num_heads)
+
+
+def load(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = None,
+         num_heads: Optional[int] = None):
+  """Any of the three formats, by file name: `.npz`, `.safetensors` (or a directory holding
+  `model.safetensors`), otherwise a TF checkpoint. Returns `(params, model)`."""
+  path = os.fspath(path)
+  if path.endswith('.npz'):
+    flat = npz.load_flat(path)
+    return _finish(flat, model, path, num_heads=num_heads)
+  if path.endswith('.safetensors') or os.path.exists(os.path.join(path, 'model.safetensors')):
+    return load_hf(path, model=model, num_heads=num_heads)
+  return load_openai_tf(path, model=model)
+
+
+def save(path: str | os.PathLike, params, *, overwrite: bool = False) -> None:
+  """Our `.npz` (flat `h0/attn/q_proj` names, OpenAI's without `model/`), atomically."""
+  npz.save_flat(path, npz.flatten(params), overwrite=overwrite)

@@ -1,0 +1,165 @@
+"""Sampling: unconditional images and completions, KV-cached and jit-compiled end to end.
+
+    sample = make_sampler(model, num_tokens=1024, prefix_len=512, top_k=40)
+    tokens = sample(params, key, prefix)           # [B, 1024], prefix [B, 512] kept as is
+
+The whole loop over tokens is one `lax.scan` inside one `jax.jit`: no Python per token.
+With `cached=False` every token is a full forward pass over the sequence (what OpenAI's
+release does); both draw token t with `fold_in(key, t)`, so they give the same tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from igpt_jax import model as igpt_model
+from vision_core import io
+from vision_core.errors import UserInputError
+
+
+def filter_logits(logits, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+  """Temperature, then top-k, then nucleus (top-p) filtering. `[B, V]` -> `[B, V]`.
+
+  Filtered-out tokens get -inf. top_k=0 and top_p=1 disable those filters.
+  """
+  logits = logits.astype(jnp.float32) / max(temperature, 1e-6)
+  if top_k:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # Probability mass strictly above each.
+    kept = jnp.where(before < top_p, sorted_logits, jnp.inf)
+    threshold = jnp.min(kept, axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return logits
+
+
+def check_sampling(model: igpt_model.ImageGPT, *, num_tokens: int, prefix_len: int) -> None:
+  if num_tokens > model.n_ctx:
+    raise UserInputError(f'num_tokens={num_tokens}: the model\'s n_ctx is {model.n_ctx}, it '
+                         f'cannot generate images of more than {model.n_ctx} pixels.')
+  if not 0 <= prefix_len < num_tokens:
+    raise UserInputError(f'prefix_len={prefix_len}: expected 0 <= prefix_len < num_tokens='
+                         f'{num_tokens} (at least one token left to sample).')
+  if model.bert:
+    raise UserInputError('the BERT variant has no causal order; it cannot sample.')
+
+
+def make_sampler(model: igpt_model.ImageGPT, *, num_tokens: int, prefix_len: int = 0,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 cached: bool = True) -> Callable:
+  """A jit-compiled `sample(params, key, prefix [B, prefix_len]) -> tokens [B, num_tokens]`.
+
+  The first `prefix_len` tokens of the result are `prefix`, unchanged; token t >= prefix_len
+  is drawn from the filtered logits with `jax.random.fold_in(key, t)`.
+  """
+  check_sampling(model, num_tokens=num_tokens, prefix_len=prefix_len)
+  pick = lambda key, logits: jax.random.categorical(key, filter_logits(
+      logits, temperature=temperature, top_k=top_k, top_p=top_p), axis=-1).astype(jnp.int32)
+  steps = jnp.arange(prefix_len, num_tokens)
+
+  def sample_cached(params, key, prefix):
+    b = prefix.shape[0]
+    cache = igpt_model.init_cache(model, b, num_tokens)
+    tokens = jnp.zeros((b, num_tokens), jnp.int32).at[:, :prefix_len].set(prefix)
+    decode = lambda prev, cache, start: model.apply(
+        {'params': params}, prev, cache, start, method=model.decode)
+    prev = jnp.zeros((b,), jnp.int32)
+    if prefix_len:  # Prefill positions [0, P) (inputs sos, x_0 .. x_{P-2}) in one pass.
+      _, cache = decode(jnp.pad(prefix[:, :-1], ((0, 0), (1, 0))), cache, 0)
+      prev = prefix[:, -1]
+
+    def step(carry, t):
+      cache, prev, tokens = carry
+      logits, cache = decode(prev[:, None], cache, t)  # Position t, input x_{t-1}.
+      new = pick(jax.random.fold_in(key, t), logits[:, 0])
+      return (cache, new, tokens.at[:, t].set(new)), None
+
+    return jax.lax.scan(step, (cache, prev, tokens), steps)[0][2]
+
+  def sample_uncached(params, key, prefix):
+    b = prefix.shape[0]
+    tokens = jnp.zeros((b, num_tokens), jnp.int32).at[:, :prefix_len].set(prefix)
+
+    def step(tokens, t):
+      logits = model.apply({'params': params}, tokens)['logits']
+      row = jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False)
+      return tokens.at[:, t].set(pick(jax.random.fold_in(key, t), row)), None
+
+    return jax.lax.scan(step, tokens, steps)[0]
+
+  fn = jax.jit(sample_cached if cached else sample_uncached)
+
+  def sample(params, key, prefix=None, *, batch_size: int | None = None):
+    if prefix is None:
+      if prefix_len:
+        raise UserInputError(f'this sampler keeps {prefix_len} prefix tokens; pass them.')
+      prefix = jnp.zeros((batch_size or 1, 0), jnp.int32)
+    prefix = jnp.asarray(prefix, jnp.int32)
+    if prefix.ndim != 2 or prefix.shape[1] != prefix_len:
+      raise UserInputError(f'prefix: expected [B, {prefix_len}] tokens, found shape '
+                           f'{prefix.shape}.')
+    return fn(params, key, prefix)
+
+  return sample
+
+
+def complete(model, params, key, tokens, *, image_shape: tuple[int, int], keep_rows: int,
+             num_completions: int = 1, **sampler_kwargs):
+  """Keeps the top `keep_rows` rows of each image and samples the rest, N times each.
+
+  Args:
+    tokens: `[B, H * W]` palette tokens of the originals.
+    image_shape: `(H, W)`.
+    keep_rows: rows kept, in [1, H).
+
+  Returns:
+    `[B, num_completions, H * W]` tokens; `[:, :, :keep_rows * W]` equals the input's.
+  """
+  h, w = image_shape
+  tokens = jnp.asarray(tokens, jnp.int32)
+  if tokens.ndim != 2 or tokens.shape[1] != h * w:
+    raise UserInputError(f'tokens: expected [B, {h * w}] for {h}x{w} images, found shape '
+                         f'{tokens.shape}.')
+  if not 1 <= keep_rows < h:
+    raise UserInputError(f'keep_rows={keep_rows}: expected 1 <= keep_rows < {h} (the image '
+                         f'has {h} rows; keep some, sample the rest).')
+  sample = make_sampler(model, num_tokens=h * w, prefix_len=keep_rows * w, **sampler_kwargs)
+  prefix = jnp.repeat(tokens[:, :keep_rows * w], num_completions, axis=0)
+  out = sample(params, key, prefix)
+  return out.reshape(tokens.shape[0], num_completions, h * w)
+
+
+def completion_grid(originals, completions, *, keep_rows: int, pad: int = 2) -> np.ndarray:
+  """One row per image: original | kept rows (rest grey) | completions. uint8 `[H', W', 3]`.
+
+  Args:
+    originals: uint8 `[B, H, W, 3]` (palette-dequantised originals).
+    completions: uint8 `[B, N, H, W, 3]`.
+  """
+  originals = np.asarray(originals, np.uint8)
+  completions = np.asarray(completions, np.uint8)
+  b, n, h, w, _ = completions.shape
+  kept = originals.copy()
+  kept[:, keep_rows:] = 128
+  panels = np.concatenate([originals[:, None], kept[:, None], completions], axis=1)
+  grid = np.full((b * (h + pad) + pad, (n + 2) * (w + pad) + pad, 3), 255, np.uint8)
+  for i in range(b):
+    for j in range(n + 2):
+      y, x = pad + i * (h + pad), pad + j * (w + pad)
+      grid[y:y + h, x:x + w] = panels[i, j]
+  return grid
+
+
+def save_png(path: str | os.PathLike, image, *, overwrite: bool = False) -> None:
+  """Writes a uint8 `[H, W, 3]` image as PNG, atomically."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with io.atomic_write(path, 'wb', overwrite=overwrite) as f:
+    Image.fromarray(np.asarray(image, np.uint8)).save(f, format='PNG')

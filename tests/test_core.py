@@ -1,0 +1,56 @@
+"""vision_core: mesh construction, batch placement, atomic writes, flat npz trees."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from vision_core import io, mesh, npz
+from vision_core.errors import UserInputError
+
+
+def test_mesh_shapes_and_errors():
+  assert jax.device_count() == 8
+  assert mesh.make_mesh((-1, 1)).shape == {'data': 8, 'model': 1}
+  assert mesh.make_mesh((4, -1)).shape == {'data': 4, 'model': 2}
+  with pytest.raises(UserInputError, match='needs 6 devices, but there are 8'):
+    mesh.make_mesh((3, 2))
+  with pytest.raises(UserInputError, match='cannot be split'):
+    mesh.make_mesh((-1, 3))
+
+
+def test_shard_batch_splits_rows_over_data_axis():
+  m = mesh.make_mesh((4, 2))
+  batch = {'x': np.arange(8 * 3, dtype=np.float32).reshape(8, 3), 'y': np.arange(8)}
+  placed = mesh.shard_batch(batch, m)
+  assert placed['x'].sharding.spec == jax.sharding.PartitionSpec('data', None)
+  shard_rows = {tuple(s.index[0].indices(8)) for s in placed['x'].addressable_shards}
+  assert shard_rows == {(0, 2, 1), (2, 4, 1), (4, 6, 1), (6, 8, 1)}
+  np.testing.assert_array_equal(mesh.to_host(placed)['x'], batch['x'])
+  with pytest.raises(UserInputError, match='batch=6 is not divisible by the 4 devices'):
+    mesh.check_batch_size(6, m)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+  path = tmp_path / 'out.bin'
+  with pytest.raises(RuntimeError):
+    with io.atomic_write(path) as f:
+      f.write(b'half')
+      raise RuntimeError('interrupted')
+  assert os.listdir(tmp_path) == []
+  with io.atomic_write(path) as f:
+    f.write(b'whole')
+  assert path.read_bytes() == b'whole'
+  with pytest.raises(UserInputError, match='already exists'):
+    with io.atomic_write(path) as f:
+      f.write(b'other')
+  assert path.read_bytes() == b'whole' and os.listdir(tmp_path) == ['out.bin']
+
+
+def test_flatten_unflatten_inverse():
+  tree = {'a': {'b': np.zeros(2), 'c': {'d': np.ones(1)}}, 'e': np.arange(3)}
+  flat = npz.flatten(tree)
+  assert set(flat) == {'a/b', 'a/c/d', 'e'}
+  back = npz.unflatten(flat)
+  np.testing.assert_array_equal(back['a']['c']['d'], tree['a']['c']['d'])

@@ -1,0 +1,138 @@
+"""Sampling: cached == uncached tokens, kept rows untouched, filters, grids, clear errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from igpt_jax import sample as igpt_sample
+from tests.test_igpt_model import random_params, tiny_model
+from vision_core.errors import UserInputError
+
+
+@pytest.fixture(scope='module')
+def model_and_params():
+  model = tiny_model(n_ctx=16)
+  return model, random_params(model, seed=7)
+
+
+@pytest.mark.parametrize('prefix_len,kwargs', [
+    (0, {}),
+    (6, dict(top_k=5)),
+    (1, dict(top_k=40, top_p=0.9, temperature=1.3)),
+])
+def test_cached_sampling_gives_exactly_the_uncached_tokens(model_and_params, prefix_len, kwargs):
+  model, params = model_and_params
+  key = jax.random.PRNGKey(11)
+  prefix = jax.random.randint(jax.random.PRNGKey(3), (4, prefix_len), 0, 512)
+  cached = igpt_sample.make_sampler(model, num_tokens=16, prefix_len=prefix_len, **kwargs)
+  uncached = igpt_sample.make_sampler(model, num_tokens=16, prefix_len=prefix_len,
+                                      cached=False, **kwargs)
+  a = np.asarray(cached(params, key, prefix))
+  b = np.asarray(uncached(params, key, prefix))
+  np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(a[:, :prefix_len], prefix)
+  assert len(np.unique(a[:, prefix_len:])) > 4  # Really sampled, not a constant.
+  # Another key gives other tokens.
+  c = np.asarray(cached(params, jax.random.PRNGKey(12), prefix))
+  assert not np.array_equal(a, c)
+
+
+def test_completions_keep_the_top_rows(model_and_params):
+  model, params = model_and_params
+  tokens = jax.random.randint(jax.random.PRNGKey(5), (2, 16), 0, 512)
+  out = np.asarray(igpt_sample.complete(model, params, jax.random.PRNGKey(0), tokens,
+                                        image_shape=(4, 4), keep_rows=2, num_completions=3))
+  assert out.shape == (2, 3, 16)
+  for i in range(2):
+    for j in range(3):
+      np.testing.assert_array_equal(out[i, j, :8], tokens[i, :8])
+  assert not np.array_equal(out[0, 0, 8:], out[0, 1, 8:])  # N different completions.
+
+
+def test_filters_match_their_definitions():
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(3, 50)) * 2, jnp.float32)
+  top_k = np.asarray(igpt_sample.filter_logits(logits, top_k=7))
+  for row, ref in zip(top_k, np.asarray(logits)):
+    kept = np.isfinite(row)
+    assert kept.sum() == 7
+    np.testing.assert_array_equal(np.sort(np.where(kept)[0]), np.sort(np.argsort(-ref)[:7]))
+  top_p = np.asarray(igpt_sample.filter_logits(logits, top_p=0.6, temperature=0.5))
+  for row, ref in zip(top_p, np.asarray(logits) / 0.5):
+    order = np.argsort(-ref)
+    p = np.exp(ref[order] - ref.max())
+    p /= p.sum()
+    n = int(np.searchsorted(np.cumsum(p), 0.6) + 1)  # Smallest prefix with mass >= 0.6.
+    np.testing.assert_array_equal(np.sort(np.where(np.isfinite(row))[0]), np.sort(order[:n]))
+    np.testing.assert_allclose(row[order[:n]], ref[order[:n]], rtol=1e-6)
+
+
+def test_sampled_frequencies_follow_the_filtered_softmax():
+  logits = jnp.asarray([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
+  keys = jax.random.split(jax.random.PRNGKey(0), 20_000)
+  draw = jax.vmap(lambda k: jax.random.categorical(
+      k, igpt_sample.filter_logits(logits, top_k=4)[0]))
+  counts = np.bincount(np.asarray(draw(keys)), minlength=6) / 20_000
+  p = np.exp([2.0, 1.0, 0.5, 0.0])
+  p /= p.sum()
+  np.testing.assert_allclose(counts[:4], p, atol=0.015)
+  assert counts[4:].sum() == 0
+
+
+def test_grid_layout():
+  rng = np.random.default_rng(0)
+  originals = rng.integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+  completions = rng.integers(0, 256, (2, 3, 4, 4, 3), dtype=np.uint8)
+  grid = igpt_sample.completion_grid(originals, completions, keep_rows=2, pad=1)
+  assert grid.shape == (2 * 5 + 1, 5 * 5 + 1, 3)
+  np.testing.assert_array_equal(grid[1:5, 1:5], originals[0])
+  np.testing.assert_array_equal(grid[1:3, 6:10], originals[0, :2])
+  assert (grid[3:5, 6:10] == 128).all()
+  np.testing.assert_array_equal(grid[6:10, 16:20], completions[1, 1])
+
+
+def test_bad_requests_are_clear_errors(model_and_params, tmp_path):
+  model, params = model_and_params
+  with pytest.raises(UserInputError, match='num_tokens=64: the model\'s n_ctx is 16'):
+    igpt_sample.make_sampler(model, num_tokens=64)
+  tokens = jnp.zeros((1, 16), jnp.int32)
+  for rows in (0, 4, -1):
+    with pytest.raises(UserInputError, match=f'keep_rows={rows}: expected 1 <= keep_rows < 4'):
+      igpt_sample.complete(model, params, jax.random.PRNGKey(0), tokens, image_shape=(4, 4),
+                           keep_rows=rows)
+  with pytest.raises(UserInputError, match=r'expected \[B, 16\] for 4x4 images'):
+    igpt_sample.complete(model, params, jax.random.PRNGKey(0), tokens[:, :9],
+                         image_shape=(4, 4), keep_rows=2)
+  sampler = igpt_sample.make_sampler(model, num_tokens=16, prefix_len=4)
+  with pytest.raises(UserInputError, match=r'prefix: expected \[B, 4\]'):
+    sampler(params, jax.random.PRNGKey(0), tokens[:, :3])
+  igpt_sample.save_png(tmp_path / 'g.png', np.zeros((4, 4, 3), np.uint8))
+  with pytest.raises(UserInputError, match='refusing to overwrite'):
+    igpt_sample.save_png(tmp_path / 'g.png', np.zeros((4, 4, 3), np.uint8))
+
+
+def test_complete_cli(model_and_params, tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from igpt_jax import checkpoint, complete  # pylint: disable=g-import-not-at-top
+  model, params = model_and_params
+  rng = np.random.default_rng(0)
+  (tmp_path / 'imgs').mkdir()
+  for i in range(2):
+    Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(
+        tmp_path / 'imgs' / f'{i}.png')
+  checkpoint.save(tmp_path / 'p.npz', params)
+  np.save(tmp_path / 'pal.npy', rng.uniform(-1, 1, (512, 3)).astype(np.float32))
+  common = ['--params', str(tmp_path / 'p.npz'), '--palette', str(tmp_path / 'pal.npy'),
+            '--size', '4']
+  complete.main(common + ['--images', str(tmp_path / 'imgs'), '--num', '3', '--out',
+                          str(tmp_path / 'c.png')])
+  grid = np.asarray(Image.open(tmp_path / 'c.png'))
+  assert grid.shape == (2 * 6 + 2, 5 * 6 + 2, 3)
+  # Kept rows of each completion are the original's (palette-dequantised) pixels.
+  np.testing.assert_array_equal(grid[2:4, 2 + 2 * 6:6 + 2 * 6], grid[2:4, 2:6])
+  complete.main(common + ['--unconditional', '3', '--out', str(tmp_path / 'u.png')])
+  assert np.asarray(Image.open(tmp_path / 'u.png')).shape == (6 + 2, 3 * 6 + 2, 3)
+  with pytest.raises(SystemExit) as e:
+    complete.main(common + ['--images', str(tmp_path / 'imgs'), '--keep_rows', '9', '--out',
+                            str(tmp_path / 'bad.png')])
+  assert e.value.code == 2 and not (tmp_path / 'bad.png').exists()

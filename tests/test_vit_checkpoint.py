@@ -1,0 +1,113 @@
+"""Official `.npz` checkpoints: round trips, fine-tuning adaptation, and clear errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.ndimage
+
+from tests.test_vit_model import random_params, tiny_config
+from vision_core import npz
+from vision_core.errors import UserInputError
+from vit_jax import checkpoint, models_vit
+
+
+def _model(image_size=16, num_classes=7, **kw):
+  config = tiny_config(**kw)
+  return models_vit.VisionTransformer(num_classes=num_classes, **config), config
+
+
+def test_save_load_round_trips_every_leaf_exactly(tmp_path):
+  model, _ = _model(representation_size=12, resnet_layers=(1,))
+  params = random_params(model, 32)
+  path = tmp_path / 'model.npz'
+  checkpoint.save(path, params)
+  loaded = checkpoint.load(path)
+  flat_in, flat_out = npz.flatten(params), npz.flatten(loaded)
+  assert flat_in.keys() == flat_out.keys()
+  for key in flat_in:
+    assert flat_out[key].dtype == flat_in[key].dtype
+    np.testing.assert_array_equal(flat_out[key], flat_in[key], err_msg=key)
+
+
+def test_save_refuses_to_overwrite(tmp_path):
+  model, _ = _model()
+  params = random_params(model, 16)
+  path = tmp_path / 'model.npz'
+  checkpoint.save(path, params)
+  before = path.read_bytes()
+  with pytest.raises(UserInputError, match='already exists'):
+    checkpoint.save(path, params)
+  assert path.read_bytes() == before
+  checkpoint.save(path, params, overwrite=True)
+
+
+def test_convert_pre_linen_renumbers_per_type():
+  tree = {'encoderblock_0': {'LayerNorm_0': {'scale': 1}, 'MultiHeadDotProductAttention_1': {},
+                             'LayerNorm_2': {'scale': 2}, 'MlpBlock_3': {'Dense_0': {}}}}
+  out = checkpoint.convert_pre_linen(tree)['encoderblock_0']
+  assert set(out) == {'LayerNorm_0', 'LayerNorm_1', 'MultiHeadDotProductAttention_0',
+                      'MlpBlock_0'}
+  assert out['LayerNorm_1'] == {'scale': 2}
+
+
+@pytest.mark.parametrize('classifier', ['token', 'gap'])
+def test_load_pretrained_resizes_posemb_like_scipy_zoom(tmp_path, classifier):
+  old_model, config = _model(classifier=classifier)
+  old = random_params(old_model, 16)  # 4x4 grid
+  old['pre_logits'] = {'kernel': np.ones((32, 32), np.float32),
+                       'bias': np.zeros(32, np.float32)}
+  path = tmp_path / 'pretrained.npz'
+  checkpoint.save(path, old)
+  new_model, _ = _model(classifier=classifier, num_classes=3)
+  init = new_model.init(jax.random.PRNGKey(1), jnp.zeros((1, 28, 28, 3)))['params']  # 7x7
+  params = checkpoint.load_pretrained(pretrained_path=path, init_params=init,
+                                      model_config=config)
+  posemb = params['Transformer']['posembed_input']['pos_embedding']
+  old_posemb = old['Transformer']['posembed_input']['pos_embedding']
+  start = 1 if classifier == 'token' else 0
+  grid = old_posemb[0, start:].reshape(4, 4, -1)
+  expected = scipy.ndimage.zoom(grid, (7 / 4, 7 / 4, 1), order=1).reshape(49, -1)
+  assert posemb.shape == (1, 49 + start, 32)
+  np.testing.assert_allclose(posemb[0, start:], expected, rtol=1e-5, atol=1e-6)
+  if start:
+    np.testing.assert_array_equal(posemb[0, 0], old_posemb[0, 0])
+  assert 'pre_logits' not in params  # representation_size is None: drop-head variant
+  np.testing.assert_array_equal(params['head']['kernel'], np.zeros((32, 3)))
+  np.testing.assert_array_equal(params['embedding']['kernel'], old['embedding']['kernel'])
+  logits = new_model.apply({'params': params}, np.zeros((2, 28, 28, 3), np.float32))
+  assert logits.shape == (2, 3)
+
+
+def test_mismatched_npz_lists_every_key_with_both_shapes(tmp_path):
+  model, _ = _model()
+  params = random_params(model, 16)
+  flat = npz.flatten(params)
+  flat['embedding/kernel'] = np.zeros((4, 4, 3, 16), np.float32)
+  del flat['Transformer/encoder_norm/scale']
+  flat['extra/thing'] = np.zeros(3)
+  path = tmp_path / 'bad.npz'
+  np.savez(path, **flat)
+  with pytest.raises(UserInputError) as info:
+    checkpoint.load_params(path, params)
+  message = str(info.value)
+  assert str(path) in message and '3 mismatched keys' in message
+  assert 'embedding/kernel: expected (4, 4, 3, 32), found (4, 4, 3, 16)' in message
+  assert 'missing  Transformer/encoder_norm/scale' in message
+  assert 'extra    extra/thing' in message
+
+
+def test_pickled_npz_is_refused(tmp_path):
+  path = tmp_path / 'pickled.npz'
+  np.savez(path, ok=np.zeros(2), evil=np.array([{'a': 1}], dtype=object))
+  with pytest.raises(UserInputError, match=r"'evil' holds pickled Python objects"):
+    checkpoint.load(path)
+
+
+def test_missing_and_corrupt_files_are_clear_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match='nope.npz: no such checkpoint file'):
+    checkpoint.load(tmp_path / 'nope.npz')
+  bad = tmp_path / 'garbage.npz'
+  bad.write_bytes(b'not a zip file at all')
+  with pytest.raises(UserInputError, match='garbage.npz: not a readable .npz'):
+    checkpoint.load(bad)

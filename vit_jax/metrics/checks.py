@@ -1,0 +1,71 @@
+"""Input checks shared by the metrics: clear messages before any JAX tracing happens."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from vision_core.errors import UserInputError
+
+
+def check_pair(a, b, *, metric: str, min_size: int = 1) -> tuple[int, int, int, int]:
+  """Checks two `[B, H, W, C]` batches of the same shape; returns that shape.
+
+  Args:
+    a: the reference batch (originals).
+    b: the batch compared with it (reconstructions).
+    metric: the metric's name, used in the messages.
+    min_size: the smallest allowed height and width.
+  """
+  for name, x in (('a', a), ('b', b)):
+    shape = np.shape(x)
+    if len(shape) != 4:
+      hint = ' (a single image? add a batch axis: x[None])' if len(shape) == 3 else ''
+      raise UserInputError(
+          f'{metric}: {name} must be a 4-D batch [B, H, W, C], got shape {shape}{hint}.')
+    dtype = np.dtype(getattr(x, 'dtype', np.asarray(x).dtype))
+    if not (np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)):
+      raise UserInputError(f'{metric}: {name} must be real numbers, got dtype {dtype}.')
+  sa, sb = np.shape(a), np.shape(b)
+  if sa[-1] != sb[-1]:
+    raise UserInputError(
+        f'{metric}: channel counts differ: a has {sa[-1]} channels (shape {sa}), '
+        f'b has {sb[-1]} (shape {sb}); convert both to the same colour mode first.')
+  if sa != sb:
+    raise UserInputError(
+        f'{metric}: a and b must have the same shape [B, H, W, C], got {sa} and {sb}.')
+  if sa[0] == 0:
+    raise UserInputError(f'{metric}: empty batch (shape {sa}).')
+  for name, x in (('a', a), ('b', b)):
+    # Host arrays are checked here, before any compilation; device arrays inside the jitted
+    # metric (`raise_if_not_finite`), so that they are not copied back to the host.
+    if isinstance(x, np.ndarray) and x.dtype.kind == 'f' and not np.isfinite(x).all():
+      raise UserInputError(f'{metric}: {name} contains NaN or infinite values.')
+  if min(sa[1], sa[2]) < min_size:
+    raise UserInputError(
+        f'{metric}: images of {sa[1]}x{sa[2]} pixels are too small; height and width must be '
+        f'at least {min_size}.')
+  return sa
+
+
+def check_data_range(data_range, *, metric: str) -> float:
+  """The value range (max - min) of the images, e.g. 255.0 for uint8 or 1.0 for [0, 1]."""
+  try:
+    value = float(data_range)
+  except (TypeError, ValueError):
+    raise UserInputError(
+        f'{metric}: data_range must be a positive number (255.0 for uint8 images, 1.0 for '
+        f'[0, 1] floats), got {data_range!r}.') from None
+  if not (math.isfinite(value) and value > 0):
+    raise UserInputError(
+        f'{metric}: data_range must be a positive finite number, got {data_range!r}.')
+  return value
+
+
+def raise_if_not_finite(finite, *, metric: str) -> None:
+  """`finite` is the `[2]` flag pair (a finite, b finite) computed inside the jitted metric."""
+  finite = np.asarray(finite)
+  for name, ok in zip(('a', 'b'), finite):
+    if not ok:
+      raise UserInputError(f'{metric}: {name} contains NaN or infinite values.')
