@@ -17,4 +17,6 @@ One home for what every family needs, so that none copies another:
 - `vision_core.metrics_log`: progress bar, metrics.jsonl, TensorBoard scalars
   (`vision_core.tfevents`), final JSON.
 - `vision_core.sharding`: parameter sharding strategies (replicated, fsdp, tp, fsdp_tp).
+- `vision_core.optim`: warmup + cosine/linear schedules, SGD/AdamW/Adam with clipping, label-
+  smoothed cross entropy.
 """
