@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -111,14 +112,14 @@ def run(config, *, out: str | None = None, force: bool = False, progress: bool =
   out = out or config.out
   check_output(out, force=force)  # Fail before any work is done.
   fileformat.Quantization.parse(config.quantization)
+  study_scores.brisque_files(config.brisque_model, config.brisque_range)  # fail early
   start_time = time.time()
   generator_path, vit_path = _resolve_paths(config)
   generator = generators.load(generator_path)
   classifier = study_scores.load_classifier(vit_path, model_name=config.vit_model,
                                             resolution=config.vit_resolution)
   k = int(config.vit_score_k)
-  study_scores.topk_overlap(np.zeros((1, classifier.num_classes)),
-                            np.zeros((1, classifier.num_classes)), k)  # validates k early
+  classifier.check_k(k)
   images = study_images.load(config.images, size=generator.image_size,
                              channels=generator.channels,
                              alpha_background=config.alpha_background)
@@ -190,42 +191,46 @@ def run(config, *, out: str | None = None, force: bool = False, progress: bool =
 
     stage('score')
     bar.set_postfix_str('ViT-Score, SSIM, PSNR, FID, BRISQUE')
-    logits, pre = study_scores.classifier_outputs(classifier, targets)
-    brisque_original, brisque_note = study_scores.brisque_scores(
-        targets, config.brisque_model, config.brisque_range)
-    common = dict(classifier=classifier, k=k, original_logits=logits,
-                  original_prelogits=pre, brisque_model=config.brisque_model,
-                  brisque_range=config.brisque_range)
-    gan_label = f'GAN latent ({config.quantization})'
-    methods = {
-        gan_label: study_scores.score_method(targets, recons, compressed_bytes=gan_bytes,
-                                             **common),
-        'JPEG same size': study_scores.score_method(targets, jpegs,
-                                                    compressed_bytes=jpeg_bytes, **common),
+    brisque, brisque_note = study_scores.brisque_files(config.brisque_model,
+                                                       config.brisque_range)
+    original_paths = [os.path.join(out, 'originals', n + '.png') for n in names]
+    gan_label = f'GAN latents ({config.quantization} .ganz)'
+    jpeg_label = 'JPEG at the same size'
+    sources = {
+        gan_label: (recons, 'reconstructions', '.png', 'compressed', compress_lib.SUFFIX,
+                    [list(filter(None, [im.note])) for im in images]),
+        jpeg_label: (jpegs, 'jpeg', '.jpg', 'jpeg', '.jpg',
+                     [list(filter(None, [im.note, n])) for im, n in zip(images, jpeg_notes)]),
     }
-    methods[gan_label].update(images=recons, notes=[im.note for im in images])
-    methods['JPEG same size'].update(
-        images=jpegs, notes=[', '.join(filter(None, (im.note, n)))
-                             for im, n in zip(images, jpeg_notes)])
-    for result in methods.values():
-      result['brisque_original'] = brisque_original
+    methods = {}
+    for label, (recon, sub, ext, csub, cext, notes) in sources.items():
+      pairs = study_scores.make_pairs(
+          names, targets, recon, original_paths=original_paths,
+          reconstruction_paths=[os.path.join(out, sub, n + ext) for n in names],
+          compressed_paths=[os.path.join(staging, csub, n + cext) for n in names],
+          notes=notes)
+      cols, fids = study_scores.score(pairs, classifier, k=k, brisque=brisque, mesh=mesh)
+      methods[label] = (pairs, cols, fids)
     bar.update()
 
     stage('report')
     bar.set_postfix_str('report and figure')
     header = _header(config, generator, generator_path, classifier, vit_path, k, search,
                      brisque_note, targets.shape)
-    paths = study_report.write_all(staging, names, targets, methods, header=header,
-                                   scale=int(config.figure_scale))
+    info = dict(model=classifier.model_name, checkpoint=vit_path,
+                image_size=classifier.resolution, k=k, num_classes=classifier.num_classes,
+                ignored=[], brisque=brisque)
+    paths = study_report.write_all(staging, methods, header=header, info=info)
     summary = {
         'preset': config.preset, 'config': config.to_dict(), 'images': names,
         'generator': generator_path, 'generator_identity': generator.identity,
         'vit_checkpoint': vit_path, 'vit_classes': classifier.num_classes,
         'search_seconds': round(search_seconds, 2), 'latent_loss': losses,
         'total_seconds': round(time.time() - start_time, 2),
-        'fid_raw_pixels': {m: r['fid_raw_pixels'] for m, r in methods.items()},
-        'mean': {m: {c: (None if v is None else float(np.mean(v)))
-                     for c, v in r['columns'].items()} for m, r in methods.items()},
+        'fid': {m: {k_: float(v) for k_, v in fids.items()}
+                for m, (_, _, fids) in methods.items()},
+        'mean': {m: {c: float(np.nanmean(v)) if np.isfinite(v).any() else None
+                     for c, v in cols.items()} for m, (_, cols, _) in methods.items()},
     }
     with open(os.path.join(staging, MARKER), 'w', encoding='utf-8') as f:
       json.dump(summary, f, indent=2)
@@ -240,28 +245,26 @@ def run(config, *, out: str | None = None, force: bool = False, progress: bool =
 
 def _header(config, generator, generator_path, classifier, vit_path, k, search, brisque_note,
             shape) -> list[str]:
-  n, s = shape[0], shape[1]
+  n, size = shape[0], shape[1]
   lines = [
-      f'- {n} images, {s}x{s}x{shape[3]}, center-cropped and resized (bicubic) from: '
-      f'`{config.images}`.',
+      f'- {n} images, {size}x{size}x{shape[3]}: `{config.images}`, center-cropped and resized '
+      '(Pillow bicubic) to the generator\'s size; RGBA images are composited on grey level '
+      f'{config.alpha_background} (255 = white) first.',
       f'- Generator `{generator_path}` ({generator.config.get("family")}, latent '
-      f'{generator.latent_dim}, identity {generator.identity[:16]}); latents stored as '
-      f'{config.quantization} `.ganz` files; search: {search.optimizer}, lr '
-      f'{search.learning_rate}, <= {search.steps} steps, best of {search.restarts} restarts.',
-      f'- ViT `{vit_path}` ({classifier.num_classes} classes, {classifier.resolution} px input): '
-      f'ViT-Score = |top-{k} classes of original ∩ of reconstruction| / {k} (chance level '
-      f'{k / classifier.num_classes:.3f}); ViT cos = cosine of the pre-logit embeddings.',
-      '- SSIM (Gaussian window 11, sigma 1.5), MSE and PSNR on uint8 values (data range 255), '
-      'all channels. FID is set-level on raw pixel rows (each image one row, values in '
-      '[0, 1]), as the study computed it: not the Inception FID.',
-      '- bpp = 8 x file bytes / (S x S); ratio = raw pixel bytes (S x S x C) / file bytes. '
-      'JPEG rows: Pillow, the highest quality whose file is no larger than the GAN file.',
+      f'{generator.latent_dim}, identity {generator.identity[:16]}); latent search: '
+      f'{search.optimizer}, lr {search.learning_rate}, <= {search.steps} steps, best of '
+      f'{search.restarts} restarts; latents stored as {config.quantization} `.ganz` files and '
+      'the reconstructions decoded from those files.',
+      f'- Classifier `{vit_path}` ({classifier.model_name}, {classifier.num_classes} classes, '
+      f'{classifier.resolution} px): ViT-Score = shared top-{k} classes / {k} (chance level '
+      f'{k / classifier.num_classes:.3f}).',
+      '- JPEG: Pillow, the highest quality whose file is no larger than the `.ganz` file (when '
+      'even quality 1 is larger, quality 1 is shown and the row says so).',
+      '- FID raw pixels: set-level, each image one row of raw 0-255 values, as the study '
+      'computed it (not an Inception FID).',
   ]
   if brisque_note:
     lines.append(f'- BRISQUE: absent ({brisque_note}).')
-  else:
-    lines.append(f'- BRISQUE (lower is better): OpenCV-compatible, model `{config.brisque_model}`'
-                 '; of the reconstruction (the original\'s is in report.csv).')
   return lines
 
 
@@ -271,7 +274,7 @@ def default_config_path() -> str:
 
 
 def main() -> None:
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from vision_core.errors import cli_errors  # pylint: disable=g-import-not-at-top
   config_flag = config_flags.DEFINE_config_file(
@@ -282,6 +285,8 @@ def main() -> None:
 
   def _main(argv):
     del argv
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so the staging folder is removed on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with cli_errors('gan_jax.study'):
       paths = run(config_flag.value, out=out_flag.value, force=force_flag.value)
       print(f'report:  {paths["markdown"]}\ntable:   {paths["csv"]}\nfigure:  '
@@ -292,6 +297,7 @@ def main() -> None:
       flags.FLAGS(sys.argv)
     except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
       raise UserInputError(f'bad command line: {e}') from None
+  logging.set_verbosity(logging.WARNING)  # not JAX's backend-probing INFO lines
   app.run(_main, argv=[sys.argv[0]], flags_parser=lambda argv: argv)
 
 

@@ -1,131 +1,86 @@
-"""The study's report: `report.md`, `report.csv` and `figure.png` in one folder.
+"""The study's report files, rendered by the project's metric report (`vit_jax.assess_report`).
 
-One row per (image, method); methods are the GAN latent file and the JPEG baseline at the
-same size. Set-level values (raw-pixel FID, means) close the table. Files are written into
-the study's staging folder, which `gan_jax.study` publishes atomically.
+`report.md`: the study's header (images, generator, classifier, search), a per-method
+summary (GAN latents vs JPEG at the same size: means and set-level FIDs), then the
+assessment report of each method. `report.csv`: one row per (image, method), the
+assessment columns. `figure.png`: original | reconstruction with the scores, for every
+image and method.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import dataclasses
 import math
 import os
 
 import numpy as np
 
-COLUMNS = (  # (key, header, format)
+SUMMARY = (  # (column, header, format)
     ('vit_score', 'ViT-Score', '{:.3f}'),
-    ('vit_cosine', 'ViT cos', '{:.3f}'),
-    ('top1_same', 'top-1 same', '{:.0f}'),
+    ('vit_cosine', 'pre-logit cosine', '{:.3f}'),
     ('ssim', 'SSIM', '{:.4f}'),
-    ('mse', 'MSE', '{:.2f}'),
-    ('psnr', 'PSNR dB', '{:.2f}'),
-    ('brisque', 'BRISQUE', '{:.2f}'),
-    ('bytes', 'bytes', '{:.0f}'),
+    ('psnr', 'PSNR (dB)', '{:.2f}'),
+    ('brisque_reconstruction', 'BRISQUE recon.', '{:.2f}'),
     ('bpp', 'bpp', '{:.3f}'),
-    ('ratio', 'ratio (raw)', '{:.1f}'),
+    ('compression_ratio', 'ratio', '{:.1f}'),
 )
 
 
-def _fmt(fmt: str, value) -> str:
-  if value is None or (isinstance(value, float) and math.isnan(value)):
-    return '-'
-  return fmt.format(value)
+def _fmt(value, spec: str = '{:.4g}') -> str:
+  if value is None or not math.isfinite(float(value)):
+    return 'n/a'
+  return spec.format(float(value))
 
 
-def rows(names, methods: dict) -> list[dict]:
-  """Flat rows: {'image', 'method', 'note', column: value} for every image x method."""
-  out = []
-  for i, name in enumerate(names):
-    for method, result in methods.items():
-      row = {'image': name, 'method': method, 'note': result['notes'][i]}
-      for key, _, _ in COLUMNS:
-        values = result['columns'][key]
-        row[key] = None if values is None else float(values[i])
-      row['brisque_original'] = (None if result['brisque_original'] is None
-                                 else float(result['brisque_original'][i]))
-      row['vit_top1'] = result['top1'][i]
-      out.append(row)
-  return out
+def _demote(markdown: str, levels: int = 2) -> list[str]:
+  """The assessment's Markdown without its title, headings `levels` deeper."""
+  lines = markdown.rstrip('\n').split('\n')[1:]
+  return [('#' * levels + l) if l.startswith('#') else l for l in lines]
 
 
-def write_csv(path: str, table: list[dict]) -> None:
-  keys = ['image', 'method'] + [k for k, _, _ in COLUMNS] + ['brisque_original', 'vit_top1',
-                                                            'note']
-  with open(path, 'w', newline='', encoding='utf-8') as f:
-    writer = csv.DictWriter(f, fieldnames=keys)
-    writer.writeheader()
-    for row in table:
-      writer.writerow({k: ('' if row.get(k) is None else row[k]) for k in keys})
+def summary_table(methods: dict) -> list[str]:
+  lines = ['| method | ' + ' | '.join(h for _, h, _ in SUMMARY) +
+           ' | FID raw pixels | FID ViT pre-logits |',
+           '|---|' + '---:|' * (len(SUMMARY) + 2)]
+  for label, (_, cols, fids) in methods.items():
+    cells = [_fmt(np.nanmean(cols[c]) if c in cols and np.isfinite(cols[c]).any() else None, f)
+             for c, _, f in SUMMARY]
+    cells += [_fmt(fids.get('raw_pixels'), '{:.1f}'), _fmt(fids.get('vit_prelogits'), '{:.3f}')]
+    lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+  return lines
 
 
-def write_markdown(path: str, table: list[dict], methods: dict, *, header: list[str]) -> None:
-  lines = ['# Study report', ''] + header + ['']
-  heads = ['image', 'method'] + [h for _, h, _ in COLUMNS]
-  lines.append('| ' + ' | '.join(heads) + ' |')
-  lines.append('|' + '---|' * len(heads))
-  for row in table:
-    cells = [row['image'], row['method']] + [_fmt(f, row[k]) for k, _, f in COLUMNS]
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  lines += ['', '## Per method (mean over images; FID over the set)', '',
-            '| method | ViT-Score | SSIM | PSNR dB | bpp | FID (raw pixels) | BRISQUE |',
-            '|---|---|---|---|---|---|---|']
-  for method, result in methods.items():
-    col = result['columns']
-    mean = lambda k: (None if col[k] is None else float(np.mean(col[k])))  # pylint: disable=cell-var-from-loop
-    lines.append(f'| {method} | {_fmt("{:.3f}", mean("vit_score"))} | '
-                 f'{_fmt("{:.4f}", mean("ssim"))} | {_fmt("{:.2f}", mean("psnr"))} | '
-                 f'{_fmt("{:.3f}", mean("bpp"))} | {_fmt("{:.1f}", result["fid_raw_pixels"])} | '
-                 f'{_fmt("{:.2f}", mean("brisque"))} |')
-  notes = sorted({row['note'] for row in table if row['note']})
-  if notes:
-    lines += ['', 'Notes: ' + '; '.join(notes) + '.']
-  with open(path, 'w', encoding='utf-8') as f:
+def write_all(folder: str, methods: dict, *, header: list[str], info: dict) -> dict:
+  """Writes report.md, report.csv and figure.png into `folder`; returns their paths.
+
+  Args:
+    methods: label -> (pairs, columns, fids), as `study_scores.score` returns them.
+    header: Markdown lines describing the run.
+    info: what `vit_jax.assess_report.markdown` states (model, checkpoint, k, ...).
+  """
+  from vit_jax import assess_report  # pylint: disable=g-import-not-at-top
+  lines = ['# Study report', ''] + header + ['', '## Summary (means over images)', '']
+  lines += summary_table(methods)
+  for label, (pairs, cols, fids) in methods.items():
+    lines += ['', f'## {label}', ''] + _demote(assess_report.markdown(pairs, cols, fids, info))
+  all_pairs, all_cols = [], {}
+  for label, (pairs, cols, _) in methods.items():
+    short = label.split()[0]
+    all_pairs += [dataclasses.replace(p, name=f'{p.name} ({short})') for p in pairs]
+  keys = set.intersection(*(set(cols) for _, cols, _ in methods.values()))
+  for key in keys:
+    all_cols[key] = np.concatenate([cols[key] for _, cols, _ in methods.values()])
+  order = np.argsort([i % len(next(iter(methods.values()))[0])
+                      for i in range(len(all_pairs))], kind='stable')
+  all_pairs = [all_pairs[i] for i in order]  # each image's methods next to each other
+  all_cols = {k: v[order] for k, v in all_cols.items()}
+  paths = {'markdown': os.path.join(folder, 'report.md'),
+           'csv': os.path.join(folder, 'report.csv'),
+           'figure': os.path.join(folder, 'figure.png')}
+  with open(paths['markdown'], 'w', encoding='utf-8') as f:
     f.write('\n'.join(lines) + '\n')
-
-
-def write_figure(path: str, names, originals, methods: dict, *, scale: int = 1) -> None:
-  """A grid: one row per image, columns original | each method, scores under each."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  n, cols = len(names), 1 + len(methods)
-  fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.9 * n), squeeze=False)
-  for i, name in enumerate(names):
-    panels = [('original', originals[i], name)]
-    for method, result in methods.items():
-      c = result['columns']
-      text = (f'ViT-Score {c["vit_score"][i]:.2f}  SSIM {c["ssim"][i]:.3f}\n'
-              f'PSNR {c["psnr"][i]:.1f} dB  {c["bpp"][i]:.3f} bpp')
-      panels.append((method, result['images'][i], text))
-    for j, (title, image, text) in enumerate(panels):
-      ax = axes[i, j]
-      image = np.asarray(image)
-      if scale > 1:
-        image = image.repeat(scale, 0).repeat(scale, 1)
-      ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap='gray',
-                interpolation='nearest')
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if i == 0:
-        ax.set_title(title, fontsize=9)
-      ax.set_xlabel(text, fontsize=7)
-  fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format='png', dpi=100)
-  plt.close(fig)
-  with open(path, 'wb') as f:
-    f.write(buffer.getvalue())
-
-
-def write_all(folder: str, names, originals, methods: dict, *, header: list[str],
-              scale: int = 1) -> dict:
-  """Writes the three report files into `folder`; returns their paths."""
-  table = rows(names, methods)
-  paths = {k: os.path.join(folder, f) for k, f in
-           (('markdown', 'report.md'), ('csv', 'report.csv'), ('figure', 'figure.png'))}
-  write_csv(paths['csv'], table)
-  write_markdown(paths['markdown'], table, methods, header=header)
-  write_figure(paths['figure'], names, originals, methods, scale=scale)
+  with open(paths['csv'], 'w', encoding='utf-8') as f:
+    f.write(assess_report.csv_text(all_pairs, all_cols))
+  with open(paths['figure'], 'wb') as f:
+    f.write(assess_report.figure_png(all_pairs, all_cols))
   return paths

@@ -1,4 +1,4 @@
-"""Tiny weights and configs for the study tests: a random 16x16 DCGAN and a random ViT."""
+"""Tiny weights and configs for the study tests: random 28x28 DCGAN, 16x16 PGAN and ViTs."""
 
 import importlib.util
 import json
@@ -66,3 +66,26 @@ def tiny_config(tmp_path, *, generator=None, vit=None, **overrides):
   for key, value in overrides.items():
     config[key] = value
   return config
+
+
+PGAN = {'family': 'pgan', 'dim_latent': 8, 'depth_scale0': 8, 'depth_other_scales': [4, 4],
+        'dim_output': 3}
+
+
+def write_pgan(path, seed=0):
+  """A tiny Progressive GAN generator (16x16), the family of the full-size preset."""
+  from gan_jax import generators  # pylint: disable=g-import-not-at-top
+  generators.save(path, PGAN, generators.init_params(PGAN, seed=seed))
+  return str(path)
+
+
+def write_zoo_vit(path, name='testing', resolution=32, num_classes=6, seed=0):
+  """A ViT of the zoo config `name` as a bare official-layout npz (no model.json)."""
+  from vit_jax import checkpoint, models_vit  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
+  model = models_vit.VisionTransformer(num_classes=num_classes,
+                                       **models.get_model_config(name))
+  params = model.init(jax.random.PRNGKey(seed),
+                      np.zeros((1, resolution, resolution, 3), np.float32), train=False)['params']
+  checkpoint.save(path, jax.tree.map(np.asarray, params))
+  return str(path)

@@ -48,23 +48,26 @@ def study_run(weights, tmp_path_factory):
   return config, paths
 
 
+GAN, JPEG = 'GAN latents (8bit .ganz)', 'JPEG at the same size'
+NAMES = ['astronaut', 'logo', 'coffee']
+
+
 def test_study_writes_report_figure_and_files(study_run):
   config, paths = study_run
   out = config.out
   for key in ('markdown', 'csv', 'figure'):
     assert os.path.isfile(paths[key])
   assert Image.open(paths['figure']).size[0] > 100
-  names = ['astronaut', 'logo', 'coffee']
-  for name in names:
+  for name in NAMES:
     for sub, ext in (('compressed', '.ganz'), ('reconstructions', '.png'), ('originals', '.png'),
                      ('jpeg', '.jpg')):
       assert os.path.isfile(os.path.join(out, sub, name + ext))
   rows = _csv(out)
-  assert [(r['image'], r['method']) for r in rows] == [
-      (n, m) for n in names for m in ('GAN latent (8bit)', 'JPEG same size')]
+  assert [r['image'] for r in rows] == [f'{n} ({m})' for n in NAMES for m in ('GAN', 'JPEG')]
   report = open(paths['markdown'], encoding='utf-8').read()
-  assert 'ViT-Score' in report and 'FID (raw pixels)' in report and 'BRISQUE: absent' in report
-  assert 'RGBA composited on grey level 255' in report  # skimage's logo is RGBA.
+  for text in ('## Summary', f'## {GAN}', f'## {JPEG}', 'ViT-Score', 'FID raw pixels',
+               'BRISQUE: absent', 'logo: RGBA composited on grey level 255'):
+    assert text in report
   assert not [f for f in os.listdir(os.path.dirname(out)) if '.partial-' in f]
 
 
@@ -72,14 +75,15 @@ def test_study_numbers_are_recomputable(study_run):
   """Every per-image number equals an independent computation on the written files."""
   from gan_jax import decompress, generators  # pylint: disable=g-import-not-at-top
   from gan_jax import study_scores  # pylint: disable=g-import-not-at-top
+  from vit_jax import metrics  # pylint: disable=g-import-not-at-top
   config, _ = study_run
   out = config.out
   generator = generators.load(config.generator)
   classifier = study_scores.load_classifier(config.vit_checkpoint)
   for row in _csv(out):
-    name = row['image']
+    name, method = row['image'].split(' (')
     original = _png(os.path.join(out, 'originals', name + '.png'))
-    if row['method'].startswith('GAN'):
+    if method == 'GAN)':
       file = os.path.join(out, 'compressed', name + '.ganz')
       with open(file, 'rb') as f:
         recon = decompress.decompress(f.read(), generator, source=file)
@@ -88,31 +92,32 @@ def test_study_numbers_are_recomputable(study_run):
     else:
       file = os.path.join(out, 'jpeg', name + '.jpg')
       recon = _png(file)
-    assert float(row['bytes']) == os.path.getsize(file)
-    assert float(row['bpp']) == pytest.approx(8 * os.path.getsize(file) / (28 * 28))
+    size = os.path.getsize(file)
+    assert float(row['bits_per_pixel']) == pytest.approx(8 * size / (28 * 28))
+    assert float(row['compression_ratio']) == pytest.approx(28 * 28 * 3 / size)
     assert float(row['ssim']) == pytest.approx(structural_similarity(
         original, recon, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
         data_range=255, channel_axis=-1), abs=1e-5)
-    assert float(row['psnr']) == pytest.approx(
+    assert float(row['psnr_db']) == pytest.approx(
         peak_signal_noise_ratio(original, recon, data_range=255), rel=1e-5)
     assert float(row['mse']) == pytest.approx(
         np.mean((original.astype(float) - recon) ** 2), rel=1e-5)
-    logits, _ = study_scores.classifier_outputs(classifier, np.stack([original, recon]))
-    top = [set(np.argsort(-l)[:config.vit_score_k]) for l in logits]
-    assert float(row['vit_score']) == len(top[0] & top[1]) / config.vit_score_k
+    assert float(row['vit_score']) == pytest.approx(metrics.vit_score(
+        original[None], recon[None], classifier.model, classifier.params,
+        k=config.vit_score_k, image_size=classifier.resolution)[0])
   summary = json.load(open(os.path.join(out, 'study.json'), encoding='utf-8'))
   originals = np.stack([_png(os.path.join(out, 'originals', n + '.png')).reshape(-1)
-                        for n in summary['images']]) / 255.0
+                        for n in summary['images']]).astype(np.float64)
   recons = np.stack([_png(os.path.join(out, 'reconstructions', n + '.png')).reshape(-1)
-                     for n in summary['images']]) / 255.0
-  # Independent Frechet distance: Gram-matrix formulation of tr sqrt(S1 S2) for n < d.
+                     for n in summary['images']]).astype(np.float64)
+  # Independent Frechet distance for n < d: tr sqrt(S1 S2) from the n x n Gram matrix.
   ca, cb = originals - originals.mean(0), recons - recons.mean(0)
   n = len(originals)
   gram = (ca @ cb.T) / (n - 1)
   nuclear = np.sum(np.sqrt(np.clip(np.linalg.eigvals(gram @ gram.T).real, 0, None)))
   expected = (np.sum((originals.mean(0) - recons.mean(0)) ** 2) + np.sum(ca ** 2) / (n - 1)
               + np.sum(cb ** 2) / (n - 1) - 2 * nuclear)
-  assert summary['fid_raw_pixels']['GAN latent (8bit)'] == pytest.approx(expected, rel=1e-6)
+  assert summary['fid'][GAN]['raw_pixels'] == pytest.approx(expected, rel=1e-6)
 
 
 def test_changing_generator_or_vit_changes_numbers(study_run, weights, tmp_path):
@@ -120,11 +125,11 @@ def test_changing_generator_or_vit_changes_numbers(study_run, weights, tmp_path)
   base = _csv(config.out)
   other_g = h.tiny_config(tmp_path / 'g', generator=weights['generator_b'], vit=weights['vit'])
   rows_g = _csv(os.path.dirname(_run(other_g)['csv']))
-  assert [r['psnr'] for r in rows_g][::2] != [r['psnr'] for r in base][::2]
+  assert [r['psnr_db'] for r in rows_g][::2] != [r['psnr_db'] for r in base][::2]
   other_v = h.tiny_config(tmp_path / 'v', generator=weights['generator'], vit=weights['vit_b'])
   rows_v = _csv(os.path.dirname(_run(other_v)['csv']))
-  assert [r['psnr'] for r in rows_v] == [r['psnr'] for r in base]  # same G, same search
-  assert [r['vit_cosine'] for r in rows_v] != [r['vit_cosine'] for r in base]
+  assert [r['psnr_db'] for r in rows_v] == [r['psnr_db'] for r in base]  # same G and search
+  assert [r['vit_prelogit_cosine'] for r in rows_v] != [r['vit_prelogit_cosine'] for r in base]
 
 
 @pytest.mark.parametrize('stage', ['compress', 'score', 'report', 'publish'])
@@ -183,15 +188,20 @@ def test_bad_config_messages(weights, tmp_path):
   assert not os.path.exists(tmp_path / 'study')
 
 
-def test_cli_ctrl_c_leaves_nothing_then_runs(weights, tmp_path):
-  """A real SIGINT to `python -m gan_jax.study` during the work: no output, no staging."""
-  out = tmp_path / 'cli'
+def _cli(weights, out):
   cmd = [sys.executable, '-m', 'gan_jax.study', '--config', f'{h.ROOT}/configs/study.py:default',
          f'--config.generator={weights["generator"]}', f'--config.vit_checkpoint={weights["vit"]}',
          '--config.images=skimage:astronaut,skimage:chelsea', '--config.steps=30',
          '--config.restarts=2', '--config.vit_score_k=2', '--config.brisque_model=',
          '--config.brisque_range=', '--out', str(out)]
-  env = dict(os.environ, PYTHONPATH=str(h.ROOT))
+  return cmd, dict(os.environ, PYTHONPATH=str(h.ROOT))
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_cli_interrupt_leaves_nothing(weights, tmp_path, sig):
+  """Ctrl-C (SIGINT) or kill (SIGTERM) during the work: no output folder, no staging left."""
+  out = tmp_path / 'cli'
+  cmd, env = _cli(weights, out)
   proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 120
@@ -199,14 +209,54 @@ def test_cli_ctrl_c_leaves_nothing_then_runs(weights, tmp_path):
     if [f for f in os.listdir(tmp_path) if '.partial-' in f]:
       break
     time.sleep(0.05)
-  proc.send_signal(signal.SIGINT)
+  assert proc.poll() is None, proc.communicate()[0]
+  proc.send_signal(sig)
   proc.communicate(timeout=120)
+  assert proc.returncode != 0
   assert not out.exists()
   assert not [f for f in os.listdir(tmp_path) if f.startswith('.cli')]
 
+
+def test_cli_runs_prints_paths_then_refuses(weights, tmp_path):
+  out = tmp_path / 'cli'
+  cmd, env = _cli(weights, out)
   done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stdout + done.stderr
   assert f'figure:  {out}/figure.png' in done.stdout
   again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
   assert again.returncode != 0 and '--force' in again.stderr
+  assert 'Traceback' not in again.stderr
+
+
+def test_pgan_preset_same_code_path(tmp_path):
+  """configs/study.py:pgan_celebahq512 with a tiny PGAN and a zoo-named ViT (no model.json)."""
+  config = h.load_study_config('pgan_celebahq512')
+  config.generator = h.write_pgan(tmp_path / 'pgan.npz')
+  config.vit_checkpoint = h.write_zoo_vit(tmp_path / 'ViT-testing.npz')
+  config.vit_model = 'testing'
+  config.vit_resolution = 32
+  config.vit_score_k = 2
+  config.images = 'skimage:astronaut,skimage:rocket'
+  config.steps, config.restarts, config.stop_patience = 10, 1, 0
+  config.brisque_model = config.brisque_range = ''
+  paths = _run(config, out=str(tmp_path / 'pgan_study'))
+  rows = _csv(os.path.dirname(paths['csv']))
+  assert [r['image'] for r in rows] == ['astronaut (GAN)', 'astronaut (JPEG)',
+                                        'rocket (GAN)', 'rocket (JPEG)']
+  report = open(paths['markdown'], encoding='utf-8').read()
+  assert 'pgan, latent 8' in report and '(testing, 6 classes, 32 px)' in report
+
+
+def test_brisque_columns_with_the_opencv_model(shared_data, weights, tmp_path):
+  brisque = shared_data / 'brisque'
+  config = h.tiny_config(tmp_path, generator=weights['generator'], vit=weights['vit'],
+                         brisque_model=str(brisque / 'brisque_model_live.yml'),
+                         brisque_range=str(brisque / 'brisque_range_live.yml'))
+  paths = _run(config)
+  rows = _csv(config.out)
+  from vit_jax import metrics  # pylint: disable=g-import-not-at-top
+  original = _png(os.path.join(config.out, 'originals', 'astronaut.png'))
+  expected = metrics.brisque(original[None], config.brisque_model, config.brisque_range)[0]
+  assert float(rows[0]['brisque_original']) == pytest.approx(expected)
+  assert 'BRISQUE: absent' not in open(paths['markdown'], encoding='utf-8').read()

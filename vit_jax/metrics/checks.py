@@ -37,6 +37,11 @@ def check_pair(a, b, *, metric: str, min_size: int = 1) -> tuple[int, int, int, 
         f'{metric}: a and b must have the same shape [B, H, W, C], got {sa} and {sb}.')
   if sa[0] == 0:
     raise UserInputError(f'{metric}: empty batch (shape {sa}).')
+  for name, x in (('a', a), ('b', b)):
+    # Host arrays are checked here, before any compilation; device arrays inside the jitted
+    # metric (`raise_if_not_finite`), so that they are not copied back to the host.
+    if isinstance(x, np.ndarray) and x.dtype.kind == 'f' and not np.isfinite(x).all():
+      raise UserInputError(f'{metric}: {name} contains NaN or infinite values.')
   if min(sa[1], sa[2]) < min_size:
     raise UserInputError(
         f'{metric}: images of {sa[1]}x{sa[2]} pixels are too small; height and width must be '

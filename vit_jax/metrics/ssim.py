@@ -11,7 +11,9 @@ pooling between scales (an odd last row/column is dropped), the contrast-structu
 first four scales and the full SSIM at the last, each clipped at 0 before the power (as
 TensorFlow's `ssim_multiscale`), per channel, then averaged over channels.
 
-Inputs may be batches sharded over the mesh's 'data' axis (`vision_core.mesh.shard_batch`).
+Inputs may be batches sharded over the mesh's 'data' axis (`vision_core.mesh.shard_batch`):
+each device then scores its own images. Images are processed in cache-sized chunks
+(`batching.map_images`), one at a time for 512x512x3.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.metrics import batching
 from vit_jax.metrics import checks
 from vit_jax.metrics import filters
 from vit_jax.metrics import pixel
@@ -62,11 +65,17 @@ def _channels_first(x: jax.Array) -> jax.Array:
   return jnp.moveaxis(x.astype(jnp.float32), -1, 1)
 
 
-@functools.partial(jax.jit, static_argnames='data_range')
-def _ssim(a, b, data_range):
-  a, b = _channels_first(a), _channels_first(b)
-  ssim_c, _ = _ssim_and_cs(a, b, data_range)
-  return ssim_c.mean(axis=-1), pixel.finite_flags(a, b)
+def _ssim_values(a, b, data_range):
+  """`[k, H, W, C]` pair -> `[k]` SSIM."""
+  ssim_c, _ = _ssim_and_cs(_channels_first(a), _channels_first(b), data_range)
+  return ssim_c.mean(axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=('data_range', 'placement'))
+def _ssim(a, b, data_range, placement=None):
+  values = batching.map_images(functools.partial(_ssim_values, data_range=data_range), a, b,
+                               placement)
+  return values, pixel.finite_flags(a, b)
 
 
 def _pool2(x: jax.Array) -> jax.Array:
@@ -76,10 +85,9 @@ def _pool2(x: jax.Array) -> jax.Array:
   return x.reshape(bsz, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5))
 
 
-@functools.partial(jax.jit, static_argnames='data_range')
-def _ms_ssim(a, b, data_range):
+def _ms_ssim_values(a, b, data_range):
+  """`[k, H, W, C]` pair -> `[k]` MS-SSIM."""
   a, b = _channels_first(a), _channels_first(b)
-  finite = pixel.finite_flags(a, b)
   weights = jnp.asarray(MS_SSIM_WEIGHTS, jnp.float32)
   factors = []
   for scale in range(len(MS_SSIM_WEIGHTS)):
@@ -88,8 +96,15 @@ def _ms_ssim(a, b, data_range):
     factors.append(jax.nn.relu(ssim_c if last else cs_c))
     if not last:
       a, b = _pool2(a), _pool2(b)
-  per_channel = jnp.prod(jnp.stack(factors, axis=-1)**weights, axis=-1)  # [B, C]
-  return per_channel.mean(axis=-1), finite
+  per_channel = jnp.prod(jnp.stack(factors, axis=-1)**weights, axis=-1)  # [k, C]
+  return per_channel.mean(axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=('data_range', 'placement'))
+def _ms_ssim(a, b, data_range, placement=None):
+  values = batching.map_images(functools.partial(_ms_ssim_values, data_range=data_range), a,
+                               b, placement)
+  return values, pixel.finite_flags(a, b)
 
 
 def ssim(a, b, data_range: float = 255.0) -> jax.Array:
@@ -108,7 +123,7 @@ def ssim(a, b, data_range: float = 255.0) -> jax.Array:
   """
   data_range = checks.check_data_range(data_range, metric='ssim')
   checks.check_pair(a, b, metric='ssim', min_size=WINDOW)
-  values, finite = _ssim(a, b, data_range)
+  values, finite = _ssim(a, b, data_range, batching.data_axis(a))
   checks.raise_if_not_finite(finite, metric='ssim')
   return values
 
@@ -126,6 +141,6 @@ def ms_ssim(a, b, data_range: float = 255.0) -> jax.Array:
   """
   data_range = checks.check_data_range(data_range, metric='ms_ssim')
   checks.check_pair(a, b, metric='ms_ssim', min_size=MS_SSIM_MIN_SIZE)
-  values, finite = _ms_ssim(a, b, data_range)
+  values, finite = _ms_ssim(a, b, data_range, batching.data_axis(a))
   checks.raise_if_not_finite(finite, metric='ms_ssim')
   return values

@@ -1,0 +1,129 @@
+"""The assessment report end to end, on a tiny ViT checkpoint written in the official layout."""
+
+import csv
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from vision_core.errors import UserInputError
+from vit_jax import assess, checkpoint, metrics, models_vit
+from vit_jax.configs.models import get_model_config
+
+
+@pytest.fixture(scope='module')
+def tiny_checkpoint(tmp_path_factory):
+  model = models_vit.VisionTransformer(num_classes=20, **get_model_config('testing'))
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  params = jax.tree.map(np.asarray, dict(params))
+  params['head'] = {'kernel': np.random.default_rng(0).normal(size=(10, 20)).astype(np.float32),
+                    'bias': np.zeros(20, np.float32)}
+  path = tmp_path_factory.mktemp('ckpt') / 'tiny.npz'
+  checkpoint.save(path, params)
+  return str(path), model, params
+
+
+def _jpeg(image, quality):
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format='JPEG', quality=quality)
+  return buf.getvalue()
+
+
+def _dataset(root):
+  """3 pairs: RGB, RGBA original, grey; one reconstruction at another size; JPEG bytes."""
+  orig, recon, comp = root / 'orig', root / 'recon', root / 'comp'
+  for d in (orig, recon, comp):
+    d.mkdir()
+  images = {'astro': data.astronaut()[:48, 100:164], 'coffee': data.coffee()[50:98, 200:264],
+            'cam': data.camera()[100:148, 100:164]}
+  for name, im in images.items():
+    encoded = _jpeg(im, 20)
+    (comp / f'{name}.jpg').write_bytes(encoded)
+    Image.open(io.BytesIO(encoded)).save(recon / f'{name}.png')
+    if name == 'coffee':  # RGBA original: alpha dropped.
+      Image.fromarray(np.dstack([im, np.full(im.shape[:2], 128, np.uint8)])).save(
+          orig / f'{name}.png')
+    else:
+      Image.fromarray(im).save(orig / f'{name}.png')
+  Image.open(recon / 'cam.png').resize((70, 50)).save(recon / 'cam.png')  # Needs --resize.
+  return orig, recon, comp, images
+
+
+def _run(orig, recon, ckpt, out, *extra):
+  assess.main(['--originals', str(orig), '--reconstructions', str(recon), '--checkpoint', ckpt,
+               '--out', str(out), '--k', '5', *extra])
+
+
+def test_report_matches_direct_metrics(tiny_checkpoint, tmp_path, shared_data):
+  ckpt, model, params = tiny_checkpoint
+  orig, recon, comp, images = _dataset(tmp_path)
+  out = tmp_path / 'out'
+  with pytest.raises(UserInputError, match='--resize'):
+    _run(orig, recon, ckpt, out)
+  assert not out.exists()  # Nothing written on error.
+  model_yml = str(shared_data / 'brisque' / 'brisque_model_live.yml')
+  range_yml = str(shared_data / 'brisque' / 'brisque_range_live.yml')
+  args = ('--resize', '--compressed', str(comp), '--brisque-model', model_yml,
+          '--brisque-range', range_yml)
+  _run(orig, recon, ckpt, out, *args)
+  rows = {r['image']: r for r in csv.DictReader(open(out / 'report.csv'))}
+  assert sorted(rows) == ['astro', 'cam', 'coffee']
+  for name in ('astro', 'coffee'):
+    a = images[name][None]
+    b = np.asarray(Image.open(recon / f'{name}.png'))[None]
+    row = {k: float(v) for k, v in rows[name].items() if k not in ('image', 'notes')}
+    assert row['ssim'] == pytest.approx(float(metrics.ssim(a, b, data_range=255.0)[0]), abs=1e-6)
+    assert row['psnr_db'] == pytest.approx(float(metrics.psnr(a, b, data_range=255.0)[0]))
+    assert row['mse'] == pytest.approx(float(metrics.mse(a, b)[0]))
+    assert row['pixel_row_fid'] == pytest.approx(float(metrics.pixel_row_fid(a, b)[0]))
+    assert row['vit_score'] == pytest.approx(
+        metrics.vit_score(a, b, model, params, k=5, image_size=32)[0])
+    assert row['brisque_original'] == pytest.approx(
+        metrics.brisque(a, model_yml, range_yml)[0], abs=1e-9)
+    size = (comp / f'{name}.jpg').stat().st_size
+    assert row['bits_per_pixel'] == pytest.approx(8 * size / (48 * 64))
+    assert row['compression_ratio'] == pytest.approx(48 * 64 * 3 / size)
+  assert 'alpha dropped' in rows['coffee']['notes']
+  assert 'resized from 70x50' in rows['cam']['notes']
+  report = (out / 'report.md').read_text()
+  for text in ('chance level 5/20 = 0.250', 'FID on ViT pre-logit', 'Raw-pixel FID: not computed',
+               '## Conventions', 'alpha channel'):
+    assert text in report
+  assert (out / 'report.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  # Existing reports are kept unless --force.
+  with pytest.raises(UserInputError, match='--force'):
+    _run(orig, recon, ckpt, out, '--resize')
+  _run(orig, recon, ckpt, out, '--resize', '--force')
+  assert 'brisque_original' not in (out / 'report.csv').read_text()
+
+
+def test_bad_inputs_are_clear_messages(tiny_checkpoint, tmp_path):
+  ckpt, _, _ = tiny_checkpoint
+  orig, recon = tmp_path / 'o', tmp_path / 'r'
+  orig.mkdir()
+  recon.mkdir()
+  with pytest.raises(UserInputError, match='no images found'):
+    _run(orig, recon, ckpt, tmp_path / 'out')
+  im = data.astronaut()[:32, :32]
+  Image.fromarray(im).save(orig / 'a.png')
+  Image.fromarray(im).save(orig / 'b.png')
+  Image.fromarray(im).save(recon / 'a.png')
+  with pytest.raises(UserInputError, match=r'no reconstruction .* b\.png'):
+    _run(orig, recon, ckpt, tmp_path / 'out')
+  Image.fromarray(im[..., 0]).save(recon / 'b.png')
+  with pytest.raises(UserInputError, match='grey .* colour'):
+    _run(orig, recon, ckpt, tmp_path / 'out')
+  Image.fromarray(np.full((32, 32), np.nan, np.float32)).save(recon / 'b.tiff')
+  (recon / 'b.png').unlink()
+  with pytest.raises(UserInputError, match='NaN'):
+    _run(orig, recon, ckpt, tmp_path / 'out')
+  (recon / 'b.tiff').unlink()
+  Image.fromarray(im).save(recon / 'b.png')
+  with pytest.raises(UserInputError, match='do not match the model'):
+    assess.main(['--originals', str(orig), '--reconstructions', str(recon), '--checkpoint',
+                 ckpt, '--out', str(tmp_path / 'out'), '--model', 'ViT-B_16'])
+  assert not (tmp_path / 'out').exists()

@@ -1,0 +1,26 @@
+"""Runs notebooks/quickstart.ipynb top to bottom on CPU with tiny settings, so it cannot rot."""
+
+import pytest
+
+from tests.study_helpers import ROOT
+
+nbformat = pytest.importorskip('nbformat')
+nbclient = pytest.importorskip('nbclient')
+
+
+def test_quickstart_notebook_runs(monkeypatch):
+  notebook = nbformat.read(ROOT / 'notebooks' / 'quickstart.ipynb', as_version=4)
+  monkeypatch.setenv('QUICKSTART_TINY', '1')
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  monkeypatch.setenv('PYTHONPATH', str(ROOT))
+  client = nbclient.NotebookClient(notebook, timeout=300, kernel_name='python3',
+                                   resources={'metadata': {'path': str(ROOT / 'notebooks')}})
+  client.execute()
+  outputs = {i: ''.join(o.get('text', '') for o in cell.get('outputs', []))
+             for i, cell in enumerate(notebook.cells) if cell.cell_type == 'code'}
+  text = '\n'.join(outputs.values())
+  assert 'test_accuracy' in text  # the ViT fine-tuning ran and evaluated
+  assert '| GAN latents (8bit .ganz) |' in text and '| astronaut |' in text  # the report
+  images = [o for cell in notebook.cells for o in cell.get('outputs', [])
+            if 'image/png' in o.get('data', {})]
+  assert len(images) == 2  # the iGPT completion grid and the study figure

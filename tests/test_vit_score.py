@@ -1,0 +1,120 @@
+"""ViT-Score: the study's top-k overlap, its weighted variant and the pre-logit cosine."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vision_core.errors import UserInputError
+from vision_core.mesh import make_mesh
+from vit_jax import models_vit
+from vit_jax.configs.models import get_model_config
+from vit_jax.metrics.vit_score import (cosine_similarity, top_k_overlap, vit_score, vit_scores,
+                                       weighted_top_k_overlap)
+
+NUM_CLASSES = 20
+
+
+@pytest.fixture(scope='module')
+def tiny_vit():
+  model = models_vit.VisionTransformer(num_classes=NUM_CLASSES, **get_model_config('testing'))
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  # The head is zero-initialised (all logits tie); give it random weights.
+  params = dict(params)
+  params['head'] = {'kernel': jax.random.normal(jax.random.PRNGKey(1), (10, NUM_CLASSES)),
+                    'bias': jnp.zeros(NUM_CLASSES)}
+  return model, params
+
+
+def _images(seed, n=4):
+  return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def test_identical_images_score_one(tiny_vit):
+  model, params = tiny_vit
+  x = _images(0)
+  scores = vit_scores(x, x, model, params, k=5)
+  for name in ('top_k', 'weighted', 'cosine'):
+    np.testing.assert_allclose(scores[name], 1.0, atol=1e-6, err_msg=name)
+  np.testing.assert_allclose(vit_score(x, x, model, params, k=5), 1.0)
+
+
+def test_different_images_score_below_one_and_match_logits(tiny_vit):
+  model, params = tiny_vit
+  a, b = _images(1), _images(2)
+  scores = vit_scores(a, b, model, params, k=5)
+  assert scores['top_k'].min() < 1.0
+  # Against an independent numpy computation from the model's logits.
+  to_model = lambda x: (x.astype(np.float32) - 127.5) / 127.5
+  la = np.asarray(model.apply({'params': params}, to_model(a)))
+  lb = np.asarray(model.apply({'params': params}, to_model(b)))
+  want = [len(set(np.argsort(-x)[:5]) & set(np.argsort(-y)[:5])) / 5 for x, y in zip(la, lb)]
+  np.testing.assert_allclose(scores['top_k'], want)
+
+
+def test_bad_k_and_shapes_are_rejected(tiny_vit):
+  model, params = tiny_vit
+  x = _images(0)
+  with pytest.raises(UserInputError, match=r'1 <= k <= 20'):
+    vit_score(x, x, model, params, k=NUM_CLASSES + 1)
+  with pytest.raises(UserInputError, match='k=0'):
+    vit_score(x, x, model, params, k=0)
+  with pytest.raises(UserInputError, match='must match'):
+    vit_score(x, x[:, :16], model, params, k=5)
+  with pytest.raises(UserInputError, match='channels'):
+    vit_score(x[..., :1], x[..., :1], model, params, k=5)
+  nan = x.astype(np.float32)
+  nan[0, 0, 0, 0] = np.nan
+  with pytest.raises(UserInputError, match='NaN'):
+    vit_score(nan, x.astype(np.float32), model, params, k=5)
+
+
+def test_chance_level_on_random_logits():
+  """Independent random logits share k/N of their top-k classes on average (0.1 here)."""
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(rng.normal(size=(4000, 1000)), jnp.float32)
+  b = jnp.asarray(rng.normal(size=(4000, 1000)), jnp.float32)
+  overlap = np.asarray(top_k_overlap(a, b, 100))
+  assert abs(overlap.mean() - 0.1) < 0.003  # Std of the mean is ~0.0005.
+  assert abs(np.asarray(top_k_overlap(a, b, 10)).mean() - 0.01) < 0.002
+
+
+def test_top_k_and_weighted_match_numpy():
+  rng = np.random.default_rng(1)
+  a = rng.normal(size=(16, 50)).astype(np.float32)
+  b = (a + rng.normal(scale=0.7, size=a.shape)).astype(np.float32)
+  k = 10
+  got = np.asarray(top_k_overlap(jnp.asarray(a), jnp.asarray(b), k))
+  got_w = np.asarray(weighted_top_k_overlap(jnp.asarray(a), jnp.asarray(b), k))
+  for i in range(len(a)):
+    top_a = np.argsort(-a[i])[:k]
+    top_b = set(np.argsort(-b[i])[:k].tolist())
+    p = np.exp(a[i].astype(np.float64) - a[i].max())
+    p /= p.sum()
+    shared = [c for c in top_a if c in top_b]
+    assert got[i] == pytest.approx(len(shared) / k)
+    assert got_w[i] == pytest.approx(p[shared].sum() / p[top_a].sum(), rel=1e-5)
+
+
+def test_cosine_matches_numpy():
+  rng = np.random.default_rng(2)
+  a, b = rng.normal(size=(2, 8, 12)).astype(np.float32)
+  want = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+  np.testing.assert_allclose(cosine_similarity(jnp.asarray(a), jnp.asarray(b)), want,
+                             rtol=1e-5)
+
+
+def test_sharded_over_mesh_matches(tiny_vit):
+  model, params = tiny_vit
+  a, b = _images(3, n=5), _images(4, n=5)  # 5 pairs on an 8-device 'data' axis: padded.
+  plain = vit_scores(a, b, model, params, k=5)
+  sharded = vit_scores(a, b, model, params, k=5, mesh=make_mesh())
+  for name in plain:
+    np.testing.assert_allclose(sharded[name], plain[name], atol=1e-5)
+
+
+def test_resize_to_model_resolution(tiny_vit):
+  model, params = tiny_vit
+  x = np.random.default_rng(5).integers(0, 256, (2, 48, 40, 3), dtype=np.uint8)
+  scores = vit_scores(x, x, model, params, k=3, image_size=32)
+  np.testing.assert_allclose(scores['top_k'], 1.0)

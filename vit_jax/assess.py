@@ -1,0 +1,141 @@
+r"""The assessment report: ViT-Score, SSIM, MSE, PSNR, FID and BRISQUE for image pairs.
+
+  python -m vit_jax.assess --originals DIR --reconstructions DIR --checkpoint VIT.npz \
+      [--model ViT-B_16] [--compressed DIR] [--out DIR] [--resize] [--force] \
+      [--brisque-model brisque_model_live.yml --brisque-range brisque_range_live.yml]
+
+Pairs images by file name (extension ignored), scores each pair and writes `report.md`,
+`report.csv` and `report.png` (original | reconstruction, scores under each pair) into
+`--out`, one row per image as in the study's summary table; with `--compressed`, the
+compression ratio and bits per pixel of each compressed file. FID is reported once for the
+whole set (a distance between two distributions is not defined per image). Nothing is
+written until every score is computed; existing reports are kept unless `--force`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+
+import numpy as np
+
+from vision_core.errors import UserInputError, cli_errors
+from vision_core.io import atomic_write, check_can_write
+from vit_jax import assess_io
+
+OUTPUTS = ('report.md', 'report.csv', 'report.png')
+
+
+def _group_by_shape(pairs):
+  groups = collections.defaultdict(list)
+  for i, p in enumerate(pairs):
+    groups[p.original.shape].append(i)
+  return groups.values()
+
+
+def score_pairs(pairs, *, model, params, image_size, k, brisque_files=None, mesh=None):
+  """Per-pair scores (dict of name -> `[n]` arrays) and set-level FIDs (dict)."""
+  from vit_jax import metrics  # pylint: disable=g-import-not-at-top
+  n = len(pairs)
+  cols = collections.defaultdict(lambda: np.full(n, np.nan))
+  for idx in _group_by_shape(pairs):
+    a = np.stack([pairs[i].original for i in idx])
+    b = np.stack([pairs[i].reconstruction for i in idx])
+    cols['ssim'][idx] = np.asarray(metrics.ssim(a, b, data_range=255.0))
+    cols['mse'][idx] = np.asarray(metrics.mse(a, b))
+    cols['psnr'][idx] = np.asarray(metrics.psnr(a, b, data_range=255.0))
+    cols['pixel_row_fid'][idx] = np.asarray(metrics.pixel_row_fid(a, b))
+    rgb_a, rgb_b = (np.repeat(x, 3, -1) if x.shape[-1] == 1 else x for x in (a, b))
+    vit = metrics.vit_scores(rgb_a, rgb_b, model, params, k, image_size=image_size, mesh=mesh)
+    cols['vit_score'][idx] = vit['top_k']
+    cols['vit_score_weighted'][idx] = vit['weighted']
+    cols['vit_cosine'][idx] = vit['cosine']
+    if brisque_files:
+      cols['brisque_original'][idx] = metrics.brisque(a, *brisque_files, mesh=mesh)
+      cols['brisque_reconstruction'][idx] = metrics.brisque(b, *brisque_files, mesh=mesh)
+  for i, p in enumerate(pairs):
+    if p.compressed_path:
+      size = os.path.getsize(p.compressed_path)
+      h, w, c = p.original.shape
+      cols['compression_ratio'][i] = h * w * c / size  # Against the 8-bit raw image.
+      cols['bpp'][i] = 8 * size / (h * w)
+  return dict(cols), _set_fid(pairs, model, params, image_size)
+
+
+def _set_fid(pairs, model, params, image_size):
+  """FID between the set of originals and of reconstructions: ViT pre-logits, raw pixels."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from vit_jax import metrics  # pylint: disable=g-import-not-at-top
+  out = {}
+  if len(pairs) < 2:
+    return out
+  def embed(images):
+    x = np.stack([np.repeat(i, 3, -1) if i.shape[-1] == 1 else i for i in images])
+    x = jax.image.resize(x.astype(np.float32), (len(x), image_size, image_size, 3),
+                         'bilinear', antialias=True)
+    return np.asarray(model.apply({'params': params}, (x - 127.5) / 127.5,
+                                  return_prelogits=True), np.float64)
+  shapes = {p.original.shape for p in pairs}
+  out['vit_prelogits'] = metrics.fid(embed([p.original for p in pairs]),
+                                     embed([p.reconstruction for p in pairs]))
+  if len(shapes) == 1:
+    a = np.stack([p.original for p in pairs]).reshape(len(pairs), -1).astype(np.float64)
+    b = np.stack([p.reconstruction for p in pairs]).reshape(len(pairs), -1).astype(np.float64)
+    out['raw_pixels'] = metrics.fid(a, b)
+  return out
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(prog='vit_jax.assess', description=__doc__.split('\n')[0])
+  parser.add_argument('--originals', required=True, help='folder of original images')
+  parser.add_argument('--reconstructions', required=True,
+                      help='folder of reconstructions, same file names (any extension)')
+  parser.add_argument('--checkpoint', required=True, help='ViT classifier .npz (official layout)')
+  parser.add_argument('--model', help='model name (e.g. ViT-B_16); inferred from shapes if unset')
+  parser.add_argument('--compressed', help='folder of compressed files, same names')
+  parser.add_argument('--out', default='assessment', help='output folder (default: assessment)')
+  parser.add_argument('--resize', action='store_true',
+                      help='resize reconstructions of another size to the original (bicubic)')
+  parser.add_argument('--force', action='store_true', help='overwrite existing reports')
+  parser.add_argument('--k', type=int, default=100, help='top-k classes of the ViT-Score')
+  parser.add_argument('--brisque-model', help='BRISQUE SVR model (OpenCV YAML or libsvm)')
+  parser.add_argument('--brisque-range', help='BRISQUE feature range file')
+  args = parser.parse_args(argv)
+  if bool(args.brisque_model) != bool(args.brisque_range):
+    raise UserInputError('--brisque-model and --brisque-range go together (the SVR model and '
+                         'its feature range table).')
+  return args
+
+
+def main(argv=None) -> None:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  for name in OUTPUTS:  # Refuse early, before hours of scoring.
+    check_can_write(os.path.join(args.out, name), overwrite=args.force)
+  pairs, ignored = assess_io.load_pairs(args.originals, args.reconstructions,
+                                        resize=args.resize, compressed=args.compressed)
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  params = checkpoint.load(args.checkpoint)
+  model, image_size, model_name = assess_io.infer_model(params, args.model)
+  brisque_files = (args.brisque_model, args.brisque_range) if args.brisque_model else None
+  cols, fids = score_pairs(pairs, model=model, params=params, image_size=image_size, k=args.k,
+                           brisque_files=brisque_files)
+  from vit_jax import assess_report  # pylint: disable=g-import-not-at-top
+  info = dict(model=model_name, checkpoint=args.checkpoint, image_size=image_size, k=args.k,
+              num_classes=int(np.shape(params['head']['bias'])[-1]), ignored=ignored,
+              brisque=brisque_files)
+  contents = {
+      'report.md': assess_report.markdown(pairs, cols, fids, info).encode(),
+      'report.csv': assess_report.csv_text(pairs, cols).encode(),
+      'report.png': assess_report.figure_png(pairs, cols),
+  }
+  for name in OUTPUTS:
+    with atomic_write(os.path.join(args.out, name), 'wb', overwrite=args.force) as f:
+      f.write(contents[name])
+  print(f'wrote {", ".join(os.path.join(args.out, n) for n in OUTPUTS)} ({len(pairs)} pairs)')
+
+
+if __name__ == '__main__':
+  with cli_errors('vit_jax.assess'):
+    main()

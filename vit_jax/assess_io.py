@@ -1,0 +1,184 @@
+"""Inputs of the assessment report: image pairs by file name, checkpoint, compressed sizes.
+
+Everything a user can get wrong is checked here, before any metric runs, with a message that
+names the file: empty folders, originals without a reconstruction, different sizes (or
+`--resize`), different channel counts, NaN in float images, unreadable files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+
+from vision_core.errors import UserInputError
+from vision_core.images import list_images
+
+# What happens to each file mode (stated in the report).
+COLOUR_NOTE = ('RGB images are used as stored (8 bits per channel, values 0-255). Grey images '
+               '(L) stay one channel for SSIM/MSE/PSNR/BRISQUE and are repeated to 3 channels '
+               'for the ViT. An alpha channel (RGBA, LA) is dropped, not composited: the '
+               'colour values are scored as stored. Palette images are expanded to RGB; 16-bit '
+               'images are scaled to 8 bits.')
+
+
+@dataclasses.dataclass
+class Pair:
+  name: str
+  original_path: str
+  reconstruction_path: str
+  original: np.ndarray          # [H, W, C] uint8, C in (1, 3)
+  reconstruction: np.ndarray    # same shape
+  notes: list[str]
+  compressed_path: str | None = None
+
+
+def read_for_metrics(path: str) -> tuple[np.ndarray, list[str]]:
+  """An image file as `[H, W, C]` uint8 with C in (1, 3), and notes on what was changed."""
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  notes = []
+  try:
+    with Image.open(path) as im:
+      im.load()
+      mode = im.mode
+      if mode == 'F':  # 32-bit float images (TIFF): check, then take them as 0-255 values.
+        values = np.asarray(im, np.float32)
+        if not np.isfinite(values).all():
+          raise UserInputError(f'{path}: the image contains NaN or infinite values.')
+        if values.min() < 0 or values.max() > 255:
+          raise UserInputError(
+              f'{path}: float image values span [{values.min()}, {values.max()}]; expected '
+              '0-255.')
+        return np.round(values).astype(np.uint8)[..., None], ['float image rounded to 8 bits']
+      if mode in ('RGBA', 'LA', 'PA') or (mode == 'P' and 'transparency' in im.info):
+        notes.append('alpha dropped')
+      if mode in ('L', 'LA', '1'):
+        array = np.asarray(im.convert('L'))[..., None]
+      elif mode.startswith('I'):
+        values = np.asarray(im, np.float64)
+        scale = 257.0 if values.max() > 255 else 1.0
+        array = np.clip(np.round(values / scale), 0, 255).astype(np.uint8)[..., None]
+        notes.append('16-bit scaled to 8 bits' if scale > 1 else '')
+      else:
+        array = np.asarray(im.convert('RGB'))
+  except FileNotFoundError:
+    raise FileNotFoundError(f'{path}: no such image file.') from None
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    raise UserInputError(f'{path}: not a readable image ({e}).') from None
+  return np.ascontiguousarray(array, np.uint8), [n for n in notes if n]
+
+
+def _by_stem(directory: str, what: str) -> dict[str, str]:
+  files = list_images(directory)
+  if not files:
+    raise UserInputError(f'{directory}: no images found in the {what} folder (looked for '
+                         '.png, .jpg, .jpeg, .bmp, .gif, .tif, .tiff, .webp).')
+  stems = {}
+  for f in files:
+    stem = os.path.splitext(os.path.basename(f))[0]
+    if stem in stems:
+      raise UserInputError(f'{directory}: two images share the name {stem!r} '
+                           f'({os.path.basename(stems[stem])}, {os.path.basename(f)}).')
+    stems[stem] = f
+  return stems
+
+
+def _resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  mode = 'L' if image.shape[-1] == 1 else 'RGB'
+  pil = Image.fromarray(image[..., 0] if mode == 'L' else image, mode)
+  out = np.asarray(pil.resize((width, height), Image.BICUBIC))
+  return out[..., None] if out.ndim == 2 else out
+
+
+def find_compressed(directory: str) -> dict[str, str]:
+  if not os.path.isdir(directory):
+    raise UserInputError(f'{directory}: the --compressed folder does not exist.')
+  out = {}
+  for f in sorted(os.listdir(directory)):
+    path = os.path.join(directory, f)
+    if os.path.isfile(path) and not f.startswith('.'):
+      out.setdefault(os.path.splitext(f)[0], path)
+  return out
+
+
+def load_pairs(originals: str, reconstructions: str, *, resize: bool,
+               compressed: str | None = None) -> tuple[list[Pair], list[str]]:
+  """Pairs images by name (extension ignored) and checks them; returns (pairs, ignored)."""
+  orig = _by_stem(originals, 'originals')
+  recon = _by_stem(reconstructions, 'reconstructions')
+  missing = sorted(set(orig) - set(recon))
+  if missing:
+    listed = ', '.join(os.path.basename(orig[m]) for m in missing[:10])
+    raise UserInputError(
+        f'{len(missing)} original(s) have no reconstruction with the same name in '
+        f'{reconstructions}: {listed}{" ..." if len(missing) > 10 else ""}.')
+  ignored = sorted(set(recon) - set(orig))
+  comp = find_compressed(compressed) if compressed else {}
+  pairs = []
+  for stem in sorted(orig):
+    a, notes_a = read_for_metrics(orig[stem])
+    b, notes_b = read_for_metrics(recon[stem])
+    notes = [f'original: {n}' for n in notes_a] + [f'reconstruction: {n}' for n in notes_b]
+    if a.shape[-1] != b.shape[-1]:
+      kinds = {1: 'grey', 3: 'colour'}
+      raise UserInputError(
+          f'{recon[stem]}: {kinds[b.shape[-1]]} ({b.shape[-1]} channel(s)) but its original '
+          f'{orig[stem]} is {kinds[a.shape[-1]]} ({a.shape[-1]}); save both in the same colour '
+          'mode.')
+    if a.shape != b.shape:
+      if not resize:
+        raise UserInputError(
+            f'{recon[stem]}: {b.shape[1]}x{b.shape[0]} pixels but its original {orig[stem]} is '
+            f'{a.shape[1]}x{a.shape[0]}; pass --resize to resize reconstructions (bicubic) to '
+            'the original size.')
+      notes.append(f'reconstruction resized from {b.shape[1]}x{b.shape[0]} (bicubic)')
+      b = _resize_to(b, a.shape[0], a.shape[1])
+    if min(a.shape[:2]) < 16:
+      raise UserInputError(f'{orig[stem]}: {a.shape[1]}x{a.shape[0]} is too small; the '
+                           'metrics need at least 16x16 pixels.')
+    pair = Pair(stem, orig[stem], recon[stem], a, b, notes)
+    if compressed:
+      if stem not in comp:
+        raise UserInputError(f'{compressed}: no compressed file named {stem}.* for '
+                             f'{orig[stem]}.')
+      pair.compressed_path = comp[stem]
+    pairs.append(pair)
+  return pairs, [recon[s] for s in ignored]
+
+
+def infer_model(params, name: str | None):
+  """A `VisionTransformer` for an official-layout checkpoint: (model, image_size)."""
+  from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs.models import MODEL_CONFIGS, get_model_config  # pylint: disable=g-import-not-at-top
+  if 'head' not in params:
+    raise UserInputError('checkpoint: no `head` parameters; the ViT-Score needs a classifier.')
+  num_classes = int(np.shape(params['head']['bias'])[-1])
+  if name is None:
+    kernel = np.shape(params['embedding']['kernel'])
+    layers = sum(k.startswith('encoderblock_') for k in params.get('Transformer', {}))
+    rep = params['pre_logits']['kernel'].shape[-1] if 'pre_logits' in params else None
+    cls = 'cls' in params
+    candidates = [n for n, c in MODEL_CONFIGS.items()
+                  if c.get('resnet') is None and tuple(c.patches.size) == tuple(kernel[:2])
+                  and c.hidden_size == kernel[-1] and c.transformer.num_layers == layers
+                  and c.get('representation_size') == rep and (c.classifier == 'token') == cls]
+    if len(candidates) != 1:
+      raise UserInputError(
+          'checkpoint: cannot infer the model from its shapes (patch '
+          f'{kernel[:2]}, width {kernel[-1]}, {layers} layers): '
+          f'{"matches " + ", ".join(candidates) if candidates else "no registered model"}; pass '
+          '--model NAME.')
+    name = candidates[0]
+  config = get_model_config(name)
+  model = models_vit.VisionTransformer(num_classes=num_classes, **config)
+  tokens = np.shape(params['Transformer']['posembed_input']['pos_embedding'])[1]
+  grid = int(round(np.sqrt(tokens - (1 if config.classifier.startswith('token') else 0))))
+  image_size = grid * int(config.patches.size[0])
+  expected = jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), np.zeros((1, image_size, image_size, 3), np.float32)))['params']
+  from vision_core import npz  # pylint: disable=g-import-not-at-top
+  npz.check_matches(params, expected, source=f'checkpoint for {name}')
+  return model, image_size, name
