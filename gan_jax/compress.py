@@ -12,7 +12,7 @@ PSNR, and Pillow JPEG at the same size.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import json
 import os
 import sys
@@ -28,7 +28,13 @@ from vision_core.errors import UserInputError, cli_errors
 from vision_core.io import check_can_write
 
 SUFFIX = '.ganz'
-DEFAULT_GENERATOR = os.path.join(os.path.dirname(__file__), 'weights', 'dcgan_cifar10_32.npz')
+_WEIGHTS = os.path.join(os.path.dirname(__file__), 'weights')
+# The shipped generators (docs/results.md says how each was trained). The 32 px CIFAR-10
+# one is the default where present, else the 28 px MNIST one.
+DEFAULT_GENERATOR = next(
+    (os.path.join(_WEIGHTS, n) for n in ('dcgan_cifar10_32.npz', 'dcgan_mnist_28.npz')
+     if os.path.exists(os.path.join(_WEIGHTS, n))),
+    os.path.join(_WEIGHTS, 'dcgan_mnist_28.npz'))
 
 
 def prepare(image_uint8, generator: generators.Generator, *, resize: bool = False,
@@ -82,6 +88,12 @@ def search_latents(targets_uint8, generator: generators.Generator,
 
 
 _SEARCHES = {}
+
+
+@functools.lru_cache(maxsize=1)
+def _default_mesh():
+  """All devices on 'data' (one mesh per process, so compiled searches are reused)."""
+  return mesh_lib.make_mesh() if jax.device_count() > 1 else None
 
 
 def _cached_search(generator, config, mesh, features_fn):
@@ -157,7 +169,7 @@ def main(argv=None) -> None:
     config = latent_search.SearchConfig(
         steps=args.steps, restarts=args.restarts, optimizer=args.optimizer,
         learning_rate=args.learning_rate, perceptual_weight=args.perceptual_weight)
-    mesh = mesh_lib.make_mesh() if jax.device_count() > 1 else None
+    mesh = _default_mesh()
     originals = [images_lib.read_image(p) for p in args.images]
     targets = [prepare(im, generator, resize=args.resize, source=p)
                for im, p in zip(originals, args.images)]

@@ -45,7 +45,8 @@ def _generate(sample_fn, params, z, batch: int = 500) -> np.ndarray:
 def run(config, workdir: str) -> dict:
   """The training loop; returns the final metrics."""
   mesh_lib.initialize_distributed()
-  mesh = mesh_lib.make_mesh()
+  devices = jax.devices()[:config.get('num_devices', 0) or None]
+  mesh = mesh_lib.make_mesh(devices=devices)
   mesh_lib.check_batch_size(config.batch_size, mesh, field='config.batch_size')
   source = data.get_source(config.dataset, config.split)
   loader = data.train_loader(source, global_batch_size=config.batch_size,

@@ -122,15 +122,9 @@ class PGANGenerator(nn.Module):
     out = to_rgb[-1](x)
     if blend is not None:
       out = self.alpha * blend + (1.0 - self.alpha) * out
-    elif n >= 1:
-      # Touch toRGB of the previous scale so its parameters exist (they are in every
-      # pytorch_GAN_zoo state dict) even when alpha == 0.
-      if self.is_initializing():
-        for layer, src in zip(to_rgb[:-1], self._scale_inputs_for_init(x)):
-          layer(src)
+    if self.is_initializing():
+      # Every scale's toRGB is in pytorch_GAN_zoo's state dicts, used or not: create them.
+      depths = [self.depth_scale0, *self.depth_other_scales]
+      for layer, depth in zip(to_rgb[:-1], depths[:-1]):
+        layer(jnp.zeros((1, 1, 1, depth), x.dtype))
     return out
-
-  def _scale_inputs_for_init(self, x):
-    """Zero arrays of each earlier scale's shape, only to create unused toRGB params."""
-    depths = [self.depth_scale0, *self.depth_other_scales]
-    return [jnp.zeros((1, 1, 1, d), x.dtype) for d in depths[:-1]]

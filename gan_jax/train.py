@@ -13,6 +13,7 @@ Losses (D(x) are logits):
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import jax
@@ -131,6 +132,8 @@ def pixel_frechet_distance(real, fake, *, max_dim: int = 1024) -> float:
   a, b = feats(real), feats(fake)
   mu_a, mu_b = a.mean(0), b.mean(0)
   cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-  covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
+  with warnings.catch_warnings():  # Few samples: a singular covariance is expected.
+    warnings.simplefilter('ignore')
+    covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
   covmean = np.real(covmean)
   return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * covmean))

@@ -298,7 +298,7 @@ def init_cache(model: ImageGPT, batch_size: int, length: Optional[int] = None) -
 def init_params(model: ImageGPT, rng, seq_len: Optional[int] = None):
   """Initial parameters (OpenAI's initialisers) for `model`."""
   tokens = jnp.zeros((1, seq_len or 1), jnp.int32)
-  return model.init(rng, tokens)['params']
+  return jax.jit(model.init)(rng, tokens)['params']  # One compile, not one per op.
 
 
 def param_shapes(model: ImageGPT):

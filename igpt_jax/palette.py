@@ -75,6 +75,12 @@ def _quantize(x, centers):
       x.shape[:-1])
 
 
+def tokens_from_images(images, centers):
+  """Traceable (inside jit): uint8 `[B, H, W, 3]` -> tokens `[B, H * W]` int32."""
+  x = to_unit_range(images)
+  return _quantize(x, centers).reshape(images.shape[0], -1)
+
+
 def quantize(images, centers) -> jnp.ndarray:
   """Images `[..., H, W, 3]` (uint8, or float in [-1, 1]) -> tokens `[..., H * W]` int32."""
   images = jnp.asarray(images)

@@ -55,6 +55,15 @@ def test_matches_opencv_brisque(name, shared_data, portable_opencv):
   np.testing.assert_allclose(brisque_features(im[None])[0], features, rtol=1e-4, atol=1e-6)
 
 
+def test_opencv_exp_is_bit_exact(portable_opencv):
+  import jax  # pylint: disable=g-import-not-at-top
+  from vit_jax.metrics.opencv_float import opencv_exp  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(0).uniform(-80, 5, (1, 20000)).astype(np.float32)
+  with jax.enable_x64(True):
+    ours = np.asarray(jax.jit(opencv_exp)(x, np.int32(0)))
+  np.testing.assert_array_equal(ours, portable_opencv.exp(x))
+
+
 def test_close_to_opencv_with_ipp_on_photos(shared_data):
   """OpenCV's IPP build resizes and exponentiates with other rounding; photos stay close."""
   model, ranges = _paths(shared_data)
@@ -63,10 +72,15 @@ def test_close_to_opencv_with_ipp_on_photos(shared_data):
   assert abs(brisque(im[None], model, ranges)[0] - want) < 5e-3
 
 
+def _small_batch():
+  """3 grey 64x96 crops: one compiled shape shared by the tests below."""
+  im = data.camera()[:64, :96, None]
+  return np.stack([im, np.ascontiguousarray(im[::-1]), np.ascontiguousarray(im[:, ::-1])])
+
+
 def test_batch_equals_single_images(shared_data):
   model, ranges = _paths(shared_data)
-  im = data.astronaut()[100:164, 200:296]
-  batch = np.stack([im, np.ascontiguousarray(im[::-1, ::-1])])
+  batch = _small_batch()
   singles = [brisque(b[None], model, ranges)[0] for b in batch]
   np.testing.assert_allclose(brisque(batch, model, ranges), singles, rtol=0, atol=1e-9)
 
@@ -74,8 +88,7 @@ def test_batch_equals_single_images(shared_data):
 def test_sharded_over_mesh_and_float_input_match(shared_data):
   from vision_core.mesh import make_mesh  # pylint: disable=g-import-not-at-top
   model, ranges = _paths(shared_data)
-  im = data.camera()[:64, :96, None]
-  batch = np.stack([im, im[::-1], im[:, ::-1]])  # 3 images on an 8-device 'data' axis.
+  batch = _small_batch()  # 3 images on an 8-device 'data' axis.
   plain = brisque(batch, model, ranges)
   # Float input in [0, 255] (grey: the same values) sharded over the mesh, padded to 8.
   sharded = brisque(batch.astype(np.float32), model, ranges, mesh=make_mesh())
@@ -107,7 +120,7 @@ def test_libsvm_model_gives_identical_scores(shared_data, tmp_path):
   model, ranges = _paths(shared_data)
   _write_libsvm(tmp_path / 'live.model', cv2.ml.SVM_load(model))
   _write_svm_scale_range(tmp_path / 'live.range', ranges)
-  images = np.stack([data.astronaut()[:128, :160], data.coffee()[:128, :160]])
+  images = _small_batch()
   ours_cv = brisque(images, model, ranges)
   ours_libsvm = brisque(images, str(tmp_path / 'live.model'), str(tmp_path / 'live.range'))
   np.testing.assert_array_equal(ours_libsvm, ours_cv)

@@ -166,3 +166,26 @@ def test_batch_too_large_and_mixed_sizes(tmp_path):
   source = data.ImageFolderSource(tmp_path, 'train')
   with pytest.raises(Exception, match='different shapes'):
     list(data.eval_batches(source, global_batch_size=3, preprocess=''))
+
+
+def test_tfds_source_reads_through_data_source():
+  """tfds' own mock (random examples from the dataset's feature spec, served through
+  `tfds.data_source`) stands in for prepared array_record files."""
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=12):
+    source = data.get_source('cifar10', 'train')
+    assert len(source) == 12 and source.num_classes == 10
+    example = source[3]
+    assert example['image'].shape == (32, 32, 3) and example['image'].dtype == np.uint8
+    assert 0 <= int(example['label']) < 10
+    batch = next(iter(data.train_loader(source, global_batch_size=4,
+                                        preprocess='flip_lr|value_range(-1, 1)', seed=0)))
+    assert batch['image'].shape == (4, 32, 32, 3) and batch['label'].shape == (4,)
+
+
+def test_real_cifar10_folder(shared_data):
+  source = data.get_source(str(shared_data / 'cifar10'), 'test')
+  assert len(source) == 10000 and source.num_classes == 10
+  assert np.bincount(source.labels).tolist() == [1000] * 10
+  assert source[0]['image'].shape == (32, 32, 3)
+  assert data.num_eval_batches(len(source), 512) == 20  # 19 full + 1 padded: all 10,000 scored

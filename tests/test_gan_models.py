@@ -132,17 +132,37 @@ def test_importer_bad_input_messages():
 
 
 @pytest.mark.parametrize('size,channels', [(28, 1), (32, 3), (64, 3)])
-def test_dcgan_shapes_and_range(size, channels):
+def test_dcgan_shapes(size, channels):
   g = DCGANGenerator(latent_dim=8, image_size=size, channels=channels, width=4)
   d = DCGANDiscriminator(image_size=size, width=4)
-  z = jax.random.normal(jax.random.PRNGKey(0), (2, 8))
-  gp = g.init(jax.random.PRNGKey(1), z)
-  x = g.apply(gp, z)
+  z = jax.ShapeDtypeStruct((2, 8), jnp.float32)
+  gp = jax.eval_shape(g.init, jax.random.PRNGKey(1), z)  # Shapes only: nothing compiles.
+  x = jax.eval_shape(g.apply, gp, z)
   assert x.shape == (2, size, size, channels)
-  assert float(jnp.max(jnp.abs(x))) <= 1.0
-  dp = d.init(jax.random.PRNGKey(2), x)
-  assert d.apply(dp, x).shape == (2,)
+  assert jax.eval_shape(d.apply, jax.eval_shape(d.init, jax.random.PRNGKey(2), x), x).shape \
+      == (2,)
+
+
+def test_dcgan_range_and_per_sample():
+  g = DCGANGenerator(latent_dim=8, image_size=28, channels=1, width=4)
+  z = jax.random.normal(jax.random.PRNGKey(0), (2, 8))
+  gp = jax.jit(g.init)(jax.random.PRNGKey(1), z)
+  g_apply = jax.jit(g.apply)
+  x = g_apply(gp, z)
+  assert float(jnp.max(jnp.abs(x))) <= 1.0 and float(jnp.std(x)) > 0
   # PixelNorm generator is per sample: a sample's output does not depend on its batch.
-  np.testing.assert_allclose(g.apply(gp, z[:1]), x[:1], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(g_apply(gp, z[:1]), x[:1], rtol=1e-4, atol=1e-4)
   with pytest.raises(UserInputError, match='image_size=48'):
     DCGANGenerator(image_size=48).init(jax.random.PRNGKey(0), z)
+
+
+def test_shipped_mnist_generator_loads_and_draws_varied_digits():
+  from gan_jax import compress, report  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(compress.__file__), 'weights', 'dcgan_mnist_28.npz')
+  g = generators.load(path)
+  assert (g.image_size, g.channels, g.latent_dim) == (28, 1, 64)
+  images = report.to_uint8(g.generate(jax.random.normal(jax.random.PRNGKey(0), (16, 64))))
+  # Digits: mostly black background, some bright strokes, and samples differ.
+  assert 0.05 < np.mean(images > 128) < 0.4
+  assert np.mean(np.std(images.astype(float), axis=0)) > 30

@@ -240,3 +240,26 @@ def test_optimizer_state_names():
     assert checkpoint.is_optimizer_state(name)
   for name in ('model/wte', 'model/h0/attn/q_proj', 'model/clf/wclf'):
     assert not checkpoint.is_optimizer_state(name)
+
+
+def test_logits_equal_hf_transformers_pytorch_imagegpt(tmp_path):
+  """HF's own PyTorch ImageGPT, saved by HF, loads here and gives the same logits."""
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  config = transformers.ImageGPTConfig(n_embd=32, n_layer=2, n_head=4, n_positions=16,
+                                       vocab_size=513)
+  torch.manual_seed(0)
+  hf = transformers.ImageGPTForCausalImageModeling(config).eval()
+  with torch.no_grad():
+    for name, p in hf.named_parameters():
+      p.copy_(torch.zeros_like(p) if name.endswith('.bias') else torch.randn_like(p) * 0.3
+              + (1.0 if 'ln_' in name else 0.0))
+  hf.save_pretrained(tmp_path / 'hf', safe_serialization=True)
+  params, model = checkpoint.load(tmp_path / 'hf')
+  assert (model.width, model.num_heads, model.num_layers, model.n_ctx) == (32, 4, 2, 16)
+  tokens = np.random.default_rng(0).integers(0, 512, (2, 16))
+  inputs = np.concatenate([np.full((2, 1), 512), tokens[:, :-1]], axis=1)  # sos = 512.
+  with torch.no_grad():
+    expected = hf(torch.as_tensor(inputs)).logits.numpy()
+  ours = model.apply({'params': params}, jnp.asarray(tokens))['logits']
+  np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)

@@ -129,13 +129,14 @@ def test_cached_decode_matches_full_forward():
   full = model.apply({'params': params}, tokens)['logits']
   cache = igpt_model.init_cache(model, 3)
   prev = jnp.pad(tokens[:, :-1], ((0, 0), (1, 0)))
+  decode = jax.jit(lambda p, c, s: model.apply({'params': params}, p, c, s,
+                                               method=model.decode))
   chunks = []
-  # A 5-position prefill, then one position at a time.
-  logits, cache = model.apply({'params': params}, prev[:, :5], cache, 0, method=model.decode)
+  # A 5-position prefill, then one position at a time (start traced: one compile).
+  logits, cache = decode(prev[:, :5], cache, 0)
   chunks.append(logits)
   for t in range(5, 16):
-    logits, cache = model.apply({'params': params}, prev[:, t:t + 1], cache, t,
-                                method=model.decode)
+    logits, cache = decode(prev[:, t:t + 1], cache, jnp.int32(t))
     chunks.append(logits)
   np.testing.assert_allclose(jnp.concatenate(chunks, 1), full, rtol=1e-4, atol=1e-4)
 

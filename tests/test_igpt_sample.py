@@ -109,3 +109,30 @@ def test_bad_requests_are_clear_errors(model_and_params, tmp_path):
   igpt_sample.save_png(tmp_path / 'g.png', np.zeros((4, 4, 3), np.uint8))
   with pytest.raises(UserInputError, match='refusing to overwrite'):
     igpt_sample.save_png(tmp_path / 'g.png', np.zeros((4, 4, 3), np.uint8))
+
+
+def test_complete_cli(model_and_params, tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from igpt_jax import checkpoint, complete  # pylint: disable=g-import-not-at-top
+  model, params = model_and_params
+  rng = np.random.default_rng(0)
+  (tmp_path / 'imgs').mkdir()
+  for i in range(2):
+    Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(
+        tmp_path / 'imgs' / f'{i}.png')
+  checkpoint.save(tmp_path / 'p.npz', params)
+  np.save(tmp_path / 'pal.npy', rng.uniform(-1, 1, (512, 3)).astype(np.float32))
+  common = ['--params', str(tmp_path / 'p.npz'), '--palette', str(tmp_path / 'pal.npy'),
+            '--size', '4']
+  complete.main(common + ['--images', str(tmp_path / 'imgs'), '--num', '3', '--out',
+                          str(tmp_path / 'c.png')])
+  grid = np.asarray(Image.open(tmp_path / 'c.png'))
+  assert grid.shape == (2 * 6 + 2, 5 * 6 + 2, 3)
+  # Kept rows of each completion are the original's (palette-dequantised) pixels.
+  np.testing.assert_array_equal(grid[2:4, 2 + 2 * 6:6 + 2 * 6], grid[2:4, 2:6])
+  complete.main(common + ['--unconditional', '3', '--out', str(tmp_path / 'u.png')])
+  assert np.asarray(Image.open(tmp_path / 'u.png')).shape == (6 + 2, 3 * 6 + 2, 3)
+  with pytest.raises(SystemExit) as e:
+    complete.main(common + ['--images', str(tmp_path / 'imgs'), '--keep_rows', '9', '--out',
+                            str(tmp_path / 'bad.png')])
+  assert e.value.code == 2 and not (tmp_path / 'bad.png').exists()

@@ -6,6 +6,7 @@ import scipy.linalg
 
 from vision_core.errors import UserInputError
 from vit_jax import metrics
+from vit_jax.metrics import frechet
 
 
 def _scipy_frechet(mu1, s1, mu2, s2):
@@ -31,6 +32,9 @@ def test_matches_scipy_sqrtm_on_full_rank_features(d):
   mu2, s2 = xb.mean(0), np.cov(xb, rowvar=False)
   want = _scipy_frechet(mu1, s1, mu2, s2)
   assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(want, rel=1e-6)
+  # Both factorisations (Cholesky for positive definite, eigh for singular) agree.
+  assert frechet.trace_sqrt_product(s1, s2, cholesky=False) == pytest.approx(
+      frechet.trace_sqrt_product(s1, s2), rel=1e-9)
   assert metrics.fid(xa, xb) == pytest.approx(want, rel=1e-6)
   # Nearby distributions: the distance is small and cancellation is worst.
   xc = xa + np.random.default_rng(3).normal(0, 0.05, xa.shape)

@@ -9,7 +9,8 @@ from vision_core.errors import UserInputError
 from vision_core.mesh import make_mesh
 from vit_jax import models_vit
 from vit_jax.configs.models import get_model_config
-from vit_jax.metrics import vit_score as vs
+from vit_jax.metrics.vit_score import (cosine_similarity, top_k_overlap, vit_score, vit_scores,
+                                       weighted_top_k_overlap)
 
 NUM_CLASSES = 20
 
@@ -32,16 +33,16 @@ def _images(seed, n=4):
 def test_identical_images_score_one(tiny_vit):
   model, params = tiny_vit
   x = _images(0)
-  scores = vs.vit_scores(x, x, model, params, k=5)
+  scores = vit_scores(x, x, model, params, k=5)
   for name in ('top_k', 'weighted', 'cosine'):
     np.testing.assert_allclose(scores[name], 1.0, atol=1e-6, err_msg=name)
-  np.testing.assert_allclose(vs.vit_score(x, x, model, params, k=5), 1.0)
+  np.testing.assert_allclose(vit_score(x, x, model, params, k=5), 1.0)
 
 
 def test_different_images_score_below_one_and_match_logits(tiny_vit):
   model, params = tiny_vit
   a, b = _images(1), _images(2)
-  scores = vs.vit_scores(a, b, model, params, k=5)
+  scores = vit_scores(a, b, model, params, k=5)
   assert scores['top_k'].min() < 1.0
   # Against an independent numpy computation from the model's logits.
   to_model = lambda x: (x.astype(np.float32) - 127.5) / 127.5
@@ -55,17 +56,17 @@ def test_bad_k_and_shapes_are_rejected(tiny_vit):
   model, params = tiny_vit
   x = _images(0)
   with pytest.raises(UserInputError, match=r'1 <= k <= 20'):
-    vs.vit_score(x, x, model, params, k=NUM_CLASSES + 1)
+    vit_score(x, x, model, params, k=NUM_CLASSES + 1)
   with pytest.raises(UserInputError, match='k=0'):
-    vs.vit_score(x, x, model, params, k=0)
+    vit_score(x, x, model, params, k=0)
   with pytest.raises(UserInputError, match='must match'):
-    vs.vit_score(x, x[:, :16], model, params, k=5)
+    vit_score(x, x[:, :16], model, params, k=5)
   with pytest.raises(UserInputError, match='channels'):
-    vs.vit_score(x[..., :1], x[..., :1], model, params, k=5)
+    vit_score(x[..., :1], x[..., :1], model, params, k=5)
   nan = x.astype(np.float32)
   nan[0, 0, 0, 0] = np.nan
   with pytest.raises(UserInputError, match='NaN'):
-    vs.vit_score(nan, x.astype(np.float32), model, params, k=5)
+    vit_score(nan, x.astype(np.float32), model, params, k=5)
 
 
 def test_chance_level_on_random_logits():
@@ -73,9 +74,9 @@ def test_chance_level_on_random_logits():
   rng = np.random.default_rng(0)
   a = jnp.asarray(rng.normal(size=(4000, 1000)), jnp.float32)
   b = jnp.asarray(rng.normal(size=(4000, 1000)), jnp.float32)
-  overlap = np.asarray(vs.top_k_overlap(a, b, 100))
+  overlap = np.asarray(top_k_overlap(a, b, 100))
   assert abs(overlap.mean() - 0.1) < 0.003  # Std of the mean is ~0.0005.
-  assert abs(np.asarray(vs.top_k_overlap(a, b, 10)).mean() - 0.01) < 0.002
+  assert abs(np.asarray(top_k_overlap(a, b, 10)).mean() - 0.01) < 0.002
 
 
 def test_top_k_and_weighted_match_numpy():
@@ -83,8 +84,8 @@ def test_top_k_and_weighted_match_numpy():
   a = rng.normal(size=(16, 50)).astype(np.float32)
   b = (a + rng.normal(scale=0.7, size=a.shape)).astype(np.float32)
   k = 10
-  got = np.asarray(vs.top_k_overlap(jnp.asarray(a), jnp.asarray(b), k))
-  got_w = np.asarray(vs.weighted_top_k_overlap(jnp.asarray(a), jnp.asarray(b), k))
+  got = np.asarray(top_k_overlap(jnp.asarray(a), jnp.asarray(b), k))
+  got_w = np.asarray(weighted_top_k_overlap(jnp.asarray(a), jnp.asarray(b), k))
   for i in range(len(a)):
     top_a = np.argsort(-a[i])[:k]
     top_b = set(np.argsort(-b[i])[:k].tolist())
@@ -99,15 +100,15 @@ def test_cosine_matches_numpy():
   rng = np.random.default_rng(2)
   a, b = rng.normal(size=(2, 8, 12)).astype(np.float32)
   want = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-  np.testing.assert_allclose(vs.cosine_similarity(jnp.asarray(a), jnp.asarray(b)), want,
+  np.testing.assert_allclose(cosine_similarity(jnp.asarray(a), jnp.asarray(b)), want,
                              rtol=1e-5)
 
 
 def test_sharded_over_mesh_matches(tiny_vit):
   model, params = tiny_vit
   a, b = _images(3, n=5), _images(4, n=5)  # 5 pairs on an 8-device 'data' axis: padded.
-  plain = vs.vit_scores(a, b, model, params, k=5)
-  sharded = vs.vit_scores(a, b, model, params, k=5, mesh=make_mesh())
+  plain = vit_scores(a, b, model, params, k=5)
+  sharded = vit_scores(a, b, model, params, k=5, mesh=make_mesh())
   for name in plain:
     np.testing.assert_allclose(sharded[name], plain[name], atol=1e-5)
 
@@ -115,5 +116,5 @@ def test_sharded_over_mesh_matches(tiny_vit):
 def test_resize_to_model_resolution(tiny_vit):
   model, params = tiny_vit
   x = np.random.default_rng(5).integers(0, 256, (2, 48, 40, 3), dtype=np.uint8)
-  scores = vs.vit_scores(x, x, model, params, k=3, image_size=32)
+  scores = vit_scores(x, x, model, params, k=3, image_size=32)
   np.testing.assert_allclose(scores['top_k'], 1.0)

@@ -112,7 +112,7 @@ def test_data_and_model_meshes_match_one_device():
 
 
 def test_gradient_accumulation_matches_full_batch():
-  mesh = mesh_lib.make_mesh((8, 1))
+  mesh = mesh_lib.make_mesh((2, 1), jax.devices()[:2])
   batches = _batches(n=1)
   full_loss, full = _losses(mesh, 'replicated', batches, steps=1)
   acc_loss, acc = _losses(mesh, 'replicated', batches, accum_steps=2, steps=1)
@@ -121,7 +121,7 @@ def test_gradient_accumulation_matches_full_batch():
 
 
 def test_eval_counts_every_example_once_and_matches_numpy():
-  mesh = mesh_lib.make_mesh((8, 1))
+  mesh = mesh_lib.make_mesh((2, 1), jax.devices()[:2])
   model = _tiny_model()
   params = model.init(jax.random.key(1), jnp.zeros((1, 8, 8, 3)))['params']
   params['head']['kernel'] = jax.random.normal(jax.random.key(2), (16, 3))
@@ -237,3 +237,14 @@ def test_predict_official_layout_with_model_name(tmp_path, capsys):
   out = capsys.readouterr().out
   assert 'airplane' in out  # 10 classes -> CIFAR-10 names; zero head -> uniform 10%
   assert '10.00%' in out
+
+
+def test_evaluate_mode_scores_latest_checkpoint(uninterrupted, dataset, tmp_path):
+  workdir, final = uninterrupted
+  copy = tmp_path / 'copy'
+  subprocess.run(['cp', '-r', workdir, str(copy)], check=True)
+  result = train_loop.evaluate_only(helpers.tiny_config(dataset, mode='evaluate'), str(copy))
+  assert result['test_examples'] == 14
+  assert result['test_accuracy'] == pytest.approx(final['test_accuracy'])
+  assert result['test_loss'] == pytest.approx(final['test_loss'], rel=1e-5)
+  assert json.loads((copy / 'eval.json').read_text())['params'].endswith('step 6')

@@ -109,6 +109,10 @@ class Progress:
     self._bar.set_postfix(postfix, refresh=False)
     self._bar.update(step - self._bar.n)
 
+  def restart_timer(self) -> None:
+    """Starts the next img/s measurement now (call after an eval, so it does not count)."""
+    self._last = (self._last[0], time.perf_counter())
+
   def write(self, line: str) -> None:
     """Prints a line (e.g. an eval result) above the bar."""
     self._bar.write(line, file=sys.stderr)

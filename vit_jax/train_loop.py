@@ -190,6 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         log.write(step, result, split='eval')
         bar.write(f'step {step}: test accuracy {result["accuracy"]:.4f} '
                   f'loss {result["loss"]:.4f} ({result["num_examples"]} images)')
+        bar.restart_timer()
       if on_step is not None:
         on_step(step)
   finally:

@@ -204,23 +204,24 @@ class TfdsSource:
   def __init__(self, name: str, split: str, *, data_dir: str | None = None,
                image_key: str = 'image', label_key: str = 'label'):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    try:
-      builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # pylint: disable=broad-except
-      raise UserInputError(f'dataset {name!r}: not a TFDS dataset name nor an existing folder '
-                           f'({type(e).__name__}: {e}).') from None
     where = data_dir or 'the default TFDS data_dir (~/tensorflow_datasets)'
-    if not builder.is_prepared():
-      raise UserInputError(
-          f'TFDS dataset {name!r} is not prepared in {where}; prepare it there once with '
-          f'`tfds build {name} --file_format=array_record` (nothing is downloaded at run '
-          'time), or pass tfds_data_dir.')
     try:
       self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # pylint: disable=broad-except
+      try:
+        prepared = tfds.builder(name, data_dir=data_dir).is_prepared()
+      except Exception as e2:  # pylint: disable=broad-except
+        raise UserInputError(
+            f'dataset {name!r}: not a TFDS dataset name nor an existing folder '
+            f'({type(e2).__name__}: {e2}).') from None
+      if not prepared:
+        raise UserInputError(
+            f'TFDS dataset {name!r} is not prepared in {where}; prepare it there once with '
+            f'`tfds build {name} --file_format=array_record` (nothing is downloaded at run '
+            'time), or pass tfds_data_dir.') from None
       raise UserInputError(f'TFDS {name!r} split {split!r} in {where}: {e} (the dataset must '
                            'be prepared in array_record format).') from None
-    features = builder.info.features
+    features = self._source.dataset_info.features
     for key in (image_key, label_key):
       if key not in features:
         raise UserInputError(f'TFDS {name!r} has no feature {key!r}; features: '

@@ -39,6 +39,7 @@ import numpy as np
 from vision_core.errors import UserInputError
 from vision_core.images import check_batch
 from vit_jax.metrics.brisque_model import BrisqueModel, load_model
+from vit_jax.metrics.opencv_float import fma as _fma, mul as _mul, opencv_exp
 
 # OpenCV's BGR2GRAY for 8-bit images: 15-bit fixed point, round half up.
 _GREY_FIXED = (9798, 19235, 3735)  # R, G, B
@@ -100,32 +101,6 @@ def _cubic_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
   w3 = 1 - w0 - w1 - w2
   index = np.clip(start[:, None] + np.arange(-1, 3)[None, :], 0, n_in - 1)
   return index, np.stack([w0, w1, w2, w3], -1).astype(np.float32)
-
-
-def _rounded(x: jax.Array, zero: jax.Array) -> jax.Array:
-  """`x` as stored float32, never fused with the op that consumes it.
-
-  XLA's CPU backend contracts `a * b + c` into one fused multiply-add (one rounding), while
-  OpenCV rounds the product first. Passing the bits through an xor with a run-time zero (an
-  argument of the jitted function, which no compiler can prove is 0) keeps the product
-  rounded; it costs one integer op per element.
-  """
-  bits = jax.lax.bitcast_convert_type(x, jnp.int32) ^ zero
-  return jax.lax.bitcast_convert_type(bits, jnp.float32)
-
-
-def _fma(a: jax.Array, b, c: jax.Array) -> jax.Array:
-  """float32 fma(a, b, c) with one rounding, as OpenCV's SIMD `v_muladd` on FMA hardware.
-
-  Emulated in float64 (the product of two float32 numbers is exact there), so the result is
-  the same whether or not the compiler fuses it.
-  """
-  return (a.astype(jnp.float64) * np.float64(b) + c.astype(jnp.float64)).astype(jnp.float32)
-
-
-def _mul(a: jax.Array, b, zero: jax.Array) -> jax.Array:
-  """float32 a * b, rounded before any later add."""
-  return _rounded(a * b, zero)
 
 
 def _resize_axis(x: jax.Array, n_out: int, axis: int, order: tuple[int, ...],
@@ -237,13 +212,17 @@ def _shifted(z: jax.Array, dy: int, dx: int) -> jax.Array:
 def _aggd_fit(z: jax.Array, zero: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """AGGD moment fit of `[..., H, W]` float32: (grid index, left, right sigma) as `[...]`.
 
-  Sums are float64 like OpenCV's cv::sum; zeros count in neither side, but in the total.
+  OpenCV sums in float64 (cv::sum); zeros count in neither side, but in the total.
   """
-  sq = _mul(z, z, zero).astype(jnp.float64)
+  sq = _mul(z, z, zero)
   pos, neg = z > 0, z < 0
-  pos_sq = jnp.where(pos, sq, 0).sum((-2, -1))
-  neg_sq = jnp.where(neg, sq, 0).sum((-2, -1))
-  abs_sum = jnp.abs(z).astype(jnp.float64).sum((-2, -1))
+  # Each row summed in float32 (<= W terms), the rows in float64: ~1e-7 relative, far below
+  # the AGGD grid spacing, at float32 speed. Counts are exact.
+  def image_sum(x):
+    return x.sum(-1).astype(jnp.float64).sum(-1)
+  pos_sq = image_sum(jnp.where(pos, sq, 0))
+  neg_sq = image_sum(jnp.where(neg, sq, 0))
+  abs_sum = image_sum(jnp.abs(z))
   n_pos = pos.sum((-2, -1)).astype(jnp.float64)
   n_neg = neg.sum((-2, -1)).astype(jnp.float64)
   total = z.shape[-2] * z.shape[-1]
@@ -265,13 +244,11 @@ def _scale_features(x: jax.Array, zero: jax.Array) -> list[jax.Array]:
   z = _mscn(x, zero)
   grid = jnp.asarray(_GRID)
   mean_factor = jnp.asarray(_MEAN_FACTOR)
-  # The MSCN map and its four neighbour products, fitted together: `[5, B, H, W]`.
-  maps = jnp.stack([z] + [_mul(z, _shifted(z, dy, dx), zero) for dy, dx in _SHIFTS])
-  index, left, right = _aggd_fit(maps, zero)
-  feats = [grid[index[0]], (left[0] * left[0] + right[0] * right[0]) / 2]
-  for i in range(1, 5):
-    feats += [grid[index[i]], (right[i] - left[i]) * mean_factor[index[i]], left[i] ** 2,
-              right[i] ** 2]
+  index, left, right = _aggd_fit(z, zero)
+  feats = [grid[index], (left * left + right * right) / 2]
+  for dy, dx in _SHIFTS:  # Products computed inside each fit's reductions (one pass each).
+    index, left, right = _aggd_fit(_mul(z, _shifted(z, dy, dx), zero), zero)
+    feats += [grid[index], (right - left) * mean_factor[index], left ** 2, right ** 2]
   return feats
 
 
@@ -282,39 +259,13 @@ def _features(images: jax.Array, zero: jax.Array) -> jax.Array:
   return jnp.stack(feats, -1).astype(jnp.float32)
 
 
-# OpenCV's portable float32 exp (core/mathfuncs_core, `exp32f`): a 64-entry table of
-# 2^(j/64) and a degree-4 polynomial. Its last bit moves the SVR sum (weights up to 1024)
-# by ~1e-3, so it is reproduced rather than replaced by XLA's exp.
-_EXP_A0 = .9670371139572337719125840413672004409288e-2
-_EXP_POLY = [np.float32(c / _EXP_A0) for c in (
-    .5550339366753125211915322047004666939128e-1, .2402265109513301490103372422686535526573,
-    .6931471805521448196800669615864773144641, 1.000000000000002438532970795181890933776)]
-_EXP_TABLE = (np.exp2(np.arange(64) / 64) * _EXP_A0).astype(np.float32)
-_EXP_PRESCALE = 1.4426950408889634073599246810019 * 64
-
-
-def _opencv_exp(x: jax.Array, zero: jax.Array) -> jax.Array:
-  """float32 exp bit for bit as OpenCV's `cv::exp` without IPP."""
-  limit = 3000.0 * 64 / _EXP_PRESCALE
-  x = jnp.clip(x, np.float32(-limit), np.float32(limit))
-  xf = _mul(x, np.float32(_EXP_PRESCALE), zero)
-  xi = jnp.round(xf).astype(jnp.int32)  # Round half to even, as cvtps2dq.
-  xf = (xf - xi.astype(jnp.float32)) * np.float32(1 / 64)
-  exponent = jnp.clip((xi >> 6) + 127, 0, 255) << 23
-  y = jnp.asarray(_EXP_TABLE)[xi & 63] * jax.lax.bitcast_convert_type(exponent, jnp.float32)
-  z = xf + _EXP_POLY[0]
-  for c in _EXP_POLY[1:]:
-    z = (z.astype(jnp.float64) * xf.astype(jnp.float64) + np.float64(c)).astype(jnp.float32)
-  return z * y
-
-
 @jax.jit
 def _predict(scaled, support_vectors, alpha, rho, gamma, zero):
   # OpenCV: float32 differences, squared and summed in float64; the exponent rounded to
   # float32 and its float32 exp; the weighted sum in float64.
   diff = (support_vectors[None] - scaled[:, None, :]).astype(jnp.float64)
   exponent = ((diff * diff).sum(-1) * -gamma).astype(jnp.float32)
-  kernel = _opencv_exp(exponent, zero).astype(jnp.float64)
+  kernel = opencv_exp(exponent, zero).astype(jnp.float64)
   return kernel @ alpha - rho
 
 

@@ -4,10 +4,14 @@
 
 The trace of the matrix square root is computed without `scipy.linalg.sqrtm` (a general,
 non-symmetric Schur method that is slow, and returns complex or NaN values when a covariance
-is singular): sqrt(S1) S2 sqrt(S1) is symmetric positive semi-definite and has the same
-eigenvalues as S1 S2, so tr((S1 S2)^(1/2)) is the sum of the square roots of its eigenvalues,
-from two symmetric eigendecompositions. Eigenvalues that rounding makes slightly negative are
-clipped to 0, so rank-deficient covariances (fewer samples than dimensions) stay finite.
+is singular): for any factor S1 = A A^T (e.g. sqrt(S1), or Cholesky's L), A^T S2 A is
+symmetric positive semi-definite with the same eigenvalues as S1 S2, so tr((S1 S2)^(1/2)) is
+the sum of the square roots of its eigenvalues: a Cholesky factorisation, two matrix
+products and one symmetric eigenvalue computation (no eigenvectors). A singular S1 (fewer
+samples than dimensions) has no Cholesky factor; then pivoted Cholesky gives a rank-r factor
+A [d, r] (and A^T S2 A is only [r, r]).
+Eigenvalues that rounding makes slightly negative are clipped to 0, so rank-deficient
+covariances stay finite and the distance non-negative.
 (On singular covariances each exact-zero eigenvalue of S1 S2 comes back as rounding noise of
 size eps * |S1 S2|, whose square root is not negligible: expect ~1e-6 relative error there.)
 
@@ -38,13 +42,39 @@ def _as_float64(x, name: str, ndim: int) -> np.ndarray:
   return x
 
 
-def trace_sqrt_product(sigma1, sigma2) -> float:
-  """tr((S1 S2)^(1/2)) for symmetric PSD `[d, d]` matrices, via symmetric eigendecompositions."""
+def psd_factor(sigma: np.ndarray, *, cholesky: bool = True) -> np.ndarray:
+  """A `[d, r]` factor `a` with `a a^T = sigma` (to rounding) of a symmetric PSD matrix.
+
+  Cholesky when positive definite; for a singular (rank-deficient) covariance, Cholesky with
+  complete pivoting (LAPACK `pstrf`), which stops at the numerical rank r. Both are ~10-50x
+  cheaper than an eigendecomposition with vectors (`cholesky=False`: `v sqrt(max(w, 0))`).
+  """
+  if not cholesky:
+    w, v = np.linalg.eigh(sigma)
+    return v * np.sqrt(np.clip(w, 0.0, None))
+  try:
+    return np.linalg.cholesky(sigma)
+  except np.linalg.LinAlgError:
+    pass
+  from scipy.linalg import lapack  # pylint: disable=g-import-not-at-top
+  c, piv, rank, info = lapack.dpstrf(sigma, lower=1)
+  if info < 0:
+    raise ValueError(f'LAPACK dpstrf failed (info={info}).')
+  factor = np.zeros((sigma.shape[0], rank))
+  factor[piv - 1] = np.tril(c)[:, :rank]  # P^T S P = L L^T  ->  S = (P L)(P L)^T
+  return factor
+
+
+def trace_sqrt_product(sigma1, sigma2, *, cholesky: bool = True) -> float:
+  """tr((S1 S2)^(1/2)) for symmetric PSD `[d, d]` matrices, via symmetric eigenvalues.
+
+  With S1 = a a^T, the eigenvalues of S1 S2 are those of the symmetric PSD a^T S2 a, so only
+  the eigenvalues (no vectors) of one symmetric matrix are needed.
+  """
   s1 = 0.5 * (sigma1 + sigma1.T)
   s2 = 0.5 * (sigma2 + sigma2.T)
-  w, v = np.linalg.eigh(s1)
-  a = v * np.sqrt(np.clip(w, 0.0, None))  # sqrt(S1) = a v^T = v a^T
-  m = a.T @ s2 @ a  # similar to sqrt(S1) S2 sqrt(S1)
+  a = psd_factor(s1, cholesky=cholesky)
+  m = a.T @ s2 @ a
   m = 0.5 * (m + m.T)
   return float(np.sqrt(np.clip(np.linalg.eigvalsh(m), 0.0, None)).sum())
 

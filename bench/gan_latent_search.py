@@ -1,0 +1,134 @@
+"""Latent-optimisation speed: our compiled search vs the study's PyTorch eager loop.
+
+    flock /work/heavy.lock /work/venv/bin/python bench/gan_latent_search.py --steps 50
+
+Both sides run the same Progressive-GAN generator architecture with the same weights
+(checked: outputs agree), the study's optimiser (SGD lr 1, momentum 0.9, reduce-on-plateau
+factor 0.1 patience 10 on the loss) and MSE in [-1, 1], for the same number of steps on
+the same batch of target images. PyTorch: a Python loop of forward/backward/step (eager,
+as in the study; its ReduceLROnPlateau is stepped on the batch loss). Ours:
+`gan_jax.latent_search` with R=1 and early stopping off (so the step counts are equal),
+timed after compilation (compile time reported separately). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from gan_jax import generators, latent_search
+
+
+def torch_gnet(params, config):
+  """A PyTorch PGAN generator (NCHW) computing the same function as ours on `params`."""
+  p = jax.tree.map(lambda v: torch.from_numpy(np.asarray(v).copy()), params)
+  act = lambda x: torch.nn.functional.leaky_relu(x, 0.2)
+  norm = lambda x: x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
+  d0 = config['depth_scale0']
+
+  def conv(x, layer):
+    w = p[layer]['kernel'].permute(3, 2, 0, 1)  # HWIO -> OIHW
+    k, cin = w.shape[-1], w.shape[1]
+    return (torch.nn.functional.conv2d(x, w, p[layer]['bias'], padding=k // 2)
+            * math.sqrt(2.0 / (cin * k * k)))
+
+  def forward(z):
+    x = norm(z)
+    x = (x @ p['formatLayer']['kernel'] + p['formatLayer']['bias']) * math.sqrt(2.0 / z.shape[1])
+    x = norm(act(x).view(z.shape[0], d0, 4, 4))
+    x = norm(act(conv(x, 'groupScale0_0')))
+    for s in range(len(config['depth_other_scales'])):
+      x = torch.nn.functional.interpolate(x, scale_factor=2, mode='nearest')
+      for j in range(2):
+        x = norm(act(conv(x, f'scaleLayers_{s}_{j}')))
+    return conv(x, f'toRGBLayers_{len(config["depth_other_scales"])}')
+  return forward
+
+
+def torch_search(forward, targets_nchw, z0, steps):
+  z = z0.clone().requires_grad_(True)
+  opt = torch.optim.SGD([z], lr=1.0, momentum=0.9)
+  sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.1, patience=10)
+  for _ in range(steps):
+    opt.zero_grad()
+    per_image = ((forward(z) - targets_nchw) ** 2).mean(dim=(1, 2, 3))
+    loss = per_image.sum()  # Sum of per-image MSEs: each image gets its own gradient.
+    loss.backward()
+    opt.step()
+    sched.step(loss.item())
+  return per_image.detach()
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--steps', type=int, default=50)
+  parser.add_argument('--batches', default='1,8,32')
+  parser.add_argument('--latent', type=int, default=128)
+  parser.add_argument('--depths', default='128,128,64,32', help='depthScale0 then others')
+  parser.add_argument('--out', default=None)
+  args = parser.parse_args()
+  depths = [int(d) for d in args.depths.split(',')]
+  config = {'family': 'pgan', 'dim_latent': args.latent, 'depth_scale0': depths[0],
+            'depth_other_scales': depths[1:]}
+  params = generators.init_params(config, seed=0)
+  gen = generators.make(config, params)
+  forward = torch_gnet(gen.params, config)
+  z_check = np.random.default_rng(0).standard_normal((2, args.latent)).astype(np.float32)
+  with torch.no_grad():
+    ref = forward(torch.from_numpy(z_check)).numpy().transpose(0, 2, 3, 1)
+  diff = float(np.abs(ref - np.asarray(gen.generate(z_check))).max())
+  assert diff < 1e-3, f'torch and jax generators differ by {diff}'
+  rows = []
+  for batch in map(int, args.batches.split(',')):
+    targets = np.asarray(gen.generate(np.random.default_rng(1).standard_normal(
+        (batch, args.latent)).astype(np.float32)))
+    cfg = latent_search.SearchConfig(steps=args.steps, restarts=1, optimizer='sgd',
+                                     stop_patience=0)
+    search = latent_search.make_latent_search(gen.apply, latent_dim=args.latent, config=cfg)
+    t = time.perf_counter()
+    jax.block_until_ready(search(gen.params, targets))
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    result = jax.block_until_ready(search(gen.params, targets))
+    jax_s = time.perf_counter() - t
+    z0 = torch.from_numpy(np.asarray(latent_search.initial_latents(
+        jax.random.PRNGKey(0), batch, 1, args.latent))[:, 0])
+    targets_t = torch.from_numpy(targets.transpose(0, 3, 1, 2).copy())
+    torch_search(forward, targets_t, z0, 2)  # Warm-up.
+    t = time.perf_counter()
+    torch_loss = torch_search(forward, targets_t, z0, args.steps)
+    torch_s = time.perf_counter() - t
+    rows.append({'batch': batch, 'steps': args.steps, 'jax_s': jax_s, 'jax_compile_s': compile_s,
+                 'torch_s': torch_s, 'jax_steps_per_s': args.steps / jax_s,
+                 'torch_steps_per_s': args.steps / torch_s,
+                 'jax_image_steps_per_s': batch * args.steps / jax_s,
+                 'torch_image_steps_per_s': batch * args.steps / torch_s,
+                 'speedup': torch_s / jax_s,
+                 'jax_final_loss': float(np.mean(result.loss)),
+                 'torch_final_loss': float(torch_loss.mean())})
+    print(json.dumps(rows[-1]), flush=True)
+  side = 4 * 2 ** (len(depths) - 1)
+  print(f'\nPGAN generator {side}x{side}, latent {args.latent}, depths {depths}; '
+        f'{args.steps} steps; jax {jax.__version__}, torch {torch.__version__} '
+        f'({torch.get_num_threads()} threads)\n')
+  print('| images | ours: steps/s | ours: image-steps/s | PyTorch eager: steps/s | '
+        'PyTorch: image-steps/s | speed-up | compile (s) |')
+  print('|---|---|---|---|---|---|---|')
+  for r in rows:
+    print(f'| {r["batch"]} | {r["jax_steps_per_s"]:.1f} | {r["jax_image_steps_per_s"]:.0f} | '
+          f'{r["torch_steps_per_s"]:.1f} | {r["torch_image_steps_per_s"]:.0f} | '
+          f'{r["speedup"]:.2f}x | {r["jax_compile_s"]:.1f} |')
+  if args.out:
+    with open(args.out, 'w') as f:
+      json.dump(rows, f, indent=2)
+
+
+if __name__ == '__main__':
+  main()

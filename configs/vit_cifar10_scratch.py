@@ -1,0 +1,53 @@
+"""A small ViT trained from scratch on CIFAR-10 within a CPU time budget.
+
+  flock /work/heavy.lock python -m vit_jax.main \
+      --config configs/vit_cifar10_scratch.py:../shared/data/cifar10 --workdir runs/c10_scratch
+
+`arg` is the CIFAR-10 location: an image folder `{train,test}/{class}/*.jpg` (as
+../shared/data/cifar10) or the TFDS name `cifar10`. The model is a ViT with 4x4 patches on the
+32x32 images (64 tokens + class token), width 192, 6 blocks, 3 heads, MLP 384; AdamW with
+warmup + cosine decay, label smoothing 0.1, random 4-px-padded crops and flips, the decoded
+training set cached in memory (no JPEG decoding per epoch).
+
+Expected result: not measured yet. This project's 2-core CPU runs the model at roughly 60 img/s
+(bench/train_throughput.py), so the 3,000 steps here (384k images, ~7.7 epochs) take about 2 h;
+the shared machine's heavy-job lock was not free for such a run in the session that wrote this.
+"""
+
+import ml_collections
+
+from vit_jax.configs import models
+
+
+def get_config(arg: str = '../shared/data/cifar10') -> ml_collections.ConfigDict:
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      'configs_vit', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vit.py'))
+  vit = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(vit)
+  config = vit.get_config(f'ViT-Ti_16,{arg}')
+  with config.unlocked():
+    config.model = models.vit_config('ViT-Ti_4-cifar', 'Ti', 4, dropout_rate=0.0)
+    config.model.transformer.num_layers = 6
+    config.model.transformer.mlp_dim = 384
+    config.model_name = 'ViT-Ti_4-cifar'
+  config.pp.train, config.pp.test = 'train', 'test'
+  config.pp.crop = config.pp.resize = 32
+  config.pp.augment = 'pad_crop'
+  config.cache_in_memory = True
+  config.batch = 128
+  config.batch_eval = 500
+  config.total_steps = 3000
+  config.warmup_steps = 150
+  config.optimizer = 'adamw'
+  config.base_lr = 2e-3
+  config.b2 = 0.99
+  config.weight_decay = 0.05
+  config.label_smoothing = 0.1
+  config.grad_norm_clip = 1.0
+  config.eval_every = 1000
+  config.checkpoint_every = 500
+  config.progress_every = 50
+  config.mesh = (-1, 1)
+  return config

@@ -1,0 +1,33 @@
+"""Train or fine-tune Image GPT: `python -m igpt_jax.main --config FILE:ARGS --workdir DIR`.
+
+  python -m igpt_jax.main --config configs/igpt.py:tiny,cifar10 --workdir runs/igpt_tiny
+  python -m igpt_jax.main --config configs/igpt.py:tiny,cifar10,finetune \
+      --workdir runs/igpt_ft --config.init_from=runs/igpt_tiny/params.npz
+
+A workdir that already holds checkpoints is resumed from the latest one. See configs/igpt.py.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from vision_core.errors import cli_errors
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/igpt.py:SIZE,'
+                                          'DATASET[,OBJECTIVE]).', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, params.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  from igpt_jax import train  # pylint: disable=g-import-not-at-top
+  config = _CONFIG.value
+  logging.info('Config:\n%s', config)
+  with cli_errors('igpt_jax.main'):
+    train.train_and_evaluate(config, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

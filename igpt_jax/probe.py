@@ -1,0 +1,179 @@
+"""Linear probes: logistic regression on each layer's pooled features (Chen et al. 2020, §3).
+
+A layer's feature is the sequence mean of its block's normalised input (`ln_1` output);
+the last "layer" is the pooled `ln_f` output. For each layer an L2-regularised multinomial
+logistic regression is fitted (full-batch L-BFGS, in JAX) on the training split, its L2
+strength chosen on a held-out tenth of it, then refitted on all of it and scored on the
+test split. The paper found the middle layers best.
+
+  python -m igpt_jax.probe --params runs/igpt/params.npz --palette runs/igpt/palette.npy \
+      --dataset ../shared/data/cifar10 --image_size 16 --out runs/igpt/probe
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from igpt_jax import palette as palette_lib
+from vision_core import io
+from vision_core.errors import UserInputError, cli_errors
+
+
+def extract_features(model, params, tokens, *, batch_size: int = 256) -> np.ndarray:
+  """Tokens `[N, T]` -> features `[L + 1, N, D]` (float32), in batches."""
+  fn = jax.jit(lambda p, t: model.apply({'params': p}, t, return_features=True)['features'])
+  tokens = np.asarray(tokens)
+  out = []
+  for i in range(0, len(tokens), batch_size):
+    chunk = tokens[i:i + batch_size]
+    n = len(chunk)
+    if n < batch_size and len(tokens) > batch_size:  # Pad: one compiled shape.
+      chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - n, 0)])
+    out.append(np.asarray(fn(params, jnp.asarray(chunk)))[:, :n])
+  return np.concatenate(out, axis=1)
+
+
+def logreg_loss(w, b, x, y, l2):
+  """Mean softmax cross-entropy + `l2 / 2 * |w|^2` (bias unregularised)."""
+  logits = x @ w + b
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y)) + 0.5 * l2 * jnp.sum(
+      w * w)
+
+
+@functools.partial(jax.jit, static_argnames=('num_classes', 'steps'))
+def fit_logreg(x, y, *, num_classes: int, l2: float, steps: int = 300):
+  """L2 logistic regression by L-BFGS. `x [N, D]`, `y [N]` -> `(w [D, K], b [K])`."""
+  params = (jnp.zeros((x.shape[1], num_classes)), jnp.zeros((num_classes,)))
+  loss = lambda p: logreg_loss(p[0], p[1], x, y, l2)
+  opt = optax.lbfgs()
+  value_and_grad = optax.value_and_grad_from_state(loss)
+
+  def step(carry, _):
+    p, state = carry
+    value, grad = value_and_grad(p, state=state)
+    updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=loss)
+    return (optax.apply_updates(p, updates), state), None
+
+  (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=steps)
+  return params
+
+
+def accuracy(w, b, x, y) -> float:
+  return float(np.mean(np.argmax(np.asarray(x @ w + b), -1) == np.asarray(y)))
+
+
+def standardize(train, test):
+  """Per-dimension standardisation with the training statistics."""
+  mean, std = train.mean(0), train.std(0) + 1e-6
+  return (train - mean) / std, (test - mean) / std
+
+
+def probe_layers(train_features, train_labels, test_features, test_labels, *,
+                 num_classes: int, l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
+                 steps: int = 300, seed: int = 0) -> list[dict]:
+  """Per-layer probes. Features `[L, N, D]`; returns one dict per layer with the chosen
+  `l2`, `val_accuracy` and `test_accuracy`."""
+  train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
+  n = len(train_labels)
+  order = np.random.default_rng(seed).permutation(n)
+  val, fit = order[:max(n // 10, 1)], order[max(n // 10, 1):]
+  rows = []
+  for layer, (tr, te) in enumerate(zip(train_features, test_features)):
+    tr, te = standardize(np.asarray(tr, np.float32), np.asarray(te, np.float32))
+    scores = []
+    for l2 in l2_grid:
+      w, b = fit_logreg(tr[fit], train_labels[fit], num_classes=num_classes, l2=l2, steps=steps)
+      scores.append(accuracy(w, b, tr[val], train_labels[val]))
+    best = int(np.argmax(scores))
+    w, b = fit_logreg(tr, train_labels, num_classes=num_classes, l2=l2_grid[best], steps=steps)
+    rows.append(dict(layer=layer, l2=l2_grid[best], val_accuracy=scores[best],
+                     test_accuracy=accuracy(w, b, te, test_labels)))
+  return rows
+
+
+def format_table(rows: list[dict], num_blocks: int) -> str:
+  lines = ['| layer | features | L2 | val acc | test acc |', '|---|---|---|---|---|']
+  for r in rows:
+    what = f'block {r["layer"]} ln_1' if r['layer'] < num_blocks else 'ln_f'
+    lines.append(f'| {r["layer"]} | {what} | {r["l2"]:g} | {100 * r["val_accuracy"]:.1f}% '
+                 f'| {100 * r["test_accuracy"]:.1f}% |')
+  return '\n'.join(lines)
+
+
+def plot(rows: list[dict], path: str, *, overwrite: bool = False) -> None:
+  """Test accuracy per layer, as a PNG."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  ax.plot([r['layer'] for r in rows], [100 * r['test_accuracy'] for r in rows], 'o-')
+  ax.set_xlabel('layer (last: ln_f)')
+  ax.set_ylabel('linear probe test accuracy (%)')
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  with io.atomic_write(path, 'wb', overwrite=overwrite) as f:
+    fig.savefig(f, format='png', dpi=120)
+  plt.close(fig)
+
+
+def load_split(dataset, split, image_size, limit, centers):
+  from vision_core import data  # pylint: disable=g-import-not-at-top
+  source = data.get_source(dataset, split)
+  resize = data.parse_preprocess(f'resize({image_size})')
+  n = min(limit, len(source)) if limit else len(source)
+  idx = np.random.default_rng(0).permutation(len(source))[:n]
+  records = [resize(source[int(i)]) for i in idx]
+  images = np.stack([r['image'] for r in records])
+  labels = np.array([r['label'] for r in records])
+  return np.asarray(palette_lib.quantize(images, centers)), labels, source.num_classes
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(prog='igpt_jax.probe', description=__doc__.split('\n')[0])
+  parser.add_argument('--params', required=True, help='.npz, TF checkpoint or safetensors')
+  parser.add_argument('--palette', required=True, help='[512, 3] .npy palette')
+  parser.add_argument('--dataset', required=True, help='image folder or TFDS name')
+  parser.add_argument('--image_size', type=int, default=32)
+  parser.add_argument('--train_examples', type=int, default=10_000)
+  parser.add_argument('--test_examples', type=int, default=10_000)
+  parser.add_argument('--l2', type=float, nargs='+', default=[1e-4, 1e-3, 1e-2, 1e-1],
+                      help='L2 strengths tried (chosen on a held-out tenth of train)')
+  parser.add_argument('--steps', type=int, default=300, help='L-BFGS iterations per fit')
+  parser.add_argument('--out', required=True, help='directory for probe.json / .md / .png')
+  parser.add_argument('--force', action='store_true', help='overwrite existing outputs')
+  args = parser.parse_args(argv)
+  with cli_errors('igpt_jax.probe'):
+    from igpt_jax import checkpoint  # pylint: disable=g-import-not-at-top
+    params, model = checkpoint.load(args.params)
+    if args.image_size ** 2 > model.n_ctx:
+      raise UserInputError(f'--image_size={args.image_size}: {args.image_size ** 2} tokens '
+                           f'exceed the model\'s n_ctx={model.n_ctx}.')
+    centers = palette_lib.load_palette(args.palette, num_clusters=model.vocab_size)
+    tr_tok, tr_lab, k = load_split(args.dataset, 'train', args.image_size,
+                                    args.train_examples, centers)
+    te_tok, te_lab, _ = load_split(args.dataset, 'test', args.image_size,
+                                    args.test_examples, centers)
+    rows = probe_layers(extract_features(model, params, tr_tok), tr_lab,
+                        extract_features(model, params, te_tok), te_lab, num_classes=k,
+                        l2_grid=tuple(args.l2), steps=args.steps)
+    os.makedirs(args.out, exist_ok=True)
+    table = format_table(rows, model.num_layers)
+    with io.atomic_write(os.path.join(args.out, 'probe.md'), 'w', overwrite=args.force) as f:
+      f.write(table + '\n')
+    with io.atomic_write(os.path.join(args.out, 'probe.json'), 'w', overwrite=args.force) as f:
+      json.dump(rows, f, indent=2)
+    plot(rows, os.path.join(args.out, 'probe.png'), overwrite=args.force)
+    print(table)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,286 @@
+"""Image GPT training: generative (next token or BERT) pretraining and `clf` fine-tuning.
+
+`train_and_evaluate(config, workdir)` (see configs/igpt.py) reads images with the shared
+pipeline (`vision_core.data`), turns them into palette tokens on the device, and trains with
+one jit-compiled step over the `('data', 'model')` mesh (batch split over 'data', parameters
+replicated). A workdir holding checkpoints is resumed, data position included. Outputs:
+`checkpoints/`, `metrics.jsonl`, TensorBoard scalars, `palette.npy`, `params.npz`,
+`samples.png` (completions of test images) and `final.json`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from igpt_jax import checkpoint as igpt_checkpoint
+from igpt_jax import model as igpt_model
+from igpt_jax import palette as palette_lib
+from igpt_jax import sample as igpt_sample
+from vision_core import checkpointing, data, mesh as mesh_lib, metrics_log, npz, optim
+from vision_core.errors import UserInputError
+
+LN2 = math.log(2.0)
+OBJECTIVES = ('generative', 'bert', 'finetune')
+
+
+def bits_per_dim(nats_per_token):
+  """Nats per palette token -> bits per RGB dimension (a token codes 3 sub-pixels)."""
+  return nats_per_token / (3 * LN2)
+
+
+def token_losses(model, params, tokens, *, objective: str, key=None, labels=None,
+                 bert_mask_prob: float = 0.15):
+  """Per-example losses (nats). Returns `(gen [B], clf [B] or None, clf_logits or None)`.
+
+  generative: mean next-token cross-entropy; bert: mean over the masked positions (the
+  release's objective); finetune: also the `clf` cross-entropy.
+  """
+  if objective == 'bert':
+    keep = (jax.random.uniform(key, tokens.shape) > bert_mask_prob).astype(jnp.float32)
+    out = model.apply({'params': params}, tokens, bert_keep=keep)
+  else:
+    out = model.apply({'params': params}, tokens)
+  ce = optax.softmax_cross_entropy_with_integer_labels(out['logits'], tokens)
+  if objective == 'bert':
+    masked = 1.0 - keep
+    gen = jnp.sum(ce * masked, axis=1) / jnp.maximum(jnp.sum(masked, axis=1), 1.0)
+  else:
+    gen = jnp.mean(ce, axis=1)
+  if objective != 'finetune':
+    return gen, None, None
+  clf = optax.softmax_cross_entropy_with_integer_labels(out['clf_logits'], labels)
+  return gen, clf, out['clf_logits']
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """AdamW (decay on matrices only), linear warmup then cosine decay, global-norm clipping."""
+  schedule = optim.make_schedule(base_lr=config.lr, total_steps=config.total_steps,
+                                 warmup_steps=config.warmup_steps)
+  return optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=config.grad_clip,
+                              b2=config.b2, weight_decay=config.weight_decay)
+
+
+def make_train_step(*, model, optimizer, objective: str, gen_loss_weight: float = 1.0,
+                    bert_mask_prob: float = 0.15):
+  """A jit-compiled `step(state, batch, centers, key) -> (state, metrics)`.
+
+  `batch` = `{'image': uint8 [B, H, W, 3], 'label': [B]}` (sharded over 'data'); images
+  become palette tokens on the device.
+  """
+  def loss_fn(params, tokens, labels, key):
+    gen, clf, logits = token_losses(model, params, tokens, objective=objective, key=key,
+                                    labels=labels, bert_mask_prob=bert_mask_prob)
+    metrics = {'bits_per_dim': bits_per_dim(jnp.mean(gen))}
+    loss = jnp.mean(gen)
+    if clf is not None:
+      loss = jnp.mean(clf) + gen_loss_weight * loss
+      metrics['clf_loss'] = jnp.mean(clf)
+      metrics['accuracy'] = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return loss, metrics
+
+  def step(state, batch, centers, key):
+    tokens = palette_lib.tokens_from_images(batch['image'], centers)
+    key = jax.random.fold_in(key, state['step'])
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state['params'], tokens, batch['label'],
+                                                     key)
+    updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    metrics['grad_norm'] = optax.global_norm(grads)
+    return dict(params=params, opt_state=opt_state, step=state['step'] + 1), metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_step(*, model, objective: str):
+  """A jit-compiled `eval(params, batch, centers) -> sums` of bits/dim and correct over the
+  valid (`mask`) rows; BERT evaluates the masked positions with a fixed key."""
+  def evaluate(params, batch, centers):
+    tokens = palette_lib.tokens_from_images(batch['image'], centers)
+    gen, _, logits = token_losses(model, params, tokens, objective=objective,
+                                  key=jax.random.PRNGKey(0), labels=batch['label'])
+    mask = batch['mask'].astype(jnp.float32)
+    sums = {'bits_per_dim': jnp.sum(bits_per_dim(gen) * mask), 'count': jnp.sum(mask)}
+    if logits is not None:
+      sums['correct'] = jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask)
+    return sums
+  return jax.jit(evaluate)
+
+
+class _Head:
+  """The first `n` examples of a source (a fast, fixed evaluation subset)."""
+
+  def __init__(self, source, n: int):
+    self.source, self.n = source, min(n, len(source)) if n else len(source)
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    return self.source[i]
+
+
+def get_palette(config, source, workdir: str) -> np.ndarray:
+  """The configured palette, the run's saved one, or one fitted on training pixels."""
+  saved = os.path.join(workdir, 'palette.npy')
+  if config.palette:
+    return palette_lib.load_palette(config.palette, num_clusters=config.vocab_size)
+  if os.path.exists(saved):
+    return palette_lib.load_palette(saved, num_clusters=config.vocab_size)
+  if config.init_from:  # The weights only make sense with the palette they learned.
+    beside = os.path.join(os.path.dirname(os.path.abspath(config.init_from)), 'palette.npy')
+    if not os.path.exists(beside):
+      raise UserInputError(f'init_from={config.init_from}: pass the palette those weights '
+                           f'were trained with (--config.palette=...); {beside} is absent.')
+    centers = palette_lib.load_palette(beside, num_clusters=config.vocab_size)
+    palette_lib.save_palette(saved, centers)
+    return centers
+  rng = np.random.default_rng(config.seed)
+  idx = rng.choice(len(source), min(config.palette_fit_images, len(source)), replace=False)
+  resize = data.parse_preprocess(f'resize({config.image_size})')
+  pixels = np.stack([resize(source[int(i)])['image'] for i in idx])
+  centers = palette_lib.fit_palette(pixels, num_clusters=config.vocab_size, seed=config.seed,
+                                    steps=config.palette_fit_steps)
+  palette_lib.save_palette(saved, centers)
+  return centers
+
+
+def build_model(config, num_classes: int = 0) -> igpt_model.ImageGPT:
+  if config.objective not in OBJECTIVES:
+    raise UserInputError(f'objective={config.objective!r}: expected one of '
+                         f'{", ".join(OBJECTIVES)}.')
+  if config.dtype not in ('float32', 'bfloat16'):
+    raise UserInputError(f'dtype={config.dtype!r}: expected float32 or bfloat16.')
+  return igpt_model.ImageGPT(
+      **igpt_model.get_size(config.size), vocab_size=config.vocab_size,
+      n_ctx=config.image_size ** 2, bert=config.objective == 'bert',
+      num_classes=num_classes if config.objective == 'finetune' else 0,
+      dtype=jnp.dtype(config.dtype))
+
+
+def initial_params(config, model, key) -> Any:
+  params = igpt_model.init_params(model, key)
+  if not config.init_from:
+    return params
+  loaded, _ = igpt_checkpoint.load(config.init_from)
+  flat, new = npz.flatten(loaded), npz.flatten(params)
+  flat = {k: v for k, v in flat.items() if k != 'clf/wclf' or 'clf/wclf' in new}
+  if 'clf/wclf' in new and 'clf/wclf' not in flat:
+    flat['clf/wclf'] = np.asarray(new['clf/wclf'])  # A fresh (zero) head for fine-tuning.
+  return igpt_checkpoint.check_params(flat, model, source=config.init_from)
+
+
+def _source(config, split):
+  source = data.get_source(config.dataset, split, data_dir=config.tfds_data_dir)
+  return data.cache_in_memory(source) if config.cache_in_memory else source
+
+
+def evaluate(eval_step, params, centers, source, config, mesh) -> dict[str, float]:
+  totals: dict[str, float] = {}
+  for batch in data.eval_batches(_Head(source, config.eval_examples),
+                                 global_batch_size=config.batch_size,
+                                 preprocess=f'resize({config.image_size})'):
+    sums = eval_step(params, mesh_lib.shard_batch(batch, mesh), centers)
+    for k, v in mesh_lib.to_host(sums).items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  out = {'bits_per_dim': totals['bits_per_dim'] / max(totals['count'], 1.0)}
+  if 'correct' in totals:
+    out['accuracy'] = totals['correct'] / max(totals['count'], 1.0)
+  return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains per `config`, resuming from `workdir`'s checkpoints; returns the final metrics."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = mesh_lib.make_mesh()
+  mesh_lib.check_batch_size(config.batch_size, mesh, field='batch_size')
+  train_source, test_source = _source(config, config.train_split), _source(config,
+                                                                           config.test_split)
+  model = build_model(config, train_source.num_classes)
+  centers = jax.device_put(jnp.asarray(get_palette(config, train_source, workdir)),
+                           mesh_lib.replicated(mesh))
+  optimizer = make_optimizer(config)
+  key = jax.random.PRNGKey(config.seed)
+  params = initial_params(config, model, key)
+  state = jax.device_put(dict(params=params, opt_state=optimizer.init(params),
+                              step=jnp.int32(0)), mesh_lib.replicated(mesh))
+  loader = data.train_loader(train_source, global_batch_size=config.batch_size,
+                             preprocess=f'resize({config.image_size})', seed=config.seed)
+  it = iter(loader)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                    max_to_keep=config.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=it)
+  first = int(state['step'])
+  train_step = make_train_step(model=model, optimizer=optimizer, objective=config.objective,
+                               gen_loss_weight=config.gen_loss_weight,
+                               bert_mask_prob=config.bert_mask_prob)
+  eval_step = make_eval_step(model=model, objective=config.objective)
+  log = metrics_log.MetricsLog(workdir)
+  bar = metrics_log.Progress(total_steps=config.total_steps, initial_step=first,
+                             images_per_step=config.batch_size)
+  result: dict[str, Any] = {}
+  if first == 0:
+    result['initial_test'] = evaluate(eval_step, state['params'], centers, test_source,
+                                      config, mesh)
+    log.write(0, result['initial_test'], split='test')
+  deadline = time.monotonic() + 60 * config.time_limit_minutes if config.time_limit_minutes \
+      else math.inf
+  for step in range(first + 1, config.total_steps + 1):
+    batch = mesh_lib.shard_batch(next(it), mesh)
+    state, metrics = train_step(state, batch, centers, key)
+    # Out of time: this step becomes the last one (logged, evaluated, checkpointed).
+    last = step == config.total_steps or (step % config.log_every == 0
+                                          and time.monotonic() > deadline)
+    if step % config.log_every == 0 or last:
+      host = {k: float(v) for k, v in mesh_lib.to_host(metrics).items()}
+      if not all(map(math.isfinite, host.values())):
+        raise FloatingPointError(f'step {step}: non-finite training metrics {host}; lower lr.')
+      log.write(step, host)
+      bar.update(step, loss=host['bits_per_dim'])
+    if step % config.eval_every == 0 or last:
+      result['test'] = evaluate(eval_step, state['params'], centers, test_source, config, mesh)
+      log.write(step, result['test'], split='test')
+      bar.write(f'step {step}: test ' + ', '.join(f'{k} {v:.4f}'
+                                                  for k, v in result['test'].items()))
+    if step % config.checkpoint_every == 0 or last:
+      ckpt.save(step, state, data_iterator=it)
+    if last:
+      break
+  bar.close()
+  ckpt.close()
+  params = mesh_lib.to_host(state['params'])
+  if jax.process_index() == 0:
+    igpt_checkpoint.save(os.path.join(workdir, 'params.npz'), params, overwrite=True)
+    if config.sample_grid and not model.bert:
+      write_samples(model, params, np.asarray(centers), test_source, config,
+                    os.path.join(workdir, 'samples.png'))
+  result.update(step=int(state['step']), workdir=workdir)
+  metrics_log.write_json(os.path.join(workdir, 'final.json'), result)
+  log.close()
+  return result
+
+
+def write_samples(model, params, centers, source, config, path, *, n_images: int = 4,
+                  n_completions: int = 4) -> None:
+  """Completions of the first test images (top half kept): original | kept | samples."""
+  resize = data.parse_preprocess(f'resize({config.image_size})')
+  images = np.stack([resize(source[i])['image'] for i in range(n_images)])
+  tokens = palette_lib.quantize(images, centers)
+  size = config.image_size
+  out = igpt_sample.complete(model, params, jax.random.PRNGKey(config.seed), tokens,
+                             image_shape=(size, size), keep_rows=size // 2,
+                             num_completions=n_completions)
+  grid = igpt_sample.completion_grid(palette_lib.dequantize(tokens, centers),
+                                     palette_lib.dequantize(np.asarray(out), centers),
+                                     keep_rows=size // 2)
+  igpt_sample.save_png(path, grid, overwrite=True)

@@ -1,0 +1,95 @@
+"""Linear probe: logistic regression against scipy, features, per-layer table, the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import optimize
+
+from igpt_jax import checkpoint, probe
+from tests.test_igpt_model import random_params, tiny_model
+
+
+def scipy_logreg(x, y, k, l2):
+  """The same objective minimised by scipy's L-BFGS-B in float64 (independent reference)."""
+  n, d = x.shape
+  onehot = np.eye(k)[y]
+
+  def f(theta):
+    w, b = theta[:d * k].reshape(d, k), theta[d * k:]
+    z = x @ w + b
+    z = z - z.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    loss = -np.mean((onehot * logp).sum(1)) + 0.5 * l2 * (w * w).sum()
+    g = (np.exp(logp) - onehot) / n
+    return loss, np.concatenate([(x.T @ g + l2 * w).ravel(), g.sum(0)])
+
+  res = optimize.minimize(f, np.zeros(d * k + k), jac=True, method='L-BFGS-B',
+                          options=dict(maxiter=2000, gtol=1e-10, ftol=1e-14))
+  return res.x[:d * k].reshape(d, k), res.x[d * k:], res.fun
+
+
+def test_logistic_regression_matches_scipy():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(300, 6)).astype(np.float32)
+  y = (x @ rng.normal(size=(6, 3)) + rng.normal(size=(300, 3))).argmax(1)
+  w, b = probe.fit_logreg(x, y, num_classes=3, l2=1e-2, steps=200)
+  w_ref, b_ref, loss_ref = scipy_logreg(x.astype(np.float64), y, 3, 1e-2)
+  loss = float(probe.logreg_loss(w, b, x, y, 1e-2))
+  assert loss == pytest.approx(loss_ref, rel=1e-4)
+  # Softmax is invariant to a shift of all classes; compare centred coefficients.
+  np.testing.assert_allclose(w - w.mean(1, keepdims=True), w_ref - w_ref.mean(1, keepdims=True),
+                             atol=2e-3)
+  np.testing.assert_allclose(b - b.mean(), b_ref - b_ref.mean(), atol=2e-3)
+
+
+def test_features_in_batches_equal_the_models():
+  model = tiny_model()
+  params = random_params(model)
+  tokens = np.random.default_rng(1).integers(0, 512, (10, 16))
+  feats = probe.extract_features(model, params, tokens, batch_size=4)  # 4 + 4 + 2 (padded).
+  assert feats.shape == (3, 10, 32)
+  whole = np.asarray(model.apply({'params': params}, tokens, return_features=True)['features'])
+  np.testing.assert_allclose(feats, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_probe_finds_the_informative_layer():
+  rng = np.random.default_rng(2)
+  y_train, y_test = rng.integers(0, 4, 400), rng.integers(0, 4, 200)
+  centers = rng.normal(size=(4, 8)) * 3
+  def layers(y):
+    return np.stack([rng.normal(size=(len(y), 8)), centers[y] + rng.normal(size=(len(y), 8))])
+  rows = probe.probe_layers(layers(y_train), y_train, layers(y_test), y_test, num_classes=4,
+                            l2_grid=(1e-3, 1e-1), steps=100)
+  assert rows[1]['test_accuracy'] > 0.9 and rows[0]['test_accuracy'] < 0.45
+  table = probe.format_table(rows, num_blocks=1)
+  assert '| 1 | ln_f |' in table and '| 0 | block 0 ln_1 |' in table
+
+
+def test_cli_writes_table_json_and_plot(tmp_path):
+  rng = np.random.default_rng(3)
+  for split, n in (('train', 20), ('test', 10)):
+    for label, color in (('red', (200, 30, 30)), ('blue', (30, 30, 200))):
+      folder = tmp_path / 'data' / split / label
+      folder.mkdir(parents=True)
+      for i in range(n):
+        image = np.clip(np.array(color) + rng.normal(0, 20, (4, 4, 3)), 0, 255)
+        Image.fromarray(image.astype(np.uint8)).save(folder / f'{i}.png')
+  model = tiny_model()
+  checkpoint.save(tmp_path / 'params.npz', random_params(model))
+  np.save(tmp_path / 'palette.npy', rng.uniform(-1, 1, (512, 3)).astype(np.float32))
+  args = ['--params', str(tmp_path / 'params.npz'), '--palette', str(tmp_path / 'palette.npy'),
+          '--dataset', str(tmp_path / 'data'), '--image_size', '4', '--l2', '0.01', '--steps',
+          '30', '--out',
+          str(tmp_path / 'out')]
+  probe.main(args)
+  rows = json.loads((tmp_path / 'out' / 'probe.json').read_text())
+  assert [r['layer'] for r in rows] == [0, 1, 2]
+  assert (tmp_path / 'out' / 'probe.png').stat().st_size > 1000
+  assert '| 2 | ln_f |' in (tmp_path / 'out' / 'probe.md').read_text()
+  with pytest.raises(SystemExit) as e:  # Outputs exist: refuses without --force.
+    probe.main(args)
+  assert e.value.code == 2
+  with pytest.raises(SystemExit):
+    probe.main(args[:-1] + [str(tmp_path / 'out2'), '--image_size', '8'])  # 64 > n_ctx 16.

@@ -1,0 +1,98 @@
+"""Image GPT training on real CIFAR-10: bits/dim falls, resume continues, outputs written."""
+
+import importlib.util
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from igpt_jax import palette as palette_lib
+from igpt_jax import train
+from tests.test_igpt_model import random_params, tiny_model
+from vision_core import metrics_log
+from vision_core.errors import UserInputError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(arg):
+  spec = importlib.util.spec_from_file_location('igpt_config', ROOT / 'configs' / 'igpt.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def tiny_config(dataset, **overrides):
+  config = load_config('testing,cifar10')
+  config.update(dict(dataset=str(dataset), image_size=8, batch_size=16, total_steps=150,
+                     eval_every=150, checkpoint_every=150, log_every=50, eval_examples=64,
+                     palette_fit_images=300, palette_fit_steps=50, lr=1e-2, warmup_steps=20, sample_grid=True))
+  config.update(overrides)
+  return config
+
+
+def test_tiny_model_lowers_bits_per_dim_on_cifar10_and_resumes(shared_data, tmp_path):
+  config = tiny_config(shared_data / 'cifar10')
+  result = train.train_and_evaluate(config, tmp_path)
+  # Zero-initialised wtet: exactly uniform over 512 colours, log2(512) / 3 bits per dim.
+  assert result['initial_test']['bits_per_dim'] == pytest.approx(3.0, abs=1e-4)
+  assert result['test']['bits_per_dim'] < 2.2, result
+  for name in ('params.npz', 'palette.npy', 'samples.png', 'final.json', 'metrics.jsonl'):
+    assert (tmp_path / name).exists(), name
+  assert palette_lib.load_palette(tmp_path / 'palette.npy', num_clusters=512).shape == (512, 3)
+
+  # Resuming: a longer run continues from step 150 (no second initial evaluation).
+  config.total_steps, config.sample_grid = 155, False
+  resumed = train.train_and_evaluate(config, tmp_path)
+  assert resumed['step'] == 155 and 'initial_test' not in resumed
+  steps = [r['step'] for r in metrics_log.read_jsonl(tmp_path / 'metrics.jsonl')
+           if r['split'] == 'train']
+  assert steps == [50, 100, 150, 155]
+  assert json.loads((tmp_path / 'final.json').read_text())['step'] == 155
+
+  # Fine-tuning the clf head from those weights (and their palette), jointly generative.
+  ft = tiny_config(shared_data / 'cifar10', objective='finetune', total_steps=10,
+                   eval_every=10, checkpoint_every=10, log_every=10, eval_examples=32,
+                   sample_grid=False, init_from=str(tmp_path / 'params.npz'), lr=1e-3,
+                   warmup_steps=2)
+  tuned = train.train_and_evaluate(ft, tmp_path / 'ft')
+  assert 0.0 <= tuned['test']['accuracy'] <= 1.0
+  np.testing.assert_array_equal(np.load(tmp_path / 'ft' / 'palette.npy'),
+                                np.load(tmp_path / 'palette.npy'))
+  with np.load(tmp_path / 'ft' / 'params.npz') as ft_params:
+    assert ft_params['clf/wclf'].shape == (10, 32) and np.abs(ft_params['clf/wclf']).max() > 0
+
+
+def test_bert_and_finetune_losses_match_their_definitions():
+  model = tiny_model(bert=True)
+  params = random_params(model)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 16), 0, 512)
+  key = jax.random.PRNGKey(1)
+  gen, _, _ = train.token_losses(model, params, tokens, objective='bert', key=key)
+  keep = np.asarray(jax.random.uniform(key, tokens.shape) > 0.15, np.float32)
+  logits = model.apply({'params': params}, tokens, bert_keep=jnp.asarray(keep))['logits']
+  logp = np.asarray(jax.nn.log_softmax(logits))
+  ce = -np.take_along_axis(logp, np.asarray(tokens)[..., None], -1)[..., 0]
+  expected = (ce * (1 - keep)).sum(1) / np.maximum((1 - keep).sum(1), 1)
+  np.testing.assert_allclose(gen, expected, rtol=1e-5)
+
+  model = tiny_model(num_classes=3)
+  params = random_params(model)
+  labels = jnp.asarray([0, 2])
+  gen, clf, clf_logits = train.token_losses(model, params, tokens, objective='finetune',
+                                            labels=labels)
+  logp = np.asarray(jax.nn.log_softmax(clf_logits))
+  np.testing.assert_allclose(clf, -logp[[0, 1], [0, 2]], rtol=1e-5)
+  assert gen.shape == (2,)
+
+
+def test_bad_config_values_are_clear_errors():
+  config = load_config('testing,cifar10')
+  config.objective = 'contrastive'
+  with pytest.raises(UserInputError, match="objective='contrastive'"):
+    train.build_model(config)
+  with pytest.raises(ValueError, match='expected SIZE,DATASET'):
+    load_config('testing')
