@@ -15,31 +15,14 @@ import struct
 import time
 from typing import Mapping
 
-
-def _crc32c_table() -> list[int]:
-  table = []
-  for n in range(256):
-    c = n
-    for _ in range(8):
-      c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-    table.append(c)
-  return table
+from vision_core import crc32c as _crc
 
 
-_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-  """CRC-32C (Castagnoli), as TFRecord uses; crc32c(b'123456789') == 0xE3069283."""
-  crc = 0xFFFFFFFF
-  for byte in data:
-    crc = _TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-  return crc ^ 0xFFFFFFFF
+crc32c = _crc.crc32c
 
 
 def _masked_crc(data: bytes) -> int:
-  crc = crc32c(data)
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+  return _crc.mask(_crc.crc32c(data))
 
 
 def _varint(value: int) -> bytes:
