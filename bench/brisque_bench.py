@@ -6,7 +6,7 @@
 OpenCV: one `QualityBRISQUE.compute` per image (model loaded once; default build, IPP on).
 Ours: `brisque_features` + SVR on the whole batch, and one image at a time. Timed alternately,
 best of --reps, after a warm-up call (compile time printed separately). Needs the LIVE model
-files at ../shared/data/brisque.
+files (--data, default ../shared/data/brisque beside the project root).
 """
 
 import argparse
@@ -41,9 +41,11 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--images', type=int, default=16)
   parser.add_argument('--reps', type=int, default=3)
+  parser.add_argument('--data', default=DATA,
+                      help='folder with brisque_model_live.yml and brisque_range_live.yml')
   args = parser.parse_args()
-  model_path = os.path.join(DATA, 'brisque_model_live.yml')
-  range_path = os.path.join(DATA, 'brisque_range_live.yml')
+  model_path = os.path.join(args.data, 'brisque_model_live.yml')
+  range_path = os.path.join(args.data, 'brisque_range_live.yml')
   images = make_images(args.images)
   bgr = [np.ascontiguousarray(im[..., ::-1]) for im in images]
   svr = brisque_model.load_model(model_path, range_path)
