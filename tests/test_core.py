@@ -48,6 +48,18 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
   assert path.read_bytes() == b'whole' and os.listdir(tmp_path) == ['out.bin']
 
 
+def test_atomic_write_gives_plain_open_permissions(tmp_path):
+  old = os.umask(0o022)
+  try:
+    with io.atomic_write(tmp_path / 'a.bin') as f:
+      f.write(b'x')
+    with open(tmp_path / 'b.bin', 'wb') as f:
+      f.write(b'x')
+  finally:
+    os.umask(old)
+  assert os.stat(tmp_path / 'a.bin').st_mode & 0o777 == os.stat(tmp_path / 'b.bin').st_mode & 0o777
+
+
 def test_flatten_unflatten_inverse():
   tree = {'a': {'b': np.zeros(2), 'c': {'d': np.ones(1)}}, 'e': np.arange(3)}
   flat = npz.flatten(tree)

@@ -32,6 +32,10 @@ def atomic_write(path: str | os.PathLike, mode: str = 'wb', *,
   fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp',
                              dir=directory)
   try:
+    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     with os.fdopen(fd, mode) as f:
       yield f
       f.flush()
