@@ -112,7 +112,9 @@ def _jitted_init(config_json: str):
   """One compiled init per config (compiling is what costs; seeds reuse it)."""
   config = json.loads(config_json)
   module = build(config)
-  z = jnp.zeros((1, latent_dim(config)), jnp.float32)
+  # numpy, not jnp: the first call may happen inside `make`'s eval_shape trace, and a jnp
+  # array created there would be a tracer captured by this cached function.
+  z = np.zeros((1, latent_dim(config)), np.float32)
   return jax.jit(lambda key: module.init(key, z)['params'])
 
 
