@@ -1,6 +1,6 @@
 """BRISQUE throughput: ours (jit, batched) vs OpenCV's `cv2.quality.QualityBRISQUE`, one run.
 
-  flock /work/heavy.lock /work/venv/bin/python bench/brisque_bench.py [--images 16] [--reps 3]
+  python bench/brisque_bench.py [--images 16] [--reps 3]
 
 --images 512x512x3 uint8 images (skimage.data astronaut and coffee crops, rolled and flipped).
 OpenCV: one `QualityBRISQUE.compute` per image (model loaded once; default build, IPP on).

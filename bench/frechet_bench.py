@@ -1,7 +1,7 @@
 """Frechet distance on 2048-d features: ours (float64 symmetric eigendecompositions) vs the
 scipy `sqrtm` formulation of pytorch-fid / TTUR, one run.
 
-  flock /work/heavy.lock /work/venv/bin/python bench/frechet_bench.py [--dim 2048] [--n 6000]
+  python bench/frechet_bench.py [--dim 2048] [--n 6000]
 
 Features are correlated and skewed (gamma variables mixed by a random matrix); the
 covariances are computed once (not timed). Full rank: --n samples per set (> dim). Rank-

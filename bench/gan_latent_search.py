@@ -1,6 +1,6 @@
 """Latent-optimisation speed: our compiled search vs the study's PyTorch eager loop.
 
-    flock /work/heavy.lock /work/venv/bin/python bench/gan_latent_search.py --steps 50
+    python bench/gan_latent_search.py --steps 50
 
 Both sides run the same Progressive-GAN generator architecture with the same weights
 (checked: outputs agree), the study's optimiser (SGD lr 1, momentum 0.9, reduce-on-plateau

@@ -1,7 +1,7 @@
 """Linear-probe accuracy of a small Image GPT pretrained on this CPU for a fixed time budget,
 against logistic regression on raw palette-dequantised pixels under the same protocol.
 
-    flock /work/heavy.lock python bench/igpt_probe.py --minutes 60 --size tiny \
+    python bench/igpt_probe.py --minutes 60 --size tiny \
         --image_size 16 --dataset ../shared/data/cifar10 --workdir /tmp/igpt_probe_run
 
 1. Pretrains `configs/igpt.py:SIZE,cifar10` (next-token loss) until `--minutes` are spent

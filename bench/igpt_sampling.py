@@ -1,6 +1,6 @@
 """Image GPT sampling speed: KV-cached JAX vs full recompute per token vs HF transformers.
 
-    flock /work/heavy.lock python bench/igpt_sampling.py --width 256 --heads 8 --layers 8 \
+    python bench/igpt_sampling.py --width 256 --heads 8 --layers 8 \
         --batch 8 --tokens 1024
 
 One run, one set of weights (an HF `ImageGPTForCausalImageModeling` with random weights and

@@ -1,6 +1,6 @@
 """Where the ViT train step spends its time: a jax.profiler trace aggregated per HLO op kind.
 
-  /work/venv/bin/python bench/profile_train_step.py [--steps 2] [--top 25]
+  python bench/profile_train_step.py [--steps 2] [--top 25]
 
 Same model and recipe as bench/train_throughput.py. Prints per-step milliseconds (summed over
 XLA:CPU's worker threads) for each fusion kind (`ynn_fusion` = matmuls, `copy_*` = layout

@@ -1,6 +1,6 @@
 """SSIM throughput: ours (jit, one device and a 2-device CPU mesh) vs scikit-image, one run.
 
-  flock /work/heavy.lock /work/venv/bin/python bench/ssim_bench.py [--pairs 16] [--reps 3]
+  python bench/ssim_bench.py [--pairs 16] [--reps 3]
 
 16 pairs of 512x512x3 uint8 images (skimage.data astronaut and camera, shifted and flipped,
 against JPEG-degraded and blurred copies). skimage: `structural_similarity(a, b,

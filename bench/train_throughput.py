@@ -1,6 +1,6 @@
 """Train-step throughput: our jit-compiled ViT step vs a PyTorch eager ViT, in one run.
 
-  flock /work/heavy.lock /work/venv/bin/python bench/train_throughput.py
+  python bench/train_throughput.py
 
 Same architecture on both sides (ViT: 32x32x3 input, patch 4 -> 64 tokens + class token,
 width 192, depth 6, 3 heads, MLP 768, exact GELU, pre-LayerNorm eps 1e-6, 10 classes), same

@@ -1,6 +1,6 @@
 """ViT-Score throughput (image pairs/s) for ViT-B/16 at 224x224 on this machine.
 
-  flock /work/heavy.lock /work/venv/bin/python bench/vit_score_bench.py [--pairs 16] [--batch 8]
+  python bench/vit_score_bench.py [--pairs 16] [--batch 8]
 
 Random weights (the throughput does not depend on them; no checkpoint is downloaded), 1000
 classes, k=100. One jitted pass per batch computes the top-k overlap, the weighted overlap and

@@ -1,6 +1,6 @@
 """A small ViT trained from scratch on CIFAR-10 within a CPU time budget.
 
-  flock /work/heavy.lock python -m vit_jax.main \
+  python -m vit_jax.main \
       --config configs/vit_cifar10_scratch.py:../shared/data/cifar10 --workdir runs/c10_scratch
 
 `arg` is the CIFAR-10 location: an image folder `{train,test}/{class}/*.jpg` (as
