@@ -26,9 +26,9 @@ import torch
 from gan_jax import generators, latent_search
 
 
-def torch_gnet(params, config):
+def torch_gnet(params, config, device='cpu'):
   """A PyTorch PGAN generator (NCHW) computing the same function as ours on `params`."""
-  p = jax.tree.map(lambda v: torch.from_numpy(np.asarray(v).copy()), params)
+  p = jax.tree.map(lambda v: torch.from_numpy(np.asarray(v).copy()).to(device), params)
   act = lambda x: torch.nn.functional.leaky_relu(x, 0.2)
   norm = lambda x: x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
   d0 = config['depth_scale0']

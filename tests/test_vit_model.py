@@ -159,3 +159,27 @@ def test_wrong_image_shape_is_a_clear_error(shape, match):
   model = models_vit.VisionTransformer(num_classes=5, **models.get_model_config('testing'))
   with pytest.raises(UserInputError, match=match):
     model.init(jax.random.PRNGKey(0), jnp.zeros(shape))
+
+
+@pytest.mark.parametrize('classifier', ['token', 'gap'])
+def test_fused_attention_matches_numpy_forward_and_einsum_gradients(classifier):
+  """attention='xla' (jax.nn.dot_product_attention, the path 'cudnn' takes on GPUs) computes
+  the same logits as the numpy reference and the same gradients as the einsum path."""
+  config = tiny_config(classifier)
+  fused = models_vit.VisionTransformer(num_classes=7, attention='xla', **config)
+  plain = models_vit.VisionTransformer(num_classes=7, **config)
+  params = random_params(plain, 16)
+  images = np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+  expected = numpy_vit.forward(params, images, num_heads=4, classifier=classifier, patch=4)
+  np.testing.assert_allclose(fused.apply({'params': params}, images), expected,
+                             rtol=1e-5, atol=1e-5)
+  grads = [jax.grad(lambda p, m=m: jnp.sum(m.apply({'params': p}, images) ** 2))(params)
+           for m in (fused, plain)]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_attention_is_a_clear_error():
+  model = models_vit.VisionTransformer(num_classes=7, attention='flash', **tiny_config())
+  with pytest.raises(ValueError, match="attention='flash'"):
+    model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))

@@ -153,6 +153,7 @@ class SelfAttention(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32
   dropout_rate: float = 0.0
+  attention: str = 'einsum'
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool, num_queries: int | None = None, norm=None):
@@ -176,6 +177,13 @@ class SelfAttention(nn.Module):
       kernel = kernel * ln_scale[None, :, None, None]
     kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
     x = x.astype(self.dtype)
+    out_kernel, out_bias = _DenseParams((heads, depth), (width,), name='out')()
+    # A few queries (the class token of the last block) take the einsum path: tiny work,
+    # and shapes fused kernels may not take.
+    if self.attention != 'einsum' and num_queries is None:
+      out = self._fused(x, kernel, bias, deterministic)  # [B, N, H, Dh]
+      return (jnp.einsum('bnhc,hcd->bnd', out, out_kernel.astype(self.dtype))
+              + out_bias.astype(self.dtype))
     if num_queries is None:
       qkv = jnp.einsum('bnd,tdhk->tbhnk', x, kernel) + bias[:, None, :, None, :]
       q, k, v = qkv[0], qkv[1], qkv[2]
@@ -187,9 +195,29 @@ class SelfAttention(nn.Module):
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
     weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
     out = jnp.einsum('bhqk,bhkc->bhqc', weights, v)  # [B, H, N, Dh]
-    out_kernel, out_bias = _DenseParams((heads, depth), (width,), name='out')()
     return (jnp.einsum('bhnc,hcd->bnd', out, out_kernel.astype(self.dtype))
             + out_bias.astype(self.dtype))
+
+  def _fused(self, x, kernel, bias, deterministic):
+    """`[B, N, H, Dh]` by `jax.nn.dot_product_attention` in its own layout; `attention` is
+    its implementation: 'xla', or 'cudnn' (the fused flash-attention kernel of NVIDIA GPUs,
+    bf16/fp16 only). Same maths; the attention weights are never materialised, so there is
+    no attention dropout."""
+    if self.dropout_rate > 0 and not deterministic:
+      raise ValueError(f'attention={self.attention!r} has no attention dropout; set '
+                       "attention_dropout_rate=0 or attention='einsum'.")
+    qkv = jnp.einsum('bnd,tdhk->tbnhk', x, kernel) + bias[:, None, None]
+    batch, tokens = x.shape[:2]
+    lengths = None
+    if self.attention == 'cudnn' and tokens % 64:
+      # cuDNN's training kernels refuse odd lengths such as ViT's 197: pad the sequence to a
+      # multiple of 64 and mask the padding out of the keys (padded queries are dropped).
+      qkv = jnp.pad(qkv, ((0, 0), (0, 0), (0, -tokens % 64), (0, 0), (0, 0)))
+      lengths = jnp.full((batch,), tokens, jnp.int32)
+    out = jax.nn.dot_product_attention(qkv[0], qkv[1], qkv[2], scale=1.0,
+                                       query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+                                       implementation=self.attention)
+    return out[:, :tokens]
 
 
 class Encoder1DBlock(nn.Module):
@@ -199,6 +227,7 @@ class Encoder1DBlock(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  attention: str = 'einsum'
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool, num_outputs: int | None = None):
@@ -209,7 +238,7 @@ class Encoder1DBlock(nn.Module):
     # of the matmul that follows: same parameters and result, less activation-sized work.
     width = x.shape[-1]
     y = SelfAttention(num_heads=self.num_heads, dtype=self.dtype,
-                      dropout_rate=self.attention_dropout_rate,
+                      dropout_rate=self.attention_dropout_rate, attention=self.attention,
                       name='MultiHeadDotProductAttention_0')(
                           normalize(x), deterministic=deterministic, num_queries=num_outputs,
                           norm=_LayerNormParams(name='LayerNorm_0')(width))
@@ -230,6 +259,7 @@ class Encoder(nn.Module):
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   dtype: Dtype = jnp.float32
+  attention: str = 'einsum'
 
   @nn.compact
   def __call__(self, x, *, train: bool, num_outputs: int | None = None):
@@ -240,7 +270,7 @@ class Encoder(nn.Module):
     for i in range(self.num_layers):
       last = i == self.num_layers - 1
       x = Encoder1DBlock(self.mlp_dim, self.num_heads, self.dropout_rate,
-                         self.attention_dropout_rate, self.dtype,
+                         self.attention_dropout_rate, self.dtype, self.attention,
                          name=f'encoderblock_{i}')(x, deterministic=not train,
                                                    num_outputs=num_outputs if last else None)
     return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
@@ -264,6 +294,8 @@ class VisionTransformer(nn.Module):
   head_bias_init: float = 0.0
   model_name: Optional[str] = None
   dtype: Dtype = jnp.float32
+  # 'einsum' (ours, any backend), or jax.nn.dot_product_attention's 'xla' / 'cudnn'.
+  attention: str = 'einsum'
   channels: int = 3  # Input channels; checked so a wrong array fails with a clear message.
 
   @nn.compact
@@ -286,7 +318,10 @@ class VisionTransformer(nn.Module):
         cls = self.param('cls', nn.initializers.zeros, (1, 1, d))
         x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (b, 1, 1)), x], axis=1)
       # Only the class token leaves the encoder with classifier='token'.
-      x = Encoder(name='Transformer', dtype=self.dtype, **self.transformer)(
+      if self.attention not in ('einsum', 'xla', 'cudnn'):
+        raise ValueError(f"attention={self.attention!r}: expected 'einsum', 'xla' or 'cudnn'.")
+      x = Encoder(name='Transformer', dtype=self.dtype, attention=self.attention,
+                  **self.transformer)(
           x, train=train, num_outputs=1 if self.classifier == 'token' else None)
     if self.classifier == 'token':
       x = x[:, 0]

@@ -62,6 +62,7 @@ def build_model(config, num_classes: int) -> models_vit.VisionTransformer:
   if config.dtype not in DTYPES:
     raise UserInputError(f'dtype={config.dtype!r}: expected one of {", ".join(DTYPES)}.')
   return models_vit.VisionTransformer(num_classes=num_classes, dtype=DTYPES[config.dtype],
+                                      attention=config.get('attention', 'einsum'),
                                       **config.model)
 
 
