@@ -1,5 +1,5 @@
 """Orbax checkpoints of a training run: state pytree (params, optimizer state, step) and the
-grain data-iterator state, in `{workdir}/checkpoints/{step}/`.
+grain data-iterator state, in `{workdir}/checkpoints/{step}/` (a local folder or a bucket URI).
 
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so a
 crash mid-save leaves the previous checkpoints intact and the half-written one invisible
@@ -22,6 +22,7 @@ import grain.python as grain
 import jax
 import orbax.checkpoint as ocp
 
+from vision_core import io
 from vision_core.errors import UserInputError
 
 
@@ -44,7 +45,9 @@ class Checkpointer:
 
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3,
                async_save: bool = True):
-    self.directory = os.path.abspath(os.fspath(directory))
+    # A bucket URI (gs://...) is passed to orbax as is: orbax writes there through
+    # etils.epath itself; os.path.abspath would turn `gs://b/x` into `{cwd}/gs:/b/x`.
+    self.directory = io.abspath(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(
@@ -74,7 +77,7 @@ class Checkpointer:
     if step is None:
       raise UserInputError(f'{self.directory}: no checkpoint to restore.')
     items = {'state': ocp.args.StandardRestore(abstract_state)}
-    has_data = os.path.isdir(os.path.join(self.directory, str(step), 'data'))
+    has_data = io.isdir(io.join(self.directory, str(step), 'data'))
     if data_iterator is not None and has_data:
       items['data'] = grain.PyGrainCheckpointRestore(data_iterator)
     try:

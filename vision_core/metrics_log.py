@@ -49,38 +49,54 @@ def write_json(path: str | os.PathLike, obj: Mapping[str, Any], *,
 
 class MetricsLog:
   """Appends `{"step", "split", "time", **metrics}` rows to `{workdir}/metrics.jsonl` and the
-  same scalars as `{split}/{name}` to TensorBoard event files in `{workdir}/tensorboard`."""
+  same scalars as `{split}/{name}` to TensorBoard event files in `{workdir}/tensorboard`.
 
-  def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True):
+  `workdir` may be a bucket URI (`gs://...`): both files are then rewritten whole at most
+  every `upload_every_s` seconds and on `close()` (see `vision_core.io.AppendFile`).
+  """
+
+  def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True,
+               upload_every_s: float = 10.0):
     self.enabled = jax.process_index() == 0
-    self.path = os.path.join(os.fspath(workdir), 'metrics.jsonl')
+    self.path = io.join(workdir, 'metrics.jsonl')
     self._events = None
+    self._file = None
     if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
+      io.makedirs(workdir)
+      self._file = io.AppendFile(self.path, upload_every_s=upload_every_s)
       if tensorboard:
-        self._events = tfevents.EventWriter(os.path.join(os.fspath(workdir), 'tensorboard'))
+        self._events = tfevents.EventWriter(io.join(workdir, 'tensorboard'),
+                                            upload_every_s=upload_every_s)
 
   def write(self, step: int, metrics: Mapping[str, Any], *, split: str = 'train') -> None:
     if not self.enabled:
       return
     metrics = {k: _plain(v) for k, v in metrics.items()}
     row = {'step': int(step), 'split': split, 'time': round(time.time(), 3), **metrics}
-    with open(self.path, 'a', encoding='utf-8') as f:
-      f.write(json.dumps(row) + '\n')
+    self._file.append((json.dumps(row) + '\n').encode('utf-8'))
     if self._events is not None:
       numbers = {f'{split}/{k}': v for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
       self._events.scalars(step, numbers)
 
+  def flush(self) -> None:
+    """Local files are flushed on every write; a bucket's objects are uploaded now."""
+    if self._file is not None:
+      self._file.flush()
+    if self._events is not None:
+      self._events.flush()
+
   def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
     if self._events is not None:
       self._events.close()
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-  """The rows of a metrics.jsonl file."""
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The rows of a metrics.jsonl file (a local path or a URI)."""
+  text = io.read_bytes(path).decode('utf-8')
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 class Progress:

@@ -45,17 +45,17 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_flat(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads every array of an `.npz` file into memory, refusing pickled objects.
+  """Reads every array of an `.npz` file (local path or URI) into memory, refusing pickles.
 
   Raises:
     FileNotFoundError: no file at `path` (the message names it).
     UserInputError: not an npz/zip file, or an entry holds pickled Python objects.
   """
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not io.exists(path):
     raise FileNotFoundError(f'{path}: no such checkpoint file.')
   try:
-    archive = np.load(path, allow_pickle=False)
+    archive = np.load(io.readable(path), allow_pickle=False)
   except (zipfile.BadZipFile, OSError, ValueError) as e:
     raise UserInputError(f'{path}: not a readable .npz file ({e}).') from None
   if not isinstance(archive, np.lib.npyio.NpzFile):

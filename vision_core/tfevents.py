@@ -16,6 +16,7 @@ import time
 from typing import Mapping
 
 from vision_core import crc32c as _crc
+from vision_core import io
 
 
 crc32c = _crc.crc32c
@@ -62,22 +63,28 @@ def frame_record(data: bytes) -> bytes:
 
 
 class EventWriter:
-  """Appends scalar summaries to a new event file in `logdir`, flushed after every write."""
+  """Appends scalar summaries to a new event file in `logdir`, flushed after every write.
 
-  def __init__(self, logdir: str | os.PathLike):
-    os.makedirs(logdir, exist_ok=True)
+  `logdir` may be a bucket URI: the file is then rewritten whole at most every
+  `upload_every_s` seconds and on `flush()` / `close()` (`vision_core.io.AppendFile`).
+  """
+
+  def __init__(self, logdir: str | os.PathLike, *, upload_every_s: float = 10.0):
+    io.makedirs(logdir)
     name = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}'
-    self.path = os.path.join(os.fspath(logdir), name)
-    self._file = open(self.path, 'ab')  # pylint: disable=consider-using-with
+    self.path = io.join(logdir, name)
+    self._file = io.AppendFile(self.path, upload_every_s=upload_every_s)
     self._write(encode_event(wall_time=time.time(), file_version='brain.Event:2'))
 
   def _write(self, event: bytes) -> None:
-    self._file.write(frame_record(event))
-    self._file.flush()
+    self._file.append(frame_record(event))
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
     self._write(encode_event(wall_time=time.time(), step=int(step),
                              scalars={k: float(v) for k, v in values.items()}))
+
+  def flush(self) -> None:
+    self._file.flush()
 
   def close(self) -> None:
     self._file.close()
