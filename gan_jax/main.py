@@ -6,6 +6,7 @@ included), a progress bar and metrics.jsonl/TensorBoard logs (`vision_core.metri
 Every `sample_every` steps the EMA generator's samples on fixed latents go to
 `DIR/samples/step_NNNNNN.png`; every `fid_every` steps a Frechet distance is logged.
 At the end the EMA generator is exported to `DIR/generator.npz` (for gan_jax.compress).
+DIR is a local folder or a bucket URI (`gs://bucket/run`, via `vision_core.io`).
 
 FID: until `vit_jax.metrics` exists, the logged `pixel_fd` is an INTERIM Frechet distance
 on raw (downsampled) pixels, not an Inception/ViT-feature FID.
@@ -13,7 +14,6 @@ on raw (downsampled) pixels, not an Inception/ViT-feature FID.
 
 from __future__ import annotations
 
-import os
 
 import jax
 import numpy as np
@@ -21,10 +21,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from gan_jax import generators, report, train
-from vision_core import checkpointing, data, metrics_log
+from vision_core import checkpointing, data, io, metrics_log
 from vision_core import mesh as mesh_lib
 from vision_core.errors import cli_errors
-from vision_core.io import atomic_write
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/gan.py:dcgan,DATASET',
                                           lock_config=True)
@@ -33,7 +32,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'run folder (resumes if it has c
 
 def _save_png(path: str, image: np.ndarray) -> None:
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  with atomic_write(path, 'wb', overwrite=True) as f:
+  with io.atomic_write(path, 'wb', overwrite=True) as f:
     Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(f, format='PNG')
 
 
@@ -54,7 +53,7 @@ def run(config, workdir: str) -> dict:
   iterator = iter(loader)
   key = jax.random.PRNGKey(config.seed)
   state = jax.device_put(train.init_state(config, key), mesh_lib.replicated(mesh))
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'))
   if ckpt.latest_step() is not None:
     state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=iterator)
   start = int(state['step'])
@@ -80,7 +79,7 @@ def run(config, workdir: str) -> dict:
       bar.update(step, d_loss=metrics['d_loss'], g_loss=metrics['g_loss'])
     if step % config.sample_every == 0 or last:
       grid = train.image_grid(_generate(sample_fn, state['ema'], fixed_z))
-      _save_png(os.path.join(workdir, 'samples', f'step_{step:06d}.png'), grid)
+      _save_png(io.join(workdir, 'samples', f'step_{step:06d}.png'), grid)
     if step % config.fid_every == 0 or last:
       fd = train.pixel_frechet_distance(real, _generate(sample_fn, state['ema'], fid_z))
       log.write(step, {'pixel_fd': fd}, split='eval')
@@ -90,10 +89,10 @@ def run(config, workdir: str) -> dict:
   bar.close()
   ckpt.close()
   log.close()
-  generators.save(os.path.join(workdir, 'generator.npz'), config.generator.to_dict(),
+  generators.save(io.join(workdir, 'generator.npz'), config.generator.to_dict(),
                   jax.device_get(state['ema']), overwrite=True)
   final = {'step': config.total_steps, **metrics}
-  metrics_log.write_json(os.path.join(workdir, 'final.json'), final)
+  metrics_log.write_json(io.join(workdir, 'final.json'), final)
   return final
 
 

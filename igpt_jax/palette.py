@@ -43,10 +43,10 @@ def check_palette(centers, *, source: str = 'palette', num_clusters: int | None 
 def load_palette(path: str | os.PathLike, *, num_clusters: int | None = None) -> np.ndarray:
   """Reads a palette `.npy` (OpenAI's `kmeans_centers.npy` or ours) as float32 `[K, 3]`."""
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not io.exists(path):
     raise FileNotFoundError(f'{path}: no such palette file.')
   try:
-    centers = np.load(path, allow_pickle=False)
+    centers = np.load(io.readable(path), allow_pickle=False)
   except ValueError as e:
     raise UserInputError(f'{path}: not a plain numeric .npy array ({e}).') from None
   if not isinstance(centers, np.ndarray):

@@ -5,13 +5,13 @@ pipeline (`vision_core.data`), turns them into palette tokens on the device, and
 one jit-compiled step over the `('data', 'model')` mesh (batch split over 'data', parameters
 replicated). A workdir holding checkpoints is resumed, data position included. Outputs:
 `checkpoints/`, `metrics.jsonl`, TensorBoard scalars, `palette.npy`, `params.npz`,
-`samples.png` (completions of test images) and `final.json`.
+`samples.png` (completions of test images) and `final.json`. `workdir` is a local folder or a
+bucket URI (`gs://bucket/run`, via `vision_core.io`).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any
 
@@ -25,7 +25,7 @@ from igpt_jax import checkpoint as igpt_checkpoint
 from igpt_jax import model as igpt_model
 from igpt_jax import palette as palette_lib
 from igpt_jax import sample as igpt_sample
-from vision_core import checkpointing, data, mesh as mesh_lib, metrics_log, npz, optim
+from vision_core import checkpointing, data, io, mesh as mesh_lib, metrics_log, npz, optim
 from vision_core.errors import UserInputError
 
 LN2 = math.log(2.0)
@@ -130,14 +130,14 @@ class _Head:
 
 def get_palette(config, source, workdir: str) -> np.ndarray:
   """The configured palette, the run's saved one, or one fitted on training pixels."""
-  saved = os.path.join(workdir, 'palette.npy')
+  saved = io.join(workdir, 'palette.npy')
   if config.palette:
     return palette_lib.load_palette(config.palette, num_clusters=config.vocab_size)
-  if os.path.exists(saved):
+  if io.exists(saved):
     return palette_lib.load_palette(saved, num_clusters=config.vocab_size)
   if config.init_from:  # The weights only make sense with the palette they learned.
-    beside = os.path.join(os.path.dirname(os.path.abspath(config.init_from)), 'palette.npy')
-    if not os.path.exists(beside):
+    beside = io.join(io.dirname(io.abspath(config.init_from)), 'palette.npy')
+    if not io.exists(beside):
       raise UserInputError(f'init_from={config.init_from}: pass the palette those weights '
                            f'were trained with (--config.palette=...); {beside} is absent.')
     centers = palette_lib.load_palette(beside, num_clusters=config.vocab_size)
@@ -199,8 +199,8 @@ def evaluate(eval_step, params, centers, source, config, mesh) -> dict[str, floa
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains per `config`, resuming from `workdir`'s checkpoints; returns the final metrics."""
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = io.abspath(workdir)
+  io.makedirs(workdir)
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.batch_size, mesh, field='batch_size')
   train_source, test_source = _source(config, config.train_split), _source(config,
@@ -216,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   loader = data.train_loader(train_source, global_batch_size=config.batch_size,
                              preprocess=f'resize({config.image_size})', seed=config.seed)
   it = iter(loader)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
+  ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'),
                                     max_to_keep=config.keep_checkpoints)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=it)
@@ -260,12 +260,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpt.close()
   params = mesh_lib.to_host(state['params'])
   if jax.process_index() == 0:
-    igpt_checkpoint.save(os.path.join(workdir, 'params.npz'), params, overwrite=True)
+    igpt_checkpoint.save(io.join(workdir, 'params.npz'), params, overwrite=True)
     if config.sample_grid and not model.bert:
       write_samples(model, params, np.asarray(centers), test_source, config,
-                    os.path.join(workdir, 'samples.png'))
+                    io.join(workdir, 'samples.png'))
   result.update(step=int(state['step']), workdir=workdir)
-  metrics_log.write_json(os.path.join(workdir, 'final.json'), result)
+  metrics_log.write_json(io.join(workdir, 'final.json'), result)
   log.close()
   return result
 

@@ -6,13 +6,13 @@
 periodic eval on the whole test split, metrics in `{workdir}/metrics.jsonl` and
 `{workdir}/tensorboard`, checkpoints every `checkpoint_every` steps and at the end; writes
 `{workdir}/model.npz` (official layout), `{workdir}/model.json` and `{workdir}/final.json`.
+`workdir` is a local folder or a bucket URI (`gs://bucket/run`, via `vision_core.io`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any, Callable
 
@@ -113,12 +113,12 @@ def _check_config(config, mesh) -> None:
 
 def save_model_files(workdir: str, params, config, class_names) -> str:
   """`model.npz` (official layout) and `model.json` (what predict needs to rebuild it)."""
-  path = os.path.join(workdir, 'model.npz')
+  path = io.join(workdir, 'model.npz')
   vit_checkpoint.save(path, params, overwrite=True)
   meta = {'model_name': config.model_name, 'model': config.model.to_dict(),
           'num_classes': len(class_names), 'class_names': list(class_names),
           'resolution': config.pp.crop, 'dataset': config.dataset}
-  metrics_log.write_json(os.path.join(workdir, 'model.json'), meta)
+  metrics_log.write_json(io.join(workdir, 'model.json'), meta)
   return path
 
 
@@ -140,8 +140,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   num_classes = train_source.num_classes
   model, tx, schedule, state, shardings = _setup(config, num_classes, image_shape, mesh)
 
-  os.makedirs(workdir, exist_ok=True)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
+  io.makedirs(workdir)
+  ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'),
                                     max_to_keep=config.keep_checkpoints)
   loader = data.train_loader(train_source, global_batch_size=config.batch,
                              preprocess=train_pp, seed=config.seed,
@@ -151,7 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=batches)
     logging.info('Resumed from %s at step %d', ckpt.directory, int(state.step))
   start = int(state.step)
-  with io.atomic_write(os.path.join(workdir, 'config.json'), 'w', overwrite=True) as f:
+  with io.atomic_write(io.join(workdir, 'config.json'), 'w', overwrite=True) as f:
     f.write(config.to_json(indent=2))
 
   train_step = train_lib.make_train_step(
@@ -197,6 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   finally:
     bar.close()
     ckpt.close()
+    log.flush()  # A bucket's metrics.jsonl is uploaded at intervals: keep rows up to a crash.
   result = run_eval()
   log.write(config.total_steps, result, split='eval')
   log.close()
@@ -207,7 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if config.export_npz:
     final['model_npz'] = save_model_files(workdir, train_lib.params_to_host(state.params),
                                           config, train_source.class_names)
-  metrics_log.write_json(os.path.join(workdir, 'final.json'), final)
+  metrics_log.write_json(io.join(workdir, 'final.json'), final)
   print(json.dumps(final, indent=2))
   return final
 
@@ -223,8 +224,8 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   image_shape = (config.pp.crop, config.pp.crop, 3 if 'to_rgb' in test_pp else channels)
   num_classes = test_source.num_classes
   model = build_model(config, num_classes)
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  ckpt = checkpointing.Checkpointer(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+  ckpt_dir = io.join(workdir, 'checkpoints')
+  ckpt = checkpointing.Checkpointer(ckpt_dir) if io.isdir(ckpt_dir) else None
   if ckpt is not None and ckpt.latest_step() is not None:
     with config.unlocked():  # The checkpoint holds the weights; don't load pretrained too.
       pretrained, config.pretrained = config.pretrained, None
@@ -254,7 +255,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   final = {'params': source, 'test_accuracy': result['accuracy'], 'test_loss': result['loss'],
            'test_examples': result['num_examples'], 'test_split': config.pp.test,
            'dataset': config.dataset, 'model': config.model_name}
-  os.makedirs(workdir, exist_ok=True)
-  metrics_log.write_json(os.path.join(workdir, 'eval.json'), final)
+  io.makedirs(workdir)
+  metrics_log.write_json(io.join(workdir, 'eval.json'), final)
   print(json.dumps(final, indent=2))
   return final
