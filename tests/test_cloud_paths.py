@@ -204,3 +204,51 @@ def test_checkpointer_passes_gs_directory_to_orbax_unchanged(monkeypatch, tmp_pa
   assert ckpt.directory == seen[-1] == 'gs://bucket/run/checkpoints'
   checkpointing.Checkpointer(tmp_path / 'checkpoints')
   assert seen[-1] == os.path.abspath(tmp_path / 'checkpoints')
+
+
+def test_vit_training_with_gs_workdir_resumes_and_matches_local(fake_gcs, tmp_path,
+                                                                monkeypatch):
+  """The whole ViT run on gs://bucket/run: crash after the step-3 checkpoint, resume, and
+  get the local run's weights. Orbax is kept on the local disk (it is not run against the
+  fake store); the test checks the directory the trainer asks it for."""
+  from tests import vit_train_helpers as helpers  # pylint: disable=g-import-not-at-top
+  from vit_jax import checkpoint as vit_checkpoint  # pylint: disable=g-import-not-at-top
+  from vit_jax import train_loop  # pylint: disable=g-import-not-at-top
+  dataset = helpers.write_dataset(tmp_path / 'ds')
+  reference = train_loop.train_and_evaluate(helpers.tiny_config(dataset),
+                                            str(tmp_path / 'local'))
+  requested, real = [], checkpointing.Checkpointer
+
+  def local_checkpointer(directory, **kwargs):
+    requested.append(directory)
+    return real(tmp_path / 'orbax', **kwargs)
+  monkeypatch.setattr(checkpointing, 'Checkpointer', local_checkpointer)
+
+  def crash(step):
+    if step == 5:
+      raise KeyboardInterrupt
+  with pytest.raises(KeyboardInterrupt):
+    train_loop.train_and_evaluate(helpers.tiny_config(dataset), RUN, on_step=crash)
+  rows = metrics_log.read_jsonl(RUN + '/metrics.jsonl')  # Flushed although it crashed.
+  assert [r['step'] for r in rows] == [1, 2, 3, 4, 5]
+  final = train_loop.train_and_evaluate(helpers.tiny_config(dataset), RUN)
+
+  assert requested == [RUN + '/checkpoints'] * 2
+  assert final['model_npz'] == RUN + '/model.npz' and final['step'] == 6
+  assert final['test_accuracy'] == reference['test_accuracy']
+  weights, local = npz.load_flat(RUN + '/model.npz'), npz.load_flat(tmp_path / 'local' /
+                                                                    'model.npz')
+  assert weights.keys() == local.keys()
+  for key, value in weights.items():
+    np.testing.assert_array_equal(value, local[key])
+  assert vit_checkpoint.load(RUN + '/model.npz').keys() == {'Transformer', 'cls', 'embedding',
+                                                            'head'}
+  rows = metrics_log.read_jsonl(RUN + '/metrics.jsonl')
+  assert [(r['step'], r['split']) for r in rows] == \
+      [(s, 'train') for s in (1, 2, 3, 4, 5, 4, 5, 6)] + [(6, 'eval')]
+  assert json.loads(io.read_bytes(RUN + '/final.json')) == json.loads(json.dumps(final))
+  assert json.loads(io.read_bytes(RUN + '/model.json'))['num_classes'] == 2
+  assert json.loads(io.read_bytes(RUN + '/config.json'))['total_steps'] == 6
+  events = [p for p in fake_gcs if p.startswith(RUN + '/tensorboard/events.out.tfevents.')]
+  assert len(events) == 2  # One event file per run, as TensorBoard expects.
+  assert not [p for p in fake_gcs if not p.startswith(RUN + '/')]
