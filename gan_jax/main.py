@@ -69,23 +69,26 @@ def run(config, workdir: str) -> dict:
   bar = metrics_log.Progress(total_steps=config.total_steps, initial_step=start,
                              images_per_step=config.batch_size)
   metrics = {}
-  for step in range(start + 1, config.total_steps + 1):
-    batch = next(iterator)
-    state, metrics = step_fn(state, mesh_lib.shard_batch(batch['image'], mesh), key)
-    last = step == config.total_steps
-    if step % config.log_every == 0 or last:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      log.write(step, metrics)
-      bar.update(step, d_loss=metrics['d_loss'], g_loss=metrics['g_loss'])
-    if step % config.sample_every == 0 or last:
-      grid = train.image_grid(_generate(sample_fn, state['ema'], fixed_z))
-      _save_png(io.join(workdir, 'samples', f'step_{step:06d}.png'), grid)
-    if step % config.fid_every == 0 or last:
-      fd = train.pixel_frechet_distance(real, _generate(sample_fn, state['ema'], fid_z))
-      log.write(step, {'pixel_fd': fd}, split='eval')
-      bar.write(f'step {step}: pixel_fd (interim, raw pixels) {fd:.3f}')
-    if step % config.checkpoint_every == 0 or last:
-      ckpt.save(step, state, data_iterator=iterator)
+  try:  # A bucket's metrics.jsonl is uploaded at intervals: keep rows up to a crash.
+    for step in range(start + 1, config.total_steps + 1):
+      batch = next(iterator)
+      state, metrics = step_fn(state, mesh_lib.shard_batch(batch['image'], mesh), key)
+      last = step == config.total_steps
+      if step % config.log_every == 0 or last:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        log.write(step, metrics)
+        bar.update(step, d_loss=metrics['d_loss'], g_loss=metrics['g_loss'])
+      if step % config.sample_every == 0 or last:
+        grid = train.image_grid(_generate(sample_fn, state['ema'], fixed_z))
+        _save_png(io.join(workdir, 'samples', f'step_{step:06d}.png'), grid)
+      if step % config.fid_every == 0 or last:
+        fd = train.pixel_frechet_distance(real, _generate(sample_fn, state['ema'], fid_z))
+        log.write(step, {'pixel_fd': fd}, split='eval')
+        bar.write(f'step {step}: pixel_fd (interim, raw pixels) {fd:.3f}')
+      if step % config.checkpoint_every == 0 or last:
+        ckpt.save(step, state, data_iterator=iterator)
+  finally:
+    log.flush()
   bar.close()
   ckpt.close()
   log.close()

@@ -235,27 +235,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     log.write(0, result['initial_test'], split='test')
   deadline = time.monotonic() + 60 * config.time_limit_minutes if config.time_limit_minutes \
       else math.inf
-  for step in range(first + 1, config.total_steps + 1):
-    batch = mesh_lib.shard_batch(next(it), mesh)
-    state, metrics = train_step(state, batch, centers, key)
-    # Out of time: this step becomes the last one (logged, evaluated, checkpointed).
-    last = step == config.total_steps or (step % config.log_every == 0
-                                          and time.monotonic() > deadline)
-    if step % config.log_every == 0 or last:
-      host = {k: float(v) for k, v in mesh_lib.to_host(metrics).items()}
-      if not all(map(math.isfinite, host.values())):
-        raise FloatingPointError(f'step {step}: non-finite training metrics {host}; lower lr.')
-      log.write(step, host)
-      bar.update(step, loss=host['bits_per_dim'])
-    if step % config.eval_every == 0 or last:
-      result['test'] = evaluate(eval_step, state['params'], centers, test_source, config, mesh)
-      log.write(step, result['test'], split='test')
-      bar.write(f'step {step}: test ' + ', '.join(f'{k} {v:.4f}'
-                                                  for k, v in result['test'].items()))
-    if step % config.checkpoint_every == 0 or last:
-      ckpt.save(step, state, data_iterator=it)
-    if last:
-      break
+  try:  # A bucket's metrics.jsonl is uploaded at intervals: keep rows up to a crash.
+    for step in range(first + 1, config.total_steps + 1):
+      batch = mesh_lib.shard_batch(next(it), mesh)
+      state, metrics = train_step(state, batch, centers, key)
+      # Out of time: this step becomes the last one (logged, evaluated, checkpointed).
+      last = step == config.total_steps or (step % config.log_every == 0
+                                            and time.monotonic() > deadline)
+      if step % config.log_every == 0 or last:
+        host = {k: float(v) for k, v in mesh_lib.to_host(metrics).items()}
+        if not all(map(math.isfinite, host.values())):
+          raise FloatingPointError(f'step {step}: non-finite training metrics {host}; lower lr.')
+        log.write(step, host)
+        bar.update(step, loss=host['bits_per_dim'])
+      if step % config.eval_every == 0 or last:
+        result['test'] = evaluate(eval_step, state['params'], centers, test_source, config, mesh)
+        log.write(step, result['test'], split='test')
+        bar.write(f'step {step}: test ' + ', '.join(f'{k} {v:.4f}'
+                                                    for k, v in result['test'].items()))
+      if step % config.checkpoint_every == 0 or last:
+        ckpt.save(step, state, data_iterator=it)
+      if last:
+        break
+  finally:
+    log.flush()
   bar.close()
   ckpt.close()
   params = mesh_lib.to_host(state['params'])

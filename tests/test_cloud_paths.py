@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from fsspec.implementations import memory
 
+from tests.test_gan_train import tiny_config  # pylint: disable=unused-import  (a fixture)
 from vision_core import checkpointing, io, metrics_log, npz, tfevents
 from vision_core.errors import UserInputError
 
@@ -45,7 +46,8 @@ def fake_gcs():
   for name, cls in before.items():
     if cls is None:
       # fsspec has no unregister; its module-level dict is what register_implementation set.
-      importlib.import_module('fsspec.registry')._registry.pop(name, None)  # pylint: disable=protected-access
+      registry = importlib.import_module('fsspec.registry')
+      registry._registry.pop(name, None)  # pylint: disable=protected-access
     else:
       fsspec.register_implementation(name, cls, clobber=True)
 
@@ -61,8 +63,9 @@ def test_path_helpers_keep_uris_intact():
   assert io.join('runs/a', 'b') == os.path.join('runs/a', 'b')
   assert io.abspath('runs/a') == os.path.abspath('runs/a')
   assert not io.is_uri('runs/gs:/x') and io.is_uri('gs://b')
-  with pytest.raises(UserInputError, match="unsupported URI scheme 'ftp'"):
-    io.join('ftp://host/run', 'x')
+  for bad in ('ftp://host/run', 'GS://bucket/run'):  # epath would make a folder of these.
+    with pytest.raises(UserInputError, match='unsupported URI scheme'):
+      io.join(bad, 'x')
 
 
 def test_atomic_write_uploads_whole_object_and_refuses_overwrite(fake_gcs):
@@ -100,6 +103,41 @@ def test_object_appearing_during_write_is_not_overwritten(fake_gcs):
       with io.atomic_write(path, 'w') as other:  # Another writer finishes first.
         other.write('theirs')
   assert _object(fake_gcs, path) == b'theirs'
+
+
+def test_interrupted_upload_is_discarded_not_committed(monkeypatch):
+  calls = []
+
+  class Upload:  # An fsspec/gcsfs writer: close() would commit what it has.
+    closed = False
+
+    def write(self, data):
+      calls.append(('write', len(data)))
+      raise KeyboardInterrupt
+
+    def discard(self):
+      calls.append('discard')
+
+    def close(self):
+      calls.append('close')
+
+  class Path:
+    def __init__(self, path):
+      del path
+
+    def exists(self):
+      return False
+
+    def open(self, mode):
+      assert mode == 'wb'
+      return upload
+
+  upload = Upload()
+  monkeypatch.setattr(io, '_epath', Path)
+  with pytest.raises(KeyboardInterrupt):
+    with io.atomic_write(RUN + '/model.npz', overwrite=True) as f:
+      f.write(b'x' * 100)
+  assert calls == [('write', 100), 'discard'] and upload.closed
 
 
 def test_write_json_matches_local(fake_gcs, tmp_path):
@@ -191,6 +229,14 @@ def test_palette_round_trip_on_gs(fake_gcs):
   np.testing.assert_array_equal(palette.load_palette(RUN + '/palette.npy'), centers)
 
 
+def test_missing_filesystem_package_is_a_clear_error():
+  """Also checks that the fixture's registration of the fake gs:// is undone."""
+  if importlib.util.find_spec('gcsfs') or importlib.util.find_spec('tensorflow'):
+    pytest.skip('gcsfs or TensorFlow is installed: gs:// would reach the network')
+  with pytest.raises(UserInputError, match=r'gs://b/x: gs:// paths need the gcsfs package'):
+    io.exists('gs://b/x')
+
+
 def test_checkpointer_passes_gs_directory_to_orbax_unchanged(monkeypatch, tmp_path):
   seen = []
 
@@ -252,3 +298,59 @@ def test_vit_training_with_gs_workdir_resumes_and_matches_local(fake_gcs, tmp_pa
   events = [p for p in fake_gcs if p.startswith(RUN + '/tensorboard/events.out.tfevents.')]
   assert len(events) == 2  # One event file per run, as TensorBoard expects.
   assert not [p for p in fake_gcs if not p.startswith(RUN + '/')]
+
+
+def test_gan_training_with_gs_workdir(fake_gcs, tiny_config, tmp_path, monkeypatch):
+  """gan_jax.main.run on gs://bucket/gan: samples, metrics, generator.npz and final.json go
+  to the bucket; orbax is kept local (the test checks the directory it is asked for)."""
+  from gan_jax import generators, main  # pylint: disable=g-import-not-at-top
+  requested, real = [], checkpointing.Checkpointer
+
+  def local_checkpointer(directory, **kwargs):
+    requested.append(directory)
+    return real(tmp_path / 'orbax', **kwargs)
+  monkeypatch.setattr(checkpointing, 'Checkpointer', local_checkpointer)
+  tiny_config.total_steps = 2
+  final = main.run(tiny_config, 'gs://bucket/gan')
+  assert requested == ['gs://bucket/gan/checkpoints']
+  rows = metrics_log.read_jsonl('gs://bucket/gan/metrics.jsonl')
+  assert [(r['step'], r['split']) for r in rows] == [(2, 'train'), (2, 'eval')]
+  assert json.loads(io.read_bytes('gs://bucket/gan/final.json')) == final
+  generator = generators.load('gs://bucket/gan/generator.npz')
+  assert generator.image_size == 28 and generator.latent_dim == 8
+  png = io.read_bytes('gs://bucket/gan/samples/step_000002.png')
+  assert png.startswith(b'\x89PNG')
+  assert any(p.startswith('gs://bucket/gan/tensorboard/events.out.') for p in fake_gcs)
+
+
+def test_igpt_training_with_gs_workdir(fake_gcs, tmp_path, monkeypatch):
+  """igpt_jax.train on gs://bucket/igpt, then fine-tuning from its params.npz: the palette is
+  found beside those weights in the bucket. Orbax is kept local."""
+  from igpt_jax import palette, train  # pylint: disable=g-import-not-at-top
+  from tests import test_igpt_train, vit_train_helpers  # pylint: disable=g-import-not-at-top
+  requested, real = [], checkpointing.Checkpointer
+
+  def local_checkpointer(directory, **kwargs):
+    requested.append(directory)
+    return real(tmp_path / 'orbax' / str(len(requested)), **kwargs)
+  monkeypatch.setattr(checkpointing, 'Checkpointer', local_checkpointer)
+  dataset = vit_train_helpers.write_dataset(tmp_path / 'ds', train_per_class=8,
+                                            test_per_class=4)
+  small = dict(batch_size=8, total_steps=2, eval_every=2, checkpoint_every=2, log_every=1,
+               eval_examples=8, palette_fit_images=16, palette_fit_steps=2,
+               sample_grid=False, warmup_steps=0)
+  result = train.train_and_evaluate(test_igpt_train.tiny_config(dataset, **small),
+                                    'gs://bucket/igpt')
+  assert result['workdir'] == 'gs://bucket/igpt' and result['step'] == 2
+  steps = [r['step'] for r in metrics_log.read_jsonl('gs://bucket/igpt/metrics.jsonl')]
+  assert steps == [0, 1, 2, 2]  # Initial test, two train rows, final test.
+  centers = palette.load_palette('gs://bucket/igpt/palette.npy', num_clusters=512)
+  assert json.loads(io.read_bytes('gs://bucket/igpt/final.json'))['step'] == 2
+
+  tuned = train.train_and_evaluate(test_igpt_train.tiny_config(
+      dataset, objective='finetune', init_from='gs://bucket/igpt/params.npz', **small),
+                                   'gs://bucket/igpt_ft')
+  assert 'accuracy' in tuned['test']
+  np.testing.assert_array_equal(palette.load_palette('gs://bucket/igpt_ft/palette.npy'),
+                                centers)
+  assert requested == ['gs://bucket/igpt/checkpoints', 'gs://bucket/igpt_ft/checkpoints']

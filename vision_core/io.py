@@ -15,6 +15,8 @@ strings here (`join`, `abspath`, ...), so everything that prints or records them
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import io as std_io
 import os
 import re
@@ -37,15 +39,40 @@ def is_uri(path: str | os.PathLike) -> bool:
   match = _URI.match(os.fspath(path))
   if match is None:
     return False
-  if match.group(1).lower() not in CLOUD_SCHEMES:
+  if match.group(1) not in CLOUD_SCHEMES:  # epath knows them in lower case only.
     raise UserInputError(f'{os.fspath(path)}: unsupported URI scheme {match.group(1)!r}; '
                          f'expected a local path or one of {", ".join(CLOUD_SCHEMES)}://.')
   return True
 
 
+# The package fsspec needs per scheme (epath uses fsspec unless TensorFlow is installed).
+_FSSPEC_PACKAGES = {'gs': ('gcs', 'gcsfs'), 's3': ('s3', 's3fs'), 'az': ('az', 'adlfs'),
+                    'hf': ('hf', 'huggingface_hub')}
+
+
+@functools.cache
+def _epath_uses_tensorflow() -> bool:
+  """epath's own rule: tf.io.gfile when TensorFlow is installed, unless EPATH_USE_TF=0."""
+  if os.environ.get('EPATH_USE_TF', '').lower() in ('false', 'no', 'f', '0'):
+    return False
+  return importlib.util.find_spec('tensorflow') is not None
+
+
 def _epath(path: str | os.PathLike):
+  """The etils.epath.Path of a URI; a clear error where its filesystem is not installed."""
   from etils import epath  # pylint: disable=g-import-not-at-top
-  return epath.Path(os.fspath(path))
+  path = os.fspath(path)
+  scheme = path.split('://', 1)[0]
+  if not _epath_uses_tensorflow():
+    import fsspec  # pylint: disable=g-import-not-at-top
+    protocol, package = _FSSPEC_PACKAGES[scheme]
+    try:
+      fsspec.get_filesystem_class(protocol)
+    except ImportError:
+      extra = " (or the project's [tpu] extra)" if scheme == 'gs' else ''
+      raise UserInputError(f'{path}: {scheme}:// paths need the {package} package: '
+                           f'pip install {package}{extra}.') from None
+  return epath.Path(path)
 
 
 def join(base: str | os.PathLike, *parts: str) -> str:
@@ -151,9 +178,10 @@ def _uri_atomic_write(path: str, mode: str, *, overwrite: bool) -> Iterator[IO]:
   with tempfile.TemporaryFile() as raw:  # Unnamed: the OS removes it however we leave.
     if mode == 'w':
       text = std_io.TextIOWrapper(raw, encoding='utf-8')
-      yield text
-      text.flush()
-      text.detach()  # Keep `raw` open for the upload.
+      try:
+        yield text
+      finally:
+        text.detach()  # Flushes into `raw` and leaves it open (for the upload).
     else:
       yield raw
     # An object store has no create-if-absent through epath: this check and the upload
