@@ -6,11 +6,31 @@
 
 Override any field: `--config.total_steps=500`. Expected result (docs/results.md, 2-core
 CPU): dcgan,mnist (the 10k t10k images, the only MNIST split in ../shared/data) gives
-recognisable digits after 5000 steps (~10 min) and a falling pixel-FD curve; the
-EMA generator is exported to WORKDIR/generator.npz for `gan_jax.compress`.
+recognisable digits after 5000 steps (~10 min) and falling `fid_vit` and `pixel_fd` curves in
+WORKDIR/metrics.jsonl; the EMA generator is exported to WORKDIR/generator.npz for
+`gan_jax.compress`.
+
+FID during training (`fid_every`, `fid_samples`): `fid_vit` is the FID on the pre-logits of
+the ViT classifier `fid_vit_checkpoint` (default: the shipped CIFAR-10 ViT
+vit_jax/weights/vit_cifar10/model.npz, 32x32 RGB input, 128-d features; '' turns it off).
+Real and generated images are treated alike: uint8, grey (MNIST) repeated to 3 channels,
+then bilinearly resized to the ViT's input (MNIST 28x28 -> 32x32). Its values depend on that
+checkpoint (and for MNIST on a CIFAR-10 ViT seeing digits): compare them only between runs,
+never with published Inception FIDs. Real statistics are cached in WORKDIR/fid_stats/ (keyed
+by dataset and checkpoint SHA-256), so a resumed run reuses them. `pixel_fd` is the Frechet
+distance of Gaussians fitted to raw pixels.
 """
 
+import os
+
 import ml_collections
+
+import vit_jax
+
+# The shipped ViT classifier (trained on CIFAR-10; docs/results.md), found via the package so
+# that the default works from any working directory.
+DEFAULT_FID_VIT = os.path.join(os.path.dirname(os.path.abspath(vit_jax.__file__)), 'weights',
+                               'vit_cifar10', 'model.npz')
 
 DATASETS = {
     # name: (path from the project root, split, image size, channels, preprocessing)
@@ -54,6 +74,9 @@ def get_config(arg: str = 'dcgan,mnist') -> ml_collections.ConfigDict:
   c.log_every = 50
   c.sample_every = 1000
   c.fid_every = 500
-  c.fid_samples = 2000
+  c.fid_samples = 2000  # EMA samples (and training images) per FID evaluation
+  c.fid_vit_checkpoint = DEFAULT_FID_VIT  # ViT .npz with model.json beside it; '' = off
+  c.fid_vit_model = ''  # zoo name (e.g. 'ViT-B_16') for a checkpoint without model.json
+  c.fid_batch_size = 500  # images per compiled ViT call (sharded over 'data')
   c.checkpoint_every = 500
   return c

@@ -7,7 +7,8 @@
 - `latent_search`: the compiled, batched, sharded latent optimiser (SGD/Adam, restarts).
 - `fileformat`: the `.ganz` container; `compress` / `decompress`: library and CLIs.
 - `report`: bits per pixel, ratios, PSNR and the JPEG-at-same-size baseline.
-- `train`, `main`: DCGAN training (`python -m gan_jax.main --config configs/gan.py:dcgan,mnist`).
+- `train`, `main`: DCGAN training (`python -m gan_jax.main --config configs/gan.py:dcgan,mnist`);
+  `fid_vit`: the FID on ViT pre-logits it logs over training (real statistics cached).
 
 Library use (what `python -m gan_jax.compress` does):
 

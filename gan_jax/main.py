@@ -4,22 +4,26 @@ Uses the shared input pipeline (`vision_core.data`), orbax checkpoints with resu
 (re-running with the same workdir continues from the newest checkpoint, data position
 included), a progress bar and metrics.jsonl/TensorBoard logs (`vision_core.metrics_log`).
 Every `sample_every` steps the EMA generator's samples on fixed latents go to
-`DIR/samples/step_NNNNNN.png`; every `fid_every` steps a Frechet distance is logged.
+`DIR/samples/step_NNNNNN.png`; every `fid_every` steps two Frechet distances between
+`fid_samples` EMA-generator samples and as many training images are logged (split 'eval'):
+  * `fid_vit`: FID on the pre-logits of the ViT classifier `config.fid_vit_checkpoint`
+    (default: the shipped CIFAR-10 ViT; grey images are repeated to RGB and resized to its
+    input, see `gan_jax.fid_vit`). The real statistics are cached in `DIR/fid_stats/`.
+  * `pixel_fd`: the Frechet distance of Gaussians fitted to raw (downsampled) pixels.
 At the end the EMA generator is exported to `DIR/generator.npz` (for gan_jax.compress).
 DIR is a local folder or a bucket URI (`gs://bucket/run`, via `vision_core.io`).
-
-FID: until `vit_jax.metrics` exists, the logged `pixel_fd` is an INTERIM Frechet distance
-on raw (downsampled) pixels, not an Inception/ViT-feature FID.
 """
 
 from __future__ import annotations
 
+import os
 
 import jax
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from gan_jax import fid_vit as fid_vit_lib
 from gan_jax import generators, report, train
 from vision_core import checkpointing, data, io, metrics_log
 from vision_core import mesh as mesh_lib
@@ -41,12 +45,34 @@ def _generate(sample_fn, params, z, batch: int = 500) -> np.ndarray:
                          for i in range(0, len(z), batch)])
 
 
+def _real_images(source, config) -> np.ndarray:
+  """`config.fid_samples` training images as uint8, through the run's preprocessing.
+
+  A fixed selection (permutation with seed 0) and fixed random ops (flips seeded per index),
+  mapped back from [-1, 1] to uint8 as the generator's samples are.
+  """
+  from vision_core.data import preprocess as pp_lib  # pylint: disable=g-import-not-at-top
+  pp = pp_lib.parse(config.preprocess)
+  indices = np.random.default_rng(0).permutation(len(source))[:config.fid_samples]
+  return np.stack([report.to_uint8(pp(source[int(i)], np.random.default_rng(int(i)))['image'])
+                   for i in indices])
+
+
+def _make_fid_vit(config, mesh) -> fid_vit_lib.VitFid | None:
+  """The ViT feature extractor, or None when `config.fid_vit_checkpoint` is ''."""
+  if not config.get('fid_vit_checkpoint'):
+    return None
+  return fid_vit_lib.VitFid(config.fid_vit_checkpoint, model_name=config.get('fid_vit_model', ''),
+                            mesh=mesh, batch_size=config.get('fid_batch_size', 500))
+
+
 def run(config, workdir: str) -> dict:
   """The training loop; returns the final metrics."""
   mesh_lib.initialize_distributed()
   devices = jax.devices()[:config.get('num_devices', 0) or None]
   mesh = mesh_lib.make_mesh(devices=devices)
   mesh_lib.check_batch_size(config.batch_size, mesh, field='config.batch_size')
+  fid_vit = _make_fid_vit(config, mesh)  # Before anything else: a bad checkpoint fails fast.
   source = data.get_source(config.dataset, config.split)
   loader = data.train_loader(source, global_batch_size=config.batch_size,
                              preprocess=config.preprocess, seed=config.seed)
@@ -63,11 +89,18 @@ def run(config, workdir: str) -> dict:
   latent = generators.latent_dim(config.generator.to_dict())
   fixed_z = np.asarray(jax.random.normal(jax.random.PRNGKey(1234), (64, latent)))
   fid_z = np.asarray(jax.random.normal(jax.random.PRNGKey(4321), (config.fid_samples, latent)))
-  real = np.stack([source[i]['image'] for i in
-                   np.random.default_rng(0).permutation(len(source))[:config.fid_samples]])
+  real = _real_images(source, config)
   log = metrics_log.MetricsLog(workdir)
   bar = metrics_log.Progress(total_steps=config.total_steps, initial_step=start,
                              images_per_step=config.batch_size)
+  if fid_vit is not None:
+    dataset = {'path': (os.path.abspath(config.dataset) if os.path.isdir(config.dataset)
+                        else config.dataset), 'split': config.split,
+               'preprocess': config.preprocess, 'samples': len(real), 'selection': 'seed 0'}
+    real_stats, cache, cached = fid_vit.real_stats(
+        lambda: real, cache_dir=io.join(workdir, 'fid_stats'), dataset=dataset)
+    bar.write(f'fid_vit: real statistics of {real_stats.count} images '
+              f'{"read from" if cached else "written to"} {cache}')
   metrics = {}
   try:  # A bucket's metrics.jsonl is uploaded at intervals: keep rows up to a crash.
     for step in range(start + 1, config.total_steps + 1):
@@ -82,9 +115,12 @@ def run(config, workdir: str) -> dict:
         grid = train.image_grid(_generate(sample_fn, state['ema'], fixed_z))
         _save_png(io.join(workdir, 'samples', f'step_{step:06d}.png'), grid)
       if step % config.fid_every == 0 or last:
-        fd = train.pixel_frechet_distance(real, _generate(sample_fn, state['ema'], fid_z))
-        log.write(step, {'pixel_fd': fd}, split='eval')
-        bar.write(f'step {step}: pixel_fd (interim, raw pixels) {fd:.3f}')
+        fake = _generate(sample_fn, state['ema'], fid_z)
+        evals = {'pixel_fd': train.pixel_frechet_distance(real, fake)}
+        if fid_vit is not None:
+          evals['fid_vit'] = fid_vit.fid(real_stats, fid_vit.stats(fake))
+        log.write(step, evals, split='eval')
+        bar.write(f'step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in evals.items()))
       if step % config.checkpoint_every == 0 or last:
         ckpt.save(step, state, data_iterator=iterator)
   finally:

@@ -13,7 +13,6 @@ Losses (D(x) are logits):
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import jax
@@ -116,12 +115,12 @@ def image_grid(images_uint8: np.ndarray, columns: int = 8, pad: int = 2) -> np.n
 
 
 def pixel_frechet_distance(real, fake, *, max_dim: int = 1024) -> float:
-  """INTERIM metric until vit_jax.metrics lands: the Frechet distance between Gaussians fit
-  to *raw pixels* (area-downsampled until <= max_dim values), NOT Inception/ViT FID.
+  """The Frechet distance between Gaussians fit to *raw pixels* in [0, 1] (area-downsampled
+  by 2 until <= max_dim values), NOT an Inception/ViT FID (`gan_jax.fid_vit` is that).
 
   Args: uint8 `[N, H, W, C]` arrays (same shapes).
   """
-  import scipy.linalg  # pylint: disable=g-import-not-at-top
+  from vit_jax import metrics  # pylint: disable=g-import-not-at-top
 
   def feats(x):
     x = np.asarray(x, np.float64) / 255.0
@@ -129,11 +128,4 @@ def pixel_frechet_distance(real, fake, *, max_dim: int = 1024) -> float:
       n, h, w, c = x.shape
       x = x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
     return x.reshape(len(x), -1)
-  a, b = feats(real), feats(fake)
-  mu_a, mu_b = a.mean(0), b.mean(0)
-  cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-  with warnings.catch_warnings():  # Few samples: a singular covariance is expected.
-    warnings.simplefilter('ignore')
-    covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
-  covmean = np.real(covmean)
-  return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * covmean))
+  return metrics.fid(feats(real), feats(fake))

@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from gan_jax import compress, generators, train
+from gan_jax import compress, fid_vit, generators, train
 from vision_core import metrics_log
+from vision_core.errors import UserInputError
 
 
 def _write_idx(path, array):
@@ -38,24 +39,46 @@ def tiny_config(tmp_path):
   return c
 
 
-def test_train_resume_samples_and_export(tiny_config, tmp_path):
+def test_train_resume_samples_and_export(tiny_config, tmp_path, monkeypatch):
   from gan_jax import main  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / 'run')
   first = main.run(tiny_config, workdir)
   assert first['step'] == 4 and np.isfinite(first['g_loss'])
+  cache = sorted((tmp_path / 'run' / 'fid_stats').glob('real_*.npz'))
+  assert len(cache) == 1
+  mtime = cache[0].stat().st_mtime_ns
+  stats_calls = []
+  original_stats = fid_vit.VitFid.stats
+  def spy(self, images):
+    stats_calls.append(len(images))
+    return original_stats(self, images)
+  monkeypatch.setattr(fid_vit.VitFid, 'stats', spy)
   tiny_config.total_steps = 6
   main.run(tiny_config, workdir)  # Resumes at 4 from the orbax checkpoint.
+  # Only the step-6 samples were embedded: the real statistics came from the cache.
+  assert stats_calls == [16] and cache[0].stat().st_mtime_ns == mtime
+  assert sorted((tmp_path / 'run' / 'fid_stats').glob('real_*.npz')) == cache
   rows = metrics_log.read_jsonl(tmp_path / 'run' / 'metrics.jsonl')
   train_steps = [r['step'] for r in rows if r['split'] == 'train']
   assert train_steps == [2, 4, 6]
   assert [r['step'] for r in rows if r['split'] == 'eval'] == [2, 4, 6]
-  assert all(np.isfinite(r['pixel_fd']) for r in rows if r['split'] == 'eval')
+  assert all(np.isfinite(r['pixel_fd']) and r['fid_vit'] > 0
+             for r in rows if r['split'] == 'eval')
   for step in (2, 4, 6):
     assert (tmp_path / 'run' / 'samples' / f'step_{step:06d}.png').exists()
   generator = generators.load(tmp_path / 'run' / 'generator.npz')
   assert generator.image_size == 28 and generator.latent_dim == 8
   assert compress.reconstruct(generator, np.zeros(8)).shape == (28, 28, 1)
   assert json.loads((tmp_path / 'run' / 'final.json').read_text())['step'] == 6
+
+
+def test_missing_vit_checkpoint_fails_before_training(tiny_config, tmp_path):
+  from gan_jax import main  # pylint: disable=g-import-not-at-top
+  missing = str(tmp_path / 'vit' / 'model.npz')
+  tiny_config.fid_vit_checkpoint = missing
+  with pytest.raises(UserInputError, match=f'config.fid_vit_checkpoint: {missing} does not'):
+    main.run(tiny_config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
 
 
 def test_wgan_gp_step_runs_and_moves_ema(tiny_config):

@@ -187,7 +187,7 @@ class GaussianStats:
   def load(cls, path: str | os.PathLike) -> 'GaussianStats':
     """Reads an .npz with `mu` and `sigma` (ours, or pytorch-fid's precomputed statistics)."""
     path = os.fspath(path)
-    with np.load(path, allow_pickle=False) as data:
+    with np.load(io_lib.readable(path), allow_pickle=False) as data:
       missing = [k for k in ('mu', 'sigma') if k not in data.files]
       if missing:
         raise UserInputError(
