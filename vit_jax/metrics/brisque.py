@@ -28,6 +28,7 @@ up to 1024 need it to reproduce OpenCV to 1e-3.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import math
 import os
@@ -39,7 +40,7 @@ import numpy as np
 from vision_core.errors import UserInputError
 from vision_core.images import check_batch
 from vit_jax.metrics.brisque_model import BrisqueModel, load_model
-from vit_jax.metrics.opencv_float import fma as _fma, mul as _mul, opencv_exp
+from vit_jax.metrics.opencv_float import fma as _fma, mul as _mul, opencv_exp, rounded
 
 # OpenCV's BGR2GRAY for 8-bit images: 15-bit fixed point, round half up.
 _GREY_FIXED = (9798, 19235, 3735)  # R, G, B
@@ -209,23 +210,31 @@ def _shifted(z: jax.Array, dy: int, dx: int) -> jax.Array:
   return p[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
 
 
-def _aggd_fit(z: jax.Array, zero: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """AGGD moment fit of `[..., H, W]` float32: (grid index, left, right sigma) as `[...]`.
+def _moment_sums(m: jax.Array, zero: jax.Array) -> tuple[jax.Array, ...]:
+  """One image's AGGD moment sums of a `[1, H, W]` float32 map, as five float64 scalars.
 
-  OpenCV sums in float64 (cv::sum); zeros count in neither side, but in the total.
+  Returns (sum of squares of the negative values, of the positive values, sum of |m|, number
+  of negative values, of positive values), as OpenCV's cv::sum gives them (zeros count in
+  neither side). Each row is summed in float32 (<= W terms), the rows in float64: ~1e-7
+  relative, far below the AGGD grid spacing, at float32 speed; counts are exact. Why these
+  forms: each is one elementwise op feeding one row reduction, which XLA fuses into a single
+  pass over `m` (a `where` on a boolean mask or a bool -> float count costs twice as much).
   """
-  sq = _mul(z, z, zero)
-  pos, neg = z > 0, z < 0
-  # Each row summed in float32 (<= W terms), the rows in float64: ~1e-7 relative, far below
-  # the AGGD grid spacing, at float32 speed. Counts are exact.
   def image_sum(x):
-    return x.sum(-1).astype(jnp.float64).sum(-1)
-  pos_sq = image_sum(jnp.where(pos, sq, 0))
-  neg_sq = image_sum(jnp.where(neg, sq, 0))
-  abs_sum = image_sum(jnp.abs(z))
-  n_pos = pos.sum((-2, -1)).astype(jnp.float64)
-  n_neg = neg.sum((-2, -1)).astype(jnp.float64)
-  total = z.shape[-2] * z.shape[-1]
+    return x.sum(-1).astype(jnp.float64).sum(-1)[0]
+  # max(m, 0)^2 is m*m rounded once where m > 0, else 0: OpenCV's squares, split by sign.
+  pos_sq = image_sum(rounded(jnp.square(jnp.maximum(m, 0)), zero))
+  neg_sq = image_sum(rounded(jnp.square(jnp.minimum(m, 0)), zero))
+  abs_sum = image_sum(jnp.abs(m))
+  sign = jnp.sign(m)
+  balance, nonzero = image_sum(sign), image_sum(jnp.abs(sign))  # n_pos - n_neg, n_pos + n_neg
+  return neg_sq, pos_sq, abs_sum, (nonzero - balance) / 2, (nonzero + balance) / 2
+
+
+def _aggd_fit(m: jax.Array, zero: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """AGGD moment fit of one image's `[1, H, W]` map: (grid index, left, right sigma)."""
+  neg_sq, pos_sq, abs_sum, n_neg, n_pos = _moment_sums(m, zero)
+  total = m.shape[-2] * m.shape[-1]
   left = jnp.sqrt(neg_sq / n_neg)
   right = jnp.sqrt(pos_sq / n_pos)
   g = left / right
@@ -241,22 +250,36 @@ _SHIFTS = ((0, 1), (1, 0), (1, 1), (-1, 1))
 
 
 def _scale_features(x: jax.Array, zero: jax.Array) -> list[jax.Array]:
+  """The 18 features of one image at one scale, `x` `[1, H, W]`, as float64 scalars."""
   z = _mscn(x, zero)
   grid = jnp.asarray(_GRID)
   mean_factor = jnp.asarray(_MEAN_FACTOR)
   index, left, right = _aggd_fit(z, zero)
   feats = [grid[index], (left * left + right * right) / 2]
-  for dy, dx in _SHIFTS:  # Products computed inside each fit's reductions (one pass each).
+  for dy, dx in _SHIFTS:  # Each product is recomputed inside its sums' fused loops.
     index, left, right = _aggd_fit(_mul(z, _shifted(z, dy, dx), zero), zero)
     feats += [grid[index], (right - left) * mean_factor[index], left ** 2, right ** 2]
   return feats
 
 
-@jax.jit
-def _features(images: jax.Array, zero: jax.Array) -> jax.Array:
-  grey = _to_grey(images, zero)
+def _image_features(image: jax.Array, zero: jax.Array) -> jax.Array:
+  """`[H, W, C]` -> `[36]` float32. One image at a time: its full-size float32 maps (about
+  1 MiB each at 512x512) stay in cache, and a score never depends on the rest of the batch."""
+  grey = _to_grey(image[None], zero)
   feats = _scale_features(grey, zero) + _scale_features(_half_size(grey, zero), zero)
-  return jnp.stack(feats, -1).astype(jnp.float32)
+  return jnp.stack(feats).astype(jnp.float32)
+
+
+_features_one = jax.jit(_image_features)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _features_sharded(images: jax.Array, zero: jax.Array, mesh) -> jax.Array:
+  """`[B, H, W, C]` sharded over the mesh's 'data' axis: each device maps over its images."""
+  spec = jax.sharding.PartitionSpec('data')
+  local = lambda x, z: jax.lax.map(lambda im: _image_features(im, z), x)
+  return jax.shard_map(local, mesh=mesh, in_specs=(spec, jax.sharding.PartitionSpec()),
+                       out_specs=spec)(images, zero)
 
 
 @jax.jit
@@ -296,25 +319,40 @@ def _check_images(images) -> None:
 
 
 def _pad_to_mesh(images, mesh):
-  if mesh is None:
-    return jnp.asarray(images), 0
   from vision_core.mesh import shard_batch  # pylint: disable=g-import-not-at-top
   n = mesh.shape['data']
   pad = -images.shape[0] % n
   images = np.asarray(images)
   if pad:
     images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
-  return shard_batch(images, mesh), pad
+  return shard_batch(images, mesh)
 
 
-def brisque_features(images, *, mesh=None) -> np.ndarray:
+def _cpu_count() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not Linux.
+    return os.cpu_count() or 1
+
+
+def _one_image(image) -> np.ndarray:
+  with jax.enable_x64(True):  # A per-thread setting: each worker sets it itself.
+    return np.asarray(_features_one(image, np.int32(0)))
+
+
+def brisque_features(images, *, mesh=None, threads: int | None = None) -> np.ndarray:
   """The 36 BRISQUE features of each image, as OpenCV's `QualityBRISQUE.computeFeatures`.
+
+  Without a mesh, the images go one at a time through one compiled program, `threads` of
+  them at once (default: one per CPU core); each image's maps then stay in cache, and an
+  image's features are the same bits whatever batch it comes in.
 
   Args:
     images: `[B, H, W, C]`, C in (1, 3 RGB, 4 RGBA; alpha ignored), uint8 or float in
       [0, 255]; H, W >= 16.
     mesh: optional `('data', 'model')` mesh; the batch is sharded over 'data' (padded to a
-      multiple of its size).
+      multiple of its size) and each device maps over its own images.
+    threads: images computed concurrently when there is no mesh (default: CPU cores).
 
   Returns:
     `[B, 36]` float32: per scale (full, half), MSCN shape and variance, then for H, V, D1,
@@ -322,9 +360,16 @@ def brisque_features(images, *, mesh=None) -> np.ndarray:
   """
   _check_images(images)
   b = np.shape(images)[0]
-  with jax.enable_x64(True):
-    x, _ = _pad_to_mesh(images, mesh)
-    return np.asarray(_features(x, np.int32(0)))[:b]
+  if mesh is not None:
+    with jax.enable_x64(True):
+      return np.asarray(_features_sharded(_pad_to_mesh(images, mesh), np.int32(0), mesh))[:b]
+  threads = max(1, min(b, threads or _cpu_count()))
+  first = _one_image(images[0])  # Compiles once, before any worker could race to compile.
+  if b == 1:
+    return first[None]
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    rest = list(pool.map(_one_image, (images[i] for i in range(1, b))))
+  return np.stack([first] + rest)
 
 
 @functools.lru_cache(maxsize=8)
@@ -363,7 +408,8 @@ def predict(features, model: BrisqueModel, *, clip: bool = True) -> np.ndarray:
   return np.clip(scores, 0, 100) if clip else scores
 
 
-def brisque(images, model=None, range_file=None, *, mesh=None, clip: bool = True) -> np.ndarray:
+def brisque(images, model=None, range_file=None, *, mesh=None, clip: bool = True,
+            threads: int | None = None) -> np.ndarray:
   """BRISQUE score of each image (lower is better), as OpenCV's `QualityBRISQUE_compute`.
 
   Args:
@@ -375,9 +421,10 @@ def brisque(images, model=None, range_file=None, *, mesh=None, clip: bool = True
       -s` file); ignored when `model` is a `BrisqueModel`.
     mesh: optional device mesh; the batch is sharded over its 'data' axis.
     clip: clamp to [0, 100] as OpenCV does.
+    threads: images scored concurrently without a mesh (default: one per CPU core).
 
   Returns:
     `[B]` float64 scores. A flat (constant) image has no statistics and scores NaN.
   """
   svr = _resolve_model(model, range_file)
-  return predict(brisque_features(images, mesh=mesh), svr, clip=clip)
+  return predict(brisque_features(images, mesh=mesh, threads=threads), svr, clip=clip)
