@@ -314,7 +314,8 @@ def _check_images(images) -> None:
   dtype = np.asarray(images).dtype if not hasattr(images, 'dtype') else images.dtype
   if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
     raise UserInputError(f'brisque images: expected uint8 or float pixels, got dtype {dtype}.')
-  if np.issubdtype(dtype, np.floating) and not bool(jnp.isfinite(images).all()):
+  finite = np.isfinite if isinstance(images, np.ndarray) else jnp.isfinite
+  if np.issubdtype(dtype, np.floating) and not bool(finite(images).all()):
     raise UserInputError('brisque images: the batch contains NaN or infinite pixels.')
 
 
@@ -333,6 +334,9 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0))
   except AttributeError:  # Not Linux.
     return os.cpu_count() or 1
+
+
+_COMPILED = set()  # (image shape, dtype) that `_features_one` has been compiled for.
 
 
 def _one_image(image) -> np.ndarray:
@@ -359,17 +363,23 @@ def brisque_features(images, *, mesh=None, threads: int | None = None) -> np.nda
     D2 the product's shape, mean, left and right variance.
   """
   _check_images(images)
-  b = np.shape(images)[0]
+  if not isinstance(images, jax.Array):
+    images = np.asarray(images)
+  b = images.shape[0]
   if mesh is not None:
     with jax.enable_x64(True):
       return np.asarray(_features_sharded(_pad_to_mesh(images, mesh), np.int32(0), mesh))[:b]
   threads = max(1, min(b, threads or _cpu_count()))
-  first = _one_image(images[0])  # Compiles once, before any worker could race to compile.
-  if b == 1:
-    return first[None]
+  if threads == 1:
+    return np.stack([_one_image(images[i]) for i in range(b)])
+  done = []
+  signature = (images.shape[1:], str(images.dtype))
+  if signature not in _COMPILED:  # Compile on one image before the workers race to.
+    done.append(_one_image(images[0]))
+    _COMPILED.add(signature)
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    rest = list(pool.map(_one_image, (images[i] for i in range(1, b))))
-  return np.stack([first] + rest)
+    done += pool.map(_one_image, (images[i] for i in range(len(done), b)))
+  return np.stack(done)
 
 
 @functools.lru_cache(maxsize=8)
