@@ -1,12 +1,15 @@
 """BRISQUE throughput: ours (jit, batched) vs OpenCV's `cv2.quality.QualityBRISQUE`, one run.
 
-  python bench/brisque_bench.py [--images 16] [--reps 3]
+  python bench/brisque_bench.py [--set photos|skimage] [--images 16] [--reps 3]
 
---images 512x512x3 uint8 images (skimage.data astronaut and coffee crops, rolled and flipped).
-OpenCV: one `QualityBRISQUE.compute` per image (model loaded once; default build, IPP on).
-Ours: `brisque_features` + SVR on the whole batch, and one image at a time. Timed alternately,
-best of --reps, after a warm-up call (compile time printed separately). Needs the LIVE model
-files (--data, default ../shared/data/brisque beside the project root).
+--set photos: --images 512x512x3 uint8 images (skimage.data astronaut and coffee crops, rolled
+and flipped). --set skimage: every photo bundled with scikit-image (skimage.data, offline) at
+least 256x256, centre-cropped to 256x256, grey ones as RGB.
+OpenCV: one `QualityBRISQUE.compute` per image (model loaded once; default build, IPP on; it
+uses cv2.getNumThreads() threads). Ours: `brisque(images, model)` on the whole batch (images
+spread over the CPU cores), and one image at a time from a single thread (threads=1). Timed
+alternately, best of --reps, after a warm-up call (compile time printed separately). Needs
+the LIVE model files (--data, default ../shared/data/brisque beside the project root).
 """
 
 import argparse
@@ -37,16 +40,38 @@ def make_images(n):
   return np.ascontiguousarray(np.stack(out))
 
 
+# Bundled with scikit-image (no download); 'logo' is RGBA, several are grey.
+SKIMAGE = ('astronaut', 'brick', 'camera', 'cell', 'chelsea', 'clock', 'coffee', 'coins',
+           'colorwheel', 'grass', 'gravel', 'horse', 'hubble_deep_field',
+           'immunohistochemistry', 'logo', 'moon', 'retina', 'rocket')
+
+
+def skimage_images(side=256):
+  out = []
+  for name in SKIMAGE:
+    image = np.asarray(getattr(skimage.data, name)())
+    if image.dtype == bool:
+      image = image.astype(np.uint8) * 255
+    if image.ndim == 2:
+      image = np.repeat(image[..., None], 3, axis=2)
+    h, w = image.shape[:2]
+    if min(h, w) >= side:
+      top, left = (h - side) // 2, (w - side) // 2
+      out.append(image[top:top + side, left:left + side, :3])
+  return np.ascontiguousarray(np.stack(out))
+
+
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument('--images', type=int, default=16)
+  parser.add_argument('--set', choices=('photos', 'skimage'), default='photos')
+  parser.add_argument('--images', type=int, default=16, help='batch size for --set photos')
   parser.add_argument('--reps', type=int, default=3)
   parser.add_argument('--data', default=DATA,
                       help='folder with brisque_model_live.yml and brisque_range_live.yml')
   args = parser.parse_args()
   model_path = os.path.join(args.data, 'brisque_model_live.yml')
   range_path = os.path.join(args.data, 'brisque_range_live.yml')
-  images = make_images(args.images)
+  images = make_images(args.images) if args.set == 'photos' else skimage_images()
   bgr = [np.ascontiguousarray(im[..., ::-1]) for im in images]
   svr = brisque_model.load_model(model_path, range_path)
   opencv = cv2.quality.QualityBRISQUE_create(model_path, range_path)
@@ -55,7 +80,7 @@ def main():
   ours = brisque(images, svr)
   compile_batch = time.perf_counter() - t
   t = time.perf_counter()
-  brisque(images[:1], svr)
+  brisque(images[:1], svr, threads=1)
   compile_single = time.perf_counter() - t
   theirs = np.array([opencv.compute(b)[0] for b in bgr])
 
@@ -70,11 +95,13 @@ def main():
     best['ours_batched'] = min(best['ours_batched'], time.perf_counter() - t)
     t = time.perf_counter()
     for i in range(len(images)):
-      brisque(images[i:i + 1], svr)
+      brisque(images[i:i + 1], svr, threads=1)
     best['ours_one_by_one'] = min(best['ours_one_by_one'], time.perf_counter() - t)
 
   n = len(images)
-  print(f'{n} images 512x512x3, best of {args.reps}; compile: batch {compile_batch:.1f} s, '
+  h, w, c = images.shape[1:]
+  print(f'{n} images {h}x{w}x{c} ({args.set}), best of {args.reps}, OpenCV on '
+        f'{cv2.getNumThreads()} threads; first call (compiles): batch {compile_batch:.1f} s, '
         f'single {compile_single:.1f} s')
   for name, seconds in best.items():
     print(f'  {name:16s} {n / seconds:7.1f} images/s   {1000 * seconds / n:6.1f} ms/image')
