@@ -79,9 +79,8 @@ def _to_grey(images: jax.Array, zero: jax.Array) -> jax.Array:
   if c == 1:
     grey = images[..., 0].astype(jnp.float32)
   elif jnp.issubdtype(images.dtype, jnp.integer):
-    rgb = images[..., :3].astype(jnp.int32)
-    weights = jnp.asarray(_GREY_FIXED, jnp.int32)
-    grey = ((rgb * weights).sum(-1) + (1 << 14)) >> 15
+    r, g, b = (images[..., k].astype(jnp.int32) * w for k, w in enumerate(_GREY_FIXED))
+    grey = (r + g + b + (1 << 14)) >> 15  # int32 throughout (a sum would widen to int64).
     grey = jnp.clip(grey, 0, 255).astype(jnp.float32)
   else:
     rgb = images[..., :3].astype(jnp.float32)
@@ -195,9 +194,7 @@ def _mscn(x: jax.Array, zero: jax.Array) -> jax.Array:
   Where rounding makes E[x^2] - mu^2 negative, OpenCV's sqrt gives NaN and its later
   max/min/patchNaNs turn that pixel into 0 (it still counts in the image size); so here.
   """
-  b = x.shape[0]
-  blurred = _gaussian_7x7(jnp.concatenate([x, x * x]), zero)  # One pass for both.
-  mu, mean_sq = blurred[:b], blurred[b:]
+  mu, mean_sq = _gaussian_7x7(x, zero), _gaussian_7x7(x * x, zero)
   var = mean_sq - _mul(mu, mu, zero)
   sigma = jnp.sqrt(jnp.maximum(var, 0)) + np.float32(1 / 255)
   return jnp.where(var < 0, np.float32(0), (x - mu) / sigma)
