@@ -159,8 +159,11 @@ def _scale_features(x: jax.Array, zero: jax.Array) -> list[jax.Array]:
 
 
 def _image_features(image: jax.Array, zero: jax.Array) -> jax.Array:
-  """`[H, W, C]` -> `[36]` float32. One image at a time: its full-size float32 maps (about
-  1 MiB each at 512x512) stay in cache, and a score never depends on the rest of the batch."""
+  """One image `[H, W, C]` -> its `[36]` float32 features.
+
+  One image at a time: its full-size float32 maps (about 1 MiB each at 512x512) stay in
+  cache, and a score never depends on the rest of the batch.
+  """
   grey = to_grey(image[None], zero)
   feats = _scale_features(grey, zero) + _scale_features(half_size(grey, zero), zero)
   return jnp.stack(feats).astype(jnp.float32)
