@@ -27,7 +27,7 @@ up to 1024 need it to reproduce OpenCV to 1e-3.
 
 Execution: one compiled program per image shape, run on one image at a time, so that its dozen
 full-size maps stay in cache (a whole batch at once streamed them through memory and ran at
-half the speed), and several images at once on separate threads, one per CPU core. A score is
+half the speed); XLA already spreads each image's large loops over the CPU cores. A score is
 therefore the same bits whatever batch, order or thread count it comes in. With a mesh, each
 device maps over its own shard of the batch the same way.
 """
@@ -228,13 +228,6 @@ def _pad_to_mesh(images, mesh):
   return shard_batch(images, mesh)
 
 
-def _cpu_count() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # Not Linux.
-    return os.cpu_count() or 1
-
-
 _COMPILED = set()  # (image shape, dtype) that `_features_one` has been compiled for.
 
 
@@ -243,19 +236,21 @@ def _one_image(image) -> np.ndarray:
     return np.asarray(_features_one(image, np.int32(0)))
 
 
-def brisque_features(images, *, mesh=None, threads: int | None = None) -> np.ndarray:
+def brisque_features(images, *, mesh=None, threads: int = 1) -> np.ndarray:
   """The 36 BRISQUE features of each image, as OpenCV's `QualityBRISQUE.computeFeatures`.
 
-  Without a mesh, the images go one at a time through one compiled program, `threads` of
-  them at once (default: one per CPU core); each image's maps then stay in cache, and an
-  image's features are the same bits whatever batch it comes in.
+  Without a mesh, the images go one at a time through one compiled program (`threads` of
+  them at once); each image's maps then stay in cache, and an image's features are the same
+  bits whatever batch it comes in.
 
   Args:
     images: `[B, H, W, C]`, C in (1, 3 RGB, 4 RGBA; alpha ignored), uint8 or float in
       [0, 255]; H, W >= 16.
     mesh: optional `('data', 'model')` mesh; the batch is sharded over 'data' (padded to a
       multiple of its size) and each device maps over its own images.
-    threads: images computed concurrently when there is no mesh (default: CPU cores).
+    threads: images computed concurrently when there is no mesh. XLA already spreads each
+      image over the cores; on a 2-core CPU 2 threads gained nothing when idle and ran 2x
+      slower when other jobs shared the CPU (docs/benchmarks.md), hence 1 by default.
 
   Returns:
     `[B, 36]` float32: per scale (full, half), MSCN shape and variance, then for H, V, D1,
@@ -268,7 +263,7 @@ def brisque_features(images, *, mesh=None, threads: int | None = None) -> np.nda
   if mesh is not None:
     with jax.enable_x64(True):
       return np.asarray(_features_sharded(_pad_to_mesh(images, mesh), np.int32(0), mesh))[:b]
-  threads = max(1, min(b, threads or _cpu_count()))
+  threads = max(1, min(b, threads))
   if threads == 1:
     return np.stack([_one_image(images[i]) for i in range(b)])
   done = []
@@ -318,7 +313,7 @@ def predict(features, model: BrisqueModel, *, clip: bool = True) -> np.ndarray:
 
 
 def brisque(images, model=None, range_file=None, *, mesh=None, clip: bool = True,
-            threads: int | None = None) -> np.ndarray:
+            threads: int = 1) -> np.ndarray:
   """BRISQUE score of each image (lower is better), as OpenCV's `QualityBRISQUE_compute`.
 
   Args:
@@ -330,7 +325,7 @@ def brisque(images, model=None, range_file=None, *, mesh=None, clip: bool = True
       -s` file); ignored when `model` is a `BrisqueModel`.
     mesh: optional device mesh; the batch is sharded over its 'data' axis.
     clip: clamp to [0, 100] as OpenCV does.
-    threads: images scored concurrently without a mesh (default: one per CPU core).
+    threads: images scored concurrently without a mesh (see `brisque_features`).
 
   Returns:
     `[B]` float64 scores. A flat (constant) image has no statistics and scores NaN.
