@@ -125,6 +125,9 @@ def gaussian_7x7(x: jax.Array, zero: jax.Array) -> jax.Array:
   if w4 < w:
     tail = _blur_rows(p[:, :, w4:], w - w4, False, zero)
     rows = jnp.concatenate([rows[:, :, :w4], tail], axis=2)
+  # A conditional's operands are stored: the row pass then runs once, not once per padded
+  # copy that XLA would otherwise fuse it into.
+  rows = jax.lax.cond(zero == 0, lambda r: r, lambda r: -r, rows)
   p = jnp.pad(rows, ((0, 0), (3, 3), (0, 0)), mode='edge')
   out = _blur_columns(p, h, True, zero)
   if w8 < w:
