@@ -120,14 +120,16 @@ def gaussian_7x7(x: jax.Array, zero: jax.Array) -> jax.Array:
   """
   h, w = x.shape[1:]
   w8, w4 = w - w % 8, w - w % 4
+  def row_pass(p):
+    rows = _blur_rows(p, w, True, zero)
+    if w4 < w:
+      tail = _blur_rows(p[:, :, w4:], w - w4, False, zero)
+      rows = jnp.concatenate([rows[:, :, :w4], tail], axis=2)
+    return rows
   p = jnp.pad(x, ((0, 0), (0, 0), (3, 3)), mode='edge')
-  rows = _blur_rows(p, w, True, zero)
-  if w4 < w:
-    tail = _blur_rows(p[:, :, w4:], w - w4, False, zero)
-    rows = jnp.concatenate([rows[:, :, :w4], tail], axis=2)
-  # A conditional's operands are stored: the row pass then runs once, not once per padded
-  # copy that XLA would otherwise fuse it into.
-  rows = jax.lax.cond(zero == 0, lambda r: r, lambda r: -r, rows)
+  # Run as a branch of a conditional (always taken), its result is stored once; otherwise XLA
+  # fuses the row pass into both edge-padded copies below and computes it twice.
+  rows = jax.lax.cond(zero == 0, row_pass, lambda p: p[:, :, :w], p)
   p = jnp.pad(rows, ((0, 0), (3, 3), (0, 0)), mode='edge')
   out = _blur_columns(p, h, True, zero)
   if w8 < w:
