@@ -85,6 +85,16 @@ def test_batch_equals_single_images(shared_data):
   np.testing.assert_allclose(brisque(batch, model, ranges), singles, rtol=0, atol=1e-9)
 
 
+def test_threads_do_not_change_features():
+  """Images scored concurrently (one compiled program per image) give the same bits as
+  one at a time, in any batch."""
+  batch = _small_batch()
+  serial = brisque_features(batch, threads=1)
+  np.testing.assert_array_equal(brisque_features(batch, threads=3), serial)
+  np.testing.assert_array_equal(brisque_features(batch[::-1], threads=2), serial[::-1])
+  np.testing.assert_array_equal(brisque_features(list(batch[1:2])), serial[1:2])
+
+
 def test_sharded_over_mesh_and_float_input_match(shared_data):
   from vision_core.mesh import make_mesh  # pylint: disable=g-import-not-at-top
   model, ranges = _paths(shared_data)

@@ -24,10 +24,17 @@ support-vector regression trained on the LIVE database. This module follows Open
 Pixel arithmetic is float32 like OpenCV's; the per-image sums and the SVR use float64 (inside
 `jax.enable_x64`) because the grid lookup and the sum over ~800 support vectors with weights
 up to 1024 need it to reproduce OpenCV to 1e-3.
+
+Execution: one compiled program per image shape, run on one image at a time, so that its dozen
+full-size maps stay in cache (a whole batch at once streamed them through memory and ran at
+half the speed); XLA already spreads each image's large loops over the CPU cores. A score is
+therefore the same bits whatever batch, order or thread count it comes in. With a mesh, each
+device maps over its own shard of the batch the same way.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import math
 import os
@@ -38,12 +45,10 @@ import numpy as np
 
 from vision_core.errors import UserInputError
 from vision_core.images import check_batch
+from vit_jax.metrics.brisque_filters import gaussian_7x7, half_size, to_grey
 from vit_jax.metrics.brisque_model import BrisqueModel, load_model
-from vit_jax.metrics.opencv_float import fma as _fma, mul as _mul, opencv_exp
+from vit_jax.metrics.opencv_float import mul as _mul, opencv_exp, rounded
 
-# OpenCV's BGR2GRAY for 8-bit images: 15-bit fixed point, round half up.
-_GREY_FIXED = (9798, 19235, 3735)  # R, G, B
-_GREY_FLOAT = (0.299, 0.587, 0.114)
 _MIN_SIDE = 8  # The half scale must still be larger than the 7x7 window.
 
 
@@ -72,131 +77,13 @@ def _gamma_grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _GRID, _MIDPOINTS, _MEAN_FACTOR = _gamma_grid()
 
 
-def _to_grey(images: jax.Array, zero: jax.Array) -> jax.Array:
-  """`[B, H, W, C]` (C = 1, 3 RGB or 4 RGBA) -> `[B, H, W]` float32 in [0, 1]."""
-  c = images.shape[-1]
-  if c == 1:
-    grey = images[..., 0].astype(jnp.float32)
-  elif jnp.issubdtype(images.dtype, jnp.integer):
-    rgb = images[..., :3].astype(jnp.int32)
-    weights = jnp.asarray(_GREY_FIXED, jnp.int32)
-    grey = ((rgb * weights).sum(-1) + (1 << 14)) >> 15
-    grey = jnp.clip(grey, 0, 255).astype(jnp.float32)
-  else:
-    rgb = images[..., :3].astype(jnp.float32)
-    grey = (rgb * jnp.asarray(_GREY_FLOAT, jnp.float32)).sum(-1)
-  return _mul(grey, np.float32(1 / 255), zero)
-
-
-def _cubic_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-  """OpenCV INTER_CUBIC source indices `[n_out, 4]` and float32 weights `[n_out, 4]`."""
-  a = np.float32(-0.75)
-  scale = 1.0 / (n_out / n_in)
-  centre = ((np.arange(n_out) + 0.5) * scale - 0.5).astype(np.float32)
-  start = np.floor(centre).astype(np.int64)
-  t = (centre - start).astype(np.float32)
-  w0 = ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a
-  w1 = ((a + 2) * t - (a + 3)) * t * t + 1
-  w2 = ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1
-  w3 = 1 - w0 - w1 - w2
-  index = np.clip(start[:, None] + np.arange(-1, 3)[None, :], 0, n_in - 1)
-  return index, np.stack([w0, w1, w2, w3], -1).astype(np.float32)
-
-
-def _resize_axis(x: jax.Array, n_out: int, axis: int, order: tuple[int, ...],
-                 zero: jax.Array) -> jax.Array:
-  """One bicubic pass along `axis`, summing the four taps in `order` with float32 rounding."""
-  index, weights = _cubic_taps(x.shape[axis], n_out)
-  shape = [-1 if a == axis else 1 for a in range(x.ndim)]
-  terms = [_mul(jnp.take(x, index[:, k], axis=axis), weights[:, k].reshape(shape), zero)
-           for k in range(4)]
-  out = terms[order[0]]
-  for k in order[1:]:
-    out = out + terms[k]
-  return out
-
-
-def _half_size(x: jax.Array, zero: jax.Array) -> jax.Array:
-  """`[B, H, W]` -> `[B, H//2, W//2]`, OpenCV's bicubic resize, bit for bit its portable path.
-
-  OpenCV resizes rows first, adding the taps left to right, then columns, adding the taps
-  from the last row to the first (its vertical SIMD kernel). OpenCV builds with Intel IPP use
-  IPP's resize instead, whose last bits differ (see docs/metrics.md).
-  """
-  _, h, w = x.shape
-  x = _resize_axis(x, w // 2, 2, (0, 1, 2, 3), zero)
-  simd = _resize_axis(x, h // 2, 1, (3, 2, 1, 0), zero)
-  # The vertical kernel runs on 4 columns at a time; the last (W/2) % 4 columns go through
-  # OpenCV's scalar loop, which adds the taps first to last.
-  tail = (w // 2) % 4
-  if not tail:
-    return simd
-  scalar = _resize_axis(x[:, :, -tail:], h // 2, 1, (0, 1, 2, 3), zero)
-  return jnp.concatenate([simd[:, :, :-tail], scalar], axis=2)
-
-
-def _gaussian_taps() -> np.ndarray:
-  """OpenCV's getGaussianKernel(7, 7/6, CV_32F): normalised in float64, stored as float32."""
-  taps = np.exp(-0.5 / (7 / 6) ** 2 * (np.arange(7) - 3.0) ** 2)
-  return (taps / taps.sum()).astype(np.float32)
-
-
-_TAPS = _gaussian_taps()
-
-
-def _blur_rows(p: jax.Array, w: int, fused: bool, zero: jax.Array) -> jax.Array:
-  """Row pass over the padded `p`: taps left to right, fused multiply-adds or not."""
-  rows = _mul(p[:, :, 0:w], _TAPS[0], zero)
-  for k in range(1, 7):
-    rows = (_fma(p[:, :, k:k + w], _TAPS[k], rows) if fused
-            else rows + _mul(p[:, :, k:k + w], _TAPS[k], zero))
-  return rows
-
-
-def _blur_columns(p: jax.Array, h: int, fused: bool, zero: jax.Array) -> jax.Array:
-  """Column pass over the padded `p`: centre row, then each symmetric pair of rows."""
-  out = _mul(p[:, 3:3 + h], _TAPS[3], zero)
-  for k in range(1, 4):
-    pair = p[:, 3 + k:3 + k + h] + p[:, 3 - k:3 - k + h]
-    out = _fma(pair, _TAPS[3 + k], out) if fused else out + _mul(pair, _TAPS[3 + k], zero)
-  return out
-
-
-def _gaussian_7x7(x: jax.Array, zero: jax.Array) -> jax.Array:
-  """7x7 Gaussian, sigma 7/6, replicated border, on `[B, H, W]` float32, as OpenCV's.
-
-  OpenCV filters rows first, accumulating the seven taps left to right with fused
-  multiply-adds (8 columns at a time), then columns, adding each symmetric pair of rows
-  before its fused multiply-add. Columns past the last multiple of 8 go through its scalar
-  loops, which round every product. The BRISQUE variance E[x^2] - mu^2 cancels badly in flat
-  regions, so the last bit of the blur is visible in the score. Bit-exact for widths that
-  are a multiple of 4 (and, past the last multiple of 8, 4 more columns); the last W % 4
-  columns of other widths can differ in the last bit.
-  """
-  h, w = x.shape[1:]
-  w8, w4 = w - w % 8, w - w % 4
-  p = jnp.pad(x, ((0, 0), (0, 0), (3, 3)), mode='edge')
-  rows = _blur_rows(p, w, True, zero)
-  if w4 < w:
-    tail = _blur_rows(p[:, :, w4:], w - w4, False, zero)
-    rows = jnp.concatenate([rows[:, :, :w4], tail], axis=2)
-  p = jnp.pad(rows, ((0, 0), (3, 3), (0, 0)), mode='edge')
-  out = _blur_columns(p, h, True, zero)
-  if w8 < w:
-    tail = _blur_columns(p[:, :, w8:], h, False, zero)
-    out = jnp.concatenate([out[:, :, :w8], tail], axis=2)
-  return out
-
-
 def _mscn(x: jax.Array, zero: jax.Array) -> jax.Array:
   """MSCN coefficients of `[B, H, W]`, with OpenCV's float32 rounding at every step.
 
   Where rounding makes E[x^2] - mu^2 negative, OpenCV's sqrt gives NaN and its later
   max/min/patchNaNs turn that pixel into 0 (it still counts in the image size); so here.
   """
-  b = x.shape[0]
-  blurred = _gaussian_7x7(jnp.concatenate([x, x * x]), zero)  # One pass for both.
-  mu, mean_sq = blurred[:b], blurred[b:]
+  mu, mean_sq = gaussian_7x7(x, zero), gaussian_7x7(x * x, zero)
   var = mean_sq - _mul(mu, mu, zero)
   sigma = jnp.sqrt(jnp.maximum(var, 0)) + np.float32(1 / 255)
   return jnp.where(var < 0, np.float32(0), (x - mu) / sigma)
@@ -209,23 +96,41 @@ def _shifted(z: jax.Array, dy: int, dx: int) -> jax.Array:
   return p[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
 
 
-def _aggd_fit(z: jax.Array, zero: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """AGGD moment fit of `[..., H, W]` float32: (grid index, left, right sigma) as `[...]`.
+def _moment_sums(m: jax.Array, zero: jax.Array) -> tuple[jax.Array, ...]:
+  """One image's AGGD moment sums of a `[1, H, W]` float32 map, as five float64 scalars.
 
-  OpenCV sums in float64 (cv::sum); zeros count in neither side, but in the total.
+  Returns (sum of squares of the negative values, of the positive values, sum of |m|, number
+  of negative values, of positive values), as OpenCV's cv::sum gives them (zeros count in
+  neither side). Each row is summed in float32 (<= W terms), the rows in float64: ~1e-7
+  relative, far below the AGGD grid spacing, at float32 speed; counts are exact. Each sum is
+  one cheap elementwise op feeding one row reduction (a `where` on a boolean mask, or a bool
+  -> float count, costs twice as much), and the two counts share one reduction.
   """
-  sq = _mul(z, z, zero)
-  pos, neg = z > 0, z < 0
-  # Each row summed in float32 (<= W terms), the rows in float64: ~1e-7 relative, far below
-  # the AGGD grid spacing, at float32 speed. Counts are exact.
   def image_sum(x):
-    return x.sum(-1).astype(jnp.float64).sum(-1)
-  pos_sq = image_sum(jnp.where(pos, sq, 0))
-  neg_sq = image_sum(jnp.where(neg, sq, 0))
-  abs_sum = image_sum(jnp.abs(z))
-  n_pos = pos.sum((-2, -1)).astype(jnp.float64)
-  n_neg = neg.sum((-2, -1)).astype(jnp.float64)
-  total = z.shape[-2] * z.shape[-1]
+    return x.sum(-1).astype(jnp.float64).sum(-1)[0]
+  # max(m, 0)^2 is m*m rounded once where m > 0, else 0: OpenCV's squares, split by sign.
+  pos_sq = image_sum(rounded(jnp.square(jnp.maximum(m, 0)), zero))
+  neg_sq = image_sum(rounded(jnp.square(jnp.minimum(m, 0)), zero))
+  abs_sum = image_sum(jnp.abs(m))
+  sign = jnp.sign(m)
+  w = m.shape[-1]
+  base = 2 * w + 1
+  if w * (base + 1) < 2 ** 24:
+    # Per row, nonzero * base + balance (n_pos + n_neg and n_pos - n_neg, |balance| <= W <
+    # base / 2): non-negative integers below 2^24, so the float32 sum is exact in any order.
+    rows = (jnp.abs(sign) * np.float32(base) + sign).sum(-1).astype(jnp.float64)
+    nonzero_rows = jnp.floor((rows + w) / base)
+    nonzero = nonzero_rows.sum(-1)[0]
+    balance = (rows - nonzero_rows * base).sum(-1)[0]
+  else:
+    balance, nonzero = image_sum(sign), image_sum(jnp.abs(sign))
+  return neg_sq, pos_sq, abs_sum, (nonzero - balance) / 2, (nonzero + balance) / 2
+
+
+def _aggd_fit(m: jax.Array, zero: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """AGGD moment fit of one image's `[1, H, W]` map: (grid index, left, right sigma)."""
+  neg_sq, pos_sq, abs_sum, n_neg, n_pos = _moment_sums(m, zero)
+  total = m.shape[-2] * m.shape[-1]
   left = jnp.sqrt(neg_sq / n_neg)
   right = jnp.sqrt(pos_sq / n_pos)
   g = left / right
@@ -241,22 +146,39 @@ _SHIFTS = ((0, 1), (1, 0), (1, 1), (-1, 1))
 
 
 def _scale_features(x: jax.Array, zero: jax.Array) -> list[jax.Array]:
+  """The 18 features of one image at one scale, `x` `[1, H, W]`, as float64 scalars."""
   z = _mscn(x, zero)
   grid = jnp.asarray(_GRID)
   mean_factor = jnp.asarray(_MEAN_FACTOR)
   index, left, right = _aggd_fit(z, zero)
   feats = [grid[index], (left * left + right * right) / 2]
-  for dy, dx in _SHIFTS:  # Products computed inside each fit's reductions (one pass each).
+  for dy, dx in _SHIFTS:  # Each product is recomputed inside its sums' fused loops.
     index, left, right = _aggd_fit(_mul(z, _shifted(z, dy, dx), zero), zero)
     feats += [grid[index], (right - left) * mean_factor[index], left ** 2, right ** 2]
   return feats
 
 
-@jax.jit
-def _features(images: jax.Array, zero: jax.Array) -> jax.Array:
-  grey = _to_grey(images, zero)
-  feats = _scale_features(grey, zero) + _scale_features(_half_size(grey, zero), zero)
-  return jnp.stack(feats, -1).astype(jnp.float32)
+def _image_features(image: jax.Array, zero: jax.Array) -> jax.Array:
+  """One image `[H, W, C]` -> its `[36]` float32 features.
+
+  One image at a time: its full-size float32 maps (about 1 MiB each at 512x512) stay in
+  cache, and a score never depends on the rest of the batch.
+  """
+  grey = to_grey(image[None], zero)
+  feats = _scale_features(grey, zero) + _scale_features(half_size(grey, zero), zero)
+  return jnp.stack(feats).astype(jnp.float32)
+
+
+_features_one = jax.jit(_image_features)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _features_sharded(images: jax.Array, zero: jax.Array, mesh) -> jax.Array:
+  """`[B, H, W, C]` sharded over the mesh's 'data' axis: each device maps over its images."""
+  spec = jax.sharding.PartitionSpec('data')
+  local = lambda x, z: jax.lax.map(lambda im: _image_features(im, z), x)
+  return jax.shard_map(local, mesh=mesh, in_specs=(spec, jax.sharding.PartitionSpec()),
+                       out_specs=spec)(images, zero)
 
 
 @jax.jit
@@ -291,40 +213,67 @@ def _check_images(images) -> None:
   dtype = np.asarray(images).dtype if not hasattr(images, 'dtype') else images.dtype
   if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
     raise UserInputError(f'brisque images: expected uint8 or float pixels, got dtype {dtype}.')
-  if np.issubdtype(dtype, np.floating) and not bool(jnp.isfinite(images).all()):
+  finite = np.isfinite if isinstance(images, np.ndarray) else jnp.isfinite
+  if np.issubdtype(dtype, np.floating) and not bool(finite(images).all()):
     raise UserInputError('brisque images: the batch contains NaN or infinite pixels.')
 
 
 def _pad_to_mesh(images, mesh):
-  if mesh is None:
-    return jnp.asarray(images), 0
   from vision_core.mesh import shard_batch  # pylint: disable=g-import-not-at-top
   n = mesh.shape['data']
   pad = -images.shape[0] % n
   images = np.asarray(images)
   if pad:
     images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
-  return shard_batch(images, mesh), pad
+  return shard_batch(images, mesh)
 
 
-def brisque_features(images, *, mesh=None) -> np.ndarray:
+_COMPILED = set()  # (image shape, dtype) that `_features_one` has been compiled for.
+
+
+def _one_image(image) -> np.ndarray:
+  with jax.enable_x64(True):  # A per-thread setting: each worker sets it itself.
+    return np.asarray(_features_one(image, np.int32(0)))
+
+
+def brisque_features(images, *, mesh=None, threads: int = 1) -> np.ndarray:
   """The 36 BRISQUE features of each image, as OpenCV's `QualityBRISQUE.computeFeatures`.
+
+  Without a mesh, the images go one at a time through one compiled program (`threads` of
+  them at once); each image's maps then stay in cache, and an image's features are the same
+  bits whatever batch it comes in.
 
   Args:
     images: `[B, H, W, C]`, C in (1, 3 RGB, 4 RGBA; alpha ignored), uint8 or float in
       [0, 255]; H, W >= 16.
     mesh: optional `('data', 'model')` mesh; the batch is sharded over 'data' (padded to a
-      multiple of its size).
+      multiple of its size) and each device maps over its own images.
+    threads: images computed concurrently when there is no mesh. XLA already spreads each
+      image over the cores; on a 2-core CPU 2 threads gained nothing when idle and ran 2x
+      slower when other jobs shared the CPU (docs/benchmarks.md), hence 1 by default.
 
   Returns:
     `[B, 36]` float32: per scale (full, half), MSCN shape and variance, then for H, V, D1,
     D2 the product's shape, mean, left and right variance.
   """
   _check_images(images)
-  b = np.shape(images)[0]
-  with jax.enable_x64(True):
-    x, _ = _pad_to_mesh(images, mesh)
-    return np.asarray(_features(x, np.int32(0)))[:b]
+  if not isinstance(images, jax.Array):
+    images = np.asarray(images)
+  b = images.shape[0]
+  if mesh is not None:
+    with jax.enable_x64(True):
+      return np.asarray(_features_sharded(_pad_to_mesh(images, mesh), np.int32(0), mesh))[:b]
+  threads = max(1, min(b, threads))
+  if threads == 1:
+    return np.stack([_one_image(images[i]) for i in range(b)])
+  done = []
+  signature = (images.shape[1:], str(images.dtype))
+  if signature not in _COMPILED:  # Compile on one image before the workers race to.
+    done.append(_one_image(images[0]))
+    _COMPILED.add(signature)
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    done += pool.map(_one_image, (images[i] for i in range(len(done), b)))
+  return np.stack(done)
 
 
 @functools.lru_cache(maxsize=8)
@@ -363,7 +312,8 @@ def predict(features, model: BrisqueModel, *, clip: bool = True) -> np.ndarray:
   return np.clip(scores, 0, 100) if clip else scores
 
 
-def brisque(images, model=None, range_file=None, *, mesh=None, clip: bool = True) -> np.ndarray:
+def brisque(images, model=None, range_file=None, *, mesh=None, clip: bool = True,
+            threads: int = 1) -> np.ndarray:
   """BRISQUE score of each image (lower is better), as OpenCV's `QualityBRISQUE_compute`.
 
   Args:
@@ -375,9 +325,10 @@ def brisque(images, model=None, range_file=None, *, mesh=None, clip: bool = True
       -s` file); ignored when `model` is a `BrisqueModel`.
     mesh: optional device mesh; the batch is sharded over its 'data' axis.
     clip: clamp to [0, 100] as OpenCV does.
+    threads: images scored concurrently without a mesh (see `brisque_features`).
 
   Returns:
     `[B]` float64 scores. A flat (constant) image has no statistics and scores NaN.
   """
   svr = _resolve_model(model, range_file)
-  return predict(brisque_features(images, mesh=mesh), svr, clip=clip)
+  return predict(brisque_features(images, mesh=mesh, threads=threads), svr, clip=clip)
