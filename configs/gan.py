@@ -6,7 +6,7 @@
 
 Override any field: `--config.total_steps=500`. Expected result (docs/results.md, 2-core
 CPU): dcgan,mnist (the 10k t10k images, the only MNIST split in ../shared/data) gives
-recognisable digits after 5000 steps (~10 min) and falling `fid_vit` and `pixel_fd` curves in
+recognisable digits after 5000 steps (~3.5 min quiet) and falling `fid_vit` (5.04 -> 1.40) and `pixel_fd` curves in
 WORKDIR/metrics.jsonl; the EMA generator is exported to WORKDIR/generator.npz for
 `gan_jax.compress`.
 
