@@ -6,8 +6,8 @@
 
 Override any field: `--config.total_steps=500`. Expected result (docs/results.md, 2-core
 CPU): dcgan,mnist (the 10k t10k images, the only MNIST split in ../shared/data) gives
-recognisable digits after 5000 steps (~3.5 min quiet) and falling `fid_vit` (5.04 -> 1.40) and `pixel_fd` curves in
-WORKDIR/metrics.jsonl; the EMA generator is exported to WORKDIR/generator.npz for
+recognisable digits after 5000 steps (~3.5 min on a quiet CPU) and falling `fid_vit`
+(5.04 -> 1.40) and `pixel_fd` curves in WORKDIR/metrics.jsonl; the EMA generator is exported to WORKDIR/generator.npz for
 `gan_jax.compress`.
 
 FID during training (`fid_every`, `fid_samples`): `fid_vit` is the FID on the pre-logits of
