@@ -93,8 +93,8 @@ def time_loop(step, warmup: int, steps: int, sync) -> float:
 def section_vit_train(args) -> list[dict]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from vision_core import mesh as mesh_lib, optim  # pylint: disable=g-import-not-at-top
-  from vit_jax import models_vit, train  # pylint: disable=g-import-not-at-top
+  from bench.train_throughput import compiled_train_step  # pylint: disable=g-import-not-at-top
+  from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
   from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
   name, image = ('ViT-Ti_16', 64) if args.quick else ('ViT-B_16', 224)
   config = models.get_model_config(name)
@@ -114,29 +114,13 @@ def section_vit_train(args) -> list[dict]:
     try:
       model = models_vit.VisionTransformer(num_classes=classes, dtype=jnp.bfloat16,
                                            attention=attention, **config)
-      mesh = mesh_lib.make_mesh((1, 1), jax.devices()[:1])
-      schedule = optim.make_schedule(base_lr=1e-3, total_steps=10_000, decay_type='constant')
-      tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
-                                weight_decay=1e-4)
-      state, shardings = train.create_train_state(model=model, tx=tx,
-                                                  image_shape=(image, image, 3), mesh=mesh)
-      step_fn = train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
-                                      state_shardings=shardings, num_classes=classes)
-      data = mesh_lib.shard_batch({'image': images, 'label': labels}, mesh)
-      t = time.perf_counter()
-      compiled = step_fn.lower(state, data).compile()
-      row['compile_s'] = time.perf_counter() - t
-      holder = {'state': state}
-
-      def step():
-        holder['state'], metrics = compiled(holder['state'], data)
-        return metrics['loss']
+      step, row['compile_s'] = compiled_train_step(model, images, labels, classes)
       sec = time_loop(step, 3, args.steps, lambda x: x.block_until_ready())
       row.update(step_s=sec, img_per_s=batch / sec,
                  model_tflops=flops_std * batch / sec / 1e12,
                  mfu_datasheet=flops_std * batch / sec / DATASHEET_BF16_FLOPS,
                  executed_tflops=flops_run * batch / sec / 1e12)
-      del holder, state, compiled
+      del step
     except Exception as e:  # pylint: disable=broad-except
       row['error'] = f'{type(e).__name__}: {e}'[:2000]
     print(json.dumps(row), flush=True)

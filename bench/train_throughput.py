@@ -52,33 +52,46 @@ def time_steps(step, warmup: int, steps: int) -> tuple[list[float], list[float]]
   return times, cpu
 
 
-def bench_jax(batch: int, warmup: int, steps: int, dtype: str) -> dict:
+def compiled_train_step(model, images: np.ndarray, labels: np.ndarray, num_classes: int):
+  """Our train step (`vit_jax.train`, one device; AdamW lr 1e-3, weight decay 1e-4, clip 1.0)
+  compiled for `model` on one batch already on the device: `(step, compile_s)`, where
+  `step()` runs one step on that batch (state donated and carried) and returns its loss."""
   import jax  # pylint: disable=g-import-not-at-top
   from vision_core import mesh as mesh_lib, optim  # pylint: disable=g-import-not-at-top
-  from vit_jax import models_vit, train  # pylint: disable=g-import-not-at-top
+  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  mesh = mesh_lib.make_mesh((1, 1), jax.devices()[:1])
+  schedule = optim.make_schedule(base_lr=1e-3, total_steps=10_000, decay_type='constant')
+  tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
+                            weight_decay=1e-4)
+  state, shardings = train.create_train_state(model=model, tx=tx, image_shape=images.shape[1:],
+                                              mesh=mesh)
+  step_fn = train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
+                                  state_shardings=shardings, num_classes=num_classes)
+  data = mesh_lib.shard_batch({'image': images, 'label': labels}, mesh)
+  compile_start = time.perf_counter()
+  compiled = step_fn.lower(state, data).compile()
+  compile_s = time.perf_counter() - compile_start
+  holder = {'state': state}
+
+  def step():
+    holder['state'], metrics = compiled(holder['state'], data)
+    return metrics['loss']
+  return step, compile_s
+
+
+def bench_jax(batch: int, warmup: int, steps: int, dtype: str) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
   from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
   config = models.vit_config('bench', 'Ti', PATCH, dropout_rate=0.0)
   config.transformer.num_layers = DEPTH
   model = models_vit.VisionTransformer(
       num_classes=CLASSES, dtype={'float32': jax.numpy.float32,
                                   'bfloat16': jax.numpy.bfloat16}[dtype], **config)
-  mesh = mesh_lib.make_mesh((1, 1), jax.devices()[:1])
-  schedule = optim.make_schedule(base_lr=1e-3, total_steps=10_000, decay_type='constant')
-  tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
-                            weight_decay=1e-4)
-  state, shardings = train.create_train_state(model=model, tx=tx, image_shape=(SIZE, SIZE, 3),
-                                              mesh=mesh)
-  step_fn = train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
-                                  state_shardings=shardings, num_classes=CLASSES)
-  images, labels = batch_arrays(batch)
-  data = mesh_lib.shard_batch({'image': images, 'label': labels}, mesh)
-  holder = {'state': state}
-  compile_start = time.perf_counter()
-  compiled = step_fn.lower(state, data).compile()
-  compile_s = time.perf_counter() - compile_start
+  train_step, compile_s = compiled_train_step(model, *batch_arrays(batch), CLASSES)
+
   def step():
-    holder['state'], metrics = compiled(holder['state'], data)
-    metrics['loss'].block_until_ready()
+    train_step().block_until_ready()
   times, cpu = time_steps(step, warmup, steps)
   return {'impl': f'jax {jax.__version__} jit {dtype} (vit_jax.train)', 'compile_s': compile_s,
           'step_s': statistics.median(times), 'cpu_s': statistics.median(cpu), 'times': times}
