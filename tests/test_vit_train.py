@@ -162,6 +162,13 @@ def test_bad_inputs_have_clear_messages(dataset, tmp_path):
   with pytest.raises(UserInputError, match=r'notes\.png: not a readable image'):
     train_loop.train_and_evaluate(helpers.tiny_config(str(bad), total_steps=4),
                                   str(tmp_path / 'w3'))
+  with pytest.raises(UserInputError, match=r"attention='flash': expected one of einsum"):
+    train_loop.train_and_evaluate(helpers.tiny_config(dataset, attention='flash'),
+                                  str(tmp_path / 'w5'))
+  dropout = helpers.tiny_config(dataset, attention='xla')
+  dropout.model.transformer.attention_dropout_rate = 0.1
+  with pytest.raises(UserInputError, match=r"attention='xla' has no attention dropout"):
+    train_loop.train_and_evaluate(dropout, str(tmp_path / 'w6'))
   os.makedirs(bad / 'test' / 'c')
   with pytest.raises(UserInputError, match=r'test/c: empty class folder'):
     train_loop.evaluate_only(helpers.tiny_config(str(bad)), str(tmp_path / 'w4'))

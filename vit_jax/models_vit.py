@@ -29,6 +29,8 @@ from vision_core.images import check_batch
 from vit_jax import models_resnet
 
 Dtype = Any
+# `VisionTransformer(attention=...)`: ours (any backend), or jax.nn.dot_product_attention's.
+ATTENTIONS = ('einsum', 'xla', 'cudnn')
 _DENSE_INIT = dict(kernel_init=nn.initializers.xavier_uniform(),
                    bias_init=nn.initializers.normal(stddev=1e-6))
 
@@ -318,8 +320,8 @@ class VisionTransformer(nn.Module):
         cls = self.param('cls', nn.initializers.zeros, (1, 1, d))
         x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (b, 1, 1)), x], axis=1)
       # Only the class token leaves the encoder with classifier='token'.
-      if self.attention not in ('einsum', 'xla', 'cudnn'):
-        raise ValueError(f"attention={self.attention!r}: expected 'einsum', 'xla' or 'cudnn'.")
+      if self.attention not in ATTENTIONS:
+        raise ValueError(f'attention={self.attention!r}: expected one of {ATTENTIONS}.')
       x = Encoder(name='Transformer', dtype=self.dtype, attention=self.attention,
                   **self.transformer)(
           x, train=train, num_outputs=1 if self.classifier == 'token' else None)

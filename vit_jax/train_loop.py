@@ -61,9 +61,17 @@ def _source(config, split: str):
 def build_model(config, num_classes: int) -> models_vit.VisionTransformer:
   if config.dtype not in DTYPES:
     raise UserInputError(f'dtype={config.dtype!r}: expected one of {", ".join(DTYPES)}.')
+  attention = config.get('attention', 'einsum')
+  if attention not in models_vit.ATTENTIONS:
+    raise UserInputError(f'attention={attention!r}: expected one of '
+                         f'{", ".join(models_vit.ATTENTIONS)}.')
+  attention_dropout = (config.model.transformer or {}).get('attention_dropout_rate', 0.0)
+  if attention != 'einsum' and attention_dropout:
+    raise UserInputError(f'attention={attention!r} has no attention dropout but '
+                         f'model.transformer.attention_dropout_rate={attention_dropout}; set it '
+                         "to 0 or use attention='einsum'.")
   return models_vit.VisionTransformer(num_classes=num_classes, dtype=DTYPES[config.dtype],
-                                      attention=config.get('attention', 'einsum'),
-                                      **config.model)
+                                      attention=attention, **config.model)
 
 
 def _setup(config, num_classes: int, image_shape, mesh):
