@@ -15,7 +15,11 @@ def layer_norm(x, p, eps=1e-6):
   return (x - mu) / np.sqrt(var + eps) * p['scale'] + p['bias']
 
 
-def gelu(x):
+def gelu(x, approximate=True):
+  """The tanh approximation (flax's `nn.gelu` default, used by the official ViT code) or the
+  exact erf form."""
+  if approximate:
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
   erf = np.vectorize(math.erf)
   return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
 
@@ -89,7 +93,8 @@ def resnet_unit(x, p, features, stride):
   return np.maximum(residual + y, 0)
 
 
-def forward(params, images, *, num_heads, classifier='token', patch=16, resnet_layers=None):
+def forward(params, images, *, num_heads, classifier='token', patch=16, resnet_layers=None,
+            gelu_approximate=True):
   """Logits `[B, classes]` for `[B, H, W, C]` images; `params` is the nested official tree."""
   x = np.asarray(images, np.float64)
   if resnet_layers is not None:
@@ -115,7 +120,7 @@ def forward(params, images, *, num_heads, classifier='token', patch=16, resnet_l
                       num_heads)
     y = layer_norm(x, blk['LayerNorm_1'])
     mlp = blk['MlpBlock_0']
-    y = gelu(y @ mlp['Dense_0']['kernel'] + mlp['Dense_0']['bias'])
+    y = gelu(y @ mlp['Dense_0']['kernel'] + mlp['Dense_0']['bias'], gelu_approximate)
     x = x + y @ mlp['Dense_1']['kernel'] + mlp['Dense_1']['bias']
     i += 1
   x = layer_norm(x, t['encoder_norm'])

@@ -46,11 +46,14 @@ def to_pre_linen(flat):
   return out
 
 
-@pytest.mark.parametrize('classifier,rep,resnet', [
-    ('token', None, None), ('gap', None, None), ('token', 24, None), ('token', None, (1, 1))])
-def test_logits_match_numpy_forward_from_official_layout(tmp_path, classifier, rep, resnet):
+@pytest.mark.parametrize('classifier,rep,resnet,gelu_approximate', [
+    ('token', None, None, True), ('gap', None, None, True), ('token', 24, None, True),
+    ('token', None, (1, 1), True), ('token', None, None, False)])
+def test_logits_match_numpy_forward_from_official_layout(tmp_path, classifier, rep, resnet,
+                                                         gelu_approximate):
   config = tiny_config(classifier, rep, resnet, patch=1 if resnet else 4)
-  model = models_vit.VisionTransformer(num_classes=7, **config)
+  model = models_vit.VisionTransformer(num_classes=7, gelu_approximate=gelu_approximate,
+                                       **config)
   size = 32 if resnet else 16
   params = random_params(model, size)
   flat = to_pre_linen(npz.flatten(params))
@@ -65,7 +68,8 @@ def test_logits_match_numpy_forward_from_official_layout(tmp_path, classifier, r
   images = np.random.default_rng(1).uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
   logits = model.apply({'params': loaded}, images, train=False)
   expected = numpy_vit.forward(loaded, images, num_heads=4, classifier=classifier,
-                               patch=config.patches.size[0], resnet_layers=resnet)
+                               patch=config.patches.size[0], resnet_layers=resnet,
+                               gelu_approximate=gelu_approximate)
   assert logits.shape == (2, 7)
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
 
