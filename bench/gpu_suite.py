@@ -14,12 +14,16 @@ Sections (each its own try: one failing does not stop the others; one JSON line 
   512,512,512,512,256,128,64,32; random weights: speed does not depend on them) at batch 32,
   SGD lr 1 momentum 0.9 with reduce-on-plateau, the study's recipe: seconds per image for
   1,000 steps. Peer: the study's PyTorch eager loop on the same generator and weights.
+- vit_profile: where the vit_train step's time goes on the device (jax.profiler, kernels
+  charged to HLO ops, see bench/profile_train_step.py); with --profile-dir, the optimised HLO
+  and the per-op / per-kernel milliseconds are written there.
 - vit_score: ViT-B/16 ViT-Score pairs/s (top-k, weighted and cosine in one pass).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import subprocess
@@ -158,6 +162,43 @@ def section_vit_train(args) -> list[dict]:
   return rows
 
 
+def section_vit_profile(args) -> dict:
+  import collections  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from bench.profile_train_step import report, trace_op_times  # pylint: disable=g-import-not-at-top
+  from bench.train_throughput import compiled_train_step  # pylint: disable=g-import-not-at-top
+  from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
+  name, image = ('ViT-Ti_16', 64) if args.quick else ('ViT-B_16', 224)
+  config = models.get_model_config(name)
+  attention = args.attention[-1]
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (args.vit_batch, image, image, 3)).astype(np.float32)
+  labels = rng.integers(0, 1000, args.vit_batch).astype(np.int32)
+  model = models_vit.VisionTransformer(num_classes=1000, dtype=jnp.bfloat16,
+                                       attention=attention, **config)
+  step, _ = compiled_train_step(model, images, labels, 1000)
+  time_loop(step, 3, 3, lambda x: x.block_until_ready())
+  kernels = collections.Counter()
+  per_op, per_kind, device = trace_op_times(step, 3, kernels)
+  hlo = step.hlo_text()
+  lines = report(per_op, per_kind, hlo, 40)
+  lines.append('most expensive kernels:')
+  lines += [f'  {ms:8.2f} ms  {kernel[:150]}' for kernel, ms in kernels.most_common(40)]
+  print('\n'.join(lines), flush=True)
+  if args.profile_dir:
+    os.makedirs(args.profile_dir, exist_ok=True)
+    stem = os.path.join(args.profile_dir, f'{name}_{attention}_b{args.vit_batch}')
+    with gzip.open(stem + '.hlo.txt.gz', 'wt', encoding='utf-8') as f:
+      f.write(hlo)
+    with open(stem + '.ops.json', 'w', encoding='utf-8') as f:
+      json.dump({'per_op_ms': dict(per_op.most_common()),
+                 'per_kernel_ms': dict(kernels.most_common())}, f)
+  return {'model': name, 'attention': attention, 'batch': args.vit_batch, 'device': device,
+          'op_ms_per_step': sum(per_kind.values()),
+          'per_kind_ms': {k: round(v, 3) for k, v in per_kind.most_common()}}
+
+
 def section_pgan_inversion(args) -> list[dict]:
   import jax  # pylint: disable=g-import-not-at-top
   from gan_jax import generators, latent_search  # pylint: disable=g-import-not-at-top
@@ -270,6 +311,7 @@ def section_vit_score(args) -> list[dict]:
 
 
 SECTIONS = {'env': section_env, 'vit_train': section_vit_train,
+            'vit_profile': section_vit_profile,
             'pgan_inversion': section_pgan_inversion, 'vit_score': section_vit_score}
 
 
@@ -281,6 +323,7 @@ def main():
   parser.add_argument('--steps', type=int, default=20, help='timed ViT train steps')
   parser.add_argument('--vit-batch', type=int, default=256)
   parser.add_argument('--attention', nargs='+', default=['einsum', 'cudnn'])
+  parser.add_argument('--profile-dir', help='vit_profile: write HLO and op times here')
   parser.add_argument('--no-peer', action='store_true', help='skip the PyTorch ViT peer')
   parser.add_argument('--pgan-batch', type=int, default=32)
   parser.add_argument('--pgan-full-limit-s', type=float, default=150.0,
