@@ -25,7 +25,7 @@ from ml_collections import config_flags
 
 from gan_jax import fid_vit as fid_vit_lib
 from gan_jax import generators, report, train
-from vision_core import checkpointing, data, io, metrics_log
+from vision_core import checkpointing, data, io, loop, metrics_log
 from vision_core import mesh as mesh_lib
 from vision_core.errors import cli_errors
 
@@ -101,36 +101,42 @@ def run(config, workdir: str) -> dict:
         lambda: real, cache_dir=io.join(workdir, 'fid_stats'), dataset=dataset)
     bar.write(f'fid_vit: real statistics of {real_stats.count} images '
               f'{"read from" if cached else "written to"} {cache}')
-  metrics = {}
-  try:  # A bucket's metrics.jsonl is uploaded at intervals: keep rows up to a crash.
-    for step in range(start + 1, config.total_steps + 1):
-      batch = next(iterator)
-      state, metrics = step_fn(state, mesh_lib.shard_batch(batch['image'], mesh), key)
-      last = step == config.total_steps
-      if step % config.log_every == 0 or last:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        log.write(step, metrics)
-        bar.update(step, d_loss=metrics['d_loss'], g_loss=metrics['g_loss'])
-      if step % config.sample_every == 0 or last:
-        grid = train.image_grid(_generate(sample_fn, state['ema'], fixed_z))
-        _save_png(io.join(workdir, 'samples', f'step_{step:06d}.png'), grid)
-      if step % config.fid_every == 0 or last:
-        fake = _generate(sample_fn, state['ema'], fid_z)
-        evals = {'pixel_fd': train.pixel_frechet_distance(real, fake)}
-        if fid_vit is not None:
-          evals['fid_vit'] = fid_vit.fid(real_stats, fid_vit.stats(fake))
-        log.write(step, evals, split='eval')
-        bar.write(f'step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in evals.items()))
-      if step % config.checkpoint_every == 0 or last:
-        ckpt.save(step, state, data_iterator=iterator)
-  finally:
-    log.flush()
-  bar.close()
-  ckpt.close()
+  logged = {}  # the last metrics written; they go into final.json
+
+  def write_metrics(step, state, metrics):
+    del state
+    logged.clear()
+    logged.update({k: float(v) for k, v in jax.device_get(metrics).items()})
+    log.write(step, logged)
+    bar.update(step, d_loss=logged['d_loss'], g_loss=logged['g_loss'])
+
+  def write_samples(step, state, metrics):
+    del metrics
+    grid = train.image_grid(_generate(sample_fn, state['ema'], fixed_z))
+    _save_png(io.join(workdir, 'samples', f'step_{step:06d}.png'), grid)
+
+  def write_fid(step, state, metrics):
+    del metrics
+    fake = _generate(sample_fn, state['ema'], fid_z)
+    evals = {'pixel_fd': train.pixel_frechet_distance(real, fake)}
+    if fid_vit is not None:
+      evals['fid_vit'] = fid_vit.fid(real_stats, fid_vit.stats(fake))
+    log.write(step, evals, split='eval')
+    bar.write(f'step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in evals.items()))
+
+  state = loop.run(
+      state, step_fn=lambda state, step: step_fn(
+          state, mesh_lib.shard_batch(next(iterator)['image'], mesh), key),
+      first_step=start, total_steps=config.total_steps, log=log, close=(bar, ckpt),
+      hooks=[loop.Every(config.log_every, write_metrics),
+             loop.Every(config.sample_every, write_samples),
+             loop.Every(config.fid_every, write_fid),
+             loop.Every(config.checkpoint_every, lambda step, state, metrics: ckpt.save(
+                 step, state, data_iterator=iterator))])
   log.close()
   generators.save(io.join(workdir, 'generator.npz'), config.generator.to_dict(),
                   jax.device_get(state['ema']), overwrite=True)
-  final = {'step': config.total_steps, **metrics}
+  final = {'step': config.total_steps, **logged}
   metrics_log.write_json(io.join(workdir, 'final.json'), final)
   return final
 

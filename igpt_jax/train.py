@@ -25,7 +25,7 @@ from igpt_jax import checkpoint as igpt_checkpoint
 from igpt_jax import model as igpt_model
 from igpt_jax import palette as palette_lib
 from igpt_jax import sample as igpt_sample
-from vision_core import checkpointing, data, io, mesh as mesh_lib, metrics_log, npz, optim
+from vision_core import checkpointing, data, io, loop, mesh as mesh_lib, metrics_log, npz, optim
 from vision_core.errors import UserInputError
 
 LN2 = math.log(2.0)
@@ -235,32 +235,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     log.write(0, result['initial_test'], split='test')
   deadline = time.monotonic() + 60 * config.time_limit_minutes if config.time_limit_minutes \
       else math.inf
-  try:  # A bucket's metrics.jsonl is uploaded at intervals: keep rows up to a crash.
-    for step in range(first + 1, config.total_steps + 1):
-      batch = mesh_lib.shard_batch(next(it), mesh)
-      state, metrics = train_step(state, batch, centers, key)
-      # Out of time: this step becomes the last one (logged, evaluated, checkpointed).
-      last = step == config.total_steps or (step % config.log_every == 0
-                                            and time.monotonic() > deadline)
-      if step % config.log_every == 0 or last:
-        host = {k: float(v) for k, v in mesh_lib.to_host(metrics).items()}
-        if not all(map(math.isfinite, host.values())):
-          raise FloatingPointError(f'step {step}: non-finite training metrics {host}; lower lr.')
-        log.write(step, host)
-        bar.update(step, loss=host['bits_per_dim'])
-      if step % config.eval_every == 0 or last:
-        result['test'] = evaluate(eval_step, state['params'], centers, test_source, config, mesh)
-        log.write(step, result['test'], split='test')
-        bar.write(f'step {step}: test ' + ', '.join(f'{k} {v:.4f}'
-                                                    for k, v in result['test'].items()))
-      if step % config.checkpoint_every == 0 or last:
-        ckpt.save(step, state, data_iterator=it)
-      if last:
-        break
-  finally:
-    log.flush()
-  bar.close()
-  ckpt.close()
+  def write_metrics(step, state, metrics):
+    del state
+    host = {k: float(v) for k, v in mesh_lib.to_host(metrics).items()}
+    if not all(map(math.isfinite, host.values())):
+      raise FloatingPointError(f'step {step}: non-finite training metrics {host}; lower lr.')
+    log.write(step, host)
+    bar.update(step, loss=host['bits_per_dim'])
+
+  def write_test(step, state, metrics):
+    del metrics
+    result['test'] = evaluate(eval_step, state['params'], centers, test_source, config, mesh)
+    log.write(step, result['test'], split='test')
+    bar.write(f'step {step}: test ' + ', '.join(f'{k} {v:.4f}'
+                                                for k, v in result['test'].items()))
+
+  state = loop.run(
+      state, step_fn=lambda state, step: train_step(state, mesh_lib.shard_batch(next(it), mesh),
+                                                    centers, key),
+      first_step=first, total_steps=config.total_steps, log=log, close=(bar, ckpt),
+      hooks=[loop.Every(config.log_every, write_metrics),
+             loop.Every(config.eval_every, write_test),
+             loop.Every(config.checkpoint_every,
+                        lambda step, state, metrics: ckpt.save(step, state, data_iterator=it))],
+      # Out of time: checked at logging steps; that step becomes the last one (logged,
+      # evaluated, checkpointed).
+      stop_after=lambda step: step % config.log_every == 0 and time.monotonic() > deadline)
   params = mesh_lib.to_host(state['params'])
   if jax.process_index() == 0:
     igpt_checkpoint.save(io.join(workdir, 'params.npz'), params, overwrite=True)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vision_core import checkpointing, data, io, metrics_log
+from vision_core import checkpointing, data, io, loop, metrics_log
 from vision_core import mesh as mesh_lib
 from vision_core import optim
 from vision_core.errors import UserInputError
@@ -170,43 +170,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                        params_shardings=shardings.params,
                                        num_classes=num_classes)
 
-  def run_eval():
-    return train_lib.evaluate(eval_step, state.params, data.eval_batches(
+  def run_eval(params):
+    return train_lib.evaluate(eval_step, params, data.eval_batches(
         test_source, global_batch_size=config.batch_eval, preprocess=test_pp,
         worker_count=config.workers), mesh)
 
   log = metrics_log.MetricsLog(workdir)
   bar = metrics_log.Progress(total_steps=config.total_steps, initial_step=start,
                              images_per_step=config.batch)
-  t0, history = time.time(), []
-  try:
-    for step in range(start + 1, config.total_steps + 1):
-      batch = mesh_lib.shard_batch(next(batches), mesh)
-      state, metrics = train_step(state, batch)
-      history.append(metrics)
-      if step % config.progress_every == 0 or step == config.total_steps:
-        values = jax.device_get(history)
-        mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
-        history = []
-        if not np.isfinite(mean['loss']):
-          raise FloatingPointError(f'loss is {mean["loss"]} at step {step}; lower base_lr.')
-        bar.update(step, loss=mean['loss'], lr=mean['lr'])
-        log.write(step, {**mean, 'img_per_sec': bar.images_per_second})
-      if step % config.checkpoint_every == 0 or step == config.total_steps:
-        ckpt.save(step, state, data_iterator=batches)
-      if config.eval_every and step % config.eval_every == 0 and step < config.total_steps:
-        result = run_eval()
-        log.write(step, result, split='eval')
-        bar.write(f'step {step}: test accuracy {result["accuracy"]:.4f} '
-                  f'loss {result["loss"]:.4f} ({result["num_examples"]} images)')
-        bar.restart_timer()
-      if on_step is not None:
-        on_step(step)
-  finally:
-    bar.close()
-    ckpt.close()
-    log.flush()  # A bucket's metrics.jsonl is uploaded at intervals: keep rows up to a crash.
-  result = run_eval()
+  history = []  # device metrics since the last progress line, averaged for it
+
+  def write_progress(step, state, metrics):
+    del state
+    values = jax.device_get(history)
+    history.clear()
+    mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+    if not np.isfinite(mean['loss']):
+      raise FloatingPointError(f'loss is {mean["loss"]} at step {step}; lower base_lr.')
+    bar.update(step, loss=mean['loss'], lr=mean['lr'])
+    log.write(step, {**mean, 'img_per_sec': bar.images_per_second})
+
+  def write_eval(step, state, metrics):
+    del metrics
+    result = run_eval(state.params)
+    log.write(step, result, split='eval')
+    bar.write(f'step {step}: test accuracy {result["accuracy"]:.4f} '
+              f'loss {result["loss"]:.4f} ({result["num_examples"]} images)')
+    bar.restart_timer()
+
+  hooks = [
+      loop.Every(1, lambda step, state, metrics: history.append(metrics)),
+      loop.Every(config.progress_every, write_progress),
+      loop.Every(config.checkpoint_every,
+                 lambda step, state, metrics: ckpt.save(step, state, data_iterator=batches)),
+      # Not at the last step: the final eval comes after the loop.
+      loop.Every(config.eval_every, write_eval, at_last=False)]
+  if on_step is not None:
+    hooks.append(loop.Every(1, lambda step, state, metrics: on_step(step)))
+  t0 = time.time()
+  state = loop.run(
+      state, step_fn=lambda state, step: train_step(state, mesh_lib.shard_batch(
+          next(batches), mesh)),
+      first_step=start, total_steps=config.total_steps, hooks=hooks, log=log,
+      close=(bar, ckpt))
+  result = run_eval(state.params)
   log.write(config.total_steps, result, split='eval')
   log.close()
   final = {'step': int(state.step), 'test_accuracy': result['accuracy'],
