@@ -235,6 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     log.write(0, result['initial_test'], split='test')
   deadline = time.monotonic() + 60 * config.time_limit_minutes if config.time_limit_minutes \
       else math.inf
+
   def write_metrics(step, state, metrics):
     del state
     host = {k: float(v) for k, v in mesh_lib.to_host(metrics).items()}
