@@ -99,7 +99,8 @@ def run(config, *, out: str | None = None, force: bool = False, progress: bool =
         on_stage=None) -> dict:
   """Runs the study described by `config` (configs/study.py); returns the output paths.
 
-  `on_stage(name)` is called before each stage (tests use it to simulate Ctrl-C).
+  `on_stage(name)` is called before each stage, the last one being 'publish' (the command
+  line checks for a signal there; tests use it to simulate Ctrl-C).
   """
   import jax  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
@@ -285,10 +286,27 @@ def main() -> None:
 
   def _main(argv):
     del argv
-    # `kill` (SIGTERM) unwinds like Ctrl-C, so the staging folder is removed on the way out.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    # Ctrl-C and `kill` (SIGTERM) unwind the run, so the staging folder is removed on the way
+    # out. Both handlers are ours: Python does not install its Ctrl-C handler when SIGINT
+    # arrives ignored from the parent. A KeyboardInterrupt raised where Python swallows
+    # exceptions (a finaliser, a callback) would be lost, so the signal is also recorded and
+    # acted on at the next stage, before anything is published.
+    received = []
+
+    def interrupt(signum, frame):
+      del frame
+      received.append(signum)
+      raise KeyboardInterrupt
+
+    def check_interrupted(stage_name):
+      if received:
+        raise KeyboardInterrupt(f'signal {received[0]} before stage {stage_name}')
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     with cli_errors('gan_jax.study'):
-      paths = run(config_flag.value, out=out_flag.value, force=force_flag.value)
+      paths = run(config_flag.value, out=out_flag.value, force=force_flag.value,
+                  on_stage=check_interrupted)
       print(f'report:  {paths["markdown"]}\ntable:   {paths["csv"]}\nfigure:  '
             f'{paths["figure"]}')
 

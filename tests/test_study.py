@@ -197,13 +197,17 @@ def _cli(weights, out):
   return cmd, dict(os.environ, PYTHONPATH=str(h.ROOT))
 
 
-@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
-def test_cli_interrupt_leaves_nothing(weights, tmp_path, sig):
-  """Ctrl-C (SIGINT) or kill (SIGTERM) during the work: no output folder, no staging left."""
+@pytest.mark.parametrize('sig,ignored_by_parent', [
+    (signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_cli_interrupt_leaves_nothing(weights, tmp_path, sig, ignored_by_parent):
+  """Ctrl-C (SIGINT) or kill (SIGTERM) during the work: no output folder, no staging left.
+  Also when the parent passed SIGINT down ignored (a shell's background job, some test
+  runners' workers): Python then installs no Ctrl-C handler of its own."""
   out = tmp_path / 'cli'
   cmd, env = _cli(weights, out)
+  ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored_by_parent else None
   proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+                          stderr=subprocess.STDOUT, text=True, preexec_fn=ignore)
   deadline = time.time() + 120
   while time.time() < deadline and proc.poll() is None:
     if [f for f in os.listdir(tmp_path) if '.partial-' in f]:
