@@ -205,9 +205,10 @@ def test_cli_interrupt_leaves_nothing(weights, tmp_path, sig, ignored_by_parent)
   runners' workers): Python then installs no Ctrl-C handler of its own."""
   out = tmp_path / 'cli'
   cmd, env = _cli(weights, out)
-  ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored_by_parent else None
+  if ignored_by_parent:  # `exec` keeps the ignored disposition (no preexec_fn: threads)
+    cmd = ['sh', '-c', 'trap "" INT; exec "$@"', 'sh', *cmd]
   proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, preexec_fn=ignore)
+                          stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 120
   while time.time() < deadline and proc.poll() is None:
     if [f for f in os.listdir(tmp_path) if '.partial-' in f]:
