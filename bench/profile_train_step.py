@@ -99,29 +99,11 @@ def main():
   parser.add_argument('--steps', type=int, default=2)
   parser.add_argument('--top', type=int, default=25)
   args = parser.parse_args()
-  import jax  # pylint: disable=g-import-not-at-top
   import train_throughput as tt  # pylint: disable=g-import-not-at-top
-  from vision_core import mesh as mesh_lib, optim  # pylint: disable=g-import-not-at-top
-  from vit_jax import models_vit, train  # pylint: disable=g-import-not-at-top
-  from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
-
-  config = models.vit_config('bench', 'Ti', tt.PATCH, dropout_rate=0.0)
-  config.transformer.num_layers = tt.DEPTH
-  model = models_vit.VisionTransformer(num_classes=tt.CLASSES, **config)
-  mesh = mesh_lib.make_mesh((1, 1), jax.devices()[:1])
-  schedule = optim.make_schedule(base_lr=1e-3, total_steps=10_000, decay_type='constant')
-  tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
-                            weight_decay=1e-4)
-  state, shardings = train.create_train_state(model=model, tx=tx,
-                                              image_shape=(tt.SIZE, tt.SIZE, 3), mesh=mesh)
-  step = train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
-                               state_shardings=shardings, num_classes=tt.CLASSES, donate=False)
-  images, labels = tt.batch_arrays(128)
-  data = mesh_lib.shard_batch({'image': images, 'label': labels}, mesh)
-  compiled = step.lower(state, data).compile()
-  jax.block_until_ready(compiled(state, data))
-  per_op, per_kind, _ = trace_op_times(lambda: compiled(state, data), args.steps)
-  print('\n'.join(report(per_op, per_kind, compiled.as_text(), args.top)))
+  step, _ = tt.compiled_train_step(tt.bench_model(), *tt.batch_arrays(128), tt.CLASSES)
+  step().block_until_ready()
+  per_op, per_kind, _ = trace_op_times(step, args.steps)
+  print('\n'.join(report(per_op, per_kind, step.hlo_text(), args.top)))
 
 
 if __name__ == '__main__':

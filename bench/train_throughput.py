@@ -81,16 +81,22 @@ def compiled_train_step(model, images: np.ndarray, labels: np.ndarray, num_class
   return step, compile_s
 
 
-def bench_jax(batch: int, warmup: int, steps: int, dtype: str) -> dict:
+def bench_model(dtype: str = 'float32'):
+  """Our ViT of the benchmark's architecture (the module docstring), `dtype` compute."""
   import jax  # pylint: disable=g-import-not-at-top
   from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
   from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
   config = models.vit_config('bench', 'Ti', PATCH, dropout_rate=0.0)
   config.transformer.num_layers = DEPTH
-  model = models_vit.VisionTransformer(
+  return models_vit.VisionTransformer(
       num_classes=CLASSES, dtype={'float32': jax.numpy.float32,
                                   'bfloat16': jax.numpy.bfloat16}[dtype], **config)
-  train_step, compile_s = compiled_train_step(model, *batch_arrays(batch), CLASSES)
+
+
+def bench_jax(batch: int, warmup: int, steps: int, dtype: str) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  train_step, compile_s = compiled_train_step(bench_model(dtype), *batch_arrays(batch),
+                                              CLASSES)
 
   def step():
     train_step().block_until_ready()
