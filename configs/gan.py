@@ -21,16 +21,12 @@ by dataset and checkpoint SHA-256), so a resumed run reuses them. `pixel_fd` is 
 distance of Gaussians fitted to raw pixels.
 """
 
-import os
-
 import ml_collections
 
 import vit_jax
 
-# The shipped ViT classifier (trained on CIFAR-10; docs/results.md), found via the package so
-# that the default works from any working directory.
-DEFAULT_FID_VIT = os.path.join(os.path.dirname(os.path.abspath(vit_jax.__file__)), 'weights',
-                               'vit_cifar10', 'model.npz')
+# The shipped ViT classifier (trained on CIFAR-10; docs/results.md).
+DEFAULT_FID_VIT = vit_jax.SHIPPED_CIFAR10_VIT
 
 DATASETS = {
     # name: (path from the project root, split, image size, channels, preprocessing)

@@ -32,10 +32,11 @@ import numpy as np
 
 from gan_jax import study_images, study_report, study_scores
 from vision_core.errors import UserInputError
+import vit_jax
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GENERATOR = os.path.join(PACKAGE_ROOT, 'gan_jax', 'weights', 'dcgan_cifar10_32.npz')
-DEFAULT_VIT = os.path.join(PACKAGE_ROOT, 'vit_jax', 'weights', 'vit_cifar10', 'model.npz')
+DEFAULT_VIT = vit_jax.SHIPPED_CIFAR10_VIT
 MARKER = 'study.json'
 
 
