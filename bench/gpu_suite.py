@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DATASHEET_BF16_FLOPS = 989.4e12  # dense bf16, H100 SXM and H200 SXM datasheets
+VIT_CLASSES = 1000  # the ViT sections' head (ImageNet-sized)
 
 
 def vit_forward_macs(*, image: int, patch: int, width: int, depth: int, mlp: int,
@@ -94,31 +95,42 @@ def time_loop(step, warmup: int, steps: int, sync) -> float:
   return (time.perf_counter() - t) / steps
 
 
-def section_vit_train(args) -> list[dict]:
-  import jax  # pylint: disable=g-import-not-at-top
+def _vit_setup(args):
+  """ViT-B/16 at 224 px (ViT-Ti/16 at 64 px with --quick): `(name, image, config, images,
+  labels, make_model)`, one random batch of `--vit-batch` and `make_model(attention)` building
+  the bf16-compute model with 1,000 classes."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from bench.train_throughput import compiled_train_step  # pylint: disable=g-import-not-at-top
   from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
   from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
   name, image = ('ViT-Ti_16', 64) if args.quick else ('ViT-B_16', 224)
   config = models.get_model_config(name)
-  batch, classes = args.vit_batch, 1000
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (args.vit_batch, image, image, 3)).astype(np.float32)
+  labels = rng.integers(0, VIT_CLASSES, args.vit_batch).astype(np.int32)
+
+  def make_model(attention):
+    return models_vit.VisionTransformer(num_classes=VIT_CLASSES, dtype=jnp.bfloat16,
+                                        attention=attention, **config)
+  return name, image, config, images, labels, make_model
+
+
+def section_vit_train(args) -> list[dict]:
+  import jax  # pylint: disable=g-import-not-at-top
+  from bench.train_throughput import compiled_train_step  # pylint: disable=g-import-not-at-top
+  name, image, config, images, labels, make_model = _vit_setup(args)
+  batch, classes = args.vit_batch, VIT_CLASSES
   dims = dict(image=image, patch=16, width=config.hidden_size,
               depth=config.transformer.num_layers, mlp=config.transformer.mlp_dim,
               classes=classes)
   flops_std = 6 * vit_forward_macs(**dims)  # forward 2 * MACs, backward twice the forward
   flops_run = 6 * vit_forward_macs(**dims, last_block_queries=1)
-  rng = np.random.default_rng(0)
-  images = rng.uniform(-1, 1, (batch, image, image, 3)).astype(np.float32)
-  labels = rng.integers(0, classes, batch).astype(np.int32)
   rows = []
   for attention in args.attention:
     row = {'section': 'vit_train', 'impl': f'ours jax {jax.__version__}, attention={attention}',
            'model': name, 'image': image, 'batch': batch}
     try:
-      model = models_vit.VisionTransformer(num_classes=classes, dtype=jnp.bfloat16,
-                                           attention=attention, **config)
-      step, row['compile_s'] = compiled_train_step(model, images, labels, classes)
+      step, row['compile_s'] = compiled_train_step(make_model(attention), images, labels,
+                                                   classes)
       sec = time_loop(step, 3, args.steps, lambda x: x.block_until_ready())
       row.update(step_s=sec, img_per_s=batch / sec,
                  model_tflops=flops_std * batch / sec / 1e12,
@@ -164,20 +176,11 @@ def section_vit_train(args) -> list[dict]:
 
 def section_vit_profile(args) -> dict:
   import collections  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from bench.profile_train_step import report, trace_op_times  # pylint: disable=g-import-not-at-top
   from bench.train_throughput import compiled_train_step  # pylint: disable=g-import-not-at-top
-  from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
-  from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
-  name, image = ('ViT-Ti_16', 64) if args.quick else ('ViT-B_16', 224)
-  config = models.get_model_config(name)
+  name, _, _, images, labels, make_model = _vit_setup(args)
   attention = args.attention[-1]
-  rng = np.random.default_rng(0)
-  images = rng.uniform(-1, 1, (args.vit_batch, image, image, 3)).astype(np.float32)
-  labels = rng.integers(0, 1000, args.vit_batch).astype(np.int32)
-  model = models_vit.VisionTransformer(num_classes=1000, dtype=jnp.bfloat16,
-                                       attention=attention, **config)
-  step, _ = compiled_train_step(model, images, labels, 1000)
+  step, _ = compiled_train_step(make_model(attention), images, labels, VIT_CLASSES)
   time_loop(step, 3, 3, lambda x: x.block_until_ready())
   kernels = collections.Counter()
   per_op, per_kind, device = trace_op_times(step, 3, kernels)
