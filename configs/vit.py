@@ -56,7 +56,8 @@ def get_config(arg: str = 'ViT-B_16,cifar10') -> ml_collections.ConfigDict:
       train=defaults['train'], test=defaults['test'], crop=defaults['crop'],
       resize=defaults['resize'],
       # 'resize_crop' (official fine-tuning: resize, random crop, flip), 'inception'
-      # (inception crop + flip), 'pad_crop' (CIFAR from scratch: 4 px pad, crop, flip), 'none'.
+      # (inception crop + flip), 'pad_crop' (CIFAR from scratch: 4 px reflect pad, crop,
+      # flip), 'none'.
       augment='resize_crop',
       # Explicit op specs override the above (see vision_core.data.preprocess).
       train_ops='', test_ops=''))

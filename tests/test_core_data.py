@@ -111,6 +111,18 @@ def test_preprocess_ops():
   padded = data.parse_preprocess('random_crop(20, pad=4)')(
       {'image': image[:20, :20]}, np.random.default_rng(3))['image']
   assert padded.shape == (20, 20, 3)
+  # Padding by 4 and cropping at the top-left corner: the rows/columns 4..1 mirrored.
+  class Corner:
+    def integers(self, low, high):
+      return low
+  corner = data.parse_preprocess('random_crop(8, pad=4, mode="reflect")')(
+      {'image': image[:8, :8]}, Corner())['image']
+  np.testing.assert_array_equal(corner[4:, 4:], image[:4, :4])
+  np.testing.assert_array_equal(corner[:4, 4:], image[4:0:-1, :4])
+  zeros = data.parse_preprocess('random_crop(8, pad=4)')({'image': image[:8, :8]}, Corner())
+  assert not zeros['image'][:4].any()
+  with pytest.raises(UserInputError, match='random_crop.*mode'):
+    data.parse_preprocess('random_crop(8, pad=4, mode="wrap")')
   with pytest.raises(UserInputError, match='unknown preprocessing op .*known ops'):
     data.parse_preprocess('rezise(3)')
   assert 'inception_crop' in preprocess.known_ops()

@@ -40,7 +40,7 @@ def preprocess_specs(config: ml_collections.ConfigDict, channels: int) -> tuple[
   augment = {
       'resize_crop': f'resize({resize})|random_crop({crop})|flip_lr',
       'inception': f'inception_crop({crop})|flip_lr',
-      'pad_crop': f'resize({crop})|random_crop({crop}, pad=4)|flip_lr',
+      'pad_crop': f'resize({crop})|random_crop({crop}, pad=4, mode="reflect")|flip_lr',
       'none': f'resize({crop})',
   }
   if pp.augment not in augment:
