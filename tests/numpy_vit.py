@@ -83,6 +83,23 @@ def max_pool_same(x, k=3, s=2):
   return out
 
 
+def max_pool_2x2(x):
+  b, h, w, c = x.shape
+  return x[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c).max((2, 4))
+
+
+def conv_stem(x, params):
+  """Stages `stem{i}`: conv, 2x2 max-pool, GroupNorm, ReLU, conv, GroupNorm, ReLU."""
+  i = 0
+  while f'stem{i}_conv0' in params:
+    x = max_pool_2x2(std_conv(x, params[f'stem{i}_conv0']['kernel'], 1, 'SAME'))
+    x = np.maximum(group_norm(x, params[f'stem{i}_gn0']), 0)
+    x = std_conv(x, params[f'stem{i}_conv1']['kernel'], 1, 'SAME')
+    x = np.maximum(group_norm(x, params[f'stem{i}_gn1']), 0)
+    i += 1
+  return x
+
+
 def resnet_unit(x, p, features, stride):
   residual = x
   if 'conv_proj' in p:
@@ -106,6 +123,7 @@ def forward(params, images, *, num_heads, classifier='token', patch=16, resnet_l
       for u in range(units):
         stride = 2 if (s > 0 and u == 0) else 1
         x = resnet_unit(x, params[f'block{s + 1}'][f'unit{u + 1}'], width * 2**s, stride)
+  x = conv_stem(x, params)
   x = conv2d(x, params['embedding']['kernel'], patch, 'VALID') + params['embedding']['bias']
   b, h, w, d = x.shape
   x = x.reshape(b, h * w, d)

@@ -74,6 +74,26 @@ def test_logits_match_numpy_forward_from_official_layout(tmp_path, classifier, r
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_conv_stem_hybrid_matches_numpy_forward():
+  """The CIFAR hybrid's stem: two conv/pool/GroupNorm stages, then 1x1 patches."""
+  config = tiny_config(patch=1)
+  config.conv_stem = ml_collections.ConfigDict({'features': (32, 64)})
+  model = models_vit.VisionTransformer(num_classes=5, **config)
+  params = random_params(model, 16)
+  assert params['stem1_conv1']['kernel'].shape == (3, 3, 64, 64)
+  assert params['embedding']['kernel'].shape == (1, 1, 64, 32)
+  images = np.random.default_rng(2).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+  logits = model.apply({'params': params}, images, train=False)
+  expected = numpy_vit.forward(params, images, num_heads=4, patch=1)
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+  # 16 px / 2^2 = 4x4 tokens + the class token.
+  assert params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 17, 32)
+  config.conv_stem.features = (32, 48)
+  with pytest.raises(UserInputError, match=r'conv_stem.features=\(32, 48\).*multiples of 32'):
+    models_vit.VisionTransformer(num_classes=5, **config).init(
+        jax.random.PRNGKey(0), images, train=False)
+
+
 def test_parameter_tree_has_official_names():
   config = models.get_model_config('R26+ViT-S_32')
   config.representation_size = 384

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vision_core.errors import UserInputError
+
 
 def weight_standardize(w, axis, eps):
   """Zero mean, unit variance over `axis` (the kernel's input dimensions)."""
@@ -93,4 +95,27 @@ def resnet_stem(x, *, num_layers: Sequence[int], width_factor: float = 1,
     x = ResNetStage(num_layers[0], width, (1, 1), dtype, name='block1')(x)
     for i, block_size in enumerate(num_layers[1:], 1):
       x = ResNetStage(block_size, width * 2**i, (2, 2), dtype, name=f'block{i + 1}')(x)
+  return x
+
+
+
+def conv_stem(x, *, features: Sequence[int], dtype: Any = jnp.float32):
+  """A convolutional stem of `len(features)` stages, each halving the resolution.
+
+  Stage i: 3x3 conv to `features[i]`, 2x2 max-pool, GroupNorm, ReLU, 3x3 conv, GroupNorm,
+  ReLU (convolutions weight-standardised, as in BiT). This is the layout of the fast CIFAR
+  networks (Page's ResNet-9, Jordan's airbench): most work at low resolution, pooling right
+  after the first conv. The ViT's `embedding` (patch size 1) then projects to the width.
+  Layers are `stem{i}_conv{0,1}`, `stem{i}_gn{0,1}` in the parent's scope.
+
+  `[B, H, W, C]` -> `[B, H / 2^S, W / 2^S, features[-1]]`, S = len(features).
+  """
+  if not features or any(f <= 0 or f % 32 for f in features):
+    raise UserInputError(f'model.conv_stem.features={tuple(features)}: expected one or more '
+                         'multiples of 32 (GroupNorm uses 32 groups).')
+  for i, width in enumerate(features):
+    conv = lambda name: StdConv(width, (3, 3), use_bias=False, name=name, dtype=dtype)
+    x = nn.max_pool(conv(f'stem{i}_conv0')(x), (2, 2), strides=(2, 2))
+    x = nn.relu(nn.GroupNorm(name=f'stem{i}_gn0', dtype=dtype)(x))
+    x = nn.relu(nn.GroupNorm(name=f'stem{i}_gn1', dtype=dtype)(conv(f'stem{i}_conv1')(x)))
   return x

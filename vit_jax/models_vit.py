@@ -6,6 +6,8 @@
 checkpoints in gs://vit_models (after `vit_jax.checkpoint.load` renames pre-Linen modules):
 
   cls                                    [1, 1, D]   (classifier 'token' / 'token_unpooled')
+  conv_root, gn_root, block{i}/unit{j}/  (R+ViT hybrids: the BiT ResNet stem, models_resnet)
+  stem{i}_conv{0,1}, stem{i}_gn{0,1}     (hybrids with `conv_stem`: models_resnet.conv_stem)
   embedding/{kernel [p, p, C, D], bias}
   Transformer/posembed_input/pos_embedding [1, N_tokens, D]
   Transformer/encoderblock_{i}/LayerNorm_0, MultiHeadDotProductAttention_0/{query,key,value,out},
@@ -305,6 +307,9 @@ class VisionTransformer(nn.Module):
   transformer: Any
   hidden_size: int
   resnet: Optional[Any] = None
+  # {'features': (C1, ..., CS)}: S conv stages, each halving the resolution, before the
+  # patch embedding (models_resnet.conv_stem).
+  conv_stem: Optional[Any] = None
   representation_size: Optional[int] = None
   classifier: str = 'token'
   head_bias_init: float = 0.0
@@ -326,6 +331,8 @@ class VisionTransformer(nn.Module):
     if self.resnet is not None:
       x = models_resnet.resnet_stem(x, num_layers=tuple(self.resnet.num_layers),
                                     width_factor=self.resnet.width_factor, dtype=self.dtype)
+    if self.conv_stem is not None:
+      x = models_resnet.conv_stem(x, features=tuple(self.conv_stem.features), dtype=self.dtype)
     patch = tuple(self.patches.size)
     x = nn.Conv(self.hidden_size, patch, strides=patch, padding='VALID', dtype=self.dtype,
                 name='embedding')(x)
