@@ -39,6 +39,30 @@ def upscale2d(x, factor: int = 2):
   return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
 
 
+def upscale2d_conv3x3(x, kernel):
+  """`conv3x3_same(upscale2d(x), kernel)` without forming the upsampled image.
+
+  `[B, H, W, C]`, kernel `[3, 3, C, O]` -> `[B, 2H, 2W, O]`. After a nearest x2 upsample, an
+  output pixel of row parity a (and column parity b) sees only two input rows (columns):
+  for a = 0 rows i-1 (tap 0) and i (taps 1 + 2), for a = 1 rows i (taps 0 + 1) and i+1
+  (tap 2). So the four parities are four 2x2 convolutions of the 1-padded input, run as one
+  conv with 4*O outputs and interleaved: 16 multiply-adds per output pixel group instead of
+  36, the same function up to float rounding.
+  """
+  b, h, w, _ = x.shape
+  out = kernel.shape[-1]
+  pairs = lambda k, axis: (  # parity 0 and 1 two-tap kernels along `axis`
+      jnp.stack([jnp.take(k, 0, axis), jnp.take(k, 1, axis) + jnp.take(k, 2, axis)], axis),
+      jnp.stack([jnp.take(k, 0, axis) + jnp.take(k, 1, axis), jnp.take(k, 2, axis)], axis))
+  phases = [col for row in pairs(kernel, 0) for col in pairs(row, 1)]  # (a, b) order
+  y = jax.lax.conv_general_dilated(
+      jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), jnp.concatenate(phases, -1),
+      window_strides=(1, 1), padding='VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y = jnp.stack([jnp.stack([y[:, a:a + h, c:c + w, (2 * a + c) * out:(2 * a + c + 1) * out]
+                            for c in (0, 1)], axis=3) for a in (0, 1)], axis=2)
+  return y.reshape(b, 2 * h, 2 * w, out)  # [B, H, a, W, b, O] -> [B, 2H, 2W, O]
+
+
 class EqualizedDense(nn.Module):
   """`(x @ W + b) * sqrt(2 / in_features)`, W ~ N(0, 1). Kernel is `[in, out]`."""
   features: int
@@ -54,19 +78,24 @@ class EqualizedDense(nn.Module):
 class EqualizedConv(nn.Module):
   """Same-padded stride-1 conv, output (bias included) times sqrt(2 / (k*k*in)).
 
-  Kernel is `[k, k, in, out]` (HWIO).
+  Kernel is `[k, k, in, out]` (HWIO). `upscale_input=True` convolves the nearest x2
+  upsampled input (3x3 only), computed by `upscale2d_conv3x3`.
   """
   features: int
   kernel_size: int
+  upscale_input: bool = False
 
   @nn.compact
   def __call__(self, x):
     k, cin = self.kernel_size, x.shape[-1]
     kernel = self.param('kernel', nn.initializers.normal(1.0), (k, k, cin, self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    y = jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), window_strides=(1, 1), padding='SAME',
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if self.upscale_input:
+      y = upscale2d_conv3x3(x, kernel.astype(x.dtype))
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, kernel.astype(x.dtype), window_strides=(1, 1), padding='SAME',
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     return (y + bias) * math.sqrt(2.0 / (k * k * cin))
 
 
@@ -114,9 +143,10 @@ class PGANGenerator(nn.Module):
     if self.alpha > 0 and n == 1:
       blend = upscale2d(to_rgb[-2](x))
     for scale, depth in enumerate(self.depth_other_scales):
-      x = upscale2d(x)
+      # The x2 upsample is folded into the scale's first conv (see upscale2d_conv3x3).
       for j in range(2):
-        x = norm(act(EqualizedConv(depth, 3, name=f'scaleLayers_{scale}_{j}')(x)))
+        x = norm(act(EqualizedConv(depth, 3, upscale_input=(j == 0),
+                                   name=f'scaleLayers_{scale}_{j}')(x)))
       if self.alpha > 0 and scale == n - 2:
         blend = upscale2d(to_rgb[-2](x))
     out = to_rgb[-1](x)

@@ -166,3 +166,23 @@ def test_shipped_mnist_generator_loads_and_draws_varied_digits():
   # Digits: mostly black background, some bright strokes, and samples differ.
   assert 0.05 < np.mean(images > 128) < 0.4
   assert np.mean(np.std(images.astype(float), axis=0)) > 30
+
+
+def test_upscale2d_conv3x3_equals_upsample_then_conv():
+  """The folded upsample + conv (and its input gradient, what the latent search uses)."""
+  from gan_jax import models_pgan  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal((2, 3, 5, 4)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 4, 6)), jnp.float32)
+
+  def reference(x):
+    return jax.lax.conv_general_dilated(models_pgan.upscale2d(x), kernel, (1, 1), 'SAME',
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  folded = models_pgan.upscale2d_conv3x3(x, kernel)
+  assert folded.shape == (2, 6, 10, 6)
+  np.testing.assert_allclose(folded, reference(x), rtol=1e-5, atol=1e-5)
+  cotangent = jnp.asarray(rng.standard_normal(folded.shape), jnp.float32)
+  grad = lambda f: jax.grad(lambda v: jnp.sum(f(v) * cotangent))(x)
+  np.testing.assert_allclose(grad(lambda v: models_pgan.upscale2d_conv3x3(v, kernel)),
+                             grad(reference), rtol=1e-4, atol=1e-4)
