@@ -51,9 +51,11 @@ def upscale2d_conv3x3(x, kernel):
   """
   b, h, w, _ = x.shape
   out = kernel.shape[-1]
-  pairs = lambda k, axis: (  # parity 0 and 1 two-tap kernels along `axis`
-      jnp.stack([jnp.take(k, 0, axis), jnp.take(k, 1, axis) + jnp.take(k, 2, axis)], axis),
-      jnp.stack([jnp.take(k, 0, axis) + jnp.take(k, 1, axis), jnp.take(k, 2, axis)], axis))
+
+  def pairs(k, axis):  # the parity-0 and parity-1 two-tap kernels along `axis`
+    k0, k1, k2 = (jnp.take(k, i, axis) for i in range(3))
+    return jnp.stack([k0, k1 + k2], axis), jnp.stack([k0 + k1, k2], axis)
+
   phases = [col for row in pairs(kernel, 0) for col in pairs(row, 1)]  # (a, b) order
   y = jax.lax.conv_general_dilated(
       jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), jnp.concatenate(phases, -1),

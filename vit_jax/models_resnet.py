@@ -98,7 +98,6 @@ def resnet_stem(x, *, num_layers: Sequence[int], width_factor: float = 1,
   return x
 
 
-
 def conv_stem(x, *, features: Sequence[int], dtype: Any = jnp.float32):
   """A convolutional stem of `len(features)` stages, each halving the resolution.
 
