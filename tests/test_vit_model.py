@@ -185,12 +185,17 @@ def test_wrong_image_shape_is_a_clear_error(shape, match):
     model.init(jax.random.PRNGKey(0), jnp.zeros(shape))
 
 
-@pytest.mark.parametrize('classifier', ['token', 'gap'])
-def test_fused_attention_matches_numpy_forward_and_einsum_gradients(classifier):
-  """attention='xla' (jax.nn.dot_product_attention, the path 'cudnn' takes on GPUs) computes
-  the same logits as the numpy reference and the same gradients as the einsum path."""
+@pytest.mark.parametrize('classifier,attention,token_multiple', [
+    ('token', 'xla', 1), ('gap', 'xla', 1), ('token', 'xla', 8), ('gap', 'xla', 8),
+    ('token', 'einsum', 8), ('gap', 'einsum', 5)])
+def test_fused_attention_matches_numpy_forward_and_einsum_gradients(classifier, attention,
+                                                                     token_multiple):
+  """attention='xla' (jax.nn.dot_product_attention, the path 'cudnn' takes on GPUs) and a
+  token stream padded to a multiple (17 tokens -> 24 or 20, masked: the 'cudnn' default)
+  compute the same logits as the numpy reference and the same gradients as the plain path."""
   config = tiny_config(classifier)
-  fused = models_vit.VisionTransformer(num_classes=7, attention='xla', **config)
+  fused = models_vit.VisionTransformer(num_classes=7, attention=attention,
+                                       token_multiple=token_multiple, **config)
   plain = models_vit.VisionTransformer(num_classes=7, **config)
   params = random_params(plain, 16)
   images = np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
@@ -201,6 +206,37 @@ def test_fused_attention_matches_numpy_forward_and_einsum_gradients(classifier):
            for m in (fused, plain)]
   for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_cudnn_pads_the_token_stream_once_by_default(monkeypatch):
+  """attention='cudnn' pads 197 tokens (ViT-*/16 at 224 px) to 200 once, in the encoder:
+  every layer's fused attention gets [B, 200, H, Dh] q/k/v with 197 valid keys. cuDNN needs
+  a GPU, so the call is recorded and computed by the 'xla' implementation."""
+  seen = []
+  real = jax.nn.dot_product_attention
+
+  def recording(q, k, v, *, implementation, key_value_seq_lengths, **kwargs):
+    seen.append((implementation, q.shape, k.shape, key_value_seq_lengths))
+    return real(q, k, v, implementation='xla', key_value_seq_lengths=key_value_seq_lengths,
+                **kwargs)
+
+  monkeypatch.setattr(jax.nn, 'dot_product_attention', recording)
+  config = models.get_model_config('ViT-Ti_16')
+  config.transformer.num_layers = 2
+  model = models_vit.VisionTransformer(num_classes=10, attention='cudnn', **config)
+  plain = models_vit.VisionTransformer(num_classes=10, **config)
+  params = random_params(plain, 224)
+  assert params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 197, 192)
+  images = np.random.default_rng(2).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
+  logits = model.apply({'params': params}, images)  # eager: the lengths are concrete
+  # The last block computes only the class token (einsum path), so one fused call.
+  assert [s[:3] for s in seen] == [('cudnn', (2, 200, 3, 64), (2, 200, 3, 64))]
+  np.testing.assert_array_equal(seen[0][3], [197, 197])
+  np.testing.assert_allclose(logits, plain.apply({'params': params}, images),
+                             rtol=1e-4, atol=1e-5)
+  # One pad of the token stream, not one per q/k/v per layer (3 with per-layer padding).
+  jaxpr = str(jax.make_jaxpr(lambda p: model.apply({'params': p}, images))(params))
+  assert jaxpr.count(' pad[') == 1
 
 
 def test_unknown_attention_is_a_clear_error():

@@ -167,10 +167,13 @@ class SelfAttention(nn.Module):
   attention: str = 'einsum'
 
   @nn.compact
-  def __call__(self, x, *, deterministic: bool, num_queries: int | None = None, norm=None):
+  def __call__(self, x, *, deterministic: bool, num_queries: int | None = None, norm=None,
+               valid_tokens: int | None = None):
     """`x [B, N, D]` -> `[B, N, D]`, or `[B, num_queries, D]`: only the first `num_queries`
     tokens attend (to all N), the rest of the output is not computed. `norm=(scale, bias)`:
-    a LayerNorm's affine part, folded into the q/k/v weights (`x` is normalised already)."""
+    a LayerNorm's affine part, folded into the q/k/v weights (`x` is normalised already).
+    `valid_tokens`: only the first `valid_tokens` tokens are keys; the rest are padding
+    (their queries are computed like any other, so their outputs stay finite)."""
     _, _, width = x.shape
     heads = self.num_heads
     if width % heads:
@@ -192,7 +195,7 @@ class SelfAttention(nn.Module):
     # A few queries (the class token of the last block) take the einsum path: tiny work,
     # and shapes fused kernels may not take.
     if self.attention != 'einsum' and num_queries is None:
-      out = self._fused(x, kernel, bias, deterministic)  # [B, N, H, Dh]
+      out = self._fused(x, kernel, bias, deterministic, valid_tokens)  # [B, N, H, Dh]
       return (jnp.einsum('bnhc,hcd->bnd', out, out_kernel.astype(self.dtype))
               + out_bias.astype(self.dtype))
     if num_queries is None:
@@ -203,13 +206,16 @@ class SelfAttention(nn.Module):
       kv = jnp.einsum('bnd,tdhk->tbhnk', x, kernel[1:]) + bias[1:, None, :, None, :]
       k, v = kv[0], kv[1]
     logits = jnp.einsum('bhqc,bhkc->bhqk', q, k)
+    if valid_tokens is not None and valid_tokens < k.shape[2]:
+      keys = jnp.arange(k.shape[2]) < valid_tokens
+      logits = jnp.where(keys, logits, jnp.finfo(logits.dtype).min)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
     weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
     out = jnp.einsum('bhqk,bhkc->bhqc', weights, v)  # [B, H, N, Dh]
     return (jnp.einsum('bhnc,hcd->bnd', out, out_kernel.astype(self.dtype))
             + out_bias.astype(self.dtype))
 
-  def _fused(self, x, kernel, bias, deterministic):
+  def _fused(self, x, kernel, bias, deterministic, valid_tokens):
     """`[B, N, H, Dh]` by `jax.nn.dot_product_attention` in its own layout; `attention` is
     its implementation: 'xla', or 'cudnn' (the fused flash-attention kernel of NVIDIA GPUs,
     bf16/fp16 only). Same maths; the attention weights are never materialised, so there is
@@ -222,16 +228,19 @@ class SelfAttention(nn.Module):
     # into [3, B, N, H, Dh] costs a transpose of q/k/v and of their gradients in every layer
     # (21% of the ViT-B/16 step on an H200: 143 -> 134 ms at batch 512).
     qkv = [jnp.einsum('bnd,dhk->bnhk', x, kernel[i]) + bias[i] for i in range(3)]
-    lengths = None
+    keys = tokens if valid_tokens is None else valid_tokens
     if self.attention == 'cudnn' and tokens % CUDNN_SEQ_MULTIPLE:
-      # cuDNN's training kernels refuse odd lengths such as ViT's 197: pad the sequence to a
-      # multiple of CUDNN_SEQ_MULTIPLE and mask the padding out of the keys (padded queries
-      # are dropped).
+      # cuDNN's training kernels refuse odd lengths such as ViT's 197: pad q/k/v to a
+      # multiple of CUDNN_SEQ_MULTIPLE, masked out of the keys, and drop the padded queries.
+      # (The Encoder's `token_multiple` pads the token stream once instead, which saves
+      # these copies in every layer.)
       pad = -tokens % CUDNN_SEQ_MULTIPLE
       qkv = [jnp.pad(t, ((0, 0), (0, pad), (0, 0), (0, 0))) for t in qkv]
-      lengths = jnp.full((batch,), tokens, jnp.int32)
+    lengths = None
+    if keys < qkv[1].shape[1]:
+      lengths = jnp.full((batch,), keys, jnp.int32)
     out = jax.nn.dot_product_attention(qkv[0], qkv[1], qkv[2], scale=1.0,
-                                       query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+                                       key_value_seq_lengths=lengths,
                                        implementation=self.attention)
     return out[:, :tokens]
 
@@ -247,10 +256,12 @@ class Encoder1DBlock(nn.Module):
   gelu_approximate: bool = True
 
   @nn.compact
-  def __call__(self, x, *, deterministic: bool, num_outputs: int | None = None):
+  def __call__(self, x, *, deterministic: bool, num_outputs: int | None = None,
+               valid_tokens: int | None = None):
     """With `num_outputs`, only the first `num_outputs` tokens are computed and returned
     (`[B, num_outputs, D]`): exact for them, since each token's output depends on the other
-    tokens only through attention's keys and values."""
+    tokens only through attention's keys and values. `valid_tokens`: tokens after the first
+    `valid_tokens` are padding, never attended to."""
     # LayerNorm_0/1 are applied as normalize() + their scale/bias folded into the weights
     # of the matmul that follows: same parameters and result, less activation-sized work.
     width = x.shape[-1]
@@ -258,7 +269,8 @@ class Encoder1DBlock(nn.Module):
                       dropout_rate=self.attention_dropout_rate, attention=self.attention,
                       name='MultiHeadDotProductAttention_0')(
                           normalize(x), deterministic=deterministic, num_queries=num_outputs,
-                          norm=_LayerNormParams(name='LayerNorm_0')(width))
+                          norm=_LayerNormParams(name='LayerNorm_0')(width),
+                          valid_tokens=valid_tokens)
     if num_outputs is not None:
       x = x[:, :num_outputs]
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
@@ -278,6 +290,10 @@ class Encoder(nn.Module):
   dtype: Dtype = jnp.float32
   attention: str = 'einsum'
   gelu_approximate: bool = True
+  # Pad the token axis to a multiple of this once, after the position embedding, instead of
+  # padding q/k/v in every layer (attention='cudnn'); padded tokens are masked out of the
+  # keys and dropped before the last block (or at the end), so the result is unchanged.
+  token_multiple: int = 1
 
   @nn.compact
   def __call__(self, x, *, train: bool, num_outputs: int | None = None):
@@ -285,13 +301,20 @@ class Encoder(nn.Module):
     class token is read), which skips most of that block's work."""
     x = AddPositionEmbs(name='posembed_input')(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    tokens = x.shape[1]
+    pad = -tokens % self.token_multiple
+    if pad:
+      x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))  # zero tokens: LayerNorm maps them to 0
     for i in range(self.num_layers):
       last = i == self.num_layers - 1
+      if last and num_outputs is not None:
+        x = x[:, :tokens]
       block = Encoder1DBlock(self.mlp_dim, self.num_heads, self.dropout_rate,
                              self.attention_dropout_rate, self.dtype, self.attention,
                              self.gelu_approximate, name=f'encoderblock_{i}')
-      x = block(x, deterministic=not train, num_outputs=num_outputs if last else None)
-    return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
+      x = block(x, deterministic=not train, num_outputs=num_outputs if last else None,
+                valid_tokens=tokens if x.shape[1] > tokens else None)
+    return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x[:, :tokens])
 
 
 class VisionTransformer(nn.Module):
@@ -319,6 +342,9 @@ class VisionTransformer(nn.Module):
   attention: str = 'einsum'
   # The official checkpoints use the tanh GELU; False for models trained with the exact one.
   gelu_approximate: bool = True
+  # Pad the token sequence to a multiple of this in the encoder (masked; same result).
+  # None: CUDNN_SEQ_MULTIPLE with attention='cudnn' (its kernels need it), else 1.
+  token_multiple: Optional[int] = None
   channels: int = 3  # Input channels; checked so a wrong array fails with a clear message.
 
   @nn.compact
@@ -345,8 +371,14 @@ class VisionTransformer(nn.Module):
       # Only the class token leaves the encoder with classifier='token'.
       if self.attention not in ATTENTIONS:
         raise ValueError(f'attention={self.attention!r}: expected one of {ATTENTIONS}.')
+      multiple = self.token_multiple
+      if multiple is None:
+        multiple = CUDNN_SEQ_MULTIPLE if self.attention == 'cudnn' else 1
+      if not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f'token_multiple={multiple!r}: expected a positive integer.')
       x = Encoder(name='Transformer', dtype=self.dtype, attention=self.attention,
-                  gelu_approximate=self.gelu_approximate, **self.transformer)(
+                  gelu_approximate=self.gelu_approximate, token_multiple=multiple,
+                  **self.transformer)(
           x, train=train, num_outputs=1 if self.classifier == 'token' else None)
     if self.classifier == 'token':
       x = x[:, 0]
