@@ -110,7 +110,8 @@ def _vit_setup(args):
 
   def make_model(attention):
     return models_vit.VisionTransformer(num_classes=VIT_CLASSES, dtype=jnp.bfloat16,
-                                        attention=attention, **config)
+                                        attention=attention,
+                                        token_multiple=args.token_multiple, **config)
   return name, image, config, images, labels, make_model
 
 
@@ -125,9 +126,10 @@ def section_vit_train(args) -> list[dict]:
   flops_std = 6 * vit_forward_macs(**dims)  # forward 2 * MACs, backward twice the forward
   flops_run = 6 * vit_forward_macs(**dims, last_block_queries=1)
   rows = []
-  for attention in args.attention:
+  for attention in [] if args.peer_only else args.attention:
     row = {'section': 'vit_train', 'impl': f'ours jax {jax.__version__}, attention={attention}',
-           'model': name, 'image': image, 'batch': batch}
+           'model': name, 'image': image, 'batch': batch, 'token_multiple': args.token_multiple,
+           'xla_flags': os.environ.get('XLA_FLAGS', '')}
     try:
       step, row['compile_s'] = compiled_train_step(make_model(attention), images, labels,
                                                    classes)
@@ -326,8 +328,14 @@ def main():
   parser.add_argument('--steps', type=int, default=20, help='timed ViT train steps')
   parser.add_argument('--vit-batch', type=int, default=256)
   parser.add_argument('--attention', nargs='+', default=['einsum', 'cudnn'])
+  parser.add_argument('--token-multiple', type=int, default=None,
+                      help="VisionTransformer(token_multiple=): pad the token stream to a "
+                      "multiple of this (default: the model's, 8 for attention='cudnn'; 1 "
+                      'pads q/k/v in every layer instead)')
   parser.add_argument('--profile-dir', help='vit_profile: write HLO and op times here')
   parser.add_argument('--no-peer', action='store_true', help='skip the PyTorch ViT peer')
+  parser.add_argument('--peer-only', action='store_true',
+                      help='vit_train: only the PyTorch peer (its own process: all the memory)')
   parser.add_argument('--pgan-batch', type=int, default=32)
   parser.add_argument('--pgan-full-limit-s', type=float, default=150.0,
                       help='run the full 1,000 steps only if the probe predicts less')
