@@ -132,7 +132,7 @@ def run(config, workdir: str) -> dict:
              loop.Every(config.sample_every, write_samples),
              loop.Every(config.fid_every, write_fid),
              loop.Every(config.checkpoint_every, lambda step, state, metrics: ckpt.save(
-                 step, state, data_iterator=iterator))])
+                 step, state, data_iterator=iterator), at_stop=True)])
   log.close()
   generators.save(io.join(workdir, 'generator.npz'), config.generator.to_dict(),
                   jax.device_get(state['ema']), overwrite=True)

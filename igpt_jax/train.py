@@ -258,7 +258,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       hooks=[loop.Every(config.log_every, write_metrics),
              loop.Every(config.eval_every, write_test),
              loop.Every(config.checkpoint_every,
-                        lambda step, state, metrics: ckpt.save(step, state, data_iterator=it))],
+                        lambda step, state, metrics: ckpt.save(step, state, data_iterator=it),
+                        at_stop=True)],
       # Out of time: checked at logging steps; that step becomes the last one (logged,
       # evaluated, checkpointed).
       stop_after=lambda step: step % config.log_every == 0 and time.monotonic() > deadline)

@@ -1,8 +1,12 @@
 """vision_core.loop: the step loop the three trainers share."""
 
+import os
+import signal
+
 import pytest
 
 from vision_core import loop
+from vision_core.errors import Stopped, cli_errors
 
 
 class Recorder:
@@ -66,3 +70,55 @@ def test_error_still_closes_and_flushes():
     loop.run(0, step_fn=lambda s, step: (s, None), first_step=0, total_steps=10, log=rec,
              close=(rec,), hooks=[loop.Every(2, crash)])
   assert rec.events == ['closed', 'flushed']
+
+
+def _signal_at(signum, at_step, times=1):
+  """A step function that sends itself `signum` (`times` times) during step `at_step`."""
+  def step_fn(state, step):
+    if step == at_step:
+      for _ in range(times):
+        os.kill(os.getpid(), signum)
+    return state + 1, step
+  return step_fn
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_finishes_the_step_checkpoints_it_and_stops(signum):
+  """A preemption notice (SIGTERM) or Ctrl-C mid-step: that step completes, the at_stop
+  hook (the checkpoint) runs for it unless it already ran, the run raises Stopped, and the
+  previous signal handler is back."""
+  before = signal.getsignal(signum)
+  for at_step, saves in ((5, [4, 5]), (4, [4])):
+    rec = Recorder()
+    with pytest.raises(Stopped) as stopped:
+      loop.run(0, step_fn=_signal_at(signum, at_step), first_step=0, total_steps=100,
+               log=rec, close=(rec,),
+               hooks=[loop.Every(2, hook(rec, 'log')),
+                      loop.Every(4, hook(rec, 'save'), at_stop=True)])
+    assert stopped.value.step == at_step and stopped.value.saved
+    assert stopped.value.reason == signal.Signals(signum).name
+    assert stopped.value.exit_status == 128 + signum
+    assert [e[1] for e in rec.events if e[0] == 'save'] == saves
+    assert [e[1] for e in rec.events if e[0] == 'log'] == [2, 4]
+    assert rec.events[-2:] == ['closed', 'flushed']
+    assert signal.getsignal(signum) == before
+
+
+def test_a_second_signal_stops_at_once():
+  rec = Recorder()
+  with pytest.raises(KeyboardInterrupt) as interrupted:
+    loop.run(0, step_fn=_signal_at(signal.SIGINT, 3, times=2), first_step=0,
+             total_steps=100, log=rec, close=(rec,),
+             hooks=[loop.Every(4, hook(rec, 'save'), at_stop=True)])
+  assert not isinstance(interrupted.value, Stopped)
+  assert rec.events == ['closed', 'flushed']  # no checkpoint: the user insisted
+
+
+def test_cli_message_says_how_to_resume(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    with cli_errors('vit_jax.main'):
+      raise Stopped(1200, 'SIGTERM', saved=True)
+  assert exit_info.value.code == 143
+  err = capsys.readouterr().err
+  assert 'vit_jax.main: stopped by SIGTERM after step 1200' in err
+  assert 'checkpoint of step 1200 is saved: run the same command to resume' in err

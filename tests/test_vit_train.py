@@ -2,8 +2,11 @@
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +16,7 @@ import pytest
 from tests import vit_train_helpers as helpers
 from vision_core import data, metrics_log, optim
 from vision_core import mesh as mesh_lib
-from vision_core.errors import UserInputError
+from vision_core.errors import Stopped, UserInputError
 from vit_jax import checkpoint as vit_checkpoint
 from vit_jax import models_vit, train, train_loop
 
@@ -67,6 +70,57 @@ def test_kill_and_resume_gives_identical_params(uninterrupted, dataset, tmp_path
   resumed = vit_checkpoint.load(tmp_path / 'model.npz')
   reference = vit_checkpoint.load(os.path.join(workdir, 'model.npz'))
   jax.tree.map(np.testing.assert_array_equal, resumed, reference)
+
+
+def test_sigterm_checkpoints_the_current_step_and_resume_is_exact(uninterrupted, dataset,
+                                                                   tmp_path):
+  """A preemption notice (SIGTERM) during step 5 of 6: step 5 is checkpointed on the way out
+  (checkpoints come every 3 steps), so the rerun does only step 6, and it ends with the
+  parameters of the uninterrupted run."""
+  workdir, _ = uninterrupted
+  def preempt(step):
+    if step == 5:
+      os.kill(os.getpid(), signal.SIGTERM)
+  with pytest.raises(Stopped) as stopped:
+    train_loop.train_and_evaluate(helpers.tiny_config(dataset), str(tmp_path), on_step=preempt)
+  assert stopped.value.step == 5 and stopped.value.saved
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '5']
+  train_loop.train_and_evaluate(helpers.tiny_config(dataset), str(tmp_path))
+  rows = metrics_log.read_jsonl(tmp_path / 'metrics.jsonl')
+  assert [r['step'] for r in rows if r['split'] == 'train'] == [1, 2, 3, 4, 5, 6]
+  resumed = vit_checkpoint.load(tmp_path / 'model.npz')
+  reference = vit_checkpoint.load(os.path.join(workdir, 'model.npz'))
+  jax.tree.map(np.testing.assert_array_equal, resumed, reference)
+
+
+def test_cli_sigterm_exits_143_with_a_checkpoint_and_a_resume_hint(dataset, tmp_path):
+  """`kill` (SIGTERM) of a running `python -m vit_jax.main`: exit status 143, one line on
+  stderr naming the step and how to resume, and that step's checkpoint in the workdir."""
+  overrides = {'total_steps': 100000, 'checkpoint_every': 100000, 'eval_every': 0,
+               'progress_every': 1, 'batch': 8, 'batch_eval': 8, 'warmup_steps': 0,
+               'pp.crop': 8, 'pp.resize': 8, 'pp.augment': 'none', 'model.patches.size': '(4,4)',
+               'mesh': '(1,1)'}
+  command = [sys.executable, '-m', 'vit_jax.main', '--config',
+             f'configs/vit.py:testing,{dataset}', '--workdir', str(tmp_path)]
+  command += [f'--config.{k}={v}' for k, v in overrides.items()]
+  process = subprocess.Popen(command, cwd=helpers.ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  metrics = tmp_path / 'metrics.jsonl'
+  try:
+    for _ in range(600):  # until it has logged a step (imports and compilation first)
+      if process.poll() is not None or (metrics.exists() and metrics.stat().st_size):
+        break
+      time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+  finally:
+    process.kill()
+  assert process.returncode == 143, stderr[-2000:]
+  match = re.search(r'vit_jax.main: stopped by SIGTERM after step (\d+); the checkpoint of '
+                    r'step \1 is saved: run the same command to resume', stderr)
+  assert match, stderr[-2000:]
+  assert 'Traceback' not in stderr
+  assert os.listdir(tmp_path / 'checkpoints') == [match.group(1)]
 
 
 def _tiny_model(**kw):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 
 
@@ -14,14 +15,31 @@ class UserInputError(ValueError):
   """
 
 
+class Stopped(KeyboardInterrupt):
+  """A training run stopped early on a signal (Ctrl-C, SIGTERM: a preemption notice, `kill`)
+  after finishing `step`; `saved` tells whether that step was checkpointed on the way out."""
+
+  def __init__(self, step: int, reason: str, saved: bool):
+    super().__init__(f'stopped by {reason} after step {step}')
+    self.step, self.reason, self.saved = step, reason, saved
+    self.exit_status = 128 + (signal.Signals[reason].value if reason in signal.Signals.__members__
+                              else signal.SIGTERM.value)
+
+
 @contextlib.contextmanager
 def cli_errors(program: str):
-  """Turns `UserInputError` (and a missing file) into `program: message` and exit status 2."""
+  """Turns `UserInputError` (and a missing file) into `program: message` and exit status 2,
+  and a stop on a signal into a message saying whether (and how) the run can resume."""
   try:
     yield
   except (UserInputError, FileNotFoundError) as e:
     print(f'{program}: error: {e}', file=sys.stderr)
     sys.exit(2)
+  except Stopped as e:
+    resume = (f'the checkpoint of step {e.step} is saved: run the same command to resume.'
+              if e.saved else 'no checkpoint was saved for it.')
+    print(f'{program}: {e}; {resume}', file=sys.stderr)
+    sys.exit(e.exit_status)
   except KeyboardInterrupt:
     print(f'{program}: interrupted; nothing half-written was left behind.', file=sys.stderr)
     sys.exit(130)

@@ -202,7 +202,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       loop.Every(1, lambda step, state, metrics: history.append(metrics)),
       loop.Every(config.progress_every, write_progress),
       loop.Every(config.checkpoint_every,
-                 lambda step, state, metrics: ckpt.save(step, state, data_iterator=batches)),
+                 lambda step, state, metrics: ckpt.save(step, state, data_iterator=batches),
+                 at_stop=True),
       # Not at the last step: the final eval comes after the loop.
       loop.Every(config.eval_every, write_eval, at_last=False)]
   if on_step is not None:
