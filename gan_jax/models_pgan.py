@@ -81,7 +81,7 @@ class EqualizedConv(nn.Module):
   """Same-padded stride-1 conv, output (bias included) times sqrt(2 / (k*k*in)).
 
   Kernel is `[k, k, in, out]` (HWIO). `upscale_input=True` convolves the nearest x2
-  upsampled input (3x3 only), computed by `upscale2d_conv3x3`.
+  upsampled input, computed by `upscale2d_conv3x3` (3x3 kernels only; others are an error).
   """
   features: int
   kernel_size: int
@@ -93,6 +93,9 @@ class EqualizedConv(nn.Module):
     kernel = self.param('kernel', nn.initializers.normal(1.0), (k, k, cin, self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     if self.upscale_input:
+      if k != 3:
+        raise ValueError(f'EqualizedConv(upscale_input=True) folds the upsample into a 3x3 '
+                         f'kernel only; got kernel_size={k}.')
       y = upscale2d_conv3x3(x, kernel.astype(x.dtype))
     else:
       y = jax.lax.conv_general_dilated(

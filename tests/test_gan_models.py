@@ -186,3 +186,6 @@ def test_upscale2d_conv3x3_equals_upsample_then_conv():
   grad = lambda f: jax.grad(lambda v: jnp.sum(f(v) * cotangent))(x)
   np.testing.assert_allclose(grad(lambda v: models_pgan.upscale2d_conv3x3(v, kernel)),
                              grad(reference), rtol=1e-4, atol=1e-4)
+  conv5 = models_pgan.EqualizedConv(6, 5, upscale_input=True)
+  with pytest.raises(ValueError, match='3x3 kernel only; got kernel_size=5'):
+    conv5.init(jax.random.key(0), x)
