@@ -191,3 +191,7 @@ def parse(spec: str) -> Preprocess:
 
 def known_ops() -> list[str]:
   return sorted(_OPS)
+
+
+# Registers 'randaugment' (its own module: fourteen Pillow ops and their magnitudes).
+from vision_core.data import randaugment as _randaugment  # pylint: disable=wrong-import-position,unused-import
