@@ -59,6 +59,9 @@ def get_config(arg: str = 'ViT-B_16,cifar10') -> ml_collections.ConfigDict:
       # (inception crop + flip), 'pad_crop' (CIFAR from scratch: 4 px reflect pad, crop,
       # flip), 'none'.
       augment='resize_crop',
+      # RandAugment after the crop and flip: (num_ops, magnitude out of 10), e.g. (2, 9);
+      # num_ops 0 is off (vision_core.data.randaugment).
+      randaugment=(0, 9),
       # Explicit op specs override the above (see vision_core.data.preprocess).
       train_ops='', test_ops=''))
   config.batch = 512
@@ -75,6 +78,7 @@ def get_config(arg: str = 'ViT-B_16,cifar10') -> ml_collections.ConfigDict:
   config.b2 = 0.999
   config.weight_decay = 0.0
   config.label_smoothing = 0.0
+  config.mixup_alpha = 0.0  # > 0: mixup with Beta(alpha, alpha) ratios, e.g. 0.2 (0: off)
   config.pretrained = ml_collections.config_dict.placeholder(str)  # official/our .npz
   config.mesh = (-1, 1)  # (data, model); -1 takes the remaining devices
   config.sharding = 'replicated'  # replicated | fsdp | tp | fsdp_tp

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 from tests import vit_train_helpers as helpers
 from vision_core import data, metrics_log, optim
@@ -131,7 +132,7 @@ def _tiny_model(**kw):
   return models_vit.VisionTransformer(num_classes=3, **{**config, **kw})
 
 
-def _losses(mesh, strategy, batches, accum_steps=1, steps=3):
+def _losses(mesh, strategy, batches, accum_steps=1, steps=3, mixup_alpha=0.0):
   model = _tiny_model()
   schedule = optim.make_schedule(base_lr=0.01, total_steps=10)
   tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
@@ -140,7 +141,8 @@ def _losses(mesh, strategy, batches, accum_steps=1, steps=3):
                                               mesh=mesh, strategy=strategy)
   step = train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
                                state_shardings=shardings, num_classes=3,
-                               accum_steps=accum_steps, label_smoothing=0.1)
+                               accum_steps=accum_steps, label_smoothing=0.1,
+                               mixup_alpha=mixup_alpha)
   losses = []
   for batch in batches[:steps]:
     state, metrics = step(state, mesh_lib.shard_batch(batch, mesh))
@@ -152,6 +154,62 @@ def _batches(n=3, size=16):
   rng = np.random.default_rng(0)
   return [{'image': rng.uniform(-1, 1, (size, 8, 8, 3)).astype(np.float32),
            'label': rng.integers(0, 3, size).astype(np.int32)} for _ in range(n)]
+
+
+def test_randaugment_config_goes_after_crop_and_flip():
+  config = helpers.tiny_config('unused', **{'pp.augment': 'pad_crop', 'pp.randaugment': (2, 9)})
+  train_spec, test_spec = train_loop.preprocess_specs(config, channels=3)
+  assert train_spec == ('resize(8)|random_crop(8, pad=4, mode="reflect")|flip_lr|'
+                        'randaugment(2, 9)|value_range(-1, 1)')
+  assert 'randaugment' not in test_spec
+  config.pp.randaugment = (0, 9)
+  assert 'randaugment' not in train_loop.preprocess_specs(config, channels=3)[0]
+  config.pp.randaugment = (2, 12)
+  with pytest.raises(UserInputError, match=r'pp.randaugment=\(2, 12\)'):
+    train_loop.preprocess_specs(config, channels=3)
+
+
+def test_mixup_ratio_is_beta_distributed_and_mixes_with_the_reversed_batch():
+  x = jnp.arange(24, dtype=jnp.float32).reshape(4, 6)
+  labels = jnp.arange(4)
+  mixed, partners, lam = train.mixup(x, labels, jax.random.key(3), 0.4)
+  assert 0 <= float(lam) <= 1
+  np.testing.assert_allclose(mixed, lam * x + (1 - lam) * x[::-1], rtol=1e-6)
+  np.testing.assert_array_equal(partners, [3, 2, 1, 0])
+  lams = jax.vmap(lambda k: train.mixup(x, labels, k, 0.4)[2])(
+      jax.random.split(jax.random.key(0), 4000))
+  assert scipy.stats.kstest(np.asarray(lams), 'beta', args=(0.4, 0.4)).pvalue > 1e-3
+
+
+def test_mixup_loss_is_the_ratio_weighted_cross_entropy():
+  """alpha = 1e6 pins the ratio to 0.5 (std 4e-4), so the step's loss can be computed here
+  independently: half the cross entropy against each label of the half-half image mix."""
+  mesh = mesh_lib.make_mesh((1, 1), jax.devices()[:1])
+  batch = _batches(n=1)[0]
+  model = _tiny_model()
+  schedule = optim.make_schedule(base_lr=0.01, total_steps=10)
+  tx = optim.make_optimizer(name='sgd', schedule=schedule)
+  state, shardings = train.create_train_state(model=model, tx=tx, image_shape=(8, 8, 3),
+                                              mesh=mesh)
+  params = jax.device_get(state.params)
+  step = train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
+                               state_shardings=shardings, num_classes=3, mixup_alpha=1e6,
+                               donate=False)
+  _, metrics = step(state, mesh_lib.shard_batch(batch, mesh))
+  images = 0.5 * batch['image'] + 0.5 * batch['image'][::-1]
+  log_p = jax.nn.log_softmax(model.apply({'params': params}, images), -1)
+  rows = np.arange(len(images))
+  expected = -0.5 * np.mean(log_p[rows, batch['label']] + log_p[rows, batch['label'][::-1]])
+  np.testing.assert_allclose(float(metrics['loss']), expected, atol=2e-3)
+
+
+def test_mixup_is_the_same_on_a_sharded_mesh():
+  """The partner of a row is the same whatever the mesh (the batch reversed globally)."""
+  batches = _batches()
+  one, _ = _losses(mesh_lib.make_mesh((1, 1), jax.devices()[:1]), 'replicated', batches,
+                   mixup_alpha=0.4)
+  eight, _ = _losses(mesh_lib.make_mesh((8, 1)), 'replicated', batches, mixup_alpha=0.4)
+  np.testing.assert_allclose(eight, one, atol=1e-5, rtol=0)
 
 
 def test_data_and_model_meshes_match_one_device():

@@ -67,25 +67,49 @@ def _split_microbatches(batch, accum_steps: int, mesh: Mesh):
   return jax.tree.map(split, batch)
 
 
+# Salt for the mixup key, so that dropout keeps the key (and masks) it has without mixup.
+_MIXUP_SALT = 0x6D6978
+
+
+def mixup(images, labels, key, alpha: float):
+  """Mixup (Zhang et al., 2018) of a batch with itself reversed, one ratio per batch as in
+  timm: `lam ~ Beta(alpha, alpha)`, `images [B, ...]` -> `lam * images + (1 - lam) *
+  images[::-1]`. Returns `(mixed, labels[::-1], lam)`; the loss is `lam * CE(labels) +
+  (1 - lam) * CE(partner labels)`. The partner is the same whatever the mesh (XLA moves
+  the rows between devices), so sharded runs match single-device ones."""
+  lam = jax.random.beta(key, alpha, alpha).astype(images.dtype)
+  return lam * images + (1 - lam) * images[::-1], labels[::-1], lam
+
+
 def make_train_step(*, model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh: Mesh, state_shardings: TrainState,
                     num_classes: int, accum_steps: int = 1, label_smoothing: float = 0.0,
-                    seed: int = 0, donate: bool = True) -> Callable:
+                    mixup_alpha: float = 0.0, seed: int = 0, donate: bool = True) -> Callable:
   """`(state, batch) -> (state, metrics)`; the input state's buffers are donated.
 
   `batch = {'image': [B, H, W, C] float, 'label': [B] int}`, B a multiple of the data axis
   times `accum_steps`. Gradients of `accum_steps` micro-batches are averaged (a scan, so
-  memory is that of one micro-batch). `metrics`: loss, accuracy, grad_norm, lr (scalars).
-  Dropout keys are `fold_in(key(seed), step)`, so a resumed run draws the same masks.
+  memory is that of one micro-batch). `mixup_alpha > 0` mixes each micro-batch (`mixup`).
+  `metrics`: loss, accuracy (against the unmixed labels), grad_norm, lr (scalars).
+  Dropout and mixup keys derive from `fold_in(key(seed), step)`, so a resumed run draws the
+  same masks and ratios.
   """
   if accum_steps < 1:
     raise UserInputError(f'accum_steps={accum_steps}: expected >= 1.')
+  if mixup_alpha < 0:
+    raise UserInputError(f'mixup_alpha={mixup_alpha}: expected >= 0 (0 turns mixup off).')
   base_key = jax.random.key(seed)
 
   def loss_fn(params, images, labels, key):
+    targets = [(labels, 1.0)]
+    if mixup_alpha > 0:
+      images, partners, lam = mixup(images, labels, jax.random.fold_in(key, _MIXUP_SALT),
+                                    mixup_alpha)
+      targets = [(labels, lam), (partners, 1 - lam)]
     logits = model.apply({'params': params}, images, train=True, rngs={'dropout': key})
-    losses = optim.softmax_cross_entropy(logits, labels, num_classes=num_classes,
-                                         label_smoothing=label_smoothing)
+    losses = sum(weight * optim.softmax_cross_entropy(logits, target, num_classes=num_classes,
+                                                      label_smoothing=label_smoothing)
+                 for target, weight in targets)
     correct = jnp.argmax(logits, -1) == labels
     return jnp.mean(losses), jnp.mean(correct.astype(jnp.float32))
 

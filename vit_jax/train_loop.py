@@ -45,7 +45,12 @@ def preprocess_specs(config: ml_collections.ConfigDict, channels: int) -> tuple[
   }
   if pp.augment not in augment:
     raise UserInputError(f'pp.augment={pp.augment!r}: expected one of {", ".join(augment)}.')
-  train = pp.train_ops or f'{rgb}{augment[pp.augment]}|value_range(-1, 1)'
+  randaug = pp.get('randaugment', (0, 0))
+  if len(randaug) != 2 or randaug[0] < 0 or not 0 <= randaug[1] <= 10:
+    raise UserInputError(f'pp.randaugment={tuple(randaug)}: expected (num_ops >= 0, '
+                         'magnitude in [0, 10]); (0, ...) is off.')
+  randaug = f'|randaugment({int(randaug[0])}, {randaug[1]})' if randaug[0] else ''
+  train = pp.train_ops or f'{rgb}{augment[pp.augment]}{randaug}|value_range(-1, 1)'
   test = pp.test_ops or f'{rgb}resize({crop})|value_range(-1, 1)'
   return train, test
 
@@ -165,7 +170,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   train_step = train_lib.make_train_step(
       model=model, tx=tx, schedule=schedule, mesh=mesh, state_shardings=shardings,
       num_classes=num_classes, accum_steps=config.accum_steps,
-      label_smoothing=config.label_smoothing, seed=config.seed)
+      label_smoothing=config.label_smoothing, mixup_alpha=config.get('mixup_alpha', 0.0),
+      seed=config.seed)
   eval_step = train_lib.make_eval_step(model=model, mesh=mesh,
                                        params_shardings=shardings.params,
                                        num_classes=num_classes)
