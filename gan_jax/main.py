@@ -20,7 +20,7 @@ import os
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gan_jax import fid_vit as fid_vit_lib
@@ -143,6 +143,7 @@ def run(config, workdir: str) -> dict:
 
 def main(argv) -> None:
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO.
   with cli_errors('gan_jax.main'):
     if _CONFIG.value is None or _WORKDIR.value is None:
       from vision_core.errors import UserInputError  # pylint: disable=g-import-not-at-top

@@ -25,6 +25,7 @@ def main(argv):
   from igpt_jax import train  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   logging.info('Config:\n%s', config)
+  logging.set_verbosity(logging.WARNING)  # from here on: orbax logs every save step at INFO.
   with cli_errors('igpt_jax.main'):
     train.train_and_evaluate(config, _WORKDIR.value)
 
