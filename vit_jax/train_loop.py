@@ -24,6 +24,7 @@ import numpy as np
 from vision_core import checkpointing, data, io, loop, metrics_log
 from vision_core import mesh as mesh_lib
 from vision_core import optim
+from vision_core.data import randaugment
 from vision_core.errors import UserInputError
 from vit_jax import checkpoint as vit_checkpoint
 from vit_jax import models_vit
@@ -46,9 +47,10 @@ def preprocess_specs(config: ml_collections.ConfigDict, channels: int) -> tuple[
   if pp.augment not in augment:
     raise UserInputError(f'pp.augment={pp.augment!r}: expected one of {", ".join(augment)}.')
   randaug = pp.get('randaugment', (0, 0))
-  if len(randaug) != 2 or randaug[0] < 0 or not 0 <= randaug[1] <= 10:
+  if (len(randaug) != 2 or randaug[0] < 0
+      or not 0 <= randaug[1] <= randaugment.MAX_MAGNITUDE):
     raise UserInputError(f'pp.randaugment={tuple(randaug)}: expected (num_ops >= 0, '
-                         'magnitude in [0, 10]); (0, ...) is off.')
+                         f'magnitude in [0, {randaugment.MAX_MAGNITUDE}]); (0, ...) is off.')
   randaug = f'|randaugment({int(randaug[0])}, {randaug[1]})' if randaug[0] else ''
   train = pp.train_ops or f'{rgb}{augment[pp.augment]}{randaug}|value_range(-1, 1)'
   test = pp.test_ops or f'{rgb}resize({crop})|value_range(-1, 1)'

@@ -35,14 +35,19 @@ def _size2(size) -> tuple[int, int]:
   return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
 
 
+def apply_pil(image: np.ndarray, fn: Callable[[Image.Image], Image.Image]) -> np.ndarray:
+  """`fn` (Pillow image -> Pillow image) on a uint8 `[H, W, C]` array, C 1 (as mode 'L') or
+  3; returns uint8 `[h, w, C]`."""
+  grey = image.shape[-1] == 1
+  out = np.asarray(fn(Image.fromarray(image[..., 0] if grey else image)))
+  return out[..., None] if grey else out
+
+
 def _resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
   """Bilinear (antialiased when shrinking) resize of uint8 `[H, W, C]` to `[h, w, C]`."""
   if image.shape[:2] == hw:
     return image
-  squeeze = image.shape[-1] == 1
-  pil = Image.fromarray(image[..., 0] if squeeze else image)
-  out = np.asarray(pil.resize((hw[1], hw[0]), Image.BILINEAR))
-  return out[..., None] if squeeze else out
+  return apply_pil(image, lambda pil: pil.resize((hw[1], hw[0]), Image.BILINEAR))
 
 
 @register('resize')

@@ -22,18 +22,21 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from vision_core.data.preprocess import register
+from vision_core.data.preprocess import apply_pil, register
 from vision_core.errors import UserInputError
 
 FILL = 128
 MAX_MAGNITUDE = 10
 
 
+def _fill(image: Image.Image):
+  return FILL if image.mode == 'L' else (FILL,) * 3
+
+
 def _affine(image: Image.Image, coefficients) -> Image.Image:
   """Pillow's affine map (output pixel (x, y) reads input (a x + b y + c, d x + e y + f))."""
-  fill = FILL if image.mode == 'L' else (FILL,) * 3
   return image.transform(image.size, Image.AFFINE, coefficients, resample=Image.NEAREST,
-                         fillcolor=fill)
+                         fillcolor=_fill(image))
 
 
 def _shear_x(image, level, sign):
@@ -53,8 +56,7 @@ def _translate_y(image, level, sign):
 
 
 def _rotate(image, level, sign):
-  fill = FILL if image.mode == 'L' else (FILL,) * 3
-  return image.rotate(sign * 30 * level, resample=Image.NEAREST, fillcolor=fill)
+  return image.rotate(sign * 30 * level, resample=Image.NEAREST, fillcolor=_fill(image))
 
 
 def _enhance(enhancer):
@@ -96,10 +98,7 @@ OPS: dict[str, Callable[[Image.Image, float, int], Image.Image]] = {
 
 def apply_op(name: str, image: np.ndarray, magnitude: float, sign: int = 1) -> np.ndarray:
   """One op on a uint8 `[H, W, C]` image (C 1 or 3) -> uint8 `[H, W, C]`."""
-  grey = image.shape[-1] == 1
-  pil = Image.fromarray(image[..., 0] if grey else image)
-  out = np.asarray(OPS[name](pil, magnitude / MAX_MAGNITUDE, sign))
-  return out[..., None] if grey else out
+  return apply_pil(image, lambda pil: OPS[name](pil, magnitude / MAX_MAGNITUDE, sign))
 
 
 @register('randaugment', random=True)
@@ -117,8 +116,12 @@ def randaugment(num_ops: int = 2, magnitude: float = 9):
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3):
       raise UserInputError(f'randaugment: expected a uint8 [H, W, 1 or 3] image, got '
                            f'{image.dtype} {image.shape}; put it before value_range.')
-    for _ in range(num_ops):
-      name = names[rng.integers(len(names))]
-      image = apply_op(name, image, magnitude, 1 if rng.random() < 0.5 else -1)
-    return {**record, 'image': image}
+    draws = [(OPS[names[rng.integers(len(names))]], 1 if rng.random() < 0.5 else -1)
+             for _ in range(num_ops)]
+
+    def chain(pil):  # all ops on one Pillow image: one conversion each way
+      for fn, sign in draws:
+        pil = fn(pil, magnitude / MAX_MAGNITUDE, sign)
+      return pil
+    return {**record, 'image': apply_pil(image, chain) if draws else image}
   return op
