@@ -22,8 +22,7 @@ class Stopped(KeyboardInterrupt):
   def __init__(self, step: int, reason: str, saved: bool):
     super().__init__(f'stopped by {reason} after step {step}')
     self.step, self.reason, self.saved = step, reason, saved
-    self.exit_status = 128 + (signal.Signals[reason].value if reason in signal.Signals.__members__
-                              else signal.SIGTERM.value)
+    self.exit_status = 128 + signal.Signals[reason].value  # reason: a signal's name
 
 
 @contextlib.contextmanager
