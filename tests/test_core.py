@@ -1,6 +1,8 @@
 """vision_core: mesh construction, batch placement, atomic writes, flat npz trees."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -30,6 +32,39 @@ def test_shard_batch_splits_rows_over_data_axis():
   np.testing.assert_array_equal(mesh.to_host(placed)['x'], batch['x'])
   with pytest.raises(UserInputError, match='batch=6 is not divisible by the 4 devices'):
     mesh.check_batch_size(6, m)
+
+
+@pytest.mark.parametrize('env, message', [
+    ({'JAX_NUM_PROCESSES': '2'}, 'set both JAX_NUM_PROCESSES and JAX_PROCESS_ID'),
+    ({'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': 'one'}, "JAX_PROCESS_ID='one': expected a"),
+    ({'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': '2'}, 'expected less than JAX_NUM_PROCESSES'),
+])
+def test_multi_process_environment_errors_are_clear(monkeypatch, env, message):
+  """Started processes are tested in test_multiprocess.py; these fail before connecting."""
+  for name in ('JAX_NUM_PROCESSES', 'JAX_PROCESS_ID', 'TPU_WORKER_HOSTNAMES', 'SLURM_NTASKS',
+               'OMPI_COMM_WORLD_SIZE'):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv('JAX_COORDINATOR_ADDRESS', 'localhost:1')
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  with pytest.raises(UserInputError, match=message):
+    mesh.initialize_distributed()
+  assert not jax.distributed.is_initialized()
+
+
+def test_bare_coordinator_address_outside_a_cluster_is_a_clear_error():
+  """JAX reads only the address from the environment; outside a TPU VM, SLURM or MPI it
+  cannot tell the process count. (A fresh process: JAX must not have started yet.)"""
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(('JAX_', 'TPU_', 'SLURM_', 'OMPI_'))}
+  env['JAX_COORDINATOR_ADDRESS'] = 'localhost:1'
+  result = subprocess.run(
+      [sys.executable, '-c', 'from vision_core import mesh; mesh.initialize_distributed()'],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert ('set JAX_NUM_PROCESSES and JAX_PROCESS_ID beside JAX_COORDINATOR_ADDRESS'
+          in result.stderr), result.stderr[-2000:]
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):

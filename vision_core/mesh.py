@@ -22,16 +22,39 @@ AXES = ('data', 'model')
 def initialize_distributed() -> None:
   """Calls `jax.distributed.initialize()` when launched as one process of several.
 
-  Cloud TPU VMs and SLURM/Open MPI launches are detected by JAX itself; a plain single-process
-  run (the usual case) does nothing.
+  Cloud TPU VMs and SLURM/Open MPI launches are detected by JAX itself. Anywhere else (GPU
+  boxes, or several processes on one machine) set `JAX_COORDINATOR_ADDRESS=host:port`,
+  `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` (0 on the coordinator's host) in every process.
+  A plain single-process run (the usual case) does nothing.
   """
   env = os.environ
   multi = (bool(env.get('JAX_COORDINATOR_ADDRESS'))
            or ',' in env.get('TPU_WORKER_HOSTNAMES', '')
            or int(env.get('SLURM_NTASKS', '1')) > 1
            or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1)
-  if multi and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+  if not multi or jax.distributed.is_initialized():
+    return
+  # JAX itself reads only the coordinator's address from the environment; the count and the
+  # index come from a detected cluster (TPU metadata, SLURM, MPI) or from these two.
+  explicit = {}
+  for name, key in (('JAX_NUM_PROCESSES', 'num_processes'), ('JAX_PROCESS_ID', 'process_id')):
+    value = env.get(name, '')
+    if value:
+      if not value.isdigit():
+        raise UserInputError(f'{name}={value!r}: expected a non-negative integer.')
+      explicit[key] = int(value)
+  if len(explicit) == 1:
+    raise UserInputError('set both JAX_NUM_PROCESSES and JAX_PROCESS_ID, or neither (then the '
+                         'cluster, e.g. a TPU VM or SLURM, must provide them).')
+  if explicit and not explicit['process_id'] < explicit['num_processes']:
+    raise UserInputError(f'JAX_PROCESS_ID={explicit["process_id"]}: expected less than '
+                         f'JAX_NUM_PROCESSES={explicit["num_processes"]}.')
+  try:
+    jax.distributed.initialize(**explicit)
+  except ValueError as e:  # e.g. a bare JAX_COORDINATOR_ADDRESS outside a known cluster
+    raise UserInputError(
+        f'multi-process start-up failed: {e}. Outside a TPU VM, SLURM or MPI, set '
+        'JAX_NUM_PROCESSES and JAX_PROCESS_ID beside JAX_COORDINATOR_ADDRESS.') from e
 
 
 def make_mesh(shape: Sequence[int] = (-1, 1), devices: Sequence[Any] | None = None) -> Mesh:
