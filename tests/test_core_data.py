@@ -170,6 +170,43 @@ def test_train_loader_resumes_exactly_and_drops_remainder():
   np.testing.assert_array_equal(next(again)['image'][:, 0, 0, 0], first[0])
 
 
+def test_global_batches_do_not_depend_on_the_number_of_processes():
+  """Process p of P feeds rows [p b, (p + 1) b) of every global batch: the P samplers' records
+  (and augmentation generators), concatenated in process order, are those of one process.
+  One process is grain's own seeded IndexSampler, record for record."""
+  import grain.python as grain  # pylint: disable=g-import-not-at-top
+  n, b, procs = 37, 2, 3
+  reference = grain.IndexSampler(num_records=n, shard_options=grain.NoSharding(), shuffle=True,
+                                 num_epochs=None, seed=5)
+  one = data.GlobalBatchSampler(n, per_process_batch=procs * b, seed=5)
+  draws = lambda meta: (meta.record_key, meta.rng.integers(1 << 30))  # pylint: disable=g-long-lambda
+  global_stream = [draws(one[i]) for i in range(200)]  # 5 epochs, reshuffled each
+  assert global_stream == [draws(reference[i]) for i in range(200)]
+  assert sorted(k for k, _ in global_stream[:n]) == list(range(n))
+  assert [k for k, _ in global_stream[:n]] != [k for k, _ in global_stream[n:2 * n]]
+  samplers = [data.GlobalBatchSampler(n, per_process_batch=b, seed=5, process_index=p,
+                                      process_count=procs) for p in range(procs)]
+  fed = []
+  for batch in range(200 // (procs * b)):
+    for p, sampler in enumerate(samplers):
+      # The grain DataLoader asks process p for indices j * procs + p, j counting its records.
+      fed += [draws(sampler[(batch * b + row) * procs + p]) for row in range(b)]
+  assert fed == global_stream[:len(fed)]
+
+
+def test_eval_sampler_pads_the_last_global_batch():
+  samplers = [data.GlobalBatchSampler(11, per_process_batch=2, seed=None, process_index=p,
+                                      process_count=3, num_epochs=1, pad_last=True)
+              for p in range(3)]
+  assert [len(s) for s in samplers] == [12] * 3  # two global batches of 6 per process x 3
+  keys, masks = [], []
+  for batch in range(2):
+    for p, sampler in enumerate(samplers):
+      keys += [sampler[(batch * 2 + row) * 3 + p].record_key for row in range(2)]
+      masks += list(sampler.positions(batch) < 11)
+  assert keys == list(range(11)) + [0] and masks == [True] * 11 + [False]
+
+
 def test_batch_too_large_and_mixed_sizes(tmp_path):
   with pytest.raises(UserInputError, match='fewer than one batch'):
     data.train_loader(_arrays(5), global_batch_size=8, preprocess='', seed=0)

@@ -1,15 +1,18 @@
 """Batches for training (shuffled, infinite, resumable) and evaluation (every example once).
 
-Built on grain's `DataLoader`: a seeded `IndexSampler` makes the order and every random
-augmentation a function of (seed, example index), so a run restored from a checkpointed
-iterator state sees exactly the batches an uninterrupted run would have. Each JAX process
-reads only its own shard (`ShardByJaxProcess`) and yields its `global_batch / process_count`
-rows; `vision_core.mesh.shard_batch` assembles the global array.
+Built on grain's `DataLoader`. For training, `GlobalBatchSampler` makes the order and every
+random augmentation a function of (seed, position in the stream of global batches), so a run
+restored from a checkpointed iterator state sees exactly the batches an uninterrupted run
+would have, and the global batches are the same whether one process or several feed them.
+Each JAX process reads only its own rows of each global batch and yields its
+`global_batch / process_count` of them; `vision_core.mesh.shard_batch` assembles the global
+array. Evaluation shards the examples over processes (`ShardByJaxProcess`).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Iterator, Sequence
 
 import grain.python as grain
@@ -43,6 +46,59 @@ def per_host_batch_size(global_batch_size: int, *, field: str = 'batch') -> int:
   return global_batch_size // hosts
 
 
+class GlobalBatchSampler:
+  """grain sampler for process `process_index` of `process_count`: rows
+  `[p * b, (p + 1) * b)` of every global batch of `process_count * b` examples.
+
+  The global stream is grain's seeded shuffle of `range(num_records)`, reshuffled every
+  epoch (`seed=None`: in order), and record `g` of it gets the augmentation generator
+  `Philox(seed + g)` (`seed=None`: `Philox(g)`). So the global batches, and every random crop and flip in them, do not
+  depend on the number of processes: one process is exactly grain's
+  `IndexSampler(shuffle=True)`, and N processes feed the same global batches between them.
+  The stream holds whole global batches: with `pad_last` the last one is filled up with
+  record 0 (positions >= `num_epochs * num_records`, for the caller to mask), else it is
+  dropped. The `DataLoader` (given `shard_options`) asks this process for indices
+  `j * process_count + process_index`, `j` counting its own records.
+  """
+
+  def __init__(self, num_records: int, *, per_process_batch: int, seed: int | None,
+               process_index: int = 0, process_count: int = 1,
+               num_epochs: int | None = None, pad_last: bool = False):
+    records = grain.MapDataset.range(num_records)
+    self._records = records if seed is None else records.shuffle(seed=seed)
+    self._num_records, self._seed, self._batch = num_records, seed, per_process_batch
+    self._index, self._count = process_index, process_count
+    self.global_batch = per_process_batch * process_count
+    self.num_positions = sys.maxsize if num_epochs is None else num_epochs * num_records
+    batches = (math.ceil if pad_last else math.floor)(self.num_positions / self.global_batch)
+    self._length = sys.maxsize if num_epochs is None else batches * self.global_batch
+    self.shard_options = grain.ShardOptions(shard_index=process_index, shard_count=process_count,
+                                            drop_remainder=True)
+
+  def __repr__(self) -> str:  # grain checks it against the checkpointed iterator's
+    return (f'GlobalBatchSampler(num_records={self._num_records}, '
+            f'per_process_batch={self._batch}, seed={self._seed}, '
+            f'process_index={self._index}, process_count={self._count}, '
+            f'length={self._length})')
+
+  def positions(self, batch: int) -> np.ndarray:
+    """Global positions `[b]` of this process's rows of global batch `batch`."""
+    return batch * self.global_batch + self._index * self._batch + np.arange(self._batch)
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int) -> grain.RecordMetadata:
+    if index < 0 or index >= self._length:
+      raise IndexError(f'sampler index {index} out of range [0, {self._length})')
+    batch, row = divmod(index // self._count, self._batch)
+    position = int(self.positions(batch)[row])
+    rng = np.random.Generator(np.random.Philox(key=(self._seed or 0) + position))
+    # Positions past the data pad the last batch (with record 0), for the caller to mask.
+    key = self._records[position] if position < self.num_positions else 0
+    return grain.RecordMetadata(index=index, record_key=key, rng=rng)
+
+
 def _transform(preprocess) -> pp_lib.Preprocess:
   return pp_lib.parse(preprocess) if isinstance(preprocess, str) else preprocess
 
@@ -58,22 +114,22 @@ def train_loader(source, *, global_batch_size: int, preprocess: str | pp_lib.Pre
   if len(source) < global_batch_size:
     raise UserInputError(f'{source!r} has {len(source)} examples, fewer than one batch of '
                          f'{global_batch_size}.')
-  sampler = grain.IndexSampler(
-      num_records=len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
-      shuffle=True, num_epochs=num_epochs, seed=seed)
+  per_host = per_host_batch_size(global_batch_size)
+  sampler = GlobalBatchSampler(len(source), per_process_batch=per_host, seed=seed,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count(), num_epochs=num_epochs)
   return grain.DataLoader(
-      data_source=source, sampler=sampler,
+      data_source=source, sampler=sampler, shard_options=sampler.shard_options,
       operations=[_transform(preprocess),
-                  grain.Batch(per_host_batch_size(global_batch_size), drop_remainder=True,
-                              batch_fn=_stack)],
+                  grain.Batch(per_host, drop_remainder=True, batch_fn=_stack)],
       worker_count=worker_count,
       read_options=grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=256))
 
 
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
-  """Batches every process yields so that each of its (up to ceil(n/hosts)) examples fits."""
-  per_host = per_host_batch_size(global_batch_size, field='batch_eval')
-  return math.ceil(math.ceil(num_examples / jax.process_count()) / per_host)
+  """Global batches that hold every example (the last one padded)."""
+  per_host_batch_size(global_batch_size, field='batch_eval')
+  return math.ceil(num_examples / global_batch_size)
 
 
 def eval_batches(source, *, global_batch_size: int, preprocess: str | pp_lib.Preprocess,
@@ -81,34 +137,23 @@ def eval_batches(source, *, global_batch_size: int, preprocess: str | pp_lib.Pre
                  ) -> Iterator[dict[str, np.ndarray]]:
   """Every example of `source` exactly once, in order, as `{'image', 'label', 'mask'}`.
 
-  The last batch is padded (with copies of its first row) to the full size, and `mask`
-  [b] is False on padding; every process yields the same number of batches (all-padding
-  ones where its shard is shorter), as collective eval steps require.
+  Global batch k holds examples `[k * B, (k + 1) * B)` whatever the number of processes,
+  each process yielding its `B / process_count` rows of it. The last batch is padded (with
+  copies of example 0) to the full size, and `mask` [b] is False on padding, so every
+  process yields `num_eval_batches` batches, as collective eval steps require.
   """
   per_host = per_host_batch_size(global_batch_size, field='batch_eval')
-  sampler = grain.IndexSampler(
-      num_records=len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=False),
-      shuffle=False, num_epochs=1, seed=0)
+  if not len(source):
+    raise UserInputError(f'{source!r} has no examples to evaluate.')
+  sampler = GlobalBatchSampler(len(source), per_process_batch=per_host, seed=None,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count(), num_epochs=1, pad_last=True)
   loader = grain.DataLoader(
-      data_source=source, sampler=sampler,
+      data_source=source, sampler=sampler, shard_options=sampler.shard_options,
       operations=[_transform(preprocess),
-                  grain.Batch(per_host, drop_remainder=False, batch_fn=_stack)],
+                  grain.Batch(per_host, drop_remainder=True, batch_fn=_stack)],
       worker_count=worker_count,
       read_options=grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=256))
-  template = None
-  yielded = 0
-  for batch in loader:
-    n = len(batch['label'])
-    batch = {k: np.concatenate([v, np.repeat(v[:1], per_host - n, 0)]) if n < per_host else v
-             for k, v in batch.items()}
-    batch['mask'] = np.arange(per_host) < n
-    template = template or {k: v[:1] for k, v in batch.items()}
-    yielded += 1
+  for k, batch in enumerate(loader):
+    batch['mask'] = sampler.positions(k) < len(source)
     yield batch
-  total = num_eval_batches(len(source), global_batch_size)
-  if template is None and yielded < total:
-    raise UserInputError(f'{source!r}: this process has no examples to evaluate.')
-  for _ in range(total - yielded):
-    padding = {k: np.repeat(v, per_host, 0) for k, v in template.items()}
-    padding['mask'] = np.zeros(per_host, bool)
-    yield padding
