@@ -113,7 +113,8 @@ def run(config, workdir: str) -> dict:
   def write_samples(step, state, metrics):
     del metrics
     grid = train.image_grid(_generate(sample_fn, state['ema'], fixed_z))
-    _save_png(io.join(workdir, 'samples', f'step_{step:06d}.png'), grid)
+    if jax.process_index() == 0:  # one writer for what every host computed
+      _save_png(io.join(workdir, 'samples', f'step_{step:06d}.png'), grid)
 
   def write_fid(step, state, metrics):
     del metrics
@@ -134,8 +135,9 @@ def run(config, workdir: str) -> dict:
              loop.Every(config.checkpoint_every, lambda step, state, metrics: ckpt.save(
                  step, state, data_iterator=iterator), at_stop=True)])
   log.close()
-  generators.save(io.join(workdir, 'generator.npz'), config.generator.to_dict(),
-                  jax.device_get(state['ema']), overwrite=True)
+  if jax.process_index() == 0:
+    generators.save(io.join(workdir, 'generator.npz'), config.generator.to_dict(),
+                    jax.device_get(state['ema']), overwrite=True)
   final = {'step': config.total_steps, **logged}
   metrics_log.write_json(io.join(workdir, 'final.json'), final)
   return final

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -141,7 +142,7 @@ def get_palette(config, source, workdir: str) -> np.ndarray:
       raise UserInputError(f'init_from={config.init_from}: pass the palette those weights '
                            f'were trained with (--config.palette=...); {beside} is absent.')
     centers = palette_lib.load_palette(beside, num_clusters=config.vocab_size)
-    palette_lib.save_palette(saved, centers)
+    _save_palette_once(saved, centers)
     return centers
   rng = np.random.default_rng(config.seed)
   idx = rng.choice(len(source), min(config.palette_fit_images, len(source)), replace=False)
@@ -149,8 +150,14 @@ def get_palette(config, source, workdir: str) -> np.ndarray:
   pixels = np.stack([resize(source[int(i)])['image'] for i in idx])
   centers = palette_lib.fit_palette(pixels, num_clusters=config.vocab_size, seed=config.seed,
                                     steps=config.palette_fit_steps)
-  palette_lib.save_palette(saved, centers)
+  _save_palette_once(saved, centers)
   return centers
+
+
+def _save_palette_once(path: str, centers: np.ndarray) -> None:
+  """Every process fits the same palette (same seed, same images); the first one writes it."""
+  if jax.process_index() == 0:
+    palette_lib.save_palette(path, centers)
 
 
 def build_model(config, num_classes: int = 0) -> igpt_model.ImageGPT:
@@ -199,6 +206,7 @@ def evaluate(eval_step, params, centers, source, config, mesh) -> dict[str, floa
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains per `config`, resuming from `workdir`'s checkpoints; returns the final metrics."""
+  mesh_lib.initialize_distributed()
   workdir = io.abspath(workdir)
   io.makedirs(workdir)
   mesh = mesh_lib.make_mesh()
@@ -236,6 +244,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   deadline = time.monotonic() + 60 * config.time_limit_minutes if config.time_limit_minutes \
       else math.inf
 
+  def past_deadline(step: int) -> bool:
+    if step % config.log_every or deadline == math.inf:
+      return False
+    late = time.monotonic() > deadline
+    if jax.process_count() > 1:  # Process 0's clock decides, so that all hosts stop together.
+      late = bool(multihost_utils.broadcast_one_to_all(np.bool_(late)))
+    return late
+
   def write_metrics(step, state, metrics):
     del state
     host = {k: float(v) for k, v in mesh_lib.to_host(metrics).items()}
@@ -262,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         at_stop=True)],
       # Out of time: checked at logging steps; that step becomes the last one (logged,
       # evaluated, checkpointed).
-      stop_after=lambda step: step % config.log_every == 0 and time.monotonic() > deadline)
+      stop_after=past_deadline)
   params = mesh_lib.to_host(state['params'])
   if jax.process_index() == 0:
     igpt_checkpoint.save(io.join(workdir, 'params.npz'), params, overwrite=True)

@@ -166,8 +166,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=batches)
     logging.info('Resumed from %s at step %d', ckpt.directory, int(state.step))
   start = int(state.step)
-  with io.atomic_write(io.join(workdir, 'config.json'), 'w', overwrite=True) as f:
-    f.write(config.to_json(indent=2))
+  if jax.process_index() == 0:  # one writer for files every host could write
+    with io.atomic_write(io.join(workdir, 'config.json'), 'w', overwrite=True) as f:
+      f.write(config.to_json(indent=2))
 
   train_step = train_lib.make_train_step(
       model=model, tx=tx, schedule=schedule, mesh=mesh, state_shardings=shardings,
@@ -230,8 +231,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
            'test_split': config.pp.test, 'dataset': config.dataset,
            'model': config.model_name, 'train_seconds_this_run': round(time.time() - t0, 1)}
   if config.export_npz:
-    final['model_npz'] = save_model_files(workdir, train_lib.params_to_host(state.params),
-                                          config, train_source.class_names)
+    params = train_lib.params_to_host(state.params)  # a collective: every host takes part
+    final['model_npz'] = io.join(workdir, 'model.npz')
+    if jax.process_index() == 0:
+      save_model_files(workdir, params, config, train_source.class_names)
   metrics_log.write_json(io.join(workdir, 'final.json'), final)
   print(json.dumps(final, indent=2))
   return final
