@@ -43,6 +43,11 @@ def test_checkpoint_keeps_last_n_restores_state_and_data(tmp_path):
   with pytest.raises(UserInputError, match='does not match'):
     reopened.restore(checkpointing.abstract_like({'params': {'w': jnp.zeros((3, 3))},
                                                   'step': jnp.int32(0)}))
+  # As if written by 2 processes: this single process has no data position of its own.
+  os.rename(tmp_path / '3' / 'data' / 'process_0-of-1.json',
+            tmp_path / '3' / 'data' / 'process_0-of-2.json')
+  with pytest.raises(UserInputError, match='process_0-of-1.json.*another number of processes'):
+    reopened.restore(checkpointing.abstract_like(state), data_iterator=iter(loader))
   reopened.close()
 
 

@@ -77,8 +77,16 @@ class Checkpointer:
     if step is None:
       raise UserInputError(f'{self.directory}: no checkpoint to restore.')
     items = {'state': ocp.args.StandardRestore(abstract_state)}
-    has_data = io.isdir(io.join(self.directory, str(step), 'data'))
-    if data_iterator is not None and has_data:
+    data_dir = io.join(self.directory, str(step), 'data')
+    if data_iterator is not None and io.isdir(data_dir):
+      # grain saves one position per process (`process_{i}-of-{n}.json`).
+      name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+      if not io.exists(io.join(data_dir, name)):
+        raise UserInputError(
+            f'{self.directory}/{step}: no data position for process {jax.process_index()} of '
+            f'{jax.process_count()} ({name}); the checkpoint was written by a run with another '
+            'number of processes. Resume with that number (the data position is saved per '
+            'process), or start a new workdir.')
       items['data'] = grain.PyGrainCheckpointRestore(data_iterator)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
