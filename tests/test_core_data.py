@@ -194,6 +194,28 @@ def test_global_batches_do_not_depend_on_the_number_of_processes():
   assert fed == global_stream[:len(fed)]
 
 
+def test_grain_workers_do_not_change_the_batches():
+  """Each grain worker batches its own records; the sampler maps them so that the batches
+  (and a resume from a worker run's state) are those of a run without workers."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():  # grain reads its flags in the worker set-up
+    flags.FLAGS.mark_as_parsed()
+  source = _arrays(40)
+  plain = iter(data.train_loader(source, global_batch_size=8, preprocess='flip_lr', seed=3))
+  workers = iter(data.train_loader(source, global_batch_size=8, preprocess='flip_lr', seed=3,
+                                   worker_count=2))
+  for _ in range(5):  # into the second epoch
+    np.testing.assert_array_equal(next(workers)['image'], next(plain)['image'])
+  resumed = iter(data.train_loader(source, global_batch_size=8, preprocess='flip_lr', seed=3,
+                                   worker_count=2))
+  resumed.set_state(workers.get_state())
+  np.testing.assert_array_equal(next(resumed)['image'], next(plain)['image'])
+  batches = list(data.eval_batches(source, global_batch_size=6, preprocess='', worker_count=3))
+  assert len(batches) == data.num_eval_batches(40, 6) == 7
+  seen = np.concatenate([b['image'][b['mask'], 0, 0, 0] for b in batches])
+  np.testing.assert_array_equal(seen, np.arange(40))
+
+
 def test_eval_sampler_pads_the_last_global_batch():
   samplers = [data.GlobalBatchSampler(11, per_process_batch=2, seed=None, process_index=p,
                                       process_count=3, num_epochs=1, pad_last=True)

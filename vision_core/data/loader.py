@@ -52,26 +52,29 @@ class GlobalBatchSampler:
 
   The global stream is grain's seeded shuffle of `range(num_records)`, reshuffled every
   epoch (`seed=None`: in order), and record `g` of it gets the augmentation generator
-  `Philox(seed + g)` (`seed=None`: `Philox(g)`). So the global batches, and every random crop and flip in them, do not
-  depend on the number of processes: one process is exactly grain's
-  `IndexSampler(shuffle=True)`, and N processes feed the same global batches between them.
+  `Philox(seed + g)` (`seed=None`: `Philox(g)`). So the global batches, and every random
+  crop and flip in them, depend neither on the number of processes nor on the number of
+  grain workers: one process without workers is exactly grain's `IndexSampler(shuffle=True)`.
+
   The stream holds whole global batches: with `pad_last` the last one is filled up with
   record 0 (positions >= `num_epochs * num_records`, for the caller to mask), else it is
-  dropped. The `DataLoader` (given `shard_options`) asks this process for indices
-  `j * process_count + process_index`, `j` counting its own records.
+  dropped. With workers, the count of batches is rounded to whole rounds of workers (up with
+  `pad_last`, down without), since each worker makes whole batches of its own records.
   """
 
   def __init__(self, num_records: int, *, per_process_batch: int, seed: int | None,
-               process_index: int = 0, process_count: int = 1,
+               process_index: int = 0, process_count: int = 1, worker_count: int = 0,
                num_epochs: int | None = None, pad_last: bool = False):
     records = grain.MapDataset.range(num_records)
     self._records = records if seed is None else records.shuffle(seed=seed)
     self._num_records, self._seed, self._batch = num_records, seed, per_process_batch
     self._index, self._count = process_index, process_count
+    self._workers = max(worker_count, 1)
     self.global_batch = per_process_batch * process_count
     self.num_positions = sys.maxsize if num_epochs is None else num_epochs * num_records
-    batches = (math.ceil if pad_last else math.floor)(self.num_positions / self.global_batch)
-    self._length = sys.maxsize if num_epochs is None else batches * self.global_batch
+    round_size = self.global_batch * self._workers
+    rounds = (math.ceil if pad_last else math.floor)(self.num_positions / round_size)
+    self._length = sys.maxsize if num_epochs is None else rounds * round_size
     self.shard_options = grain.ShardOptions(shard_index=process_index, shard_count=process_count,
                                             drop_remainder=True)
 
@@ -79,11 +82,11 @@ class GlobalBatchSampler:
     return (f'GlobalBatchSampler(num_records={self._num_records}, '
             f'per_process_batch={self._batch}, seed={self._seed}, '
             f'process_index={self._index}, process_count={self._count}, '
-            f'length={self._length})')
+            f'workers={self._workers}, length={self._length})')
 
   def positions(self, batch: int) -> np.ndarray:
-    """Global positions `[b]` of this process's rows of global batch `batch`."""
-    return batch * self.global_batch + self._index * self._batch + np.arange(self._batch)
+    """Global positions `[b]` of this process's rows of its `batch`-th batch."""
+    return (batch * self._count + self._index) * self._batch + np.arange(self._batch)
 
   def __len__(self) -> int:
     return self._length
@@ -91,8 +94,13 @@ class GlobalBatchSampler:
   def __getitem__(self, index: int) -> grain.RecordMetadata:
     if index < 0 or index >= self._length:
       raise IndexError(f'sampler index {index} out of range [0, {self._length})')
-    batch, row = divmod(index // self._count, self._batch)
-    position = int(self.positions(batch)[row])
+    # The DataLoader asks this process for indices `j * process_count + process_index`, j
+    # counting its records. Worker k of w reads j = k, k + w, ..., batches b of them at a
+    # time, and the batches come out round-robin over the workers.
+    own = index // self._count
+    worker, nth = own % self._workers, own // self._workers
+    worker_batch, row = divmod(nth, self._batch)
+    position = int(self.positions(worker_batch * self._workers + worker)[row])
     rng = np.random.Generator(np.random.Philox(key=(self._seed or 0) + position))
     # Positions past the data pad the last batch (with record 0), for the caller to mask.
     key = self._records[position] if position < self.num_positions else 0
@@ -117,7 +125,8 @@ def train_loader(source, *, global_batch_size: int, preprocess: str | pp_lib.Pre
   per_host = per_host_batch_size(global_batch_size)
   sampler = GlobalBatchSampler(len(source), per_process_batch=per_host, seed=seed,
                                process_index=jax.process_index(),
-                               process_count=jax.process_count(), num_epochs=num_epochs)
+                               process_count=jax.process_count(), worker_count=worker_count,
+                               num_epochs=num_epochs)
   return grain.DataLoader(
       data_source=source, sampler=sampler, shard_options=sampler.shard_options,
       operations=[_transform(preprocess),
@@ -147,13 +156,16 @@ def eval_batches(source, *, global_batch_size: int, preprocess: str | pp_lib.Pre
     raise UserInputError(f'{source!r} has no examples to evaluate.')
   sampler = GlobalBatchSampler(len(source), per_process_batch=per_host, seed=None,
                                process_index=jax.process_index(),
-                               process_count=jax.process_count(), num_epochs=1, pad_last=True)
+                               process_count=jax.process_count(), worker_count=worker_count,
+                               num_epochs=1, pad_last=True)
   loader = grain.DataLoader(
       data_source=source, sampler=sampler, shard_options=sampler.shard_options,
       operations=[_transform(preprocess),
                   grain.Batch(per_host, drop_remainder=True, batch_fn=_stack)],
       worker_count=worker_count,
       read_options=grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=256))
+  total = num_eval_batches(len(source), global_batch_size)
   for k, batch in enumerate(loader):
-    batch['mask'] = sampler.positions(k) < len(source)
-    yield batch
+    if k < total:  # with workers, whole rounds of them: the rest is padding only
+      batch['mask'] = sampler.positions(k) < len(source)
+      yield batch
