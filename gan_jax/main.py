@@ -81,7 +81,9 @@ def run(config, workdir: str) -> dict:
   state = jax.device_put(train.init_state(config, key), mesh_lib.replicated(mesh))
   ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'))
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=iterator)
+    state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=iterator,
+                         seek_data=lambda step: data.seek(iterator, batches=step,
+                                                          global_batch_size=config.batch_size))
   start = int(state['step'])
   step_fn = train.make_train_step(config=config, mesh=mesh)
   g_module = generators.build(config.generator.to_dict())

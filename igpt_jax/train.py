@@ -227,7 +227,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'),
                                     max_to_keep=config.keep_checkpoints)
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=it)
+    state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=it,
+                         seek_data=lambda step: data.seek(it, batches=step,
+                                                          global_batch_size=config.batch_size))
   first = int(state['step'])
   train_step = make_train_step(model=model, optimizer=optimizer, objective=config.objective,
                                gen_loss_weight=config.gen_loss_weight,

@@ -179,7 +179,8 @@ def test_global_batches_do_not_depend_on_the_number_of_processes():
   reference = grain.IndexSampler(num_records=n, shard_options=grain.NoSharding(), shuffle=True,
                                  num_epochs=None, seed=5)
   one = data.GlobalBatchSampler(n, per_process_batch=procs * b, seed=5)
-  draws = lambda meta: (meta.record_key, meta.rng.integers(1 << 30))  # pylint: disable=g-long-lambda
+  def draws(meta):
+    return meta.record_key, meta.rng.integers(1 << 30)
   global_stream = [draws(one[i]) for i in range(200)]  # 5 epochs, reshuffled each
   assert global_stream == [draws(reference[i]) for i in range(200)]
   assert sorted(k for k, _ in global_stream[:n]) == list(range(n))
@@ -214,6 +215,23 @@ def test_grain_workers_do_not_change_the_batches():
   assert len(batches) == data.num_eval_batches(40, 6) == 7
   seen = np.concatenate([b['image'][b['mask'], 0, 0, 0] for b in batches])
   np.testing.assert_array_equal(seen, np.arange(40))
+
+
+@pytest.mark.parametrize('workers, positions', [(0, (0, 4, 7)), (3, (5,))])
+def test_seek_is_the_state_after_reading_that_many_batches(workers, positions):
+  """`data.seek` (resuming with another process count) writes grain's own state."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  loader = data.train_loader(_arrays(40), global_batch_size=8, preprocess='flip_lr', seed=3,
+                             worker_count=workers)
+  for batches in positions:
+    read, sought = iter(loader), iter(loader)
+    for _ in range(batches):
+      next(read)
+    data.seek(sought, batches=batches, global_batch_size=8)
+    assert sought.get_state() == read.get_state()
+    np.testing.assert_array_equal(next(sought)['image'], next(read)['image'])
 
 
 def test_eval_sampler_pads_the_last_global_batch():

@@ -48,6 +48,18 @@ def test_checkpoint_keeps_last_n_restores_state_and_data(tmp_path):
             tmp_path / '3' / 'data' / 'process_0-of-2.json')
   with pytest.raises(UserInputError, match='process_0-of-1.json.*another number of processes'):
     reopened.restore(checkpointing.abstract_like(state), data_iterator=iter(loader))
+  # With `seek_data`, the state is restored and the data positioned from the step instead.
+  fresh, sought = iter(loader), []
+  def seek(step):
+    sought.append(step)
+    data.seek(fresh, batches=step, global_batch_size=4)
+  restored = reopened.restore(checkpointing.abstract_like(state), data_iterator=fresh,
+                              seek_data=seek)
+  assert sought == [3] and int(restored['step']) == 3
+  fourth = iter(loader)
+  for _ in range(3):
+    next(fourth)
+  np.testing.assert_array_equal(next(fresh)['image'], next(fourth)['image'])
   reopened.close()
 
 

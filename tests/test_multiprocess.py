@@ -2,9 +2,10 @@
 
 Each trainer is launched as 2 processes with `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`
 and `JAX_PROCESS_ID` (2 CPU devices each, gloo collectives) and must give what one process
-with the same 4 devices gives: the global batches do not depend on how many processes feed
+with the same devices gives: the global batches do not depend on how many processes feed
 them. A SIGTERM that reaches one process must stop both at one step, checkpointed
-(JAX's preemption sync), and the rerun must end where an uninterrupted run ends.
+(JAX's preemption sync), and the rerun must end where an uninterrupted run ends; so must a
+run started on 1 process and resumed on 2.
 """
 
 import json
@@ -127,10 +128,14 @@ def test_vit_two_processes_match_one_and_survive_a_preemption_of_one(dataset, tm
   run(vit_argv(dataset, preempted, total), tmp_path / 'logs_resume', processes=2, devices=2)
   assert [s for s, _ in _train_losses(preempted)] == list(range(1, total + 1))
 
-  # 3. Uninterrupted runs of the same length: 2 processes x 2 devices, 1 process x 4.
+  # 3. An uninterrupted run of the same length on 2 processes x 2 devices; and a run on
+  # 1 process x 4 devices up to the stop, resumed on 2 processes (the data position is then
+  # found from the step: grain saved it for 1 process).
   two, one = tmp_path / 'two', tmp_path / 'one'
   run(vit_argv(dataset, two, total), tmp_path / 'logs_two', processes=2, devices=2)
-  run(vit_argv(dataset, one, total), tmp_path / 'logs_one', processes=1, devices=4)
+  run(vit_argv(dataset, one, stop), tmp_path / 'logs_one', processes=1, devices=4)
+  run(vit_argv(dataset, one, total), tmp_path / 'logs_one_resumed', processes=2, devices=2)
+  assert [s for s, _ in _train_losses(one)] == list(range(1, total + 1))
 
   resumed, params_two, params_one = (_npz(w / 'model.npz') for w in (preempted, two, one))
   for k in params_two:

@@ -16,7 +16,7 @@ crash mid-save leaves the previous checkpoints intact and the half-written one i
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import grain.python as grain
 import jax
@@ -70,9 +70,15 @@ class Checkpointer:
     self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
 
   def restore(self, abstract_state: Any, *, data_iterator: Any = None,
-              step: int | None = None) -> Any:
+              step: int | None = None,
+              seek_data: Callable[[int], None] | None = None) -> Any:
     """Restores the state (placed as `abstract_state`'s shardings say) and, when given, moves
-    `data_iterator` to where it was at `step` (default: the latest)."""
+    `data_iterator` to where it was at `step` (default: the latest).
+
+    grain saves the data position per process. When the checkpoint was written by another
+    number of processes, `seek_data(step)` is called to position the iterator instead (see
+    `vision_core.data.seek`); without it that is an error.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise UserInputError(f'{self.directory}: no checkpoint to restore.')
@@ -81,21 +87,27 @@ class Checkpointer:
     if data_iterator is not None and io.isdir(data_dir):
       # grain saves one position per process (`process_{i}-of-{n}.json`).
       name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
-      if not io.exists(io.join(data_dir, name)):
+      if io.exists(io.join(data_dir, name)):
+        items['data'] = grain.PyGrainCheckpointRestore(data_iterator)
+      elif seek_data is None:
         raise UserInputError(
             f'{self.directory}/{step}: no data position for process {jax.process_index()} of '
             f'{jax.process_count()} ({name}); the checkpoint was written by a run with another '
             'number of processes. Resume with that number (the data position is saved per '
             'process), or start a new workdir.')
-      items['data'] = grain.PyGrainCheckpointRestore(data_iterator)
+    state = self._restore(step, items)['state']
+    if data_iterator is not None and 'data' not in items and io.isdir(data_dir):
+      seek_data(step)
+    return state
+
+  def _restore(self, step: int, items: dict[str, Any]) -> Any:
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+      return self._manager.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError) as e:
       raise UserInputError(
           f'{self.directory}/{step}: the checkpoint does not match this run\'s model or '
           f'optimizer ({type(e).__name__}: {str(e)[:500]}); use a new workdir or the same '
           'config.') from None
-    return restored['state']
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -163,7 +163,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                              worker_count=config.workers)
   batches = iter(loader)
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=batches)
+    state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=batches,
+                         seek_data=lambda step: data.seek(batches, batches=step,
+                                                          global_batch_size=config.batch))
     logging.info('Resumed from %s at step %d', ckpt.directory, int(state.step))
   start = int(state.step)
   if jax.process_index() == 0:  # one writer for files every host could write

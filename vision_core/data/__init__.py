@@ -7,7 +7,7 @@
 """
 
 from vision_core.data.loader import (GlobalBatchSampler, eval_batches, num_eval_batches,
-                                    per_host_batch_size, train_loader)
+                                    per_host_batch_size, seek, train_loader)
 from vision_core.data.preprocess import parse as parse_preprocess
 from vision_core.data.sources import (ArraySource, ImageFolderSource, MnistIdxSource, TfdsSource,
                                       cache_in_memory, get_source, mnist_paths)

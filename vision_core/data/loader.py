@@ -11,6 +11,7 @@ array. Evaluation shards the examples over processes (`ShardByJaxProcess`).
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from typing import Any, Iterator, Sequence
@@ -133,6 +134,32 @@ def train_loader(source, *, global_batch_size: int, preprocess: str | pp_lib.Pre
                   grain.Batch(per_host, drop_remainder=True, batch_fn=_stack)],
       worker_count=worker_count,
       read_options=grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=256))
+
+
+def seek(iterator, *, batches: int, global_batch_size: int) -> None:
+  """Moves a fresh `train_loader` iterator to just after its first `batches` batches without
+  reading them (the position after `batches` steps of one batch each).
+
+  The global batches are a function of their number (`GlobalBatchSampler`), so this resumes
+  a run whose checkpointed positions were saved by another number of processes. It fills
+  grain's iterator state (format version 2): per worker, the last sampler index it read.
+  """
+  state = json.loads(iterator.get_state())
+  if state.get('version') != 2:
+    raise NotImplementedError(f'grain iterator state version {state.get("version")}; seek '
+                              'knows version 2.')
+  processes, index = jax.process_count(), jax.process_index()
+  per_host = per_host_batch_size(global_batch_size)
+  workers = state['worker_count']
+  # Batch n comes from worker n % w; worker i has made ceil((batches - i) / w) of the first
+  # `batches` and read b records for each, every (w * processes)-th sampler index.
+  rounds = max(workers, 1)
+  made = [max(0, -(-(batches - i) // rounds)) for i in range(rounds)]
+  stride = rounds * processes
+  state['last_seen_indices'] = {str(i): index - stride + i * processes + n * per_host * stride
+                                for i, n in enumerate(made)}
+  state['last_worker_index'] = batches % workers - 1 if workers else -1
+  iterator.set_state(json.dumps(state).encode())
 
 
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
