@@ -190,3 +190,11 @@ def test_igpt_two_processes_match_one(dataset, tmp_path):
   np.testing.assert_allclose(values['two'], values['one'], rtol=1e-5)
   np.testing.assert_array_equal(np.load(tmp_path / 'two' / 'palette.npy'),
                                 np.load(tmp_path / 'one' / 'palette.npy'))
+  # A time limit: process 0's clock decides, so both stop at the same logging step (were
+  # they to disagree, one would wait for the other in a collective until the timeout).
+  timed = tmp_path / 'timed'
+  run(argv(timed) + ['--config.total_steps=100000', '--config.time_limit_minutes=0.05'],
+      tmp_path / 'logs_timed', processes=2, devices=1)
+  step = json.loads((timed / 'final.json').read_text())['step']
+  assert 0 < step < 100000 and step % 2 == 0
+  assert str(step) in os.listdir(timed / 'checkpoints')
