@@ -101,7 +101,8 @@ class GlobalBatchSampler:
     own = index // self._count
     worker, nth = own % self._workers, own // self._workers
     worker_batch, row = divmod(nth, self._batch)
-    position = int(self.positions(worker_batch * self._workers + worker)[row])
+    batch = worker_batch * self._workers + worker
+    position = (batch * self._count + self._index) * self._batch + row  # as `positions`
     rng = np.random.Generator(np.random.Philox(key=(self._seed or 0) + position))
     # Positions past the data pad the last batch (with record 0), for the caller to mask.
     key = self._records[position] if position < self.num_positions else 0
