@@ -1,12 +1,14 @@
 """Batches for training (shuffled, infinite, resumable) and evaluation (every example once).
 
-Built on grain's `DataLoader`. For training, `GlobalBatchSampler` makes the order and every
-random augmentation a function of (seed, position in the stream of global batches), so a run
-restored from a checkpointed iterator state sees exactly the batches an uninterrupted run
-would have, and the global batches are the same whether one process or several feed them.
-Each JAX process reads only its own rows of each global batch and yields its
+Built on grain's `DataLoader` with one sampler, `GlobalBatchSampler`: the order and every
+random augmentation are a function of (seed, position in the stream of global batches). So
+a run restored from a checkpointed iterator state sees exactly the batches an uninterrupted
+run would have, the global batches are the same whether one process or several feed them
+(with or without grain workers), and a run can resume on another number of processes
+(`seek`). Each JAX process reads only its own rows of each global batch and yields its
 `global_batch / process_count` of them; `vision_core.mesh.shard_batch` assembles the global
-array. Evaluation shards the examples over processes (`ShardByJaxProcess`).
+array. Evaluation goes through the test split in order, global batch by global batch, the
+last one padded and masked.
 """
 
 from __future__ import annotations
