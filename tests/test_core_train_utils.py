@@ -63,6 +63,29 @@ def test_checkpoint_keeps_last_n_restores_state_and_data(tmp_path):
   reopened.close()
 
 
+def test_resume_with_another_number_of_grain_workers(tmp_path):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():  # grain reads its flags in the worker set-up
+    flags.FLAGS.mark_as_parsed()
+  source = data.ArraySource(np.arange(40, dtype=np.uint8)[:, None, None, None]
+                            * np.ones((1, 2, 2, 3), np.uint8), np.arange(40) % 2)
+  def loader(workers):
+    return data.train_loader(source, global_batch_size=4, preprocess='flip_lr', seed=1,
+                             worker_count=workers)
+  plain = iter(loader(0))
+  for _ in range(3):
+    next(plain)
+  ckpt = checkpointing.Checkpointer(tmp_path, async_save=False)
+  state = {'w': jnp.ones(3)}
+  ckpt.save(3, state, data_iterator=plain)
+  with_workers = iter(loader(2))
+  ckpt.restore(checkpointing.abstract_like(state), data_iterator=with_workers,
+               seek_data=lambda step: data.seek(with_workers, batches=step, global_batch_size=4))
+  for _ in range(3):
+    np.testing.assert_array_equal(next(with_workers)['image'], next(plain)['image'])
+  ckpt.close()
+
+
 def test_crc32c_check_value():
   assert tfevents.crc32c(b'123456789') == 0xE3069283
 

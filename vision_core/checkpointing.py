@@ -15,6 +15,7 @@ crash mid-save leaves the previous checkpoints intact and the half-written one i
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable
 
@@ -31,6 +32,10 @@ def abstract_like(tree: Any) -> Any:
   def leaf(x):
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None))
   return jax.tree.map(leaf, tree)
+
+
+def _workers(grain_state: bytes) -> int:
+  return json.loads(grain_state).get('worker_count', 0)
 
 
 class Checkpointer:
@@ -75,9 +80,9 @@ class Checkpointer:
     """Restores the state (placed as `abstract_state`'s shardings say) and, when given, moves
     `data_iterator` to where it was at `step` (default: the latest).
 
-    grain saves the data position per process. When the checkpoint was written by another
-    number of processes, `seek_data(step)` is called to position the iterator instead (see
-    `vision_core.data.seek`); without it that is an error.
+    grain saves the data position per process and per grain worker. When the checkpoint was
+    written by another number of processes or of workers, `seek_data(step)` is called to
+    position the iterator instead (see `vision_core.data.seek`); without it that is an error.
     """
     step = self.latest_step() if step is None else step
     if step is None:
@@ -87,7 +92,9 @@ class Checkpointer:
     if data_iterator is not None and io.isdir(data_dir):
       # grain saves one position per process (`process_{i}-of-{n}.json`).
       name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
-      if io.exists(io.join(data_dir, name)):
+      saved = io.join(data_dir, name)
+      if io.exists(saved) and (seek_data is None or _workers(io.read_bytes(saved)) ==
+                               _workers(data_iterator.get_state())):
         items['data'] = grain.PyGrainCheckpointRestore(data_iterator)
       elif seek_data is None:
         raise UserInputError(
