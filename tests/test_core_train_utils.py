@@ -63,6 +63,29 @@ def test_checkpoint_keeps_last_n_restores_state_and_data(tmp_path):
   reopened.close()
 
 
+def test_resume_from_a_checkpoint_of_grains_index_sampler(tmp_path):
+  """Checkpoints written before GlobalBatchSampler hold an IndexSampler position; one
+  process without workers read the same stream, so the run goes on exactly."""
+  import grain.python as grain  # pylint: disable=g-import-not-at-top
+  source = data.ArraySource(np.arange(40, dtype=np.uint8)[:, None, None, None]
+                            * np.ones((1, 2, 2, 3), np.uint8), np.arange(40) % 2)
+  old = iter(grain.DataLoader(
+      data_source=source, operations=[data.parse_preprocess('flip_lr'), grain.Batch(4)],
+      sampler=grain.IndexSampler(num_records=40, shard_options=grain.ShardByJaxProcess(True),
+                                 shuffle=True, seed=1)))
+  for _ in range(12):  # into the second epoch
+    next(old)
+  ckpt = checkpointing.Checkpointer(tmp_path, async_save=False)
+  state = {'w': jnp.ones(3)}
+  ckpt.save(12, state, data_iterator=old)
+  new = iter(data.train_loader(source, global_batch_size=4, preprocess='flip_lr', seed=1))
+  ckpt.restore(checkpointing.abstract_like(state), data_iterator=new,
+               seek_data=lambda step: data.seek(new, batches=step, global_batch_size=4))
+  for _ in range(3):
+    np.testing.assert_array_equal(next(new)['image'], next(old)['image'])
+  ckpt.close()
+
+
 def test_resume_with_another_number_of_grain_workers(tmp_path):
   from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():  # grain reads its flags in the worker set-up

@@ -34,8 +34,12 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree.map(leaf, tree)
 
 
-def _workers(grain_state: bytes) -> int:
-  return json.loads(grain_state).get('worker_count', 0)
+def _layout(grain_state: bytes) -> tuple[int, str]:
+  """What a saved grain position only fits: its worker count and sampler class (checkpoints
+  from before `GlobalBatchSampler` used grain's `IndexSampler`, the same stream for one
+  process without workers)."""
+  state = json.loads(grain_state)
+  return state.get('worker_count', 0), state.get('sampler', '').split('(')[0]
 
 
 class Checkpointer:
@@ -81,8 +85,9 @@ class Checkpointer:
     `data_iterator` to where it was at `step` (default: the latest).
 
     grain saves the data position per process and per grain worker. When the checkpoint was
-    written by another number of processes or of workers, `seek_data(step)` is called to
-    position the iterator instead (see `vision_core.data.seek`); without it that is an error.
+    written by another number of processes or of workers (or with grain's `IndexSampler`),
+    `seek_data(step)` is called to position the iterator instead (see
+    `vision_core.data.seek`); without it that is an error.
     """
     step = self.latest_step() if step is None else step
     if step is None:
@@ -93,8 +98,8 @@ class Checkpointer:
       # grain saves one position per process (`process_{i}-of-{n}.json`).
       name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
       saved = io.join(data_dir, name)
-      if io.exists(saved) and (seek_data is None or _workers(io.read_bytes(saved)) ==
-                               _workers(data_iterator.get_state())):
+      if io.exists(saved) and (seek_data is None or _layout(io.read_bytes(saved)) ==
+                               _layout(data_iterator.get_state())):
         items['data'] = grain.PyGrainCheckpointRestore(data_iterator)
       elif seek_data is None:
         raise UserInputError(
