@@ -132,7 +132,8 @@ def test_vit_two_processes_match_one_and_survive_a_preemption_of_one(dataset, tm
   # 1 process x 4 devices up to the stop, resumed on 2 processes (the data position is then
   # found from the step: grain saved it for 1 process).
   two, one = tmp_path / 'two', tmp_path / 'one'
-  run(vit_argv(dataset, two, total), tmp_path / 'logs_two', processes=2, devices=2)
+  logs = run(vit_argv(dataset, two, total), tmp_path / 'logs_two', processes=2, devices=2)
+  assert '"test_accuracy"' in logs[0] and '"test_accuracy"' not in logs[1]  # printed once
   run(vit_argv(dataset, one, stop), tmp_path / 'logs_one', processes=1, devices=4)
   run(vit_argv(dataset, one, total), tmp_path / 'logs_one_resumed', processes=2, devices=2)
   assert [s for s, _ in _train_losses(one)] == list(range(1, total + 1))

@@ -110,6 +110,7 @@ class Progress:
     self._bar = tqdm(total=total_steps, initial=initial_step, desc=desc, unit='step',
                      dynamic_ncols=True, mininterval=1.0, disable=disable, file=sys.stderr)
     self._images_per_step = images_per_step
+    self._quiet = jax.process_index() != 0  # one copy of each line, not one per host
     self._last = (initial_step, time.perf_counter())
     self.images_per_second = float('nan')
 
@@ -130,8 +131,9 @@ class Progress:
     self._last = (self._last[0], time.perf_counter())
 
   def write(self, line: str) -> None:
-    """Prints a line (e.g. an eval result) above the bar."""
-    self._bar.write(line, file=sys.stderr)
+    """Prints a line (e.g. an eval result) above the bar; on process 0 only."""
+    if not self._quiet:
+      self._bar.write(line, file=sys.stderr)
 
   def close(self) -> None:
     self._bar.close()

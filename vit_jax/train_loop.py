@@ -238,7 +238,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if jax.process_index() == 0:
       save_model_files(workdir, params, config, train_source.class_names)
   metrics_log.write_json(io.join(workdir, 'final.json'), final)
-  print(json.dumps(final, indent=2))
+  if jax.process_index() == 0:
+    print(json.dumps(final, indent=2))
   return final
 
 
@@ -286,5 +287,6 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
            'dataset': config.dataset, 'model': config.model_name}
   io.makedirs(workdir)
   metrics_log.write_json(io.join(workdir, 'eval.json'), final)
-  print(json.dumps(final, indent=2))
+  if jax.process_index() == 0:
+    print(json.dumps(final, indent=2))
   return final
