@@ -198,9 +198,6 @@ def test_global_batches_do_not_depend_on_the_number_of_processes():
 def test_grain_workers_do_not_change_the_batches():
   """Each grain worker batches its own records; the sampler maps them so that the batches
   (and a resume from a worker run's state) are those of a run without workers."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  if not flags.FLAGS.is_parsed():  # grain reads its flags in the worker set-up
-    flags.FLAGS.mark_as_parsed()
   source = _arrays(40)
   plain = iter(data.train_loader(source, global_batch_size=8, preprocess='flip_lr', seed=3))
   workers = iter(data.train_loader(source, global_batch_size=8, preprocess='flip_lr', seed=3,
@@ -220,9 +217,6 @@ def test_grain_workers_do_not_change_the_batches():
 @pytest.mark.parametrize('workers, positions', [(0, (0, 4, 7)), (3, (5,))])
 def test_seek_is_the_state_after_reading_that_many_batches(workers, positions):
   """`data.seek` (resuming with another process count) writes grain's own state."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
   loader = data.train_loader(_arrays(40), global_batch_size=8, preprocess='flip_lr', seed=3,
                              worker_count=workers)
   for batches in positions:

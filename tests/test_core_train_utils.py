@@ -87,9 +87,6 @@ def test_resume_from_a_checkpoint_of_grains_index_sampler(tmp_path):
 
 
 def test_resume_with_another_number_of_grain_workers(tmp_path):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  if not flags.FLAGS.is_parsed():  # grain reads its flags in the worker set-up
-    flags.FLAGS.mark_as_parsed()
   source = data.ArraySource(np.arange(40, dtype=np.uint8)[:, None, None, None]
                             * np.ones((1, 2, 2, 3), np.uint8), np.arange(40) % 2)
   def loader(workers):

@@ -111,6 +111,16 @@ class GlobalBatchSampler:
     return grain.RecordMetadata(index=index, record_key=key, rng=rng)
 
 
+def _grain_workers_ready(worker_count: int) -> None:
+  """grain reads its absl flags when it starts worker processes; outside an absl app (a
+  notebook, a plain script) they are unparsed and it fails with UnparsedFlagAccessError.
+  Marking them parsed gives them their defaults."""
+  if worker_count > 0:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+
+
 def _transform(preprocess) -> pp_lib.Preprocess:
   return pp_lib.parse(preprocess) if isinstance(preprocess, str) else preprocess
 
@@ -127,6 +137,7 @@ def train_loader(source, *, global_batch_size: int, preprocess: str | pp_lib.Pre
     raise UserInputError(f'{source!r} has {len(source)} examples, fewer than one batch of '
                          f'{global_batch_size}.')
   per_host = per_host_batch_size(global_batch_size)
+  _grain_workers_ready(worker_count)
   sampler = GlobalBatchSampler(len(source), per_process_batch=per_host, seed=seed,
                                process_index=jax.process_index(),
                                process_count=jax.process_count(), worker_count=worker_count,
@@ -184,6 +195,7 @@ def eval_batches(source, *, global_batch_size: int, preprocess: str | pp_lib.Pre
   per_host = per_host_batch_size(global_batch_size, field='batch_eval')
   if not len(source):
     raise UserInputError(f'{source!r} has no examples to evaluate.')
+  _grain_workers_ready(worker_count)
   sampler = GlobalBatchSampler(len(source), per_process_batch=per_host, seed=None,
                                process_index=jax.process_index(),
                                process_count=jax.process_count(), worker_count=worker_count,
