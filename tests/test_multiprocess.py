@@ -75,7 +75,7 @@ def run(module_argv, logs_dir, *, processes, devices):
 
 @pytest.fixture(scope='module')
 def dataset(tmp_path_factory):
-  # 15 test images: the two processes evaluate shards of 8 and 7.
+  # 15 test images in global eval batches of 8: the last one ends in a padding row.
   return helpers.write_dataset(tmp_path_factory.mktemp('ds'), train_per_class=12,
                                test_per_class=5, classes=('a', 'b', 'c'))
 
