@@ -93,6 +93,7 @@ class Checkpointer:
     if step is None:
       raise UserInputError(f'{self.directory}: no checkpoint to restore.')
     items = {'state': ocp.args.StandardRestore(abstract_state)}
+    seek = False  # position the data with `seek_data` instead of grain's saved state
     data_dir = io.join(self.directory, str(step), 'data')
     if data_iterator is not None and io.isdir(data_dir):
       # grain saves one position per process (`process_{i}-of-{n}.json`).
@@ -107,8 +108,10 @@ class Checkpointer:
             f'{jax.process_count()} ({name}); the checkpoint was written by a run with another '
             'number of processes. Resume with that number (the data position is saved per '
             'process), or start a new workdir.')
+      else:
+        seek = True
     state = self._restore(step, items)['state']
-    if data_iterator is not None and 'data' not in items and io.isdir(data_dir):
+    if seek:
       seek_data(step)
     return state
 

@@ -87,9 +87,10 @@ class GlobalBatchSampler:
             f'process_index={self._index}, process_count={self._count}, '
             f'workers={self._workers}, length={self._length})')
 
-  def positions(self, batch: int) -> np.ndarray:
-    """Global positions `[b]` of this process's rows of its `batch`-th batch."""
-    return (batch * self._count + self._index) * self._batch + np.arange(self._batch)
+  def positions(self, batch: int, rows: Any = None) -> Any:
+    """Global positions of `rows` (default: all `[b]`) of this process's `batch`-th batch."""
+    rows = np.arange(self._batch) if rows is None else rows
+    return (batch * self._count + self._index) * self._batch + rows
 
   def __len__(self) -> int:
     return self._length
@@ -103,8 +104,7 @@ class GlobalBatchSampler:
     own = index // self._count
     worker, nth = own % self._workers, own // self._workers
     worker_batch, row = divmod(nth, self._batch)
-    batch = worker_batch * self._workers + worker
-    position = (batch * self._count + self._index) * self._batch + row  # as `positions`
+    position = self.positions(worker_batch * self._workers + worker, row)
     rng = np.random.Generator(np.random.Philox(key=(self._seed or 0) + position))
     # Positions past the data pad the last batch (with record 0), for the caller to mask.
     key = self._records[position] if position < self.num_positions else 0
