@@ -93,5 +93,8 @@ def get_config(arg: str = 'ViT-B_16,cifar10') -> ml_collections.ConfigDict:
   config.progress_every = 10
   config.workers = 0  # grain worker processes (0: decode in threads of this process)
   config.cache_in_memory = False  # decode the whole split once into RAM (small datasets)
+  # CPU runs: glibc keeps freed memory, so XLA's per-step buffers are not faulted in again
+  # every step (8-15% faster steps; vision_core/host_memory.py).
+  config.cpu_keep_freed_memory = True
   config.export_npz = True  # write {workdir}/model.npz in the official layout at the end
   return config.lock()

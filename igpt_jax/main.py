@@ -12,6 +12,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vision_core import host_memory
 from vision_core.errors import cli_errors
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/igpt.py:SIZE,'
@@ -22,8 +23,11 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
-  from igpt_jax import train  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
+  # Before JAX starts the threads whose allocator arenas it decides.
+  if host_memory.keep_freed_memory_on_cpu(config.get('cpu_keep_freed_memory', True)):
+    print(f'CPU run: {host_memory.SETTING} (--config.cpu_keep_freed_memory=False: off)')
+  from igpt_jax import train  # pylint: disable=g-import-not-at-top
   logging.info('Config:\n%s', config)
   logging.set_verbosity(logging.WARNING)  # from here on: orbax logs every save step at INFO.
   with cli_errors('igpt_jax.main'):

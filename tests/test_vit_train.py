@@ -15,7 +15,7 @@ import pytest
 import scipy.stats
 
 from tests import vit_train_helpers as helpers
-from vision_core import data, metrics_log, optim
+from vision_core import data, host_memory, metrics_log, optim
 from vision_core import mesh as mesh_lib
 from vision_core.errors import Stopped, UserInputError
 from vit_jax import checkpoint as vit_checkpoint
@@ -104,7 +104,7 @@ def test_cli_sigterm_exits_143_with_a_checkpoint_and_a_resume_hint(dataset, tmp_
   command = [sys.executable, '-m', 'vit_jax.main', '--config',
              f'configs/vit.py:testing,{dataset}', '--workdir', str(tmp_path)]
   command += [f'--config.{k}={v}' for k, v in overrides.items()]
-  process = subprocess.Popen(command, cwd=helpers.ROOT, stdout=subprocess.DEVNULL,
+  process = subprocess.Popen(command, cwd=helpers.ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
   metrics = tmp_path / 'metrics.jsonl'
   try:
@@ -113,10 +113,13 @@ def test_cli_sigterm_exits_143_with_a_checkpoint_and_a_resume_hint(dataset, tmp_
         break
       time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=120)
   finally:
     process.kill()
   assert process.returncode == 143, stderr[-2000:]
+  # A CPU run keeps freed memory (vision_core.host_memory; its own test measures the effect).
+  if host_memory.jax_runs_on_cpu() and host_memory.glibc_malloc_is_ours_to_set():
+    assert f'CPU run: {host_memory.SETTING}' in stdout
   match = re.search(r'vit_jax.main: stopped by SIGTERM after step (\d+); the checkpoint of '
                     r'step \1 is saved: run the same command to resume', stderr)
   assert match, stderr[-2000:]

@@ -19,4 +19,5 @@ One home for what every family needs, so that none copies another:
 - `vision_core.sharding`: parameter sharding strategies (replicated, fsdp, tp, fsdp_tp).
 - `vision_core.optim`: warmup + cosine/linear schedules, SGD/AdamW/Adam with clipping, label-
   smoothed cross entropy.
+- `vision_core.host_memory`: glibc told to keep freed memory, for train steps on the CPU.
 """

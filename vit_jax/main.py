@@ -16,6 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vision_core import host_memory
 from vision_core.errors import UserInputError, cli_errors
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/vit.py:MODEL,'
@@ -48,8 +49,11 @@ def check_overrides(argv: list[str], config) -> None:
 
 def main(argv):
   del argv
-  from vit_jax import train_loop  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
+  # Before JAX starts the threads whose allocator arenas it decides.
+  if host_memory.keep_freed_memory_on_cpu(config.get('cpu_keep_freed_memory', True)):
+    print(f'CPU run: {host_memory.SETTING} (--config.cpu_keep_freed_memory=False: off)')
+  from vit_jax import train_loop  # pylint: disable=g-import-not-at-top
   logging.info('Config:\n%s', config)
   if config.mode == 'train':
     train_loop.train_and_evaluate(config, _WORKDIR.value)
