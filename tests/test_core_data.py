@@ -3,6 +3,8 @@
 import gzip
 import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -272,3 +274,24 @@ def test_real_cifar10_folder(shared_data):
   assert np.bincount(source.labels).tolist() == [1000] * 10
   assert source[0]['image'].shape == (32, 32, 3)
   assert data.num_eval_batches(len(source), 512) == 20  # 19 full + 1 padded: all 10,000 scored
+
+
+def test_a_process_that_exits_after_its_last_eval_batch_leaks_no_shared_memory(tmp_path):
+  """With grain workers, the batches' shared memory is unlinked in a background thread; a
+  script that ended right after an eval left unlinks undone, and Python's resource tracker
+  warned about "leaked shared_memory objects" at exit."""
+  write_folder(tmp_path, split='test', per_class=7)
+  script = tmp_path / 'eval_then_exit.py'
+  script.write_text(
+      'from vision_core import data\n'
+      'if __name__ == "__main__":  # grain workers are spawned: they import this file\n'
+      f'  source = data.get_source({str(tmp_path)!r}, "test")\n'
+      '  batches = data.eval_batches(source, global_batch_size=8, preprocess="",\n'
+      '                              worker_count=2)\n'
+      '  print(sum(int(b["mask"].sum()) for b in batches))\n')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={**os.environ, 'PYTHONPATH': root}, timeout=300, check=True)
+  assert result.stdout.split() == ['14']
+  assert 'leaked shared_memory' not in result.stderr, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-2000:]

@@ -13,6 +13,8 @@ last one padded and masked.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import math
 import sys
@@ -111,14 +113,43 @@ class GlobalBatchSampler:
     return grain.RecordMetadata(index=index, record_key=key, rng=rng)
 
 
+def _finish_shared_memory_unlinks() -> None:
+  """Waits for grain's pending unlinks of the shared memory of batches already read.
+
+  With workers, batches arrive in shared memory that the reading process unlinks when they
+  are freed, in a background thread. A process that exits right after its last batch (the
+  final eval) left some undone: Python's resource tracker then unlinked them and warned
+  about "leaked shared_memory objects". grain has no public call for this; if its internals
+  change, the only loss is that warning.
+  """
+  try:
+    from grain._src.python.ipc import shared_memory_array  # pylint: disable=g-import-not-at-top
+    pool = shared_memory_array.SharedMemoryArray._del_thread_pool  # pylint: disable=protected-access
+  except (ImportError, AttributeError):
+    return
+  if pool is not None:
+    gc.collect()  # batches only garbage holds, so that their unlinks are queued now
+    pool.apply(lambda: None)  # grain's pool has one thread: this runs after all queued
+
+
 def _grain_workers_ready(worker_count: int) -> None:
-  """grain reads its absl flags when it starts worker processes; outside an absl app (a
-  notebook, a plain script) they are unparsed and it fails with UnparsedFlagAccessError.
-  Marking them parsed gives them their defaults."""
+  """Prepares this process for grain worker processes.
+
+  grain reads its absl flags when it starts workers; outside an absl app (a notebook, a
+  plain script) they are unparsed and it fails with UnparsedFlagAccessError. Marking them
+  parsed gives them their defaults. At exit, pending shared-memory unlinks are waited for.
+  """
   if worker_count > 0:
     from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
+    global _UNLINKS_AT_EXIT
+    if not _UNLINKS_AT_EXIT:
+      atexit.register(_finish_shared_memory_unlinks)
+      _UNLINKS_AT_EXIT = True
+
+
+_UNLINKS_AT_EXIT = False
 
 
 def _transform(preprocess) -> pp_lib.Preprocess:
