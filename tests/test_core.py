@@ -101,3 +101,20 @@ def test_flatten_unflatten_inverse():
   assert set(flat) == {'a/b', 'a/c/d', 'e'}
   back = npz.unflatten(flat)
   np.testing.assert_array_equal(back['a']['c']['d'], tree['a']['c']['d'])
+
+
+def test_check_can_write_refuses_folders_and_files_in_the_path(tmp_path):
+  (tmp_path / 'dir').mkdir()
+  (tmp_path / 'file').write_text('keep')
+  for overwrite in (False, True):
+    with pytest.raises(UserInputError, match=r'dir is a folder'):
+      io.check_can_write(str(tmp_path / 'dir'), overwrite=overwrite)
+    with pytest.raises(UserInputError, match=r'file/sub/x.png: cannot create it, .*file '
+                       r'exists and is not a folder'):
+      io.check_can_write(str(tmp_path / 'file' / 'sub' / 'x.png'), overwrite=overwrite)
+    with pytest.raises(UserInputError, match=r'is a folder'):
+      with io.atomic_write(str(tmp_path / 'dir'), 'wb', overwrite=overwrite) as f:
+        f.write(b'x')
+  io.check_can_write(str(tmp_path / 'new' / 'deeper' / 'x.png'), overwrite=False)
+  assert (tmp_path / 'file').read_text() == 'keep' and (tmp_path / 'dir').is_dir()
+  assert sorted(os.listdir(tmp_path)) == ['dir', 'file']

@@ -127,7 +127,21 @@ def readable(path: str | os.PathLike) -> str | std_io.BytesIO:
 
 
 def check_can_write(path: str | os.PathLike, *, overwrite: bool) -> None:
-  """Raises `UserInputError` if `path` exists and `overwrite` is False."""
+  """Raises `UserInputError` if `path` exists and `overwrite` is False.
+
+  Also, for local paths, whatever `overwrite`: if `path` is a folder, or if a part of its
+  folder path exists but is a file (so that the folder cannot be created).
+  """
+  if not is_uri(path):
+    local = os.path.abspath(os.fspath(path))
+    if os.path.isdir(local):
+      raise UserInputError(f'{os.fspath(path)} is a folder; cannot write a file there.')
+    parent = os.path.dirname(local)
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+      parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+      raise UserInputError(f'{os.fspath(path)}: cannot create it, {parent} exists and is not '
+                           'a folder.')
   if exists(path) and not overwrite:
     raise UserInputError(
         f'{os.fspath(path)} already exists; refusing to overwrite it '
