@@ -25,6 +25,13 @@ def decompress(data: bytes, generator: generators.Generator, *,
                source: str = '<bytes>') -> np.ndarray:
   """File bytes -> uint8 `[S, S, C]`, exactly the reconstruction `compress` reported."""
   item = fileformat.decode(data, source=source)
+  check_generator(item, generator, source=source)
+  return compress_lib.reconstruct(generator, item.latent)
+
+
+def check_generator(item: fileformat.Compressed, generator: generators.Generator, *,
+                    source: str = '<bytes>') -> None:
+  """Raises `UserInputError` unless `item` was made by `generator` (identity, latent size)."""
   ours = bytes.fromhex(generator.identity)[:16]
   if item.generator_id != ours:
     raise UserInputError(
@@ -34,7 +41,6 @@ def decompress(data: bytes, generator: generators.Generator, *,
   if item.latent.size != generator.latent_dim:
     raise UserInputError(f'{source}: latent of {item.latent.size} values, the generator '
                          f'takes {generator.latent_dim}.')
-  return compress_lib.reconstruct(generator, item.latent)
 
 
 def main(argv=None) -> None:
@@ -51,14 +57,25 @@ def main(argv=None) -> None:
     from PIL import Image  # pylint: disable=g-import-not-at-top
     outputs = [os.path.join(args.output, os.path.splitext(os.path.basename(f))[0] + '.png')
                for f in args.files]
+    dupes = sorted({o for o in outputs if outputs.count(o) > 1})
+    if dupes:
+      raise UserInputError(f'several inputs would write {dupes}: '
+                           f'{[f for f, o in zip(args.files, outputs) if o in dupes]}; '
+                           'decompress them into different folders or rename them.')
     for out in outputs:
       check_can_write(out, overwrite=args.force)
     generator = generators.load(args.generator)
-    for path, out in zip(args.files, outputs):
+    # Every file is read and checked (format, CRC32, generator) before any PNG is written,
+    # so a damaged file in the list leaves no half-done output folder.
+    items = []
+    for path in args.files:
       if not os.path.isfile(path):
         raise FileNotFoundError(f'{path}: no such compressed file.')
       with open(path, 'rb') as f:
         data = f.read()
+      check_generator(fileformat.decode(data, source=path), generator, source=path)
+      items.append(data)
+    for path, out, data in zip(args.files, outputs, items):
       image = decompress(data, generator, source=path)
       pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
       if args.original_size:
@@ -67,7 +84,6 @@ def main(argv=None) -> None:
       with atomic_write(out, 'wb', overwrite=args.force) as f:
         pil.save(f, format='PNG')
       print(f'{path} -> {out}')
-
 
 if __name__ == '__main__':
   main(sys.argv[1:])

@@ -1,0 +1,62 @@
+"""gan_jax compress/decompress command lines: output names, partial outputs, file format edges."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gan_jax import compress, decompress, fileformat, generators
+from vision_core.errors import UserInputError
+
+CONFIG = {'family': 'dcgan', 'latent_dim': 8, 'image_size': 28, 'channels': 1, 'width': 4}
+
+
+@pytest.fixture(scope='module')
+def gen_path(tmp_path_factory):
+  generator = generators.make(CONFIG, generators.init_params(CONFIG, seed=0))
+  path = tmp_path_factory.mktemp('gen') / 'g.npz'
+  generators.save(path, generator)
+  return str(path), generator
+
+
+def _ganz(path, generator, seed):
+  z = np.random.default_rng(seed).standard_normal(8).astype(np.float32)
+  data = fileformat.encode(z, generator_id=generator.identity, quantization='8bit',
+                           image_size=(28, 28))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(data)
+  return data
+
+
+def test_decompress_same_name_from_two_folders_is_refused(gen_path, tmp_path, capsys):
+  gpath, generator = gen_path
+  a, b = tmp_path / 'a' / 'x.ganz', tmp_path / 'b' / 'x.ganz'
+  _ganz(a, generator, 0)
+  _ganz(b, generator, 1)
+  out = tmp_path / 'out'
+  for extra in ([], ['--force']):
+    with pytest.raises(SystemExit) as e:
+      decompress.main([str(a), str(b), '-o', str(out), '--generator', gpath, *extra])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert 'several inputs would write' in err and 'x.png' in err, err
+    assert not out.exists()  # Nothing written, in particular not b's image over a's.
+
+
+def test_decompress_checks_every_file_before_writing(gen_path, tmp_path, capsys):
+  gpath, generator = gen_path
+  good, bad = tmp_path / 'good.ganz', tmp_path / 'bad.ganz'
+  data = _ganz(good, generator, 0)
+  damaged = bytearray(data)
+  damaged[-6] ^= 0xFF
+  bad.write_bytes(bytes(damaged))
+  out = tmp_path / 'out'
+  with pytest.raises(SystemExit):
+    decompress.main([str(good), str(bad), '-o', str(out), '--generator', gpath])
+  assert 'bad.ganz: corrupt: CRC32 mismatch' in capsys.readouterr().err
+  assert not (out / 'good.png').exists()
+  decompress.main([str(good), '-o', str(out), '--generator', gpath])
+  expected = decompress.decompress(data, generator)
+  np.testing.assert_array_equal(np.asarray(Image.open(out / 'good.png')), expected[..., 0])
