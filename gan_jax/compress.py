@@ -64,6 +64,16 @@ def prepare(image_uint8, generator: generators.Generator, *, resize: bool = Fals
   return out[..., None] if out.ndim == 2 else out
 
 
+def input_channels(path: str) -> int:
+  """Channels stored in an image file: 1 grey (8 or 16 bit), 2 grey+alpha, 3, 4 (RGBA, CMYK);
+  palette images count as the RGB(A) they expand to. For the raw-pixel-size ratio."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(path) as im:
+    if im.mode in ('P', 'PA'):
+      return 4 if im.mode == 'PA' or 'transparency' in im.info else 3
+    return len(im.getbands())
+
+
 def reconstruct(generator: generators.Generator, latent) -> np.ndarray:
   """G(latent) as uint8 `[S, S, C]`: one latent at a time, the decoder's exact path."""
   image = generator.generate(np.asarray(latent, np.float32).reshape(1, -1))
@@ -187,7 +197,8 @@ def main(argv=None) -> None:
         row = report.rate_row(compressed_bytes=len(data), target_uint8=targets[k],
                               reconstruction_uint8=recons[i],
                               input_file_bytes=os.path.getsize(args.images[k]),
-                              input_shape=originals[k].shape)
+                              input_shape=(*originals[k].shape[:2],
+                                           input_channels(args.images[k])))
         rows.append({'image': args.images[k], 'output': outputs[k],
                      'loss': float(result.loss[i]), 'steps': int(result.steps_run), **row})
     _print_table(rows, generator, args.quantization)

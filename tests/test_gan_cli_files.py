@@ -60,3 +60,19 @@ def test_decompress_checks_every_file_before_writing(gen_path, tmp_path, capsys)
   decompress.main([str(good), '-o', str(out), '--generator', gpath])
   expected = decompress.decompress(data, generator)
   np.testing.assert_array_equal(np.asarray(Image.open(out / 'good.png')), expected[..., 0])
+
+
+def test_compress_report_counts_the_input_files_own_channels(gen_path, tmp_path):
+  gpath, _ = gen_path
+  rng = np.random.default_rng(0)
+  grey, rgb = tmp_path / 'grey.png', tmp_path / 'rgb.png'
+  Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(grey)
+  Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(rgb)
+  report = tmp_path / 'report.json'
+  compress.main([str(grey), str(rgb), '-o', str(tmp_path / 'o'), '--generator', gpath,
+                 '--steps', '2', '--restarts', '1', '--report', str(report)])
+  rows = {os.path.basename(r['image']): r for r in json.loads(report.read_text())}
+  for name, raw_bytes in (('grey.png', 28 * 28), ('rgb.png', 28 * 28 * 3)):
+    size = os.path.getsize(tmp_path / 'o' / name.replace('.png', '.ganz'))
+    assert rows[name]['bytes'] == size
+    assert rows[name]['ratio_vs_raw_pixels'] == pytest.approx(raw_bytes / size)
