@@ -127,3 +127,39 @@ def test_bad_inputs_are_clear_messages(tiny_checkpoint, tmp_path):
     assess.main(['--originals', str(orig), '--reconstructions', str(recon), '--checkpoint',
                  ckpt, '--out', str(tmp_path / 'out'), '--model', 'ViT-B_16'])
   assert not (tmp_path / 'out').exists()
+
+
+def test_checkpoint_with_model_json_beside_it(tmp_path):
+  """A `vit_jax.main` checkpoint (model.npz + model.json, as the shipped CIFAR-10 ViT) whose
+  shapes match no registered model is rebuilt from its model.json."""
+  import json
+  config = {'model_name': 'ViT-p4-w12-l2', 'classifier': 'token', 'hidden_size': 12,
+            'patches': {'size': [4, 4]}, 'representation_size': None,
+            'transformer': {'attention_dropout_rate': 0.0, 'dropout_rate': 0.0, 'mlp_dim': 24,
+                            'num_heads': 2, 'num_layers': 2}}
+  import ml_collections
+  model = models_vit.VisionTransformer(num_classes=7, **ml_collections.ConfigDict(config))
+  params = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)))['params']
+  params = jax.tree.map(np.asarray, dict(params))
+  params['head'] = {'kernel': np.random.default_rng(1).normal(size=(12, 7)).astype(np.float32),
+                    'bias': np.zeros(7, np.float32)}
+  ckpt = tmp_path / 'run' / 'model.npz'
+  ckpt.parent.mkdir()
+  checkpoint.save(ckpt, params)
+  (tmp_path / 'run' / 'model.json').write_text(json.dumps(
+      {'model_name': config['model_name'], 'model': config, 'num_classes': 7,
+       'class_names': [str(i) for i in range(7)], 'resolution': 32}))
+  orig, recon = tmp_path / 'o', tmp_path / 'r'
+  orig.mkdir()
+  recon.mkdir()
+  a = data.astronaut()[:32, 100:132]
+  b = data.astronaut()[:32, 110:142]
+  Image.fromarray(a).save(orig / 'x.png')
+  Image.fromarray(b).save(recon / 'x.png')
+  assess.main(['--originals', str(orig), '--reconstructions', str(recon), '--checkpoint',
+               str(ckpt), '--out', str(tmp_path / 'out'), '--k', '3'])
+  row = next(csv.DictReader(open(tmp_path / 'out' / 'report.csv')))
+  expected = metrics.vit_scores(a[None], b[None], model, params, k=3, image_size=32)
+  assert float(row['vit_score']) == pytest.approx(float(expected['top_k'][0]))
+  assert float(row['vit_prelogit_cosine']) == pytest.approx(float(expected['cosine'][0]), abs=1e-4)
+  assert 'ViT-p4-w12-l2' in (tmp_path / 'out' / 'report.md').read_text()

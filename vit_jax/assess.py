@@ -87,13 +87,36 @@ def _set_fid(pairs, model, params, image_size):
   return out
 
 
+def load_classifier(path: str, model_name: str | None):
+  """(model, params, image_size, model name) of a ViT checkpoint.
+
+  A checkpoint written by `vit_jax.main` (the shipped CIFAR-10 ViT among them) has a
+  `model.json` beside it that describes the model; it is used unless `model_name` is given.
+  Otherwise the model is inferred from the official-layout shapes (or `model_name`).
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  meta_path = os.path.join(os.path.dirname(os.path.abspath(path)), 'model.json')
+  if model_name is None and os.path.isfile(meta_path):
+    from vit_jax import predict  # pylint: disable=g-import-not-at-top
+    model, params, _, image_size = predict.load_model(path, model_name=None, resolution=None,
+                                                      labels=None)
+    with open(meta_path, encoding='utf-8') as f:
+      name = json.load(f).get('model_name') or 'model.json'
+    return model, params, int(image_size), name
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  params = checkpoint.load(path)
+  model, image_size, name = assess_io.infer_model(params, model_name)
+  return model, params, image_size, name
+
+
 def parse_args(argv):
   parser = argparse.ArgumentParser(prog='vit_jax.assess', description=__doc__.split('\n')[0])
   parser.add_argument('--originals', required=True, help='folder of original images')
   parser.add_argument('--reconstructions', required=True,
                       help='folder of reconstructions, same file names (any extension)')
   parser.add_argument('--checkpoint', required=True, help='ViT classifier .npz (official layout)')
-  parser.add_argument('--model', help='model name (e.g. ViT-B_16); inferred from shapes if unset')
+  parser.add_argument('--model', help='model name (e.g. ViT-B_16); default: the model.json '
+                      'beside the checkpoint, else inferred from its shapes')
   parser.add_argument('--compressed', help='folder of compressed files, same names')
   parser.add_argument('--out', default='assessment', help='output folder (default: assessment)')
   parser.add_argument('--resize', action='store_true',
@@ -115,9 +138,7 @@ def main(argv=None) -> None:
     check_can_write(os.path.join(args.out, name), overwrite=args.force)
   pairs, ignored = assess_io.load_pairs(args.originals, args.reconstructions,
                                         resize=args.resize, compressed=args.compressed)
-  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  params = checkpoint.load(args.checkpoint)
-  model, image_size, model_name = assess_io.infer_model(params, args.model)
+  model, params, image_size, model_name = load_classifier(args.checkpoint, args.model)
   brisque_files = (args.brisque_model, args.brisque_range) if args.brisque_model else None
   cols, fids = score_pairs(pairs, model=model, params=params, image_size=image_size, k=args.k,
                            brisque_files=brisque_files)
