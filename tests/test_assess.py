@@ -163,3 +163,12 @@ def test_checkpoint_with_model_json_beside_it(tmp_path):
   assert float(row['vit_score']) == pytest.approx(float(expected['top_k'][0]))
   assert float(row['vit_prelogit_cosine']) == pytest.approx(float(expected['cosine'][0]), abs=1e-4)
   assert 'ViT-p4-w12-l2' in (tmp_path / 'out' / 'report.md').read_text()
+
+
+def test_dark_16_bit_image_is_scaled_like_any_16_bit_image(tmp_path):
+  from vit_jax import assess_io
+  values = np.random.default_rng(0).integers(0, 250, (20, 20), dtype=np.uint16)
+  Image.fromarray(values).save(tmp_path / 'dark16.png')  # 16-bit, all values <= 255.
+  got, notes = assess_io.read_for_metrics(str(tmp_path / 'dark16.png'))
+  np.testing.assert_array_equal(got[..., 0], np.floor(values / 257 + 0.5).astype(np.uint8))
+  assert notes == ['16-bit scaled to 8 bits']

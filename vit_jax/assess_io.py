@@ -58,7 +58,9 @@ def read_for_metrics(path: str) -> tuple[np.ndarray, list[str]]:
         array = np.asarray(im.convert('L'))[..., None]
       elif mode.startswith('I'):
         values = np.asarray(im, np.float64)
-        scale = 257.0 if values.max() > 255 else 1.0
+        # A 16-bit file is scaled whatever its values (a dark one is still 16-bit); a 32-bit
+        # integer image holding only 0-255 is taken as 8-bit values.
+        scale = 257.0 if mode.startswith('I;16') or values.max() > 255 else 1.0
         array = np.clip(np.round(values / scale), 0, 255).astype(np.uint8)[..., None]
         notes.append('16-bit scaled to 8 bits' if scale > 1 else '')
       else:
