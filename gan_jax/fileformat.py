@@ -99,7 +99,20 @@ def encode(latent, *, generator_id: str | bytes, quantization: str | Quantizatio
   latent = np.asarray(latent, np.float32)
   if not np.all(np.isfinite(latent)):
     raise UserInputError('latent has NaN or infinite values; refusing to write it.')
-  gid = bytes.fromhex(generator_id) if isinstance(generator_id, str) else bytes(generator_id)
+  try:
+    gid = bytes.fromhex(generator_id) if isinstance(generator_id, str) else bytes(generator_id)
+  except ValueError:
+    gid = b''
+  if len(gid) < 16:
+    raise UserInputError(f'generator_id {generator_id!r}: expected a SHA-256 hex digest (or at '
+                         'least 16 raw bytes).')
+  if quant.kind == _FLOAT16 and np.abs(latent).max(initial=0) > np.finfo(np.float16).max:
+    raise UserInputError(f'latent values up to {np.abs(latent).max():.4g} do not fit float16 '
+                         f'(max {float(np.finfo(np.float16).max):g}); use float32 or Kbit.')
+  if quant.kind == _UNIFORM and latent.size and (
+      float(latent.max()) - float(latent.min()) > float(np.finfo(np.float32).max)):
+    raise UserInputError(f'latent range [{latent.min():.4g}, {latent.max():.4g}] is too wide '
+                         f'for {quant} quantisation in float32; use float32.')
   h, w = image_size
   if not (0 < h < 65536 and 0 < w < 65536):
     raise UserInputError(f'image size {image_size}: each side must be in 1..65535.')
@@ -174,6 +187,8 @@ def decode(data: bytes, *, source: str = '<bytes>') -> Compressed:
     bits_arr = bits_arr[:count * quant.bits].reshape(count, quant.bits).astype(np.uint32)
     q = (bits_arr << np.arange(quant.bits, dtype=np.uint32)).sum(axis=1)
     latent = (np.float32(lo) + q.astype(np.float32) * np.float32(step)).astype(np.float32)
+  if not np.all(np.isfinite(latent)):
+    raise UserInputError(f'{source}: corrupt: the latent has NaN or infinite values.')
   return Compressed(latent.reshape(shape), gid, (h, w), quant)
 
 

@@ -76,3 +76,33 @@ def test_compress_report_counts_the_input_files_own_channels(gen_path, tmp_path)
     size = os.path.getsize(tmp_path / 'o' / name.replace('.png', '.ganz'))
     assert rows[name]['bytes'] == size
     assert rows[name]['ratio_vs_raw_pixels'] == pytest.approx(raw_bytes / size)
+
+
+def test_encode_refuses_what_the_file_cannot_hold():
+  gid = 'ab' * 32
+  with pytest.raises(UserInputError, match='do not fit float16'):
+    fileformat.encode(np.array([1e5, 1.0], np.float32), generator_id=gid,
+                      quantization='float16', image_size=(1, 1))
+  with pytest.raises(UserInputError, match='too wide for 8bit'):
+    fileformat.encode(np.array([-3e38, 3e38], np.float32), generator_id=gid,
+                      quantization='8bit', image_size=(1, 1))
+  for bad in ('ab', 'not hex', b'\x01\x02'):
+    with pytest.raises(UserInputError, match='generator_id'):
+      fileformat.encode(np.zeros(4), generator_id=bad, quantization='8bit', image_size=(1, 1))
+  # Values that fit still round-trip exactly as the quantiser says.
+  z = np.array([-65504.0, 0.5, 3.0], np.float32)
+  item = fileformat.decode(fileformat.encode(z, generator_id=gid, quantization='float16',
+                                             image_size=(1, 1)))
+  np.testing.assert_array_equal(item.latent, z)
+
+
+def test_decode_refuses_nan_latent_even_with_a_valid_crc():
+  import struct
+  import zlib
+  data = fileformat.encode(np.zeros(4, np.float32), generator_id='ab' * 32,
+                           quantization='float32', image_size=(2, 2))
+  body = bytearray(data[:-4])
+  body[-4:] = struct.pack('<f', float('nan'))  # The last latent value.
+  crafted = bytes(body) + struct.pack('<I', zlib.crc32(bytes(body)))
+  with pytest.raises(UserInputError, match=r'x.ganz: corrupt: the latent has NaN'):
+    fileformat.decode(crafted, source='x.ganz')
