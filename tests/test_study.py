@@ -267,3 +267,14 @@ def test_brisque_columns_with_the_opencv_model(shared_data, weights, tmp_path):
   # differently per batch shape (~1e-5 relative), so compare at the OpenCV-agreement bound.
   assert float(rows[0]['brisque_original']) == pytest.approx(expected, abs=1e-3)
   assert 'BRISQUE: absent' not in open(paths['markdown'], encoding='utf-8').read()
+
+
+def test_out_below_a_file_is_a_clear_error(tmp_path):
+  from gan_jax import study
+  (tmp_path / 'afile').write_text('keep')
+  for force in (False, True):
+    with pytest.raises(UserInputError, match=r'afile/sub: cannot create it, .*afile exists and '
+                       r'is not a folder'):
+      study.check_output(str(tmp_path / 'afile' / 'sub'), force=force)
+  study.check_output(str(tmp_path / 'new' / 'sub'), force=False)  # Creatable: fine.
+  assert (tmp_path / 'afile').read_text() == 'keep'
