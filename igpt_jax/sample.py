@@ -41,6 +41,18 @@ def filter_logits(logits, *, temperature: float = 1.0, top_k: int = 0, top_p: fl
   return logits
 
 
+def check_filters(*, temperature: float, top_k: int, top_p: float, vocab_size: int) -> None:
+  """Raises `UserInputError` unless the filters of `filter_logits` leave a token to draw."""
+  if not temperature > 0:  # Also rejects NaN.
+    raise UserInputError(f'temperature={temperature}: expected > 0 (small values approach '
+                         'greedy decoding).')
+  if not 0 <= top_k <= vocab_size:
+    raise UserInputError(f'top_k={top_k}: expected 0 (off) to {vocab_size} (the vocabulary).')
+  if not 0 < top_p <= 1:
+    raise UserInputError(f'top_p={top_p}: expected 0 < top_p <= 1 (1: off); top_p=0 would '
+                         'leave no token to sample.')
+
+
 def check_sampling(model: igpt_model.ImageGPT, *, num_tokens: int, prefix_len: int) -> None:
   if num_tokens > model.n_ctx:
     raise UserInputError(f'num_tokens={num_tokens}: the model\'s n_ctx is {model.n_ctx}, it '
@@ -61,6 +73,8 @@ def make_sampler(model: igpt_model.ImageGPT, *, num_tokens: int, prefix_len: int
   is drawn from the filtered logits with `jax.random.fold_in(key, t)`.
   """
   check_sampling(model, num_tokens=num_tokens, prefix_len=prefix_len)
+  check_filters(temperature=temperature, top_k=top_k, top_p=top_p,
+                vocab_size=model.vocab_size)
   pick = lambda key, logits: jax.random.categorical(key, filter_logits(
       logits, temperature=temperature, top_k=top_k, top_p=top_p), axis=-1).astype(jnp.int32)
   steps = jnp.arange(prefix_len, num_tokens)

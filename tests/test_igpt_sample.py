@@ -111,6 +111,18 @@ def test_bad_requests_are_clear_errors(model_and_params, tmp_path):
     igpt_sample.save_png(tmp_path / 'g.png', np.zeros((4, 4, 3), np.uint8))
 
 
+@pytest.mark.parametrize('kwargs, field', [
+    (dict(top_p=0.0), 'top_p=0.0'), (dict(top_p=1.5), 'top_p=1.5'),
+    (dict(top_k=-1), 'top_k=-1'), (dict(top_k=513), 'top_k=513'),
+    (dict(temperature=0.0), 'temperature=0.0'), (dict(temperature=-1.0), 'temperature=-1.0')])
+def test_filters_that_leave_nothing_to_draw_are_clear_errors(model_and_params, kwargs, field):
+  # Unchecked, top_p=0 masked every token (categorical then always drew token 0), a negative
+  # temperature silently became greedy and top_k > vocab failed deep inside lax.top_k.
+  model, _ = model_and_params
+  with pytest.raises(UserInputError, match=field):
+    igpt_sample.make_sampler(model, num_tokens=16, **kwargs)
+
+
 def test_complete_cli(model_and_params, tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from igpt_jax import checkpoint, complete  # pylint: disable=g-import-not-at-top
