@@ -7,13 +7,15 @@
 
 With `--images` each image (resized to `--size`) is one row: original | kept rows |
 `--num` completions (the top `--keep_rows` rows kept, the rest sampled with the KV-cached
-sampler). With `--unconditional N`, N samples side by side. Nothing is overwritten without
+sampler). With `--unconditional N`, N samples side by side. `--size` defaults to the model's
+image side (n_ctx = size^2; the released models: 32). Nothing is overwritten without
 `--force`.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 
 import jax
 import numpy as np
@@ -35,6 +37,28 @@ def _read_images(folder: str, size: int) -> np.ndarray:
   return np.stack([resize({'image': images_lib.read_image(p)})['image'] for p in paths])
 
 
+def _check_args(args: argparse.Namespace, model) -> int:
+  """Checks the counts and `--size` against the model; returns the image side."""
+  if args.unconditional is not None and args.unconditional < 1:
+    raise UserInputError(f'--unconditional={args.unconditional}: expected at least 1 sample.')
+  if args.images is not None and args.num < 1:
+    raise UserInputError(f'--num={args.num}: expected at least 1 completion per image.')
+  side = math.isqrt(model.n_ctx)
+  if args.size is None:
+    if side * side != model.n_ctx:
+      raise UserInputError(f'the model\'s n_ctx={model.n_ctx} is not a square image; pass '
+                           '--size.')
+    return side
+  if args.size < 1 or args.size * args.size > model.n_ctx:
+    raise UserInputError(f'--size={args.size}: the model generates at most n_ctx='
+                         f'{model.n_ctx} pixels ({side}x{side} images).')
+  if side * side == model.n_ctx and args.size != side:
+    # Position t is pixel (t // side, t % side) to the model: other sizes scramble the rows.
+    raise UserInputError(f'--size={args.size}: the model was trained on {side}x{side} images '
+                         f'(n_ctx={model.n_ctx}); pass --size {side}.')
+  return args.size
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog='igpt_jax.complete', description=__doc__.split('\n')[0])
   parser.add_argument('--params', required=True, help='.npz, TF checkpoint or safetensors')
@@ -42,7 +66,8 @@ def main(argv=None) -> None:
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument('--images', help='folder of images to complete')
   source.add_argument('--unconditional', type=int, help='number of unconditional samples')
-  parser.add_argument('--size', type=int, default=32, help='image side in pixels')
+  parser.add_argument('--size', type=int, default=None,
+                      help="image side in pixels; default: the model's (sqrt of n_ctx)")
   parser.add_argument('--keep_rows', type=int, default=None, help='default: half the rows')
   parser.add_argument('--num', type=int, default=4, help='completions per image')
   parser.add_argument('--temperature', type=float, default=1.0)
@@ -56,20 +81,21 @@ def main(argv=None) -> None:
     io.check_can_write(args.out, overwrite=args.force)
     params, model = checkpoint.load(args.params)
     centers = palette_lib.load_palette(args.palette, num_clusters=model.vocab_size)
+    side = _check_args(args, model)
     kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     key = jax.random.PRNGKey(args.seed)
-    n = args.size * args.size
-    if args.unconditional:
+    n = side * side
+    if args.unconditional is not None:
       sampler = igpt_sample.make_sampler(model, num_tokens=n, **kwargs)
       tokens = np.asarray(sampler(params, key, batch_size=args.unconditional))
       pictures = palette_lib.dequantize(tokens, centers)
       grid = igpt_sample.completion_grid(pictures[:1], pictures[None], keep_rows=0)
-      grid = grid[:, 2 * (args.size + 2):]  # Drop the (empty) original / kept columns.
+      grid = grid[:, 2 * (side + 2):]  # Drop the (empty) original / kept columns.
     else:
-      originals = _read_images(args.images, args.size)
+      originals = _read_images(args.images, side)
       tokens = palette_lib.quantize(originals, centers)
-      keep = args.size // 2 if args.keep_rows is None else args.keep_rows
-      out = igpt_sample.complete(model, params, key, tokens, image_shape=(args.size,) * 2,
+      keep = side // 2 if args.keep_rows is None else args.keep_rows
+      out = igpt_sample.complete(model, params, key, tokens, image_shape=(side, side),
                                  keep_rows=keep, num_completions=args.num, **kwargs)
       grid = igpt_sample.completion_grid(palette_lib.dequantize(tokens, centers),
                                          palette_lib.dequantize(np.asarray(out), centers),

@@ -148,3 +148,29 @@ def test_complete_cli(model_and_params, tmp_path):
     complete.main(common + ['--images', str(tmp_path / 'imgs'), '--keep_rows', '9', '--out',
                             str(tmp_path / 'bad.png')])
   assert e.value.code == 2 and not (tmp_path / 'bad.png').exists()
+
+
+def test_complete_cli_checks_counts_and_size(model_and_params, tmp_path, capsys):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from igpt_jax import checkpoint, complete  # pylint: disable=g-import-not-at-top
+  _, params = model_and_params  # n_ctx 16: 4x4 images.
+  (tmp_path / 'imgs').mkdir()
+  Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(tmp_path / 'imgs' / 'a.png')
+  checkpoint.save(tmp_path / 'p.npz', params)
+  np.save(tmp_path / 'pal.npy', np.random.default_rng(0).uniform(-1, 1, (512, 3)).astype(
+      np.float32))
+  common = ['--params', str(tmp_path / 'p.npz'), '--palette', str(tmp_path / 'pal.npy')]
+  bad = [(['--unconditional', '0'], '--unconditional=0: expected at least 1'),
+         (['--unconditional', '-2'], '--unconditional=-2'),
+         (['--images', str(tmp_path / 'imgs'), '--num', '0'], '--num=0'),
+         (['--unconditional', '1', '--size', '2'], 'trained on 4x4 images'),
+         (['--unconditional', '1', '--size', '5'], 'at most n_ctx=16')]
+  for args, message in bad:
+    with pytest.raises(SystemExit) as e:
+      complete.main(common + args + ['--out', str(tmp_path / 'bad.png')])
+    assert e.value.code == 2 and message in capsys.readouterr().err, args
+  assert not (tmp_path / 'bad.png').exists()
+  # Without --size, the model's own side (4) is used.
+  complete.main(common + ['--images', str(tmp_path / 'imgs'), '--num', '2', '--out',
+                          str(tmp_path / 'c.png')])
+  assert np.asarray(Image.open(tmp_path / 'c.png')).shape == (6 + 2, 4 * 6 + 2, 3)
