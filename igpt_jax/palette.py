@@ -24,6 +24,28 @@ def to_unit_range(pixels) -> jnp.ndarray:
   return jnp.asarray(pixels, jnp.float32) / 127.5 - 1.0
 
 
+def unit_pixels(pixels, *, name: str = 'images') -> jnp.ndarray:
+  """Pixels in the palette's space: uint8 (or any integers in [0, 255]) are scaled by
+  `to_unit_range`; floats must already be in [-1, 1]. Anything else is a `UserInputError`
+  (float pixels in [0, 255] or ints above 255 would otherwise all map to the brightest
+  centres, silently)."""
+  pixels = np.asarray(pixels)
+  if pixels.dtype == np.uint8:
+    return to_unit_range(pixels)
+  lo, hi = (pixels.min(), pixels.max()) if pixels.size else (0, 0)
+  if np.issubdtype(pixels.dtype, np.integer):
+    if lo < 0 or hi > 255:
+      raise UserInputError(f'{name}: integer pixels must be in [0, 255], found [{lo}, {hi}].')
+    return to_unit_range(pixels)
+  if not np.issubdtype(pixels.dtype, np.floating):
+    raise UserInputError(f'{name}: expected uint8 pixels or floats in [-1, 1], found dtype '
+                         f'{pixels.dtype}.')
+  if not (np.isfinite(lo) and np.isfinite(hi) and lo >= -1.0 - 1e-6 and hi <= 1.0 + 1e-6):
+    raise UserInputError(f'{name}: float pixels must be in [-1, 1] (x / 127.5 - 1), found '
+                         f'[{lo:.4g}, {hi:.4g}]; pass uint8 for [0, 255].')
+  return jnp.asarray(pixels, jnp.float32)
+
+
 def check_palette(centers, *, source: str = 'palette', num_clusters: int | None = None):
   """Raises `UserInputError` unless `centers` is a finite float `[K, 3]` in [-1, 1]."""
   shape = np.shape(centers)
@@ -83,11 +105,11 @@ def tokens_from_images(images, centers):
 
 def quantize(images, centers) -> jnp.ndarray:
   """Images `[..., H, W, 3]` (uint8, or float in [-1, 1]) -> tokens `[..., H * W]` int32."""
-  images = jnp.asarray(images)
+  images = np.asarray(images)
   if images.ndim < 3 or images.shape[-1] != 3:
     raise UserInputError(f'images: expected [..., H, W, 3] RGB, found shape {images.shape}.')
   check_palette(centers)
-  x = to_unit_range(images) if images.dtype == jnp.uint8 else images.astype(jnp.float32)
+  x = unit_pixels(images)
   tokens = _quantize(x, jnp.asarray(centers, jnp.float32))
   return tokens.reshape(*tokens.shape[:-2], -1)
 
@@ -96,6 +118,9 @@ def dequantize(tokens, centers, image_shape: tuple[int, int] | None = None) -> n
   """Tokens `[..., H * W]` -> uint8 images `[..., H, W, 3]` (square unless `image_shape`)."""
   tokens = np.asarray(tokens)
   centers = np.asarray(centers, np.float32)
+  if not np.issubdtype(tokens.dtype, np.integer):
+    raise UserInputError(f'tokens: expected integer palette indices, found dtype '
+                         f'{tokens.dtype}.')
   if tokens.size and (tokens.min() < 0 or tokens.max() >= len(centers)):
     raise UserInputError(f'tokens: values must be in [0, {len(centers)}), found '
                          f'[{tokens.min()}, {tokens.max()}].')
@@ -152,7 +177,8 @@ def fit_palette(pixels, *, num_clusters: int = NUM_CLUSTERS, steps: int = 300,
   """Mini-batch k-means (k-means++ seeding, Sculley 2010) of RGB pixels, in JAX.
 
   Args:
-    pixels: `[..., 3]` training pixels, uint8 or float in [-1, 1] (flattened over `...`).
+    pixels: `[..., 3]` training pixels, uint8 (or ints in [0, 255]) or float in [-1, 1]
+      (flattened over `...`).
     num_clusters: K (512 for Image GPT's 9-bit tokens).
     steps, batch_size: mini-batches of pixels drawn with replacement.
 
@@ -162,8 +188,7 @@ def fit_palette(pixels, *, num_clusters: int = NUM_CLUSTERS, steps: int = 300,
   pixels = np.asarray(pixels)
   if pixels.shape[-1] != 3:
     raise UserInputError(f'pixels: expected [..., 3] RGB, found shape {pixels.shape}.')
-  x = to_unit_range(pixels) if pixels.dtype == np.uint8 else jnp.asarray(pixels, jnp.float32)
-  x = x.reshape(-1, 3)
+  x = unit_pixels(pixels, name='pixels').reshape(-1, 3)
   if x.shape[0] < num_clusters:
     raise UserInputError(f'pixels: {x.shape[0]} pixels cannot fit {num_clusters} clusters.')
   centers = _fit(jax.random.PRNGKey(seed), x, k=num_clusters, batch_size=batch_size,

@@ -55,6 +55,28 @@ def test_quantize_is_the_nearest_centre_and_dequantize_inverts_centres():
   np.testing.assert_array_equal(palette.quantize(out, centers), tokens)
 
 
+def test_pixel_dtypes_other_than_uint8_are_scaled_or_refused():
+  rng = np.random.default_rng(4)
+  centers = rng.uniform(-1, 1, (512, 3)).astype(np.float32)
+  images = rng.integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+  x = images.reshape(2, 16, 3).astype(np.float64) / 127.5 - 1
+  brute = ((x[..., None, :] - centers.astype(np.float64)) ** 2).sum(-1).argmin(-1)
+  # Integers in [0, 255] of any width are pixels (they were taken as [-1, 1] floats: one
+  # token for the whole image).
+  for dtype in (np.int64, np.int32, np.uint16):
+    np.testing.assert_array_equal(palette.quantize(images.astype(dtype), centers), brute)
+  np.testing.assert_array_equal(palette.quantize(x.reshape(2, 4, 4, 3), centers), brute)
+  for bad, message in [(images.astype(np.float32), r'float pixels must be in \[-1, 1\]'),
+                       (images.astype(np.int32) + 200, r'integer pixels must be in \[0, 255\]'),
+                       (images > 100, 'expected uint8 pixels or floats')]:
+    with pytest.raises(UserInputError, match=message):
+      palette.quantize(bad, centers)
+    with pytest.raises(UserInputError, match=message):
+      palette.fit_palette(bad, num_clusters=4, steps=1)
+  with pytest.raises(UserInputError, match='expected integer palette indices'):
+    palette.dequantize(brute.astype(np.float32), centers)
+
+
 def test_openai_style_file_round_trip_and_bad_files(tmp_path):
   centers = np.random.default_rng(3).uniform(-1, 1, (512, 3)).astype(np.float32)
   np.save(tmp_path / 'kmeans_centers.npy', centers)  # As OpenAI's file is stored.
