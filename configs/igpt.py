@@ -14,8 +14,9 @@ BERT variant), or 'finetune' (the `clf` head on the pooled `ln_f` output, jointl
 generative loss weighted by `gen_loss_weight`; start from `init_from`).
 
 Images are resized to `image_size` and mapped to palette tokens (`palette`: OpenAI's
-kmeans_centers.npy or ours; empty = fit 512 centres by mini-batch k-means on training
-pixels and save `palette.npy` in the workdir). Expected result: the tiny model on 16x16
+kmeans_centers.npy or ours; empty = the one beside `init_from`, else fit 512 centres by
+mini-batch k-means on training pixels); the palette used is saved as `palette.npy` in the
+workdir. Expected result: the tiny model on 16x16
 CIFAR-10 (256 tokens) goes from 3.0 bits/dim (uniform over 512 colours, the zero-initialised
 `wtet`) to about 1.5 bits/dim on the test images in 2,000 steps of batch 64 on a 2-core CPU
 (bits/dim = next-token bits / 3 RGB dimensions, on the palette-quantised images).

@@ -130,28 +130,41 @@ class _Head:
 
 
 def get_palette(config, source, workdir: str) -> np.ndarray:
-  """The configured palette, the run's saved one, or one fitted on training pixels."""
+  """The run's palette, saved as `workdir/palette.npy` (its outputs then hold everything
+  `complete`, `probe` and a later `init_from` need).
+
+  `config.palette`, else the palette beside `init_from`, else the workdir's saved one (a
+  resumed run), else one fitted on training pixels. A saved palette that differs from the
+  configured one is an error: the workdir's checkpoints learned the saved colours.
+  """
   saved = io.join(workdir, 'palette.npy')
+  wanted, origin = None, ''
   if config.palette:
-    return palette_lib.load_palette(config.palette, num_clusters=config.vocab_size)
-  if io.exists(saved):
-    return palette_lib.load_palette(saved, num_clusters=config.vocab_size)
-  if config.init_from:  # The weights only make sense with the palette they learned.
+    wanted = palette_lib.load_palette(config.palette, num_clusters=config.vocab_size)
+    origin = f'palette={config.palette}'
+  elif config.init_from:  # The weights only make sense with the palette they learned.
     beside = io.join(io.dirname(io.abspath(config.init_from)), 'palette.npy')
-    if not io.exists(beside):
+    if io.exists(beside):
+      wanted = palette_lib.load_palette(beside, num_clusters=config.vocab_size)
+      origin = f'init_from={config.init_from} (its {beside})'
+    elif not io.exists(saved):
       raise UserInputError(f'init_from={config.init_from}: pass the palette those weights '
                            f'were trained with (--config.palette=...); {beside} is absent.')
-    centers = palette_lib.load_palette(beside, num_clusters=config.vocab_size)
-    _save_palette_once(saved, centers)
+  if io.exists(saved):
+    centers = palette_lib.load_palette(saved, num_clusters=config.vocab_size)
+    if wanted is not None and not np.array_equal(centers, wanted):
+      raise UserInputError(f'{saved}: this workdir\'s palette differs from the one of '
+                           f'{origin}; resume with the same palette, or use a new workdir.')
     return centers
-  rng = np.random.default_rng(config.seed)
-  idx = rng.choice(len(source), min(config.palette_fit_images, len(source)), replace=False)
-  resize = data.parse_preprocess(f'resize({config.image_size})')
-  pixels = np.stack([resize(source[int(i)])['image'] for i in idx])
-  centers = palette_lib.fit_palette(pixels, num_clusters=config.vocab_size, seed=config.seed,
-                                    steps=config.palette_fit_steps)
-  _save_palette_once(saved, centers)
-  return centers
+  if wanted is None:
+    rng = np.random.default_rng(config.seed)
+    idx = rng.choice(len(source), min(config.palette_fit_images, len(source)), replace=False)
+    resize = data.parse_preprocess(f'resize({config.image_size})')
+    pixels = np.stack([resize(source[int(i)])['image'] for i in idx])
+    wanted = palette_lib.fit_palette(pixels, num_clusters=config.vocab_size, seed=config.seed,
+                                     steps=config.palette_fit_steps)
+  _save_palette_once(saved, wanted)
+  return wanted
 
 
 def _save_palette_once(path: str, centers: np.ndarray) -> None:
@@ -214,11 +227,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_source, test_source = _source(config, config.train_split), _source(config,
                                                                            config.test_split)
   model = build_model(config, train_source.num_classes)
+  key = jax.random.PRNGKey(config.seed)
+  params = initial_params(config, model, key)  # A bad init_from fails before any output.
   centers = jax.device_put(jnp.asarray(get_palette(config, train_source, workdir)),
                            mesh_lib.replicated(mesh))
   optimizer = make_optimizer(config)
-  key = jax.random.PRNGKey(config.seed)
-  params = initial_params(config, model, key)
   state = jax.device_put(dict(params=params, opt_state=optimizer.init(params),
                               step=jnp.int32(0)), mesh_lib.replicated(mesh))
   loader = data.train_loader(train_source, global_batch_size=config.batch_size,

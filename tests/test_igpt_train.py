@@ -96,3 +96,51 @@ def test_bad_config_values_are_clear_errors():
     train.build_model(config)
   with pytest.raises(ValueError, match='expected SIZE,DATASET'):
     load_config('testing')
+
+
+def test_the_run_palette_is_saved_in_the_workdir_and_must_not_change(tmp_path):
+  rng = np.random.default_rng(5)
+  a, b = (rng.uniform(-1, 1, (512, 3)).astype(np.float32) for _ in range(2))
+  np.save(tmp_path / 'a.npy', a)
+  np.save(tmp_path / 'b.npy', b)
+  work = tmp_path / 'run'
+  work.mkdir()
+  config = load_config('testing,cifar10')
+  config.palette = str(tmp_path / 'a.npy')
+  np.testing.assert_array_equal(train.get_palette(config, None, str(work)), a)
+  # Saved with the outputs (fine-tuning from this run's params.npz needs it beside them).
+  np.testing.assert_array_equal(np.load(work / 'palette.npy'), a)
+  # Resuming without --config.palette reuses it (source None: a refit would fail).
+  config.palette = ''
+  np.testing.assert_array_equal(train.get_palette(config, None, str(work)), a)
+  config.palette = str(tmp_path / 'b.npy')
+  with pytest.raises(UserInputError, match=r'palette\.npy: this workdir\'s palette differs'):
+    train.get_palette(config, None, str(work))
+  # Nor may init_from's own palette differ from the saved one.
+  (tmp_path / 'other').mkdir()
+  np.save(tmp_path / 'other' / 'palette.npy', b)
+  config.palette, config.init_from = '', str(tmp_path / 'other' / 'params.npz')
+  with pytest.raises(UserInputError, match='differs from the one of init_from='):
+    train.get_palette(config, None, str(work))
+
+
+def test_a_mismatched_init_from_fails_before_writing_to_the_workdir(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from igpt_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(6)
+  for split in ('train', 'test'):
+    for label in ('a', 'b'):
+      folder = tmp_path / 'data' / split / label
+      folder.mkdir(parents=True)
+      for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+            folder / f'{i}.png')
+  (tmp_path / 'pre').mkdir()
+  checkpoint.save(tmp_path / 'pre' / 'params.npz', random_params(tiny_model(n_ctx=16)))
+  np.save(tmp_path / 'pre' / 'palette.npy', rng.uniform(-1, 1, (512, 3)).astype(np.float32))
+  config = tiny_config(tmp_path / 'data', objective='finetune', batch_size=8,
+                       init_from=str(tmp_path / 'pre' / 'params.npz'))  # n_ctx 64, not 16.
+  with pytest.raises(UserInputError, match=r'wpe: expected \(64, 32\), found \(16, 32\)'):
+    train.train_and_evaluate(config, tmp_path / 'run')
+  # A palette copied there would be taken over by a corrected rerun (another init_from).
+  assert not (tmp_path / 'run' / 'palette.npy').exists()
