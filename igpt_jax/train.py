@@ -308,9 +308,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def write_samples(model, params, centers, source, config, path, *, n_images: int = 4,
                   n_completions: int = 4) -> None:
-  """Completions of the first test images (top half kept): original | kept | samples."""
+  """Completions of the first `n_images` test images (or all, if fewer; top half kept):
+  original | kept | samples."""
   resize = data.parse_preprocess(f'resize({config.image_size})')
-  images = np.stack([resize(source[i])['image'] for i in range(n_images)])
+  images = np.stack([resize(source[i])['image'] for i in range(min(n_images, len(source)))])
   tokens = palette_lib.quantize(images, centers)
   size = config.image_size
   out = igpt_sample.complete(model, params, jax.random.PRNGKey(config.seed), tokens,

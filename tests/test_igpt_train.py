@@ -144,3 +144,22 @@ def test_a_mismatched_init_from_fails_before_writing_to_the_workdir(tmp_path):
     train.train_and_evaluate(config, tmp_path / 'run')
   # A palette copied there would be taken over by a corrected rerun (another init_from).
   assert not (tmp_path / 'run' / 'palette.npy').exists()
+
+
+def test_sample_grid_of_a_test_split_smaller_than_four_images(tmp_path):
+  model = tiny_model(n_ctx=16)
+  params = random_params(model)
+  rng = np.random.default_rng(7)
+  source = [{'image': rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), 'label': 0}
+            for _ in range(2)]
+  config = load_config('testing,cifar10')
+  config.image_size = 4
+  centers = rng.uniform(-1, 1, (512, 3)).astype(np.float32)
+  train.write_samples(model, params, centers, source, config, tmp_path / 's.png',
+                      n_completions=3)  # Was an IndexError after the whole run.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  grid = np.asarray(Image.open(tmp_path / 's.png'))
+  assert grid.shape == (2 * 6 + 2, 5 * 6 + 2, 3)
+  # Row 2, first panel: the second image, palette-quantised.
+  expected = palette_lib.dequantize(palette_lib.quantize(source[1]['image'], centers), centers)
+  np.testing.assert_array_equal(grid[8:12, 2:6], expected)
