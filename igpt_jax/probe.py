@@ -84,6 +84,12 @@ def probe_layers(train_features, train_labels, test_features, test_labels, *,
   `l2`, `val_accuracy` and `test_accuracy`."""
   train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
   n = len(train_labels)
+  if num_classes < 2:
+    raise UserInputError(f'num_classes={num_classes}: a probe needs at least 2 classes (with '
+                         'one, every accuracy is 100%).')
+  if n < 2:
+    raise UserInputError(f'{n} training example(s): a probe needs at least 2 (a tenth, at '
+                         'least one, is held out to choose the L2 strength).')
   order = np.random.default_rng(seed).permutation(n)
   val, fit = order[:max(n // 10, 1)], order[max(n // 10, 1):]
   rows = []
@@ -137,14 +143,29 @@ def load_split(dataset, split, image_size, limit, centers):
   return np.asarray(palette_lib.quantize(images, centers)), labels, source.num_classes
 
 
+def _check_args(args: argparse.Namespace, outputs: dict[str, str]) -> None:
+  """Checks counts and outputs before any work (an existing output used to be found only
+  after all the features and fits, and after probe.md had been written)."""
+  for flag in ('train_examples', 'test_examples'):
+    if getattr(args, flag) < 0:
+      raise UserInputError(f'--{flag}={getattr(args, flag)}: expected >= 0 (0: all).')
+  if args.steps < 1 or not args.l2 or min(args.l2) < 0:
+    raise UserInputError(f'--steps={args.steps}, --l2={args.l2}: expected at least one step '
+                         'and L2 strengths >= 0.')
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    raise UserInputError(f'--out={args.out}: is a file; expected a directory for the outputs.')
+  for path in outputs.values():
+    io.check_can_write(path, overwrite=args.force)
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog='igpt_jax.probe', description=__doc__.split('\n')[0])
   parser.add_argument('--params', required=True, help='.npz, TF checkpoint or safetensors')
   parser.add_argument('--palette', required=True, help='[512, 3] .npy palette')
   parser.add_argument('--dataset', required=True, help='image folder or TFDS name')
   parser.add_argument('--image_size', type=int, default=32)
-  parser.add_argument('--train_examples', type=int, default=10_000)
-  parser.add_argument('--test_examples', type=int, default=10_000)
+  parser.add_argument('--train_examples', type=int, default=10_000, help='0: all')
+  parser.add_argument('--test_examples', type=int, default=10_000, help='0: all')
   parser.add_argument('--l2', type=float, nargs='+', default=[1e-4, 1e-3, 1e-2, 1e-1],
                       help='L2 strengths tried (chosen on a held-out tenth of train)')
   parser.add_argument('--steps', type=int, default=300, help='L-BFGS iterations per fit')
@@ -152,6 +173,8 @@ def main(argv=None) -> None:
   parser.add_argument('--force', action='store_true', help='overwrite existing outputs')
   args = parser.parse_args(argv)
   with cli_errors('igpt_jax.probe'):
+    outputs = {ext: os.path.join(args.out, f'probe.{ext}') for ext in ('md', 'json', 'png')}
+    _check_args(args, outputs)
     from igpt_jax import checkpoint  # pylint: disable=g-import-not-at-top
     params, model = checkpoint.load(args.params)
     if args.image_size ** 2 > model.n_ctx:
@@ -160,6 +183,9 @@ def main(argv=None) -> None:
     centers = palette_lib.load_palette(args.palette, num_clusters=model.vocab_size)
     tr_tok, tr_lab, k = load_split(args.dataset, 'train', args.image_size,
                                     args.train_examples, centers)
+    if k < 2 or len(tr_lab) < 2:
+      raise UserInputError(f'--dataset={args.dataset}: the train split has {k} class(es) and '
+                           f'{len(tr_lab)} example(s) used; a probe needs at least 2 of each.')
     te_tok, te_lab, _ = load_split(args.dataset, 'test', args.image_size,
                                     args.test_examples, centers)
     rows = probe_layers(extract_features(model, params, tr_tok), tr_lab,
@@ -167,11 +193,11 @@ def main(argv=None) -> None:
                         l2_grid=tuple(args.l2), steps=args.steps)
     os.makedirs(args.out, exist_ok=True)
     table = format_table(rows, model.num_layers)
-    with io.atomic_write(os.path.join(args.out, 'probe.md'), 'w', overwrite=args.force) as f:
+    with io.atomic_write(outputs['md'], 'w', overwrite=args.force) as f:
       f.write(table + '\n')
-    with io.atomic_write(os.path.join(args.out, 'probe.json'), 'w', overwrite=args.force) as f:
+    with io.atomic_write(outputs['json'], 'w', overwrite=args.force) as f:
       json.dump(rows, f, indent=2)
-    plot(rows, os.path.join(args.out, 'probe.png'), overwrite=args.force)
+    plot(rows, outputs['png'], overwrite=args.force)
     print(table)
 
 

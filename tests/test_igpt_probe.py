@@ -9,6 +9,7 @@ from scipy import optimize
 
 from igpt_jax import checkpoint, probe
 from tests.test_igpt_model import random_params, tiny_model
+from vision_core.errors import UserInputError
 
 
 def scipy_logreg(x, y, k, l2):
@@ -93,3 +94,39 @@ def test_cli_writes_table_json_and_plot(tmp_path):
   assert e.value.code == 2
   with pytest.raises(SystemExit):
     probe.main(args[:-1] + [str(tmp_path / 'out2'), '--image_size', '8'])  # 64 > n_ctx 16.
+
+
+def test_cli_refuses_one_class_and_checks_outputs_before_any_work(tmp_path, capsys):
+  rng = np.random.default_rng(4)
+  for split in ('train', 'test'):
+    folder = tmp_path / 'data' / split / 'only'
+    folder.mkdir(parents=True)
+    for i in range(5):
+      Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(folder / f'{i}.png')
+  checkpoint.save(tmp_path / 'params.npz', random_params(tiny_model()))
+  np.save(tmp_path / 'palette.npy', rng.uniform(-1, 1, (512, 3)).astype(np.float32))
+  args = ['--params', str(tmp_path / 'params.npz'), '--palette', str(tmp_path / 'palette.npy'),
+          '--dataset', str(tmp_path / 'data'), '--image_size', '4', '--l2', '0.01', '--steps',
+          '5', '--out', str(tmp_path / 'out')]
+  with pytest.raises(SystemExit) as e:  # One class: every "accuracy" was 100%.
+    probe.main(args)
+  assert e.value.code == 2 and 'has 1 class(es)' in capsys.readouterr().err
+  assert not (tmp_path / 'out' / 'probe.md').exists()
+  with pytest.raises(UserInputError, match='at least 2 classes'):
+    probe.probe_layers(np.zeros((1, 4, 2)), np.zeros(4, int), np.zeros((1, 2, 2)),
+                       np.zeros(2, int), num_classes=1, steps=2)
+  with pytest.raises(UserInputError, match='1 training example'):
+    probe.probe_layers(np.zeros((1, 1, 2)), np.zeros(1, int), np.zeros((1, 2, 2)),
+                       np.zeros(2, int), num_classes=2, steps=2)
+  # One output already there: refused up front, the others not written (probe.md was).
+  (tmp_path / 'out').mkdir()
+  (tmp_path / 'out' / 'probe.json').write_text('[]')
+  with pytest.raises(SystemExit) as e:
+    probe.main(args)
+  assert e.value.code == 2 and 'probe.json already exists' in capsys.readouterr().err
+  assert not (tmp_path / 'out' / 'probe.md').exists()
+  for bad, message in ((['--train_examples', '-1'], '--train_examples=-1'),
+                       (['--out', str(tmp_path / 'palette.npy')], 'is a file')):
+    with pytest.raises(SystemExit):
+      probe.main(args + bad)
+    assert message in capsys.readouterr().err
