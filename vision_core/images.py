@@ -35,13 +35,46 @@ def read_image(path: str | os.PathLike, *, mode: str = 'RGB') -> np.ndarray:
   try:
     with Image.open(path) as im:
       im.load()
-      converted = im.convert(mode)
+      converted = _to_8_bit(im, path).convert(mode)
   except FileNotFoundError:
     raise FileNotFoundError(f'{path}: no such image file.') from None
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise UserInputError(f'{path}: not a readable image ({e}).') from None
   array = np.asarray(converted, dtype=np.uint8)
   return array[..., None] if array.ndim == 2 else array
+
+
+# Pillow keeps 16-bit grey samples as mode 'I;16*' (PNG, TIFF) or 'I' (PNG, PGM), and its
+# convert() to 8-bit modes clips them at 255 instead of scaling, so a 16-bit image would read
+# as nearly all white. They are scaled as OpenCV and scikit-image do: the high byte.
+_SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N')
+_SIXTEEN_BIT_I_FORMATS = ('PNG', 'PPM')
+
+
+def _to_8_bit(im, path: str):
+  """`im` itself if 8-bit, else an 8-bit 'L' image of its grey samples (see above).
+
+  Raises `UserInputError` for 32-bit integer samples outside [0, 255] and for float samples
+  that are not whole numbers in [0, 255]: their range is not known (float images may be
+  [0, 1] or anything), so no scaling would be right.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if im.mode not in _SIXTEEN_BIT_MODES + ('I', 'F'):
+    return im
+  samples = np.asarray(im)
+  if im.mode in _SIXTEEN_BIT_MODES or (im.mode == 'I' and im.format in _SIXTEEN_BIT_I_FORMATS):
+    high_byte = np.clip(samples, 0, 65535).astype(np.uint16) >> 8
+    return Image.fromarray(high_byte.astype(np.uint8), 'L')
+  finite = np.isfinite(samples).all()
+  if not finite or samples.min(initial=0) < 0 or samples.max(initial=0) > 255 or (
+      im.mode == 'F' and not np.array_equal(samples, np.round(samples))):
+    kind = 'float' if im.mode == 'F' else '32-bit integer'
+    found = (f'in [{samples.min()}, {samples.max()}]' if finite else 'with NaN or inf')
+    raise UserInputError(
+        f'{path}: {kind} samples {found}; expected 8- or 16-bit images (or whole numbers in '
+        '[0, 255]), since no scaling of these to 8 bits is known to be right. Convert it to '
+        'an 8- or 16-bit PNG first.')
+  return Image.fromarray(samples.astype(np.uint8), 'L')
 
 
 def list_images(directory: str | os.PathLike) -> list[str]:

@@ -1,0 +1,50 @@
+"""Inputs the core reads: image files of every sample depth, IDX headers, array sources."""
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from vision_core import images
+from vision_core.errors import UserInputError
+
+
+@pytest.mark.parametrize('ext', ['png', 'tif', 'pgm'])
+def test_16_bit_grey_images_are_scaled_like_opencv(tmp_path, ext):
+  # Pillow opens these as 'I;16' (PNG, TIFF) or 'I' (PGM); its convert() clipped them at 255.
+  rng = np.random.default_rng(0)
+  samples = rng.integers(0, 65536, (12, 10), dtype=np.uint16)
+  path = str(tmp_path / f'grey16.{ext}')
+  assert cv2.imwrite(path, samples)
+  grey = images.read_image(path, mode='L')
+  rgb = images.read_image(path)
+  np.testing.assert_array_equal(grey[..., 0], cv2.imread(path, cv2.IMREAD_GRAYSCALE))
+  np.testing.assert_array_equal(rgb, cv2.imread(path, cv2.IMREAD_COLOR)[..., ::-1])
+  rgba = images.read_image(path, mode='RGBA')
+  np.testing.assert_array_equal(rgba[..., :3], rgb)
+  assert (rgba[..., 3] == 255).all()
+
+
+def test_8_bit_images_read_as_before(tmp_path):
+  rng = np.random.default_rng(1)
+  pixels = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
+  Image.fromarray(pixels).save(tmp_path / 'rgb.png')
+  np.testing.assert_array_equal(images.read_image(tmp_path / 'rgb.png'), pixels)
+  Image.fromarray(pixels[..., 0]).save(tmp_path / 'grey.png')
+  np.testing.assert_array_equal(images.read_image(tmp_path / 'grey.png', mode='L')[..., 0],
+                                pixels[..., 0])
+
+
+def test_float_and_32_bit_images_of_unknown_range_are_refused(tmp_path):
+  whole = np.arange(30, dtype=np.float32).reshape(5, 6) * 8
+  Image.fromarray(whole).save(tmp_path / 'whole.tif')
+  np.testing.assert_array_equal(images.read_image(tmp_path / 'whole.tif', mode='L')[..., 0],
+                                whole.astype(np.uint8))
+  Image.fromarray(np.linspace(0, 1, 30, dtype=np.float32).reshape(5, 6)).save(
+      tmp_path / 'unit.tif')
+  with pytest.raises(UserInputError, match=r'unit\.tif: float samples in \[0\.0, 1\.0\]'):
+    images.read_image(tmp_path / 'unit.tif')
+  Image.fromarray(np.arange(30, dtype=np.int32).reshape(5, 6) * 1000).save(
+      tmp_path / 'wide.tif')
+  with pytest.raises(UserInputError, match=r'wide\.tif: 32-bit integer samples in \[0, 29000\]'):
+    images.read_image(tmp_path / 'wide.tif')
