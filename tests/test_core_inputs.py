@@ -48,3 +48,11 @@ def test_float_and_32_bit_images_of_unknown_range_are_refused(tmp_path):
       tmp_path / 'wide.tif')
   with pytest.raises(UserInputError, match=r'wide\.tif: 32-bit integer samples in \[0, 29000\]'):
     images.read_image(tmp_path / 'wide.tif')
+
+
+def test_idx_file_cut_inside_its_header_is_named(tmp_path):
+  from vision_core.data import sources  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 't10k-images-idx3-ubyte'
+  path.write_bytes(b'\0\0\x08\x03' + (7).to_bytes(4, 'big'))  # two of three sizes missing
+  with pytest.raises(UserInputError, match=r'idx3-ubyte: IDX header is 8 bytes, expected 16'):
+    sources.MnistIdxSource(path, path)

@@ -150,6 +150,9 @@ def _read_idx(path: str, expected_ndim: int) -> np.ndarray:
   ndim = data[3]
   if ndim != expected_ndim:
     raise UserInputError(f'{path}: IDX file has {ndim} dimensions, expected {expected_ndim}.')
+  if len(data) < 4 + 4 * ndim:
+    raise UserInputError(f'{path}: IDX header is {len(data)} bytes, expected {4 + 4 * ndim} '
+                         '(magic and sizes); the file is truncated or corrupt.')
   dims = struct.unpack(f'>{ndim}I', data[4:4 + 4 * ndim])
   body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
   if body.size != int(np.prod(dims)):
