@@ -56,3 +56,23 @@ def test_idx_file_cut_inside_its_header_is_named(tmp_path):
   path.write_bytes(b'\0\0\x08\x03' + (7).to_bytes(4, 'big'))  # two of three sizes missing
   with pytest.raises(UserInputError, match=r'idx3-ubyte: IDX header is 8 bytes, expected 16'):
     sources.MnistIdxSource(path, path)
+
+
+@pytest.mark.parametrize('labels, message', [
+    ([0, 1, 3, 2], r'labels: found 0\.\.3; expected class indices in \[0, 3\)'),
+    ([0, -1, 1, 2], r'labels: found -1\.\.2; expected class indices in \[0, 3\)'),
+    ([0.0, 1.7, 1.0, 2.0], r'labels: dtype float64 .*expected integer class indices'),
+])
+def test_array_source_refuses_labels_that_are_not_classes(labels, message):
+  from vision_core.data import sources  # pylint: disable=g-import-not-at-top
+  pixels = np.zeros((4, 2, 2, 3), np.uint8)
+  with pytest.raises(UserInputError, match=message):
+    sources.ArraySource(pixels, np.asarray(labels), class_names=['a', 'b', 'c'])
+  whole = sources.ArraySource(pixels, np.asarray([0.0, 2.0, 1.0, 2.0]))
+  assert whole.num_classes == 3 and whole.labels.dtype == np.int32
+
+
+def test_array_source_refuses_float_images():
+  from vision_core.data import sources  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserInputError, match=r'images: dtype float32; expected uint8'):
+    sources.ArraySource(np.zeros((4, 2, 2, 3), np.float32), np.arange(4))

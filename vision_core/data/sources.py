@@ -33,13 +33,26 @@ class ArraySource:
                class_names: Sequence[str] | None = None, name: str = 'arrays'):
     images, labels = np.asarray(images), np.asarray(labels)
     images_lib.check_batch(images, name=f'{name} images', channels=(1, 3))
+    if images.dtype != np.uint8:
+      raise UserInputError(f'{name} images: dtype {images.dtype}; expected uint8 in [0, 255] '
+                           '(what the preprocessing ops and value_range take).')
     if labels.shape != images.shape[:1]:
       raise UserInputError(f'{name}: {images.shape[0]} images but labels of shape '
                            f'{labels.shape}; expected [{images.shape[0]}].')
-    self.images, self.labels = images, labels.astype(np.int32)
+    # A float label such as 1.7 would be truncated to class 1, a negative one or one past the
+    # class names would be one-hot encoded as no class at all: wrong losses, no error.
+    if len(labels) and not (np.issubdtype(labels.dtype, np.integer) or (
+        np.issubdtype(labels.dtype, np.floating) and np.array_equal(labels, np.round(labels)))):
+      raise UserInputError(f'{name} labels: dtype {labels.dtype} with values such as '
+                           f'{labels[:3].tolist()}; expected integer class indices.')
     n = int(labels.max()) + 1 if len(labels) else 0
     self.class_names = tuple(class_names) if class_names else tuple(map(str, range(n)))
     self.num_classes = len(self.class_names)
+    if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+      raise UserInputError(f'{name} labels: found {int(labels.min())}..{int(labels.max())}; '
+                           f'expected class indices in [0, {self.num_classes}) for the '
+                           f'{self.num_classes} class names.')
+    self.images, self.labels = images, labels.astype(np.int32)
     self.name = name
 
   def __len__(self) -> int:
