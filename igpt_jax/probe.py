@@ -181,6 +181,9 @@ def main(argv=None) -> None:
       raise UserInputError(f'--image_size={args.image_size}: {args.image_size ** 2} tokens '
                            f'exceed the model\'s n_ctx={model.n_ctx}.')
     centers = palette_lib.load_palette(args.palette, num_clusters=model.vocab_size)
+    from vision_core import data  # pylint: disable=g-import-not-at-top
+    data.check_same_classes(data.get_source(args.dataset, 'train'),
+                            data.get_source(args.dataset, 'test'))
     tr_tok, tr_lab, k = load_split(args.dataset, 'train', args.image_size,
                                     args.train_examples, centers)
     if k < 2 or len(tr_lab) < 2:

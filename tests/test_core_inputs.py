@@ -76,3 +76,46 @@ def test_array_source_refuses_float_images():
   from vision_core.data import sources  # pylint: disable=g-import-not-at-top
   with pytest.raises(UserInputError, match=r'images: dtype float32; expected uint8'):
     sources.ArraySource(np.zeros((4, 2, 2, 3), np.float32), np.arange(4))
+
+
+def _write_split(root, split, classes):
+  for k, name in enumerate(classes):
+    (root / split / name).mkdir(parents=True)
+    for i in range(8):
+      Image.fromarray(np.full((8, 8, 3), 30 * k + i, np.uint8)).save(
+          root / split / name / f'{i}.png')
+
+
+def test_train_and_test_splits_with_other_classes_are_refused(tmp_path):
+  from vision_core import data  # pylint: disable=g-import-not-at-top
+  from tests import vit_train_helpers  # pylint: disable=g-import-not-at-top
+  from vit_jax import train_loop  # pylint: disable=g-import-not-at-top
+  _write_split(tmp_path, 'train', ['cat', 'dog', 'fox'])
+  _write_split(tmp_path, 'test', ['cat', 'fox'])  # 'fox' is label 1 here, 2 in train
+  train = data.ImageFolderSource(tmp_path, 'train')
+  test = data.ImageFolderSource(tmp_path, 'test')
+  assert test.labels.max() == 1  # why the check is needed: the indices do not match
+  with pytest.raises(UserInputError, match=r"different classes \(only in .*train.*\['dog'\]"):
+    data.check_same_classes(train, test)
+  data.check_same_classes(train, data.ImageFolderSource(tmp_path, 'train'))
+  config = vit_train_helpers.tiny_config(str(tmp_path))
+  with pytest.raises(UserInputError, match='different classes'):
+    train_loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_igpt_probe_refuses_splits_with_other_classes(tmp_path, capsys):
+  from igpt_jax import checkpoint, probe  # pylint: disable=g-import-not-at-top
+  from tests.test_igpt_model import random_params, tiny_model  # pylint: disable=g-import-not-at-top
+  _write_split(tmp_path / 'data', 'train', ['cat', 'dog', 'fox'])
+  _write_split(tmp_path / 'data', 'test', ['cat', 'fox'])
+  checkpoint.save(tmp_path / 'params.npz', random_params(tiny_model()))
+  np.save(tmp_path / 'palette.npy', np.random.default_rng(0).uniform(
+      -1, 1, (512, 3)).astype(np.float32))
+  with pytest.raises(SystemExit) as e:
+    probe.main(['--params', str(tmp_path / 'params.npz'), '--palette',
+                str(tmp_path / 'palette.npy'), '--dataset', str(tmp_path / 'data'),
+                '--image_size', '4', '--steps', '5', '--out', str(tmp_path / 'out')])
+  assert e.value.code == 2
+  assert "different classes (only in" in capsys.readouterr().err
+  assert not (tmp_path / 'out').exists()

@@ -148,6 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   _check_config(config, mesh)
   train_source = _source(config, config.pp.train)
   test_source = _source(config, config.pp.test)
+  data.check_same_classes(train_source, test_source)
   channels = train_source[0]['image'].shape[-1]
   train_pp, test_pp = preprocess_specs(config, channels)
   crop = config.pp.crop

@@ -276,6 +276,24 @@ def get_source(dataset: str, split: str, *, data_dir: str | None = None,
   return ImageFolderSource(dataset, split, skip_bad_images=skip_bad_images)
 
 
+def check_same_classes(train, test) -> None:
+  """Raises `UserInputError` unless `test` labels its examples with `train`'s classes.
+
+  An image folder numbers the class sub-folders of each split on its own, so a test split
+  missing a class (or holding an extra one) would shift every later label by one: the
+  accuracy of a model trained on `train` would be computed against the wrong classes.
+  """
+  if tuple(train.class_names) == tuple(test.class_names):
+    return
+  only_train = sorted(set(train.class_names) - set(test.class_names))
+  only_test = sorted(set(test.class_names) - set(train.class_names))
+  differences = [f'only in {train!r}: {only_train[:5]}' if only_train else '',
+                 f'only in {test!r}: {only_test[:5]}' if only_test else '']
+  found = '; '.join(filter(None, differences)) or 'the same names in another order'
+  raise UserInputError(f'the train and test splits have different classes ({found}); the '
+                       'labels are class indices, so both splits need the same classes.')
+
+
 def cache_in_memory(source, *, threads: int = 8) -> ArraySource:
   """Decodes every example once (threaded) into an `ArraySource`: for small datasets such as
   CIFAR, so that training epochs cost no decoding. Images must share one size."""
