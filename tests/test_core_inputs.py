@@ -119,3 +119,10 @@ def test_igpt_probe_refuses_splits_with_other_classes(tmp_path, capsys):
   assert e.value.code == 2
   assert "different classes (only in" in capsys.readouterr().err
   assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('order', [('a', 'a/b'), ('a/b', 'a')])
+def test_npz_array_and_group_of_one_name_is_an_error_in_any_order(order):
+  from vision_core import npz  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserInputError, match=r"'a' is both an array and a group of arrays"):
+    npz.unflatten({key: np.zeros(2) for key in order})

@@ -40,6 +40,8 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
       node = node.setdefault(part, {})
       if not isinstance(node, dict):
         raise UserInputError(f'key {name!r}: {part!r} is both an array and a group of arrays.')
+    if isinstance(node.get(leaf), dict):  # else the array would replace the whole group
+      raise UserInputError(f'key {name!r}: {leaf!r} is both an array and a group of arrays.')
     node[leaf] = value
   return tree
 
