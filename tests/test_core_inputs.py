@@ -126,3 +126,20 @@ def test_npz_array_and_group_of_one_name_is_an_error_in_any_order(order):
   from vision_core import npz  # pylint: disable=g-import-not-at-top
   with pytest.raises(UserInputError, match=r"'a' is both an array and a group of arrays"):
     npz.unflatten({key: np.zeros(2) for key in order})
+
+
+@pytest.mark.parametrize('spec, message', [
+    ('resize([224])', r"'resize\(\[224\]\)': size \[224\]: expected a positive int"),
+    ('resize("a")', r"'resize\(\"a\"\)': size 'a': expected a positive int"),
+    ('resize(0)', r"'resize\(0\)': size 0: expected a positive int"),
+    ('resize_small(-4)', r"'resize_small\(-4\)': size -4"),
+    ('central_crop((8, 0))', r'size \(8, 0\): expected a positive int'),
+    ('random_crop(8, pad=-2)', r'pad=-2: expected an int >= 0'),
+    ('inception_crop(2.5)', r'size 2\.5: expected a positive int'),
+])
+def test_bad_preprocessing_arguments_are_named_when_parsed(spec, message):
+  # These used to pass parsing and fail inside the loader's threads (PIL, numpy errors), or
+  # give an IndexError; an empty crop even went through.
+  from vision_core.data import preprocess  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserInputError, match=message):
+    preprocess.parse(f'to_rgb|{spec}|value_range(-1, 1)')

@@ -32,7 +32,11 @@ def register(name: str, *, random: bool = False):
 
 
 def _size2(size) -> tuple[int, int]:
-  return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+  """An int or (h, w) as (h, w); else `ValueError` (`Preprocess` names the op)."""
+  sizes = [size, size] if np.isscalar(size) else list(size)
+  if len(sizes) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in sizes):
+    raise ValueError(f'size {size!r}: expected a positive int or (height, width)')
+  return int(sizes[0]), int(sizes[1])
 
 
 def apply_pil(image: np.ndarray, fn: Callable[[Image.Image], Image.Image]) -> np.ndarray:
@@ -60,6 +64,7 @@ def resize(size):
 @register('resize_small')
 def resize_small(size: int):
   """Resize so that the shorter side is `size`, keeping the aspect ratio."""
+  _size2(size)
   def op(r):
     h, w = r['image'].shape[:2]
     s = size / min(h, w)
@@ -89,6 +94,8 @@ def random_crop(size, pad: int = 0, mode: str = 'constant'):
   (measured: 3 points better on padded crops than on the clean images), reflection does not.
   """
   ch, cw = _size2(size)
+  if not isinstance(pad, (int, np.integer)) or pad < 0:
+    raise ValueError(f'pad={pad!r}: expected an int >= 0')
   if mode not in ('constant', 'reflect', 'edge'):
     raise UserInputError(f'random_crop(mode={mode!r}): expected constant, reflect or edge.')
   def op(r, rng):
@@ -174,7 +181,7 @@ class Preprocess(grain.RandomMapTransform):
       factory, is_random = _OPS[name]
       try:
         self.ops.append((factory(*args, **kwargs), is_random))
-      except TypeError as e:
+      except (TypeError, ValueError) as e:  # a wrong argument count or value
         raise UserInputError(f'preprocessing op {part.strip()!r}: {e}.') from None
 
   def random_map(self, element: Record, rng: np.random.Generator) -> Record:
