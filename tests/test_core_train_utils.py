@@ -163,6 +163,26 @@ def test_metrics_jsonl_and_event_file_decode(tmp_path):
                      (10, 'eval/accuracy'): 0.75}
 
 
+def test_non_finite_metrics_reach_tensorboard(tmp_path):
+  # The JSON row holds NaN as the string 'nan'; TensorBoard used to get nothing at all, so
+  # a diverged run's curve just stopped before the divergence.
+  log = metrics_log.MetricsLog(tmp_path)
+  log.write(7, {'loss': np.float32('nan'), 'grad_norm': float('inf'), 'lr': 0.5})
+  log.close()
+  (row,) = metrics_log.read_jsonl(tmp_path / 'metrics.jsonl')
+  assert (row['loss'], row['grad_norm'], row['lr']) == ('nan', 'inf', 0.5)
+  (name,) = os.listdir(tmp_path / 'tensorboard')
+  raw = (tmp_path / 'tensorboard' / name).read_bytes()
+  event_class, events, pos = _event_classes(), [], 0
+  while pos < len(raw):
+    (length,) = struct.unpack('<Q', raw[pos:pos + 8])
+    events.append(event_class.FromString(raw[pos + 12:pos + 12 + length]))
+    pos += 16 + length
+  scalars = {v.tag: v.simple_value for e in events[1:] for v in e.summary.value}
+  assert sorted(scalars) == ['train/grad_norm', 'train/loss', 'train/lr']
+  assert np.isnan(scalars['train/loss']) and scalars['train/grad_norm'] == np.inf
+
+
 def test_write_json_atomic_and_progress(tmp_path):
   metrics_log.write_json(tmp_path / 'final.json', {'accuracy': np.float64(0.5), 'n': 3})
   assert json.loads((tmp_path / 'final.json').read_text()) == {'accuracy': 0.5, 'n': 3}

@@ -24,14 +24,18 @@ from vision_core import io
 from vision_core import tfevents
 
 
+def _python_scalar(value: Any) -> Any:
+  """A numpy / jax scalar as a Python number; anything else unchanged."""
+  return value.item() if hasattr(value, 'item') and np.ndim(value) == 0 else value
+
+
 def _plain(value: Any) -> Any:
   """numpy / jax scalars -> Python numbers (non-finite ones as strings JSON can hold)."""
   if isinstance(value, Mapping):
     return {k: _plain(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
     return [_plain(v) for v in value]
-  if hasattr(value, 'item') and np.ndim(value) == 0:
-    value = value.item()
+  value = _python_scalar(value)
   if isinstance(value, float) and not math.isfinite(value):
     return str(value)
   return value
@@ -71,11 +75,14 @@ class MetricsLog:
   def write(self, step: int, metrics: Mapping[str, Any], *, split: str = 'train') -> None:
     if not self.enabled:
       return
-    metrics = {k: _plain(v) for k, v in metrics.items()}
-    row = {'step': int(step), 'split': split, 'time': round(time.time(), 3), **metrics}
+    row = {'step': int(step), 'split': split, 'time': round(time.time(), 3),
+           **{k: _plain(v) for k, v in metrics.items()}}
     self._file.append((json.dumps(row) + '\n').encode('utf-8'))
     if self._events is not None:
-      numbers = {f'{split}/{k}': v for k, v in metrics.items()
+      # From the values themselves, not the JSON row: a NaN or inf loss (a diverged run) is
+      # a number TensorBoard shows, where the row holds it as the string 'nan'.
+      scalars = {k: _python_scalar(v) for k, v in metrics.items()}
+      numbers = {f'{split}/{k}': v for k, v in scalars.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
       self._events.scalars(step, numbers)
 
