@@ -143,3 +143,16 @@ def test_bad_preprocessing_arguments_are_named_when_parsed(spec, message):
   from vision_core.data import preprocess  # pylint: disable=g-import-not-at-top
   with pytest.raises(UserInputError, match=message):
     preprocess.parse(f'to_rgb|{spec}|value_range(-1, 1)')
+
+
+def test_hidden_folders_and_files_are_no_classes_or_images(tmp_path):
+  from vision_core.data import sources  # pylint: disable=g-import-not-at-top
+  _write_split(tmp_path, 'train', ['cat', 'dog'])
+  # Jupyter's checkpoint folder (holding a copy of an image) and macOS AppleDouble files.
+  _write_split(tmp_path / 'train', '.ipynb_checkpoints', ['copies'])
+  (tmp_path / 'train' / 'cat' / '._0.png').write_bytes(b'\0\5\26\7 AppleDouble metadata')
+  source = sources.ImageFolderSource(tmp_path, 'train')
+  assert source.class_names == ('cat', 'dog') and len(source) == 16
+  assert source[8]['label'] == 1 and source[8]['image'][0, 0, 0] == 30  # dog/0.png
+  assert images.list_images(tmp_path / 'train' / 'cat') == [
+      str(tmp_path / 'train' / 'cat' / f'{i}.png') for i in range(8)]

@@ -78,12 +78,16 @@ def _to_8_bit(im, path: str):
 
 
 def list_images(directory: str | os.PathLike) -> list[str]:
-  """Sorted image files directly inside `directory` (by extension, case-insensitive)."""
+  """Sorted image files directly inside `directory` (by extension, case-insensitive).
+
+  Hidden files are left out: macOS writes `._name.jpg` metadata files (AppleDouble) beside
+  the images it copies to other file systems, and they are no images.
+  """
   directory = os.fspath(directory)
   if not os.path.isdir(directory):
     raise UserInputError(f'{directory}: not a directory of images.')
   return sorted(os.path.join(directory, f) for f in os.listdir(directory)
-                if f.lower().endswith(IMAGE_EXTENSIONS))
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.'))
 
 
 def to_model_range(images_uint8) -> np.ndarray:

@@ -85,11 +85,14 @@ class ImageFolderSource:
       raise UserInputError(f'dataset folder {root} does not exist (expected '
                            f'{root}/{{split}}/{{class}}/*.jpg).')
     if not os.path.isdir(split_dir):
-      found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+      found = sorted(d for d in os.listdir(root)
+                     if not d.startswith('.') and os.path.isdir(os.path.join(root, d)))
       raise UserInputError(f'{split_dir}: no such split folder; {root} has splits '
                            f'{found or "(none)"}.')
+    # Hidden folders are no classes: `.ipynb_checkpoints` (Jupyter, Colab) or `.git` would
+    # become class 0 and shift every label.
     classes = sorted(d for d in os.listdir(split_dir)
-                     if os.path.isdir(os.path.join(split_dir, d)))
+                     if not d.startswith('.') and os.path.isdir(os.path.join(split_dir, d)))
     if not classes:
       raise UserInputError(f'{split_dir}: no class folders (expected {split_dir}/{{class}}/'
                            '*.jpg, one folder per class).')
