@@ -156,3 +156,25 @@ def test_hidden_folders_and_files_are_no_classes_or_images(tmp_path):
   assert source[8]['label'] == 1 and source[8]['image'][0, 0, 0] == 30  # dog/0.png
   assert images.list_images(tmp_path / 'train' / 'cat') == [
       str(tmp_path / 'train' / 'cat' / f'{i}.png') for i in range(8)]
+
+
+def test_npz_loader_says_what_a_wrong_file_is(tmp_path):
+  import zipfile  # pylint: disable=g-import-not-at-top
+  from vision_core import npz  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'page.npz').write_text('<html>Not Found</html>')  # a failed download
+  with pytest.raises(UserInputError, match=r"page\.npz: not a readable \.npz file \(it starts "
+                     r"with b'<html>Not Found<'\)"):
+    npz.load_flat(tmp_path / 'page.npz')
+  (tmp_path / 'empty.npz').write_bytes(b'')
+  with pytest.raises(UserInputError, match=r'empty\.npz: not a readable \.npz file \(it is '
+                     r'empty\)'):
+    npz.load_flat(tmp_path / 'empty.npz')
+  with zipfile.ZipFile(tmp_path / 'model.pt', 'w') as z:  # PyTorch's checkpoint layout
+    z.writestr('model/data.pkl', b'\x80\x02}q\x00.')
+    z.writestr('model/data/0', np.zeros(3, np.float32).tobytes())
+  with pytest.raises(UserInputError, match=r"model\.pt: a zip archive whose entry "
+                     r"'model/data.pkl' is not a \.npy array"):
+    npz.load_flat(tmp_path / 'model.pt')
+  np.savez(tmp_path / 'good.npz', **{'a/b': np.arange(3), 'c': np.ones((2, 2))})
+  loaded = npz.load_flat(tmp_path / 'good.npz')
+  assert sorted(loaded) == ['a/b', 'c'] and loaded['a/b'].tolist() == [0, 1, 2]

@@ -6,6 +6,7 @@ write, so that files move freely between this project and the official code.
 
 from __future__ import annotations
 
+import io as std_io
 import os
 import zipfile
 from typing import Any, Mapping
@@ -56,15 +57,31 @@ def load_flat(path: str | os.PathLike) -> dict[str, np.ndarray]:
   path = os.fspath(path)
   if not io.exists(path):
     raise FileNotFoundError(f'{path}: no such checkpoint file.')
+  readable = io.readable(path)
   try:
-    archive = np.load(io.readable(path), allow_pickle=False)
-  except (zipfile.BadZipFile, OSError, ValueError) as e:
-    raise UserInputError(f'{path}: not a readable .npz file ({e}).') from None
+    archive = np.load(readable, allow_pickle=False)
+  except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    # Neither zip nor .npy: numpy then assumes a pickle and says so, which misleads about an
+    # empty file, a saved error page, a text file... Show how the file starts instead.
+    if isinstance(e, EOFError) or 'pickle' in str(e).lower():
+      head = _head(readable)
+      reason = f'it starts with {head!r}' if head else 'it is empty'
+    else:
+      reason = str(e)
+    raise UserInputError(f'{path}: not a readable .npz file ({reason}).') from None
   if not isinstance(archive, np.lib.npyio.NpzFile):
     raise UserInputError(f'{path}: holds a single array, expected an .npz of named arrays.')
   arrays = {}
   with archive:
+    members = set(archive.zip.namelist())
     for key in archive.files:
+      if key + '.npy' not in members:
+        # numpy hands out other zip members as raw bytes: this is some other zip archive,
+        # such as a PyTorch checkpoint (`data.pkl`, `data/0`, ...).
+        raise UserInputError(
+            f'{path}: a zip archive whose entry {key!r} is not a .npy array; expected an .npz '
+            'of named arrays (a PyTorch .pt/.pth checkpoint is a zip of pickles, and is not '
+            'read here).')
       try:
         arrays[key] = archive[key]
       except ValueError as e:
@@ -77,6 +94,14 @@ def load_flat(path: str | os.PathLike) -> dict[str, np.ndarray]:
       except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise UserInputError(f'{path}: entry {key!r} is truncated or corrupt ({e}).') from None
   return arrays
+
+
+def _head(readable, size: int = 16) -> bytes:
+  """The first `size` bytes of a local path or an in-memory file."""
+  if isinstance(readable, std_io.BytesIO):
+    return readable.getvalue()[:size]
+  with open(readable, 'rb') as f:
+    return f.read(size)
 
 
 def save_flat(path: str | os.PathLike, flat: Mapping[str, Any], *,
