@@ -86,6 +86,28 @@ def test_resume_from_a_checkpoint_of_grains_index_sampler(tmp_path):
   ckpt.close()
 
 
+@pytest.mark.parametrize('batch, seed', [(8, 1), (4, 2)])
+def test_resume_with_another_batch_or_seed_names_the_data_not_the_model(tmp_path, batch, seed):
+  # grain refuses such a position from inside the restore; that error was reported as "the
+  # checkpoint does not match this run's model or optimizer".
+  source = data.ArraySource(np.arange(40, dtype=np.uint8)[:, None, None, None]
+                            * np.ones((1, 2, 2, 3), np.uint8), np.arange(40) % 2)
+  first = iter(data.train_loader(source, global_batch_size=4, preprocess='', seed=1))
+  next(first)
+  ckpt = checkpointing.Checkpointer(tmp_path, async_save=False)
+  state = {'w': jnp.ones(3)}
+  ckpt.save(1, state, data_iterator=first)
+  other = iter(data.train_loader(source, global_batch_size=batch, preprocess='', seed=seed))
+  with pytest.raises(UserInputError, match=r'/1: the checkpoint\'s data position was saved by '
+                     r'another input pipeline .*\n  checkpoint: GlobalBatchSampler\(num_records'
+                     r'=40, per_process_batch=4, seed=1,') as e:
+    ckpt.restore(checkpointing.abstract_like(state), data_iterator=other,
+                 seek_data=lambda step: data.seek(other, batches=step, global_batch_size=batch))
+  assert 'model or optimizer' not in str(e.value)
+  assert f'per_process_batch={batch}, seed={seed},' in str(e.value)
+  ckpt.close()
+
+
 def test_resume_with_another_number_of_grain_workers(tmp_path):
   source = data.ArraySource(np.arange(40, dtype=np.uint8)[:, None, None, None]
                             * np.ones((1, 2, 2, 3), np.uint8), np.arange(40) % 2)

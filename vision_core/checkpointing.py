@@ -42,6 +42,19 @@ def _layout(grain_state: bytes) -> tuple[int, str]:
   return state.get('worker_count', 0), state.get('sampler', '').split('(')[0]
 
 
+def _check_same_sampler(saved_state: bytes, current_state: bytes, *, where: str) -> None:
+  """grain restores a position only into the sampler that made it; its own error, raised
+  from inside the restore, would read as a model mismatch. Say what differs instead."""
+  saved = json.loads(saved_state).get('sampler')
+  current = json.loads(current_state).get('sampler')
+  if saved != current:
+    raise UserInputError(
+        f'{where}: the checkpoint\'s data position was saved by another input pipeline (the '
+        'batch size, seed, dataset size or number of workers differs):\n'
+        f'  checkpoint: {saved}\n  this run:   {current}\n'
+        'Resume with the settings of the checkpoint, or start a new workdir.')
+
+
 class Checkpointer:
   """Keeps the last `max_to_keep` checkpoints of a run in `directory`.
 
@@ -99,8 +112,11 @@ class Checkpointer:
       # grain saves one position per process (`process_{i}-of-{n}.json`).
       name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
       saved = io.join(data_dir, name)
-      if io.exists(saved) and (seek_data is None or _layout(io.read_bytes(saved)) ==
-                               _layout(data_iterator.get_state())):
+      saved_state = io.read_bytes(saved) if io.exists(saved) else None
+      if saved_state is not None and (seek_data is None or _layout(saved_state) ==
+                                      _layout(data_iterator.get_state())):
+        _check_same_sampler(saved_state, data_iterator.get_state(),
+                            where=f'{self.directory}/{step}')
         items['data'] = grain.PyGrainCheckpointRestore(data_iterator)
       elif seek_data is None:
         raise UserInputError(
