@@ -122,3 +122,20 @@ def test_cli_message_says_how_to_resume(capsys):
   err = capsys.readouterr().err
   assert 'vit_jax.main: stopped by SIGTERM after step 1200' in err
   assert 'checkpoint of step 1200 is saved: run the same command to resume' in err
+
+
+def test_cli_turns_unusable_paths_into_one_line(tmp_path, capsys):
+  # e.g. `--workdir` under a file, or an output folder the user may not write: one line
+  # naming the path and exit status 2, not a traceback.
+  (tmp_path / 'notes.txt').write_text('x')
+  with pytest.raises(SystemExit) as exit_info:
+    with cli_errors('vit_jax.main'):
+      os.makedirs(tmp_path / 'notes.txt' / 'run')
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err.startswith('vit_jax.main: error: [Errno 20] Not a directory')
+  with pytest.raises(SystemExit) as exit_info:
+    with cli_errors('gan_jax.compress'):
+      raise PermissionError(13, 'Permission denied', '/data/out.gan')
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err == (
+      "gan_jax.compress: error: [Errno 13] Permission denied: '/data/out.gan'\n")

@@ -27,11 +27,13 @@ class Stopped(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def cli_errors(program: str):
-  """Turns `UserInputError` (and a missing file) into `program: message` and exit status 2,
-  and a stop on a signal into a message saying whether (and how) the run can resume."""
+  """Turns `UserInputError` (and a missing, unwritable or misplaced file: a path the user
+  gave) into `program: message` and exit status 2, and a stop on a signal into a message
+  saying whether (and how) the run can resume."""
   try:
     yield
-  except (UserInputError, FileNotFoundError) as e:
+  except (UserInputError, FileNotFoundError, PermissionError, IsADirectoryError,
+          NotADirectoryError) as e:
     print(f'{program}: error: {e}', file=sys.stderr)
     sys.exit(2)
   except Stopped as e:
