@@ -178,3 +178,17 @@ def test_npz_loader_says_what_a_wrong_file_is(tmp_path):
   np.savez(tmp_path / 'good.npz', **{'a/b': np.arange(3), 'c': np.ones((2, 2))})
   loaded = npz.load_flat(tmp_path / 'good.npz')
   assert sorted(loaded) == ['a/b', 'c'] and loaded['a/b'].tolist() == [0, 1, 2]
+
+
+def test_text_is_written_as_utf8_in_an_ascii_locale(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'report.md'
+  script = ('from vision_core import io\n'
+            f'with io.atomic_write({str(path)!r}, "w") as f:\n'
+            '  f.write("5 \\u00d7 5 \\u2265 20\\n")\n')
+  env = {**os.environ, 'LC_ALL': 'C', 'PYTHONUTF8': '0', 'PYTHONCOERCECLOCALE': '0'}
+  result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                          text=True, check=False, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert result.returncode == 0, result.stderr[-500:]
+  assert path.read_bytes() == '5 \u00d7 5 \u2265 20\n'.encode('utf-8')

@@ -155,7 +155,7 @@ def atomic_write(path: str | os.PathLike, mode: str = 'wb', *,
 
   Local: the temporary lies beside `path` and is renamed onto it. URI: it is a local
   anonymous file, uploaded as one object. An exception or Ctrl-C inside the block leaves
-  `path` untouched and removes the temporary. `mode` is 'wb' or 'w' (UTF-8 text for URIs).
+  `path` untouched and removes the temporary. `mode` is 'wb' or 'w' (UTF-8 text).
   """
   path = os.fspath(path)
   check_can_write(path, overwrite=overwrite)
@@ -172,7 +172,9 @@ def atomic_write(path: str | os.PathLike, mode: str = 'wb', *,
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
-    with os.fdopen(fd, mode) as f:
+    # Text is UTF-8 whatever the locale (as for URIs): an ASCII locale (LANG=C without
+    # Python's UTF-8 mode) would fail on the first non-ASCII character.
+    with os.fdopen(fd, mode, encoding=None if 'b' in mode else 'utf-8') as f:
       yield f
       f.flush()
       os.fsync(f.fileno())
