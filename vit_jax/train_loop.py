@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import Any, Callable
 
@@ -57,12 +58,47 @@ def preprocess_specs(config: ml_collections.ConfigDict, channels: int) -> tuple[
   return train, test
 
 
-def _source(config, split: str):
+def _source(config, split: str, *, class_names: tuple[str, ...] | None = None):
+  """The source of `split`; with `class_names` (the model's classes, i.e. the train split's),
+  its labels are renumbered to that order, so a test folder lacking a class still scores."""
   source = data.get_source(config.dataset, split, data_dir=config.tfds_data_dir,
                            skip_bad_images=config.skip_bad_images)
+  if class_names is not None:
+    align_classes(source, class_names, what=f'{config.dataset} split {split!r}')
   if config.cache_in_memory and not isinstance(source, data.ArraySource):
     source = data.cache_in_memory(source)
   return source
+
+
+def align_classes(source, class_names, *, what: str) -> None:
+  """Renumbers `source.labels` in place from its own class order to `class_names`.
+
+  An image folder numbers the sorted class folders of each split on its own, so a test split
+  without one of the train classes would otherwise give the later classes other numbers
+  than the model was trained with. Raises `UserInputError` for a class the model lacks.
+  """
+  names, class_names = tuple(source.class_names), tuple(class_names)
+  if names == class_names:
+    return
+  unknown = [n for n in names if n not in class_names]
+  if unknown or not hasattr(source, 'labels'):
+    raise UserInputError(
+        f'{what}: classes {list(unknown or names)} are not among the model\'s '
+        f'{len(class_names)} classes {list(class_names)[:20]}; the splits of an image folder '
+        'must use the same class folder names.')
+  index = {name: i for i, name in enumerate(class_names)}
+  source.labels = np.asarray([index[n] for n in names], np.int32)[source.labels]
+  source.class_names, source.num_classes = class_names, len(class_names)
+
+
+def _train_class_names(config) -> tuple[str, ...] | None:
+  """The train split's class names for an image folder (its sorted class folders), without
+  listing the images; None when that split folder is absent or the dataset is no folder."""
+  split_dir = os.path.join(config.dataset, config.pp.train)
+  if isinstance(config.dataset, str) and os.path.isdir(split_dir):
+    return tuple(sorted(d for d in os.listdir(split_dir)  # as ImageFolderSource lists them
+                        if not d.startswith('.') and os.path.isdir(os.path.join(split_dir, d))))
+  return None
 
 
 def build_model(config, num_classes: int) -> models_vit.VisionTransformer:
@@ -147,8 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = make_mesh(config)
   _check_config(config, mesh)
   train_source = _source(config, config.pp.train)
-  test_source = _source(config, config.pp.test)
-  data.check_same_classes(train_source, test_source)
+  test_source = _source(config, config.pp.test, class_names=train_source.class_names)
   channels = train_source[0]['image'].shape[-1]
   train_pp, test_pp = preprocess_specs(config, channels)
   crop = config.pp.crop
@@ -249,7 +284,8 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   mesh_lib.initialize_distributed()
   mesh = make_mesh(config)
   mesh_lib.check_batch_size(config.batch_eval, mesh, field='batch_eval')
-  test_source = _source(config, config.pp.test)
+  # The model's classes are the train split's (the test folder may lack some).
+  test_source = _source(config, config.pp.test, class_names=_train_class_names(config))
   channels = test_source[0]['image'].shape[-1]
   _, test_pp = preprocess_specs(config, channels)
   image_shape = (config.pp.crop, config.pp.crop, 3 if 'to_rgb' in test_pp else channels)

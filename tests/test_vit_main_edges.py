@@ -1,0 +1,58 @@
+"""`vit_jax.main` / `vit_jax.predict` on awkward inputs: folders whose splits differ in classes,
+16-bit images, resumed runs and command-line mistakes."""
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import vit_train_helpers as helpers
+from vit_jax import checkpoint as vit_checkpoint
+from vit_jax import models_vit, train_loop
+
+
+def _three_class_dataset(root):
+  """Train classes a, b, c (16 images each); the test split lacks class 'a' (b: 7, c: 7)."""
+  helpers.write_dataset(root, classes=('a', 'b', 'c'))
+  shutil.rmtree(os.path.join(root, 'test', 'a'))
+  return str(root)
+
+
+def test_test_split_missing_a_class_keeps_the_train_numbering(tmp_path):
+  root = _three_class_dataset(tmp_path / 'ds')
+  config = helpers.tiny_config(root)
+  source = train_loop._source(config, 'test', class_names=('a', 'b', 'c'))
+  labels_by_folder = [('abc'.index(os.path.basename(os.path.dirname(p))))
+                      for p in source.paths]
+  np.testing.assert_array_equal(source.labels, labels_by_folder)
+  assert source.num_classes == 3 and source.class_names == ('a', 'b', 'c')
+  # One step at lr 0: the zero-initialised head scores every class alike, and argmax picks
+  # class 0 ('a'), which no test image has: the accuracy must be 0, not the share of 'b'.
+  final = train_loop.train_and_evaluate(
+      helpers.tiny_config(root, total_steps=1, base_lr=0.0, export_npz=False),
+      str(tmp_path / 'w'))
+  assert final['test_examples'] == 14 and final['test_accuracy'] == 0.0
+
+
+def test_evaluate_a_three_class_model_on_a_two_class_test_folder(tmp_path):
+  root = _three_class_dataset(tmp_path / 'ds')
+  config = helpers.tiny_config(root, mode='evaluate')
+  model = models_vit.VisionTransformer(num_classes=3, **config.model)
+  params = jax.tree.map(np.asarray, model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)),
+                                               train=False)['params'])
+  params['head']['bias'] = np.asarray([0.0, 0.0, 5.0], np.float32)  # always predicts 'c'
+  vit_checkpoint.save(tmp_path / 'c.npz', params)
+  with config.unlocked():
+    config.pretrained = str(tmp_path / 'c.npz')
+  result = train_loop.evaluate_only(config, str(tmp_path / 'w'))
+  assert result['test_examples'] == 14 and result['test_accuracy'] == pytest.approx(0.5)
+
+
+def test_test_class_unknown_to_the_model_is_a_clear_error(tmp_path):
+  root = _three_class_dataset(tmp_path / 'ds')
+  os.rename(os.path.join(root, 'test', 'c'), os.path.join(root, 'test', 'C'))
+  with pytest.raises(train_loop.UserInputError, match=r"split 'test': classes \['C'\] are not"):
+    train_loop._source(helpers.tiny_config(root), 'test', class_names=('a', 'b', 'c'))
