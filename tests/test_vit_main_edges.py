@@ -56,3 +56,25 @@ def test_test_class_unknown_to_the_model_is_a_clear_error(tmp_path):
   os.rename(os.path.join(root, 'test', 'c'), os.path.join(root, 'test', 'C'))
   with pytest.raises(train_loop.UserInputError, match=r"split 'test': classes \['C'\] are not"):
     train_loop._source(helpers.tiny_config(root), 'test', class_names=('a', 'b', 'c'))
+
+
+def _tiny_npz(path, num_classes=2):
+  """Random init of `helpers.tiny_config`'s model (8x8 input) saved as an official .npz."""
+  model = models_vit.VisionTransformer(num_classes=num_classes, **helpers.tiny_config('x').model)
+  params = model.init(jax.random.key(1), jnp.zeros((1, 8, 8, 3)), train=False)['params']
+  vit_checkpoint.save(path, jax.tree.map(np.asarray, params))
+  return str(path)
+
+
+def test_resume_does_not_need_the_pretrained_file_any_more(tmp_path):
+  dataset = helpers.write_dataset(tmp_path / 'ds')
+  pretrained = _tiny_npz(tmp_path / 'pre.npz')
+  workdir = str(tmp_path / 'w')
+  config = helpers.tiny_config(dataset, total_steps=2, checkpoint_every=2, export_npz=False,
+                               pretrained=pretrained)
+  train_loop.train_and_evaluate(config, workdir)
+  os.remove(pretrained)  # e.g. on a scratch disk that was cleaned
+  config = helpers.tiny_config(dataset, total_steps=3, checkpoint_every=3, export_npz=False,
+                               pretrained=pretrained)
+  assert train_loop.train_and_evaluate(config, workdir)['step'] == 3
+

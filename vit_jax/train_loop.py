@@ -117,8 +117,9 @@ def build_model(config, num_classes: int) -> models_vit.VisionTransformer:
                                       attention=attention, **config.model)
 
 
-def _setup(config, num_classes: int, image_shape, mesh):
-  """Model, optimizer, schedule, initial state (pretrained or random) and its shardings."""
+def _setup(config, num_classes: int, image_shape, mesh, *, pretrained: bool = True):
+  """Model, optimizer, schedule, initial state and its shardings: `config.pretrained`'s
+  weights, or random ones (also when `pretrained` is False: a checkpoint replaces them)."""
   model = build_model(config, num_classes)
   schedule = optim.make_schedule(base_lr=config.base_lr, total_steps=config.total_steps,
                                  warmup_steps=config.warmup_steps,
@@ -127,7 +128,7 @@ def _setup(config, num_classes: int, image_shape, mesh):
                             grad_norm_clip=config.grad_norm_clip, momentum=config.momentum,
                             weight_decay=config.weight_decay, b2=config.b2)
   init_params = None
-  if config.pretrained:
+  if pretrained and config.pretrained:
     fresh = jax.eval_shape(lambda: model.init(
         jax.random.key(0), jnp.zeros((1, *image_shape)), train=False)['params'])
     fresh_np = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), fresh)
@@ -189,16 +190,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   crop = config.pp.crop
   image_shape = (crop, crop, 3 if channels == 1 and 'to_rgb' in train_pp else channels)
   num_classes = train_source.num_classes
-  model, tx, schedule, state, shardings = _setup(config, num_classes, image_shape, mesh)
-
   io.makedirs(workdir)
   ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'),
                                     max_to_keep=config.keep_checkpoints)
+  resuming = ckpt.latest_step() is not None
+  # A resumed run takes its weights from the checkpoint: `pretrained` need not exist any more.
+  model, tx, schedule, state, shardings = _setup(config, num_classes, image_shape, mesh,
+                                                 pretrained=not resuming)
   loader = data.train_loader(train_source, global_batch_size=config.batch,
                              preprocess=train_pp, seed=config.seed,
                              worker_count=config.workers)
   batches = iter(loader)
-  if ckpt.latest_step() is not None:
+  if resuming:
     state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=batches,
                          seek_data=lambda step: data.seek(batches, batches=step,
                                                           global_batch_size=config.batch))
@@ -294,12 +297,8 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   ckpt_dir = io.join(workdir, 'checkpoints')
   ckpt = checkpointing.Checkpointer(ckpt_dir) if io.isdir(ckpt_dir) else None
   if ckpt is not None and ckpt.latest_step() is not None:
-    with config.unlocked():  # The checkpoint holds the weights; don't load pretrained too.
-      pretrained, config.pretrained = config.pretrained, None
-      try:
-        _, _, _, state, shardings = _setup(config, num_classes, image_shape, mesh)
-      finally:
-        config.pretrained = pretrained
+    # The checkpoint holds the weights; don't load pretrained too.
+    _, _, _, state, shardings = _setup(config, num_classes, image_shape, mesh, pretrained=False)
     state = ckpt.restore(checkpointing.abstract_like(state))
     params, params_shardings, source = state.params, shardings.params, \
         f'{ckpt_dir} step {int(state.step)}'
