@@ -78,3 +78,15 @@ def test_resume_does_not_need_the_pretrained_file_any_more(tmp_path):
                                pretrained=pretrained)
   assert train_loop.train_and_evaluate(config, workdir)['step'] == 3
 
+
+
+def test_fine_tuning_from_the_workdirs_own_model_npz_is_refused(tmp_path):
+  dataset = helpers.write_dataset(tmp_path / 'ds')
+  workdir = tmp_path / 'w'
+  os.makedirs(workdir)
+  pretrained = _tiny_npz(workdir / 'model.npz')
+  before = (workdir / 'model.npz').read_bytes()
+  config = helpers.tiny_config(dataset, total_steps=1, pretrained=pretrained)
+  with pytest.raises(train_loop.UserInputError, match=r'model\.npz that this run writes'):
+    train_loop.train_and_evaluate(config, str(workdir))
+  assert (workdir / 'model.npz').read_bytes() == before

@@ -163,6 +163,16 @@ def _check_config(config, mesh) -> None:
     raise UserInputError(f'total_steps={config.total_steps}: expected > 0.')
 
 
+def _check_pretrained_kept(config, workdir: str) -> None:
+  """Refuses a fresh run whose `pretrained` file is the `model.npz` that it would export."""
+  if (config.pretrained and config.export_npz and io.abspath(config.pretrained)
+      == io.abspath(io.join(workdir, 'model.npz'))):
+    raise UserInputError(
+        f'pretrained={config.pretrained} is the model.npz that this run writes at its end in '
+        f'workdir {workdir}, which would replace it; fine-tune into another workdir (or copy '
+        'the file elsewhere first).')
+
+
 def save_model_files(workdir: str, params, config, class_names) -> str:
   """`model.npz` (official layout) and `model.json` (what predict needs to rebuild it)."""
   path = io.join(workdir, 'model.npz')
@@ -194,6 +204,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'),
                                     max_to_keep=config.keep_checkpoints)
   resuming = ckpt.latest_step() is not None
+  if not resuming:
+    _check_pretrained_kept(config, workdir)
   # A resumed run takes its weights from the checkpoint: `pretrained` need not exist any more.
   model, tx, schedule, state, shardings = _setup(config, num_classes, image_shape, mesh,
                                                  pretrained=not resuming)
