@@ -3,6 +3,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -90,3 +92,33 @@ def test_fine_tuning_from_the_workdirs_own_model_npz_is_refused(tmp_path):
   with pytest.raises(train_loop.UserInputError, match=r'model\.npz that this run writes'):
     train_loop.train_and_evaluate(config, str(workdir))
   assert (workdir / 'model.npz').read_bytes() == before
+
+
+@pytest.mark.parametrize('mode', ['RGB', 'L'])
+def test_16_bit_grey_png_is_scaled_not_clipped(tmp_path, mode):
+  from PIL import Image
+  from vision_core import images
+  grey16 = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 257).astype(np.uint16)
+  grey16[0, :3] = [0, 32768, 65535]
+  Image.fromarray(grey16).save(tmp_path / 'deep.png')
+  assert Image.open(tmp_path / 'deep.png').mode.startswith('I;16')
+  pixels = images.read_image(tmp_path / 'deep.png', mode=mode)
+  expected = np.round(grey16 / 257.0).astype(np.uint8)  # 65535 -> 255, 32768 -> 128
+  assert pixels.shape == (16, 16, 3 if mode == 'RGB' else 1)
+  for channel in range(pixels.shape[-1]):
+    np.testing.assert_array_equal(pixels[..., channel], expected)
+
+
+@pytest.mark.parametrize('spec, message', [
+    ('configs/vit.py:testing', 'error: --config: configs/vit.py:testing: expected MODEL,DATASET'),
+    ('configs/vit.py:ViT-Q_16,cifar10', "error: unknown model name 'ViT-Q_16'; valid names"),
+    ('configs/nope.py:testing,cifar10', 'error: --config configs/nope.py:testing,cifar10: no '
+     'such config file configs/nope.py'),
+])
+def test_bad_config_argument_is_one_line_without_traceback(tmp_path, spec, message):
+  result = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.main', '--config', spec, '--workdir', str(tmp_path)],
+      cwd=helpers.ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2, result.stderr
+  assert message in result.stderr and 'Traceback' not in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1

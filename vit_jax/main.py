@@ -11,6 +11,7 @@ A workdir that already holds checkpoints is resumed from the latest one. See con
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 
 from absl import app, flags, logging
@@ -63,15 +64,21 @@ def main(argv):
     raise UserInputError(f'mode={config.mode!r}: expected train or evaluate.')
 
 
-def _config_without_overrides(argv: list[str]):
-  """Loads the `--config FILE:ARG` named in `argv` as written, without any overrides."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
+def _config_spec(argv: list[str]) -> str | None:
+  """The `FILE:ARG` of `--config FILE:ARG` (or `--config=FILE:ARG`) in `argv`, if any."""
   spec = None
   for i, arg in enumerate(argv):
     if arg == '--config' and i + 1 < len(argv):
       spec = argv[i + 1]
     elif arg.startswith('--config='):
       spec = arg.split('=', 1)[1]
+  return spec
+
+
+def _config_without_overrides(argv: list[str]):
+  """Loads the `--config FILE:ARG` named in `argv` as written, without any overrides."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = _config_spec(argv)
   if not spec:
     return None
   path, _, config_arg = spec.partition(':')
@@ -85,11 +92,23 @@ def _config_without_overrides(argv: list[str]):
 
 def run():
   with cli_errors('vit_jax.main'):
+    spec = _config_spec(sys.argv[1:])
+    config_path = spec.partition(':')[0] if spec else None
+    if config_path and not os.path.isfile(config_path):
+      # ml_collections would only fail later, with a traceback of its loader.
+      raise UserInputError(f'--config {spec}: no such config file {config_path} (e.g. '
+                           'configs/vit.py:ViT-B_16,cifar10).')
     try:
       flags.FLAGS(sys.argv)  # Parse first, so that a bad override gets our message.
     except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
       try:
         config = _config_without_overrides(sys.argv[1:])
+      except UserInputError:
+        raise
+      except (ValueError, OSError) as config_error:
+        # The config file's own complaint (`vit.py:testing` without a dataset, a missing
+        # file), rather than absl's message with a traceback of the config loader.
+        raise UserInputError(f'--config: {config_error}') from None
       except Exception:  # pylint: disable=broad-except
         config = None
       if config is not None:
