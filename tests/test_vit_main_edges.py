@@ -122,3 +122,16 @@ def test_bad_config_argument_is_one_line_without_traceback(tmp_path, spec, messa
   assert result.returncode == 2, result.stderr
   assert message in result.stderr and 'Traceback' not in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize('flag, value', [('--batch', '0'), ('--top', '-1'),
+                                         ('--resolution', '0')])
+def test_predict_rejects_non_positive_counts(tmp_path, capsys, flag, value):
+  from PIL import Image
+  from vit_jax import predict
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'x.png')
+  with pytest.raises(SystemExit) as exit_info:
+    predict.main(['--checkpoint', _tiny_npz(tmp_path / 'm.npz'), '--model', 'testing',
+                  flag, value, str(tmp_path / 'x.png')])
+  assert exit_info.value.code == 2
+  assert f'{flag} {value}: expected a positive whole number' in capsys.readouterr().err

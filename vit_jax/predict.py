@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--force', action='store_true', help='overwrite an existing --csv')
   args = parser.parse_args(argv)
   with cli_errors('vit_jax.predict'):
+    for flag, value in (('--top', args.top), ('--batch', args.batch),
+                        ('--resolution', args.resolution)):
+      if value is not None and value < 1:
+        raise UserInputError(f'{flag} {value}: expected a positive whole number.')
     if args.csv:
       io.check_can_write(args.csv, overwrite=args.force)
     paths = expand_inputs(args.inputs)
