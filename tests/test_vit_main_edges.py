@@ -135,3 +135,17 @@ def test_predict_rejects_non_positive_counts(tmp_path, capsys, flag, value):
                   flag, value, str(tmp_path / 'x.png')])
   assert exit_info.value.code == 2
   assert f'{flag} {value}: expected a positive whole number' in capsys.readouterr().err
+
+
+def test_resume_with_an_incompatible_change_names_the_changed_fields(tmp_path):
+  dataset = helpers.write_dataset(tmp_path / 'ds')
+  workdir = str(tmp_path / 'w')
+  train_loop.train_and_evaluate(
+      helpers.tiny_config(dataset, total_steps=1, checkpoint_every=1, export_npz=False), workdir)
+  wider = helpers.tiny_config(dataset, total_steps=2, export_npz=False, batch=16)
+  wider.model.hidden_size = 12
+  with pytest.raises(train_loop.UserInputError,
+                     match=r'(?s)does not match.*fields changed since the last run.*: batch 8 -> 16; '
+                           r'checkpoint_every 1 -> 3; model\.hidden_size 10 -> 12; '
+                           r'total_steps 1 -> 2\.$'):
+    train_loop.train_and_evaluate(wider, workdir)

@@ -163,6 +163,30 @@ def _check_config(config, mesh) -> None:
     raise UserInputError(f'total_steps={config.total_steps}: expected > 0.')
 
 
+def _changed_fields(config, workdir: str) -> str:
+  """' Config fields changed since the last run ...: a -> b; ...' (from config.json), or ''."""
+  path = io.join(workdir, 'config.json')
+  if not io.exists(path):
+    return ''
+  try:
+    saved = json.loads(io.read_bytes(path))
+  except ValueError:
+    return ''
+  def flat(tree, prefix=''):
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        yield from flat(value, f'{prefix}{key}.')
+      else:
+        yield f'{prefix}{key}', value
+  before, now = dict(flat(saved)), dict(flat(json.loads(config.to_json())))
+  changed = [f'{k} {before.get(k)!r} -> {now.get(k)!r}' for k in sorted(before.keys() | now)
+             if before.get(k) != now.get(k)]
+  if not changed:
+    return ''
+  return (f' Config fields changed since the last run in this workdir ({path}): '
+          f'{"; ".join(changed)}.')
+
+
 def _check_pretrained_kept(config, workdir: str) -> None:
   """Refuses a fresh run whose `pretrained` file is the `model.npz` that it would export."""
   if (config.pretrained and config.export_npz and io.abspath(config.pretrained)
@@ -214,9 +238,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                              worker_count=config.workers)
   batches = iter(loader)
   if resuming:
-    state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=batches,
-                         seek_data=lambda step: data.seek(batches, batches=step,
-                                                          global_batch_size=config.batch))
+    try:
+      state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=batches,
+                           seek_data=lambda step: data.seek(batches, batches=step,
+                                                            global_batch_size=config.batch))
+    except UserInputError as e:
+      raise UserInputError(f'{e}{_changed_fields(config, workdir)}') from None
     logging.info('Resumed from %s at step %d', ckpt.directory, int(state.step))
   start = int(state.step)
   if jax.process_index() == 0:  # one writer for files every host could write
