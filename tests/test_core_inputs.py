@@ -1,5 +1,7 @@
 """Inputs the core reads: image files of every sample depth, IDX headers, array sources."""
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -86,10 +88,9 @@ def _write_split(root, split, classes):
           root / split / name / f'{i}.png')
 
 
-def test_train_and_test_splits_with_other_classes_are_refused(tmp_path):
+def test_check_same_classes_refuses_splits_with_other_classes(tmp_path):
+  # (ViT training renumbers a test split lacking a class instead: test_vit_main_edges.py.)
   from vision_core import data  # pylint: disable=g-import-not-at-top
-  from tests import vit_train_helpers  # pylint: disable=g-import-not-at-top
-  from vit_jax import train_loop  # pylint: disable=g-import-not-at-top
   _write_split(tmp_path, 'train', ['cat', 'dog', 'fox'])
   _write_split(tmp_path, 'test', ['cat', 'fox'])  # 'fox' is label 1 here, 2 in train
   train = data.ImageFolderSource(tmp_path, 'train')
@@ -98,10 +99,6 @@ def test_train_and_test_splits_with_other_classes_are_refused(tmp_path):
   with pytest.raises(UserInputError, match=r"different classes \(only in .*train.*\['dog'\]"):
     data.check_same_classes(train, test)
   data.check_same_classes(train, data.ImageFolderSource(tmp_path, 'train'))
-  config = vit_train_helpers.tiny_config(str(tmp_path))
-  with pytest.raises(UserInputError, match='different classes'):
-    train_loop.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert not (tmp_path / 'run').exists()
 
 
 def test_igpt_probe_refuses_splits_with_other_classes(tmp_path, capsys):
