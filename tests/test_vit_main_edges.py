@@ -145,7 +145,8 @@ def test_resume_with_an_incompatible_change_names_the_changed_fields(tmp_path):
   wider = helpers.tiny_config(dataset, total_steps=2, export_npz=False, batch=16)
   wider.model.hidden_size = 12
   with pytest.raises(train_loop.UserInputError,
-                     match=r'(?s)does not match.*fields changed since the last run.*: batch 8 -> 16; '
+                     match=r'(?s)saved by another input pipeline.*fields changed since the last '
+                           r'run.*: batch 8 -> 16; '
                            r'checkpoint_every 1 -> 3; model\.hidden_size 10 -> 12; '
                            r'total_steps 1 -> 2\.$'):
     train_loop.train_and_evaluate(wider, workdir)
