@@ -318,6 +318,7 @@ def main() -> None:
             f'{paths["figure"]}')
 
   with cli_errors('gan_jax.study'):
+    app.define_help_flags()  # --help: this module's docstring and flags, as app.run would.
     try:
       flags.FLAGS(sys.argv)
     except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:

@@ -1,4 +1,4 @@
-"""Train or fine-tune Image GPT: `python -m igpt_jax.main --config FILE:ARGS --workdir DIR`.
+r"""Train or fine-tune Image GPT: `python -m igpt_jax.main --config FILE:ARGS --workdir DIR`.
 
   python -m igpt_jax.main --config configs/igpt.py:tiny,cifar10 --workdir runs/igpt_tiny
   python -m igpt_jax.main --config configs/igpt.py:tiny,cifar10,finetune \

@@ -124,6 +124,16 @@ def test_bad_config_argument_is_one_line_without_traceback(tmp_path, spec, messa
   assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize('module, flag', [('vit_jax.main', '--workdir'),
+                                          ('gan_jax.study', '--force')])
+def test_help_lists_the_flags(module, flag):
+  # Both parse their flags before absl's app.run, which used to register --help.
+  result = subprocess.run([sys.executable, '-m', module, '--help'], cwd=helpers.ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert 'error' not in result.stderr and 'Traceback' not in result.stderr, result.stderr
+  assert flag in result.stdout and '--config' in result.stdout
+
+
 @pytest.mark.parametrize('flag, value', [('--batch', '0'), ('--top', '-1'),
                                          ('--resolution', '0')])
 def test_predict_rejects_non_positive_counts(tmp_path, capsys, flag, value):

@@ -1,4 +1,4 @@
-"""Train, fine-tune or evaluate a ViT: `python -m vit_jax.main --config FILE:ARGS --workdir DIR`.
+r"""Train, fine-tune or evaluate a ViT: `python -m vit_jax.main --config FILE:ARGS --workdir DIR`.
 
   python -m vit_jax.main --config configs/vit.py:ViT-B_16,cifar10 --workdir runs/b16 \
       --config.pretrained=ViT-B_16.npz [--config.FIELD=VALUE ...]
@@ -98,6 +98,7 @@ def run():
       # ml_collections would only fail later, with a traceback of its loader.
       raise UserInputError(f'--config {spec}: no such config file {config_path} (e.g. '
                            'configs/vit.py:ViT-B_16,cifar10).')
+    app.define_help_flags()  # --help: this module's docstring and flags, as app.run would.
     try:
       flags.FLAGS(sys.argv)  # Parse first, so that a bad override gets our message.
     except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
