@@ -34,8 +34,9 @@ EOF
 Examples:
   tpu/run.sh -- python -m vit_jax.main --config configs/vit.py:ViT-B_16,cifar10 \
       --workdir gs://MY_BUCKET/vit-b16-cifar10 --config.tfds_data_dir=gs://MY_BUCKET/tfds
-  tpu/run.sh --detach --run-id igpt -- python -m igpt_jax.main --config configs/igpt.py:s \
-      --workdir gs://MY_BUCKET/igpt
+  tpu/run.sh --detach --run-id igpt -- python -m igpt_jax.main \
+      --config configs/igpt.py:S,cifar10 --workdir gs://MY_BUCKET/igpt \
+      --config.tfds_data_dir=gs://MY_BUCKET/tfds
   tpu/run.sh -- env XLA_FLAGS=--xla_dump_to=/tmp/xla python -m vit_jax.main ...
 EOF
 }
