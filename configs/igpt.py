@@ -16,10 +16,11 @@ generative loss weighted by `gen_loss_weight`; start from `init_from`).
 Images are resized to `image_size` and mapped to palette tokens (`palette`: OpenAI's
 kmeans_centers.npy or ours; empty = the one beside `init_from`, else fit 512 centres by
 mini-batch k-means on training pixels); the palette used is saved as `palette.npy` in the
-workdir. Expected result: the tiny model on 16x16
-CIFAR-10 (256 tokens) goes from 3.0 bits/dim (uniform over 512 colours, the zero-initialised
-`wtet`) to about 1.5 bits/dim on the test images in 2,000 steps of batch 64 on a 2-core CPU
-(bits/dim = next-token bits / 3 RGB dimensions, on the palette-quantised images).
+workdir. Measured (docs/results.md, with bench/igpt_probe.py): the tiny model on 16x16
+CIFAR-10 (256 tokens) went from 3.0 bits/dim (uniform over 512 colours, the zero-initialised
+`wtet`) to 1.13 bits/dim on 2,000 test images after 1,500 steps of batch 64 (40 minutes on
+a 2-core CPU; bits/dim = next-token bits / 3 RGB dimensions, on the palette-quantised
+images).
 
 Every field can be overridden with `--config.FIELD=VALUE`.
 """
@@ -76,7 +77,7 @@ def get_config(arg: str = 'tiny,cifar10') -> ml_collections.ConfigDict:
   config.checkpoint_every = 500
   config.keep_checkpoints = 2
   # CPU runs: glibc keeps freed memory, so XLA's per-step buffers are not faulted in again
-  # every step (~15% faster tiny-model steps; vision_core/host_memory.py).
+  # every step (22% faster tiny-model steps; vision_core/host_memory.py).
   config.cpu_keep_freed_memory = True
   config.sample_grid = True  # At the end: completions of 4 test images, samples.png.
   return config
