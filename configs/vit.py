@@ -25,7 +25,8 @@ import ml_collections
 
 from vit_jax.configs import models
 
-# Official fine-tuning step counts and resolutions per dataset (vit_jax/configs/common.py).
+# Official fine-tuning step counts and resolutions per dataset (from vit_jax/configs/common.py
+# of google-research/vision_transformer).
 _DATASET_DEFAULTS = {
     'cifar10': dict(total_steps=10_000, crop=384, resize=384, train='train', test='test'),
     'cifar100': dict(total_steps=10_000, crop=384, resize=384, train='train', test='test'),
