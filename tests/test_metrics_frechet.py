@@ -100,3 +100,15 @@ def test_bad_input_is_a_clear_error(tmp_path):
   np.savez(tmp_path / 'bad.npz', mean=mu)
   with pytest.raises(UserInputError, match='bad.npz.*mu and sigma'):
     metrics.GaussianStats.load(tmp_path / 'bad.npz')
+
+
+def test_merge_of_different_dimensions_is_a_clear_error():
+  rng = np.random.default_rng(0)
+  a = frechet.GaussianStats().update(rng.normal(size=(4, 3)))
+  b = frechet.GaussianStats().update(rng.normal(size=(4, 5)))
+  with pytest.raises(UserInputError, match='5 dimensions, these have 3'):
+    a.merge(b)
+  # An accumulator declared with a dimension refuses other statistics before any update.
+  with pytest.raises(UserInputError, match='5 dimensions, these have 3'):
+    frechet.GaussianStats(3).merge(b)
+  assert a.count == 4 and a.mean.shape == (3,)  # Left unchanged.

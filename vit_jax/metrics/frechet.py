@@ -151,6 +151,10 @@ class GaussianStats:
   def _merge(self, n, mean, scatter):
     if self._loaded_cov is not None:
       raise _no_count_error()
+    if self.dim is not None and mean.shape[0] != self.dim:
+      raise UserInputError(
+          f'GaussianStats.merge: the other statistics have {mean.shape[0]} dimensions, '
+          f'these have {self.dim}.')
     self.dim = mean.shape[0]
     if not self.count:
       self.count, self._mean, self._scatter = n, mean.copy(), scatter.copy()
