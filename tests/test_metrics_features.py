@@ -63,6 +63,17 @@ def test_pixel_extractor_fid_over_batches_equals_fid_of_all_features():
   assert stats == pytest.approx(whole, rel=1e-6)
 
 
+def test_fid_from_images_takes_one_jax_array_as_one_batch():
+  rng = np.random.default_rng(2)
+  a = rng.integers(0, 256, (10, 2, 2, 1)).astype(np.uint8)
+  b = rng.integers(0, 200, (12, 2, 2, 1)).astype(np.uint8)
+  want = metrics.fid(a.reshape(10, -1), b.reshape(12, -1))
+  by_stats = lambda x: metrics.pixel_extractor(x)  # Not `pixel_extractor`: the stats route.
+  for extractor in (metrics.pixel_extractor, by_stats):
+    got = metrics.fid_from_images(jnp.asarray(a), jnp.asarray(b), extractor)
+    assert got == pytest.approx(want, rel=1e-9)
+
+
 def test_vit_extractor_gives_the_models_prelogits():
   config = models.get_model_config('testing')
   model = models_vit.VisionTransformer(num_classes=5, **config)

@@ -112,14 +112,18 @@ def fid_from_images(batches_a: Iterable[Any], batches_b: Iterable[Any],
   With `pixel_extractor` and fewer images than pixels, the exact low-rank route of
   `frechet.fid` is used on the stacked features instead of a [D, D] covariance.
   """
-  if isinstance(batches_a, np.ndarray) and batches_a.ndim == 4:
-    batches_a = [batches_a]
-  if isinstance(batches_b, np.ndarray) and batches_b.ndim == 4:
-    batches_b = [batches_b]
+  batches_a, batches_b = _as_batches(batches_a), _as_batches(batches_b)
   if extractor is pixel_extractor:
     return frechet.fid(np.concatenate([extractor(b) for b in batches_a]),
                        np.concatenate([extractor(b) for b in batches_b]))
   return frechet.fid(feature_stats(batches_a, extractor), feature_stats(batches_b, extractor))
+
+
+def _as_batches(images) -> Iterable[Any]:
+  """One `[B, H, W, C]` array (numpy or JAX) -> a list holding it; other iterables as given."""
+  if isinstance(images, (np.ndarray, jax.Array)) and images.ndim == 4:
+    return [images]
+  return images
 
 
 def pixel_rows(image) -> np.ndarray:
