@@ -69,6 +69,25 @@ def test_bad_k_and_shapes_are_rejected(tiny_vit):
     vit_score(nan, x.astype(np.float32), model, params, k=5)
 
 
+def test_empty_batch_bad_sizes_and_wrong_resolution_are_clear_errors(tiny_vit):
+  model, params = tiny_vit
+  x = _images(0)
+  with pytest.raises(UserInputError, match='empty batch'):
+    vit_score(x[:0], x[:0], model, params, k=5)
+  with pytest.raises(UserInputError, match='k=True'):
+    vit_score(x, x, model, params, k=True)
+  with pytest.raises(UserInputError, match='batch_size'):
+    vit_score(x, x, model, params, k=5, batch_size=0)
+  with pytest.raises(UserInputError, match='image_size'):
+    vit_score(x, x, model, params, k=5, image_size=0)
+  # The model was built for 32x32: other sizes need image_size=, and the error says so.
+  for small in (x[:, :16, :16], x[:, :, :24]):
+    with pytest.raises(UserInputError, match=r'position embeddings; pass image_size='):
+      vit_score(small, small, model, params, k=5)
+  np.testing.assert_allclose(vit_score(x[:, :, :24], x[:, :, :24], model, params, k=5,
+                                       image_size=32), 1.0)
+
+
 def test_chance_level_on_random_logits():
   """Independent random logits share k/N of their top-k classes on average (0.1 here)."""
   rng = np.random.default_rng(0)

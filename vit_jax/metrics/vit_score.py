@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,7 +128,10 @@ def check_pair(original, reconstruction, k: int, num_classes: int) -> None:
     raise UserInputError(
         f'vit_score: original has shape {np.shape(original)} but reconstruction has '
         f'{np.shape(reconstruction)}; they must match (resize the reconstruction first).')
-  if not isinstance(k, (int, np.integer)) or not 1 <= k <= num_classes:
+  if np.shape(original)[0] == 0:
+    raise UserInputError(f'vit_score: empty batch (shape {np.shape(original)}).')
+  if (isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer))
+      or not 1 <= k <= num_classes):
     raise UserInputError(
         f'vit_score: k={k!r} must be an integer with 1 <= k <= {num_classes} (the number of '
         'classes of the model head).')
@@ -151,6 +155,13 @@ def vit_scores(original, reconstruction, model, params, k: int = 100, *,
     mesh: optional `('data', 'model')` mesh; each chunk is sharded over 'data'.
   """
   check_pair(original, reconstruction, k, num_classes_of(model, params))
+  if isinstance(batch_size, (bool, np.bool_)) or not isinstance(
+      batch_size, (int, np.integer)) or batch_size < 1:
+    raise UserInputError(f'vit_score: batch_size must be a positive integer, got {batch_size!r}.')
+  if image_size is not None and (not isinstance(image_size, (int, np.integer))
+                                 or image_size < 1):
+    raise UserInputError(
+        f'vit_score: image_size must be a positive integer or None, got {image_size!r}.')
   fn = _cached_fn(model, int(k), image_size)
   original = np.asarray(original)
   reconstruction = np.asarray(reconstruction)
@@ -172,7 +183,14 @@ def vit_scores(original, reconstruction, model, params, k: int = 100, *,
         a = np.concatenate([a, np.repeat(a[-1:], pad, 0)])
         b = np.concatenate([b, np.repeat(b[-1:], pad, 0)])
       a, b = shard_batch((a, b), mesh)
-    scores = fn(params, a, b)
+    try:
+      scores = fn(params, a, b)
+    except flax.errors.ScopeParamShapeError as e:
+      size = original.shape[1:3] if image_size is None else (image_size, image_size)
+      raise UserInputError(
+          f'vit_score: images of {size[0]}x{size[1]} pixels do not fit the model\'s position '
+          'embeddings; pass image_size= (the resolution the checkpoint was trained at, e.g. '
+          f'224) to resize both batches to it. ({e})') from None
     for key in out:
       out[key].append(np.asarray(scores[key])[:m])
   return {key: np.concatenate(v) for key, v in out.items()}
