@@ -166,3 +166,18 @@ def test_bad_input_is_rejected_clearly(shared_data, tmp_path):
     brisque(np.zeros((1, 32, 32, 3), np.uint8), str(bad), ranges)
   with pytest.raises(FileNotFoundError, match='missing.yml'):
     brisque(np.zeros((1, 32, 32, 3), np.uint8), str(tmp_path / 'missing.yml'), ranges)
+
+
+def test_wider_integer_dtypes_need_8_bit_levels(shared_data, portable_opencv):
+  model, ranges = _paths(shared_data)
+  im = _image('astronaut')[:64, :96]
+  want = portable_opencv.quality.QualityBRISQUE_compute(_to_opencv(im), model, ranges)[0]
+  # int64 levels 0..255 are 8-bit images: OpenCV's score of the uint8 image.
+  assert brisque(im[None].astype(np.int64), model, ranges)[0] == pytest.approx(want, abs=1e-3)
+  # 16-bit RGB used to be clipped at 255 by the grey conversion and score 100 (OpenCV: ~29).
+  with pytest.raises(UserInputError, match=r'0\.\.255, got values in .*dtype uint16'):
+    brisque(im[None].astype(np.uint16) * 257, model, ranges)
+  with pytest.raises(UserInputError, match='0..255'):
+    brisque(im[None].astype(np.int16) - 1, model, ranges)
+  with pytest.raises(UserInputError, match='empty batch'):
+    brisque(np.zeros((0, 32, 32, 3), np.uint8), model, ranges)

@@ -205,6 +205,8 @@ def scale_features(features: np.ndarray, model: BrisqueModel) -> np.ndarray:
 
 def _check_images(images) -> None:
   check_batch(images, name='brisque images', channels=(1, 3, 4))
+  if np.shape(images)[0] == 0:
+    raise UserInputError(f'brisque images: empty batch (shape {np.shape(images)}).')
   h, w = np.shape(images)[1:3]
   if min(h, w) < 2 * _MIN_SIDE:
     raise UserInputError(
@@ -213,7 +215,15 @@ def _check_images(images) -> None:
   dtype = np.asarray(images).dtype if not hasattr(images, 'dtype') else images.dtype
   if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
     raise UserInputError(f'brisque images: expected uint8 or float pixels, got dtype {dtype}.')
-  finite = np.isfinite if isinstance(images, np.ndarray) else jnp.isfinite
+  xp = np if isinstance(images, np.ndarray) else jnp
+  if np.issubdtype(dtype, np.integer) and dtype != np.uint8:
+    # The 8-bit grey conversion would clip larger levels (16-bit RGB would score as white).
+    lo, hi = int(xp.min(images)), int(xp.max(images))
+    if lo < 0 or hi > 255:
+      raise UserInputError(
+          f'brisque images: integer pixels must be 8-bit levels 0..255, got values in '
+          f'[{lo}, {hi}] (dtype {dtype}); convert to 8 bits first (16-bit: x >> 8).')
+  finite = xp.isfinite
   if np.issubdtype(dtype, np.floating) and not bool(finite(images).all()):
     raise UserInputError('brisque images: the batch contains NaN or infinite pixels.')
 
