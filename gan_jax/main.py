@@ -4,8 +4,9 @@ Uses the shared input pipeline (`vision_core.data`), orbax checkpoints with resu
 (re-running with the same workdir continues from the newest checkpoint, data position
 included), a progress bar and metrics.jsonl/TensorBoard logs (`vision_core.metrics_log`).
 Every `sample_every` steps the EMA generator's samples on fixed latents go to
-`DIR/samples/step_NNNNNN.png`; every `fid_every` steps two Frechet distances between
-`fid_samples` EMA-generator samples and as many training images are logged (split 'eval'):
+`DIR/samples/step_NNNNNN.png`; every `fid_every` steps (and after the last step; `fid_every=0`
+turns FID off) two Frechet distances between `fid_samples` EMA-generator samples and as many
+training images are logged (split 'eval'):
   * `fid_vit`: FID on the pre-logits of the ViT classifier `config.fid_vit_checkpoint`
     (default: the shipped CIFAR-10 ViT; grey images are repeated to RGB and resized to its
     input, see `gan_jax.fid_vit`). The real statistics are cached in `DIR/fid_stats/`.
@@ -59,8 +60,9 @@ def _real_images(source, config) -> np.ndarray:
 
 
 def _make_fid_vit(config, mesh) -> fid_vit_lib.VitFid | None:
-  """The ViT feature extractor, or None when `config.fid_vit_checkpoint` is ''."""
-  if not config.get('fid_vit_checkpoint'):
+  """The ViT feature extractor, or None when `config.fid_vit_checkpoint` is '' or
+  `config.fid_every` <= 0 (FID off)."""
+  if config.fid_every <= 0 or not config.get('fid_vit_checkpoint'):
     return None
   return fid_vit_lib.VitFid(config.fid_vit_checkpoint, model_name=config.get('fid_vit_model', ''),
                             mesh=mesh, batch_size=config.get('fid_batch_size', 500))
@@ -91,7 +93,7 @@ def run(config, workdir: str) -> dict:
   latent = generators.latent_dim(config.generator.to_dict())
   fixed_z = np.asarray(jax.random.normal(jax.random.PRNGKey(1234), (64, latent)))
   fid_z = np.asarray(jax.random.normal(jax.random.PRNGKey(4321), (config.fid_samples, latent)))
-  real = _real_images(source, config)
+  real = _real_images(source, config) if config.fid_every > 0 else None
   log = metrics_log.MetricsLog(workdir)
   bar = metrics_log.Progress(total_steps=config.total_steps, initial_step=start,
                              images_per_step=config.batch_size)
@@ -133,7 +135,7 @@ def run(config, workdir: str) -> dict:
       first_step=start, total_steps=config.total_steps, log=log, close=(bar, ckpt),
       hooks=[loop.Every(config.log_every, write_metrics),
              loop.Every(config.sample_every, write_samples),
-             loop.Every(config.fid_every, write_fid),
+             loop.Every(config.fid_every, write_fid, at_last=config.fid_every > 0),
              loop.Every(config.checkpoint_every, lambda step, state, metrics: ckpt.save(
                  step, state, data_iterator=iterator), at_stop=True)])
   log.close()

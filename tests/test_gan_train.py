@@ -121,3 +121,16 @@ def test_image_grid_layout():
   assert grid.shape == (2 * 3 + 1, 3 * 3 + 1, 1)
   np.testing.assert_array_equal(grid[1:3, 4:6], images[1])
   np.testing.assert_array_equal(grid[4:6, 1:3], images[3])
+
+
+def test_fid_every_zero_turns_fid_off(tiny_config, tmp_path, monkeypatch):
+  from gan_jax import main  # pylint: disable=g-import-not-at-top
+  def no_vit(*args, **kwargs):
+    raise AssertionError('the ViT was loaded although fid_every=0')
+  monkeypatch.setattr(fid_vit, 'VitFid', no_vit)
+  tiny_config.fid_every = 0
+  main.run(tiny_config, str(tmp_path / 'run'))
+  rows = metrics_log.read_jsonl(tmp_path / 'run' / 'metrics.jsonl')
+  assert [r['step'] for r in rows if r['split'] == 'eval'] == []
+  assert not (tmp_path / 'run' / 'fid_stats').exists()
+
