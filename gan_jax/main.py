@@ -11,12 +11,14 @@ training images are logged (split 'eval'):
     (default: the shipped CIFAR-10 ViT; grey images are repeated to RGB and resized to its
     input, see `gan_jax.fid_vit`). The real statistics are cached in `DIR/fid_stats/`.
   * `pixel_fd`: the Frechet distance of Gaussians fitted to raw (downsampled) pixels.
-At the end the EMA generator is exported to `DIR/generator.npz` (for gan_jax.compress).
+At the end the EMA generator is exported to `DIR/generator.npz` (for gan_jax.compress) and
+the last metrics to `DIR/final.json` (a re-run of a finished workdir keeps the latter).
 DIR is a local folder or a bucket URI (`gs://bucket/run`, via `vision_core.io`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -142,8 +144,11 @@ def run(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     generators.save(io.join(workdir, 'generator.npz'), config.generator.to_dict(),
                     jax.device_get(state['ema']), overwrite=True)
-  final = {'step': config.total_steps, **logged}
-  metrics_log.write_json(io.join(workdir, 'final.json'), final)
+  final_path = io.join(workdir, 'final.json')
+  if not logged and io.exists(final_path):  # Nothing ran (already finished): keep it.
+    return json.loads(io.read_bytes(final_path))
+  final = {'step': int(state['step']), **logged}
+  metrics_log.write_json(final_path, final)
   return final
 
 

@@ -134,3 +134,15 @@ def test_fid_every_zero_turns_fid_off(tiny_config, tmp_path, monkeypatch):
   assert [r['step'] for r in rows if r['split'] == 'eval'] == []
   assert not (tmp_path / 'run' / 'fid_stats').exists()
 
+
+def test_rerun_of_a_finished_run_keeps_final_json(tiny_config, tmp_path):
+  from gan_jax import main  # pylint: disable=g-import-not-at-top
+  tiny_config.fid_vit_checkpoint = ''
+  workdir = str(tmp_path / 'run')
+  first = main.run(tiny_config, workdir)
+  saved = json.loads((tmp_path / 'run' / 'final.json').read_text())
+  assert saved == first and 'g_loss' in saved
+  again = main.run(tiny_config, workdir)  # Already at total_steps: nothing runs.
+  assert again == first
+  assert json.loads((tmp_path / 'run' / 'final.json').read_text()) == saved
+
