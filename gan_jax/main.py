@@ -30,7 +30,7 @@ from gan_jax import fid_vit as fid_vit_lib
 from gan_jax import generators, report, train
 from vision_core import checkpointing, data, io, loop, metrics_log
 from vision_core import mesh as mesh_lib
-from vision_core.errors import cli_errors
+from vision_core.errors import UserInputError, cli_errors
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/gan.py:dcgan,DATASET',
                                           lock_config=True)
@@ -61,6 +61,24 @@ def _real_images(source, config) -> np.ndarray:
                    for i in indices])
 
 
+def _check_image_shape(source, config) -> None:
+  """Raises UserInputError unless the preprocessed images, `config.generator` and
+  `config.discriminator` agree on `[image_size, image_size, channels]`."""
+  from vision_core.data import preprocess as pp_lib  # pylint: disable=g-import-not-at-top
+  size, channels = config.generator.image_size, config.generator.channels
+  if config.discriminator.image_size != size:
+    raise UserInputError(
+        f'config.discriminator.image_size={config.discriminator.image_size} but '
+        f'config.generator.image_size={size}: the two must be equal.')
+  shape = tuple(pp_lib.parse(config.preprocess)(source[0], np.random.default_rng(0))['image']
+                .shape)
+  if shape != (size, size, channels):
+    raise UserInputError(
+        f'config.dataset={config.dataset!r} with config.preprocess={config.preprocess!r} '
+        f'gives images of shape {shape}, but config.generator has image_size={size}, '
+        f'channels={channels}: expected {(size, size, channels)}.')
+
+
 def _make_fid_vit(config, mesh) -> fid_vit_lib.VitFid | None:
   """The ViT feature extractor, or None when `config.fid_vit_checkpoint` is '' or
   `config.fid_every` <= 0 (FID off)."""
@@ -78,6 +96,7 @@ def run(config, workdir: str) -> dict:
   mesh_lib.check_batch_size(config.batch_size, mesh, field='config.batch_size')
   fid_vit = _make_fid_vit(config, mesh)  # Before anything else: a bad checkpoint fails fast.
   source = data.get_source(config.dataset, config.split)
+  _check_image_shape(source, config)
   loader = data.train_loader(source, global_batch_size=config.batch_size,
                              preprocess=config.preprocess, seed=config.seed)
   iterator = iter(loader)
@@ -157,7 +176,6 @@ def main(argv) -> None:
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO.
   with cli_errors('gan_jax.main'):
     if _CONFIG.value is None or _WORKDIR.value is None:
-      from vision_core.errors import UserInputError  # pylint: disable=g-import-not-at-top
       raise UserInputError('--config and --workdir are required, e.g. --config '
                            'configs/gan.py:dcgan,mnist --workdir /tmp/dcgan_mnist')
     run(_CONFIG.value, _WORKDIR.value)

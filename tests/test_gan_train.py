@@ -146,3 +146,18 @@ def test_rerun_of_a_finished_run_keeps_final_json(tiny_config, tmp_path):
   assert again == first
   assert json.loads((tmp_path / 'run' / 'final.json').read_text()) == saved
 
+
+@pytest.mark.parametrize('field,value,match', [
+    ('channels', 3, r'shape \(28, 28, 1\).*channels=3'),
+    ('image_size', 32, r'shape \(28, 28, 1\).*image_size=32'),
+    ('discriminator', 32, 'config.discriminator.image_size=32')])
+def test_model_and_data_shape_mismatch_is_a_user_error(tiny_config, tmp_path, field, value,
+                                                       match):
+  from gan_jax import main  # pylint: disable=g-import-not-at-top
+  if field in ('image_size', 'discriminator'):
+    tiny_config.discriminator.image_size = value
+  if field != 'discriminator':
+    tiny_config.generator[field] = value
+  with pytest.raises(UserInputError, match=match):
+    main.run(tiny_config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
