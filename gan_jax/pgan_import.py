@@ -8,7 +8,9 @@ pytorch_GAN_zoo saves `{'config': ..., 'netG': state, 'netD': state, 'avgG': sta
 `toRGBLayers.{i}.module.weight` (and `.bias`); older releases leave out the inner
 `.module`, and `nn.DataParallel` adds a leading `module.`: all are accepted. Channel depths
 come from the config (`depthScale0`, `depthOtherScales`, `dimLatentVector`) when present,
-otherwise from the weight shapes, and the two are checked against each other.
+otherwise from the weight shapes, and the two are checked against each other. A checkpoint
+saved during a scale transition keeps its blending factor (config `alpha`), as the zoo's
+`ProgressiveGAN.getNetG` does.
 
 torch is only needed here (the `torch` extra) and reads with `weights_only=True`: no
 arbitrary code runs. The conversion happens once; everything else reads the `.npz`.
@@ -139,6 +141,8 @@ def convert_state_dict(state: Mapping[str, Any], config: Mapping[str, Any] | Non
       ours['leaky_relu_leak'] = float(config['leakyReluLeak'])
     if config.get('perChannelNormalization') is not None:
       ours['normalization'] = bool(config['perChannelNormalization'])
+    if config.get('alpha') and depths:  # GNet blends only once a scale was added.
+      ours['alpha'] = float(config['alpha'])
   params = {}
   for key, value in weights.items():
     layer, kind = key.rsplit('.', 1)

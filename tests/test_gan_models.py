@@ -120,6 +120,15 @@ def test_pth_full_checkpoint_with_zoo_config_roundtrips(tmp_path, monkeypatch):
     pgan_import.main([str(tmp_path / 'zoo.pth'), str(tmp_path / 'g.npz')])
 
 
+def test_zoo_config_alpha_is_kept():
+  rng = np.random.default_rng(3)
+  state = _random_zoo_state(rng)
+  config, params = pgan_import.convert_state_dict(state, {'alpha': 0.4, 'depthScale0': D0})
+  z = rng.standard_normal((2, L)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(generators.make(config, params).generate(z)),
+                             _numpy_gnet(state, z, alpha=0.4), rtol=2e-4, atol=2e-4)
+
+
 def test_importer_bad_input_messages():
   state = _random_zoo_state(np.random.default_rng(2))
   with pytest.raises(UserInputError, match='depthScale0=16'):
