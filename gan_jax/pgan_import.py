@@ -65,7 +65,8 @@ def read_pth(path: str | os.PathLike) -> Any:
 
   def to_numpy(x):
     if isinstance(x, torch.Tensor):
-      return x.detach().cpu().numpy()
+      x = x.detach().cpu()
+      return (x.float() if x.dtype == torch.bfloat16 else x).numpy()  # numpy has no bf16
     if isinstance(x, _ZooConfig):
       return {k: to_numpy(v) for k, v in vars(x).items()}
     if isinstance(x, Mapping):
@@ -107,8 +108,14 @@ def convert_state_dict(state: Mapping[str, Any], config: Mapping[str, Any] | Non
     canonical = _canonical(str(key))
     if canonical is None:
       ignored.append(str(key))
+    elif canonical in weights:
+      raise UserInputError(f'{source}: two keys name {canonical} (one is {key!r}).')
     else:
       weights[canonical] = np.asarray(value, np.float32)
+      ndim = 1 if canonical.endswith('.bias') else 2 if canonical.startswith('format') else 4
+      if weights[canonical].ndim != ndim:
+        raise UserInputError(f'{source}: {key} has shape {weights[canonical].shape}, '
+                             f'expected {ndim} dimensions.')
   if 'formatLayer.weight' not in weights:
     raise UserInputError(f'{source}: no formatLayer.weight (or .module.weight) key; '
                          f'found {sorted(weights) or sorted(map(str, state))[:10]}.')
@@ -133,7 +140,11 @@ def convert_state_dict(state: Mapping[str, Any], config: Mapping[str, Any] | Non
       value = config.get(zoo_key)
       if value is None:
         continue
-      value = [int(v) for v in value] if field == 'depth_other_scales' else int(value)
+      try:
+        value = [int(v) for v in value] if field == 'depth_other_scales' else int(value)
+      except (TypeError, ValueError):
+        kind = 'a list of integers' if field == 'depth_other_scales' else 'an integer'
+        raise UserInputError(f'{source}: config {zoo_key}={value!r} is not {kind}.') from None
       if value != ours[field]:
         raise UserInputError(f'{source}: config says {zoo_key}={value}, but the weights '
                              f'have {ours[field]}.')

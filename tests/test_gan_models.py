@@ -138,6 +138,25 @@ def test_importer_bad_input_messages():
     pgan_import.convert_state_dict(state)
   with pytest.raises(UserInputError, match='formatLayer'):
     pgan_import.convert_state_dict({'foo.weight': np.zeros(3)})
+  state = _random_zoo_state(np.random.default_rng(2))
+  with pytest.raises(UserInputError, match=r'config depthOtherScales=.abc. is not a list'):
+    pgan_import.convert_state_dict(state, {'depthOtherScales': 'abc'})
+  with pytest.raises(UserInputError, match=r'formatLayer.module.weight has shape .* 2 dim'):
+    pgan_import.convert_state_dict({**state, 'formatLayer.module.weight': np.zeros((4, 4, 4))})
+  with pytest.raises(UserInputError, match='two keys name formatLayer.weight'):
+    pgan_import.convert_state_dict({**state, 'module.formatLayer.weight': np.zeros((4, 4))})
+
+
+def test_pth_with_bfloat16_tensors(tmp_path):
+  torch = pytest.importorskip('torch')
+  state = _random_zoo_state(np.random.default_rng(4))
+  torch.save({k: torch.from_numpy(v).to(torch.bfloat16) for k, v in state.items()},
+             tmp_path / 'bf16.pth')
+  generator = pgan_import.import_pth(tmp_path / 'bf16.pth')
+  expected = {k: torch.from_numpy(v).to(torch.bfloat16).float().numpy() for k, v in state.items()}
+  z = np.random.default_rng(5).standard_normal((2, L)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(generator.generate(z)), _numpy_gnet(expected, z),
+                             rtol=2e-4, atol=2e-4)
 
 
 @pytest.mark.parametrize('size,channels', [(28, 1), (32, 3), (64, 3)])
