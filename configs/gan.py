@@ -45,6 +45,9 @@ def get_config(arg: str = 'dcgan,mnist') -> ml_collections.ConfigDict:
   if dataset in DATASETS:
     c.dataset, c.split, size, channels, c.preprocess = DATASETS[dataset]
   else:
+    if len(parts) > 2 and not parts[2].isdigit():
+      raise ValueError(f'configs/gan.py:{arg}: SIZE {parts[2]!r} is not a number of pixels '
+                       '(28, 32 or 64).')
     size = int(parts[2]) if len(parts) > 2 else 64
     c.dataset, c.split, channels = dataset, 'train', 3
     c.preprocess = f'resize_small({size})|central_crop({size})|flip_lr|value_range(-1,1)'

@@ -23,14 +23,14 @@ import os
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from gan_jax import fid_vit as fid_vit_lib
 from gan_jax import generators, report, train
-from vision_core import checkpointing, data, io, loop, metrics_log
+from vision_core import checkpointing, config_cli, data, io, loop, metrics_log
 from vision_core import mesh as mesh_lib
-from vision_core.errors import UserInputError, cli_errors
+from vision_core.errors import UserInputError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/gan.py:dcgan,DATASET',
                                           lock_config=True)
@@ -173,13 +173,11 @@ def run(config, workdir: str) -> dict:
 
 def main(argv) -> None:
   del argv
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO.
-  with cli_errors('gan_jax.main'):
-    if _CONFIG.value is None or _WORKDIR.value is None:
-      raise UserInputError('--config and --workdir are required, e.g. --config '
-                           'configs/gan.py:dcgan,mnist --workdir /tmp/dcgan_mnist')
-    run(_CONFIG.value, _WORKDIR.value)
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    raise UserInputError('--config and --workdir are required, e.g. --config '
+                         'configs/gan.py:dcgan,mnist --workdir /tmp/dcgan_mnist')
+  run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  config_cli.run(main, prog='gan_jax.main', example='configs/gan.py:dcgan,mnist')

@@ -9,11 +9,10 @@ A workdir that already holds checkpoints is resumed from the latest one. See con
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from vision_core import host_memory
-from vision_core.errors import cli_errors
+from vision_core import config_cli, host_memory
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/igpt.py:SIZE,'
                                           'DATASET[,OBJECTIVE]).', lock_config=True)
@@ -28,11 +27,8 @@ def main(argv):
   if host_memory.keep_freed_memory_on_cpu(config.get('cpu_keep_freed_memory', True)):
     print(f'CPU run: {host_memory.SETTING} (--config.cpu_keep_freed_memory=False: off)')
   from igpt_jax import train  # pylint: disable=g-import-not-at-top
-  logging.info('Config:\n%s', config)
-  logging.set_verbosity(logging.WARNING)  # from here on: orbax logs every save step at INFO.
-  with cli_errors('igpt_jax.main'):
-    train.train_and_evaluate(config, _WORKDIR.value)
+  train.train_and_evaluate(config, _WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  config_cli.run(main, prog='igpt_jax.main', example='configs/igpt.py:tiny,cifar10')

@@ -1,0 +1,47 @@
+"""vision_core.config_cli: the trainers' command lines fail in one line, naming the fix."""
+
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from vision_core import config_cli
+from vision_core.errors import UserInputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_config_spec_and_field_paths():
+  assert config_cli.config_spec(['--config', 'a.py:x', '--workdir', 'w']) == 'a.py:x'
+  assert config_cli.config_spec(['--config=b.py:y,z']) == 'b.py:y,z'
+  assert config_cli.config_spec(['--workdir', 'w']) is None
+  config = ml_collections.ConfigDict({'batch': 8, 'pp': {'crop': 32, 'resize': 36}})
+  assert sorted(config_cli.field_paths(config)) == ['batch', 'pp.crop', 'pp.resize']
+  config_cli.check_overrides(['--config.pp.crop=8', '--config.pp', '--config.batch=2'],
+                             config)
+  with pytest.raises(UserInputError, match=r'--config.pp.crap: no such config field. Did you '
+                     r'mean pp.crop\? Valid fields: batch, pp.crop, pp.resize\.'):
+    config_cli.check_overrides(['--config.pp.crap=8'], config)
+
+
+@pytest.mark.parametrize('module, spec, message', [
+    ('gan_jax.main', 'configs/gan.py:dcgan,mnist',
+     '--config.lossx: no such config field. Did you mean loss? Valid fields: adam_b1'),
+    ('igpt_jax.main', 'configs/igpt.py:tiny,cifar10',
+     '--config.lossx: no such config field. Valid fields: b2'),
+    ('gan_jax.main', 'configs/gan.py:dcgan,folder,abc',
+     "--config: configs/gan.py:dcgan,folder,abc: SIZE 'abc' is not a number of pixels"),
+    ('igpt_jax.main', 'configs/nope.py:tiny,cifar10',
+     '--config configs/nope.py:tiny,cifar10: no such config file configs/nope.py'),
+])
+def test_every_trainer_reports_a_bad_command_line_in_one_line(tmp_path, module, spec,
+                                                                message):
+  result = subprocess.run(
+      [sys.executable, '-m', module, '--config', spec, '--workdir', str(tmp_path / 'w'),
+       '--config.lossx=1'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.startswith(f'{module}: error: {message}'), result.stderr[-2000:]
+  assert len(result.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / 'w').exists()
