@@ -35,6 +35,8 @@ FAMILIES = {'dcgan': DCGANGenerator, 'pgan': PGANGenerator}
 
 def build(config: Mapping[str, Any]):
   """The flax module for `{'family': 'dcgan'|'pgan', **module_attributes}`."""
+  if not hasattr(config, 'items'):  # a dict or a ConfigDict
+    raise UserInputError(f'generator config: {config!r} is not a JSON object of fields.')
   config = dict(config)
   family = config.pop('family', None)
   if family not in FAMILIES:
@@ -45,9 +47,30 @@ def build(config: Mapping[str, Any]):
   if unknown:
     raise UserInputError(f'generator config: unknown fields {unknown} for family '
                          f'{family!r}; known: {sorted(fields)}.')
+  _check_sizes(config)
   if 'depth_other_scales' in config:
     config['depth_other_scales'] = tuple(config['depth_other_scales'])
   return FAMILIES[family](**config)
+
+
+# Fields that count something (pixels, channels, features): positive integers.
+_SIZE_FIELDS = ('latent_dim', 'image_size', 'channels', 'width', 'dim_latent', 'depth_scale0',
+                'dim_output')
+
+
+def _check_sizes(config: Mapping[str, Any]) -> None:
+  """Raises `UserInputError` unless every size field is a positive int (a list of them for
+  `depth_other_scales`): a bad one would fail inside flax's init instead."""
+  def positive_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+  for key in _SIZE_FIELDS:
+    if key in config and not positive_int(config[key]):
+      raise UserInputError(f'generator config: {key}={config[key]!r}, expected a positive '
+                           'integer.')
+  depths = config.get('depth_other_scales', ())
+  if not isinstance(depths, (list, tuple)) or not all(positive_int(d) for d in depths):
+    raise UserInputError(f'generator config: depth_other_scales={depths!r}, expected a list '
+                         'of positive integers.')
 
 
 def latent_dim(config: Mapping[str, Any]) -> int:

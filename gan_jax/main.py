@@ -79,6 +79,16 @@ def _check_image_shape(source, config) -> None:
         f'channels={channels}: expected {(size, size, channels)}.')
 
 
+def _check_settings(config) -> None:
+  """Raises `UserInputError` for settings outside their range, before any work."""
+  if not 0 <= config.ema_decay < 1:
+    raise UserInputError(f'config.ema_decay={config.ema_decay}: expected 0 <= ema_decay < 1 '
+                         '(e.g. 0.995; 0 keeps no average).')
+  if config.fid_every > 0 and config.fid_samples < 2:
+    raise UserInputError(f'config.fid_samples={config.fid_samples}: FID needs at least 2 '
+                         'samples (fid_every=0 turns FID off).')
+
+
 def _make_fid_vit(config, mesh) -> fid_vit_lib.VitFid | None:
   """The ViT feature extractor, or None when `config.fid_vit_checkpoint` is '' or
   `config.fid_every` <= 0 (FID off)."""
@@ -90,6 +100,7 @@ def _make_fid_vit(config, mesh) -> fid_vit_lib.VitFid | None:
 
 def run(config, workdir: str) -> dict:
   """The training loop; returns the final metrics."""
+  _check_settings(config)
   mesh_lib.initialize_distributed()
   devices = jax.devices()[:config.get('num_devices', 0) or None]
   mesh = mesh_lib.make_mesh(devices=devices)

@@ -161,3 +161,35 @@ def test_model_and_data_shape_mismatch_is_a_user_error(tiny_config, tmp_path, fi
   with pytest.raises(UserInputError, match=match):
     main.run(tiny_config, str(tmp_path / 'run'))
   assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('ema_decay', 1.0, r'config.ema_decay=1.0: expected 0 <= ema_decay < 1'),
+    ('ema_decay', -0.5, r'config.ema_decay=-0.5: expected 0 <= ema_decay < 1'),
+    ('fid_samples', 0, r'config.fid_samples=0: FID needs at least 2 samples'),
+])
+def test_settings_out_of_range_fail_before_any_work(tiny_config, tmp_path, field, value,
+                                                    message):
+  from gan_jax import main  # pylint: disable=g-import-not-at-top
+  tiny_config.fid_every = 2
+  setattr(tiny_config, field, value)
+  with pytest.raises(UserInputError, match=message):
+    main.run(tiny_config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('config, message', [
+    ([1, 2], r'\[1, 2\] is not a JSON object'),
+    ({'family': 'dcgan', 'latent_dim': 0}, r'latent_dim=0, expected a positive integer'),
+    ({'family': 'dcgan', 'image_size': '28'}, r"image_size='28', expected a positive integer"),
+    ({'family': 'dcgan', 'width': True}, r'width=True, expected a positive integer'),
+    ({'family': 'pgan', 'depth_other_scales': 'ab'},
+     r"depth_other_scales='ab', expected a list of positive integers"),
+    ({'family': 'pgan', 'depth_other_scales': [8, -1]},
+     r'depth_other_scales=\[8, -1\], expected a list'),
+])
+def test_malformed_generator_configs_are_named(config, message):
+  with pytest.raises(UserInputError, match=message):
+    generators.build(config)
+  assert generators.build({'family': 'pgan', 'dim_latent': 8, 'depth_scale0': 4,
+                           'depth_other_scales': [4, 2]}).depth_other_scales == (4, 2)
