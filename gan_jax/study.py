@@ -31,6 +31,7 @@ import time
 import numpy as np
 
 from gan_jax import study_images, study_report, study_scores
+from vision_core import io
 from vision_core.errors import UserInputError
 import vit_jax
 
@@ -43,12 +44,7 @@ MARKER = 'study.json'
 def check_output(out: str, *, force: bool) -> None:
   """Refuses an existing `out` unless --force, and never replaces a non-study folder."""
   if not os.path.lexists(out):
-    parent = os.path.dirname(os.path.abspath(out))
-    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
-      parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-      raise UserInputError(f'--out {out}: cannot create it, {parent} exists and is not a '
-                           'folder.')
+    io.check_can_create(out, name=f'--out {out}')
     return
   if not os.path.isdir(out):
     raise UserInputError(f'{out} exists and is not a folder; choose another --out.')

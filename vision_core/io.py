@@ -126,6 +126,19 @@ def readable(path: str | os.PathLike) -> str | std_io.BytesIO:
   return std_io.BytesIO(read_bytes(path)) if is_uri(path) else os.fspath(path)
 
 
+def check_can_create(path: str | os.PathLike, *, name: str | None = None) -> None:
+  """Raises `UserInputError` if the folders above local `path` cannot be made: the nearest
+  existing one is a file. `name` is how the message calls `path` (default: the path)."""
+  if is_uri(path):
+    return
+  parent = os.path.dirname(os.path.abspath(os.fspath(path)))
+  while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UserInputError(f'{name or os.fspath(path)}: cannot create it, {parent} exists and is '
+                         'not a folder.')
+
+
 def check_can_write(path: str | os.PathLike, *, overwrite: bool) -> None:
   """Raises `UserInputError` if `path` exists and `overwrite` is False.
 
@@ -133,15 +146,9 @@ def check_can_write(path: str | os.PathLike, *, overwrite: bool) -> None:
   folder path exists but is a file (so that the folder cannot be created).
   """
   if not is_uri(path):
-    local = os.path.abspath(os.fspath(path))
-    if os.path.isdir(local):
+    if os.path.isdir(os.fspath(path)):
       raise UserInputError(f'{os.fspath(path)} is a folder; cannot write a file there.')
-    parent = os.path.dirname(local)
-    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
-      parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-      raise UserInputError(f'{os.fspath(path)}: cannot create it, {parent} exists and is not '
-                           'a folder.')
+    check_can_create(path)
   if exists(path) and not overwrite:
     raise UserInputError(
         f'{os.fspath(path)} already exists; refusing to overwrite it '
