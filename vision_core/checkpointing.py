@@ -34,19 +34,18 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree.map(leaf, tree)
 
 
-def _layout(grain_state: bytes) -> tuple[int, str]:
-  """What a saved grain position only fits: its worker count and sampler class (checkpoints
-  from before `GlobalBatchSampler` used grain's `IndexSampler`, the same stream for one
-  process without workers)."""
-  state = json.loads(grain_state)
+def _layout(state: dict[str, Any]) -> tuple[int, str]:
+  """What a saved grain position (its parsed JSON) only fits: its worker count and sampler
+  class (checkpoints from before `GlobalBatchSampler` used grain's `IndexSampler`, the same
+  stream for one process without workers)."""
   return state.get('worker_count', 0), state.get('sampler', '').split('(')[0]
 
 
-def _check_same_sampler(saved_state: bytes, current_state: bytes, *, where: str) -> None:
+def _check_same_sampler(saved_state: dict[str, Any], current_state: dict[str, Any], *,
+                        where: str) -> None:
   """grain restores a position only into the sampler that made it; its own error, raised
   from inside the restore, would read as a model mismatch. Say what differs instead."""
-  saved = json.loads(saved_state).get('sampler')
-  current = json.loads(current_state).get('sampler')
+  saved, current = saved_state.get('sampler'), current_state.get('sampler')
   if saved != current:
     raise UserInputError(
         f'{where}: the checkpoint\'s data position was saved by another input pipeline (the '
@@ -112,11 +111,11 @@ class Checkpointer:
       # grain saves one position per process (`process_{i}-of-{n}.json`).
       name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
       saved = io.join(data_dir, name)
-      saved_state = io.read_bytes(saved) if io.exists(saved) else None
+      saved_state = json.loads(io.read_bytes(saved)) if io.exists(saved) else None
+      current_state = json.loads(data_iterator.get_state())
       if saved_state is not None and (seek_data is None or _layout(saved_state) ==
-                                      _layout(data_iterator.get_state())):
-        _check_same_sampler(saved_state, data_iterator.get_state(),
-                            where=f'{self.directory}/{step}')
+                                      _layout(current_state)):
+        _check_same_sampler(saved_state, current_state, where=f'{self.directory}/{step}')
         items['data'] = grain.PyGrainCheckpointRestore(data_iterator)
       elif seek_data is None:
         raise UserInputError(
