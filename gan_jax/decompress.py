@@ -73,17 +73,19 @@ def main(argv=None) -> None:
         raise FileNotFoundError(f'{path}: no such compressed file.')
       with open(path, 'rb') as f:
         data = f.read()
-      check_generator(fileformat.decode(data, source=path), generator, source=path)
-      items.append(data)
-    for path, out, data in zip(args.files, outputs, items):
-      image = decompress(data, generator, source=path)
+      item = fileformat.decode(data, source=path)
+      check_generator(item, generator, source=path)
+      items.append(item)
+    for path, out, item in zip(args.files, outputs, items):
+      image = compress_lib.reconstruct(generator, item.latent)  # as `decompress` gives it
       pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
       if args.original_size:
-        h, w = fileformat.decode(data, source=path).image_size
+        h, w = item.image_size
         pil = pil.resize((w, h), Image.BICUBIC)
       with atomic_write(out, 'wb', overwrite=args.force) as f:
         pil.save(f, format='PNG')
       print(f'{path} -> {out}')
+
 
 if __name__ == '__main__':
   main(sys.argv[1:])
