@@ -96,8 +96,7 @@ def _train_class_names(config) -> tuple[str, ...] | None:
   listing the images; None when that split folder is absent or the dataset is no folder."""
   split_dir = os.path.join(config.dataset, config.pp.train)
   if isinstance(config.dataset, str) and os.path.isdir(split_dir):
-    return tuple(sorted(d for d in os.listdir(split_dir)  # as ImageFolderSource lists them
-                        if not d.startswith('.') and os.path.isdir(os.path.join(split_dir, d))))
+    return tuple(data.sources.subfolders(split_dir))  # as ImageFolderSource numbers them
   return None
 
 

@@ -65,6 +65,15 @@ class ArraySource:
     return f'ArraySource({self.name}, {len(self)} examples)'
 
 
+def subfolders(directory: str | os.PathLike) -> list[str]:
+  """Sorted names of the folders in `directory`: an image folder's splits, or a split's
+  classes (label k is the k-th). Hidden folders are left out: `.ipynb_checkpoints`
+  (Jupyter, Colab) or `.git` would become class 0 and shift every label."""
+  directory = os.fspath(directory)
+  return sorted(d for d in os.listdir(directory)
+                if not d.startswith('.') and os.path.isdir(os.path.join(directory, d)))
+
+
 class ImageFolderSource:
   """`{root}/{split}/{class}/*.{jpg,png,...}`: classes are the sorted sub-folder names.
 
@@ -85,14 +94,9 @@ class ImageFolderSource:
       raise UserInputError(f'dataset folder {root} does not exist (expected '
                            f'{root}/{{split}}/{{class}}/*.jpg).')
     if not os.path.isdir(split_dir):
-      found = sorted(d for d in os.listdir(root)
-                     if not d.startswith('.') and os.path.isdir(os.path.join(root, d)))
       raise UserInputError(f'{split_dir}: no such split folder; {root} has splits '
-                           f'{found or "(none)"}.')
-    # Hidden folders are no classes: `.ipynb_checkpoints` (Jupyter, Colab) or `.git` would
-    # become class 0 and shift every label.
-    classes = sorted(d for d in os.listdir(split_dir)
-                     if not d.startswith('.') and os.path.isdir(os.path.join(split_dir, d)))
+                           f'{subfolders(root) or "(none)"}.')
+    classes = subfolders(split_dir)
     if not classes:
       raise UserInputError(f'{split_dir}: no class folders (expected {split_dir}/{{class}}/'
                            '*.jpg, one folder per class).')
