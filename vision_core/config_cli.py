@@ -20,14 +20,20 @@ from absl import app, flags, logging
 from vision_core.errors import UserInputError, cli_errors
 
 
-def field_paths(config, prefix: str = '') -> Iterator[str]:
-  """Dotted names of every leaf field of a ConfigDict: 'pp.crop', 'batch', ..."""
+def field_items(config, prefix: str = '') -> Iterator[tuple[str, Any]]:
+  """(dotted name, value) of every leaf field of a ConfigDict or nested dict:
+  ('pp.crop', 224), ('batch', 512), ..."""
   for key, value in config.items():
     name = f'{prefix}{key}'
     if hasattr(value, 'items'):
-      yield from field_paths(value, name + '.')
+      yield from field_items(value, name + '.')
     else:
-      yield name
+      yield name, value
+
+
+def field_paths(config) -> Iterator[str]:
+  """Dotted names of every leaf field of a ConfigDict: 'pp.crop', 'batch', ..."""
+  return (name for name, _ in field_items(config))
 
 
 def check_overrides(argv: list[str], config) -> None:

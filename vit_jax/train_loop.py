@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vision_core import checkpointing, data, io, loop, metrics_log
+from vision_core import checkpointing, config_cli, data, io, loop, metrics_log
 from vision_core import mesh as mesh_lib
 from vision_core import optim
 from vision_core.data import randaugment
@@ -171,13 +171,8 @@ def _changed_fields(config, workdir: str) -> str:
     saved = json.loads(io.read_bytes(path))
   except ValueError:
     return ''
-  def flat(tree, prefix=''):
-    for key, value in tree.items():
-      if isinstance(value, dict):
-        yield from flat(value, f'{prefix}{key}.')
-      else:
-        yield f'{prefix}{key}', value
-  before, now = dict(flat(saved)), dict(flat(json.loads(config.to_json())))
+  before = dict(config_cli.field_items(saved))
+  now = dict(config_cli.field_items(json.loads(config.to_json())))  # as config.json holds it
   changed = [f'{k} {before.get(k)!r} -> {now.get(k)!r}' for k in sorted(before.keys() | now)
              if before.get(k) != now.get(k)]
   if not changed:
