@@ -131,9 +131,11 @@ def plot(rows: list[dict], path: str, *, overwrite: bool = False) -> None:
   plt.close(fig)
 
 
-def load_split(dataset, split, image_size, limit, centers):
+def load_split(dataset, split, image_size, limit, centers, *, source=None):
+  """(tokens, labels, number of classes) of up to `limit` images of `split` (all if 0);
+  `source`: that split's source when the caller has it already."""
   from vision_core import data  # pylint: disable=g-import-not-at-top
-  source = data.get_source(dataset, split)
+  source = data.get_source(dataset, split) if source is None else source
   resize = data.parse_preprocess(f'resize({image_size})')
   n = min(limit, len(source)) if limit else len(source)
   idx = np.random.default_rng(0).permutation(len(source))[:n]
@@ -182,15 +184,15 @@ def main(argv=None) -> None:
                            f'exceed the model\'s n_ctx={model.n_ctx}.')
     centers = palette_lib.load_palette(args.palette, num_clusters=model.vocab_size)
     from vision_core import data  # pylint: disable=g-import-not-at-top
-    data.check_same_classes(data.get_source(args.dataset, 'train'),
-                            data.get_source(args.dataset, 'test'))
+    sources = {split: data.get_source(args.dataset, split) for split in ('train', 'test')}
+    data.check_same_classes(sources['train'], sources['test'])
     tr_tok, tr_lab, k = load_split(args.dataset, 'train', args.image_size,
-                                    args.train_examples, centers)
+                                    args.train_examples, centers, source=sources['train'])
     if k < 2 or len(tr_lab) < 2:
       raise UserInputError(f'--dataset={args.dataset}: the train split has {k} class(es) and '
                            f'{len(tr_lab)} example(s) used; a probe needs at least 2 of each.')
     te_tok, te_lab, _ = load_split(args.dataset, 'test', args.image_size,
-                                    args.test_examples, centers)
+                                    args.test_examples, centers, source=sources['test'])
     rows = probe_layers(extract_features(model, params, tr_tok), tr_lab,
                         extract_features(model, params, te_tok), te_lab, num_classes=k,
                         l2_grid=tuple(args.l2), steps=args.steps)
