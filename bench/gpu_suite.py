@@ -108,15 +108,10 @@ def _vit_setup(args):
   images = rng.uniform(-1, 1, (args.vit_batch, image, image, 3)).astype(np.float32)
   labels = rng.integers(0, VIT_CLASSES, args.vit_batch).astype(np.int32)
 
-  if args.gelu_keeping_input:  # an experiment: the module looks `gelu` up at call time
-    from vit_jax import ops  # pylint: disable=g-import-not-at-top
-    models_vit.gelu = lambda x, approximate=True: ops.gelu_keeping_input(x)
-
   def make_model(attention):
     return models_vit.VisionTransformer(num_classes=VIT_CLASSES, dtype=jnp.bfloat16,
                                         attention=attention,
-                                        token_multiple=args.token_multiple,
-                                        bias_in_matmul=tuple(args.bias_in_matmul), **config)
+                                        token_multiple=args.token_multiple, **config)
   return name, image, config, images, labels, make_model
 
 
@@ -134,7 +129,6 @@ def section_vit_train(args) -> list[dict]:
   for attention in [] if args.peer_only else args.attention:
     row = {'section': 'vit_train', 'impl': f'ours jax {jax.__version__}, attention={attention}',
            'model': name, 'image': image, 'batch': batch, 'token_multiple': args.token_multiple,
-           'bias_in_matmul': args.bias_in_matmul, 'gelu_keeping_input': args.gelu_keeping_input,
            'xla_flags': os.environ.get('XLA_FLAGS', '')}
     try:
       step, row['compile_s'] = compiled_train_step(make_model(attention), images, labels,
@@ -199,15 +193,13 @@ def section_vit_profile(args) -> dict:
   print('\n'.join(lines), flush=True)
   if args.profile_dir:
     os.makedirs(args.profile_dir, exist_ok=True)
-    fold = ''.join(f'_{site}' for site in args.bias_in_matmul)
-    stem = os.path.join(args.profile_dir, f'{name}_{attention}_b{args.vit_batch}{fold}')
+    stem = os.path.join(args.profile_dir, f'{name}_{attention}_b{args.vit_batch}')
     with gzip.open(stem + '.hlo.txt.gz', 'wt', encoding='utf-8') as f:
       f.write(hlo)
     with open(stem + '.ops.json', 'w', encoding='utf-8') as f:
       json.dump({'per_op_ms': dict(per_op.most_common()),
                  'per_kernel_ms': dict(kernels.most_common())}, f)
   return {'model': name, 'attention': attention, 'batch': args.vit_batch, 'device': device,
-          'bias_in_matmul': args.bias_in_matmul, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
           'op_ms_per_step': sum(per_kind.values()),
           'per_kind_ms': {k: round(v, 3) for k, v in per_kind.most_common()}}
 
@@ -340,11 +332,6 @@ def main():
                       help="VisionTransformer(token_multiple=): pad the token stream to a "
                       "multiple of this (default: the model's, 8 for attention='cudnn'; 1 "
                       'pads q/k/v in every layer instead)')
-  parser.add_argument('--bias-in-matmul', nargs='*', default=[],
-                      choices=['qkv', 'mlp_in', 'mlp_out'],
-                      help="VisionTransformer(bias_in_matmul=...): these biases inside the matmul")
-  parser.add_argument('--gelu-keeping-input', action='store_true',
-                      help='MlpBlock uses vit_jax.ops.gelu_keeping_input (an A/B switch)')
   parser.add_argument('--profile-dir', help='vit_profile: write HLO and op times here')
   parser.add_argument('--no-peer', action='store_true', help='skip the PyTorch ViT peer')
   parser.add_argument('--peer-only', action='store_true',

@@ -29,7 +29,7 @@ import numpy as np
 
 from vision_core.images import check_batch
 from vit_jax import models_resnet
-from vit_jax.ops import gelu, matmul, matmul_bias, normalize
+from vit_jax.ops import gelu, matmul, normalize
 
 Dtype = Any
 # `VisionTransformer(attention=...)`: ours (any backend), or jax.nn.dot_product_attention's.
@@ -37,9 +37,6 @@ ATTENTIONS = ('einsum', 'xla', 'cudnn')
 # attention='cudnn' pads the sequence to a multiple of this: cuDNN's training kernels refuse
 # ViT's 197 tokens but take 200 (8 measured 1% faster than 64 on an H200).
 CUDNN_SEQ_MULTIPLE = 8
-# `bias_in_matmul` sites: the q/k/v projections (attention='xla'/'cudnn'), MlpBlock's Dense_0
-# and Dense_1. Each named site adds its bias inside the matmul (ops.matmul_bias).
-BIAS_SITES = ('qkv', 'mlp_in', 'mlp_out')
 _DENSE_INIT = dict(kernel_init=nn.initializers.xavier_uniform(),
                    bias_init=nn.initializers.normal(stddev=1e-6))
 
@@ -60,7 +57,6 @@ class MlpBlock(nn.Module):
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   gelu_approximate: bool = True
-  bias_in_matmul: Sequence[str] = ()
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool, norm=None):
@@ -73,20 +69,12 @@ class MlpBlock(nn.Module):
       scale, shift = norm
       bias = bias + shift @ kernel
       kernel = kernel * scale[:, None]
-    x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-    if 'mlp_in' in self.bias_in_matmul:
-      x = matmul_bias(x, kernel, bias)
-    else:
-      x = matmul(x, kernel) + bias
+    x = matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
     x = gelu(x, self.gelu_approximate)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     kernel, bias = _DenseParams((self.mlp_dim,), (out_dim,),
                                 bias_init=_DENSE_INIT['bias_init'], name='Dense_1')()
-    kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
-    if 'mlp_out' in self.bias_in_matmul:
-      x = matmul_bias(x, kernel, bias)
-    else:
-      x = matmul(x, kernel) + bias
+    x = matmul(x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
     return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
 
 
@@ -133,7 +121,6 @@ class SelfAttention(nn.Module):
   dtype: Dtype = jnp.float32
   dropout_rate: float = 0.0
   attention: str = 'einsum'
-  bias_in_matmul: bool = False  # q/k/v biases inside their matmuls (fused attention path)
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool, num_queries: int | None = None, norm=None,
@@ -196,10 +183,7 @@ class SelfAttention(nn.Module):
     # Three matmuls straight into the [B, N, H, Dh] layout the fused kernel reads. One matmul
     # into [3, B, N, H, Dh] costs a transpose of q/k/v and of their gradients in every layer
     # (21% of the ViT-B/16 step on an H200: 143 -> 134 ms at batch 512).
-    if self.bias_in_matmul:
-      qkv = [matmul_bias(x, kernel[i], bias[i]) for i in range(3)]
-    else:
-      qkv = [jnp.einsum('bnd,dhk->bnhk', x, kernel[i]) + bias[i] for i in range(3)]
+    qkv = [jnp.einsum('bnd,dhk->bnhk', x, kernel[i]) + bias[i] for i in range(3)]
     keys = tokens if valid_tokens is None else valid_tokens
     if self.attention == 'cudnn' and tokens % CUDNN_SEQ_MULTIPLE:
       # cuDNN's training kernels refuse odd lengths such as ViT's 197: pad q/k/v to a
@@ -226,7 +210,6 @@ class Encoder1DBlock(nn.Module):
   dtype: Dtype = jnp.float32
   attention: str = 'einsum'
   gelu_approximate: bool = True
-  bias_in_matmul: Sequence[str] = ()
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool, num_outputs: int | None = None,
@@ -240,7 +223,6 @@ class Encoder1DBlock(nn.Module):
     width = x.shape[-1]
     y = SelfAttention(num_heads=self.num_heads, dtype=self.dtype,
                       dropout_rate=self.attention_dropout_rate, attention=self.attention,
-                      bias_in_matmul='qkv' in self.bias_in_matmul,
                       name='MultiHeadDotProductAttention_0')(
                           normalize(x), deterministic=deterministic, num_queries=num_outputs,
                           norm=_LayerNormParams(name='LayerNorm_0')(width),
@@ -249,7 +231,7 @@ class Encoder1DBlock(nn.Module):
       x = x[:, :num_outputs]
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.gelu_approximate,
-                 self.bias_in_matmul, name='MlpBlock_0')(normalize(x), deterministic=deterministic,
+                 name='MlpBlock_0')(normalize(x), deterministic=deterministic,
                                     norm=_LayerNormParams(name='LayerNorm_1')(width))
     return x + y
 
@@ -268,7 +250,6 @@ class Encoder(nn.Module):
   # padding q/k/v in every layer (attention='cudnn'); padded tokens are masked out of the
   # keys and dropped before the last block (or at the end), so the result is unchanged.
   token_multiple: int = 1
-  bias_in_matmul: Sequence[str] = ()
 
   @nn.compact
   def __call__(self, x, *, train: bool, num_outputs: int | None = None):
@@ -286,8 +267,7 @@ class Encoder(nn.Module):
         x = x[:, :tokens]
       block = Encoder1DBlock(self.mlp_dim, self.num_heads, self.dropout_rate,
                              self.attention_dropout_rate, self.dtype, self.attention,
-                             self.gelu_approximate, self.bias_in_matmul,
-                             name=f'encoderblock_{i}')
+                             self.gelu_approximate, name=f'encoderblock_{i}')
       x = block(x, deterministic=not train, num_outputs=num_outputs if last else None,
                 valid_tokens=tokens if x.shape[1] > tokens else None)
     return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x[:, :tokens])
@@ -321,9 +301,6 @@ class VisionTransformer(nn.Module):
   # Pad the token sequence to a multiple of this in the encoder (masked; same result).
   # None: CUDNN_SEQ_MULTIPLE with attention='cudnn' (its kernels need it), else 1.
   token_multiple: Optional[int] = None
-  # Add these biases inside their matmuls (BIAS_SITES; same result, less memory traffic on
-  # GPUs, see ops.matmul_bias).
-  bias_in_matmul: Sequence[str] = ()
   channels: int = 3  # Input channels; checked so a wrong array fails with a clear message.
 
   @nn.compact
@@ -355,13 +332,8 @@ class VisionTransformer(nn.Module):
         multiple = CUDNN_SEQ_MULTIPLE if self.attention == 'cudnn' else 1
       if not isinstance(multiple, int) or multiple < 1:
         raise ValueError(f'token_multiple={multiple!r}: expected a positive integer.')
-      unknown = sorted(set(self.bias_in_matmul) - set(BIAS_SITES))
-      if isinstance(self.bias_in_matmul, str) or unknown:
-        raise ValueError(f'bias_in_matmul={self.bias_in_matmul!r}: expected a sequence of '
-                         f'{BIAS_SITES}.')
       x = Encoder(name='Transformer', dtype=self.dtype, attention=self.attention,
                   gelu_approximate=self.gelu_approximate, token_multiple=multiple,
-                  bias_in_matmul=tuple(self.bias_in_matmul),
                   **self.transformer)(
           x, train=train, num_outputs=1 if self.classifier == 'token' else None)
     if self.classifier == 'token':
