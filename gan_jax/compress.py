@@ -66,7 +66,10 @@ def prepare(image_uint8, generator: generators.Generator, *, resize: bool = Fals
 
 def input_channels(path: str) -> int:
   """Channels stored in an image file: 1 grey (8 or 16 bit), 2 grey+alpha, 3, 4 (RGBA, CMYK);
-  palette images count as the RGB(A) they expand to. For the raw-pixel-size ratio."""
+  palette images count as the RGB(A) they expand to. For the raw-pixel-size ratio.
+
+  The EXIF orientation is not applied here: turning changes no channel count (the pixels
+  themselves are read by `images_lib.read_image`, which applies it)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(path) as im:
     if im.mode in ('P', 'PA'):

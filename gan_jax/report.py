@@ -36,6 +36,8 @@ def jpeg_bytes(image_uint8, quality: int) -> bytes:
 
 
 def decode_jpeg(data: bytes, channels: int) -> np.ndarray:
+  # `data` is our own baseline from `jpeg_bytes`, never a user's file: it has no EXIF block,
+  # so there is no orientation to apply.
   from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(_io.BytesIO(data)) as im:
     array = np.asarray(im.convert('L' if channels == 1 else 'RGB'))

@@ -112,6 +112,8 @@ def load(spec: str, *, size: int, channels: int, alpha_background: int = 255
 
 
 def _has_alpha(path: str) -> bool:
+  # Only the mode is probed, which the EXIF orientation does not change; the pixels come from
+  # images_lib.read_image, which applies it.
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as im:

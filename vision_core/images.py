@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from typing import Sequence
+import warnings
 
 import numpy as np
 
@@ -26,8 +27,10 @@ def check_batch(images, *, name: str = 'images', channels: Sequence[int] = (3,))
 
 
 def read_image(path: str | os.PathLike, *, mode: str = 'RGB') -> np.ndarray:
-  """Reads an image file as `[H, W, C]` uint8 (`mode` 'RGB', 'L' or 'RGBA').
+  """Reads an image file as `[H, W, C]` uint8 (`mode` 'RGB', 'L' or 'RGBA'), shown upright.
 
+  The EXIF orientation is applied (see `exif_upright`), as OpenCV's imread does, so `H` and
+  `W` are those of the image as viewers show it.
   Raises `UserInputError` naming the file if it is missing, truncated or not an image.
   """
   from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
@@ -35,13 +38,73 @@ def read_image(path: str | os.PathLike, *, mode: str = 'RGB') -> np.ndarray:
   try:
     with Image.open(path) as im:
       im.load()
-      converted = _to_8_bit(im, path).convert(mode)
+      # Turned after the conversion: _to_8_bit needs the file's format, which a turned copy
+      # lacks, and turning fewer bytes is cheaper.
+      converted = exif_upright(im, path, _to_8_bit(im, path).convert(mode))
   except FileNotFoundError:
     raise FileNotFoundError(f'{path}: no such image file.') from None
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise UserInputError(f'{path}: not a readable image ({e}).') from None
   array = np.asarray(converted, dtype=np.uint8)
   return array[..., None] if array.ndim == 2 else array
+
+
+def _upright_transposes():
+  """EXIF Orientation value -> the Pillow transpose that shows the stored pixels upright.
+
+  The EXIF (TIFF tag 274) value says which side of the picture as shown the stored row 0 and
+  column 0 are; 1 (row 0 top, column 0 left) needs nothing.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  t = Image.Transpose
+  return {
+      2: t.FLIP_LEFT_RIGHT,  # Row 0 top, column 0 right: mirrored left to right.
+      3: t.ROTATE_180,       # Row 0 bottom, column 0 right.
+      4: t.FLIP_TOP_BOTTOM,  # Row 0 bottom, column 0 left: mirrored top to bottom.
+      5: t.TRANSPOSE,        # Row 0 left, column 0 top: rows and columns swapped.
+      6: t.ROTATE_270,       # Row 0 right, column 0 top: turn 90 degrees clockwise.
+      7: t.TRANSVERSE,       # Row 0 right, column 0 bottom: swapped about the other diagonal.
+      8: t.ROTATE_90,        # Row 0 left, column 0 bottom: turn 90 degrees anticlockwise.
+  }
+
+
+def exif_upright(im, path: str, image=None):
+  """`image` (default: `im`) transposed as the EXIF Orientation tag of `im` says.
+
+  Phones and cameras store pixels as the sensor read them and record in the tag how to show
+  them; OpenCV's imread and Hugging Face's loaders apply it, Pillow's `Image.open` does not.
+  Every reader of user image files goes through here so that they agree.
+
+  Args:
+    im: the image as opened from the file `path` (Pillow), loaded: PNG keeps an eXIf chunk
+      that follows the pixel data only once it is loaded. Its tag is read.
+    path: the file, for the warning below.
+    image: the Pillow image to turn, `[H, W]` pixels decoded from `im` (converted in mode or
+      bit depth, not resized); `im` itself if None.
+
+  Returns:
+    `image` itself when there is nothing to do (no tag, value 1, or an invalid value, which
+    OpenCV also shows as stored): no copy, since training decodes image folders every step.
+    Else a transposed copy; for values 5-8 it is `[W, H]`.
+    An EXIF block that cannot be parsed leaves the pixels as stored, with a warning naming
+    the file: the pixels themselves decode fine and viewers show them, so refusing the file
+    (and stopping a training run at it) would help no one.
+  """
+  image = im if image is None else image
+  try:
+    # Cheap without EXIF: a lookup in `im.info`. Pillow applies TIFF's orientation itself
+    # when it loads the file and then drops the tag, so TIFFs are not turned twice. Pillow
+    # also takes the tag from XMP (tiff:Orientation) when EXIF lacks it, as Hugging Face does.
+    orientation = im.getexif().get(0x0112, 1)
+  except Exception as e:  # pylint: disable=broad-except
+    # Pillow's EXIF parser raises SyntaxError, struct.error and others on damaged blocks;
+    # recorded as a warning, and the read goes on as OpenCV's does.
+    warnings.warn(f'{path}: EXIF block unreadable ({type(e).__name__}: {e}); using the '
+                  'pixels as stored, not turned.', stacklevel=2)
+    return image
+  if not isinstance(orientation, int) or not 2 <= orientation <= 8:
+    return image
+  return image.transpose(_upright_transposes()[orientation])
 
 
 # Pillow keeps 16-bit grey samples as mode 'I;16*' (PNG, TIFF) or 'I' (PNG, PGM), and its

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from vision_core.errors import UserInputError
-from vision_core.images import list_images
+from vision_core.images import exif_upright, list_images
 
 # What happens to each file mode (stated in the report).
 COLOUR_NOTE = ('RGB images are used as stored (8 bits per channel, values 0-255). Grey images '
@@ -36,12 +36,17 @@ class Pair:
 
 
 def read_for_metrics(path: str) -> tuple[np.ndarray, list[str]]:
-  """An image file as `[H, W, C]` uint8 with C in (1, 3), and notes on what was changed."""
+  """An image file as `[H, W, C]` uint8 with C in (1, 3), and notes on what was changed.
+
+  The EXIF orientation is applied, as in `vision_core.images.read_image`, so an original and
+  its reconstruction are compared as viewers show them.
+  """
   from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
   notes = []
   try:
-    with Image.open(path) as im:
-      im.load()
+    with Image.open(path) as opened:
+      opened.load()
+      im = exif_upright(opened, path)  # Same mode, palette and info; only turned.
       mode = im.mode
       if mode == 'F':  # 32-bit float images (TIFF): check, then take them as 0-255 values.
         values = np.asarray(im, np.float32)

@@ -86,6 +86,8 @@ def markdown(pairs, cols, fids, info) -> str:
             f'- Values: 8-bit levels 0-255; SSIM (Gaussian window 11, sigma 1.5, K1 0.01, '
             'K2 0.03), PSNR and MSE with data_range 255, per image over all channels.',
             f'- Colour: {assess_io.COLOUR_NOTE}',
+            '- Orientation: each file is turned upright by its EXIF orientation tag, as '
+            "OpenCV's imread does.",
             f'- ViT-Score: top-{info["k"]} classes of {info["model"]} ({info["num_classes"]} '
             f'classes, checkpoint `{info["checkpoint"]}`) for the original and the '
             f'reconstruction, shared / {info["k"]}; chance level {info["k"]}/'
