@@ -25,7 +25,7 @@ from gan_jax import fileformat, generators, latent_search, report
 from vision_core import images as images_lib
 from vision_core import mesh as mesh_lib
 from vision_core.errors import UserInputError, cli_errors
-from vision_core.io import check_can_write
+from vision_core.io import check_can_write, path_arg
 
 SUFFIX = '.ganz'
 _WEIGHTS = os.path.join(os.path.dirname(__file__), 'weights')
@@ -142,9 +142,10 @@ def compress(targets_uint8, generator: generators.Generator, *,
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='python -m gan_jax.compress', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('images', nargs='+', help='image files (PNG, JPEG, ...)')
-  p.add_argument('-o', '--output', required=True, help='output directory')
-  p.add_argument('--generator', default=DEFAULT_GENERATOR, help='generator checkpoint (.npz)')
+  p.add_argument('images', nargs='+', type=path_arg, help='image files (PNG, JPEG, ...)')
+  p.add_argument('-o', '--output', required=True, type=path_arg, help='output directory')
+  p.add_argument('--generator', default=DEFAULT_GENERATOR, type=path_arg,
+                 help='generator checkpoint (.npz)')
   p.add_argument('--quantization', default='8bit', help='float32, float16 or Kbit (1..16)')
   p.add_argument('--steps', type=int, default=500)
   p.add_argument('--restarts', type=int, default=4)
@@ -154,8 +155,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--resize', action='store_true', help='resize images to the generator size')
   p.add_argument('--perceptual-weight', type=float, default=0.0)
   p.add_argument('--vit-model', default='ViT-B_16', help='ViT for the perceptual term')
-  p.add_argument('--vit-checkpoint', help='ViT .npz for the perceptual term')
-  p.add_argument('--report', help='also write the per-image numbers as JSON here')
+  p.add_argument('--vit-checkpoint', type=path_arg, help='ViT .npz for the perceptual term')
+  p.add_argument('--report', type=path_arg,
+                 help='also write the per-image numbers as JSON here')
   p.add_argument('--force', action='store_true', help='overwrite existing outputs')
   return p
 

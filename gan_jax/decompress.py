@@ -18,7 +18,7 @@ import numpy as np
 from gan_jax import compress as compress_lib
 from gan_jax import fileformat, generators
 from vision_core.errors import UserInputError, cli_errors
-from vision_core.io import atomic_write, check_can_write
+from vision_core.io import atomic_write, check_can_write, path_arg
 
 
 def decompress(data: bytes, generator: generators.Generator, *,
@@ -46,9 +46,11 @@ def check_generator(item: fileformat.Compressed, generator: generators.Generator
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog='python -m gan_jax.decompress', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('files', nargs='+', help='.ganz files written by gan_jax.compress')
-  parser.add_argument('-o', '--output', required=True, help='output directory for PNGs')
-  parser.add_argument('--generator', default=compress_lib.DEFAULT_GENERATOR)
+  parser.add_argument('files', nargs='+', type=path_arg,
+                      help='.ganz files written by gan_jax.compress')
+  parser.add_argument('-o', '--output', required=True, type=path_arg,
+                      help='output directory for PNGs')
+  parser.add_argument('--generator', default=compress_lib.DEFAULT_GENERATOR, type=path_arg)
   parser.add_argument('--original-size', action='store_true',
                       help='resize (bicubic) to the size of the image that was compressed')
   parser.add_argument('--force', action='store_true', help='overwrite existing PNGs')

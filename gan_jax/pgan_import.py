@@ -28,6 +28,7 @@ import numpy as np
 
 from gan_jax import generators
 from vision_core.errors import UserInputError, cli_errors
+from vision_core.io import path_arg
 
 _KEY = re.compile(r'^(formatLayer|groupScale0\.0|scaleLayers\.(\d+)\.(\d+)|toRGBLayers\.(\d+))'
                   r'\.(weight|bias)$')
@@ -183,8 +184,8 @@ def import_pth(path: str | os.PathLike, *, which: str = 'avgG') -> generators.Ge
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog='python -m gan_jax.pgan_import', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('pth', help='pytorch_GAN_zoo checkpoint (.pth)')
-  parser.add_argument('output', help='our generator checkpoint to write (.npz)')
+  parser.add_argument('pth', type=path_arg, help='pytorch_GAN_zoo checkpoint (.pth)')
+  parser.add_argument('output', type=path_arg, help='our generator checkpoint to write (.npz)')
   parser.add_argument('--which', default='avgG', choices=('avgG', 'netG'),
                       help='the EMA generator (avgG, advised) or the raw one')
   parser.add_argument('--force', action='store_true', help='overwrite OUTPUT')

@@ -281,6 +281,7 @@ def main() -> None:
   from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from vision_core.errors import cli_errors  # pylint: disable=g-import-not-at-top
+  from vision_core import config_cli  # pylint: disable=g-import-not-at-top
   config_flag = config_flags.DEFINE_config_file(
       'config', default_config_path(), 'configs/study.py:PRESET (default: the default preset)',
       lock_config=True)
@@ -316,9 +317,11 @@ def main() -> None:
   with cli_errors('gan_jax.study'):
     app.define_help_flags()  # --help: this module's docstring and flags, as app.run would.
     try:
-      flags.FLAGS(sys.argv)
+      flags.FLAGS(config_cli.expand_config_spec(sys.argv))
     except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
       raise UserInputError(f'bad command line: {e}') from None
+    # `--out=~/x`, `--config.images=~/a.png,~/b`: the shell left those `~` to us.
+    config_cli.expand_user_flags(('out',), comma_lists=('images',))
   logging.set_verbosity(logging.WARNING)  # not JAX's backend-probing INFO lines
   app.run(_main, argv=[sys.argv[0]], flags_parser=lambda argv: argv)
 

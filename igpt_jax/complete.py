@@ -61,10 +61,12 @@ def _check_args(args: argparse.Namespace, model) -> int:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog='igpt_jax.complete', description=__doc__.split('\n')[0])
-  parser.add_argument('--params', required=True, help='.npz, TF checkpoint or safetensors')
-  parser.add_argument('--palette', required=True, help='[512, 3] .npy palette')
+  parser.add_argument('--params', required=True, type=io.path_arg,
+                      help='.npz, TF checkpoint or safetensors')
+  parser.add_argument('--palette', required=True, type=io.path_arg,
+                      help='[512, 3] .npy palette')
   source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument('--images', help='folder of images to complete')
+  source.add_argument('--images', type=io.path_arg, help='folder of images to complete')
   source.add_argument('--unconditional', type=int, help='number of unconditional samples')
   parser.add_argument('--size', type=int, default=None,
                       help="image side in pixels; default: the model's (sqrt of n_ctx)")
@@ -74,7 +76,7 @@ def main(argv=None) -> None:
   parser.add_argument('--top_k', type=int, default=0)
   parser.add_argument('--top_p', type=float, default=1.0)
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--out', required=True, help='PNG to write')
+  parser.add_argument('--out', required=True, type=io.path_arg, help='PNG to write')
   parser.add_argument('--force', action='store_true', help='overwrite --out')
   args = parser.parse_args(argv)
   with cli_errors('igpt_jax.complete'):

@@ -162,16 +162,20 @@ def _check_args(args: argparse.Namespace, outputs: dict[str, str]) -> None:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog='igpt_jax.probe', description=__doc__.split('\n')[0])
-  parser.add_argument('--params', required=True, help='.npz, TF checkpoint or safetensors')
-  parser.add_argument('--palette', required=True, help='[512, 3] .npy palette')
-  parser.add_argument('--dataset', required=True, help='image folder or TFDS name')
+  parser.add_argument('--params', required=True, type=io.path_arg,
+                      help='.npz, TF checkpoint or safetensors')
+  parser.add_argument('--palette', required=True, type=io.path_arg,
+                      help='[512, 3] .npy palette')
+  parser.add_argument('--dataset', required=True, type=io.path_arg,
+                      help='image folder or TFDS name')
   parser.add_argument('--image_size', type=int, default=32)
   parser.add_argument('--train_examples', type=int, default=10_000, help='0: all')
   parser.add_argument('--test_examples', type=int, default=10_000, help='0: all')
   parser.add_argument('--l2', type=float, nargs='+', default=[1e-4, 1e-3, 1e-2, 1e-1],
                       help='L2 strengths tried (chosen on a held-out tenth of train)')
   parser.add_argument('--steps', type=int, default=300, help='L-BFGS iterations per fit')
-  parser.add_argument('--out', required=True, help='directory for probe.json / .md / .png')
+  parser.add_argument('--out', required=True, type=io.path_arg,
+                      help='directory for probe.json / .md / .png')
   parser.add_argument('--force', action='store_true', help='overwrite existing outputs')
   args = parser.parse_args(argv)
   with cli_errors('igpt_jax.probe'):

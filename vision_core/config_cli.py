@@ -5,6 +5,11 @@ absl flags. absl reports a misspelt override, a config file that rejects its arg
 missing file with a traceback of its loader; `run` parses the flags first and turns each into
 one line: the list of valid fields (with the closest matches), the config file's own
 complaint, or the missing path.
+
+A shell expands `~` only at the start of a word, so `--workdir=~/runs`,
+`--config=~/my.py:ARG` and `--config.dataset=~/data` arrive with a literal `~`; `parse_flags`
+expands those (`vision_core.io.expand_user`) in the path flags, the config file's path and
+every string field of the loaded config.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 from absl import app, flags, logging
 
+from vision_core import io
 from vision_core.errors import UserInputError, cli_errors
 
 
@@ -74,11 +80,63 @@ def config_without_overrides(argv: list[str]) -> Any:
   return module.get_config(config_arg) if config_arg else module.get_config()
 
 
-def parse_flags(argv: list[str], *, example: str) -> None:
+def expand_config_spec(argv: list[str]) -> list[str]:
+  """`argv` with a leading `~` of the config file in `--config=FILE:ARG` expanded.
+
+  (`--config FILE:ARG`, two words, was expanded by the shell already, unless quoted.)
+  """
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith('--config=~'):
+      out[i] = '--config=' + io.expand_user(arg[len('--config='):], name='--config')
+    elif arg == '--config' and i + 1 < len(out) and out[i + 1].startswith('~'):
+      out[i + 1] = io.expand_user(out[i + 1], name='--config')
+  return out
+
+
+def expand_user_fields(config, *, comma_lists: tuple[str, ...] = (),
+                       prefix: str = '') -> None:
+  """Expands a leading `~` (`io.expand_user`) in every string field of `config`, in place.
+
+  Every field whose value starts with `~` is taken for a path, whatever its name: no other
+  kind of value (a model or TFDS name, a preprocessing spec, an optimizer) starts with `~`,
+  and so no path field can be forgotten (dataset, tfds_data_dir, pretrained, init_from,
+  palette, fid_vit_checkpoint, ...). Fields named in `comma_lists` (dotted names) hold
+  comma-separated paths, each expanded. Fields without a `~` are left as they are.
+  """
+  for key, value in config.items():
+    name = f'{prefix}{key}'
+    if hasattr(value, 'items'):
+      expand_user_fields(value, comma_lists=comma_lists, prefix=name + '.')
+    elif isinstance(value, str) and '~' in value:
+      entries = value.split(',') if name in comma_lists else [value]
+      expanded = ','.join(io.expand_user(e.strip(), name=f'config.{name}')
+                          if e.strip().startswith('~') else e for e in entries)
+      if expanded != value:
+        config[key] = expanded
+
+
+def expand_user_flags(path_flags: tuple[str, ...], *,
+                      comma_lists: tuple[str, ...] = ()) -> None:
+  """After parsing: expands a leading `~` in the parsed string flags `path_flags` (e.g.
+  `--workdir`) and in the fields of the `--config` ConfigDict (`expand_user_fields`)."""
+  for name in path_flags:
+    if name in flags.FLAGS and isinstance(flags.FLAGS[name].value, str):
+      flags.FLAGS[name].value = io.expand_user(flags.FLAGS[name].value, name=f'--{name}')
+  config = flags.FLAGS['config'].value if 'config' in flags.FLAGS else None
+  if hasattr(config, 'items'):
+    expand_user_fields(config, comma_lists=comma_lists)
+
+
+def parse_flags(argv: list[str], *, example: str,
+                path_flags: tuple[str, ...] = ('workdir',)) -> None:
   """Parses `argv` into absl's flags; a bad command line is a one-line `UserInputError`.
 
-  `example` is a valid `FILE:ARG` for the message about a missing config file.
+  `example` is a valid `FILE:ARG` for the message about a missing config file. A leading `~`
+  is expanded in the config file's path, in the string flags `path_flags` and in every
+  string field of the config (`expand_user_flags`).
   """
+  argv = expand_config_spec(argv)
   spec = config_spec(argv[1:])
   config_path = spec.partition(':')[0] if spec else None
   if config_path and not os.path.isfile(config_path):
@@ -102,6 +160,7 @@ def parse_flags(argv: list[str], *, example: str) -> None:
     if config is not None:
       check_overrides(argv[1:], config)
     raise UserInputError(f'bad command line: {e}') from None
+  expand_user_flags(path_flags)
 
 
 def run(main: Callable[[list[str]], Any], *, prog: str, example: str) -> None:

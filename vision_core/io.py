@@ -14,6 +14,7 @@ strings here (`join`, `abspath`, ...), so everything that prints or records them
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import importlib.util
@@ -43,6 +44,46 @@ def is_uri(path: str | os.PathLike) -> bool:
     raise UserInputError(f'{os.fspath(path)}: unsupported URI scheme {match.group(1)!r}; '
                          f'expected a local path or one of {", ".join(CLOUD_SCHEMES)}://.')
   return True
+
+
+def expand_user(path: str | os.PathLike | None, *, name: str | None = None) -> str | None:
+  """`path` with a leading `~` or `~user` replaced by that home folder, as a shell would.
+
+  A shell expands `~` only at the start of a word, so `--workdir=~/runs`,
+  `--config.dataset=~/data` or a path in a config file reach us with a literal `~`, which
+  `open()` and `os.makedirs` would take as a folder named `~` in the current folder. Only
+  the entry points that take a user's text call this (command lines, their configs); library
+  functions take paths literally, as `open()`, numpy and PIL do.
+
+  None, '' and anything not starting with `~` come back unchanged: URIs (a `scheme://` never
+  starts with `~`) and a `~` inside a path (`a/~b`), which no shell expands either. Raises
+  `UserInputError` when `~user` names no user (or `~` has no home folder) rather than create
+  that literal folder; `name` is how the message calls the path (a flag, a config field).
+  """
+  if path is None:
+    return None
+  text = os.fspath(path)
+  if not text.startswith('~'):
+    return text
+  expanded = os.path.expanduser(text)
+  if expanded.startswith('~'):
+    head = text.split('/', 1)[0]
+    raise UserInputError(f'{f"{name}=" if name else ""}{text}: cannot expand {head}: '
+                         'no such user or home folder; expected ~/PATH, ~USER/PATH of an '
+                         f'existing user, or ./{text} for a local file named so.')
+  return expanded
+
+
+def path_arg(text: str) -> str:
+  """`type=` of argparse path arguments: `expand_user(text)`.
+
+  argparse reports a failure as `argument --FLAG: message` (exit status 2), so the message
+  names the flag; a ValueError would become "invalid path_arg value" instead.
+  """
+  try:
+    return expand_user(text)
+  except UserInputError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # The package fsspec needs per scheme (epath uses fsspec unless TensorFlow is installed).

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 from vision_core.errors import UserInputError, cli_errors
-from vision_core.io import atomic_write, check_can_write
+from vision_core.io import atomic_write, check_can_write, path_arg
 from vit_jax import assess_io
 
 OUTPUTS = ('report.md', 'report.csv', 'report.png')
@@ -111,20 +111,23 @@ def load_classifier(path: str, model_name: str | None):
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(prog='vit_jax.assess', description=__doc__.split('\n')[0])
-  parser.add_argument('--originals', required=True, help='folder of original images')
-  parser.add_argument('--reconstructions', required=True,
+  parser.add_argument('--originals', required=True, type=path_arg, help='folder of original images')
+  parser.add_argument('--reconstructions', required=True, type=path_arg,
                       help='folder of reconstructions, same file names (any extension)')
-  parser.add_argument('--checkpoint', required=True, help='ViT classifier .npz (official layout)')
+  parser.add_argument('--checkpoint', required=True, type=path_arg,
+                      help='ViT classifier .npz (official layout)')
   parser.add_argument('--model', help='model name (e.g. ViT-B_16); default: the model.json '
                       'beside the checkpoint, else inferred from its shapes')
-  parser.add_argument('--compressed', help='folder of compressed files, same names')
-  parser.add_argument('--out', default='assessment', help='output folder (default: assessment)')
+  parser.add_argument('--compressed', type=path_arg, help='folder of compressed files, same names')
+  parser.add_argument('--out', default='assessment', type=path_arg,
+                      help='output folder (default: assessment)')
   parser.add_argument('--resize', action='store_true',
                       help='resize reconstructions of another size to the original (bicubic)')
   parser.add_argument('--force', action='store_true', help='overwrite existing reports')
   parser.add_argument('--k', type=int, default=100, help='top-k classes of the ViT-Score')
-  parser.add_argument('--brisque-model', help='BRISQUE SVR model (OpenCV YAML or libsvm)')
-  parser.add_argument('--brisque-range', help='BRISQUE feature range file')
+  parser.add_argument('--brisque-model', type=path_arg,
+                      help='BRISQUE SVR model (OpenCV YAML or libsvm)')
+  parser.add_argument('--brisque-range', type=path_arg, help='BRISQUE feature range file')
   args = parser.parse_args(argv)
   if bool(args.brisque_model) != bool(args.brisque_range):
     raise UserInputError('--brisque-model and --brisque-range go together (the SVR model and '

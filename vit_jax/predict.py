@@ -121,14 +121,18 @@ def predict(paths: list[str], *, model, params, resolution: int, top: int = 5,
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog='vit_jax.predict', description=__doc__.split('\n')[0])
-  parser.add_argument('inputs', nargs='+', help='image files and/or folders of images')
-  parser.add_argument('--checkpoint', required=True, help='.npz (official layout)')
+  parser.add_argument('inputs', nargs='+', type=io.path_arg,
+                      help='image files and/or folders of images')
+  parser.add_argument('--checkpoint', required=True, type=io.path_arg,
+                      help='.npz (official layout)')
   parser.add_argument('--model', help='zoo name, e.g. ViT-B_16 (default: from model.json)')
   parser.add_argument('--resolution', type=int, help='input size (default: model.json or 224)')
-  parser.add_argument('--labels', help='imagenet2012 | cifar10 | cifar100 | a text file')
+  parser.add_argument('--labels', type=io.path_arg,
+                      help='imagenet2012 | cifar10 | cifar100 | a text file')
   parser.add_argument('--top', type=int, default=5)
   parser.add_argument('--batch', type=int, default=32)
-  parser.add_argument('--csv', help='also write file,rank,class_index,label,probability rows')
+  parser.add_argument('--csv', type=io.path_arg,
+                      help='also write file,rank,class_index,label,probability rows')
   parser.add_argument('--force', action='store_true', help='overwrite an existing --csv')
   args = parser.parse_args(argv)
   with cli_errors('vit_jax.predict'):

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vision_core import npz
+from vision_core import io, npz
 from vision_core.errors import UserInputError, cli_errors
 from vit_jax.metrics import inception
 
@@ -107,7 +107,7 @@ def load_inception(path: str | os.PathLike):
 
 def main(argv: list[str]) -> None:
   """`python -m vit_jax.metrics.inception_import IN.pth OUT.npz [--force]`."""
-  args = [a for a in argv if a != '--force']
+  args = [io.expand_user(a) for a in argv if a != '--force']  # quoted '~/x' too
   if len(args) != 2:
     raise UserInputError('usage: python -m vit_jax.metrics.inception_import IN.pth OUT.npz '
                          '[--force]')
