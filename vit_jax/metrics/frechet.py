@@ -33,13 +33,63 @@ from vision_core import io as io_lib
 from vision_core.errors import UserInputError
 
 
-def _as_float64(x, name: str, ndim: int) -> np.ndarray:
+# Tolerances of the covariance checks, relative to the matrix's scale. Float rounding stays
+# far below them (float64 covariances: ~1e-15; float32-rounded or float32-computed ones,
+# rank-deficient included: ~1e-7, measured on 2048-d features), while a matrix that is not a
+# covariance (a feature array, a corrupted or mis-keyed file) violates them by O(1).
+SYMMETRY_RTOL = 1e-5
+PSD_RTOL = 1e-5
+
+
+def _as_float64(x, name: str, ndim: int, where: str = 'frechet_distance') -> np.ndarray:
+  try:
+    dtype = np.asarray(x).dtype
+  except (TypeError, ValueError):
+    dtype = np.dtype(object)
+  if dtype.kind not in 'biuf':
+    raise UserInputError(f'{where}: {name} must be real numbers, got dtype {dtype}.')
   x = np.asarray(x, dtype=np.float64)
   if x.ndim != ndim:
-    raise UserInputError(f'frechet_distance: {name} must have {ndim} axes, got shape {x.shape}.')
+    want = '[d]' if ndim == 1 else '[d, d]'
+    raise UserInputError(
+        f'{where}: {name} must have {ndim} axes ({want}), got shape {x.shape}.')
   if not np.isfinite(x).all():
-    raise UserInputError(f'frechet_distance: {name} contains NaN or infinite values.')
+    raise UserInputError(f'{where}: {name} contains NaN or infinite values.')
   return x
+
+
+def check_covariance(sigma: np.ndarray, name: str, where: str = 'frechet_distance'
+                     ) -> np.ndarray | None:
+  """Raises `UserInputError` unless finite float64 `[d, d]` `sigma` is a covariance.
+
+  Symmetric: max |S - S^T| <= SYMMETRY_RTOL * max |S|. Positive semi-definite: smallest
+  eigenvalue >= -PSD_RTOL * largest |eigenvalue|; rank-deficient covariances (fewer samples
+  than dimensions) and rounding-level negative eigenvalues pass.
+
+  Returns the Cholesky factor of the symmetrised matrix when it has one (it is then positive
+  definite and no eigenvalues are needed), else None.
+  """
+  if sigma.ndim != 2 or sigma.shape[0] != sigma.shape[1]:
+    raise UserInputError(f'{where}: {name} must be a square [d, d] matrix, got {sigma.shape}.')
+  scale = np.abs(sigma).max(initial=0.0)
+  asymmetry = np.abs(sigma - sigma.T).max(initial=0.0)
+  if asymmetry > SYMMETRY_RTOL * scale:
+    raise UserInputError(
+        f'{where}: {name} is not a covariance matrix: not symmetric (max |S - S^T| = '
+        f'{asymmetry:.3g}, max |S| = {scale:.3g}).')
+  sym = 0.5 * (sigma + sigma.T)
+  try:
+    return np.linalg.cholesky(sym)
+  except np.linalg.LinAlgError:
+    pass
+  # Singular or indefinite: only here are eigenvalues needed (~0.5 s at d = 2048).
+  w = np.linalg.eigvalsh(sym)
+  largest = np.abs(w).max(initial=0.0)
+  if w.size and w[0] < -PSD_RTOL * largest:
+    raise UserInputError(
+        f'{where}: {name} is not a covariance matrix: not positive semi-definite (smallest '
+        f'eigenvalue {w[0]:.3g}, largest magnitude {largest:.3g}).')
+  return None
 
 
 def psd_factor(sigma: np.ndarray, *, cholesky: bool = True) -> np.ndarray:
@@ -65,15 +115,17 @@ def psd_factor(sigma: np.ndarray, *, cholesky: bool = True) -> np.ndarray:
   return factor
 
 
-def trace_sqrt_product(sigma1, sigma2, *, cholesky: bool = True) -> float:
+def trace_sqrt_product(sigma1, sigma2, *, cholesky: bool = True, factor1=None) -> float:
   """tr((S1 S2)^(1/2)) for symmetric PSD `[d, d]` matrices, via symmetric eigenvalues.
 
   With S1 = a a^T, the eigenvalues of S1 S2 are those of the symmetric PSD a^T S2 a, so only
-  the eigenvalues (no vectors) of one symmetric matrix are needed.
+  the eigenvalues (no vectors) of one symmetric matrix are needed. `factor1`: such an `a`
+  when already computed (e.g. by `check_covariance`).
   """
-  s1 = 0.5 * (sigma1 + sigma1.T)
   s2 = 0.5 * (sigma2 + sigma2.T)
-  a = psd_factor(s1, cholesky=cholesky)
+  a = factor1
+  if a is None:
+    a = psd_factor(0.5 * (sigma1 + sigma1.T), cholesky=cholesky)
   m = a.T @ s2 @ a
   m = 0.5 * (m + m.T)
   return float(np.sqrt(np.clip(np.linalg.eigvalsh(m), 0.0, None)).sum())
@@ -90,6 +142,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
   Returns:
     The distance (FID when the features are Inception pool3), >= 0.
+
+  Raises:
+    UserInputError: naming the argument, for wrong shapes, NaN/inf values, or a sigma that
+      is not a covariance (see `check_covariance` for the tolerances).
   """
   mu1, mu2 = _as_float64(mu1, 'mu1', 1), _as_float64(mu2, 'mu2', 1)
   sigma1, sigma2 = _as_float64(sigma1, 'sigma1', 2), _as_float64(sigma2, 'sigma2', 2)
@@ -99,9 +155,11 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     if shape != want:
       raise UserInputError(
           f'frechet_distance: {name} has shape {shape}, expected {want} to match mu1 {(d,)}.')
+  factor1 = check_covariance(sigma1, 'sigma1')
+  check_covariance(sigma2, 'sigma2')
   diff = mu1 - mu2
   value = (diff @ diff + np.trace(sigma1) + np.trace(sigma2)
-           - 2.0 * trace_sqrt_product(sigma1, sigma2))
+           - 2.0 * trace_sqrt_product(sigma1, sigma2, factor1=factor1))
   return max(float(value), 0.0)
 
 
@@ -189,7 +247,11 @@ class GaussianStats:
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> 'GaussianStats':
-    """Reads an .npz with `mu` and `sigma` (ours, or pytorch-fid's precomputed statistics)."""
+    """Reads an .npz with `mu` and `sigma` (ours, or pytorch-fid's precomputed statistics).
+
+    Raises `UserInputError` naming the file (and key) when a key is missing or holds
+    something other than a finite `[d]` mean and a `[d, d]` covariance (symmetric PSD).
+    """
     path = os.fspath(path)
     with np.load(io_lib.readable(path), allow_pickle=False) as data:
       missing = [k for k in ('mu', 'sigma') if k not in data.files]
@@ -197,18 +259,35 @@ class GaussianStats:
         raise UserInputError(
             f'{path}: FID statistics need keys mu and sigma; missing {missing}, found '
             f'{sorted(data.files)}.')
-      mu, sigma = data['mu'].astype(np.float64), data['sigma'].astype(np.float64)
-      count = int(data['count']) if 'count' in data.files else 0
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0],) * 2:
+      mu, sigma = _read_key(data, 'mu', path), _read_key(data, 'sigma', path)
+      count = _read_key(data, 'count', path) if 'count' in data.files else np.asarray(0)
+    mu = _as_float64(mu, 'key mu', 1, path)
+    sigma = _as_float64(sigma, 'key sigma', 2, path)
+    if sigma.shape != (mu.shape[0],) * 2:
       raise UserInputError(
           f'{path}: mu must be [d] and sigma [d, d], got {mu.shape} and {sigma.shape}.')
+    check_covariance(sigma, 'key sigma', path)
+    if count.shape != () or count.dtype.kind not in 'iu' or int(count) < 0:
+      raise UserInputError(
+          f'{path}: key count must be a non-negative integer, got {count.dtype} {count!r}.')
     stats = cls(mu.shape[0])
     stats._mean = mu
+    count = int(count)
     if count >= 2:
       stats.count, stats._scatter = count, sigma * (count - 1)
     else:
       stats.count, stats._loaded_cov = count, sigma
     return stats
+
+
+def _read_key(data, key: str, path: str) -> np.ndarray:
+  """`data[key]`, turning numpy's pickle refusal into a message naming file and key."""
+  try:
+    return data[key]
+  except ValueError as e:  # an object array: numpy refuses to unpickle it (allow_pickle=False)
+    raise UserInputError(
+        f'{path}: key {key} holds Python objects (pickled), not a numeric array; it is not '
+        f'loaded for safety ({e}).') from None
 
 
 def _no_count_error() -> UserInputError:
