@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
 
 from vision_core.errors import UserInputError
@@ -37,6 +38,8 @@ def check_pair(a, b, *, metric: str, min_size: int = 1) -> tuple[int, int, int, 
         f'{metric}: a and b must have the same shape [B, H, W, C], got {sa} and {sb}.')
   if sa[0] == 0:
     raise UserInputError(f'{metric}: empty batch (shape {sa}).')
+  if sa[-1] == 0:
+    raise UserInputError(f'{metric}: images have no channels (shape {sa}); expected C >= 1.')
   for name, x in (('a', a), ('b', b)):
     # Host arrays are checked here, before any compilation; device arrays inside the jitted
     # metric (`raise_if_not_finite`), so that they are not copied back to the host.
@@ -51,6 +54,8 @@ def check_pair(a, b, *, metric: str, min_size: int = 1) -> tuple[int, int, int, 
 
 def check_data_range(data_range, *, metric: str) -> float:
   """The value range (max - min) of the images, e.g. 255.0 for uint8 or 1.0 for [0, 1]."""
+  if isinstance(data_range, (bool, np.bool_)):  # float(True) would silently give 1.0
+    raise UserInputError(f'{metric}: data_range must be a number, got {data_range!r}.')
   try:
     value = float(data_range)
   except (TypeError, ValueError):
@@ -69,3 +74,25 @@ def raise_if_not_finite(finite, *, metric: str) -> None:
   for name, ok in zip(('a', 'b'), finite):
     if not ok:
       raise UserInputError(f'{metric}: {name} contains NaN or infinite values.')
+
+
+# Reconstructions may overshoot the nominal range a little (unclipped decoder output); a
+# span this much wider than data_range means the range is wrong (uint8 levels with 1.0).
+SPAN_SLACK = 1.5
+
+
+def check_span(a, b, data_range: float, *, metric: str) -> None:
+  """Raises when the values of a and b together span far more than `data_range`.
+
+  Host arrays are reduced with numpy; JAX arrays on their devices (two scalars come back).
+  NaNs compare false here and are reported by the finiteness checks instead.
+  """
+  lo, hi = math.inf, -math.inf
+  for x in (a, b):
+    xp = np if isinstance(x, np.ndarray) else jnp
+    lo, hi = min(lo, float(xp.min(x))), max(hi, float(xp.max(x)))
+  if hi - lo > SPAN_SLACK * data_range:
+    raise UserInputError(
+        f'{metric}: the values of a and b span [{lo:g}, {hi:g}], far wider than '
+        f'data_range={data_range:g}; pass the width of the images\' value range (255.0 for '
+        'uint8 or [0, 255] images, 1.0 for [0, 1] floats).')

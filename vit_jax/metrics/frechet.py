@@ -183,7 +183,7 @@ class GaussianStats:
 
   def update(self, features) -> 'GaussianStats':
     """Adds `[n, d]` feature rows (any float dtype)."""
-    x = np.asarray(features, dtype=np.float64)
+    x = _as_float64(features, 'features', np.ndim(features), 'GaussianStats.update')
     if x.ndim != 2:
       raise UserInputError(f'GaussianStats.update: features must be [n, d], got shape {x.shape}.')
     if self.dim is not None and x.shape[1] != self.dim:

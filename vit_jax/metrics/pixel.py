@@ -130,6 +130,7 @@ def psnr(a, b, *, data_range: float) -> jax.Array:
   """
   data_range = checks.check_data_range(data_range, metric='psnr')
   checks.check_pair(a, b, metric='psnr')
+  checks.check_span(a, b, data_range, metric='psnr')
   scaled, scale, finite = _parts(a, b)
   checks.raise_if_not_finite(finite, metric='psnr')
   return _psnr_from_parts(scaled, scale, data_range)

@@ -123,6 +123,7 @@ def ssim(a, b, data_range: float = 255.0) -> jax.Array:
   """
   data_range = checks.check_data_range(data_range, metric='ssim')
   checks.check_pair(a, b, metric='ssim', min_size=WINDOW)
+  checks.check_span(a, b, data_range, metric='ssim')
   values, finite = _ssim(a, b, data_range, batching.data_axis(a))
   checks.raise_if_not_finite(finite, metric='ssim')
   return values
@@ -141,6 +142,7 @@ def ms_ssim(a, b, data_range: float = 255.0) -> jax.Array:
   """
   data_range = checks.check_data_range(data_range, metric='ms_ssim')
   checks.check_pair(a, b, metric='ms_ssim', min_size=MS_SSIM_MIN_SIZE)
+  checks.check_span(a, b, data_range, metric='ms_ssim')
   values, finite = _ms_ssim(a, b, data_range, batching.data_axis(a))
   checks.raise_if_not_finite(finite, metric='ms_ssim')
   return values

@@ -1,0 +1,58 @@
+"""Bad inputs to SSIM, MS-SSIM, PSNR and the FID helpers: a clear UserInputError, no NaN."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import skimage.metrics
+
+from vision_core.errors import UserInputError
+from vit_jax import metrics
+
+
+def _pair(dtype=np.uint8, size=24):
+  rng = np.random.default_rng(0)
+  a = rng.integers(0, 256, (2, size, size, 3)).astype(dtype)
+  b = np.clip(a.astype(int) + rng.integers(-9, 10, a.shape), 0, 255).astype(dtype)
+  return a, b
+
+
+@pytest.mark.parametrize('fn,size', [(metrics.ssim, 24), (metrics.ms_ssim, 176),
+                                     (metrics.psnr, 24)])
+def test_data_range_far_too_small_for_the_values(fn, size):
+  a, b = _pair(size=size)
+  # uint8 levels scored with data_range=1 gave SSIM ~0.01 without complaint.
+  with pytest.raises(UserInputError, match=r'span \[0, 255\].*data_range=1'):
+    fn(a, b, data_range=1.0)
+  with pytest.raises(UserInputError, match='data_range=1'):  # JAX arrays: checked on device
+    fn(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), data_range=1.0)
+  # A small overshoot of the range (an unclipped reconstruction) is still scored.
+  af = a / 255.0
+  fn(af, af * 1.02 - 0.01, data_range=1.0)
+
+
+def test_correct_data_range_still_matches_skimage():
+  a, b = _pair()
+  want = [skimage.metrics.structural_similarity(
+      x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255,
+      channel_axis=-1) for x, y in zip(a, b)]
+  np.testing.assert_allclose(np.asarray(metrics.ssim(a, b, data_range=255.0)), want,
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize('fn', [metrics.ssim, metrics.psnr])
+def test_boolean_data_range_is_refused(fn):
+  a, b = _pair()
+  with pytest.raises(UserInputError, match='data_range must be a number, got True'):
+    fn(a / 255.0, b / 255.0, data_range=True)
+
+
+@pytest.mark.parametrize('fn', [metrics.ssim, metrics.mse, metrics.pixel_row_fid])
+def test_images_without_channels_are_refused(fn):
+  a, _ = _pair()
+  with pytest.raises(UserInputError, match='no channels'):
+    fn(a[..., :0], a[..., :0])  # SSIM returned NaN, pixel_row_fid 0
+
+
+def test_non_numeric_features_are_refused():
+  with pytest.raises(UserInputError, match='GaussianStats.update: features must be real'):
+    metrics.GaussianStats().update(np.array([['a', 'b']]))
