@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vision_core.errors import UserInputError
+from vision_core.matmul import matmul
 
 Dtype = Any
 Cache = list  # One dict(k=[B, H, n_ctx, D/H], v=same) per layer.
@@ -131,14 +132,15 @@ class Mlp(nn.Module):
 
 
 class _Conv1d(nn.Module):
-  """The release's `conv1d`: a bias-free dense layer with weight `w [in, out]`."""
+  """The release's `conv1d`: a bias-free dense layer with weight `w [in, out]`, `[..., in]` ->
+  `[..., out]` (vision_core.matmul: its weight gradient copies the narrower operand)."""
   features: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     w = self.param('w', nn.initializers.normal(stddev=0.02), (x.shape[-1], self.features))
-    return x @ w.astype(self.dtype)
+    return matmul(x, w.astype(self.dtype))
 
 
 class Block(nn.Module):
