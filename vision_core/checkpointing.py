@@ -36,8 +36,8 @@ def abstract_like(tree: Any) -> Any:
 
 def _layout(state: dict[str, Any]) -> tuple[int, str]:
   """What a saved grain position (its parsed JSON) only fits: its worker count and sampler
-  class (checkpoints from before `GlobalBatchSampler` used grain's `IndexSampler`, the same
-  stream for one process without workers)."""
+  class (checkpoints from before `GlobalBatchSampler` used grain's `IndexSampler`: they
+  resume at their position, through `seek`, in the loader's own stream)."""
   return state.get('worker_count', 0), state.get('sampler', '').split('(')[0]
 
 

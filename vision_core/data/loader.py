@@ -51,15 +51,45 @@ def per_host_batch_size(global_batch_size: int, *, field: str = 'batch') -> int:
   return global_batch_size // hosts
 
 
+# A loader seed is an int in [0, 2**32) (the range grain's shuffle takes) or None.
+MAX_SEED = 2**32 - 1
+# The key word of `seed=None`: no int seed has it, so None never shares a stream with one.
+_NO_SEED_WORD = MAX_SEED + 1
+
+
+def check_seed(seed: int | None, *, field: str = 'seed') -> None:
+  """Raises UserInputError unless `seed` is None or an int in [0, 2**32)."""
+  if seed is None:
+    return
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+    raise UserInputError(f'{field}={seed!r}: expected an integer in [0, {MAX_SEED}] or None.')
+  if not 0 <= seed <= MAX_SEED:
+    raise UserInputError(f'{field}={seed}: expected an integer in [0, {MAX_SEED}] (the range '
+                         'of the data shuffle) or None.')
+
+
+def augmentation_rng(seed: int | None, position: int) -> np.random.Generator:
+  """The generator of the random ops of the record at global `position` of a loader's stream.
+
+  Philox's 128-bit key is the two 64-bit words [position, seed] (`seed=None`: 2**32, which no
+  int seed can be), so distinct (seed, position) pairs get distinct keys. Adding the seed to
+  the position, as grain's samplers do, made seed s at position g + 1 replay seed s + 1 at
+  position g: runs with adjacent seeds shared their augmentations, one record apart.
+  """
+  word = _NO_SEED_WORD if seed is None else int(seed)
+  return np.random.Generator(np.random.Philox(key=np.array([position, word], np.uint64)))
+
+
 class GlobalBatchSampler:
   """grain sampler for process `process_index` of `process_count`: rows
   `[p * b, (p + 1) * b)` of every global batch of `process_count * b` examples.
 
   The global stream is grain's seeded shuffle of `range(num_records)`, reshuffled every
   epoch (`seed=None`: in order), and record `g` of it gets the augmentation generator
-  `Philox(seed + g)` (`seed=None`: `Philox(g)`). So the global batches, and every random
-  crop and flip in them, depend neither on the number of processes nor on the number of
-  grain workers: one process without workers is exactly grain's `IndexSampler(shuffle=True)`.
+  `augmentation_rng(seed, g)`: Philox keyed by the pair (g, seed), so no two (seed, g)
+  pairs share a stream. So the global batches, and every random crop and flip in them,
+  depend neither on the number of processes nor on the number of grain workers: one process
+  without workers has the records of grain's `IndexSampler(shuffle=True)`.
 
   The stream holds whole global batches: with `pad_last` the last one is filled up with
   record 0 (positions >= `num_epochs * num_records`, for the caller to mask), else it is
@@ -70,6 +100,7 @@ class GlobalBatchSampler:
   def __init__(self, num_records: int, *, per_process_batch: int, seed: int | None,
                process_index: int = 0, process_count: int = 1, worker_count: int = 0,
                num_epochs: int | None = None, pad_last: bool = False):
+    check_seed(seed)
     records = grain.MapDataset.range(num_records)
     self._records = records if seed is None else records.shuffle(seed=seed)
     self._num_records, self._seed, self._batch = num_records, seed, per_process_batch
@@ -107,7 +138,7 @@ class GlobalBatchSampler:
     worker, nth = own % self._workers, own // self._workers
     worker_batch, row = divmod(nth, self._batch)
     position = self.positions(worker_batch * self._workers + worker, row)
-    rng = np.random.Generator(np.random.Philox(key=(self._seed or 0) + position))
+    rng = augmentation_rng(self._seed, position)
     # Positions past the data pad the last batch (with record 0), for the caller to mask.
     key = self._records[position] if position < self.num_positions else 0
     return grain.RecordMetadata(index=index, record_key=key, rng=rng)
