@@ -175,17 +175,16 @@ def test_train_loader_resumes_exactly_and_drops_remainder():
 def test_global_batches_do_not_depend_on_the_number_of_processes():
   """Process p of P feeds rows [p b, (p + 1) b) of every global batch: the P samplers' records
   (and augmentation generators), concatenated in process order, are those of one process.
-  One process has the records of grain's own seeded IndexSampler, and record g the
-  generator `augmentation_rng(seed, g)`."""
+  One process reads epoch e in grain's shuffle with seed `shuffle_seed(seed, e)`, and record
+  g with the generator `augmentation_rng(seed, g)`."""
   import grain.python as grain  # pylint: disable=g-import-not-at-top
   n, b, procs = 37, 2, 3
-  reference = grain.IndexSampler(num_records=n, shard_options=grain.NoSharding(), shuffle=True,
-                                 num_epochs=None, seed=5)
   one = data.GlobalBatchSampler(n, per_process_batch=procs * b, seed=5)
   def draws(meta):
     return meta.record_key, meta.rng.integers(1 << 30)
   global_stream = [draws(one[i]) for i in range(200)]  # 5 epochs, reshuffled each
-  assert global_stream == [(reference[g].record_key,
+  orders = [grain.MapDataset.range(n).shuffle(seed=loader.shuffle_seed(5, e)) for e in range(6)]
+  assert global_stream == [(orders[g // n][g % n],
                             loader.augmentation_rng(5, g).integers(1 << 30)) for g in range(200)]
   assert sorted(k for k, _ in global_stream[:n]) == list(range(n))
   assert [k for k, _ in global_stream[:n]] != [k for k, _ in global_stream[n:2 * n]]

@@ -58,3 +58,27 @@ def test_seeds_outside_the_shuffle_range_are_named(seed):
 def test_largest_seed_is_accepted():
   sampler = data.GlobalBatchSampler(10, per_process_batch=2, seed=2**32 - 1)
   assert sorted(sampler[g].record_key for g in range(10)) == list(range(10))
+
+
+def test_adjacent_seeds_do_not_share_epoch_orders():
+  """grain shuffles epoch e of `shuffle(seed)` with seed + e: seed s's second epoch was
+  seed s + 1's first, so runs with adjacent seeds saw the same orders one epoch apart."""
+  n = 30
+  orders = {}
+  for s in range(4):
+    sampler = data.GlobalBatchSampler(n, per_process_batch=5, seed=s)
+    keys = [sampler[g].record_key for g in range(5 * n)]
+    for e in range(5):
+      assert sorted(keys[e * n:(e + 1) * n]) == list(range(n))  # each epoch: every record once
+      orders[s, e] = tuple(keys[e * n:(e + 1) * n])
+  assert len(set(orders.values())) == len(orders)
+
+
+def test_epoch_orders_do_not_depend_on_the_reading_order():
+  """The last epoch's shuffle is cached; reading positions out of order changes nothing."""
+  sampler = data.GlobalBatchSampler(11, per_process_batch=1, seed=9)
+  forward = [sampler[g].record_key for g in range(44)]
+  fresh = data.GlobalBatchSampler(11, per_process_batch=1, seed=9)
+  interleaved = [g for pair in zip(range(22), reversed(range(22, 44))) for g in pair]
+  read = {g: fresh[g].record_key for g in interleaved}  # epochs 0-1 and 2-3, alternately
+  assert forward == [read[g] for g in range(44)]

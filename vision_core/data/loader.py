@@ -80,16 +80,26 @@ def augmentation_rng(seed: int | None, position: int) -> np.random.Generator:
   return np.random.Generator(np.random.Philox(key=np.array([position, word], np.uint64)))
 
 
+def shuffle_seed(seed: int, epoch: int) -> int:
+  """The 32-bit seed of grain's shuffle of `epoch`: a hash of the pair (seed, epoch).
+
+  grain's own `MapDataset.shuffle(seed)` shuffles epoch e with seed + e, so seed s replayed
+  the orders of seed s + 1 one epoch late. Hashed pairs of 32 bits can still meet, but by
+  chance (about one pair of epochs in 2**32), not for every run with adjacent seeds.
+  """
+  return int(np.random.SeedSequence((int(seed), int(epoch))).generate_state(1)[0])
+
+
 class GlobalBatchSampler:
   """grain sampler for process `process_index` of `process_count`: rows
   `[p * b, (p + 1) * b)` of every global batch of `process_count * b` examples.
 
-  The global stream is grain's seeded shuffle of `range(num_records)`, reshuffled every
-  epoch (`seed=None`: in order), and record `g` of it gets the augmentation generator
-  `augmentation_rng(seed, g)`: Philox keyed by the pair (g, seed), so no two (seed, g)
-  pairs share a stream. So the global batches, and every random crop and flip in them,
-  depend neither on the number of processes nor on the number of grain workers: one process
-  without workers has the records of grain's `IndexSampler(shuffle=True)`.
+  The global stream is epoch after epoch of `range(num_records)`, epoch e shuffled by grain
+  with the seed `shuffle_seed(seed, e)` (`seed=None`: in order), and record `g` of it gets
+  the augmentation generator `augmentation_rng(seed, g)`. Both derive from the pair, never
+  from a sum, so runs with different seeds share neither orders nor augmentations. So the
+  global batches, and every random crop and flip in them, depend neither on the number of
+  processes nor on the number of grain workers.
 
   The stream holds whole global batches: with `pad_last` the last one is filled up with
   record 0 (positions >= `num_epochs * num_records`, for the caller to mask), else it is
@@ -101,8 +111,7 @@ class GlobalBatchSampler:
                process_index: int = 0, process_count: int = 1, worker_count: int = 0,
                num_epochs: int | None = None, pad_last: bool = False):
     check_seed(seed)
-    records = grain.MapDataset.range(num_records)
-    self._records = records if seed is None else records.shuffle(seed=seed)
+    self._epoch_records = (-1, None)  # (epoch, its shuffled records): the last one read
     self._num_records, self._seed, self._batch = num_records, seed, per_process_batch
     self._index, self._count = process_index, process_count
     self._workers = max(worker_count, 1)
@@ -140,8 +149,21 @@ class GlobalBatchSampler:
     position = self.positions(worker_batch * self._workers + worker, row)
     rng = augmentation_rng(self._seed, position)
     # Positions past the data pad the last batch (with record 0), for the caller to mask.
-    key = self._records[position] if position < self.num_positions else 0
+    key = self._record(position) if position < self.num_positions else 0
     return grain.RecordMetadata(index=index, record_key=key, rng=rng)
+
+
+  def _record(self, position: int) -> int:
+    """The record at global `position`: its epoch's permutation of the records."""
+    if self._seed is None:
+      return position % self._num_records
+    epoch, offset = divmod(int(position), self._num_records)
+    cached, records = self._epoch_records  # one read: grain may call from several threads
+    if cached != epoch:
+      records = grain.MapDataset.range(self._num_records).shuffle(
+          seed=shuffle_seed(self._seed, epoch))
+      self._epoch_records = (epoch, records)
+    return records[offset]
 
 
 def _finish_shared_memory_unlinks() -> None:
