@@ -28,6 +28,7 @@ def test_pixel_row_fid_is_the_frechet_distance_of_image_rows():
   # Full rank (more rows than values per row): equals the scipy sqrtm formulation.
   a = image[:120:2, :8]  # 60 rows of 8 x 3 = 24 values
   b = np.clip(a.astype(int) + np.random.default_rng(0).integers(-20, 20, a.shape), 0, 255)
+  b = b.astype(np.uint8)  # a uint8 / int64 pair is refused as mixed dtypes
   got = metrics.pixel_row_fid(a[None], b[None])
   assert got.shape == (1,)
   assert got[0] == pytest.approx(_scipy_fid_of_rows(a.reshape(60, 24), b.reshape(60, 24)),

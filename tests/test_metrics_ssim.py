@@ -159,7 +159,7 @@ def test_bad_input_is_a_clear_error(fn):
     fn(a, nan)  # numpy: caught on the host
   if fn is not metrics.ms_ssim:  # (a device-side check of MS-SSIM would need 176x176 images)
     with pytest.raises(UserInputError, match='a contains NaN'):
-      fn(jnp.asarray(nan[:, :12, :12]), jnp.asarray(a[:, :12, :12]))  # device: inside the jit
+      fn(jnp.asarray(nan[:, :12, :12]), jnp.asarray(a[:, :12, :12], jnp.float32))  # device
   with pytest.raises(UserInputError, match='empty batch'):
     fn(a[:0], a[:0])
 

@@ -69,6 +69,16 @@ def test_bad_k_and_shapes_are_rejected(tiny_vit):
     vit_score(nan, x.astype(np.float32), model, params, k=5)
 
 
+def test_mixed_dtypes_are_refused(tiny_vit):
+  model, params = tiny_vit
+  x = _images(0)
+  # A [0, 1] float reconstruction of uint8 originals was scored as a nearly black image.
+  with pytest.raises(UserInputError, match='original is uint8 but reconstruction is float64'):
+    vit_score(x, x / 255.0, model, params, k=5)
+  np.testing.assert_allclose(vit_score(x.astype(np.float32), x.astype(np.float64), model,
+                                       params, k=5), 1.0, atol=1e-6)
+
+
 def test_empty_batch_bad_sizes_and_wrong_resolution_are_clear_errors(tiny_vit):
   model, params = tiny_vit
   x = _images(0)

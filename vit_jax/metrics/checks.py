@@ -25,7 +25,7 @@ def check_pair(a, b, *, metric: str, min_size: int = 1) -> tuple[int, int, int, 
       hint = ' (a single image? add a batch axis: x[None])' if len(shape) == 3 else ''
       raise UserInputError(
           f'{metric}: {name} must be a 4-D batch [B, H, W, C], got shape {shape}{hint}.')
-    dtype = np.dtype(getattr(x, 'dtype', np.asarray(x).dtype))
+    dtype = dtype_of(x)
     if not (np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)):
       raise UserInputError(f'{metric}: {name} must be real numbers, got dtype {dtype}.')
   sa, sb = np.shape(a), np.shape(b)
@@ -49,7 +49,49 @@ def check_pair(a, b, *, metric: str, min_size: int = 1) -> tuple[int, int, int, 
     raise UserInputError(
         f'{metric}: images of {sa[1]}x{sa[2]} pixels are too small; height and width must be '
         f'at least {min_size}.')
+  check_dtypes(a, b, metric=metric)
   return sa
+
+
+def dtype_of(x) -> np.dtype:
+  """The dtype of an array or nested list; a JAX array is not copied to the host for it."""
+  dtype = getattr(x, 'dtype', None)
+  return np.dtype(dtype) if dtype is not None else np.asarray(x).dtype
+
+
+def _is_float(dtype) -> bool:
+  return bool(jnp.issubdtype(dtype, jnp.floating))  # jnp: bfloat16 counts too
+
+
+def _convention(dtype) -> str:
+  if dtype == np.uint8:
+    return '8-bit levels 0..255'
+  if dtype == np.uint16:
+    return '16-bit (or 10/12-bit) levels'
+  return 'floats, usually [0, 1]' if _is_float(dtype) else f'{dtype} integers'
+
+
+def check_dtypes(a, b, *, metric: str, names: tuple[str, str] = ('a', 'b')) -> None:
+  """Raises unless a and b share a value convention: the same dtype, or two float dtypes.
+
+  uint8 originals against [0, 1] float reconstructions, or 8-bit against 16-bit levels, are
+  compared value by value without any error and give meaningless numbers. No exception is
+  made for float values that happen to be whole numbers 0..255: that takes a pass over the
+  data, and a [0, 1] image of only 0s and 1s (a mask, a saturated image) would pass it.
+  Float precisions may differ (float32 against float64): they hold the same scale.
+  """
+  da, db = dtype_of(a), dtype_of(b)
+  if da == db or (_is_float(da) and _is_float(db)):
+    return
+  if _is_float(da) or _is_float(db):
+    hint = ('np.round(x * 255).clip(0, 255).astype(np.uint8) for [0, 1] floats, or '
+            'x.astype(np.float32) / 255 for 8-bit levels (then data_range=1.0)')
+  else:
+    hint = '(x >> 8).astype(np.uint8) for 16-bit levels, x.astype(np.uint8) for 0..255 values'
+  raise UserInputError(
+      f'{metric}: {names[0]} is {da} but {names[1]} is {db} ({_convention(da)} against '
+      f'{_convention(db)}): compared value by value, the score would mean nothing; convert '
+      f'one to the other\'s dtype and range first, e.g. {hint}.')
 
 
 def check_data_range(data_range, *, metric: str) -> float:

@@ -31,6 +31,7 @@ import numpy as np
 
 from vision_core.errors import UserInputError
 from vision_core.images import check_batch
+from vit_jax.metrics import checks
 
 
 def top_k_overlap(logits_a: jax.Array, logits_b: jax.Array, k: int) -> jax.Array:
@@ -121,7 +122,7 @@ def _cached_fn(model, k, image_size):
 
 
 def check_pair(original, reconstruction, k: int, num_classes: int) -> None:
-  """Raises `UserInputError` for mismatched shapes, bad k or non-finite pixels."""
+  """Raises `UserInputError` for mismatched shapes or dtypes, bad k or non-finite pixels."""
   check_batch(original, name='vit_score original', channels=(3,))
   check_batch(reconstruction, name='vit_score reconstruction', channels=(3,))
   if np.shape(original) != np.shape(reconstruction):
@@ -130,6 +131,8 @@ def check_pair(original, reconstruction, k: int, num_classes: int) -> None:
         f'{np.shape(reconstruction)}; they must match (resize the reconstruction first).')
   if np.shape(original)[0] == 0:
     raise UserInputError(f'vit_score: empty batch (shape {np.shape(original)}).')
+  checks.check_dtypes(original, reconstruction, metric='vit_score',
+                      names=('original', 'reconstruction'))
   if (isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer))
       or not 1 <= k <= num_classes):
     raise UserInputError(
