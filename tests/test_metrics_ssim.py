@@ -170,8 +170,8 @@ def test_bad_data_range_and_small_images():
     metrics.ssim(a, a, data_range=0)
   with pytest.raises(UserInputError, match='data_range'):
     metrics.psnr(a, a, data_range='max')
-  with pytest.raises(TypeError):
-    metrics.psnr(a, a)  # pylint: disable=missing-kwoa
+  with pytest.raises(UserInputError, match='pass data_range for float32'):
+    metrics.psnr(a, a)  # only uint8 has a default
   with pytest.raises(UserInputError, match='at least 176'):
     metrics.ms_ssim(a, a)
   with pytest.raises(UserInputError, match='at least 11'):

@@ -94,6 +94,38 @@ def check_dtypes(a, b, *, metric: str, names: tuple[str, str] = ('a', 'b')) -> N
       f'one to the other\'s dtype and range first, e.g. {hint}.')
 
 
+def _bounds(a, b) -> tuple[float, float]:
+  """(min, max) over a and b; host arrays with numpy, JAX arrays on their devices."""
+  lo, hi = math.inf, -math.inf
+  for x in (a, b):
+    xp = np if isinstance(x, np.ndarray) else jnp
+    lo, hi = min(lo, float(xp.min(x))), max(hi, float(xp.max(x)))
+  return lo, hi
+
+
+def resolve_data_range(a, b, data_range, *, metric: str) -> float:
+  """`data_range` checked, or 255.0 for a uint8 pair when it is None; call after check_pair.
+
+  Only uint8 gets a default: a float dtype does not say whether it holds [0, 1] or [0, 255]
+  (a [0, 1] pair scored with 255 gets an SSIM near 1, whatever the images), and uint16 often
+  holds 10- or 12-bit data. scikit-image likewise refuses float images without data_range.
+  """
+  if data_range is not None:
+    return check_data_range(data_range, metric=metric)
+  dtype = dtype_of(a)  # check_pair has made b's dtype the same, or both float
+  if dtype == np.uint8:
+    return 255.0
+  for name, x in (('a', a), ('b', b)):  # JAX arrays have not been checked yet: NaN first
+    if not bool(jnp.isfinite(x).all()):
+      raise UserInputError(f'{metric}: {name} contains NaN or infinite values.')
+  lo, hi = _bounds(a, b)
+  raise UserInputError(
+      f'{metric}: pass data_range for {dtype} images (their values span [{lo:g}, {hi:g}]): '
+      'data_range=1.0 for floats in [0, 1], 255.0 for values 0..255, 65535.0 for 16-bit '
+      'levels (4095.0 for 12-bit data stored in 16 bits). Only uint8 has a default (255.0): '
+      'other dtypes do not say which range they hold.')
+
+
 def check_data_range(data_range, *, metric: str) -> float:
   """The value range (max - min) of the images, e.g. 255.0 for uint8 or 1.0 for [0, 1]."""
   if isinstance(data_range, (bool, np.bool_)):  # float(True) would silently give 1.0
@@ -126,13 +158,9 @@ SPAN_SLACK = 1.5
 def check_span(a, b, data_range: float, *, metric: str) -> None:
   """Raises when the values of a and b together span far more than `data_range`.
 
-  Host arrays are reduced with numpy; JAX arrays on their devices (two scalars come back).
   NaNs compare false here and are reported by the finiteness checks instead.
   """
-  lo, hi = math.inf, -math.inf
-  for x in (a, b):
-    xp = np if isinstance(x, np.ndarray) else jnp
-    lo, hi = min(lo, float(xp.min(x))), max(hi, float(xp.max(x)))
+  lo, hi = _bounds(a, b)
   if hi - lo > SPAN_SLACK * data_range:
     raise UserInputError(
         f'{metric}: the values of a and b span [{lo:g}, {hi:g}], far wider than '

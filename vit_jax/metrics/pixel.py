@@ -96,7 +96,7 @@ def mse(a, b) -> jax.Array:
       (host float64 pairs and int32/int64 pairs are subtracted on the host in float64,
       float64 JAX arrays in float64 on the device), then squared and averaged in float32:
       ~1e-7 relative to scikit-image's float64, however close the two images are.
-    b: `[B, H, W, C]` images compared with them.
+    b: `[B, H, W, C]` images compared with them, of a's dtype (or another float dtype).
 
   Returns:
     `[B]` float32, in squared units of the input (e.g. uint8 levels squared); exactly 0 for
@@ -114,22 +114,23 @@ def _psnr_from_parts(scaled, scale, data_range):
   return (20.0 * (np.log10(data_range) - jnp.log10(scale)) - 10.0 * jnp.log10(scaled))
 
 
-def psnr(a, b, *, data_range: float) -> jax.Array:
+def psnr(a, b, *, data_range: float | None = None) -> jax.Array:
   """Peak signal-to-noise ratio in dB per image, like `skimage.metrics.peak_signal_noise_ratio`.
 
   Args:
     a: `[B, H, W, C]` reference images.
-    b: `[B, H, W, C]` images compared with them.
-    data_range: max - min of the value range, e.g. 255.0 for uint8, 1.0 for [0, 1] floats.
-      Required: guessing it from the dtype or the data is the classic source of wrong numbers.
+    b: `[B, H, W, C]` images compared with them, of a's dtype (or another float dtype).
+    data_range: max - min of the value range, e.g. 1.0 for [0, 1] floats, 255.0 for 0..255.
+      Required unless both batches are uint8 (then 255.0, as scikit-image): guessing it for
+      other dtypes (scikit-image takes 1.0 for non-negative floats) is the classic trap.
 
   Returns:
     `[B]` float32 in dB (precision as `mse`, computed in logarithms so that it stays finite
     for differences too small for a float32 MSE); `inf` where the two images are identical,
     as scikit-image.
   """
-  data_range = checks.check_data_range(data_range, metric='psnr')
   checks.check_pair(a, b, metric='psnr')
+  data_range = checks.resolve_data_range(a, b, data_range, metric='psnr')
   checks.check_span(a, b, data_range, metric='psnr')
   scaled, scale, finite = _parts(a, b)
   checks.raise_if_not_finite(finite, metric='psnr')

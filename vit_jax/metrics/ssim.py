@@ -107,7 +107,7 @@ def _ms_ssim(a, b, data_range, placement=None):
   return values, pixel.finite_flags(a, b)
 
 
-def ssim(a, b, data_range: float = 255.0) -> jax.Array:
+def ssim(a, b, data_range: float | None = None) -> jax.Array:
   """Structural similarity per image (Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03).
 
   Equals `skimage.metrics.structural_similarity(a[i], b[i], gaussian_weights=True, sigma=1.5,
@@ -115,33 +115,37 @@ def ssim(a, b, data_range: float = 255.0) -> jax.Array:
 
   Args:
     a: `[B, H, W, C]` reference images (any real dtype; computed in float32), H, W >= 11.
-    b: `[B, H, W, C]` images compared with them.
-    data_range: max - min of the value range: 255.0 for uint8, 1.0 for [0, 1] floats.
+    b: `[B, H, W, C]` images compared with them, of a's dtype (or another float dtype).
+    data_range: max - min of the value range: 1.0 for [0, 1] floats, 255.0 for 0..255.
+      Required unless both batches are uint8 (then 255.0): float and wider integer dtypes
+      do not say which range they hold.
 
   Returns:
     `[B]` float32 in [-1, 1]; 1 for identical images.
   """
-  data_range = checks.check_data_range(data_range, metric='ssim')
   checks.check_pair(a, b, metric='ssim', min_size=WINDOW)
+  data_range = checks.resolve_data_range(a, b, data_range, metric='ssim')
   checks.check_span(a, b, data_range, metric='ssim')
   values, finite = _ssim(a, b, data_range, batching.data_axis(a))
   checks.raise_if_not_finite(finite, metric='ssim')
   return values
 
 
-def ms_ssim(a, b, data_range: float = 255.0) -> jax.Array:
+def ms_ssim(a, b, data_range: float | None = None) -> jax.Array:
   """Multi-scale SSIM per image (5 scales, weights 0.0448, 0.2856, 0.3001, 0.2363, 0.1333).
 
   Args:
     a: `[B, H, W, C]` reference images, H, W >= 176 (the 5th scale must fit an 11x11 window).
-    b: `[B, H, W, C]` images compared with them.
-    data_range: max - min of the value range: 255.0 for uint8, 1.0 for [0, 1] floats.
+    b: `[B, H, W, C]` images compared with them, of a's dtype (or another float dtype).
+    data_range: max - min of the value range: 1.0 for [0, 1] floats, 255.0 for 0..255.
+      Required unless both batches are uint8 (then 255.0): float and wider integer dtypes
+      do not say which range they hold.
 
   Returns:
     `[B]` float32 in [0, 1]; 1 for identical images.
   """
-  data_range = checks.check_data_range(data_range, metric='ms_ssim')
   checks.check_pair(a, b, metric='ms_ssim', min_size=MS_SSIM_MIN_SIZE)
+  data_range = checks.resolve_data_range(a, b, data_range, metric='ms_ssim')
   checks.check_span(a, b, data_range, metric='ms_ssim')
   values, finite = _ms_ssim(a, b, data_range, batching.data_axis(a))
   checks.raise_if_not_finite(finite, metric='ms_ssim')
