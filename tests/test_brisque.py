@@ -181,3 +181,22 @@ def test_wider_integer_dtypes_need_8_bit_levels(shared_data, portable_opencv):
     brisque(im[None].astype(np.int16) - 1, model, ranges)
   with pytest.raises(UserInputError, match='empty batch'):
     brisque(np.zeros((0, 32, 32, 3), np.uint8), model, ranges)
+
+
+def test_float_input_must_hold_0_255_values(shared_data, portable_opencv):
+  model, ranges = _paths(shared_data)
+  im = _image('astronaut')[:64, :96].astype(np.float32)
+  want = portable_opencv.quality.QualityBRISQUE_compute(_to_opencv(im), model, ranges)[0]
+  assert brisque(im[None], model, ranges)[0] == pytest.approx(want, abs=1e-3)
+  # OpenCV scores [0, 1] floats silently, as if nearly black: 97 here against 34.
+  unit = im / 255
+  opencv_unit = portable_opencv.quality.QualityBRISQUE_compute(_to_opencv(unit), model, ranges)
+  assert abs(opencv_unit[0] - want) > 50
+  with pytest.raises(UserInputError, match=r'brisque images: image 1 \(float32\).*\[0, 1\]'):
+    brisque(np.stack([im, unit]), model, ranges)
+  with pytest.raises(UserInputError, match=r'image 0 .*\[-1, 1\].*\(x \+ 1\) \* 127\.5'):
+    brisque(unit[None] * 2 - 1, model, ranges)
+  with pytest.raises(UserInputError, match=r'image 0 .*\[0, 60909\], not 0\.\.255'):
+    brisque(im[None] * 257, model, ranges)
+  # uint8 is never second-guessed: a dark 8-bit image is a valid input.
+  assert np.isfinite(brisque((im[None] / 128).astype(np.uint8), model, ranges)[0])

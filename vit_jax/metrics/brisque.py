@@ -9,7 +9,8 @@ support-vector regression trained on the LIVE database. This module follows Open
   1. Grey: RGB uint8 -> uint8 luma with OpenCV's 15-bit fixed point
      (9798 R + 19235 G + 3735 B + 2^14) >> 15; RGBA drops alpha; one channel is used as is.
      Float input is taken as [0, 255] and converted with 0.299/0.587/0.114 (OpenCV's float
-     path). Then float32 in [0, 1].
+     path); [0, 1] floats, which OpenCV scores as nearly black, are refused. Then float32
+     in [0, 1].
   2. Two scales: the image, and a bicubic half-size copy (OpenCV INTER_CUBIC, a = -0.75,
      half-pixel centres, replicated border, size floor(W/2) x floor(H/2)).
   3. MSCN coefficients per scale: mu and sigma from a 7x7 Gaussian (sigma 7/6, replicated
@@ -226,6 +227,34 @@ def _check_images(images) -> None:
   finite = xp.isfinite
   if np.issubdtype(dtype, np.floating) and not bool(finite(images).all()):
     raise UserInputError('brisque images: the batch contains NaN or infinite pixels.')
+  if np.issubdtype(dtype, np.floating):
+    _check_float_levels(images, xp, dtype)
+
+
+# Float pixels beyond [0, 255] by more than this are on another scale (not an overshoot).
+_FLOAT_SLACK = 0.25 * 255
+
+
+def _check_float_levels(images, xp, dtype) -> None:
+  """Raises unless each float image of `[B, H, W, C]` holds 0..255 values, as OpenCV's do.
+
+  A [0, 1] image is scored silently as a nearly black one (OpenCV: 97 instead of 34 on an
+  astronaut crop); its maximum <= 1 gives it away, as it does for [-1, 1] generator output.
+  A float image that really is that dark can be passed as uint8, which is never questioned.
+  """
+  lo = np.asarray(xp.min(images, axis=(1, 2, 3)), np.float64)
+  hi = np.asarray(xp.max(images, axis=(1, 2, 3)), np.float64)
+  for i in range(lo.size):
+    span = f'image {i} ({dtype}) has values in [{lo[i]:g}, {hi[i]:g}]'
+    if hi[i] <= 1:
+      raise UserInputError(
+          f'brisque images: {span}, a [0, 1] or [-1, 1] scale; BRISQUE takes float pixels '
+          'in [0, 255], as OpenCV: pass x * 255 for [0, 1], (x + 1) * 127.5 for [-1, 1], '
+          'or uint8 images.')
+    if lo[i] < -_FLOAT_SLACK or hi[i] > 255 + _FLOAT_SLACK:
+      raise UserInputError(
+          f'brisque images: {span}, not 0..255; BRISQUE takes float pixels in [0, 255], as '
+          'OpenCV: rescale them (x / 257 for 16-bit levels) or pass uint8 images.')
 
 
 def _pad_to_mesh(images, mesh):
@@ -328,7 +357,9 @@ def brisque(images, model=None, range_file=None, *, mesh=None, clip: bool = True
 
   Args:
     images: `[B, H, W, C]` RGB (C=3), RGBA (C=4, alpha ignored) or grey (C=1); uint8, or float
-      in [0, 255] (not [0, 1]); H, W >= 16.
+      in [0, 255]; H, W >= 16. A float image whose maximum is <= 1 ([0, 1] or [-1, 1]) or
+      whose values leave 0..255 by more than a quarter of that range raises a
+      `UserInputError`.
     model: path of the SVR model, OpenCV YAML (`brisque_model_live.yml`) or libsvm text; or a
       `BrisqueModel`. Nothing is downloaded: pass the file you have.
     range_file: path of the feature range table (`brisque_range_live.yml` or an `svm-scale
