@@ -19,5 +19,7 @@ One home for what every family needs, so that none copies another:
 - `vision_core.sharding`: parameter sharding strategies (replicated, fsdp, tp, fsdp_tp).
 - `vision_core.optim`: warmup + cosine/linear schedules, SGD/AdamW/Adam with clipping, label-
   smoothed cross entropy.
+- `vision_core.seeds`: `check_seed`, seeds in [0, 2**32) (JAX keys and grain take 32 bits: a
+  larger seed would silently repeat a smaller one).
 - `vision_core.host_memory`: glibc told to keep freed memory, for train steps on the CPU.
 """

@@ -24,8 +24,10 @@ import grain.python as grain
 import jax
 import numpy as np
 
+from vision_core import seeds
 from vision_core.data import preprocess as pp_lib
 from vision_core.errors import UserInputError
+from vision_core.seeds import MAX_SEED
 
 
 def _stack(records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -51,21 +53,14 @@ def per_host_batch_size(global_batch_size: int, *, field: str = 'batch') -> int:
   return global_batch_size // hosts
 
 
-# A loader seed is an int in [0, 2**32) (the range grain's shuffle takes) or None.
-MAX_SEED = 2**32 - 1
 # The key word of `seed=None`: no int seed has it, so None never shares a stream with one.
 _NO_SEED_WORD = MAX_SEED + 1
 
 
 def check_seed(seed: int | None, *, field: str = 'seed') -> None:
-  """Raises UserInputError unless `seed` is None or an int in [0, 2**32)."""
-  if seed is None:
-    return
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-    raise UserInputError(f'{field}={seed!r}: expected an integer in [0, {MAX_SEED}] or None.')
-  if not 0 <= seed <= MAX_SEED:
-    raise UserInputError(f'{field}={seed}: expected an integer in [0, {MAX_SEED}] (the range '
-                         'of the data shuffle) or None.')
+  """Raises UserInputError unless `seed` is None or an int in [0, 2**32) (`vision_core.seeds`:
+  the range grain's shuffle and JAX's keys take)."""
+  seeds.check_seed(seed, field=field, allow_none=True)
 
 
 def augmentation_rng(seed: int | None, position: int) -> np.random.Generator:
