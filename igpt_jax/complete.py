@@ -25,6 +25,7 @@ from igpt_jax import palette as palette_lib
 from igpt_jax import sample as igpt_sample
 from vision_core import images as images_lib
 from vision_core import io
+from vision_core import seeds
 from vision_core.errors import UserInputError, cli_errors
 
 
@@ -81,6 +82,7 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   with cli_errors('igpt_jax.complete'):
     io.check_can_write(args.out, overwrite=args.force)
+    seeds.check_seed(args.seed, field='--seed')  # PRNGKey would take 2**32 + 5 for 5.
     params, model = checkpoint.load(args.params)
     centers = palette_lib.load_palette(args.palette, num_clusters=model.vocab_size)
     side = _check_args(args, model)

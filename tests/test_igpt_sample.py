@@ -164,7 +164,9 @@ def test_complete_cli_checks_counts_and_size(model_and_params, tmp_path, capsys)
          (['--unconditional', '-2'], '--unconditional=-2'),
          (['--images', str(tmp_path / 'imgs'), '--num', '0'], '--num=0'),
          (['--unconditional', '1', '--size', '2'], 'trained on 4x4 images'),
-         (['--unconditional', '1', '--size', '5'], 'at most n_ctx=16')]
+         (['--unconditional', '1', '--size', '5'], 'at most n_ctx=16'),
+         (['--unconditional', '1', '--seed', str(2**32 + 5)], '--seed=4294967301'),
+         (['--unconditional', '1', '--seed', '-1'], '--seed=-1')]
   for args, message in bad:
     with pytest.raises(SystemExit) as e:
       complete.main(common + args + ['--out', str(tmp_path / 'bad.png')])
