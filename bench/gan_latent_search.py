@@ -92,14 +92,15 @@ def main():
     cfg = latent_search.SearchConfig(steps=args.steps, restarts=1, optimizer='sgd',
                                      stop_patience=0)
     search = latent_search.make_latent_search(gen.apply, latent_dim=args.latent, config=cfg)
+    ids = latent_search.image_ids(targets)
     t = time.perf_counter()
-    jax.block_until_ready(search(gen.params, targets))
+    jax.block_until_ready(search(gen.params, targets, ids))
     compile_s = time.perf_counter() - t
     t = time.perf_counter()
-    result = jax.block_until_ready(search(gen.params, targets))
+    result = jax.block_until_ready(search(gen.params, targets, ids))
     jax_s = time.perf_counter() - t
     z0 = torch.from_numpy(np.asarray(latent_search.initial_latents(
-        jax.random.PRNGKey(0), batch, 1, args.latent))[:, 0])
+        jax.random.PRNGKey(0), ids, 1, args.latent))[:, 0])
     targets_t = torch.from_numpy(targets.transpose(0, 3, 1, 2).copy())
     torch_search(forward, targets_t, z0, 2)  # Warm-up.
     t = time.perf_counter()

@@ -227,10 +227,11 @@ def section_pgan_inversion(args) -> list[dict]:
                                      stop_patience=0, loop='while')
     search = latent_search.make_latent_search(gen.apply, latent_dim=latent, config=cfg)
     t = time.perf_counter()
-    compiled = search.lower(gen.params, targets).compile()
+    ids = latent_search.image_ids(targets)
+    compiled = search.lower(gen.params, targets, ids).compile()
     compile_s = time.perf_counter() - t
     t = time.perf_counter()
-    result = jax.block_until_ready(compiled(gen.params, targets))
+    result = jax.block_until_ready(compiled(gen.params, targets, ids))
     return time.perf_counter() - t, compile_s, float(np.mean(result.loss))
 
   row = dict(base, impl=f'ours jax {jax.__version__} (one while_loop program)')
@@ -259,7 +260,7 @@ def section_pgan_inversion(args) -> list[dict]:
     row['impl'] = f'PyTorch {torch.__version__} eager loop (the study\'s)'
     forward = torch_gnet(gen.params, config, device='cuda')
     z0 = torch.from_numpy(np.asarray(latent_search.initial_latents(
-        jax.random.PRNGKey(0), batch, 1, latent))[:, 0]).cuda()
+        jax.random.PRNGKey(0), latent_search.image_ids(targets), 1, latent))[:, 0]).cuda()
     targets_t = torch.from_numpy(targets.transpose(0, 3, 1, 2).copy()).cuda()
     with torch.no_grad():
       ref = forward(torch.from_numpy(z[:2]).cuda()).cpu().numpy().transpose(0, 2, 3, 1)

@@ -3,10 +3,14 @@
     python -m gan_jax.compress IMAGES... -o OUTDIR [--generator G.npz] [--quantization 8bit]
 
 Each image becomes OUTDIR/<name>.ganz (see `gan_jax.fileformat`), written atomically;
-existing files are never replaced without --force, and input files are only read. All
-images (x R restarts) are searched together in one compiled program (`latent_search`),
-sharded over every device. A table reports bytes, bits per pixel, compression ratios,
-PSNR, and Pillow JPEG at the same size.
+existing files are never replaced without --force, and input files are only read. The
+images (x R restarts) are searched --batch-size at a time in one compiled program
+(`latent_search`), sharded over every device. An image's initial latents are a function of
+(the seed, its pixels) only, and each image stops on its own plateau: it gets the same latent
+whether compressed alone or with others, in any order or batch size, up to float rounding
+(the generator's batched arithmetic rounds differently per batch size, and a long search
+can amplify that into a different, about equally good, latent). A table reports bytes,
+bits per pixel, compression ratios, PSNR, and Pillow JPEG at the same size.
 """
 
 from __future__ import annotations
@@ -86,18 +90,27 @@ def reconstruct(generator: generators.Generator, latent) -> np.ndarray:
 def search_latents(targets_uint8, generator: generators.Generator,
                    config: latent_search.SearchConfig, *, mesh=None, features_fn=None
                    ) -> latent_search.SearchResult:
-  """Runs the compiled latent search on `[B, S, S, C]` uint8 targets (padded for the mesh)."""
+  """Runs the compiled latent search on `[B, S, S, C]` uint8 targets (padded for the mesh).
+
+  Each image's initial latents are keyed by (config.seed, a hash of its uint8 pixels,
+  `latent_search.image_ids`) and each image stops on its own plateau, so its latent is the
+  same whether it is searched alone or with others, in any row, up to float rounding (the
+  generator rounds differently per batch size; a long search can amplify that). Padding
+  rows for the mesh are copies of the last image and are dropped.
+  """
+  ids = latent_search.image_ids(targets_uint8)
   targets = images_lib.to_model_range(targets_uint8)  # [-1, 1]: the generator's range.
   b = len(targets)
   n = mesh.shape['data'] if mesh is not None else 1
   padded = -(-b // n) * n
-  if padded != b:
+  if padded != b:  # Copies of the last image (and its id): rows the caller never sees.
     targets = np.concatenate([targets, np.repeat(targets[-1:], padded - b, axis=0)])
+    ids = np.concatenate([ids, np.repeat(ids[-1:], padded - b, axis=0)])
   search = _cached_search(generator, config, mesh, features_fn)
-  result = jax.device_get(search(generator.params, targets))
+  result = jax.device_get(search(generator.params, targets, ids))
   return latent_search.SearchResult(result.latents[:b], result.loss[:b],
                                     result.restart_losses[:b], result.curves[:, :b],
-                                    int(result.steps_run))
+                                    result.steps_run[:b])
 
 
 _SEARCHES = {}
@@ -125,6 +138,8 @@ def compress(targets_uint8, generator: generators.Generator, *,
   """`[B, S, S, C]` uint8 -> (file bytes per image, reconstructions uint8, SearchResult).
 
   The reconstructions are exactly what `gan_jax.decompress` will produce from the files.
+  Image i's result depends on (config, its pixels), not on the other images or on i (see
+  `search_latents`), so callers may split a set into batches of any size.
   """
   targets_uint8 = np.asarray(targets_uint8)
   result = search_latents(targets_uint8, generator, config, mesh=mesh,
@@ -205,7 +220,7 @@ def main(argv=None) -> None:
                               input_shape=(*originals[k].shape[:2],
                                            input_channels(args.images[k])))
         rows.append({'image': args.images[k], 'output': outputs[k],
-                     'loss': float(result.loss[i]), 'steps': int(result.steps_run), **row})
+                     'loss': float(result.loss[i]), 'steps': int(result.steps_run[i]), **row})
     _print_table(rows, generator, args.quantization)
     if args.report:
       from vision_core.io import atomic_write  # pylint: disable=g-import-not-at-top

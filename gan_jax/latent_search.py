@@ -2,9 +2,15 @@
 
 All images of a batch and R random restarts per image are optimised together: the
 generator runs once per step on a `[B * R, latent]` batch, each (image, restart) has its
-own optimiser state (the update is vmapped), the step loop is a `lax.while_loop` that
-stops early when every trajectory has plateaued, and the batch is sharded over the mesh's
-'data' axis. The best step of the best restart is kept per image.
+own optimiser state (the update is vmapped), the step loop is a `lax.while_loop` in which
+an image whose R trajectories have all plateaued freezes (the loop ends when all have), and
+the batch is sharded over the mesh's 'data' axis. The best step of the best restart is kept
+per image.
+
+Each image's R initial latents are drawn from a key folded from (seed, the image's id, r),
+the id being a hash of its pixels (`image_ids`): an image starts from the same latents
+whether it is searched alone or with others, in any row of any batch, and two different
+images of one batch never share a start.
 
 On CPU the default (`loop='auto'`) runs the same step function as compiled chunks of
 unrolled steps instead, because XLA:CPU executes convolutions inside a while-loop body
@@ -22,10 +28,12 @@ pre-logits, see `gan_jax.perceptual`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -44,10 +52,14 @@ class SearchConfig:
     learning_rate: None = 1.0 for sgd (the study's), 0.05 for adam.
     momentum: SGD momentum (0.9 in the study).
     plateau_factor / plateau_patience: reduce-on-plateau; factor None disables it.
-    stop_patience: stop once no trajectory improved its best loss by more than
-      stop_rtol (relative) for this many steps; 0 disables early stopping.
+    stop_patience: an image stops (its latents and optimiser states freeze) once none of
+      its R trajectories improved by more than stop_rtol (relative) for this many steps,
+      whatever the other images of the batch do; the loop ends when every image has
+      stopped. 0 disables early stopping.
     perceptual_weight: weight of the feature term (needs a features function).
-    seed: for the random initial latents (restart r of image b does not depend on R).
+    seed: for the random initial latents. Restart r of an image starts from
+      a function of (seed, the image's id, r) only (see `initial_latents`), so neither the
+      batch size, nor the image's position, nor R changes it.
     loop: 'while' (the whole search is one program: a lax.while_loop), 'chunked'
       (compiled chunks of `chunk` unrolled steps driven from Python; XLA:CPU runs convs in
       while-loop bodies 15-30x slower, jax-ml/jax#12868), or 'auto' (chunked on CPU).
@@ -79,8 +91,8 @@ class SearchConfig:
 
 class SearchResult(NamedTuple):
   """latents `[B, L]` (best per image), loss `[B]`, restart_losses `[B, R]` (best of each
-  restart), curves `[steps, B, R]` (loss per step; NaN after an early stop),
-  steps_run (scalar)."""
+  restart), curves `[steps, B, R]` (loss per step; NaN after the image's early stop),
+  steps_run `[B]` (steps each image took before it stopped)."""
   latents: Any
   loss: Any
   restart_losses: Any
@@ -101,17 +113,44 @@ def make_optimizer(config: SearchConfig) -> optax.GradientTransformationExtraArg
       factor=config.plateau_factor, patience=config.plateau_patience))
 
 
-def initial_latents(key, batch: int, restarts: int, latent_dim: int):
-  """`[B, R, L]` N(0, 1) latents; restart r uses `fold_in(key, r)`, whatever R is."""
-  z = [jax.random.normal(jax.random.fold_in(key, r), (batch, latent_dim))
-       for r in range(restarts)]
-  return jnp.stack(z, axis=1)
+def image_ids(images) -> np.ndarray:
+  """`[B, ...]` images -> `[B, 2]` uint32: a 64-bit BLAKE2b hash of each image's dtype, shape
+  and pixels, the identity that keys its initial latents (`initial_latents`).
+
+  A content hash, not the position in a batch or call: an image gets the same start (and so
+  the same latent) alone, with others, in any order or chunking; different images get
+  different starts (64 bits: no collision in practice), identical images the same one.
+  """
+  images = np.asarray(images)
+  out = np.empty((len(images), 2), np.uint32)
+  for i, image in enumerate(images):
+    h = hashlib.blake2b(f'{image.dtype.str}{image.shape}'.encode(), digest_size=8)
+    h.update(np.ascontiguousarray(image).tobytes())
+    out[i] = np.frombuffer(h.digest(), '<u4')
+  return out
+
+
+def initial_latents(key, ids, restarts: int, latent_dim: int):
+  """`[B, R, L]` N(0, 1) latents for images with ids `[B, 2]` uint32 (`image_ids`).
+
+  Restart r of an image is drawn from `fold_in(fold_in(fold_in(key, id[0]), id[1]), r)`: a
+  function of (key, id, r) alone, whatever B, R or the image's row are.
+  """
+  def one(image_id):
+    k = jax.random.fold_in(jax.random.fold_in(key, image_id[0]), image_id[1])
+    return jnp.stack([jax.random.normal(jax.random.fold_in(k, r), (latent_dim,))
+                      for r in range(restarts)])
+  return jax.vmap(one)(jnp.asarray(ids, jnp.uint32))
 
 
 def make_latent_search(apply_fn: Callable, *, latent_dim: int, config: SearchConfig,
                        mesh: Mesh | None = None,
                        features_fn: Callable | None = None) -> Callable:
-  """Returns `search(params, targets [B, H, W, C]) -> SearchResult`, jit-compiled.
+  """Returns `search(params, targets [B, H, W, C], ids [B, 2]) -> SearchResult`, compiled.
+
+  `ids` (uint32, `image_ids(targets)` for a content identity) key each image's initial
+  latents: with the same ids, seed and settings, an image's start does not depend on the
+  other images of the batch or on its row in it.
 
   Args:
     apply_fn: `(params, z [N, L]) -> images [N, H, W, C]`, per-sample (no batch coupling).
@@ -126,8 +165,9 @@ def make_latent_search(apply_fn: Callable, *, latent_dim: int, config: SearchCon
   tx = make_optimizer(config)
   R, steps = config.restarts, config.steps
 
-  def parts(params, targets):
-    """(init carry, one-step body, keep-running predicate, finish) for this batch."""
+  def parts(params, targets, ids=None):
+    """(init carry, one-step body, keep-running predicate, finish) for this batch; init
+    needs the ids `[B, 2]`."""
     B = targets.shape[0]
     target_features = features_fn(targets) if config.perceptual_weight else None
 
@@ -150,36 +190,45 @@ def make_latent_search(apply_fn: Callable, *, latent_dim: int, config: SearchCon
     update = jax.vmap(lambda g, s, z, v: tx.update(g, s, z, value=v))
 
     def init():
-      z0 = initial_latents(jax.random.PRNGKey(config.seed), B, R, latent_dim)
+      z0 = initial_latents(jax.random.PRNGKey(config.seed), ids, R, latent_dim)
       z0 = z0.reshape(B * R, latent_dim)
       inf = jnp.full((B * R,), jnp.inf, jnp.float32)
       return (jnp.asarray(0), z0, jax.vmap(tx.init)(z0), inf, z0, inf,
-              jnp.zeros((B * R,), jnp.int32), jnp.full((steps, B, R), jnp.nan, jnp.float32))
+              jnp.zeros((B * R,), jnp.int32), jnp.zeros((B,), jnp.int32),
+              jnp.full((steps, B, R), jnp.nan, jnp.float32))
+
+    def image_running(stale):
+      """`[B]`: images with a trajectory that improved within stop_patience steps."""
+      if not config.stop_patience:
+        return jnp.ones((B,), bool)
+      return jnp.any(stale.reshape(B, R) < config.stop_patience, axis=1)
 
     def body(carry):
-      step, z, opt_state, best, best_z, ref, stale, curves = carry
+      step, z, opt_state, best, best_z, ref, stale, ran, curves = carry
+      active = image_running(stale)
       (_, loss), grads = grad_fn(z)
-      better = loss < best
-      best_z = jnp.where(better[:, None], z, best_z)
-      best = jnp.minimum(loss, best)
       improved = loss < ref * (1.0 - config.stop_rtol)
-      ref = jnp.where(improved, loss, ref)
-      stale = jnp.where(improved, 0, stale + 1)
-      updates, opt_state = update(grads, opt_state, z, loss)
-      z = optax.apply_updates(z, updates)
-      curves = jax.lax.dynamic_update_slice(curves, loss.reshape(1, B, R),
+      updates, new_opt_state = update(grads, opt_state, z, loss)
+      new = (optax.apply_updates(z, updates), new_opt_state, jnp.minimum(loss, best),
+             jnp.where((loss < best)[:, None], z, best_z), jnp.where(improved, loss, ref),
+             jnp.where(improved, 0, stale + 1))
+      # A stopped image keeps its state, so that its result is the one it would have had
+      # alone (the generator still runs on it: the batch's shape never changes).
+      rows = jnp.repeat(active, R)
+      keep = lambda n, o: jnp.where(rows.reshape(rows.shape + (1,) * (n.ndim - 1)), n, o)
+      z, opt_state, best, best_z, ref, stale = jax.tree.map(
+          keep, new, (z, opt_state, best, best_z, ref, stale))
+      row = jnp.where(active[:, None], loss.reshape(B, R), jnp.nan)
+      curves = jax.lax.dynamic_update_slice(curves, row[None],
                                             (jnp.minimum(step, steps - 1), 0, 0))
-      return step + 1, z, opt_state, best, best_z, ref, stale, curves
+      return step + 1, z, opt_state, best, best_z, ref, stale, ran + active, curves
 
     def running(carry):
       step, stale = carry[0], carry[6]
-      keep = step < steps
-      if config.stop_patience:
-        keep &= jnp.any(stale < config.stop_patience)
-      return keep
+      return (step < steps) & jnp.any(image_running(stale))
 
     def finish(carry):
-      steps_run, z, _, best, best_z, _, _, curves = carry
+      _, z, _, best, best_z, _, _, steps_run, curves = carry
       # The last update's result has not been scored yet: score it too.
       last = per_sample_loss(z)
       best_z = jnp.where((last < best)[:, None], z, best_z)
@@ -190,16 +239,16 @@ def make_latent_search(apply_fn: Callable, *, latent_dim: int, config: SearchCon
       return SearchResult(latents, jnp.min(best, axis=1), best, curves, steps_run)
     return init, body, running, finish
 
-  def search(params, targets):
-    init, body, running, finish = parts(params, jnp.asarray(targets, jnp.float32))
+  def search(params, targets, ids):
+    init, body, running, finish = parts(params, jnp.asarray(targets, jnp.float32), ids)
     return finish(jax.lax.while_loop(running, body, init()))
 
   shardings = {}
   if mesh is not None:
     rep, data = mesh_lib.replicated(mesh), lambda n: mesh_lib.batch_sharding(mesh, n)
     curves_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, 'data'))
-    shardings = dict(in_shardings=(rep, data(4)), out_shardings=SearchResult(
-        data(2), data(1), data(2), curves_sharding, rep))
+    shardings = dict(in_shardings=(rep, data(4), data(2)), out_shardings=SearchResult(
+        data(2), data(1), data(2), curves_sharding, data(1)))
   loop = config.loop
   if loop == 'auto':
     loop = 'chunked' if jax.default_backend() == 'cpu' else 'while'
@@ -210,8 +259,8 @@ def make_latent_search(apply_fn: Callable, *, latent_dim: int, config: SearchCon
   # the same convolutions outside one (measured 15-30x for our generators; jax-ml/jax#12868),
   # so on CPU the loop is unrolled into compiled chunks of `chunk` steps, driven from Python,
   # with the early-stop test between chunks. Steps past the end are computed but discarded.
-  def start(params, targets):
-    return parts(params, jnp.asarray(targets, jnp.float32))[0]()
+  def start(params, targets, ids):
+    return parts(params, jnp.asarray(targets, jnp.float32), ids)[0]()
 
   def chunk(params, targets, carry):
     _, body, running, _ = parts(params, jnp.asarray(targets, jnp.float32))
@@ -227,8 +276,8 @@ def make_latent_search(apply_fn: Callable, *, latent_dim: int, config: SearchCon
   start_fn = jax.jit(start, **({'in_shardings': shardings['in_shardings']} if mesh else {}))
   chunk_fn, end_fn = jax.jit(chunk, donate_argnums=2), jax.jit(end)
 
-  def chunked_search(params, targets):
-    carry = start_fn(params, targets)
+  def chunked_search(params, targets, ids):
+    carry = start_fn(params, targets, ids)
     keep = True
     while keep:
       carry, keep = chunk_fn(params, targets, carry)

@@ -4,7 +4,9 @@
       [--config.FIELD=VALUE ...]
 
 Images (default: four `skimage.data` images) are compressed to GAN latents with the
-compiled latent search (`gan_jax.compress`: every image x restart in one program), written
+compiled latent search (`gan_jax.compress`: every image x restart of a batch of
+`batch_size` in one program; an image's initial latents depend on (seed, its pixels) only,
+so batching changes no result beyond float rounding), written
 as `.ganz` files, decompressed from those files, and scored against the originals with the
 ViT-Score, SSIM, MSE, PSNR, raw-pixel FID, BRISQUE (when its model files are given), bits
 per pixel and compression ratio, beside Pillow JPEG at the same file size. The output
