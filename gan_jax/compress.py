@@ -6,7 +6,7 @@ Each image becomes OUTDIR/<name>.ganz (see `gan_jax.fileformat`), written atomic
 existing files are never replaced without --force, and input files are only read. The
 images (x R restarts) are searched --batch-size at a time in one compiled program
 (`latent_search`), sharded over every device. An image's initial latents are a function of
-(the seed, its pixels) only, and each image stops on its own plateau: it gets the same latent
+(--seed, its pixels) only, and each image stops on its own plateau: it gets the same latent
 whether compressed alone or with others, in any order or batch size, up to float rounding
 (the generator's batched arithmetic rounds differently per batch size, and a long search
 can amplify that into a different, about equally good, latent). A table reports bytes,
@@ -28,6 +28,7 @@ import numpy as np
 from gan_jax import fileformat, generators, latent_search, report
 from vision_core import images as images_lib
 from vision_core import mesh as mesh_lib
+from vision_core import seeds
 from vision_core.errors import UserInputError, cli_errors
 from vision_core.io import check_can_write, path_arg
 
@@ -166,6 +167,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--restarts', type=int, default=4)
   p.add_argument('--optimizer', default='sgd', choices=('sgd', 'adam'))
   p.add_argument('--learning-rate', type=float, default=None)
+  p.add_argument('--seed', type=int, default=0,
+                 help='initial latents: a function of (seed, image pixels), in [0, 2**32)')
   p.add_argument('--batch-size', type=int, default=32, help='images searched at once')
   p.add_argument('--resize', action='store_true', help='resize images to the generator size')
   p.add_argument('--perceptual-weight', type=float, default=0.0)
@@ -182,6 +185,7 @@ def main(argv=None) -> None:
   with cli_errors('gan_jax.compress'):
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     fileformat.Quantization.parse(args.quantization)
+    seeds.check_seed(args.seed, field='--seed')
     outputs = [os.path.join(args.output, os.path.splitext(os.path.basename(p))[0] + SUFFIX)
                for p in args.images]
     dupes = {o for o in outputs if outputs.count(o) > 1}
@@ -198,7 +202,8 @@ def main(argv=None) -> None:
       features_fn = perceptual.load_vit_features(args.vit_model, args.vit_checkpoint)
     config = latent_search.SearchConfig(
         steps=args.steps, restarts=args.restarts, optimizer=args.optimizer,
-        learning_rate=args.learning_rate, perceptual_weight=args.perceptual_weight)
+        learning_rate=args.learning_rate, perceptual_weight=args.perceptual_weight,
+        seed=args.seed)
     mesh = _default_mesh()
     originals = [images_lib.read_image(p) for p in args.images]
     targets = [prepare(im, generator, resize=args.resize, source=p)

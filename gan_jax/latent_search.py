@@ -38,6 +38,7 @@ import optax
 from jax.sharding import Mesh
 
 from vision_core import mesh as mesh_lib
+from vision_core import seeds
 from vision_core.errors import UserInputError
 
 
@@ -57,7 +58,7 @@ class SearchConfig:
       whatever the other images of the batch do; the loop ends when every image has
       stopped. 0 disables early stopping.
     perceptual_weight: weight of the feature term (needs a features function).
-    seed: for the random initial latents. Restart r of an image starts from
+    seed: for the random initial latents, in [0, 2**32). Restart r of an image starts from
       a function of (seed, the image's id, r) only (see `initial_latents`), so neither the
       batch size, nor the image's position, nor R changes it.
     loop: 'while' (the whole search is one program: a lax.while_loop), 'chunked'
@@ -87,6 +88,7 @@ class SearchConfig:
                            "'while' or 'chunked' and chunk >= 1.")
     if self.steps < 1 or self.restarts < 1:
       raise UserInputError(f'steps={self.steps}, restarts={self.restarts}: both must be >= 1.')
+    seeds.check_seed(self.seed, field='seed')
 
 
 class SearchResult(NamedTuple):

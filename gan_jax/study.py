@@ -34,6 +34,7 @@ import numpy as np
 
 from gan_jax import study_images, study_report, study_scores
 from vision_core import io
+from vision_core import seeds
 from vision_core.errors import UserInputError
 import vit_jax
 
@@ -117,6 +118,7 @@ def run(config, *, out: str | None = None, force: bool = False, progress: bool =
 
   out = out or config.out
   check_output(out, force=force)  # Fail before any work is done.
+  seeds.check_seed(config.seed, field='--config.seed')
   fileformat.Quantization.parse(config.quantization)
   study_scores.brisque_files(config.brisque_model, config.brisque_range)  # fail early
   start_time = time.time()

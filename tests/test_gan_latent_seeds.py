@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from gan_jax import compress, fileformat, generators, latent_search, report
+from vision_core.errors import UserInputError
 
 # Stops each image after 3 steps without a 10% gain: the three test images stop at
 # different steps (18, 15 and 4), so a shared stop would show.
@@ -75,8 +76,30 @@ def test_cli_batch_size_and_padding_change_no_latent(generator, images, tmp_path
   for batch in (3, 2):
     out = tmp_path / f'b{batch}'
     compress.main([*inputs, '-o', str(out), '--generator', str(gpath), '--steps', '8',
-                   '--restarts', '1', '--quantization', 'float32',
+                   '--restarts', '1', '--quantization', 'float32', '--seed', '7',
                    '--batch-size', str(batch)])
     latents[batch] = np.stack([fileformat.read(out / f'im{i}.ganz').latent for i in range(3)])
   assert np.abs(latents[3][0] - latents[3][1]).max() > 0.1  # Not one shared start.
   np.testing.assert_allclose(latents[2], latents[3], atol=1e-4)
+
+
+@pytest.mark.parametrize('seed', [2**32 + 5, -1, 1.0, True])
+def test_seeds_outside_32_bits_are_named(seed):
+  """PRNGKey takes seeds mod 2**32: 2**32 + 5 silently was seed 5."""
+  with pytest.raises(UserInputError, match=r'seed=.*expected an integer in \[0, 4294967295\]'):
+    latent_search.SearchConfig(seed=seed).validate()
+
+
+def test_cli_and_study_name_a_bad_seed(tmp_path, capsys):
+  args = ['x.png', '-o', str(tmp_path / 'z'), '--seed', str(2**32 + 5)]
+  with pytest.raises(SystemExit) as e:
+    compress.main(args)
+  assert e.value.code == 2 and '--seed=4294967301' in capsys.readouterr().err
+  from gan_jax import study  # pylint: disable=g-import-not-at-top
+  from tests import study_helpers  # pylint: disable=g-import-not-at-top
+  config = study_helpers.load_study_config()
+  config.seed = 2**32
+  with pytest.raises(UserInputError, match=r'--config.seed=4294967296'):
+    study.run(config, out=str(tmp_path / 'study'), progress=False)
+  assert not (tmp_path / 'study').exists()
+  latent_search.SearchConfig(seed=2**32 - 1).validate()  # The largest seed is fine.
