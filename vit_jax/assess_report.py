@@ -129,8 +129,13 @@ def figure_png(pairs, cols, *, max_pairs: int = 48) -> bytes:
                        ('brisque_reconstruction', 'BRISQUE r'), ('bpp', 'bpp')):
       if key in cols:
         parts.append(f'{label} {_fmt(float(cols[key][i]), "{:.3g}")}')
-    axes[i, 0].text(1.02, -0.08, '   '.join(parts), transform=axes[i, 0].transAxes,
-                    ha='center', va='top', fontsize=8)
+    # Four scores per line: seven on one line are wider than the figure and were cut off.
+    caption = '\n'.join('   '.join(parts[j:j + 4]) for j in range(0, len(parts), 4))
+    # Centred on the figure, just under the row's images.
+    where = matplotlib.transforms.blended_transform_factory(fig.transFigure,
+                                                            axes[i, 0].transAxes)
+    axes[i, 0].text(0.5, -0.06, caption, transform=where, ha='center', va='top', fontsize=8,
+                    linespacing=1.5)
   if len(pairs) > max_pairs:
     fig.suptitle(f'first {max_pairs} of {len(pairs)} pairs (all are in report.csv)')
   fig.tight_layout()
