@@ -56,3 +56,19 @@ def test_images_without_channels_are_refused(fn):
 def test_non_numeric_features_are_refused():
   with pytest.raises(UserInputError, match='GaussianStats.update: features must be real'):
     metrics.GaussianStats().update(np.array([['a', 'b']]))
+
+
+def test_bfloat16_images_are_scored_like_their_float32_values():
+  """A model computing in bf16 hands back bf16 images; they are real numbers (numpy's
+  np.number does not know ml_dtypes' bfloat16, which once refused them)."""
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(rng.integers(0, 256, (2, 16, 16, 3)), jnp.bfloat16)
+  b = jnp.asarray(rng.integers(0, 256, (2, 16, 16, 3)), jnp.bfloat16)
+  a32, b32 = a.astype(jnp.float32), b.astype(jnp.float32)
+  np.testing.assert_allclose(metrics.mse(a, b), metrics.mse(a32, b32), rtol=1e-6)
+  np.testing.assert_allclose(metrics.psnr(a, b, data_range=255.0),
+                             metrics.psnr(a32, b32, data_range=255.0), rtol=1e-6)
+  np.testing.assert_allclose(metrics.ssim(a, b, data_range=255.0),
+                             metrics.ssim(a32, b32, data_range=255.0), rtol=1e-4, atol=1e-5)
+  with pytest.raises(UserInputError, match='real numbers'):
+    metrics.mse(np.ones((1, 8, 8, 3), bool), np.ones((1, 8, 8, 3), bool))

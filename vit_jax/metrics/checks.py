@@ -26,7 +26,9 @@ def check_pair(a, b, *, metric: str, min_size: int = 1) -> tuple[int, int, int, 
       raise UserInputError(
           f'{metric}: {name} must be a 4-D batch [B, H, W, C], got shape {shape}{hint}.')
     dtype = dtype_of(x)
-    if not (np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)):
+    # jnp.issubdtype, not numpy's: bfloat16 and the other ml_dtypes floats (what a model
+    # computing in bf16 hands back) are not np.number subtypes but are real numbers.
+    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
       raise UserInputError(f'{metric}: {name} must be real numbers, got dtype {dtype}.')
   sa, sb = np.shape(a), np.shape(b)
   if sa[-1] != sb[-1]:
