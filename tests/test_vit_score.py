@@ -79,6 +79,21 @@ def test_mixed_dtypes_are_refused(tiny_vit):
                                        params, k=5), 1.0, atol=1e-6)
 
 
+def test_float_images_off_the_0_255_scale_are_refused(tiny_vit):
+  """The ViT sees x / 127.5 - 1, so a [0, 1] or [-1, 1] float pair scored as two black
+  images: top-k agreement 1.0 whatever the pictures."""
+  model, params = tiny_vit
+  a, b = _images(1).astype(np.float32), _images(2).astype(np.float32)
+  with pytest.raises(UserInputError, match=r'vit_score original: image 0 .*\[0, 1\] or \[-1, 1\]'):
+    vit_score(a / 255, b / 255, model, params, k=5)
+  with pytest.raises(UserInputError, match=r'vit_score reconstruction: .*not 0\.\.255'):
+    vit_score(a, b * 257, model, params, k=5)
+  with pytest.raises(UserInputError, match='reconstruction'):
+    vit_score(a, jnp.asarray(b / 127.5 - 1), model, params, k=5)  # device arrays too
+  np.testing.assert_allclose(vit_score(a, b, model, params, k=5),
+                             vit_score(_images(1), _images(2), model, params, k=5))
+
+
 def test_empty_batch_bad_sizes_and_wrong_resolution_are_clear_errors(tiny_vit):
   model, params = tiny_vit
   x = _images(0)

@@ -46,6 +46,7 @@ import numpy as np
 
 from vision_core.errors import UserInputError
 from vision_core.images import check_batch
+from vit_jax.metrics import checks
 from vit_jax.metrics.brisque_filters import gaussian_7x7, half_size, to_grey
 from vit_jax.metrics.brisque_model import BrisqueModel, load_model
 from vit_jax.metrics.opencv_float import mul as _mul, opencv_exp, rounded
@@ -228,33 +229,7 @@ def _check_images(images) -> None:
   if np.issubdtype(dtype, np.floating) and not bool(finite(images).all()):
     raise UserInputError('brisque images: the batch contains NaN or infinite pixels.')
   if np.issubdtype(dtype, np.floating):
-    _check_float_levels(images, xp, dtype)
-
-
-# Float pixels beyond [0, 255] by more than this are on another scale (not an overshoot).
-_FLOAT_SLACK = 0.25 * 255
-
-
-def _check_float_levels(images, xp, dtype) -> None:
-  """Raises unless each float image of `[B, H, W, C]` holds 0..255 values, as OpenCV's do.
-
-  A [0, 1] image is scored silently as a nearly black one (OpenCV: 97 instead of 34 on an
-  astronaut crop); its maximum <= 1 gives it away, as it does for [-1, 1] generator output.
-  A float image that really is that dark can be passed as uint8, which is never questioned.
-  """
-  lo = np.asarray(xp.min(images, axis=(1, 2, 3)), np.float64)
-  hi = np.asarray(xp.max(images, axis=(1, 2, 3)), np.float64)
-  for i in range(lo.size):
-    span = f'image {i} ({dtype}) has values in [{lo[i]:g}, {hi[i]:g}]'
-    if hi[i] <= 1:
-      raise UserInputError(
-          f'brisque images: {span}, a [0, 1] or [-1, 1] scale; BRISQUE takes float pixels '
-          'in [0, 255], as OpenCV: pass x * 255 for [0, 1], (x + 1) * 127.5 for [-1, 1], '
-          'or uint8 images.')
-    if lo[i] < -_FLOAT_SLACK or hi[i] > 255 + _FLOAT_SLACK:
-      raise UserInputError(
-          f'brisque images: {span}, not 0..255; BRISQUE takes float pixels in [0, 255], as '
-          'OpenCV: rescale them (x / 257 for 16-bit levels) or pass uint8 images.')
+    checks.check_float_levels(images, xp, metric='brisque', name='images', as_peer='as OpenCV')
 
 
 def _pad_to_mesh(images, mesh):

@@ -168,3 +168,32 @@ def check_span(a, b, data_range: float, *, metric: str) -> None:
         f'{metric}: the values of a and b span [{lo:g}, {hi:g}], far wider than '
         f'data_range={data_range:g}; pass the width of the images\' value range (255.0 for '
         'uint8 or [0, 255] images, 1.0 for [0, 1] floats).')
+
+
+# Float pixels beyond [0, 255] by more than this are on another scale (not an overshoot).
+_FLOAT_SLACK = 0.25 * 255
+
+
+def check_float_levels(images, xp, *, metric: str, name: str, as_peer: str = '') -> None:
+  """Raises unless each float image of `[B, H, W, C]` holds 0..255 values.
+
+  For metrics that take float pixels on the 8-bit scale (BRISQUE, as OpenCV; the ViT-Score).
+  A [0, 1] image would be scored silently as a nearly black one (BRISQUE: 97 instead of 34 on
+  an astronaut crop); its maximum <= 1 gives it away, as it does for [-1, 1] generator
+  output. A float image that really is that dark can be passed as uint8, never questioned.
+  `xp` is numpy or jax.numpy, matching `images`; `as_peer` ('as OpenCV') ends the sentence.
+  """
+  lo = np.asarray(xp.min(images, axis=(1, 2, 3)), np.float64)
+  hi = np.asarray(xp.max(images, axis=(1, 2, 3)), np.float64)
+  dtype = images.dtype
+  takes = f'{metric} takes float pixels in [0, 255]' + (f', {as_peer}' if as_peer else '')
+  for i in range(lo.size):
+    span = f'image {i} ({dtype}) has values in [{lo[i]:g}, {hi[i]:g}]'
+    if hi[i] <= 1:
+      raise UserInputError(
+          f'{metric} {name}: {span}, a [0, 1] or [-1, 1] scale; {takes}: pass x * 255 for '
+          '[0, 1], (x + 1) * 127.5 for [-1, 1], or uint8 images.')
+    if lo[i] < -_FLOAT_SLACK or hi[i] > 255 + _FLOAT_SLACK:
+      raise UserInputError(
+          f'{metric} {name}: {span}, not 0..255; {takes}: rescale them (x / 257 for 16-bit '
+          'levels) or pass uint8 images.')
