@@ -45,3 +45,21 @@ def test_every_trainer_reports_a_bad_command_line_in_one_line(tmp_path, module, 
   assert result.stderr.startswith(f'{module}: error: {message}'), result.stderr[-2000:]
   assert len(result.stderr.strip().splitlines()) == 1
   assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.parametrize('module,spec', [
+    ('vit_jax.main', 'configs/vit_cifar10_scratch.py:../no/such/folder'),
+    ('igpt_jax.main', 'configs/igpt.py:tiny,cifar10'),
+    ('gan_jax.main', 'configs/gan.py:dcgan,mnist'),
+])
+def test_every_trainer_refuses_an_out_of_range_seed_before_it_starts(tmp_path, module, spec):
+  """A seed past 2**32 would silently repeat a smaller one (PRNGKey reduces it); the trainers
+  used to meet it only in the data loader, after seeding the model and the palette fit."""
+  result = subprocess.run(
+      [sys.executable, '-m', module, '--config', spec, '--workdir', str(tmp_path / 'w'),
+       f'--config.seed={2**32 + 5}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.startswith(
+      f'{module}: error: --config.seed=4294967301: expected an integer in [0, 4294967295]'), (
+          result.stderr[-2000:])
+  assert not (tmp_path / 'w').exists()

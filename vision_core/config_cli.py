@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 from absl import app, flags, logging
 
 from vision_core import io
+from vision_core import seeds
 from vision_core.errors import UserInputError, cli_errors
 
 
@@ -161,6 +162,11 @@ def parse_flags(argv: list[str], *, example: str,
       check_overrides(argv[1:], config)
     raise UserInputError(f'bad command line: {e}') from None
   expand_user_flags(path_flags)
+  config = flags.FLAGS['config'].value if 'config' in flags.FLAGS else None
+  if hasattr(config, 'items') and 'seed' in config:
+    # Checked before the run starts: a trainer seeds its model (and Image GPT its palette
+    # fit) before the data loader, which would otherwise be the first to refuse it.
+    seeds.check_seed(config.seed, field='--config.seed')
 
 
 def run(main: Callable[[list[str]], Any], *, prog: str, example: str) -> None:
