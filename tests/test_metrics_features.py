@@ -85,6 +85,11 @@ def test_vit_extractor_gives_the_models_prelogits():
                      return_prelogits=True)
   np.testing.assert_allclose(got, np.asarray(want), rtol=1e-6, atol=1e-6)
   assert got.shape[0] == 3 and got.ndim == 2
+  # Float 0..255 levels are the same images; [-1, 1] (generator output) would be black ones.
+  np.testing.assert_allclose(metrics.vit_extractor(model, params)(images.astype(np.float32)),
+                             got, rtol=1e-6, atol=1e-6)
+  with pytest.raises(UserInputError, match=r'vit_extractor input: image 0 .*\[-1, 1\]'):
+    metrics.vit_extractor(model, params)(images / 127.5 - 1)
 
 
 def test_extractor_sharded_over_eight_devices_equals_single_device():

@@ -133,6 +133,9 @@ def test_imported_random_weights_match_torch_forward(tmp_path):
   variables = inception_import.load_inception(path)
   got = metrics.inception_extractor(variables, resize_input=False)(images)
   assert got.shape == (2, 2048)
+  # [0, 1] floats with the default data_range=255 would be taken as black images.
+  with pytest.raises(UserInputError, match=r'inception_extractor input: image 0 .*\[0, 1\]'):
+    metrics.inception_extractor(variables, resize_input=False)(images / 255.0)
   assert np.abs(want).max() > 0.1  # the random network did not die out
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
