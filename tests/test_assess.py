@@ -8,8 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+import skimage.util
 from skimage import data
 
+from vision_core import images as images_lib
 from vision_core.errors import UserInputError
 from vit_jax import assess, checkpoint, metrics, models_vit
 from vit_jax.configs.models import get_model_config
@@ -170,5 +172,13 @@ def test_dark_16_bit_image_is_scaled_like_any_16_bit_image(tmp_path):
   values = np.random.default_rng(0).integers(0, 250, (20, 20), dtype=np.uint16)
   Image.fromarray(values).save(tmp_path / 'dark16.png')  # 16-bit, all values <= 255.
   got, notes = assess_io.read_for_metrics(str(tmp_path / 'dark16.png'))
-  np.testing.assert_array_equal(got[..., 0], np.floor(values / 257 + 0.5).astype(np.uint8))
+  # The high byte, as every reader of the project takes it (and scikit-image's img_as_ubyte
+  # on full-range data; on data this dark it would not scale at all).
+  np.testing.assert_array_equal(got[..., 0], (values >> 8).astype(np.uint8))
   assert notes == ['16-bit scaled to 8 bits']
+  levels = (np.arange(400, dtype=np.uint16).reshape(20, 20) * 163).astype(np.uint16)
+  Image.fromarray(levels).save(tmp_path / 'full16.png')
+  got, _ = assess_io.read_for_metrics(str(tmp_path / 'full16.png'))
+  np.testing.assert_array_equal(got[..., 0], skimage.util.img_as_ubyte(levels))
+  np.testing.assert_array_equal(got[..., 0], images_lib.read_image(tmp_path / 'full16.png',
+                                                                   mode='L')[..., 0])

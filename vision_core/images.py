@@ -38,9 +38,9 @@ def read_image(path: str | os.PathLike, *, mode: str = 'RGB') -> np.ndarray:
   try:
     with Image.open(path) as im:
       im.load()
-      # Turned after the conversion: _to_8_bit needs the file's format, which a turned copy
+      # Turned after the conversion: to_8_bit needs the file's format, which a turned copy
       # lacks, and turning fewer bytes is cheaper.
-      converted = exif_upright(im, path, _to_8_bit(im, path).convert(mode))
+      converted = exif_upright(im, path, to_8_bit(im, path).convert(mode))
   except FileNotFoundError:
     raise FileNotFoundError(f'{path}: no such image file.') from None
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -114,7 +114,7 @@ _SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N')
 _SIXTEEN_BIT_I_FORMATS = ('PNG', 'PPM')
 
 
-def _to_8_bit(im, path: str):
+def to_8_bit(im, path: str):
   """`im` itself if 8-bit, else an 8-bit 'L' image of its grey samples (see above).
 
   Raises `UserInputError` for 32-bit integer samples outside [0, 255] and for float samples

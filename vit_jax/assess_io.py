@@ -13,6 +13,7 @@ import os
 import jax
 import numpy as np
 
+from vision_core import images as images_lib
 from vision_core.errors import UserInputError
 from vision_core.images import exif_upright, list_images
 
@@ -62,12 +63,14 @@ def read_for_metrics(path: str) -> tuple[np.ndarray, list[str]]:
       if mode in ('L', 'LA', '1'):
         array = np.asarray(im.convert('L'))[..., None]
       elif mode.startswith('I'):
-        values = np.asarray(im, np.float64)
-        # A 16-bit file is scaled whatever its values (a dark one is still 16-bit); a 32-bit
-        # integer image holding only 0-255 is taken as 8-bit values.
-        scale = 257.0 if mode.startswith('I;16') or values.max() > 255 else 1.0
-        array = np.clip(np.round(values / scale), 0, 255).astype(np.uint8)[..., None]
-        notes.append('16-bit scaled to 8 bits' if scale > 1 else '')
+        # The one rule of every reader (vision_core.images.to_8_bit): a 16-bit file keeps its
+        # high byte, as OpenCV's imread and scikit-image's img_as_ubyte do, whatever its
+        # values (a dark one is still 16-bit); a 32-bit integer image must hold 0-255.
+        # (From the file as opened: to_8_bit reads its format, which a turned copy lacks.)
+        eight_bit = images_lib.to_8_bit(opened, path)
+        array = np.asarray(exif_upright(opened, path, eight_bit))[..., None]
+        notes.append('16-bit scaled to 8 bits' if eight_bit is not opened and (
+            mode.startswith('I;16') or opened.format in ('PNG', 'PPM')) else '')
       else:
         array = np.asarray(im.convert('RGB'))
   except FileNotFoundError:
