@@ -27,7 +27,6 @@ import numpy as np
 from vision_core import seeds
 from vision_core.data import preprocess as pp_lib
 from vision_core.errors import UserInputError
-from vision_core.seeds import MAX_SEED
 
 
 def _stack(records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -54,13 +53,7 @@ def per_host_batch_size(global_batch_size: int, *, field: str = 'batch') -> int:
 
 
 # The key word of `seed=None`: no int seed has it, so None never shares a stream with one.
-_NO_SEED_WORD = MAX_SEED + 1
-
-
-def check_seed(seed: int | None, *, field: str = 'seed') -> None:
-  """Raises UserInputError unless `seed` is None or an int in [0, 2**32) (`vision_core.seeds`:
-  the range grain's shuffle and JAX's keys take)."""
-  seeds.check_seed(seed, field=field, allow_none=True)
+_NO_SEED_WORD = seeds.MAX_SEED + 1
 
 
 def augmentation_rng(seed: int | None, position: int) -> np.random.Generator:
@@ -105,7 +98,7 @@ class GlobalBatchSampler:
   def __init__(self, num_records: int, *, per_process_batch: int, seed: int | None,
                process_index: int = 0, process_count: int = 1, worker_count: int = 0,
                num_epochs: int | None = None, pad_last: bool = False):
-    check_seed(seed)
+    seeds.check_seed(seed, allow_none=True)  # grain's shuffle takes 32 bits
     self._epoch_records = (-1, None)  # (epoch, its shuffled records): the last one read
     self._num_records, self._seed, self._batch = num_records, seed, per_process_batch
     self._index, self._count = process_index, process_count
@@ -146,7 +139,6 @@ class GlobalBatchSampler:
     # Positions past the data pad the last batch (with record 0), for the caller to mask.
     key = self._record(position) if position < self.num_positions else 0
     return grain.RecordMetadata(index=index, record_key=key, rng=rng)
-
 
   def _record(self, position: int) -> int:
     """The record at global `position`: its epoch's permutation of the records."""
