@@ -225,11 +225,7 @@ def _check_images(images) -> None:
       raise UserInputError(
           f'brisque images: integer pixels must be 8-bit levels 0..255, got values in '
           f'[{lo}, {hi}] (dtype {dtype}); convert to 8 bits first (16-bit: x >> 8).')
-  finite = xp.isfinite
-  if np.issubdtype(dtype, np.floating) and not bool(finite(images).all()):
-    raise UserInputError('brisque images: the batch contains NaN or infinite pixels.')
-  if np.issubdtype(dtype, np.floating):
-    checks.check_float_levels(images, xp, metric='brisque', name='images', as_peer='as OpenCV')
+  checks.check_float_levels(images, metric='brisque', name='images', as_peer='as OpenCV')
 
 
 def _pad_to_mesh(images, mesh):

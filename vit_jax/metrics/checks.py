@@ -174,15 +174,22 @@ def check_span(a, b, data_range: float, *, metric: str) -> None:
 _FLOAT_SLACK = 0.25 * 255
 
 
-def check_float_levels(images, xp, *, metric: str, name: str, as_peer: str = '') -> None:
-  """Raises unless each float image of `[B, H, W, C]` holds 0..255 values.
+def check_float_levels(images, *, metric: str, name: str, as_peer: str = '') -> None:
+  """Raises unless each float image of `[B, H, W, C]` is finite and holds 0..255 values.
 
-  For metrics that take float pixels on the 8-bit scale (BRISQUE, as OpenCV; the ViT-Score).
-  A [0, 1] image would be scored silently as a nearly black one (BRISQUE: 97 instead of 34 on
-  an astronaut crop); its maximum <= 1 gives it away, as it does for [-1, 1] generator
-  output. A float image that really is that dark can be passed as uint8, never questioned.
-  `xp` is numpy or jax.numpy, matching `images`; `as_peer` ('as OpenCV') ends the sentence.
+  For metrics that take float pixels on the 8-bit scale (BRISQUE, as OpenCV; the ViT-Score;
+  the FID feature extractors). A [0, 1] image would be scored silently as a nearly black one
+  (BRISQUE: 97 instead of 34 on an astronaut crop); its maximum <= 1 gives it away, as it
+  does for [-1, 1] generator output. A float image that really is that dark can be passed
+  as uint8: integer batches are not looked at here. Host batches (and nested lists) are read
+  with numpy, JAX arrays on their devices; `as_peer` ('as OpenCV') ends the sentence.
   """
+  if not _is_float(dtype_of(images)):
+    return
+  images = images if hasattr(images, 'dtype') else np.asarray(images)
+  xp = np if isinstance(images, np.ndarray) else jnp
+  if not bool(xp.isfinite(images).all()):  # NaN would slip through the comparisons below
+    raise UserInputError(f'{metric} {name}: the batch contains NaN or infinite pixels.')
   lo = np.asarray(xp.min(images, axis=(1, 2, 3)), np.float64)
   hi = np.asarray(xp.max(images, axis=(1, 2, 3)), np.float64)
   dtype = images.dtype

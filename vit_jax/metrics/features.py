@@ -67,7 +67,7 @@ def inception_extractor(variables, *, data_range: float = 255.0, mesh=None,
   def run(images):
     images_lib.check_batch(images, name='inception_extractor input', channels=(3,))
     if data_range == 255.0:
-      _check_float_levels(images, metric='inception_extractor')
+      checks.check_float_levels(images, metric='inception_extractor', name='input')
     return _batched(apply, mesh=mesh)(images)
   return run
 
@@ -85,18 +85,9 @@ def vit_extractor(model, params, *, mesh=None) -> Extractor:
 
   def run(images):
     images_lib.check_batch(images, name='vit_extractor input', channels=(3,))
-    _check_float_levels(images, metric='vit_extractor')
+    checks.check_float_levels(images, metric='vit_extractor', name='input')
     return _batched(apply, mesh=mesh)(images)
   return run
-
-
-def _check_float_levels(images, *, metric: str) -> None:
-  """Float batches must hold 0..255 levels (a [0, 1] or [-1, 1] batch would be taken as
-  nearly black images, and its FID would be silently wrong); see checks.check_float_levels."""
-  if jnp.issubdtype(checks.dtype_of(images), jnp.floating):
-    images = images if hasattr(images, 'dtype') else np.asarray(images)
-    checks.check_float_levels(images, np if isinstance(images, np.ndarray) else jnp,
-                              metric=metric, name='input')
 
 
 def pixel_extractor(images) -> np.ndarray:
