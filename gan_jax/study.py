@@ -319,13 +319,10 @@ def main() -> None:
             f'{paths["figure"]}')
 
   with cli_errors('gan_jax.study'):
-    app.define_help_flags()  # --help: this module's docstring and flags, as app.run would.
-    try:
-      flags.FLAGS(config_cli.expand_config_spec(sys.argv))
-    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
-      raise UserInputError(f'bad command line: {e}') from None
-    # `--out=~/x`, `--config.images=~/a.png,~/b`: the shell left those `~` to us.
-    config_cli.expand_user_flags(('out',), comma_lists=('images',))
+    # The trainers' parsing: one-line errors, `~` expanded (`--config.images` holds a comma-
+    # separated list of paths).
+    config_cli.parse_flags(sys.argv, example='configs/study.py:default', path_flags=('out',),
+                           comma_lists=('images',))
   logging.set_verbosity(logging.WARNING)  # not JAX's backend-probing INFO lines
   app.run(_main, argv=[sys.argv[0]], flags_parser=lambda argv: argv)
 

@@ -130,12 +130,14 @@ def expand_user_flags(path_flags: tuple[str, ...], *,
 
 
 def parse_flags(argv: list[str], *, example: str,
-                path_flags: tuple[str, ...] = ('workdir',)) -> None:
+                path_flags: tuple[str, ...] = ('workdir',),
+                comma_lists: tuple[str, ...] = ()) -> None:
   """Parses `argv` into absl's flags; a bad command line is a one-line `UserInputError`.
 
   `example` is a valid `FILE:ARG` for the message about a missing config file. A leading `~`
   is expanded in the config file's path, in the string flags `path_flags` and in every
-  string field of the config (`expand_user_flags`).
+  string field of the config (`expand_user_flags`; `comma_lists`: fields of comma-separated
+  paths).
   """
   argv = expand_config_spec(argv)
   spec = config_spec(argv[1:])
@@ -161,7 +163,7 @@ def parse_flags(argv: list[str], *, example: str,
     if config is not None:
       check_overrides(argv[1:], config)
     raise UserInputError(f'bad command line: {e}') from None
-  expand_user_flags(path_flags)
+  expand_user_flags(path_flags, comma_lists=comma_lists)
   config = flags.FLAGS['config'].value if 'config' in flags.FLAGS else None
   if hasattr(config, 'items') and 'seed' in config:
     # Checked before the run starts: a trainer seeds its model (and Image GPT its palette
