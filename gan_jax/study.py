@@ -286,6 +286,12 @@ def main() -> None:
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from vision_core.errors import cli_errors  # pylint: disable=g-import-not-at-top
   from vision_core import config_cli  # pylint: disable=g-import-not-at-top
+  with cli_errors('gan_jax.study'):
+    if config_cli.config_spec(sys.argv[1:]) is None:
+      # Defined with a default, the config flag applies argv's `--config.FIELD` overrides as
+      # it is defined, so a misspelt field would fail right here with a traceback.
+      config_cli.check_overrides(sys.argv[1:], config_cli.config_without_overrides(
+          ['--config', default_config_path()]))
   config_flag = config_flags.DEFINE_config_file(
       'config', default_config_path(), 'configs/study.py:PRESET (default: the default preset)',
       lock_config=True)

@@ -63,3 +63,17 @@ def test_every_trainer_refuses_an_out_of_range_seed_before_it_starts(tmp_path, m
       f'{module}: error: --config.seed=4294967301: expected an integer in [0, 4294967295]'), (
           result.stderr[-2000:])
   assert not (tmp_path / 'w').exists()
+
+
+def test_study_names_a_misspelt_field_of_its_default_config_in_one_line(tmp_path):
+  """Without --config the study's flag holds a default, and ml_collections applied the
+  overrides while defining it: a misspelt field ended in a traceback there."""
+  result = subprocess.run([sys.executable, '-m', 'gan_jax.study', '--config.stepz=3',
+                           '--out', str(tmp_path / 'o')], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.startswith(
+      'gan_jax.study: error: --config.stepz: no such config field. Did you mean steps?'), (
+          result.stderr[-2000:])
+  assert len(result.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / 'o').exists()
