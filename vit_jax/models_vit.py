@@ -28,8 +28,9 @@ import ml_collections
 import numpy as np
 
 from vision_core.images import check_batch
+from vision_core.matmul import matmul
 from vit_jax import models_resnet
-from vit_jax.ops import gelu, matmul, normalize
+from vit_jax.ops import gelu, normalize
 
 Dtype = Any
 # `VisionTransformer(attention=...)`: ours (any backend), or jax.nn.dot_product_attention's.

@@ -1,4 +1,5 @@
-"""The ViT's matmul, GELU and LayerNorm pieces, formulated for speed (models_vit uses them).
+"""The ViT's GELU and LayerNorm, formulated for speed (models_vit uses them; its matmul is
+vision_core.matmul).
 
 Each computes what its plain formulation does (tests/test_vit_model_speedups.py checks that);
 only the work XLA is given differs.
@@ -6,8 +7,6 @@ only the work XLA is given differs.
 
 import jax
 import jax.numpy as jnp
-
-from vision_core.matmul import matmul  # re-exported; pylint: disable=unused-import
 
 
 def gelu(x, approximate: bool = True):
