@@ -19,12 +19,11 @@ checkpoints in gs://vit_models (after `vit_jax.checkpoint.load` renames pre-Line
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from vision_core.images import check_batch
