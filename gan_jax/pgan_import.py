@@ -104,11 +104,11 @@ def convert_state_dict(state: Mapping[str, Any], config: Mapping[str, Any] | Non
   channel-major one, which the module reshapes to [C, 4, 4]); conv weights `[O, I, kh, kw]`
   become `[kh, kw, I, O]`.
   """
-  weights, ignored = {}, []
+  weights, unknown = {}, []
   for key, value in state.items():
     canonical = _canonical(str(key))
     if canonical is None:
-      ignored.append(str(key))
+      unknown.append(str(key))
     elif canonical in weights:
       raise UserInputError(f'{source}: two keys name {canonical} (one is {key!r}).')
     else:
@@ -120,6 +120,9 @@ def convert_state_dict(state: Mapping[str, Any], config: Mapping[str, Any] | Non
   if 'formatLayer.weight' not in weights:
     raise UserInputError(f'{source}: no formatLayer.weight (or .module.weight) key; '
                          f'found {sorted(weights) or sorted(map(str, state))[:10]}.')
+  if unknown:  # Dropping them would build a different network without a word.
+    raise UserInputError(f'{source}: {len(unknown)} key(s) that are not part of a '
+                         f'pytorch_GAN_zoo GNet: {sorted(unknown)[:5]}.')
   n_scales = 1 + max([int(m.group(2)) + 1 for m in map(_KEY.match, weights)
                       if m.group(2) is not None] + [0])
   fmt = weights['formatLayer.weight']

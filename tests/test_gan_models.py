@@ -143,6 +143,8 @@ def test_importer_bad_input_messages():
     pgan_import.convert_state_dict(state, {'depthOtherScales': 'abc'})
   with pytest.raises(UserInputError, match=r'formatLayer.module.weight has shape .* 2 dim'):
     pgan_import.convert_state_dict({**state, 'formatLayer.module.weight': np.zeros((4, 4, 4))})
+  with pytest.raises(UserInputError, match=r"1 key\(s\) that are not .* \['extra.weight'\]"):
+    pgan_import.convert_state_dict({**state, 'extra.weight': np.zeros(3)})
   with pytest.raises(UserInputError, match='two keys name formatLayer.weight'):
     pgan_import.convert_state_dict({**state, 'module.formatLayer.weight': np.zeros((4, 4))})
 
