@@ -59,14 +59,6 @@ def expand(spec: str) -> list[str]:
   return out
 
 
-def flatten_alpha(image: np.ndarray, background: int) -> np.ndarray:
-  """`[H, W, 4]` uint8 -> `[H, W, 3]` composited over a flat `background` grey level."""
-  rgb = image[..., :3].astype(np.float32)
-  alpha = image[..., 3:4].astype(np.float32) / 255.0
-  out = rgb * alpha + float(background) * (1.0 - alpha)
-  return np.clip(np.round(out), 0, 255).astype(np.uint8)
-
-
 def square(image: np.ndarray, size: int, channels: int) -> np.ndarray:
   """Center crop to a square, resize to `size` (bicubic), convert to `channels` (1 or 3)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -105,7 +97,7 @@ def load(spec: str, *, size: int, channels: int, alpha_background: int = 255
       raw = raw[..., None]
     note = ''
     if raw.shape[-1] == 4:
-      raw = flatten_alpha(raw, alpha_background)
+      raw = images_lib.composite_alpha(raw, alpha_background)
       note = f'RGBA composited on grey level {int(alpha_background)}'
     result.append(StudyImage(name, entry, square(raw, size, channels), note))
   return result

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+import skimage.metrics
 import skimage.util
 from skimage import data
 
@@ -46,9 +47,12 @@ def _dataset(root):
     encoded = _jpeg(im, 20)
     (comp / f'{name}.jpg').write_bytes(encoded)
     Image.open(io.BytesIO(encoded)).save(recon / f'{name}.png')
-    if name == 'coffee':  # RGBA original: alpha dropped.
-      Image.fromarray(np.dstack([im, np.full(im.shape[:2], 128, np.uint8)])).save(
-          orig / f'{name}.png')
+    if name == 'coffee':  # RGBA original, alpha 0..252 across: composited on white.
+      alpha = np.broadcast_to(np.arange(0, 256, 4, dtype=np.uint8), im.shape[:2])
+      Image.fromarray(np.dstack([im, alpha])).save(orig / f'{name}.png')
+      white = Image.new('RGBA', im.shape[1::-1], (255, 255, 255, 255))
+      shown = Image.alpha_composite(white, Image.open(orig / f'{name}.png')).convert('RGB')
+      images[name] = np.asarray(shown)  # What a viewer shows, by Pillow's own compositing.
     else:
       Image.fromarray(im).save(orig / f'{name}.png')
   Image.open(recon / 'cam.png').resize((70, 50)).save(recon / 'cam.png')  # Needs --resize.
@@ -74,6 +78,10 @@ def test_report_matches_direct_metrics(tiny_checkpoint, tmp_path, shared_data):
   _run(orig, recon, ckpt, out, *args)
   rows = {r['image']: r for r in csv.DictReader(open(out / 'report.csv'))}
   assert sorted(rows) == ['astro', 'cam', 'coffee']
+  from vit_jax import assess_io
+  composited, _ = assess_io.read_for_metrics(str(orig / 'coffee.png'))
+  assert np.abs(composited.astype(int) - images['coffee']).max() <= 1  # Rounding only.
+  images['coffee'] = composited
   for name in ('astro', 'coffee'):
     a = images[name][None]
     b = np.asarray(Image.open(recon / f'{name}.png'))[None]
@@ -89,7 +97,7 @@ def test_report_matches_direct_metrics(tiny_checkpoint, tmp_path, shared_data):
     size = (comp / f'{name}.jpg').stat().st_size
     assert row['bits_per_pixel'] == pytest.approx(8 * size / (48 * 64))
     assert row['compression_ratio'] == pytest.approx(48 * 64 * 3 / size)
-  assert 'alpha dropped' in rows['coffee']['notes']
+  assert 'alpha composited on grey level 255' in rows['coffee']['notes']
   assert 'resized from 70x50' in rows['cam']['notes']
   report = (out / 'report.md').read_text()
   for text in ('chance level 5/20 = 0.250', 'FID on ViT pre-logit', 'Raw-pixel FID: not computed',
@@ -175,10 +183,41 @@ def test_dark_16_bit_image_is_scaled_like_any_16_bit_image(tmp_path):
   # The high byte, as every reader of the project takes it (and scikit-image's img_as_ubyte
   # on full-range data; on data this dark it would not scale at all).
   np.testing.assert_array_equal(got[..., 0], (values >> 8).astype(np.uint8))
-  assert notes == ['16-bit scaled to 8 bits']
+  assert notes == ['16-bit: high byte for the ViT and BRISQUE']
   levels = (np.arange(400, dtype=np.uint16).reshape(20, 20) * 163).astype(np.uint16)
   Image.fromarray(levels).save(tmp_path / 'full16.png')
   got, _ = assess_io.read_for_metrics(str(tmp_path / 'full16.png'))
   np.testing.assert_array_equal(got[..., 0], skimage.util.img_as_ubyte(levels))
   np.testing.assert_array_equal(got[..., 0], images_lib.read_image(tmp_path / 'full16.png',
                                                                    mode='L')[..., 0])
+
+
+def test_16_bit_pairs_score_at_16_bit_precision(tiny_checkpoint, tmp_path):
+  """SSIM/MSE/PSNR of 16-bit grey files equal scikit-image's at data_range 65535 (on the
+  0-255 scale for MSE), where the high byte alone would call the pair identical."""
+  ckpt, _, _ = tiny_checkpoint
+  orig, recon, out = tmp_path / 'o', tmp_path / 'r', tmp_path / 'out'
+  orig.mkdir()
+  recon.mkdir()
+  rng = np.random.default_rng(1)
+  a = (data.camera()[100:164, 100:164].astype(np.uint16) * 257)
+  b = (a + rng.integers(0, 200, a.shape)).clip(0, 65535).astype(np.uint16)  # Low byte only.
+  Image.fromarray(a).save(orig / 'x.png')
+  Image.fromarray(b).save(recon / 'x.png')
+  c8 = data.camera()[200:264, 200:264]  # An 8-bit reconstruction of a 16-bit original.
+  Image.fromarray(c8.astype(np.uint16) * 257 + 100).save(orig / 'y.png')
+  Image.fromarray(c8).save(recon / 'y.png')
+  _run(orig, recon, ckpt, out)
+  rows = {r['image']: r for r in csv.DictReader(open(out / 'report.csv'))}
+  for name, x, y in (('x', a, b), ('y', c8.astype(np.uint16) * 257 + 100,
+                                  c8.astype(np.uint16) * 257)):
+    row = rows[name]
+    want_ssim = skimage.metrics.structural_similarity(
+        x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=65535)
+    want_psnr = skimage.metrics.peak_signal_noise_ratio(x, y, data_range=65535)
+    want_mse = skimage.metrics.mean_squared_error(x, y) / 257.0 ** 2
+    assert float(row['ssim']) == pytest.approx(want_ssim, abs=1e-5)  # float32 SSIM.
+    assert float(row['psnr_db']) == pytest.approx(want_psnr, rel=1e-6)
+    assert float(row['mse']) == pytest.approx(want_mse, rel=1e-6)
+  assert np.isfinite(float(rows['x']['psnr_db']))  # The high bytes are equal.
+  assert '16-bit' in rows['x']['notes']

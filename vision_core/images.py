@@ -140,6 +140,20 @@ def to_8_bit(im, path: str):
   return Image.fromarray(samples.astype(np.uint8), 'L')
 
 
+def composite_alpha(image: np.ndarray, background: int) -> np.ndarray:
+  """`[H, W, C + 1]` uint8 (LA or RGBA) -> `[H, W, C]` over a flat `background` grey level.
+
+  What a viewer shows on a page of that grey: neither the models nor the pixel metrics know
+  transparency, and the colour stored under a transparent pixel is arbitrary.
+  """
+  if not 0 <= int(background) <= 255:
+    raise UserInputError(f'alpha background {background}: expected a grey level 0..255.')
+  colour = image[..., :-1].astype(np.float32)
+  alpha = image[..., -1:].astype(np.float32) / 255.0
+  out = colour * alpha + float(background) * (1.0 - alpha)
+  return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
 def list_images(directory: str | os.PathLike) -> list[str]:
   """Sorted image files directly inside `directory` (by extension, case-insensitive).
 

@@ -2,6 +2,7 @@ r"""The assessment report: ViT-Score, SSIM, MSE, PSNR, FID and BRISQUE for image
 
   python -m vit_jax.assess --originals DIR --reconstructions DIR --checkpoint VIT.npz \
       [--model ViT-B_16] [--compressed DIR] [--out DIR] [--resize] [--force] \
+      [--alpha-background 255] \
       [--brisque-model brisque_model_live.yml --brisque-range brisque_range_live.yml]
 
 Pairs images by file name (extension ignored), scores each pair and writes `report.md`,
@@ -41,12 +42,16 @@ def score_pairs(pairs, *, model, params, image_size, k, brisque_files=None, mesh
   n = len(pairs)
   cols = collections.defaultdict(lambda: np.full(n, np.nan))
   for idx in _group_by_shape(pairs):
+    for fine in (False, True):  # 8-bit pairs, then pairs with a 16-bit file (float levels).
+      sub = [i for i in idx if (pairs[i].original_levels is not None) == fine]
+      if sub:
+        a, b = (np.stack(side) for side in zip(*(pairs[i].pixels() for i in sub)))
+        cols['ssim'][sub] = np.asarray(metrics.ssim(a, b, data_range=255.0))
+        cols['mse'][sub] = np.asarray(metrics.mse(a, b))
+        cols['psnr'][sub] = np.asarray(metrics.psnr(a, b, data_range=255.0))
+        cols['pixel_row_fid'][sub] = np.asarray(metrics.pixel_row_fid(a, b))
     a = np.stack([pairs[i].original for i in idx])
     b = np.stack([pairs[i].reconstruction for i in idx])
-    cols['ssim'][idx] = np.asarray(metrics.ssim(a, b, data_range=255.0))
-    cols['mse'][idx] = np.asarray(metrics.mse(a, b))
-    cols['psnr'][idx] = np.asarray(metrics.psnr(a, b, data_range=255.0))
-    cols['pixel_row_fid'][idx] = np.asarray(metrics.pixel_row_fid(a, b))
     rgb_a, rgb_b = (np.repeat(x, 3, -1) if x.shape[-1] == 1 else x for x in (a, b))
     vit = metrics.vit_scores(rgb_a, rgb_b, model, params, k, image_size=image_size, mesh=mesh)
     cols['vit_score'][idx] = vit['top_k']
@@ -81,8 +86,8 @@ def _set_fid(pairs, model, params, image_size):
   out['vit_prelogits'] = metrics.fid(embed([p.original for p in pairs]),
                                      embed([p.reconstruction for p in pairs]))
   if len(shapes) == 1:
-    a = np.stack([p.original for p in pairs]).reshape(len(pairs), -1).astype(np.float64)
-    b = np.stack([p.reconstruction for p in pairs]).reshape(len(pairs), -1).astype(np.float64)
+    a, b = (np.stack(side).reshape(len(pairs), -1).astype(np.float64)
+            for side in zip(*(p.pixels() for p in pairs)))
     out['raw_pixels'] = metrics.fid(a, b)
   return out
 
@@ -125,10 +130,15 @@ def parse_args(argv):
                       help='resize reconstructions of another size to the original (bicubic)')
   parser.add_argument('--force', action='store_true', help='overwrite existing reports')
   parser.add_argument('--k', type=int, default=100, help='top-k classes of the ViT-Score')
+  parser.add_argument('--alpha-background', type=int, default=255, metavar='GREY',
+                      help='grey level (0-255) that transparent images are composited on '
+                      'before scoring (default 255, white, as the study does)')
   parser.add_argument('--brisque-model', type=path_arg,
                       help='BRISQUE SVR model (OpenCV YAML or libsvm)')
   parser.add_argument('--brisque-range', type=path_arg, help='BRISQUE feature range file')
   args = parser.parse_args(argv)
+  if not 0 <= args.alpha_background <= 255:
+    parser.error(f'--alpha-background {args.alpha_background}: expected a grey level 0..255.')
   if bool(args.brisque_model) != bool(args.brisque_range):
     raise UserInputError('--brisque-model and --brisque-range go together (the SVR model and '
                          'its feature range table).')
@@ -140,7 +150,8 @@ def main(argv=None) -> None:
   for name in OUTPUTS:  # Refuse early, before hours of scoring.
     check_can_write(os.path.join(args.out, name), overwrite=args.force)
   pairs, ignored = assess_io.load_pairs(args.originals, args.reconstructions,
-                                        resize=args.resize, compressed=args.compressed)
+                                        resize=args.resize, compressed=args.compressed,
+                                        alpha_background=args.alpha_background)
   model, params, image_size, model_name = load_classifier(args.checkpoint, args.model)
   brisque_files = (args.brisque_model, args.brisque_range) if args.brisque_model else None
   cols, fids = score_pairs(pairs, model=model, params=params, image_size=image_size, k=args.k,

@@ -83,8 +83,8 @@ def markdown(pairs, cols, fids, info) -> str:
             'network features, one image per side) and is not comparable with Inception FIDs.',
             '']
   lines += ['## Conventions', '',
-            f'- Values: 8-bit levels 0-255; SSIM (Gaussian window 11, sigma 1.5, K1 0.01, '
-            'K2 0.03), PSNR and MSE with data_range 255, per image over all channels.',
+            '- Values: the 0-255 scale of 8-bit levels; SSIM (Gaussian window 11, sigma 1.5, '
+            'K1 0.01, K2 0.03), PSNR and MSE with data_range 255, per image over all channels.',
             f'- Colour: {assess_io.COLOUR_NOTE}',
             '- Orientation: each file is turned upright by its EXIF orientation tag, as '
             "OpenCV's imread does.",
