@@ -189,7 +189,9 @@ def main(argv=None) -> None:
     centers = palette_lib.load_palette(args.palette, num_clusters=model.vocab_size)
     from vision_core import data  # pylint: disable=g-import-not-at-top
     sources = {split: data.get_source(args.dataset, split) for split in ('train', 'test')}
-    data.check_same_classes(sources['train'], sources['test'])
+    # The probe's classes are the train split's; a test split may lack some of them.
+    data.align_classes(sources['test'], sources['train'].class_names,
+                       what=f'--dataset={args.dataset} split test')
     tr_tok, tr_lab, k = load_split(args.dataset, 'train', args.image_size,
                                     args.train_examples, centers, source=sources['train'])
     if k < 2 or len(tr_lab) < 2:

@@ -88,20 +88,26 @@ def _write_split(root, split, classes):
           root / split / name / f'{i}.png')
 
 
-def test_check_same_classes_refuses_splits_with_other_classes(tmp_path):
-  # (ViT training renumbers a test split lacking a class instead: test_vit_main_edges.py.)
+def test_align_classes_renumbers_a_split_to_the_train_classes(tmp_path):
   from vision_core import data  # pylint: disable=g-import-not-at-top
   _write_split(tmp_path, 'train', ['cat', 'dog', 'fox'])
   _write_split(tmp_path, 'test', ['cat', 'fox'])  # 'fox' is label 1 here, 2 in train
   train = data.ImageFolderSource(tmp_path, 'train')
   test = data.ImageFolderSource(tmp_path, 'test')
-  assert test.labels.max() == 1  # why the check is needed: the indices do not match
-  with pytest.raises(UserInputError, match=r"different classes \(only in .*train.*\['dog'\]"):
-    data.check_same_classes(train, test)
-  data.check_same_classes(train, data.ImageFolderSource(tmp_path, 'train'))
+  assert test.labels.max() == 1  # why it is needed: the indices do not match
+  data.align_classes(test, train.class_names, what='test split')
+  by_folder = [train.class_names.index(os.path.basename(os.path.dirname(p)))
+               for p in test.paths]
+  np.testing.assert_array_equal(test.labels, by_folder)
+  assert [test[i]['label'] for i in range(len(test))] == by_folder
+  assert test.class_names == train.class_names and test.num_classes == 3
+  _write_split(tmp_path, 'val', ['cat', 'emu'])
+  with pytest.raises(UserInputError, match=r"val split: classes \['emu'\] are not among"):
+    data.align_classes(data.ImageFolderSource(tmp_path, 'val'), train.class_names,
+                       what='val split')
 
 
-def test_igpt_probe_refuses_splits_with_other_classes(tmp_path, capsys):
+def test_igpt_probe_scores_a_test_split_lacking_a_class(tmp_path, capsys, monkeypatch):
   from igpt_jax import checkpoint, probe  # pylint: disable=g-import-not-at-top
   from tests.test_igpt_model import random_params, tiny_model  # pylint: disable=g-import-not-at-top
   _write_split(tmp_path / 'data', 'train', ['cat', 'dog', 'fox'])
@@ -109,13 +115,24 @@ def test_igpt_probe_refuses_splits_with_other_classes(tmp_path, capsys):
   checkpoint.save(tmp_path / 'params.npz', random_params(tiny_model()))
   np.save(tmp_path / 'palette.npy', np.random.default_rng(0).uniform(
       -1, 1, (512, 3)).astype(np.float32))
+  args = ['--params', str(tmp_path / 'params.npz'), '--palette', str(tmp_path / 'palette.npy'),
+          '--dataset', str(tmp_path / 'data'), '--image_size', '4', '--steps', '5']
+  sources = {}
+  real_load_split = probe.load_split
+  def load_split(dataset, split, *a, **k):
+    sources[split] = k['source']
+    return real_load_split(dataset, split, *a, **k)
+  monkeypatch.setattr(probe, 'load_split', load_split)
+  probe.main(args + ['--out', str(tmp_path / 'out')])
+  assert sources['test'].class_names == ('cat', 'dog', 'fox')
+  assert sorted(set(sources['test'].labels.tolist())) == [0, 2]  # cat, fox as in train
+  assert (tmp_path / 'out' / 'probe.json').exists()
+  os.rename(tmp_path / 'data' / 'test' / 'fox', tmp_path / 'data' / 'test' / 'emu')
   with pytest.raises(SystemExit) as e:
-    probe.main(['--params', str(tmp_path / 'params.npz'), '--palette',
-                str(tmp_path / 'palette.npy'), '--dataset', str(tmp_path / 'data'),
-                '--image_size', '4', '--steps', '5', '--out', str(tmp_path / 'out')])
+    probe.main(args + ['--out', str(tmp_path / 'out2')])
   assert e.value.code == 2
-  assert "different classes (only in" in capsys.readouterr().err
-  assert not (tmp_path / 'out').exists()
+  assert "split test: classes ['emu'] are not among" in capsys.readouterr().err
+  assert not (tmp_path / 'out2').exists()
 
 
 @pytest.mark.parametrize('order', [('a', 'a/b'), ('a/b', 'a')])

@@ -64,31 +64,10 @@ def _source(config, split: str, *, class_names: tuple[str, ...] | None = None):
   source = data.get_source(config.dataset, split, data_dir=config.tfds_data_dir,
                            skip_bad_images=config.skip_bad_images)
   if class_names is not None:
-    align_classes(source, class_names, what=f'{config.dataset} split {split!r}')
+    data.align_classes(source, class_names, what=f'{config.dataset} split {split!r}')
   if config.cache_in_memory and not isinstance(source, data.ArraySource):
     source = data.cache_in_memory(source)
   return source
-
-
-def align_classes(source, class_names, *, what: str) -> None:
-  """Renumbers `source.labels` in place from its own class order to `class_names`.
-
-  An image folder numbers the sorted class folders of each split on its own, so a test split
-  without one of the train classes would otherwise give the later classes other numbers
-  than the model was trained with. Raises `UserInputError` for a class the model lacks.
-  """
-  names, class_names = tuple(source.class_names), tuple(class_names)
-  if names == class_names:
-    return
-  unknown = [n for n in names if n not in class_names]
-  if unknown or not hasattr(source, 'labels'):
-    raise UserInputError(
-        f'{what}: classes {list(unknown or names)} are not among the model\'s '
-        f'{len(class_names)} classes {list(class_names)[:20]}; the splits of an image folder '
-        'must use the same class folder names.')
-  index = {name: i for i, name in enumerate(class_names)}
-  source.labels = np.asarray([index[n] for n in names], np.int32)[source.labels]
-  source.class_names, source.num_classes = class_names, len(class_names)
 
 
 def _train_class_names(config) -> tuple[str, ...] | None:

@@ -283,22 +283,25 @@ def get_source(dataset: str, split: str, *, data_dir: str | None = None,
   return ImageFolderSource(dataset, split, skip_bad_images=skip_bad_images)
 
 
-def check_same_classes(train, test) -> None:
-  """Raises `UserInputError` unless `test` labels its examples with `train`'s classes.
+def align_classes(source, class_names, *, what: str) -> None:
+  """Renumbers `source.labels` in place from its own class order to `class_names`.
 
-  An image folder numbers the class sub-folders of each split on its own, so a test split
-  missing a class (or holding an extra one) would shift every later label by one: the
-  accuracy of a model trained on `train` would be computed against the wrong classes.
+  An image folder numbers the sorted class folders of each split on its own, so a test split
+  without one of the train classes would otherwise give the later classes other numbers
+  than the model was trained with. Raises `UserInputError` for a class `class_names` lacks.
   """
-  if tuple(train.class_names) == tuple(test.class_names):
+  names, class_names = tuple(source.class_names), tuple(class_names)
+  if names == class_names:
     return
-  only_train = sorted(set(train.class_names) - set(test.class_names))
-  only_test = sorted(set(test.class_names) - set(train.class_names))
-  differences = [f'only in {train!r}: {only_train[:5]}' if only_train else '',
-                 f'only in {test!r}: {only_test[:5]}' if only_test else '']
-  found = '; '.join(filter(None, differences)) or 'the same names in another order'
-  raise UserInputError(f'the train and test splits have different classes ({found}); the '
-                       'labels are class indices, so both splits need the same classes.')
+  unknown = [n for n in names if n not in class_names]
+  if unknown or not hasattr(source, 'labels'):
+    raise UserInputError(
+        f'{what}: classes {list(unknown or names)} are not among the model\'s '
+        f'{len(class_names)} classes {list(class_names)[:20]}; the splits of an image folder '
+        'must use the same class folder names.')
+  index = {name: i for i, name in enumerate(class_names)}
+  source.labels = np.asarray([index[n] for n in names], np.int32)[source.labels]
+  source.class_names, source.num_classes = class_names, len(class_names)
 
 
 def cache_in_memory(source, *, threads: int = 8) -> ArraySource:
