@@ -19,6 +19,12 @@ from vision_core.errors import UserInputError
 NUM_CLUSTERS = 512
 
 
+def preprocess_spec(image_size: int) -> str:
+  """`vision_core.data` ops giving a dataset's images as the palette's input: grey ones
+  (MNIST) repeated to RGB, as the centres are RGB colours, then resized to `image_size`."""
+  return f'to_rgb|resize({image_size})'
+
+
 def to_unit_range(pixels) -> jnp.ndarray:
   """uint8 `[..., 3]` -> float32 in [-1, 1], the palette's space (OpenAI: x / 127.5 - 1)."""
   return jnp.asarray(pixels, jnp.float32) / 127.5 - 1.0

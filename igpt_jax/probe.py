@@ -136,7 +136,7 @@ def load_split(dataset, split, image_size, limit, centers, *, source=None):
   `source`: that split's source when the caller has it already."""
   from vision_core import data  # pylint: disable=g-import-not-at-top
   source = data.get_source(dataset, split) if source is None else source
-  resize = data.parse_preprocess(f'resize({image_size})')
+  resize = data.parse_preprocess(palette_lib.preprocess_spec(image_size))
   n = min(limit, len(source)) if limit else len(source)
   idx = np.random.default_rng(0).permutation(len(source))[:n]
   records = [resize(source[int(i)]) for i in idx]

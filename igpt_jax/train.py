@@ -159,7 +159,7 @@ def get_palette(config, source, workdir: str) -> np.ndarray:
   if wanted is None:
     rng = np.random.default_rng(config.seed)
     idx = rng.choice(len(source), min(config.palette_fit_images, len(source)), replace=False)
-    resize = data.parse_preprocess(f'resize({config.image_size})')
+    resize = data.parse_preprocess(palette_lib.preprocess_spec(config.image_size))
     pixels = np.stack([resize(source[int(i)])['image'] for i in idx])
     wanted = palette_lib.fit_palette(pixels, num_clusters=config.vocab_size, seed=config.seed,
                                      steps=config.palette_fit_steps)
@@ -207,7 +207,7 @@ def evaluate(eval_step, params, centers, source, config, mesh) -> dict[str, floa
   totals: dict[str, float] = {}
   for batch in data.eval_batches(_Head(source, config.eval_examples),
                                  global_batch_size=config.batch_size,
-                                 preprocess=f'resize({config.image_size})'):
+                                 preprocess=palette_lib.preprocess_spec(config.image_size)):
     sums = eval_step(params, mesh_lib.shard_batch(batch, mesh), centers)
     for k, v in mesh_lib.to_host(sums).items():
       totals[k] = totals.get(k, 0.0) + float(v)
@@ -235,7 +235,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = jax.device_put(dict(params=params, opt_state=optimizer.init(params),
                               step=jnp.int32(0)), mesh_lib.replicated(mesh))
   loader = data.train_loader(train_source, global_batch_size=config.batch_size,
-                             preprocess=f'resize({config.image_size})', seed=config.seed)
+                             preprocess=palette_lib.preprocess_spec(config.image_size),
+                             seed=config.seed)
   it = iter(loader)
   ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'),
                                     max_to_keep=config.keep_checkpoints)
@@ -310,7 +311,7 @@ def write_samples(model, params, centers, source, config, path, *, n_images: int
                   n_completions: int = 4) -> None:
   """Completions of the first `n_images` test images (or all, if fewer; top half kept):
   original | kept | samples."""
-  resize = data.parse_preprocess(f'resize({config.image_size})')
+  resize = data.parse_preprocess(palette_lib.preprocess_spec(config.image_size))
   images = np.stack([resize(source[i])['image'] for i in range(min(n_images, len(source)))])
   tokens = palette_lib.quantize(images, centers)
   size = config.image_size

@@ -1,8 +1,10 @@
 """Image GPT training on real CIFAR-10: bits/dim falls, resume continues, outputs written."""
 
+import gzip
 import importlib.util
 import json
 import pathlib
+import struct
 
 import jax
 import jax.numpy as jnp
@@ -163,3 +165,47 @@ def test_sample_grid_of_a_test_split_smaller_than_four_images(tmp_path):
   # Row 2, first panel: the second image, palette-quantised.
   expected = palette_lib.dequantize(palette_lib.quantize(source[1]['image'], centers), centers)
   np.testing.assert_array_equal(grid[8:12, 2:6], expected)
+
+
+def _write_idx(path, array):
+  header = struct.pack('>BBBB', 0, 0, 8, array.ndim) + struct.pack(f'>{array.ndim}I',
+                                                                   *array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_grey_datasets_are_coded_as_rgb_pixels(tmp_path):
+  """MNIST-layout grey images: each grey value g is the RGB pixel (g, g, g) to the palette
+  (fitting one, or a given one, used to stop at a reshape traceback in the train step)."""
+  from igpt_jax import checkpoint, probe  # pylint: disable=g-import-not-at-top
+  from tests.test_igpt_model import numpy_forward  # pylint: disable=g-import-not-at-top
+  from vision_core import data, npz  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(8)
+  grey = {'train': rng.integers(0, 256, (40, 4, 4)), 't10k': rng.integers(0, 256, (8, 4, 4))}
+  for prefix, images in grey.items():
+    _write_idx(tmp_path / f'{prefix}-images-idx3-ubyte.gz', images)
+    _write_idx(tmp_path / f'{prefix}-labels-idx1-ubyte.gz', np.arange(len(images)) % 2)
+  centers = rng.uniform(-1, 1, (512, 3)).astype(np.float32)
+  np.save(tmp_path / 'palette.npy', centers)
+  config = tiny_config(tmp_path, image_size=4, batch_size=8, total_steps=2, eval_every=2,
+                       checkpoint_every=2, log_every=1, warmup_steps=1,
+                       palette=str(tmp_path / 'palette.npy'))
+  result = train.train_and_evaluate(config, tmp_path / 'run')
+
+  # The reference: numpy nearest centres of (g, g, g) / 127.5 - 1 and OpenAI's forward pass.
+  rgb = np.repeat(grey['t10k'][..., None], 3, -1).reshape(8, 16, 1, 3) / 127.5 - 1
+  tokens = np.argmin(((rgb - centers.astype(np.float64)) ** 2).sum(-1), -1)
+  params, model = checkpoint.load(tmp_path / 'run' / 'params.npz')
+  logits = numpy_forward(npz.flatten(params), tokens, n_head=model.num_heads)[0]
+  logp = logits - logits.max(-1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+  nats = -np.take_along_axis(logp, tokens[..., None], -1).mean()
+  assert result['test']['bits_per_dim'] == pytest.approx(nats / np.log(2) / 3, rel=1e-4)
+
+  # The linear probe reads them the same way; a palette is fitted on them too.
+  probe_tokens, _, _ = probe.load_split(str(tmp_path), 'test', 4, 0, centers)
+  order = np.random.default_rng(0).permutation(8)  # load_split's fixed shuffle.
+  np.testing.assert_array_equal(probe_tokens, tokens[order])
+  config.palette, config.palette_fit_steps = '', 5
+  source = data.get_source(str(tmp_path), 'train')
+  assert train.get_palette(config, source, str(tmp_path / 'fit')).shape == (512, 3)
