@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 from typing import Sequence
 
@@ -160,6 +161,25 @@ def _check_args(args: argparse.Namespace, outputs: dict[str, str]) -> None:
     io.check_can_write(path, overwrite=args.force)
 
 
+def _image_size(size: int | None, n_ctx: int) -> int:
+  """`--image_size` checked against the model (default: its side, sqrt of n_ctx)."""
+  side = math.isqrt(n_ctx)
+  if size is None:
+    if side * side != n_ctx:
+      raise UserInputError(f'the model\'s n_ctx={n_ctx} is not a square image; pass '
+                           '--image_size.')
+    return side
+  if size < 1 or size * size > n_ctx:
+    raise UserInputError(f'--image_size={size}: {size * size} tokens, but the model reads at '
+                         f'most n_ctx={n_ctx}.')
+  if side * side == n_ctx and size != side:
+    # Position t is pixel (t // side, t % side) to the model: other sizes scramble the rows
+    # and give features of images it never saw, silently.
+    raise UserInputError(f'--image_size={size}: the model was trained on {side}x{side} '
+                         f'images (n_ctx={n_ctx}); pass --image_size {side}.')
+  return size
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog='igpt_jax.probe', description=__doc__.split('\n')[0])
   parser.add_argument('--params', required=True, type=io.path_arg,
@@ -168,7 +188,8 @@ def main(argv=None) -> None:
                       help='[512, 3] .npy palette')
   parser.add_argument('--dataset', required=True, type=io.path_arg,
                       help='image folder or TFDS name')
-  parser.add_argument('--image_size', type=int, default=32)
+  parser.add_argument('--image_size', type=int, default=None,
+                      help="image side in pixels; default: the model's (sqrt of n_ctx)")
   parser.add_argument('--train_examples', type=int, default=10_000, help='0: all')
   parser.add_argument('--test_examples', type=int, default=10_000, help='0: all')
   parser.add_argument('--l2', type=float, nargs='+', default=[1e-4, 1e-3, 1e-2, 1e-1],
@@ -183,9 +204,7 @@ def main(argv=None) -> None:
     _check_args(args, outputs)
     from igpt_jax import checkpoint  # pylint: disable=g-import-not-at-top
     params, model = checkpoint.load(args.params)
-    if args.image_size ** 2 > model.n_ctx:
-      raise UserInputError(f'--image_size={args.image_size}: {args.image_size ** 2} tokens '
-                           f'exceed the model\'s n_ctx={model.n_ctx}.')
+    args.image_size = _image_size(args.image_size, model.n_ctx)
     centers = palette_lib.load_palette(args.palette, num_clusters=model.vocab_size)
     from vision_core import data  # pylint: disable=g-import-not-at-top
     sources = {split: data.get_source(args.dataset, split) for split in ('train', 'test')}

@@ -81,9 +81,8 @@ def test_cli_writes_table_json_and_plot(tmp_path):
   checkpoint.save(tmp_path / 'params.npz', random_params(model))
   np.save(tmp_path / 'palette.npy', rng.uniform(-1, 1, (512, 3)).astype(np.float32))
   args = ['--params', str(tmp_path / 'params.npz'), '--palette', str(tmp_path / 'palette.npy'),
-          '--dataset', str(tmp_path / 'data'), '--image_size', '4', '--l2', '0.01', '--steps',
-          '30', '--out',
-          str(tmp_path / 'out')]
+          '--dataset', str(tmp_path / 'data'), '--l2', '0.01', '--steps', '30', '--out',
+          str(tmp_path / 'out')]  # --image_size: the model's 4 (n_ctx 16).
   probe.main(args)
   rows = json.loads((tmp_path / 'out' / 'probe.json').read_text())
   assert [r['layer'] for r in rows] == [0, 1, 2]
@@ -126,6 +125,9 @@ def test_cli_refuses_one_class_and_checks_outputs_before_any_work(tmp_path, caps
   assert e.value.code == 2 and 'probe.json already exists' in capsys.readouterr().err
   assert not (tmp_path / 'out' / 'probe.md').exists()
   for bad, message in ((['--train_examples', '-1'], '--train_examples=-1'),
+                       # 2x2 images to a 4x4 model: pixel rows in the wrong positions.
+                       (['--image_size', '2', '--force'], 'trained on 4x4 images (n_ctx=16); pass '
+                        '--image_size 4'),
                        (['--out', str(tmp_path / 'palette.npy')], 'is a file')):
     with pytest.raises(SystemExit):
       probe.main(args + bad)
