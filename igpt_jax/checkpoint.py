@@ -33,6 +33,7 @@ from vision_core.errors import UserInputError
 _OPTIMIZER_PARTS = {'Adam', 'Adam_1', 'adam_m', 'adam_v', 'AdamWeightDecayOptimizer',
                     'AdamWeightDecayOptimizer_1', 'Momentum', 'ExponentialMovingAverage'}
 _OPTIMIZER_NAMES = {'global_step', '_step', 'beta1_power', 'beta2_power'}
+HF_SHARD_INDEX = 'model.safetensors.index.json'
 _HF_BUFFERS = re.compile(r'h\.\d+\.attn\.(bias|masked_bias)$')
 
 
@@ -162,19 +163,52 @@ def hf_to_flat(state: Mapping[str, np.ndarray], *, num_heads: int, source: str) 
   return flat
 
 
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path}: no such safetensors file.')
+  try:
+    return st_numpy.load_file(path)
+  except Exception as e:  # safetensors raises its own error types for corrupt headers.
+    raise UserInputError(f'{path}: not a readable safetensors file ({e}).') from None
+
+
+def _read_hf_shards(index_path: str) -> dict[str, np.ndarray]:
+  """The tensors of a sharded save (`save_pretrained` splits big models, such as
+  imagegpt-large in float32, into `model-0000k-of-0000n.safetensors` listed by the index)."""
+  with open(index_path, encoding='utf-8') as f:
+    try:
+      weight_map = json.load(f).get('weight_map')
+    except json.JSONDecodeError as e:
+      raise UserInputError(f'{index_path}: not valid JSON ({e}).') from None
+  if not isinstance(weight_map, dict) or not weight_map:
+    raise UserInputError(f'{index_path}: expected a "weight_map" of tensor names to shard '
+                         'files, as transformers writes it.')
+  state = {}
+  for shard in sorted(set(weight_map.values())):
+    state.update(_read_safetensors(os.path.join(os.path.dirname(index_path), shard)))
+  missing = sorted(set(weight_map) - set(state))
+  if missing:
+    raise UserInputError(f'{index_path}: {len(missing)} tensors listed but not in their shard '
+                         f'files: {", ".join(missing[:5])}.')
+  return state
+
+
 def load_hf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = None,
             num_heads: Optional[int] = None):
-  """HF transformers' ImageGPT safetensors (a file, or a directory with model.safetensors).
+  """HF transformers' ImageGPT safetensors: a file, or a directory with model.safetensors or
+  with the shards of `model.safetensors.index.json`.
 
   The number of heads comes from `num_heads`, `model`, or `config.json` beside the file.
 
   Returns:
     `(params, model)`.
   """
-  from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
   if os.path.isdir(path):
-    path = os.path.join(path, 'model.safetensors')
+    index = os.path.join(path, HF_SHARD_INDEX)
+    path = index if (os.path.exists(index) and not os.path.exists(
+        os.path.join(path, 'model.safetensors'))) else os.path.join(path, 'model.safetensors')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path}: no such safetensors file.')
   config = _hf_config(path)
@@ -182,10 +216,7 @@ def load_hf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = N
   if not num_heads:
     raise UserInputError(f'{path}: the number of heads is not stored in the weights; put HF\'s '
                          'config.json beside the file or pass num_heads.')
-  try:
-    state = st_numpy.load_file(path)
-  except Exception as e:  # safetensors raises its own error types for corrupt headers.
-    raise UserInputError(f'{path}: not a readable safetensors file ({e}).') from None
+  state = _read_hf_shards(path) if path.endswith('.json') else _read_safetensors(path)
   flat = hf_to_flat(state, num_heads=num_heads, source=path)
   return _finish(flat, model, path, num_heads=num_heads)
 
@@ -193,12 +224,14 @@ def load_hf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = N
 def load(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = None,
          num_heads: Optional[int] = None):
   """Any of the three formats, by file name: `.npz`, `.safetensors` (or a directory holding
-  `model.safetensors`), otherwise a TF checkpoint. Returns `(params, model)`."""
+  `model.safetensors` or a sharded save's `model.safetensors.index.json`), otherwise a TF
+  checkpoint. Returns `(params, model)`."""
   path = os.fspath(path)
   if path.endswith('.npz'):
     flat = npz.load_flat(path)
     return _finish(flat, model, path, num_heads=num_heads)
-  if path.endswith('.safetensors') or os.path.exists(os.path.join(path, 'model.safetensors')):
+  if path.endswith(('.safetensors', HF_SHARD_INDEX)) or any(
+      os.path.exists(os.path.join(path, name)) for name in ('model.safetensors', HF_SHARD_INDEX)):
     return load_hf(path, model=model, num_heads=num_heads)
   return load_openai_tf(path, model=model)
 

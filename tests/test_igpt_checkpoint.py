@@ -242,8 +242,10 @@ def test_optimizer_state_names():
     assert not checkpoint.is_optimizer_state(name)
 
 
-def test_logits_equal_hf_transformers_pytorch_imagegpt(tmp_path):
-  """HF's own PyTorch ImageGPT, saved by HF, loads here and gives the same logits."""
+@pytest.mark.parametrize('shard_size', [None, '20KB'])
+def test_logits_equal_hf_transformers_pytorch_imagegpt(tmp_path, shard_size):
+  """HF's own PyTorch ImageGPT, saved by HF, loads here and gives the same logits; also when
+  save_pretrained splits it into shards (it does so for imagegpt-large in float32)."""
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
   config = transformers.ImageGPTConfig(n_embd=32, n_layer=2, n_head=4, n_positions=16,
@@ -254,7 +256,9 @@ def test_logits_equal_hf_transformers_pytorch_imagegpt(tmp_path):
     for name, p in hf.named_parameters():
       p.copy_(torch.zeros_like(p) if name.endswith('.bias') else torch.randn_like(p) * 0.3
               + (1.0 if 'ln_' in name else 0.0))
-  hf.save_pretrained(tmp_path / 'hf', safe_serialization=True)
+  kwargs = {'max_shard_size': shard_size} if shard_size else {}
+  hf.save_pretrained(tmp_path / 'hf', safe_serialization=True, **kwargs)
+  assert (tmp_path / 'hf' / 'model.safetensors').exists() == (shard_size is None)
   params, model = checkpoint.load(tmp_path / 'hf')
   assert (model.width, model.num_heads, model.num_layers, model.n_ctx) == (32, 4, 2, 16)
   tokens = np.random.default_rng(0).integers(0, 512, (2, 16))
@@ -263,3 +267,8 @@ def test_logits_equal_hf_transformers_pytorch_imagegpt(tmp_path):
     expected = hf(torch.as_tensor(inputs)).logits.numpy()
   ours = model.apply({'params': params}, jnp.asarray(tokens))['logits']
   np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
+  if shard_size:  # A shard the index lists but that is gone: named, not a traceback.
+    shard = sorted((tmp_path / 'hf').glob('model-*.safetensors'))[-1]
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match=f'{shard.name}: no such safetensors file'):
+      checkpoint.load(tmp_path / 'hf')
