@@ -117,6 +117,21 @@ def _hf_config(path: str) -> dict:
       raise UserInputError(f'{config_path}: not valid JSON ({e}).') from None
 
 
+# ImageGPTConfig fields that change HF's forward pass, with the values that give the
+# release's (and our) model; a config with others would load here and give other logits.
+_HF_FORWARD = {'activation_function': 'quick_gelu', 'layer_norm_epsilon': igpt_model.NORM_EPSILON,
+               'scale_attn_weights': True, 'scale_attn_by_inverse_layer_idx': False}
+
+
+def check_hf_config(config: Mapping[str, Any], *, source: str) -> None:
+  """Raises `UserInputError` if HF's config.json asks for a forward pass other than ours."""
+  bad = [f'{k}={config[k]!r} (expected {v!r})' for k, v in _HF_FORWARD.items()
+         if k in config and config[k] != v]
+  if bad:
+    raise UserInputError(f'{source}: {", ".join(bad)}; Image GPT here computes the release\'s '
+                         'forward pass only, so these weights would give other logits.')
+
+
 def hf_to_flat(state: Mapping[str, np.ndarray], *, num_heads: int, source: str) -> dict:
   """HF ImageGPT tensors (`transformer.` prefix optional) -> our flat names."""
   state = {k[len('transformer.'):] if k.startswith('transformer.') else k: v
@@ -212,6 +227,7 @@ def load_hf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = N
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path}: no such safetensors file.')
   config = _hf_config(path)
+  check_hf_config(config, source=os.path.join(os.path.dirname(path), 'config.json'))
   num_heads = num_heads or (model.num_heads if model else config.get('n_head'))
   if not num_heads:
     raise UserInputError(f'{path}: the number of heads is not stored in the weights; put HF\'s '

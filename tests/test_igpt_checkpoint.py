@@ -234,6 +234,25 @@ def test_bad_files_are_clear_errors(tmp_path):
     checkpoint.load_hf(tmp_path / 'hf' / 'model.safetensors')
 
 
+@pytest.mark.parametrize('field, value', [('scale_attn_by_inverse_layer_idx', True),
+                                          ('scale_attn_weights', False),
+                                          ('layer_norm_epsilon', 1e-6),
+                                          ('activation_function', 'gelu')])
+def test_hf_configs_with_another_forward_pass_are_refused(tmp_path, field, value):
+  """Each of these ImageGPTConfig fields changes HF's logits (the attention scale per layer
+  or at all, the norm's epsilon, the MLP activation); such weights loaded silently and gave
+  other logits here."""
+  write_hf(tmp_path / 'hf', npz.flatten(random_params(tiny_model())), num_heads=4)
+  config_path = tmp_path / 'hf' / 'config.json'
+  config = json.loads(config_path.read_text())
+  config.update(activation_function='quick_gelu', layer_norm_epsilon=1e-5)  # HF's defaults.
+  config_path.write_text(json.dumps(config))
+  checkpoint.load(tmp_path / 'hf')
+  config_path.write_text(json.dumps({**config, field: value}))
+  with pytest.raises(UserInputError, match=rf'config.json: {field}={value!r} \(expected'):
+    checkpoint.load(tmp_path / 'hf')
+
+
 def test_optimizer_state_names():
   for name in ('global_step', 'model/h0/attn/q_proj/Adam', 'model/wte/adam_v',
                'model/h3/mlp/c_fc/w/Adam_1'):
