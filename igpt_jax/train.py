@@ -116,17 +116,22 @@ def make_eval_step(*, model, objective: str):
   return jax.jit(evaluate)
 
 
-class _Head:
-  """The first `n` examples of a source (a fast, fixed evaluation subset)."""
+class EvalSubset:
+  """`n` examples of a source (all if `n` is 0 or larger), drawn once with a fixed seed: a
+  fast evaluation subset, the same at every evaluation and in every run. Not the first `n`:
+  image folders list their examples class by class, so those were CIFAR-10's airplanes."""
 
   def __init__(self, source, n: int):
-    self.source, self.n = source, min(n, len(source)) if n else len(source)
+    self.source = source
+    self.indices = np.arange(len(source))
+    if n and n < len(source):
+      self.indices = np.sort(np.random.default_rng(0).permutation(len(source))[:n])
 
   def __len__(self):
-    return self.n
+    return len(self.indices)
 
   def __getitem__(self, i):
-    return self.source[i]
+    return self.source[int(self.indices[i])]
 
 
 def get_palette(config, source, workdir: str) -> np.ndarray:
@@ -205,7 +210,7 @@ def _source(config, split):
 
 def evaluate(eval_step, params, centers, source, config, mesh) -> dict[str, float]:
   totals: dict[str, float] = {}
-  for batch in data.eval_batches(_Head(source, config.eval_examples),
+  for batch in data.eval_batches(EvalSubset(source, config.eval_examples),
                                  global_batch_size=config.batch_size,
                                  preprocess=palette_lib.preprocess_spec(config.image_size)):
     sums = eval_step(params, mesh_lib.shard_batch(batch, mesh), centers)

@@ -209,3 +209,26 @@ def test_grey_datasets_are_coded_as_rgb_pixels(tmp_path):
   config.palette, config.palette_fit_steps = '', 5
   source = data.get_source(str(tmp_path), 'train')
   assert train.get_palette(config, source, str(tmp_path / 'fit')).shape == (512, 3)
+
+
+def test_evaluation_subset_spans_the_classes_of_a_class_ordered_folder():
+  """Image folders list examples class by class: the first eval_examples of CIFAR-10's test
+  folder were all airplanes, so test bits/dim (and fine-tuning accuracy) were one class's."""
+  from vision_core import data, mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  labels = np.repeat(np.arange(10), 100)  # 1,000 examples, class by class.
+  source = data.ArraySource(np.zeros((1000, 2, 2, 3), np.uint8), labels)
+  config = load_config('testing,cifar10')
+  config.update(dict(image_size=2, batch_size=8, eval_examples=200))
+
+  def eval_step(params, batch, centers):  # The mean label of the evaluated examples.
+    del params, centers
+    mask = batch['mask'].astype(jnp.float32)
+    return {'bits_per_dim': jnp.sum(batch['label'] * mask), 'count': jnp.sum(mask)}
+
+  mesh = mesh_lib.make_mesh()
+  mean_label = train.evaluate(eval_step, None, None, source, config, mesh)['bits_per_dim']
+  chosen = labels[np.sort(np.random.default_rng(0).permutation(1000)[:200])]
+  assert np.bincount(chosen, minlength=10).min() >= 10  # Every class, roughly evenly.
+  assert mean_label == pytest.approx(chosen.mean())
+  config.eval_examples = 0  # All of them.
+  assert train.evaluate(eval_step, None, None, source, config, mesh)['bits_per_dim'] == 4.5
