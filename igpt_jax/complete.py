@@ -65,7 +65,7 @@ def main(argv=None) -> None:
   parser.add_argument('--params', required=True, type=io.path_arg,
                       help='.npz, TF checkpoint or safetensors')
   parser.add_argument('--palette', required=True, type=io.path_arg,
-                      help='[512, 3] .npy palette')
+                      help="[512, 3] .npy palette, or HF's preprocessor_config.json")
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument('--images', type=io.path_arg, help='folder of images to complete')
   source.add_argument('--unconditional', type=int, help='number of unconditional samples')

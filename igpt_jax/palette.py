@@ -7,6 +7,7 @@ Stored like OpenAI's `kmeans_centers.npy`: a float32 `[512, 3]` array of RGB cen
 from __future__ import annotations
 
 import functools
+import json
 import os
 
 import jax
@@ -68,11 +69,31 @@ def check_palette(centers, *, source: str = 'palette', num_clusters: int | None 
                          f'in [{np.nanmin(centers):.3g}, {np.nanmax(centers):.3g}].')
 
 
+def _hf_clusters(path: str) -> np.ndarray:
+  """The `clusters` of HF's ImageGPTImageProcessor (`preprocessor_config.json`): OpenAI's
+  centres as a list of 512 [r, g, b] lists, the only copy of the palette an HF user has."""
+  try:
+    clusters = json.loads(io.read_bytes(path)).get('clusters')
+  except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+    raise UserInputError(f'{path}: not an ImageGPT preprocessor config ({e}).') from None
+  if clusters is None:
+    raise UserInputError(f'{path}: no "clusters" entry (HF ImageGPTImageProcessor\'s palette).')
+  try:
+    return np.asarray(clusters, np.float32)
+  except (TypeError, ValueError) as e:
+    raise UserInputError(f'{path}: "clusters" is not a [K, 3] list of numbers ({e}).') from None
+
+
 def load_palette(path: str | os.PathLike, *, num_clusters: int | None = None) -> np.ndarray:
-  """Reads a palette `.npy` (OpenAI's `kmeans_centers.npy` or ours) as float32 `[K, 3]`."""
+  """Reads a palette as float32 `[K, 3]`: a `.npy` (OpenAI's `kmeans_centers.npy` or ours) or
+  HF's `preprocessor_config.json` (its `clusters`)."""
   path = os.fspath(path)
   if not io.exists(path):
     raise FileNotFoundError(f'{path}: no such palette file.')
+  if path.endswith('.json'):
+    centers = _hf_clusters(path)
+    check_palette(centers, source=path, num_clusters=num_clusters)
+    return centers
   try:
     centers = np.load(io.readable(path), allow_pickle=False)
   except ValueError as e:

@@ -185,7 +185,7 @@ def main(argv=None) -> None:
   parser.add_argument('--params', required=True, type=io.path_arg,
                       help='.npz, TF checkpoint or safetensors')
   parser.add_argument('--palette', required=True, type=io.path_arg,
-                      help='[512, 3] .npy palette')
+                      help="[512, 3] .npy palette, or HF's preprocessor_config.json")
   parser.add_argument('--dataset', required=True, type=io.path_arg,
                       help='image folder or TFDS name')
   parser.add_argument('--image_size', type=int, default=None,

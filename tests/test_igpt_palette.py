@@ -104,3 +104,22 @@ def test_openai_style_file_round_trip_and_bad_files(tmp_path):
     palette.quantize(np.zeros((4, 4), np.uint8), centers)
   with pytest.raises(UserInputError, match=r'values must be in \[0, 512\)'):
     palette.dequantize(np.array([[0, 600, 1, 2]]), centers)
+
+
+def test_hf_preprocessor_config_clusters_give_hf_image_processor_tokens(tmp_path):
+  """An HF user's palette is the `clusters` of imagegpt-*/preprocessor_config.json, written
+  by transformers' ImageGPTImageProcessor; it loads here and codes images as HF's does."""
+  transformers = pytest.importorskip('transformers')
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  centers = np.random.default_rng(9).uniform(-1, 1, (512, 3)).astype(np.float32)
+  processor = transformers.ImageGPTImageProcessor(clusters=centers,
+                                                  size={'height': 16, 'width': 16})
+  processor.save_pretrained(tmp_path / 'hf')
+  loaded = palette.load_palette(tmp_path / 'hf' / 'preprocessor_config.json', num_clusters=512)
+  np.testing.assert_array_equal(loaded, centers)
+  image = skimage.data.astronaut()[::32, ::32]  # 16x16: HF's resize keeps it as is.
+  expected = processor(images=Image.fromarray(image), return_tensors='np')['input_ids']
+  np.testing.assert_array_equal(palette.quantize(image[None], loaded), expected)
+  (tmp_path / 'bad.json').write_text('{"size": 32}')
+  with pytest.raises(UserInputError, match=r'bad.json: no "clusters" entry'):
+    palette.load_palette(tmp_path / 'bad.json')
