@@ -148,13 +148,14 @@ def get_palette(config, source, workdir: str) -> np.ndarray:
     wanted = palette_lib.load_palette(config.palette, num_clusters=config.vocab_size)
     origin = f'palette={config.palette}'
   elif config.init_from:  # The weights only make sense with the palette they learned.
-    beside = io.join(io.dirname(io.abspath(config.init_from)), 'palette.npy')
-    if io.exists(beside):
+    beside, looked = _palette_beside(config.init_from)
+    if beside:
       wanted = palette_lib.load_palette(beside, num_clusters=config.vocab_size)
       origin = f'init_from={config.init_from} (its {beside})'
     elif not io.exists(saved):
       raise UserInputError(f'init_from={config.init_from}: pass the palette those weights '
-                           f'were trained with (--config.palette=...); {beside} is absent.')
+                           f'were trained with (--config.palette=...); none of '
+                           f'{", ".join(looked)} exists.')
   if io.exists(saved):
     centers = palette_lib.load_palette(saved, num_clusters=config.vocab_size)
     if wanted is not None and not np.array_equal(centers, wanted):
@@ -170,6 +171,17 @@ def get_palette(config, source, workdir: str) -> np.ndarray:
                                      steps=config.palette_fit_steps)
   _save_palette_once(saved, wanted)
   return wanted
+
+
+def _palette_beside(init_from: str) -> tuple[str | None, list[str]]:
+  """The palette file beside the weights (in their folder, or in a folder given as weights):
+  a run's `palette.npy`, OpenAI's `kmeans_centers.npy` (download.py puts it beside the
+  checkpoint) or HF's `preprocessor_config.json`. Returns (the first that exists, all)."""
+  path = io.abspath(init_from)
+  folder = path if io.isdir(path) else io.dirname(path)
+  looked = [io.join(folder, name) for name in
+            ('palette.npy', 'kmeans_centers.npy', 'preprocessor_config.json')]
+  return next((p for p in looked if io.exists(p)), None), looked
 
 
 def _save_palette_once(path: str, centers: np.ndarray) -> None:

@@ -126,6 +126,28 @@ def test_the_run_palette_is_saved_in_the_workdir_and_must_not_change(tmp_path):
     train.get_palette(config, None, str(work))
 
 
+def test_the_palette_beside_openai_or_hf_weights_is_found(tmp_path):
+  """OpenAI's download.py puts kmeans_centers.npy beside model.ckpt-N; an HF model folder
+  holds preprocessor_config.json. Both were missed (the HF folder's parent was searched)."""
+  rng = np.random.default_rng(10)
+  openai, hf = (rng.uniform(-1, 1, (512, 3)).astype(np.float32) for _ in range(2))
+  (tmp_path / 'downloads').mkdir()
+  np.save(tmp_path / 'downloads' / 'kmeans_centers.npy', openai)
+  (tmp_path / 'imagegpt-small').mkdir()
+  (tmp_path / 'imagegpt-small' / 'preprocessor_config.json').write_text(
+      json.dumps({'clusters': hf.tolist(), 'image_processor_type': 'ImageGPTImageProcessor'}))
+  config = load_config('testing,cifar10')
+  for init_from, expected in (('downloads/model.ckpt-1000000', openai),
+                              ('imagegpt-small', hf)):
+    config.init_from = str(tmp_path / init_from)
+    np.testing.assert_array_equal(
+        train.get_palette(config, None, str(tmp_path / f'run_{expected is hf}')), expected)
+  config.init_from = str(tmp_path / 'elsewhere' / 'params.npz')
+  with pytest.raises(UserInputError, match=r'none of .*elsewhere/palette\.npy, .*'
+                     r'elsewhere/kmeans_centers\.npy, .*elsewhere/preprocessor_config\.json'):
+    train.get_palette(config, None, str(tmp_path / 'run3'))
+
+
 def test_a_mismatched_init_from_fails_before_writing_to_the_workdir(tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from igpt_jax import checkpoint  # pylint: disable=g-import-not-at-top
