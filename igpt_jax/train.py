@@ -11,6 +11,7 @@ bucket URI (`gs://bucket/run`, via `vision_core.io`).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Any
@@ -318,8 +319,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.sample_grid and not model.bert:
       write_samples(model, params, np.asarray(centers), test_source, config,
                     io.join(workdir, 'samples.png'))
+  final_path = io.join(workdir, 'final.json')
+  if first and io.exists(final_path):
+    # A resumed run keeps what the earlier ones measured: the initial evaluation, and the
+    # test metrics when no step ran (a finished workdir run again used to lose them).
+    earlier = json.loads(io.read_bytes(final_path))
+    result = {**{k: earlier[k] for k in ('initial_test', 'test') if k in earlier}, **result}
   result.update(step=int(state['step']), workdir=workdir)
-  metrics_log.write_json(io.join(workdir, 'final.json'), result)
+  metrics_log.write_json(final_path, result)
   log.close()
   return result
 

@@ -49,7 +49,7 @@ def test_tiny_model_lowers_bits_per_dim_on_cifar10_and_resumes(shared_data, tmp_
   # Resuming: a longer run continues from step 150 (no second initial evaluation).
   config.total_steps, config.sample_grid = 155, False
   resumed = train.train_and_evaluate(config, tmp_path)
-  assert resumed['step'] == 155 and 'initial_test' not in resumed
+  assert resumed['step'] == 155 and resumed['initial_test'] == result['initial_test']
   steps = [r['step'] for r in metrics_log.read_jsonl(tmp_path / 'metrics.jsonl')
            if r['split'] == 'train']
   assert steps == [50, 100, 150, 155]
@@ -196,12 +196,8 @@ def _write_idx(path, array):
     f.write(header + array.astype(np.uint8).tobytes())
 
 
-def test_grey_datasets_are_coded_as_rgb_pixels(tmp_path):
-  """MNIST-layout grey images: each grey value g is the RGB pixel (g, g, g) to the palette
-  (fitting one, or a given one, used to stop at a reshape traceback in the train step)."""
-  from igpt_jax import checkpoint, probe  # pylint: disable=g-import-not-at-top
-  from tests.test_igpt_model import numpy_forward  # pylint: disable=g-import-not-at-top
-  from vision_core import data, npz  # pylint: disable=g-import-not-at-top
+def _grey_run_config(tmp_path):
+  """A 4x4 grey MNIST-layout dataset, a palette and a 2-step run config."""
   rng = np.random.default_rng(8)
   grey = {'train': rng.integers(0, 256, (40, 4, 4)), 't10k': rng.integers(0, 256, (8, 4, 4))}
   for prefix, images in grey.items():
@@ -212,6 +208,16 @@ def test_grey_datasets_are_coded_as_rgb_pixels(tmp_path):
   config = tiny_config(tmp_path, image_size=4, batch_size=8, total_steps=2, eval_every=2,
                        checkpoint_every=2, log_every=1, warmup_steps=1,
                        palette=str(tmp_path / 'palette.npy'))
+  return grey, centers, config
+
+
+def test_grey_datasets_are_coded_as_rgb_pixels(tmp_path):
+  """MNIST-layout grey images: each grey value g is the RGB pixel (g, g, g) to the palette
+  (fitting one, or a given one, used to stop at a reshape traceback in the train step)."""
+  from igpt_jax import checkpoint, probe  # pylint: disable=g-import-not-at-top
+  from tests.test_igpt_model import numpy_forward  # pylint: disable=g-import-not-at-top
+  from vision_core import data, npz  # pylint: disable=g-import-not-at-top
+  grey, centers, config = _grey_run_config(tmp_path)
   result = train.train_and_evaluate(config, tmp_path / 'run')
 
   # The reference: numpy nearest centres of (g, g, g) / 127.5 - 1 and OpenAI's forward pass.
@@ -254,3 +260,21 @@ def test_evaluation_subset_spans_the_classes_of_a_class_ordered_folder():
   assert mean_label == pytest.approx(chosen.mean())
   config.eval_examples = 0  # All of them.
   assert train.evaluate(eval_step, None, None, source, config, mesh)['bits_per_dim'] == 4.5
+
+
+def test_final_json_keeps_earlier_measurements_when_resumed(tmp_path):
+  """Running a finished workdir again (nothing to train) wrote a final.json without its
+  test metrics; a resumed run dropped the initial evaluation."""
+  _, _, config = _grey_run_config(tmp_path)
+  config.sample_grid = False
+  first = train.train_and_evaluate(config, tmp_path / 'run')
+  assert set(first) >= {'initial_test', 'test'}
+  saved = json.loads((tmp_path / 'run' / 'final.json').read_text())
+  assert train.train_and_evaluate(config, tmp_path / 'run') == saved  # Finished: kept.
+  assert json.loads((tmp_path / 'run' / 'final.json').read_text()) == saved
+  config.total_steps = 3  # Resumed for one more step: a new test, the same initial one.
+  resumed = json.loads(json.dumps(train.train_and_evaluate(config, tmp_path / 'run')))
+  assert resumed['step'] == 3 and resumed['initial_test'] == saved['initial_test']
+  assert resumed['test'] != saved['test']
+  rows = metrics_log.read_jsonl(tmp_path / 'run' / 'metrics.jsonl')
+  assert [r['step'] for r in rows if r['split'] == 'test'] == [0, 2, 3]  # One initial eval.
