@@ -114,7 +114,8 @@ def run(config, workdir: str) -> dict:
   key = jax.random.PRNGKey(config.seed)
   state = jax.device_put(train.init_state(config, key), mesh_lib.replicated(mesh))
   ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'))
-  if ckpt.latest_step() is not None:
+  restored = ckpt.latest_step() is not None
+  if restored:
     state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=iterator,
                          seek_data=lambda step: data.seek(iterator, batches=step,
                                                           global_batch_size=config.batch_size))
@@ -126,7 +127,7 @@ def run(config, workdir: str) -> dict:
   fixed_z = np.asarray(jax.random.normal(jax.random.PRNGKey(1234), (64, latent)))
   fid_z = np.asarray(jax.random.normal(jax.random.PRNGKey(4321), (config.fid_samples, latent)))
   real = _real_images(source, config) if config.fid_every > 0 else None
-  log = metrics_log.MetricsLog(workdir)
+  log = metrics_log.MetricsLog(workdir, resume_step=start if restored else -1)
   bar = metrics_log.Progress(total_steps=config.total_steps, initial_step=start,
                              images_per_step=config.batch_size)
   if fid_vit is not None:

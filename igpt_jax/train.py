@@ -258,7 +258,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   it = iter(loader)
   ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'),
                                     max_to_keep=config.keep_checkpoints)
-  if ckpt.latest_step() is not None:
+  restored = ckpt.latest_step() is not None
+  if restored:
     state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=it,
                          seek_data=lambda step: data.seek(it, batches=step,
                                                           global_batch_size=config.batch_size))
@@ -267,7 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                gen_loss_weight=config.gen_loss_weight,
                                bert_mask_prob=config.bert_mask_prob)
   eval_step = make_eval_step(model=model, objective=config.objective)
-  log = metrics_log.MetricsLog(workdir)
+  log = metrics_log.MetricsLog(workdir, resume_step=first if restored else -1)
   bar = metrics_log.Progress(total_steps=config.total_steps, initial_step=first,
                              images_per_step=config.batch_size)
   result: dict[str, Any] = {}

@@ -3,6 +3,7 @@
 import json
 import os
 import struct
+import time
 
 import jax
 import jax.numpy as jnp
@@ -208,6 +209,38 @@ def test_non_finite_metrics_reach_tensorboard(tmp_path):
   scalars = {v.tag: v.simple_value for e in events[1:] for v in e.summary.value}
   assert sorted(scalars) == ['train/grad_norm', 'train/loss', 'train/lr']
   assert np.isnan(scalars['train/loss']) and scalars['train/grad_norm'] == np.inf
+
+
+def test_resumed_log_sets_aside_rows_after_the_checkpoint(tmp_path):
+  """A run logged steps 1-10 and died with its last checkpoint at 6: the resumed run's log
+  holds steps 1-6 and then its own, once each, in metrics.jsonl and in TensorBoard."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  first = metrics_log.MetricsLog(tmp_path)
+  for step in range(1, 11):
+    first.write(step, {'loss': float(step)})
+  first.close()
+  (tmp_path / 'metrics.jsonl').open('a').write('{"step": 11, "spli')  # cut off by the crash
+  time.sleep(1.1)  # TensorBoard orders event files by the second in their names.
+  resumed = metrics_log.MetricsLog(tmp_path, resume_step=6)
+  for step in range(7, 9):
+    resumed.write(step, {'loss': 100.0 + step})
+  resumed.close()
+  rows = metrics_log.read_jsonl(tmp_path / 'metrics.jsonl')
+  assert [(r['step'], r['loss']) for r in rows] == (
+      [(s, float(s)) for s in range(1, 7)] + [(7, 107.0), (8, 108.0)])
+  aside = (tmp_path / 'metrics.superseded.jsonl').read_text().splitlines()
+  assert [json.loads(r)['step'] for r in aside[:-1]] == [7, 8, 9, 10]
+  assert aside[-1] == '{"step": 11, "spli'  # kept, out of the way
+  acc = event_accumulator.EventAccumulator(str(tmp_path / 'tensorboard'))
+  acc.Reload()
+  assert [(e.step, e.value) for e in acc.Scalars('train/loss')] == (
+      [(s, float(s)) for s in range(1, 7)] + [(7, 107.0), (8, 108.0)])
+  # Without a checkpoint (-1) every earlier row is set aside; None only appends.
+  metrics_log.MetricsLog(tmp_path, resume_step=None).close()
+  assert len(metrics_log.read_jsonl(tmp_path / 'metrics.jsonl')) == 8
+  metrics_log.MetricsLog(tmp_path, resume_step=-1).close()
+  assert not (tmp_path / 'metrics.jsonl').read_text()
+  assert len((tmp_path / 'metrics.superseded.jsonl').read_text().splitlines()) == 13
 
 
 def test_write_json_atomic_and_progress(tmp_path):

@@ -1,7 +1,7 @@
 """What a user sees of a run: a tqdm progress bar, `metrics.jsonl` and TensorBoard scalars in
 the workdir, and a final JSON. Only process 0 writes; other processes get no-ops.
 
-  log = MetricsLog(workdir)
+  log = MetricsLog(workdir, resume_step=restored_step)  # -1 when no checkpoint was restored
   log.write(step, {'loss': 0.3, 'lr': 1e-3}, split='train')   # JSONL row + TB `train/loss`
   bar = Progress(total_steps=1000, initial_step=0, images_per_step=512)
   bar.update(step, loss=0.3, lr=1e-3)                            # step, img/s, loss, lr, ETA
@@ -57,20 +57,60 @@ class MetricsLog:
 
   `workdir` may be a bucket URI (`gs://...`): both files are then rewritten whole at most
   every `upload_every_s` seconds and on `close()` (see `vision_core.io.AppendFile`).
+
+  `resume_step`: the step a trainer restored its checkpoint at, -1 when it starts without
+  one. A run that died after its last checkpoint logged steps that the resumed run computes
+  and logs again; without this the log would hold two rows per step, two curves on top of
+  each other. The rows of later steps move to `metrics.superseded.jsonl` (kept, not
+  deleted), and TensorBoard is told to drop its events of those steps (a SessionLog START
+  event, as `SummaryWriter(purge_step=...)` writes). None (the default): only appended to.
   """
 
+  SUPERSEDED = 'metrics.superseded.jsonl'
+
   def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True,
-               upload_every_s: float = 10.0):
+               upload_every_s: float = 10.0, resume_step: int | None = None):
     self.enabled = jax.process_index() == 0
     self.path = io.join(workdir, 'metrics.jsonl')
     self._events = None
     self._file = None
     if self.enabled:
       io.makedirs(workdir)
+      if resume_step is not None:
+        self._set_aside_rows_after(int(resume_step), workdir)
       self._file = io.AppendFile(self.path, upload_every_s=upload_every_s)
       if tensorboard:
         self._events = tfevents.EventWriter(io.join(workdir, 'tensorboard'),
                                             upload_every_s=upload_every_s)
+        if resume_step is not None:
+          self._events.purge_from(int(resume_step) + 1)
+
+  def _set_aside_rows_after(self, step: int, workdir) -> None:
+    if not io.exists(self.path):
+      return
+    lines = io.read_bytes(self.path).decode('utf-8').splitlines(keepends=True)
+    keep, later = [], []
+    for line in lines:
+      if not line.strip():
+        continue
+      try:
+        row_step = int(json.loads(line)['step'])
+      except (ValueError, KeyError, TypeError):
+        row_step = None  # A row cut off by the crash (or not ours): set aside with the rest.
+      (later if row_step is None or row_step > step else keep).append(line)
+    if not later:
+      return
+    # The superseded rows are saved before they leave metrics.jsonl: a crash in between
+    # leaves them in both files, never in neither.
+    aside = io.join(workdir, self.SUPERSEDED)
+    before = io.read_bytes(aside).decode('utf-8') if io.exists(aside) else ''
+    if before and not before.endswith('\n'):
+      before += '\n'
+    with io.atomic_write(aside, 'w', overwrite=True) as f:
+      f.write(before + ''.join(line if line.endswith('\n') else line + '\n'
+                               for line in later))
+    with io.atomic_write(self.path, 'w', overwrite=True) as f:
+      f.write(''.join(keep))
 
   def write(self, step: int, metrics: Mapping[str, Any], *, split: str = 'train') -> None:
     if not self.enabled:

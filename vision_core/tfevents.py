@@ -3,8 +3,9 @@
 The format is small and stable: a file `events.out.tfevents.{time}.{host}` of records
 `[uint64 length][uint32 masked crc32c(length)][Event proto][uint32 masked crc32c(data)]`,
 the first Event holding `file_version = "brain.Event:2"`. We encode the few protobuf fields
-we need by hand (Event.wall_time=1 double, step=2 int64, file_version=3 string, summary=5;
-Summary.value=1; Value.tag=1 string, simple_value=2 float): no dependency for 60 lines.
+we need by hand (Event.wall_time=1 double, step=2 int64, file_version=3 string, summary=5,
+session_log=7; Summary.value=1; Value.tag=1 string, simple_value=2 float; SessionLog.status=1):
+no dependency for 60 lines.
 """
 
 from __future__ import annotations
@@ -41,12 +42,18 @@ def _field(number: int, payload: bytes) -> bytes:
   return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
+_SESSION_START = 1  # SessionLog.SessionStatus.START
+
+
 def encode_event(*, wall_time: float, step: int = 0, file_version: str | None = None,
-                 scalars: Mapping[str, float] | None = None) -> bytes:
+                 scalars: Mapping[str, float] | None = None,
+                 session_start: bool = False) -> bytes:
   """The serialised `tensorflow.Event` protobuf."""
   out = _varint(1 << 3 | 1) + struct.pack('<d', wall_time) + _varint(2 << 3) + _varint(step)
   if file_version is not None:
     out += _field(3, file_version.encode())
+  if session_start:  # Event.session_log = 7, SessionLog.status = 1.
+    out += _field(7, _varint(1 << 3) + _varint(_SESSION_START))
   if scalars:
     values = b''.join(
         _field(1, _field(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack('<f', value))
@@ -82,6 +89,15 @@ class EventWriter:
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
     self._write(encode_event(wall_time=time.time(), step=int(step),
                              scalars={k: float(v) for k, v in values.items()}))
+
+  def purge_from(self, step: int) -> None:
+    """Makes TensorBoard discard the events of steps >= `step` written before this one.
+
+    Its loader treats a SessionLog START at step s as a restart and drops the earlier
+    events of steps >= s from every file of the run: those of a run that went on past the
+    checkpoint this one resumed from.
+    """
+    self._write(encode_event(wall_time=time.time(), step=int(step), session_start=True))
 
   def flush(self) -> None:
     self._file.flush()

@@ -237,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         test_source, global_batch_size=config.batch_eval, preprocess=test_pp,
         worker_count=config.workers), mesh)
 
-  log = metrics_log.MetricsLog(workdir)
+  log = metrics_log.MetricsLog(workdir, resume_step=start if resuming else -1)
   bar = metrics_log.Progress(total_steps=config.total_steps, initial_step=start,
                              images_per_step=config.batch)
   history = []  # device metrics since the last progress line, averaged for it
