@@ -160,3 +160,25 @@ def test_resume_with_an_incompatible_change_names_the_changed_fields(tmp_path):
                            r'checkpoint_every 1 -> 3; model\.hidden_size 10 -> 12; '
                            r'total_steps 1 -> 2\.$'):
     train_loop.train_and_evaluate(wider, workdir)
+
+
+def test_resume_or_evaluate_at_another_resolution_names_the_arrays_and_shapes(tmp_path):
+  # Orbax stops at the first mis-shaped array without naming it, and its other reads, still
+  # in flight, then printed thousands of lines of tracebacks after the error.
+  dataset = helpers.write_dataset(tmp_path / 'ds', size=16)
+  workdir = str(tmp_path / 'w')
+  train_loop.train_and_evaluate(
+      helpers.tiny_config(dataset, total_steps=1, checkpoint_every=1, export_npz=False), workdir)
+  # 8x8 images of 4x4 patches: 4 patches + the class token; 16x16: 16 + 1.
+  expected = (r'(?s)2 arrays have other shapes:\n'
+              r'  params/Transformer/posembed_input/pos_embedding: checkpoint \(1, 5, 10\), '
+              r'this run \(1, 17, 10\)\n'
+              r'  opt_state/1/0/trace/Transformer/posembed_input/pos_embedding: checkpoint '
+              r'\(1, 5, 10\), this run \(1, 17, 10\)\n.*fields changed since the last run.*'
+              r'pp\.crop 8 -> 16; pp\.resize 8 -> 16')
+  bigger = dict(total_steps=2, export_npz=False, checkpoint_every=1)
+  bigger.update({'pp.crop': 16, 'pp.resize': 16})
+  with pytest.raises(train_loop.UserInputError, match=expected + r'; total_steps 1 -> 2\.$'):
+    train_loop.train_and_evaluate(helpers.tiny_config(dataset, **bigger), workdir)
+  with pytest.raises(train_loop.UserInputError, match=expected + r'; total_steps 1 -> 2\.$'):
+    train_loop.evaluate_only(helpers.tiny_config(dataset, mode='evaluate', **bigger), workdir)

@@ -23,7 +23,7 @@ import grain.python as grain
 import jax
 import orbax.checkpoint as ocp
 
-from vision_core import io
+from vision_core import io, sharding
 from vision_core.errors import UserInputError
 
 
@@ -52,6 +52,15 @@ def _check_same_sampler(saved_state: dict[str, Any], current_state: dict[str, An
         'batch size, seed, dataset size or number of workers differs):\n'
         f'  checkpoint: {saved}\n  this run:   {current}\n'
         'Resume with the settings of the checkpoint, or start a new workdir.')
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
+  """`{'params/Transformer/cls': (1, 1, 768), ...}` for the array leaves of `tree` (a state, its
+  abstract form or orbax's metadata of it: named tuples there become dicts, so keys are named
+  alike)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {sharding.path_str(path): tuple(leaf.shape) for path, leaf in leaves
+          if hasattr(leaf, 'shape')}
 
 
 class Checkpointer:
@@ -125,10 +134,30 @@ class Checkpointer:
             'process), or start a new workdir.')
       else:
         seek = True
+    self._check_shapes(step, abstract_state)
     state = self._restore(step, items)['state']
     if seek:
       seek_data(step)
     return state
+
+  def _check_shapes(self, step: int, abstract_state: Any) -> None:
+    """Refuses a checkpoint whose arrays have other shapes than `abstract_state`'s, naming
+    them. Orbax would stop at the first such array with a message that names none, and its
+    reads of the others, still in flight, then print thousands of lines of tracebacks."""
+    try:
+      stored = self._manager.item_metadata(step)['state']
+    except Exception:  # pylint: disable=broad-except
+      return  # no readable metadata: orbax's restore says what is wrong
+    stored = _shapes_by_path(getattr(stored, 'tree', stored))
+    wanted = _shapes_by_path(abstract_state)
+    differ = [f'  {path}: checkpoint {stored[path]}, this run {shape}'
+              for path, shape in wanted.items() if path in stored and stored[path] != shape]
+    if differ:
+      more = f'\n  ... and {len(differ) - 8} more' if len(differ) > 8 else ''
+      raise UserInputError(
+          f'{self.directory}/{step}: the checkpoint does not match this run\'s model or '
+          f'optimizer: {len(differ)} arrays have other shapes:\n' + '\n'.join(differ[:8]) +
+          f'{more}\nUse a new workdir or the same config.')
 
   def _restore(self, step: int, items: dict[str, Any]) -> Any:
     try:

@@ -152,8 +152,9 @@ def _changed_fields(config, workdir: str) -> str:
     return ''
   before = dict(config_cli.field_items(saved))
   now = dict(config_cli.field_items(json.loads(config.to_json())))  # as config.json holds it
+  # Not `mode`: an evaluate run of a training workdir differs in it by design.
   changed = [f'{k} {before.get(k)!r} -> {now.get(k)!r}' for k in sorted(before.keys() | now)
-             if before.get(k) != now.get(k)]
+             if before.get(k) != now.get(k) and k != 'mode']
   if not changed:
     return ''
   return (f' Config fields changed since the last run in this workdir ({path}): '
@@ -311,7 +312,10 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   if ckpt is not None and ckpt.latest_step() is not None:
     # The checkpoint holds the weights; don't load pretrained too.
     _, _, _, state, shardings = _setup(config, num_classes, image_shape, mesh, pretrained=False)
-    state = ckpt.restore(checkpointing.abstract_like(state))
+    try:
+      state = ckpt.restore(checkpointing.abstract_like(state))
+    except UserInputError as e:
+      raise UserInputError(f'{e}{_changed_fields(config, workdir)}') from None
     params, params_shardings, source = state.params, shardings.params, \
         f'{ckpt_dir} step {int(state.step)}'
     ckpt.close()
