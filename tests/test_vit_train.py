@@ -370,3 +370,17 @@ def test_evaluate_mode_scores_latest_checkpoint(uninterrupted, dataset, tmp_path
   assert result['test_accuracy'] == pytest.approx(final['test_accuracy'])
   assert result['test_loss'] == pytest.approx(final['test_loss'], rel=1e-5)
   assert json.loads((copy / 'eval.json').read_text())['params'].endswith('step 6')
+
+
+def test_evaluate_mode_reads_only_the_params(uninterrupted, dataset, tmp_path):
+  # An evaluation needs neither the training run's optimizer (its state is not read) nor a
+  # valid schedule; it used to restore the whole train state, so both had to match.
+  workdir, final = uninterrupted
+  copy = tmp_path / 'copy'
+  subprocess.run(['cp', '-r', workdir, str(copy)], check=True)
+  config = helpers.tiny_config(dataset, mode='evaluate', optimizer='adamw', total_steps=1,
+                               warmup_steps=5, sharding='fsdp', mesh=(-1, 1))
+  result = train_loop.evaluate_only(config, str(copy))
+  assert result['params'].endswith('step 6') and result['test_examples'] == 14
+  assert result['test_accuracy'] == pytest.approx(final['test_accuracy'])
+  assert result['test_loss'] == pytest.approx(final['test_loss'], rel=1e-5)

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import grain.python as grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from vision_core import io, sharding
 from vision_core.errors import UserInputError
@@ -140,6 +141,31 @@ class Checkpointer:
       seek_data(step)
     return state
 
+  def restore_part(self, key: str, abstract: Any, *, step: int | None = None) -> Any:
+    """Only `state[key]` of checkpoint `step` (default: the latest), e.g. the parameters for
+    an evaluation, placed as `abstract` says. The rest (the optimizer state) is not read, so
+    it need not match this run's optimizer, and takes no memory."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise UserInputError(f'{self.directory}: no checkpoint to restore.')
+    item = {key: abstract}
+    self._check_shapes(step, item)
+    # The state item's own handler (StandardCheckpointHandler) restores whole trees only.
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      return handler.restore(
+          epath.Path(io.join(self.directory, str(step), 'state')),
+          args=ocp.args.PyTreeRestore(
+              item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+              partial_restore=True))[key]
+    except (ValueError, KeyError) as e:
+      raise UserInputError(
+          f'{self.directory}/{step}: the checkpoint\'s {key} do not match this run\'s model '
+          f'({type(e).__name__}: {str(e)[:500]}); use the config of the run that wrote it.'
+      ) from None
+    finally:
+      handler.close()
+
   def _check_shapes(self, step: int, abstract_state: Any) -> None:
     """Refuses a checkpoint whose arrays have other shapes than `abstract_state`'s, naming
     them. Orbax would stop at the first such array with a message that names none, and its
@@ -156,7 +182,7 @@ class Checkpointer:
       more = f'\n  ... and {len(differ) - 8} more' if len(differ) > 8 else ''
       raise UserInputError(
           f'{self.directory}/{step}: the checkpoint does not match this run\'s model or '
-          f'optimizer: {len(differ)} arrays have other shapes:\n' + '\n'.join(differ[:8]) +
+          f'optimizer; array shapes differ ({len(differ)}):\n' + '\n'.join(differ[:8]) +
           f'{more}\nUse a new workdir or the same config.')
 
   def _restore(self, step: int, items: dict[str, Any]) -> Any:

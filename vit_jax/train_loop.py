@@ -25,6 +25,7 @@ import numpy as np
 from vision_core import checkpointing, config_cli, data, io, loop, metrics_log
 from vision_core import mesh as mesh_lib
 from vision_core import optim
+from vision_core import sharding as sharding_lib
 from vision_core.data import randaugment
 from vision_core.errors import UserInputError
 from vit_jax import checkpoint as vit_checkpoint
@@ -309,19 +310,23 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   model = build_model(config, num_classes)
   ckpt_dir = io.join(workdir, 'checkpoints')
   ckpt = checkpointing.Checkpointer(ckpt_dir) if io.isdir(ckpt_dir) else None
+  fresh = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, *image_shape)), train=False)['params'])
   if ckpt is not None and ckpt.latest_step() is not None:
-    # The checkpoint holds the weights; don't load pretrained too.
-    _, _, _, state, shardings = _setup(config, num_classes, image_shape, mesh, pretrained=False)
+    # The checkpoint holds the weights; don't load pretrained too. Only they are read: the
+    # optimizer state would take memory, and this config's optimizer (and schedule) need not
+    # be the training run's.
+    step = ckpt.latest_step()
+    params_shardings = sharding_lib.named_shardings(fresh, mesh, strategy=config.sharding)
     try:
-      state = ckpt.restore(checkpointing.abstract_like(state))
+      params = ckpt.restore_part('params', jax.tree.map(
+          lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+          fresh, params_shardings), step=step)
     except UserInputError as e:
       raise UserInputError(f'{e}{_changed_fields(config, workdir)}') from None
-    params, params_shardings, source = state.params, shardings.params, \
-        f'{ckpt_dir} step {int(state.step)}'
+    source = f'{ckpt_dir} step {step}'
     ckpt.close()
   elif config.pretrained:
-    fresh = jax.eval_shape(lambda: model.init(
-        jax.random.key(0), jnp.zeros((1, *image_shape)), train=False)['params'])
     params = vit_checkpoint.load_params(config.pretrained, fresh)
     params_shardings = jax.tree.map(lambda _: mesh_lib.replicated(mesh), params)
     params = jax.device_put(params, params_shardings)
