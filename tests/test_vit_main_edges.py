@@ -183,3 +183,27 @@ def test_resume_or_evaluate_at_another_resolution_names_the_arrays_and_shapes(tm
                      match=rf'(?s)array shapes differ \(1\):\n  params/Transformer/{posemb}'
                            rf'{changed}'):
     train_loop.evaluate_only(helpers.tiny_config(dataset, mode='evaluate', **bigger), workdir)
+
+
+def test_predict_prepares_images_with_the_runs_test_ops(tmp_path, capsys):
+  # predict always scaled to [-1, 1] after a plain resize, so a model evaluated with other
+  # pp.test_ops got other inputs from predict than from the evaluation: other answers.
+  from PIL import Image
+  from vit_jax import predict
+  dataset = helpers.write_dataset(tmp_path / 'ds')
+  workdir = tmp_path / 'w'
+  config = helpers.tiny_config(dataset, total_steps=2, checkpoint_every=2,
+                               **{'pp.test_ops': 'resize(8)|value_range(0, 1)'})
+  train_loop.train_and_evaluate(config, str(workdir))
+  image_path = os.path.join(dataset, 'test', 'b', '0.png')
+  predict.main(['--checkpoint', str(workdir / 'model.npz'), '--top', '2', '--csv',
+                str(tmp_path / 'p.csv'), image_path])
+  capsys.readouterr()
+  model = models_vit.VisionTransformer(num_classes=2, **config.model)
+  pixels = np.asarray(Image.open(image_path), np.float64) / 255  # value_range(0, 1)
+  logits = np.asarray(model.apply({'params': vit_checkpoint.load(workdir / 'model.npz')},
+                                  pixels[None].astype(np.float32)), np.float64)[0]
+  probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+  rows = [row.split(',') for row in (tmp_path / 'p.csv').read_text().splitlines()[1:]]
+  assert {int(r[2]): float(r[4]) for r in rows} == {
+      k: pytest.approx(probs[k], abs=2e-6) for k in range(2)}

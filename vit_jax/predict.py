@@ -97,12 +97,26 @@ def load_model(checkpoint: str, *, model_name: str | None, resolution: int | Non
   return model, params, names, resolution
 
 
+def saved_test_preprocess(checkpoint: str, resolution: int) -> str | None:
+  """The op spec that `vit_jax.main` evaluated the model with (`model.json`'s
+  `test_preprocess`, e.g. a `pp.test_ops` of `resize_small(256)|central_crop(224)|...`), when
+  it was written for `resolution`; else None."""
+  meta_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'model.json')
+  if not os.path.exists(meta_path):
+    return None
+  with open(meta_path, encoding='utf-8') as f:
+    meta = json.load(f)
+  return meta.get('test_preprocess') if meta.get('resolution') == resolution else None
+
+
 def predict(paths: list[str], *, model, params, resolution: int, top: int = 5,
-            batch_size: int = 32) -> list[tuple[str, list[tuple[int, float]]]]:
-  """[(path, [(class, probability) x top])], best first."""
+            batch_size: int = 32, preprocess: str | None = None
+            ) -> list[tuple[str, list[tuple[int, float]]]]:
+  """[(path, [(class, probability) x top])], best first. `preprocess`: the op spec that
+  turns an RGB image into the model's input (default: resize to `resolution`, [-1, 1])."""
   from vit_jax import train  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  transform = pp_lib.parse(f'to_rgb|resize({resolution})|value_range(-1, 1)')
+  transform = pp_lib.parse(preprocess or f'to_rgb|resize({resolution})|value_range(-1, 1)')
   predict_fn = train.make_predict_fn(model=model)
   params = jax.device_put(params)
   results = []
@@ -145,8 +159,11 @@ def main(argv: list[str] | None = None) -> None:
     paths = expand_inputs(args.inputs)
     model, params, names, resolution = load_model(
         args.checkpoint, model_name=args.model, resolution=args.resolution, labels=args.labels)
+    # Images are prepared as the run's test split was (its pp.test_ops, if it set them).
+    preprocess = None if args.model else saved_test_preprocess(args.checkpoint, resolution)
     results = predict(paths, model=model, params=params, resolution=resolution,
-                      top=min(args.top, len(names)), batch_size=args.batch)
+                      top=min(args.top, len(names)), batch_size=args.batch,
+                      preprocess=preprocess)
     width = max(len(n) for n in names)
     for path, top in results:
       print(path)

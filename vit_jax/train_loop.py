@@ -172,13 +172,18 @@ def _check_pretrained_kept(config, workdir: str) -> None:
         'the file elsewhere first).')
 
 
-def save_model_files(workdir: str, params, config, class_names) -> str:
-  """`model.npz` (official layout) and `model.json` (what predict needs to rebuild it)."""
+def save_model_files(workdir: str, params, config, class_names, *,
+                     test_preprocess: str | None = None) -> str:
+  """`model.npz` (official layout) and `model.json` (what predict needs to rebuild it and to
+  prepare images as the test split was: `test_preprocess`, the op spec of the evaluation).
+  """
   path = io.join(workdir, 'model.npz')
   vit_checkpoint.save(path, params, overwrite=True)
   meta = {'model_name': config.model_name, 'model': config.model.to_dict(),
           'num_classes': len(class_names), 'class_names': list(class_names),
           'resolution': config.pp.crop, 'dataset': config.dataset}
+  if test_preprocess:
+    meta['test_preprocess'] = test_preprocess
   metrics_log.write_json(io.join(workdir, 'model.json'), meta)
   return path
 
@@ -289,7 +294,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     params = train_lib.params_to_host(state.params)  # a collective: every host takes part
     final['model_npz'] = io.join(workdir, 'model.npz')
     if jax.process_index() == 0:
-      save_model_files(workdir, params, config, train_source.class_names)
+      save_model_files(workdir, params, config, train_source.class_names,
+                       test_preprocess=test_pp)
   metrics_log.write_json(io.join(workdir, 'final.json'), final)
   if jax.process_index() == 0:
     print(json.dumps(final, indent=2))
