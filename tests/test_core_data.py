@@ -66,6 +66,22 @@ def test_corrupt_image_named_or_skipped_and_counted(tmp_path):
   assert skipping.skipped == [str(bad)] and len(skipping) == 10
 
 
+def test_dangling_symlink_is_an_unreadable_image(tmp_path):
+  # An image folder of links into a cache or another disk: a link whose target is gone
+  # stopped the run with FileNotFoundError even with skip_bad_images=True.
+  write_folder(tmp_path)
+  link = tmp_path / 'train' / 'b' / 'gone.png'
+  os.symlink(tmp_path / 'elsewhere' / 'gone.png', link)
+  source = data.ImageFolderSource(tmp_path, 'train')
+  with pytest.raises(UserInputError, match=r'gone\.png: no such image file\. Set '
+                                           r'skip_bad_images=True to skip such files\.'):
+    source[source.paths.index(str(link))]
+  skipping = data.ImageFolderSource(tmp_path, 'train', skip_bad_images=True)
+  assert skipping.skipped == [str(link)] and len(skipping) == 10
+  assert str(link) not in skipping.paths
+  assert list(skipping.labels) == [0] * 5 + [1] * 5
+
+
 def test_mnist_idx_matches_written_arrays(tmp_path):
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (7, 28, 28), dtype=np.uint8)

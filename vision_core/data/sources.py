@@ -122,7 +122,7 @@ class ImageFolderSource:
       try:
         self._read(path)
         return True
-      except UserInputError:
+      except (UserInputError, FileNotFoundError):  # a dangling symlink is unreadable too
         return False
     with concurrent.futures.ThreadPoolExecutor(max(4, os.cpu_count() or 1)) as pool:
       ok = list(pool.map(readable, self.paths))
@@ -145,7 +145,7 @@ class ImageFolderSource:
     path = self.paths[index]
     try:
       image = self._read(path)
-    except UserInputError as e:
+    except (UserInputError, FileNotFoundError) as e:
       raise UserInputError(f'{e} Set skip_bad_images=True to skip such files.') from None
     return {'image': image, 'label': self.labels[index]}
 
