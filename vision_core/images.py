@@ -43,7 +43,10 @@ def read_image(path: str | os.PathLike, *, mode: str = 'RGB') -> np.ndarray:
       converted = exif_upright(im, path, to_8_bit(im, path).convert(mode))
   except FileNotFoundError:
     raise FileNotFoundError(f'{path}: no such image file.') from None
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+  # DecompressionBombError: more pixels than Pillow's guard allows (2 x MAX_IMAGE_PIXELS,
+  # 179 M; a 200 MP phone photo has more); an Exception, not an OSError.
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+          Image.DecompressionBombError) as e:
     raise UserInputError(f'{path}: not a readable image ({e}).') from None
   array = np.asarray(converted, dtype=np.uint8)
   return array[..., None] if array.ndim == 2 else array

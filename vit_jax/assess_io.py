@@ -103,7 +103,10 @@ def read_with_levels(path: str, *, alpha_background: int = 255
         array = np.asarray(im.convert('RGB'))
   except FileNotFoundError:
     raise FileNotFoundError(f'{path}: no such image file.') from None
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+  # DecompressionBombError: more pixels than Pillow's guard allows (2 x MAX_IMAGE_PIXELS,
+  # 179 M; a 200 MP phone photo has more); an Exception, not an OSError.
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+          Image.DecompressionBombError) as e:
     raise UserInputError(f'{path}: not a readable image ({e}).') from None
   return np.ascontiguousarray(array, np.uint8), notes, levels
 
