@@ -207,3 +207,17 @@ def test_predict_prepares_images_with_the_runs_test_ops(tmp_path, capsys):
   rows = [row.split(',') for row in (tmp_path / 'p.csv').read_text().splitlines()[1:]]
   assert {int(r[2]): float(r[4]) for r in rows} == {
       k: pytest.approx(probs[k], abs=2e-6) for k in range(2)}
+
+
+def test_a_diverged_run_is_one_line_not_a_traceback(tmp_path, capsys):
+  from vision_core.errors import cli_errors
+  dataset = helpers.write_dataset(tmp_path / 'ds')
+  # Without clipping, a step of 3e38 x the gradient overflows float32: loss nan at step 2.
+  config = helpers.tiny_config(dataset, base_lr=3e38, grad_norm_clip=0.0)
+  with pytest.raises(SystemExit) as exit_info:
+    with cli_errors('vit_jax.main'):
+      train_loop.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert exit_info.value.code == 1
+  assert capsys.readouterr().err.splitlines()[-1] == (
+      'vit_jax.main: error: loss is nan at step 2; lower base_lr.')
+  assert not os.listdir(tmp_path / 'w' / 'checkpoints')  # nothing diverged was saved

@@ -28,14 +28,20 @@ class Stopped(KeyboardInterrupt):
 @contextlib.contextmanager
 def cli_errors(program: str):
   """Turns `UserInputError` (and a missing, unwritable or misplaced file: a path the user
-  gave) into `program: message` and exit status 2, and a stop on a signal into a message
-  saying whether (and how) the run can resume."""
+  gave) into `program: message` and exit status 2, a diverged run (`FloatingPointError`)
+  into its message and status 1, and a stop on a signal into a message saying whether (and
+  how) the run can resume."""
   try:
     yield
   except (UserInputError, FileNotFoundError, PermissionError, IsADirectoryError,
           NotADirectoryError) as e:
     print(f'{program}: error: {e}', file=sys.stderr)
     sys.exit(2)
+  except FloatingPointError as e:
+    # A diverged run: the trainers raise it for a non-finite loss, naming the step and the
+    # setting to lower; no traceback (there is no bug to find in it). Status 1: the run failed.
+    print(f'{program}: error: {e}', file=sys.stderr)
+    sys.exit(1)
   except Stopped as e:
     resume = (f'the checkpoint of step {e.step} is saved: run the same command to resume.'
               if e.saved else 'no checkpoint was saved for it.')
