@@ -221,3 +221,15 @@ def test_a_diverged_run_is_one_line_not_a_traceback(tmp_path, capsys):
   assert capsys.readouterr().err.splitlines()[-1] == (
       'vit_jax.main: error: loss is nan at step 2; lower base_lr.')
   assert not os.listdir(tmp_path / 'w' / 'checkpoints')  # nothing diverged was saved
+
+
+def test_predict_on_a_folder_of_class_folders_names_them(tmp_path):
+  # e.g. a dataset's test split: only the images directly in a folder are read, and the
+  # message used to say just that the folder holds no images.
+  from vit_jax import predict
+  dataset = helpers.write_dataset(tmp_path / 'ds')
+  with pytest.raises(train_loop.UserInputError,
+                     match=r'test: folder holds no image files \(.*\); it has sub-folders \(a, '
+                           r'b\), which are not searched: pass them\.$'):
+    predict.expand_inputs([os.path.join(dataset, 'test')])
+  assert len(predict.expand_inputs([os.path.join(dataset, 'test', 'a')])) == 7

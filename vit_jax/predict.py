@@ -34,8 +34,13 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     if os.path.isdir(item):
       found = images_lib.list_images(item)
       if not found:
+        subfolders = sorted(d.name for d in os.scandir(item)
+                            if d.is_dir() and not d.name.startswith('.'))
+        hint = (f'; it has sub-folders ({", ".join(subfolders[:5])}'
+                f'{", ..." if len(subfolders) > 5 else ""}), which are not searched: pass them'
+                if subfolders else '')
         raise UserInputError(f'{item}: folder holds no image files '
-                             f'({"/".join(images_lib.IMAGE_EXTENSIONS)}).')
+                             f'({"/".join(images_lib.IMAGE_EXTENSIONS)}){hint}.')
       paths += found
     elif os.path.exists(item):
       paths.append(item)
