@@ -233,3 +233,15 @@ def test_predict_on_a_folder_of_class_folders_names_them(tmp_path):
                            r'b\), which are not searched: pass them\.$'):
     predict.expand_inputs([os.path.join(dataset, 'test')])
   assert len(predict.expand_inputs([os.path.join(dataset, 'test', 'a')])) == 7
+
+
+def test_crop_above_resize_is_named_before_training(tmp_path):
+  # e.g. --config.pp.crop=384 on an image folder, whose default pp.resize is 256: the first
+  # batch failed in random_crop ('image is only 256x256; resize first').
+  dataset = helpers.write_dataset(tmp_path / 'ds')
+  config = helpers.tiny_config(dataset, **{'pp.augment': 'resize_crop', 'pp.crop': 12})
+  with pytest.raises(train_loop.UserInputError,
+                     match=r'^pp\.resize=8 is below pp\.crop=12: .* set --config\.pp\.resize=12 '
+                           r'or more'):
+    train_loop.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert not os.path.exists(tmp_path / 'w')

@@ -140,6 +140,13 @@ def _check_config(config, mesh) -> None:
         f'each divisible by the {mesh.shape["data"]} devices of the data axis.')
   if config.total_steps <= 0:
     raise UserInputError(f'total_steps={config.total_steps}: expected > 0.')
+  pp = config.pp
+  if pp.augment == 'resize_crop' and not pp.train_ops and pp.resize < pp.crop:
+    # Else the first train batch fails in random_crop, whose message names neither field.
+    raise UserInputError(
+        f'pp.resize={pp.resize} is below pp.crop={pp.crop}: resize_crop resizes the training '
+        f'images to pp.resize and crops pp.crop at random; set --config.pp.resize={pp.crop} or '
+        'more (the official recipe: 384/384 for CIFAR, 448/384 for ImageNet).')
 
 
 def _changed_fields(config, workdir: str) -> str:
