@@ -245,3 +245,21 @@ def test_crop_above_resize_is_named_before_training(tmp_path):
                            r'or more'):
     train_loop.train_and_evaluate(config, str(tmp_path / 'w'))
   assert not os.path.exists(tmp_path / 'w')
+
+
+def test_evaluate_without_checkpoints_points_to_the_exported_model(tmp_path):
+  # Checkpoints are large and often deleted after a run; model.npz is what is kept.
+  dataset = helpers.write_dataset(tmp_path / 'ds')
+  workdir = tmp_path / 'w'
+  final = train_loop.train_and_evaluate(helpers.tiny_config(dataset, total_steps=2),
+                                        str(workdir))
+  shutil.rmtree(workdir / 'checkpoints')
+  exported = str(workdir / 'model.npz')
+  with pytest.raises(train_loop.UserInputError,
+                     match=rf'no checkpoints and config.pretrained is not set; nothing to '
+                           rf'evaluate\. Its exported model is {exported}: '
+                           rf'--config\.pretrained={exported} scores it\.$'):
+    train_loop.evaluate_only(helpers.tiny_config(dataset, mode='evaluate'), str(workdir))
+  result = train_loop.evaluate_only(
+      helpers.tiny_config(dataset, mode='evaluate', pretrained=exported), str(workdir))
+  assert result['test_loss'] == pytest.approx(final['test_loss'], rel=1e-5)

@@ -345,8 +345,11 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     params = jax.device_put(params, params_shardings)
     source = config.pretrained
   else:
+    exported = io.join(workdir, 'model.npz')  # kept where the checkpoints were deleted
+    hint = (f' Its exported model is {exported}: --config.pretrained={exported} scores it.'
+            if io.exists(exported) else '')
     raise UserInputError(f'mode=evaluate: {workdir} has no checkpoints and config.pretrained '
-                         'is not set; nothing to evaluate.')
+                         f'is not set; nothing to evaluate.{hint}')
   eval_step = train_lib.make_eval_step(model=model, mesh=mesh, params_shardings=params_shardings,
                                        num_classes=num_classes)
   result = train_lib.evaluate(eval_step, params, data.eval_batches(
