@@ -172,8 +172,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--batch-size', type=int, default=32, help='images searched at once')
   p.add_argument('--resize', action='store_true', help='resize images to the generator size')
   p.add_argument('--perceptual-weight', type=float, default=0.0)
-  p.add_argument('--vit-model', default='ViT-B_16', help='ViT for the perceptual term')
-  p.add_argument('--vit-checkpoint', type=path_arg, help='ViT .npz for the perceptual term')
+  p.add_argument('--vit-model', default='',
+                 help='zoo name of the --vit-checkpoint ViT (e.g. ViT-B_16); default: the '
+                 'model.json beside it (as vit_jax.main writes), else ViT-B_16')
+  p.add_argument('--vit-checkpoint', type=path_arg,
+                 help='ViT .npz for the perceptual term, e.g. the shipped '
+                 'vit_jax/weights/vit_cifar10/model.npz')
   p.add_argument('--report', type=path_arg,
                  help='also write the per-image numbers as JSON here')
   p.add_argument('--force', action='store_true', help='overwrite existing outputs')

@@ -7,6 +7,7 @@ pre-logits (`return_prelogits=True`). It is traced into the search's jit program
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable
 
@@ -25,18 +26,53 @@ def vit_features(module, params, image_size: int) -> Callable:
   return features
 
 
-def load_vit_features(model_name: str, checkpoint: str | os.PathLike,
-                      image_size: int = 224) -> Callable:
-  """Builds the ViT `model_name` (vit_jax zoo), loads `checkpoint` (.npz), returns features."""
+def load_vit_features(model_name: str | None, checkpoint: str | os.PathLike) -> Callable:
+  """Loads the ViT `checkpoint` (.npz, official layout) and returns its feature function.
+
+  The architecture comes from the `model.json` that `vit_jax.main` writes beside its npz
+  (the shipped CIFAR-10 ViT has one) unless `model_name` (a vit_jax zoo name, e.g.
+  ViT-B_16) is given; without either it is ViT-B_16. The input size is the one the
+  checkpoint was trained at: model.json's `resolution`, else what its position embeddings
+  hold (224 px for ImageNet-21k ViT-B/16, 384 px for the ImageNet-2012 fine-tuned one), so
+  a checkpoint is never run at a size it was not made for.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from vision_core import npz  # pylint: disable=g-import-not-at-top
   from vit_jax import checkpoint as vit_checkpoint  # pylint: disable=g-import-not-at-top
   from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
   from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
-  config = models.get_model_config(model_name)
-  module = models_vit.VisionTransformer(num_classes=None, **config)
-  dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  expected = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), dummy))['params']
+  checkpoint = os.fspath(checkpoint)
   params = vit_checkpoint.load(checkpoint)
   params.pop('head', None)  # Pre-logits only; a classifier head is not needed.
-  from vision_core import npz  # pylint: disable=g-import-not-at-top
-  npz.check_matches(params, expected, source=os.fspath(checkpoint))
-  return vit_features(module, params, image_size)
+  meta_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'model.json')
+  resolution = None
+  if not model_name and os.path.isfile(meta_path):
+    with open(meta_path, encoding='utf-8') as f:
+      meta = json.load(f)
+    config = ml_collections.ConfigDict(meta['model'])
+    resolution = int(meta['resolution'])
+  else:
+    config = models.get_model_config(model_name or 'ViT-B_16')
+  module = models_vit.VisionTransformer(num_classes=None, **config)
+  resolution = resolution or _checkpoint_resolution(module, params)
+  dummy = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
+  expected = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), dummy))['params']
+  npz.check_matches(params, expected,
+                    source=f'{checkpoint} (as {config.get("model_name")}, {resolution} px)')
+  return vit_features(module, params, resolution)
+
+
+def _checkpoint_resolution(module, params, probe: int = 224) -> int:
+  """The input size whose token grid matches the checkpoint's position embeddings (224 if
+  it has none): the model's stride is measured at `probe` px, without computing anything."""
+  posemb = params.get('Transformer', {}).get('posembed_input', {}).get('pos_embedding')
+  if posemb is None:
+    return probe
+  extra = 1 if module.classifier in ('token', 'token_unpooled') else 0
+  shapes = jax.eval_shape(lambda: module.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, probe, probe, 3), jnp.float32))['params'])
+  probe_grid = math.isqrt(shapes['Transformer']['posembed_input']['pos_embedding'].shape[1] -
+                          extra)
+  grid = math.isqrt(max(0, int(posemb.shape[1]) - extra))
+  return grid * probe // probe_grid if probe_grid else probe
