@@ -3,7 +3,9 @@
     python -m gan_jax.compress IMAGES... -o OUTDIR [--generator G.npz] [--quantization 8bit]
 
 Each image becomes OUTDIR/<name>.ganz (see `gan_jax.fileformat`), written atomically;
-existing files are never replaced without --force, and input files are only read. The
+existing files are never replaced without --force, and input files are only read.
+Transparent images (RGBA, grey + alpha, palette with transparency) are composited on white
+first, as viewers show them and as the study does. The
 images (x R restarts) are searched --batch-size at a time in one compiled program
 (`latent_search`), sharded over every device. An image's initial latents are a function of
 (--seed, its pixels) only, and each image stops on its own plateau: it gets the same latent
@@ -67,6 +69,17 @@ def prepare(image_uint8, generator: generators.Generator, *, resize: bool = Fals
     pil = pil.resize((s, s), Image.BICUBIC)
   out = np.asarray(pil, np.uint8)
   return out[..., None] if out.ndim == 2 else out
+
+
+def read_input(path: str) -> np.ndarray:
+  """An image file as `[H, W, 3]` uint8, upright (EXIF), transparency composited on white.
+
+  Pillow's RGBA -> RGB conversion drops alpha and keeps whatever colour the transparent
+  pixels store (often black), which is not the picture a viewer shows; so, as the study
+  and `vit_jax.assess` do, alpha is composited on a white background. Opaque images come
+  back exactly as `images_lib.read_image` reads them.
+  """
+  return images_lib.composite_alpha(images_lib.read_image(path, mode='RGBA'), 255)
 
 
 def input_channels(path: str) -> int:
@@ -209,7 +222,7 @@ def main(argv=None) -> None:
         learning_rate=args.learning_rate, perceptual_weight=args.perceptual_weight,
         seed=args.seed)
     mesh = _default_mesh()
-    originals = [images_lib.read_image(p) for p in args.images]
+    originals = [read_input(p) for p in args.images]
     targets = [prepare(im, generator, resize=args.resize, source=p)
                for im, p in zip(originals, args.images)]
     rows = []

@@ -106,3 +106,41 @@ def test_decode_refuses_nan_latent_even_with_a_valid_crc():
   crafted = bytes(body) + struct.pack('<I', zlib.crc32(bytes(body)))
   with pytest.raises(UserInputError, match=r'x.ganz: corrupt: the latent has NaN'):
     fileformat.decode(crafted, source='x.ganz')
+
+
+def _transparent_disc():
+  """A red disc on a fully transparent background whose stored colour is black."""
+  y, x = np.mgrid[:28, :28]
+  rgba = np.zeros((28, 28, 4), np.uint8)
+  rgba[(x - 14) ** 2 + (y - 14) ** 2 < 64] = (255, 0, 0, 255)
+  rgba[(x - 14) ** 2 + (y - 14) ** 2 < 16, 3] = 128  # a half-transparent centre
+  return rgba
+
+
+def test_compress_composites_transparency_on_white(gen_path, tmp_path):
+  # Before: Pillow's RGBA -> RGB dropped alpha, so the transparent background was compressed
+  # (and scored) as the black it stores, not the white a viewer shows.
+  gpath, generator = gen_path
+  rgba = _transparent_disc()
+  alpha = rgba[..., 3:].astype(np.float64) / 255
+  flat = np.round(rgba[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+  paths = {'rgba': tmp_path / 'rgba.png', 'la': tmp_path / 'la.png',
+           'pal': tmp_path / 'pal.png'}
+  Image.fromarray(rgba).save(paths['rgba'])
+  la = np.stack([rgba[..., 0], rgba[..., 3]], -1)
+  Image.fromarray(la, 'LA').save(paths['la'])
+  pal = Image.fromarray(rgba[..., :3]).convert('P')  # index of black = transparent
+  pal.save(paths['pal'], transparency=pal.getpixel((0, 0)))
+  pass
+  la_flat = np.round(la[..., :1] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+  np.testing.assert_array_equal(compress.read_input(str(paths['la'])),
+                                np.repeat(la_flat, 3, -1))
+  assert (compress.read_input(str(paths['pal']))[0, 0] == 255).all()
+  report = tmp_path / 'report.json'
+  compress.main([str(paths['rgba']), '-o', str(tmp_path / 'o'), '--generator', gpath,
+                 '--steps', '2', '--restarts', '1', '--report', str(report)])
+  row, = json.loads(report.read_text())
+  recon = decompress.decompress((tmp_path / 'o' / 'rgba.ganz').read_bytes(), generator)
+  target = np.asarray(Image.fromarray(flat).convert('L'))[..., None]  # the 1-channel generator
+  mse = np.mean((recon.astype(np.float64) - target) ** 2)
+  assert row['psnr'] == pytest.approx(10 * np.log10(255 ** 2 / mse))
