@@ -71,11 +71,7 @@ def main(argv=None) -> None:
     # so a damaged file in the list leaves no half-done output folder.
     items = []
     for path in args.files:
-      if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path}: no such compressed file.')
-      with open(path, 'rb') as f:
-        data = f.read()
-      item = fileformat.decode(data, source=path)
+      item = fileformat.read(path)
       check_generator(item, generator, source=path)
       items.append(item)
     for path, out, item in zip(args.files, outputs, items):

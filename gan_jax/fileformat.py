@@ -200,6 +200,9 @@ def write(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> N
 
 def read(path: str | os.PathLike) -> Compressed:
   path = os.fspath(path)
+  if os.path.isdir(path):  # "no such file" would be untrue, and open() says less.
+    raise UserInputError(f'{path} is a folder; expected a compressed .ganz file (give the '
+                         f'files in it, e.g. {os.path.join(path, "*.ganz")}).')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path}: no such compressed file.')
   with open(path, 'rb') as f:

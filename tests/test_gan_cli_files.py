@@ -144,3 +144,14 @@ def test_compress_composites_transparency_on_white(gen_path, tmp_path):
   target = np.asarray(Image.fromarray(flat).convert('L'))[..., None]  # the 1-channel generator
   mse = np.mean((recon.astype(np.float64) - target) ** 2)
   assert row['psnr'] == pytest.approx(10 * np.log10(255 ** 2 / mse))
+
+
+def test_decompress_a_folder_says_it_is_a_folder(gen_path, tmp_path, capsys):
+  gpath, generator = gen_path
+  _ganz(tmp_path / 'files' / 'x.ganz', generator, 0)
+  with pytest.raises(SystemExit) as e:
+    decompress.main([str(tmp_path / 'files'), '-o', str(tmp_path / 'out'), '--generator', gpath])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert 'files is a folder; expected a compressed .ganz file' in err, err
+  assert 'no such' not in err  # It exists: saying otherwise sends the user looking for typos.
