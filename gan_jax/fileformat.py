@@ -148,8 +148,13 @@ def decode(data: bytes, *, source: str = '<bytes>') -> Compressed:
                          f'{_HEAD.size + 4}-byte header.')
   _, version, kind, bits, ndim, gid, h, w = _HEAD.unpack_from(data)
   if version != VERSION:
-    raise UserInputError(f'{source}: format version {version}; this gan_jax reads version '
-                         f'{VERSION}.')
+    # A damaged version byte must not read as "get another gan_jax": every version so far
+    # ends with the CRC32 of the rest, so a mismatch there points at damage instead.
+    damaged = zlib.crc32(data[:-4]) != struct.unpack_from('<I', data, len(data) - 4)[0]
+    raise UserInputError(
+        f'{source}: format version {version}; this gan_jax reads version {VERSION}' +
+        ('. Its CRC32 does not match either: the file is more likely damaged.' if damaged
+         else '.'))
   try:
     quant = Quantization.parse({_FLOAT32: 'float32', _FLOAT16: 'float16'}.get(kind,
                                                                             f'{bits}bit'))

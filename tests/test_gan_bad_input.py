@@ -1,6 +1,8 @@
 """Bad input to the GAN compressor/decompressor: each a clear message, inputs untouched."""
 
 import hashlib
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -45,8 +47,14 @@ def test_wrong_magic_and_version(good):
     fileformat.decode(b'\x89PNG' + good[4:], source='x.png')
   bad = bytearray(good)
   bad[4] = 9
-  with pytest.raises(UserInputError, match='format version 9'):
+  with pytest.raises(UserInputError, match='format version 9') as e:
     fileformat.decode(bytes(bad), source='x.ganz')
+  assert 'more likely damaged' in str(e.value)  # A flipped version byte: the CRC says so.
+  # A (future) version whose file is intact reads as just that.
+  body = bytes(bad[:-4])
+  with pytest.raises(UserInputError, match='format version 9') as e:
+    fileformat.decode(body + struct.pack('<I', zlib.crc32(body)), source='x.ganz')
+  assert 'damaged' not in str(e.value)
   with pytest.raises(UserInputError, match='quantization .17bit.'):
     fileformat.Quantization.parse('17bit')
 
