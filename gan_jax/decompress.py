@@ -71,8 +71,16 @@ def main(argv=None) -> None:
     # so a damaged file in the list leaves no half-done output folder.
     items = []
     for path in args.files:
-      item = fileformat.read(path)
-      check_generator(item, generator, source=path)
+      try:
+        item = fileformat.read(path)
+        check_generator(item, generator, source=path)
+      except (UserInputError, FileNotFoundError) as e:
+        if len(args.files) == 1:
+          raise
+        # Say what became of the other files: a user would otherwise look for their PNGs.
+        raise UserInputError(f'{e} No PNG was written: every file is checked before any is '
+                             f'decompressed; leave {path} out to decompress the others.'
+                             ) from None
       items.append(item)
     for path, out, item in zip(args.files, outputs, items):
       image = compress_lib.reconstruct(generator, item.latent)  # as `decompress` gives it

@@ -55,7 +55,9 @@ def test_decompress_checks_every_file_before_writing(gen_path, tmp_path, capsys)
   out = tmp_path / 'out'
   with pytest.raises(SystemExit):
     decompress.main([str(good), str(bad), '-o', str(out), '--generator', gpath])
-  assert 'bad.ganz: corrupt: CRC32 mismatch' in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert 'bad.ganz: corrupt: CRC32 mismatch' in err
+  assert 'No PNG was written' in err and f'leave {bad} out to decompress the others' in err
   assert not (out / 'good.png').exists()
   decompress.main([str(good), '-o', str(out), '--generator', gpath])
   expected = decompress.decompress(data, generator)
