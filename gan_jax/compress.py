@@ -205,9 +205,11 @@ def main(argv=None) -> None:
     seeds.check_seed(args.seed, field='--seed')
     outputs = [os.path.join(args.output, os.path.splitext(os.path.basename(p))[0] + SUFFIX)
                for p in args.images]
-    dupes = {o for o in outputs if outputs.count(o) > 1}
+    dupes = sorted({o for o in outputs if outputs.count(o) > 1})
     if dupes:
-      raise UserInputError(f'several inputs would write {sorted(dupes)}; rename them.')
+      raise UserInputError(f'several inputs would write {dupes}: '
+                           f'{[p for p, o in zip(args.images, outputs) if o in dupes]}; '
+                           'compress them into different folders or rename them.')
     for out in outputs + ([args.report] if args.report else []):
       check_can_write(out, overwrite=args.force)  # Fail before any work is done.
     generator = generators.load(args.generator)
@@ -222,9 +224,16 @@ def main(argv=None) -> None:
         learning_rate=args.learning_rate, perceptual_weight=args.perceptual_weight,
         seed=args.seed)
     mesh = _default_mesh()
-    originals = [read_input(p) for p in args.images]
-    targets = [prepare(im, generator, resize=args.resize, source=p)
-               for im, p in zip(originals, args.images)]
+    originals, targets = [], []
+    for path in args.images:  # Every image is checked before any search or write.
+      try:
+        originals.append(read_input(path))
+        targets.append(prepare(originals[-1], generator, resize=args.resize, source=path))
+      except (UserInputError, FileNotFoundError) as e:
+        if len(args.images) == 1:
+          raise
+        raise UserInputError(f'{e} No .ganz file was written; leave {path} out to compress '
+                             'the others.') from None
     rows = []
     step = max(1, args.batch_size)
     for start in tqdm(range(0, len(targets), step), desc='compress', unit='batch'):

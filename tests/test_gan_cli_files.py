@@ -157,3 +157,24 @@ def test_decompress_a_folder_says_it_is_a_folder(gen_path, tmp_path, capsys):
   err = capsys.readouterr().err
   assert 'files is a folder; expected a compressed .ganz file' in err, err
   assert 'no such' not in err  # It exists: saying otherwise sends the user looking for typos.
+
+
+def test_compress_several_inputs_errors_name_them(gen_path, tmp_path, capsys):
+  gpath, _ = gen_path
+  good, wide = tmp_path / 'a' / 'x.png', tmp_path / 'b' / 'x.png'
+  for path, shape in ((good, (28, 28)), (wide, (28, 40))):
+    path.parent.mkdir()
+    Image.fromarray(np.zeros(shape, np.uint8)).save(path)
+  out = tmp_path / 'out'
+  with pytest.raises(SystemExit):
+    compress.main([str(good), str(wide), '-o', str(out), '--generator', gpath])
+  err = capsys.readouterr().err
+  assert f"would write ['{out / 'x.ganz'}']: ['{good}', '{wide}']" in err, err
+  wide_renamed = tmp_path / 'b' / 'y.png'
+  wide.rename(wide_renamed)
+  with pytest.raises(SystemExit):
+    compress.main([str(good), str(wide_renamed), '-o', str(out), '--generator', gpath])
+  err = capsys.readouterr().err
+  assert 'y.png: image is 40x28 pixels' in err
+  assert f'No .ganz file was written; leave {wide_renamed} out' in err, err
+  assert not out.exists()
