@@ -210,6 +210,12 @@ def main(argv=None) -> None:
       raise UserInputError(f'several inputs would write {dupes}: '
                            f'{[p for p, o in zip(args.images, outputs) if o in dupes]}; '
                            'compress them into different folders or rename them.')
+    if args.report:  # --force must not let the JSON replace an input or a .ganz of this run.
+      same = [p for p in args.images + outputs
+              if os.path.abspath(p) == os.path.abspath(args.report)]
+      if same:
+        raise UserInputError(f'--report {args.report} is also {same[0]}, an input or output '
+                             'of this run; give the report another name.')
     for out in outputs + ([args.report] if args.report else []):
       check_can_write(out, overwrite=args.force)  # Fail before any work is done.
     generator = generators.load(args.generator)

@@ -178,3 +178,18 @@ def test_compress_several_inputs_errors_name_them(gen_path, tmp_path, capsys):
   assert 'y.png: image is 40x28 pixels' in err
   assert f'No .ganz file was written; leave {wide_renamed} out' in err, err
   assert not out.exists()
+
+
+def test_compress_report_never_replaces_an_input_or_output(gen_path, tmp_path, capsys):
+  gpath, _ = gen_path
+  image = tmp_path / 'x.png'
+  Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
+  before = image.read_bytes()
+  out = tmp_path / 'out'
+  for report in (image, out / 'x.ganz'):
+    with pytest.raises(SystemExit):
+      compress.main([str(image), '-o', str(out), '--generator', gpath, '--steps', '1',
+                     '--restarts', '1', '--report', str(report), '--force'])
+    assert 'give the report another name' in capsys.readouterr().err
+  assert image.read_bytes() == before  # Before: the user's image became the JSON report.
+  assert not out.exists()
