@@ -2,7 +2,8 @@
 
 Uses the shared input pipeline (`vision_core.data`), orbax checkpoints with resume
 (re-running with the same workdir continues from the newest checkpoint, data position
-included), a progress bar and metrics.jsonl/TensorBoard logs (`vision_core.metrics_log`).
+included; the run's config is kept in `DIR/config.json`, and a resume names the fields that
+changed), a progress bar and metrics.jsonl/TensorBoard logs (`vision_core.metrics_log`).
 Every `sample_every` steps the EMA generator's samples on fixed latents go to
 `DIR/samples/step_NNNNNN.png`; every `fid_every` steps (and after the last step; `fid_every=0`
 turns FID off) two Frechet distances between `fid_samples` EMA-generator samples and as many
@@ -28,7 +29,7 @@ from ml_collections import config_flags
 
 from gan_jax import fid_vit as fid_vit_lib
 from gan_jax import generators, report, train
-from vision_core import checkpointing, config_cli, data, io, loop, metrics_log
+from vision_core import checkpointing, config_cli, data, io, loop, metrics_log, run_config
 from vision_core import mesh as mesh_lib
 from vision_core.errors import UserInputError
 
@@ -116,10 +117,15 @@ def run(config, workdir: str) -> dict:
   ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'))
   restored = ckpt.latest_step() is not None
   if restored:
-    state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=iterator,
-                         seek_data=lambda step: data.seek(iterator, batches=step,
-                                                          global_batch_size=config.batch_size))
+    try:
+      state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=iterator,
+                           seek_data=lambda step: data.seek(iterator, batches=step,
+                                                            global_batch_size=config.batch_size))
+    except UserInputError as e:
+      raise UserInputError(f'{e}{run_config.describe_changes(config, workdir)}') from None
+    run_config.log_changes(config, workdir)
   start = int(state['step'])
+  run_config.write(config, workdir)
   step_fn = train.make_train_step(config=config, mesh=mesh)
   g_module = generators.build(config.generator.to_dict())
   sample_fn = jax.jit(lambda p, z: g_module.apply({'params': p}, z))

@@ -4,7 +4,7 @@
 pipeline (`vision_core.data`), turns them into palette tokens on the device, and trains with
 one jit-compiled step over the `('data', 'model')` mesh (batch split over 'data', parameters
 replicated). A workdir holding checkpoints is resumed, data position included. Outputs:
-`checkpoints/`, `metrics.jsonl`, TensorBoard scalars, `palette.npy`, `params.npz`,
+`checkpoints/`, `config.json`, `metrics.jsonl`, TensorBoard scalars, `palette.npy`, `params.npz`,
 `samples.png` (completions of test images) and `final.json`. `workdir` is a local folder or a
 bucket URI (`gs://bucket/run`, via `vision_core.io`).
 """
@@ -28,6 +28,7 @@ from igpt_jax import model as igpt_model
 from igpt_jax import palette as palette_lib
 from igpt_jax import sample as igpt_sample
 from vision_core import checkpointing, data, io, loop, mesh as mesh_lib, metrics_log, npz, optim
+from vision_core import run_config
 from vision_core.errors import UserInputError
 
 LN2 = math.log(2.0)
@@ -260,10 +261,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                     max_to_keep=config.keep_checkpoints)
   restored = ckpt.latest_step() is not None
   if restored:
-    state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=it,
-                         seek_data=lambda step: data.seek(it, batches=step,
-                                                          global_batch_size=config.batch_size))
+    try:
+      state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=it,
+                           seek_data=lambda step: data.seek(it, batches=step,
+                                                            global_batch_size=config.batch_size))
+    except UserInputError as e:
+      raise UserInputError(f'{e}{run_config.describe_changes(config, workdir)}') from None
+    run_config.log_changes(config, workdir)
   first = int(state['step'])
+  run_config.write(config, workdir)
   train_step = make_train_step(model=model, optimizer=optimizer, objective=config.objective,
                                gen_loss_weight=config.gen_loss_weight,
                                bert_mask_prob=config.bert_mask_prob)

@@ -147,6 +147,24 @@ def test_rerun_of_a_finished_run_keeps_final_json(tiny_config, tmp_path):
   assert json.loads((tmp_path / 'run' / 'final.json').read_text()) == saved
 
 
+def test_resume_names_the_config_fields_that_changed(tiny_config, tmp_path, caplog):
+  from gan_jax import main  # pylint: disable=g-import-not-at-top
+  tiny_config.fid_vit_checkpoint = ''
+  workdir = str(tmp_path / 'run')
+  main.run(tiny_config, workdir)
+  assert json.loads((tmp_path / 'run' / 'config.json').read_text())['generator']['width'] == 4
+  tiny_config.generator.width = 8  # the checkpoint no longer fits
+  with pytest.raises(UserInputError, match=r"(?s)array shapes differ.*changed since the last "
+                     r"run in this workdir .*: generator\.width 4 -> 8\."):
+    main.run(tiny_config, workdir)
+  tiny_config.generator.width = 4
+  tiny_config.lr_g *= 0.5  # fits: resumed, and said once
+  with caplog.at_level('WARNING'):
+    main.run(tiny_config, workdir)
+  assert 'config fields changed since its last run: lr_g 0.0002 -> 0.0001' in caplog.text
+  assert json.loads((tmp_path / 'run' / 'config.json').read_text())['lr_g'] == 0.0001
+
+
 @pytest.mark.parametrize('field,value,match', [
     ('channels', 3, r'shape \(28, 28, 1\).*channels=3'),
     ('image_size', 32, r'shape \(28, 28, 1\).*image_size=32'),

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vision_core import checkpointing, config_cli, data, io, loop, metrics_log
+from vision_core import checkpointing, data, io, loop, metrics_log, run_config
 from vision_core import mesh as mesh_lib
 from vision_core import optim
 from vision_core import sharding as sharding_lib
@@ -149,26 +149,6 @@ def _check_config(config, mesh) -> None:
         'more (the official recipe: 384/384 for CIFAR, 448/384 for ImageNet).')
 
 
-def _changed_fields(config, workdir: str) -> str:
-  """' Config fields changed since the last run ...: a -> b; ...' (from config.json), or ''."""
-  path = io.join(workdir, 'config.json')
-  if not io.exists(path):
-    return ''
-  try:
-    saved = json.loads(io.read_bytes(path))
-  except ValueError:
-    return ''
-  before = dict(config_cli.field_items(saved))
-  now = dict(config_cli.field_items(json.loads(config.to_json())))  # as config.json holds it
-  # Not `mode`: an evaluate run of a training workdir differs in it by design.
-  changed = [f'{k} {before.get(k)!r} -> {now.get(k)!r}' for k in sorted(before.keys() | now)
-             if before.get(k) != now.get(k) and k != 'mode']
-  if not changed:
-    return ''
-  return (f' Config fields changed since the last run in this workdir ({path}): '
-          f'{"; ".join(changed)}.')
-
-
 def _check_pretrained_kept(config, workdir: str) -> None:
   """Refuses a fresh run whose `pretrained` file is the `model.npz` that it would export."""
   if (config.pretrained and config.export_npz and io.abspath(config.pretrained)
@@ -230,12 +210,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                            seek_data=lambda step: data.seek(batches, batches=step,
                                                             global_batch_size=config.batch))
     except UserInputError as e:
-      raise UserInputError(f'{e}{_changed_fields(config, workdir)}') from None
+      raise UserInputError(f'{e}{run_config.describe_changes(config, workdir)}') from None
     logging.info('Resumed from %s at step %d', ckpt.directory, int(state.step))
+    run_config.log_changes(config, workdir)
   start = int(state.step)
-  if jax.process_index() == 0:  # one writer for files every host could write
-    with io.atomic_write(io.join(workdir, 'config.json'), 'w', overwrite=True) as f:
-      f.write(config.to_json(indent=2))
+  run_config.write(config, workdir)
 
   train_step = train_lib.make_train_step(
       model=model, tx=tx, schedule=schedule, mesh=mesh, state_shardings=shardings,
@@ -336,7 +315,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
           lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
           fresh, params_shardings), step=step)
     except UserInputError as e:
-      raise UserInputError(f'{e}{_changed_fields(config, workdir)}') from None
+      raise UserInputError(f'{e}{run_config.describe_changes(config, workdir)}') from None
     source = f'{ckpt_dir} step {step}'
     ckpt.close()
   elif config.pretrained:

@@ -1,0 +1,70 @@
+"""The config a training run used, kept as `config.json` in its workdir.
+
+A resumed run compares its config with the one saved there, so that a checkpoint that no
+longer fits (another model width, image size, class count) is reported together with the
+fields that changed, and a deliberate change that still fits (a new learning rate) is said
+once in the log instead of passing unnoticed.
+
+  run_config.log_changes(config, workdir)   # on resume: 'lr 0.001 -> 0.0005; ...'
+  run_config.write(config, workdir)         # after the checkpoint was restored
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+
+from vision_core import config_cli, io
+
+FILE = 'config.json'
+
+
+def changed_fields(config, workdir: str | os.PathLike, *,
+                   ignore: tuple[str, ...] = ('mode',)) -> list[str]:
+  """'name old -> new' for every leaf field that differs from the workdir's config.json.
+
+  Empty when there is no config.json (or it is not JSON: it is then only replaced). `mode`
+  is left out: an evaluate run of a training workdir differs in it by design.
+  """
+  path = io.join(workdir, FILE)
+  if not io.exists(path):
+    return []
+  try:
+    saved = json.loads(io.read_bytes(path))
+  except ValueError:
+    return []
+  before = dict(config_cli.field_items(saved))
+  now = dict(config_cli.field_items(json.loads(config.to_json())))  # as config.json holds it
+  return [f'{k} {before.get(k)!r} -> {now.get(k)!r}' for k in sorted(before.keys() | now)
+          if before.get(k) != now.get(k) and k not in ignore]
+
+
+def describe_changes(config, workdir: str | os.PathLike) -> str:
+  """' Config fields changed since the last run in this workdir (...): ...' or ''."""
+  changed = changed_fields(config, workdir)
+  if not changed:
+    return ''
+  return (f' Config fields changed since the last run in this workdir '
+          f'({io.join(workdir, FILE)}): {"; ".join(changed)}.')
+
+
+def log_changes(config, workdir: str | os.PathLike) -> list[str]:
+  """Logs (a warning, process 0) the fields a resumed run changed; returns them.
+
+  Not `total_steps`: raising it is how a finished run is extended.
+  """
+  changed = changed_fields(config, workdir, ignore=('mode', 'total_steps'))
+  if changed and jax.process_index() == 0:
+    logging.warning('Resuming %s with config fields changed since its last run: %s',
+                    workdir, '; '.join(changed))
+  return changed
+
+
+def write(config, workdir: str | os.PathLike) -> None:
+  """Saves `config` as the workdir's config.json, atomically (process 0 only)."""
+  if jax.process_index() == 0:
+    with io.atomic_write(io.join(workdir, FILE), 'w', overwrite=True) as f:
+      f.write(config.to_json(indent=2))
