@@ -224,3 +224,12 @@ def test_image_past_pillows_pixel_limit_is_an_unreadable_image(tmp_path, monkeyp
       read(big)
   source = data.ImageFolderSource(tmp_path, 'train', skip_bad_images=True)
   assert source.skipped == [str(big)] and len(source) == 16
+
+
+def test_cache_in_memory_of_mixed_sizes_names_the_setting_to_turn_off(tmp_path):
+  from vision_core import data  # pylint: disable=g-import-not-at-top
+  _write_split(tmp_path, 'train', ['cat', 'dog'])  # 8x8 images
+  Image.fromarray(np.zeros((9, 8, 3), np.uint8)).save(tmp_path / 'train' / 'dog' / 'tall.png')
+  with pytest.raises(UserInputError, match=r'several sizes \[\(8, 8, 3\), \(9, 8, 3\)\].*'
+                                           r'--config\.cache_in_memory=False'):
+    data.cache_in_memory(data.ImageFolderSource(tmp_path, 'train'))

@@ -312,7 +312,8 @@ def cache_in_memory(source, *, threads: int = 8) -> ArraySource:
   shapes = {r['image'].shape for r in records}
   if len(shapes) > 1:
     raise UserInputError(f'cache_in_memory: {source!r} has images of several sizes '
-                         f'{sorted(shapes)[:4]}; it caches only datasets of one size.')
+                         f'{sorted(shapes)[:4]}; it caches only datasets of one size: '
+                         'train with --config.cache_in_memory=False (decoded every epoch).')
   return ArraySource(np.stack([r['image'] for r in records]),
                      np.asarray([r['label'] for r in records]),
                      class_names=source.class_names, name=repr(source))
