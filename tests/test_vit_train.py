@@ -356,9 +356,10 @@ def test_predict_official_layout_with_model_name(tmp_path, capsys):
       capsys.readouterr().err
   predict.main(['--checkpoint', str(tmp_path / 'official.npz'), '--model', 'testing',
                 '--resolution', '16', str(tmp_path / 'x.jpg')])
-  out = capsys.readouterr().out
-  assert 'airplane' in out  # 10 classes -> CIFAR-10 names; zero head -> uniform 10%
-  assert '10.00%' in out
+  captured = capsys.readouterr()
+  assert 'airplane' in captured.out  # 10 classes -> CIFAR-10 names; zero head -> uniform 10%
+  assert '10.00%' in captured.out
+  assert 'cifar10 names assumed for a 10-class head' in captured.err  # a guess, and said
 
 
 def test_evaluate_mode_scores_latest_checkpoint(uninterrupted, dataset, tmp_path):

@@ -53,8 +53,12 @@ def _label_names(spec: str | None, num_classes: int) -> list[str]:
   from vit_jax import class_names  # pylint: disable=g-import-not-at-top
   if spec is None:
     spec = {1000: 'imagenet2012', 10: 'cifar10', 100: 'cifar100'}.get(num_classes)
-  if spec is None:
-    return [str(i) for i in range(num_classes)]
+    if spec is None:
+      return [str(i) for i in range(num_classes)]
+    # A guess from the class count alone: said, since a user's own 10-class model would
+    # otherwise be shown with CIFAR-10's names as if they were its own.
+    print(f'labels: {spec} names assumed for a {num_classes}-class head (no model.json class '
+          'names); pass --labels FILE (one name per line) for other classes.', file=sys.stderr)
   if os.path.isfile(spec):
     with open(spec, encoding='utf-8') as f:
       names = [line.strip() for line in f if line.strip()]
