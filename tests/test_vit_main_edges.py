@@ -53,6 +53,17 @@ def test_evaluate_a_three_class_model_on_a_two_class_test_folder(tmp_path):
   assert result['test_examples'] == 14 and result['test_accuracy'] == pytest.approx(0.5)
 
 
+def test_evaluate_takes_the_classes_from_model_json_when_the_train_split_is_gone(tmp_path):
+  root = _three_class_dataset(tmp_path / 'ds')
+  workdir = str(tmp_path / 'w')
+  final = train_loop.train_and_evaluate(helpers.tiny_config(root, total_steps=2), workdir)
+  shutil.rmtree(os.path.join(root, 'train'))  # only the test split (without 'a') is left
+  result = train_loop.evaluate_only(helpers.tiny_config(root, mode='evaluate'), workdir)
+  assert result['test_examples'] == 14
+  assert result['test_accuracy'] == pytest.approx(final['test_accuracy'])
+  assert result['test_loss'] == pytest.approx(final['test_loss'], rel=1e-5)
+
+
 def test_test_class_unknown_to_the_model_is_a_clear_error(tmp_path):
   root = _three_class_dataset(tmp_path / 'ds')
   os.rename(os.path.join(root, 'test', 'c'), os.path.join(root, 'test', 'C'))

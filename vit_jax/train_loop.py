@@ -80,6 +80,24 @@ def _train_class_names(config) -> tuple[str, ...] | None:
   return None
 
 
+def _evaluated_class_names(config, workdir: str, *, from_checkpoint: bool
+                           ) -> tuple[str, ...] | None:
+  """The classes of the model `evaluate_only` scores: from the model.json written beside its
+  weights (the workdir's for its checkpoints, else `pretrained`'s), which holds them even
+  where the train split folder is gone or differs; else the train split folder's."""
+  folder = workdir if from_checkpoint else (
+      io.dirname(config.pretrained) if config.pretrained else None)
+  meta = io.join(folder, 'model.json') if folder is not None else None
+  if meta is not None and io.exists(meta):
+    try:
+      names = json.loads(io.read_bytes(meta)).get('class_names')
+    except (ValueError, AttributeError):
+      names = None
+    if names:
+      return tuple(str(n) for n in names)
+  return _train_class_names(config)
+
+
 def build_model(config, num_classes: int) -> models_vit.VisionTransformer:
   if config.dtype not in DTYPES:
     raise UserInputError(f'dtype={config.dtype!r}: expected one of {", ".join(DTYPES)}.')
@@ -293,22 +311,23 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   mesh_lib.initialize_distributed()
   mesh = make_mesh(config)
   mesh_lib.check_batch_size(config.batch_eval, mesh, field='batch_eval')
-  # The model's classes are the train split's (the test folder may lack some).
-  test_source = _source(config, config.pp.test, class_names=_train_class_names(config))
+  ckpt_dir = io.join(workdir, 'checkpoints')
+  ckpt = checkpointing.Checkpointer(ckpt_dir) if io.isdir(ckpt_dir) else None
+  step = ckpt.latest_step() if ckpt is not None else None
+  # The model's classes (the test folder may lack some).
+  test_source = _source(config, config.pp.test, class_names=_evaluated_class_names(
+      config, workdir, from_checkpoint=step is not None))
   channels = test_source[0]['image'].shape[-1]
   _, test_pp = preprocess_specs(config, channels)
   image_shape = (config.pp.crop, config.pp.crop, 3 if 'to_rgb' in test_pp else channels)
   num_classes = test_source.num_classes
   model = build_model(config, num_classes)
-  ckpt_dir = io.join(workdir, 'checkpoints')
-  ckpt = checkpointing.Checkpointer(ckpt_dir) if io.isdir(ckpt_dir) else None
   fresh = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, *image_shape)), train=False)['params'])
-  if ckpt is not None and ckpt.latest_step() is not None:
+  if step is not None:
     # The checkpoint holds the weights; don't load pretrained too. Only they are read: the
     # optimizer state would take memory, and this config's optimizer (and schedule) need not
     # be the training run's.
-    step = ckpt.latest_step()
     params_shardings = sharding_lib.named_shardings(fresh, mesh, strategy=config.sharding)
     try:
       params = ckpt.restore_part('params', jax.tree.map(
