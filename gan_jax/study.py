@@ -227,7 +227,12 @@ def run(config, *, out: str | None = None, force: bool = False, progress: bool =
                      brisque_note, targets.shape)
     info = dict(model=classifier.model_name, checkpoint=vit_path,
                 image_size=classifier.resolution, k=k, num_classes=classifier.num_classes,
-                ignored=[], brisque=brisque)
+                ignored=[], brisque=brisque,
+                colour=('the study\'s inputs were made 8-bit RGB (grey for a grey generator) '
+                        'squares first, RGBA composited on grey level '
+                        f'{config.alpha_background}; originals, reconstructions and JPEGs '
+                        'are scored as those 8-bit pixels. Grey images are repeated to 3 '
+                        'channels for the ViT.'))
     paths = study_report.write_all(staging, methods, header=header, info=info)
     summary = {
         'preset': config.preset, 'config': config.to_dict(), 'images': names,

@@ -66,8 +66,10 @@ def test_study_writes_report_figure_and_files(study_run):
   assert [r['image'] for r in rows] == [f'{n} ({m})' for n in NAMES for m in ('GAN', 'JPEG')]
   report = open(paths['markdown'], encoding='utf-8').read()
   for text in ('## Summary', f'## {GAN}', f'## {JPEG}', 'ViT-Score', 'FID raw pixels',
-               'BRISQUE: absent', 'logo: RGBA composited on grey level 255'):
+               'BRISQUE: absent', 'logo: RGBA composited on grey level 255',
+               "Colour: the study's inputs were made 8-bit RGB"):
     assert text in report
+  assert '--alpha-background' not in report  # assess's flag, not the study's setting
   assert not [f for f in os.listdir(os.path.dirname(out)) if '.partial-' in f]
 
 

@@ -85,7 +85,7 @@ def markdown(pairs, cols, fids, info) -> str:
   lines += ['## Conventions', '',
             '- Values: the 0-255 scale of 8-bit levels; SSIM (Gaussian window 11, sigma 1.5, '
             'K1 0.01, K2 0.03), PSNR and MSE with data_range 255, per image over all channels.',
-            f'- Colour: {assess_io.COLOUR_NOTE}',
+            f'- Colour: {info.get("colour", assess_io.COLOUR_NOTE)}',
             '- Orientation: each file is turned upright by its EXIF orientation tag, as '
             "OpenCV's imread does.",
             f'- ViT-Score: top-{info["k"]} classes of {info["model"]} ({info["num_classes"]} '
