@@ -44,6 +44,8 @@ def _check_args(args: argparse.Namespace, model) -> int:
     raise UserInputError(f'--unconditional={args.unconditional}: expected at least 1 sample.')
   if args.images is not None and args.num < 1:
     raise UserInputError(f'--num={args.num}: expected at least 1 completion per image.')
+  if args.batch < 1:
+    raise UserInputError(f'--batch={args.batch}: expected at least 1 image sampled at once.')
   side = math.isqrt(model.n_ctx)
   if args.size is None:
     if side * side != model.n_ctx:
@@ -77,6 +79,9 @@ def main(argv=None) -> None:
   parser.add_argument('--top_k', type=int, default=0)
   parser.add_argument('--top_p', type=float, default=1.0)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--batch', type=int, default=64,
+                      help='completions sampled at once (memory); the result does not depend '
+                      'on it')
   parser.add_argument('--out', required=True, type=io.path_arg, help='PNG to write')
   parser.add_argument('--force', action='store_true', help='overwrite --out')
   args = parser.parse_args(argv)
@@ -91,7 +96,11 @@ def main(argv=None) -> None:
     n = side * side
     if args.unconditional is not None:
       sampler = igpt_sample.make_sampler(model, num_tokens=n, **kwargs)
-      tokens = np.asarray(sampler(params, key, batch_size=args.unconditional))
+      keys = igpt_sample.row_keys(key, args.unconditional)  # the same for any --batch
+      empty = np.zeros((args.unconditional, 0), np.int32)
+      tokens = np.concatenate([np.asarray(sampler(params, keys[i:i + args.batch],
+                                                  empty[i:i + args.batch]))
+                               for i in range(0, args.unconditional, args.batch)])
       pictures = palette_lib.dequantize(tokens, centers)
       grid = igpt_sample.completion_grid(pictures[:1], pictures[None], keep_rows=0)
       grid = grid[:, 2 * (side + 2):]  # Drop the (empty) original / kept columns.
@@ -100,7 +109,8 @@ def main(argv=None) -> None:
       tokens = palette_lib.quantize(originals, centers)
       keep = side // 2 if args.keep_rows is None else args.keep_rows
       out = igpt_sample.complete(model, params, key, tokens, image_shape=(side, side),
-                                 keep_rows=keep, num_completions=args.num, **kwargs)
+                                 keep_rows=keep, num_completions=args.num,
+                                 batch_size=args.batch, **kwargs)
       grid = igpt_sample.completion_grid(palette_lib.dequantize(tokens, centers),
                                          palette_lib.dequantize(np.asarray(out), centers),
                                          keep_rows=keep)

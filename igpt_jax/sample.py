@@ -5,7 +5,9 @@
 
 The whole loop over tokens is one `lax.scan` inside one `jax.jit`: no Python per token.
 With `cached=False` every token is a full forward pass over the sequence (what OpenAI's
-release does); both draw token t with `fold_in(key, t)`, so they give the same tokens.
+release does). Each row has its own key (`fold_in(key, row)`, or one given per row) and
+draws token t with `fold_in(row_key, t)`: both give the same tokens, and a row's tokens do
+not depend on the other rows of the batch, so `complete` can work in chunks.
 """
 
 from __future__ import annotations
@@ -64,19 +66,33 @@ def check_sampling(model: igpt_model.ImageGPT, *, num_tokens: int, prefix_len: i
     raise UserInputError('the BERT variant has no causal order; it cannot sample.')
 
 
+def row_keys(key, rows: int):
+  """`[rows]` raw PRNG keys: `key` itself when it already holds one per row, else
+  `fold_in(key, r)` for row r."""
+  key = jnp.asarray(key)
+  if key.ndim == 2:  # [rows, 2]: one raw key per row.
+    if key.shape[0] != rows:
+      raise UserInputError(f'key: {key.shape[0]} row keys for {rows} rows.')
+    return key
+  return jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(rows))
+
+
 def make_sampler(model: igpt_model.ImageGPT, *, num_tokens: int, prefix_len: int = 0,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  cached: bool = True) -> Callable:
   """A jit-compiled `sample(params, key, prefix [B, prefix_len]) -> tokens [B, num_tokens]`.
 
-  The first `prefix_len` tokens of the result are `prefix`, unchanged; token t >= prefix_len
-  is drawn from the filtered logits with `jax.random.fold_in(key, t)`.
+  The first `prefix_len` tokens of the result are `prefix`, unchanged. `key` is one PRNG
+  key (row r then uses `fold_in(key, r)`) or `[B]` keys, one per row; token t >= prefix_len
+  of a row is drawn from the filtered logits with `fold_in(row_key, t)`.
   """
   check_sampling(model, num_tokens=num_tokens, prefix_len=prefix_len)
   check_filters(temperature=temperature, top_k=top_k, top_p=top_p,
                 vocab_size=model.vocab_size)
-  pick = lambda key, logits: jax.random.categorical(key, filter_logits(
-      logits, temperature=temperature, top_k=top_k, top_p=top_p), axis=-1).astype(jnp.int32)
+  draw = jax.vmap(lambda key, t, logits: jax.random.categorical(
+      jax.random.fold_in(key, t), logits), in_axes=(0, None, 0))
+  pick = lambda keys, t, logits: draw(keys, t, filter_logits(
+      logits, temperature=temperature, top_k=top_k, top_p=top_p)).astype(jnp.int32)
   steps = jnp.arange(prefix_len, num_tokens)
 
   def sample_cached(params, key, prefix):
@@ -93,7 +109,7 @@ def make_sampler(model: igpt_model.ImageGPT, *, num_tokens: int, prefix_len: int
     def step(carry, t):
       cache, prev, tokens = carry
       logits, cache = decode(prev[:, None], cache, t)  # Position t, input x_{t-1}.
-      new = pick(jax.random.fold_in(key, t), logits[:, 0])
+      new = pick(key, t, logits[:, 0])
       return (cache, new, tokens.at[:, t].set(new)), None
 
     return jax.lax.scan(step, (cache, prev, tokens), steps)[0][2]
@@ -105,7 +121,7 @@ def make_sampler(model: igpt_model.ImageGPT, *, num_tokens: int, prefix_len: int
     def step(tokens, t):
       logits = model.apply({'params': params}, tokens)['logits']
       row = jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False)
-      return tokens.at[:, t].set(pick(jax.random.fold_in(key, t), row)), None
+      return tokens.at[:, t].set(pick(key, t, row)), None
 
     return jax.lax.scan(step, tokens, steps)[0]
 
@@ -120,14 +136,17 @@ def make_sampler(model: igpt_model.ImageGPT, *, num_tokens: int, prefix_len: int
     if prefix.ndim != 2 or prefix.shape[1] != prefix_len:
       raise UserInputError(f'prefix: expected [B, {prefix_len}] tokens, found shape '
                            f'{prefix.shape}.')
-    return fn(params, key, prefix)
+    return fn(params, row_keys(key, prefix.shape[0]), prefix)
 
   return sample
 
 
 def complete(model, params, key, tokens, *, image_shape: tuple[int, int], keep_rows: int,
-             num_completions: int = 1, **sampler_kwargs):
+             num_completions: int = 1, batch_size: int = 64, **sampler_kwargs):
   """Keeps the top `keep_rows` rows of each image and samples the rest, N times each.
+
+  Completion j of image i uses the key `fold_in(fold_in(key, i), j)`, so it is the same
+  whatever `batch_size` (rows sampled at once, to bound the memory) and the other images.
 
   Args:
     tokens: `[B, H * W]` palette tokens of the originals.
@@ -145,9 +164,20 @@ def complete(model, params, key, tokens, *, image_shape: tuple[int, int], keep_r
   if not 1 <= keep_rows < h:
     raise UserInputError(f'keep_rows={keep_rows}: expected 1 <= keep_rows < {h} (the image '
                          f'has {h} rows; keep some, sample the rest).')
+  if batch_size < 1:
+    raise UserInputError(f'batch_size={batch_size}: expected at least 1 row per batch.')
   sample = make_sampler(model, num_tokens=h * w, prefix_len=keep_rows * w, **sampler_kwargs)
   prefix = jnp.repeat(tokens[:, :keep_rows * w], num_completions, axis=0)
-  out = sample(params, key, prefix)
+  per_image = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(tokens.shape[0]))
+  keys = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
+      jnp.arange(num_completions)))(per_image).reshape(-1, *per_image.shape[1:])
+  rows = prefix.shape[0]
+  size = min(batch_size, rows)
+  pad = -rows % size  # The last chunk is padded to the others' shape: one compilation.
+  keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, axis=0)])
+  prefix = jnp.concatenate([prefix, jnp.repeat(prefix[-1:], pad, axis=0)])
+  out = jnp.concatenate([sample(params, keys[i:i + size], prefix[i:i + size])
+                         for i in range(0, rows + pad, size)])[:rows]
   return out.reshape(tokens.shape[0], num_completions, h * w)
 
 

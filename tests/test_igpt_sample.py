@@ -67,6 +67,25 @@ def test_filters_match_their_definitions():
     np.testing.assert_allclose(row[order[:n]], ref[order[:n]], rtol=1e-6)
 
 
+def test_a_completion_does_not_depend_on_the_batch_or_the_other_images(model_and_params):
+  model, params = model_and_params
+  tokens = jax.random.randint(jax.random.PRNGKey(5), (3, 16), 0, 512)
+  key = jax.random.PRNGKey(9)
+  run = lambda t, **k: np.asarray(igpt_sample.complete(
+      model, params, key, t, image_shape=(4, 4), keep_rows=2, num_completions=2, top_k=50,
+      **k))
+  together = run(tokens)
+  np.testing.assert_array_equal(run(tokens, batch_size=1), together)
+  np.testing.assert_array_equal(run(tokens, batch_size=4), together)  # 6 rows: 4 + 2 padded
+  np.testing.assert_array_equal(run(tokens[:1]), together[:1])  # image 0 alone
+  # Row keys: fold_in(key, row); a row's tokens are those of that row sampled alone.
+  sampler = igpt_sample.make_sampler(model, num_tokens=16, top_k=50)
+  all_rows = np.asarray(sampler(params, key, batch_size=3))
+  keys = igpt_sample.row_keys(key, 3)
+  np.testing.assert_array_equal(np.asarray(sampler(params, keys[2:], jnp.zeros((1, 0), jnp.int32))),
+                                all_rows[2:])
+
+
 def test_sampled_frequencies_follow_the_filtered_softmax():
   logits = jnp.asarray([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
   keys = jax.random.split(jax.random.PRNGKey(0), 20_000)
@@ -166,7 +185,8 @@ def test_complete_cli_checks_counts_and_size(model_and_params, tmp_path, capsys)
          (['--unconditional', '1', '--size', '2'], 'trained on 4x4 images'),
          (['--unconditional', '1', '--size', '5'], 'at most n_ctx=16'),
          (['--unconditional', '1', '--seed', str(2**32 + 5)], '--seed=4294967301'),
-         (['--unconditional', '1', '--seed', '-1'], '--seed=-1')]
+         (['--unconditional', '1', '--seed', '-1'], '--seed=-1'),
+         (['--unconditional', '1', '--batch', '0'], '--batch=0: expected at least 1')]
   for args, message in bad:
     with pytest.raises(SystemExit) as e:
       complete.main(common + args + ['--out', str(tmp_path / 'bad.png')])
