@@ -239,9 +239,10 @@ def load_hf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = N
 
 def load(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = None,
          num_heads: Optional[int] = None):
-  """Any of the three formats, by file name: `.npz`, `.safetensors` (or a directory holding
-  `model.safetensors` or a sharded save's `model.safetensors.index.json`), otherwise a TF
-  checkpoint. Returns `(params, model)`."""
+  """Any of the three formats, by file name: `.npz` (or a training workdir holding its
+  `params.npz`), `.safetensors` (or a directory holding `model.safetensors` or a sharded
+  save's `model.safetensors.index.json`), otherwise a TF checkpoint. Returns
+  `(params, model)`."""
   path = os.fspath(path)
   if path.endswith('.npz'):
     flat = npz.load_flat(path)
@@ -249,6 +250,12 @@ def load(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = None
   if path.endswith(('.safetensors', HF_SHARD_INDEX)) or any(
       os.path.exists(os.path.join(path, name)) for name in ('model.safetensors', HF_SHARD_INDEX)):
     return load_hf(path, model=model, num_heads=num_heads)
+  ours = os.path.join(path, 'params.npz')
+  if os.path.isdir(path) and os.path.isfile(ours) and not any(
+      name.endswith('.index') for name in os.listdir(path)):
+    # A training workdir: its exported parameters (the checkpoints/ beside them hold the
+    # optimizer state too, in orbax's format).
+    return _finish(npz.load_flat(ours), model, ours, num_heads=num_heads)
   return load_openai_tf(path, model=model)
 
 

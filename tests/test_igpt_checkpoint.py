@@ -180,6 +180,12 @@ def test_npz_round_trip_and_no_overwrite(tmp_path):
     np.testing.assert_array_equal(npz.flatten(loaded)[k], v)
   with pytest.raises(UserInputError, match='refusing to overwrite'):
     checkpoint.save(tmp_path / 'p.npz', params)
+  # A training workdir (params.npz beside checkpoints/) stands for its params.npz.
+  (tmp_path / 'run' / 'checkpoints').mkdir(parents=True)
+  checkpoint.save(tmp_path / 'run' / 'params.npz', params)
+  from_workdir, _ = checkpoint.load(tmp_path / 'run')
+  for k, v in npz.flatten(params).items():
+    np.testing.assert_array_equal(npz.flatten(from_workdir)[k], v)
 
 
 def test_missing_and_misshaped_variables_are_listed(tmp_path):
