@@ -21,12 +21,22 @@ from vision_core.errors import UserInputError
 
 Record = dict[str, Any]
 _OPS: dict[str, tuple[Callable[..., Callable], bool]] = {}
+# Ops that take uint8 [0, 255] images only (Pillow has no float RGB images): `parse` refuses
+# them after `value_range`, which makes floats, rather than each loader thread failing with
+# Pillow's "Cannot handle this data type".
+_UINT8_OPS: set[str] = set()
+_TO_FLOAT_OPS = {'value_range'}
 
 
-def register(name: str, *, random: bool = False):
-  """Decorator: `fn(*args, **kwargs)` -> `op(record[, rng])`, used as `name(args)` in specs."""
+def register(name: str, *, random: bool = False, uint8: bool = False):
+  """Decorator: `fn(*args, **kwargs)` -> `op(record[, rng])`, used as `name(args)` in specs.
+  `uint8`: the op takes uint8 images only (so it must come before `value_range`)."""
   def wrap(factory):
     _OPS[name] = (factory, random)
+    if uint8:
+      _UINT8_OPS.add(name)
+    else:
+      _UINT8_OPS.discard(name)
     return factory
   return wrap
 
@@ -54,14 +64,14 @@ def _resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
   return apply_pil(image, lambda pil: pil.resize((hw[1], hw[0]), Image.BILINEAR))
 
 
-@register('resize')
+@register('resize', uint8=True)
 def resize(size):
   """Resize to `size` (int: square, or (h, w))."""
   hw = _size2(size)
   return lambda r: {**r, 'image': _resize(r['image'], hw)}
 
 
-@register('resize_small')
+@register('resize_small', uint8=True)
 def resize_small(size: int):
   """Resize so that the shorter side is `size`, keeping the aspect ratio."""
   _size2(size)
@@ -110,7 +120,7 @@ def random_crop(size, pad: int = 0, mode: str = 'constant'):
   return op
 
 
-@register('inception_crop', random=True)
+@register('inception_crop', random=True, uint8=True)
 def inception_crop(size, area_min: float = 5, area_max: float = 100):
   """Inception-style crop: area in [area_min, area_max]% of the image, aspect ratio
   log-uniform in [3/4, 4/3], up to 10 tries (else the whole image), resized to `size`."""
@@ -173,11 +183,18 @@ class Preprocess(grain.RandomMapTransform):
   def __init__(self, spec: str):
     self.spec = spec
     self.ops = []
+    floats = None  # the op that made the images float, if any
     for part in filter(str.strip, spec.split('|')):
       name, args, kwargs = _parse_call(part)
       if name not in _OPS:
         raise UserInputError(f'unknown preprocessing op {name!r} in {spec!r}; known ops: '
                              f'{", ".join(sorted(_OPS))}.')
+      if floats and name in _UINT8_OPS:
+        raise UserInputError(f'preprocessing op {part.strip()!r} in {spec!r} comes after '
+                             f'{floats!r}, which makes the images float; {name} takes uint8 '
+                             f'images: put it before {floats.split("(")[0]}.')
+      if name in _TO_FLOAT_OPS:
+        floats = part.strip()
       factory, is_random = _OPS[name]
       try:
         self.ops.append((factory(*args, **kwargs), is_random))

@@ -101,7 +101,7 @@ def apply_op(name: str, image: np.ndarray, magnitude: float, sign: int = 1) -> n
   return apply_pil(image, lambda pil: OPS[name](pil, magnitude / MAX_MAGNITUDE, sign))
 
 
-@register('randaugment', random=True)
+@register('randaugment', random=True, uint8=True)
 def randaugment(num_ops: int = 2, magnitude: float = 9):
   """`num_ops` random ops of `OPS` at `magnitude` in [0, 10] (see the module docstring)."""
   if not isinstance(num_ops, int) or num_ops < 0:
