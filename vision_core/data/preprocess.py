@@ -74,6 +74,8 @@ def resize(size):
 @register('resize_small', uint8=True)
 def resize_small(size: int):
   """Resize so that the shorter side is `size`, keeping the aspect ratio."""
+  if not np.isscalar(size):  # a pair would only fail in the loader: 'tuple / int'
+    raise ValueError(f'size {size!r}: expected a positive int (the shorter side)')
   _size2(size)
   def op(r):
     h, w = r['image'].shape[:2]
@@ -125,6 +127,12 @@ def inception_crop(size, area_min: float = 5, area_max: float = 100):
   """Inception-style crop: area in [area_min, area_max]% of the image, aspect ratio
   log-uniform in [3/4, 4/3], up to 10 tries (else the whole image), resized to `size`."""
   hw = _size2(size)
+  # Percent, as in big_vision; out of order or negative they failed in the loader threads
+  # (numpy's "high - low < 0", "math domain error").
+  if not (isinstance(area_min, (int, float)) and isinstance(area_max, (int, float))
+          and 0 <= area_min <= area_max <= 100 and area_max > 0):
+    raise ValueError(f'area_min={area_min!r}, area_max={area_max!r}: expected percentages of '
+                     'the image area with 0 <= area_min <= area_max <= 100, area_max > 0')
   log_ratio = (math.log(3 / 4), math.log(4 / 3))
   def op(r, rng):
     image = r['image']
