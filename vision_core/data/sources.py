@@ -214,6 +214,14 @@ def mnist_paths(directory: str | os.PathLike, split: str) -> tuple[str, str]:
   return out[0], out[1]
 
 
+def _gist(error: Exception) -> str:
+  """The first line of a TFDS error and its "Did you mean" hint: an unknown name's
+  DatasetNotFoundError lists every TFDS dataset (some 260 lines), the hint last."""
+  lines = str(error).strip().splitlines() or ['']
+  hints = [line.strip() for line in lines[1:] if line.strip().startswith('Did you mean')]
+  return ' '.join([lines[0].strip()] + hints)
+
+
 class TfdsSource:
   """A prepared TFDS dataset read through `tfds.data_source` (array_record, no TensorFlow).
 
@@ -236,7 +244,7 @@ class TfdsSource:
       except Exception as e2:  # pylint: disable=broad-except
         raise UserInputError(
             f'dataset {name!r}: not a TFDS dataset name nor an existing folder '
-            f'({type(e2).__name__}: {e2}).') from None
+            f'({type(e2).__name__}: {_gist(e2)}).') from None
       if not prepared:
         raise UserInputError(
             f'TFDS dataset {name!r} is not prepared in {where}; prepare it there once with '
