@@ -6,9 +6,9 @@ Every source is a grain `RandomAccessDataSource`: `len(source)` examples, and
 `source.num_classes` and `source.class_names` describe the labels.
 
 `get_source(dataset, split, ...)` picks the kind: a directory path is an image folder
-(`{root}/{split}/{class}/*.jpg|png`), a `.gz` IDX pair prefix is MNIST, anything else is a
-TFDS name read with `tfds.data_source` (no TensorFlow needed; the dataset must already be
-prepared in array_record format, nothing is downloaded).
+(`{root}/{split}/{class}/*.jpg|png`), or MNIST if it holds `*-idx3-ubyte[.gz]` files;
+anything else is a TFDS name read with `tfds.data_source` (no TensorFlow needed; the dataset
+must already be prepared in array_record format, nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -284,6 +284,11 @@ def get_source(dataset: str, split: str, *, data_dir: str | None = None,
   is_path = os.sep in dataset or dataset.startswith('.') or os.path.isdir(dataset)
   if not is_path:
     return TfdsSource(dataset, split, data_dir=data_dir)
+  if os.path.exists(dataset) and not os.path.isdir(dataset):  # e.g. an IDX file itself
+    raise UserInputError(
+        f'dataset {dataset} is a file; expected the folder holding the dataset: '
+        f'{{split}}/{{class}}/ image folders, or MNIST IDX files (pass '
+        f'{os.path.dirname(dataset) or "."} for the IDX files beside it).')
   if not os.path.isdir(dataset):
     raise UserInputError(f'dataset folder {dataset} does not exist.')
   if any('-idx3-ubyte' in f for f in os.listdir(dataset)):
