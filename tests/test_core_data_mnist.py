@@ -1,4 +1,4 @@
-"""MNIST IDX sources: what is wrong with which file."""
+"""MNIST IDX sources: the file at fault is the one named, with what is wrong."""
 
 import gzip
 import shutil
@@ -18,6 +18,15 @@ def _write(folder, labels, n=5):
   with gzip.open(folder / 't10k-labels-idx1-ubyte.gz', 'wb') as f:
     f.write(struct.pack('>II', 0x801, n) + np.asarray(labels, np.uint8).tobytes())
   return images
+
+
+def test_a_label_past_9_names_the_labels_file(tmp_path):
+  # ArraySource's range check named the images file ("...images-idx3-ubyte.gz labels: found
+  # 0..12"), which holds no labels.
+  _write(tmp_path, [0, 1, 12, 3, 4])
+  with pytest.raises(UserInputError, match=r't10k-labels-idx1-ubyte\.gz: labels 0\.\.12; '
+                                           r'expected MNIST digits 0\.\.9'):
+    data.get_source(str(tmp_path), 'test')
 
 
 def test_an_idx_file_given_as_the_dataset_is_not_called_missing(tmp_path):

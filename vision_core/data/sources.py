@@ -194,6 +194,9 @@ class MnistIdxSource(ArraySource):
     if len(images) != len(labels):
       raise UserInputError(f'{images_path} has {len(images)} images but {labels_path} has '
                            f'{len(labels)} labels.')
+    if len(labels) and labels.max() > 9:  # else ArraySource's message names the images file
+      raise UserInputError(f'{labels_path}: labels {int(labels.min())}..{int(labels.max())}; '
+                           'expected MNIST digits 0..9.')
     super().__init__(images[..., None], labels, class_names=[str(i) for i in range(10)],
                      name=images_path)
 
