@@ -36,10 +36,20 @@ class CoreDataGreyToy(tfds.core.GeneratorBasedBuilder):
       yield i, {'image': _png(np.full((6, 5), 10 * i, np.uint8)), 'label': i % 3}
 
 
+class CoreDataScalarLabelToy(CoreDataGreyToy):
+  """As CoreDataGreyToy, its label an int64 Scalar, not a ClassLabel."""
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(6, 5, 1)),
+        'label': tfds.features.Scalar(dtype=np.int64)}))
+
+
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   root = str(tmp_path_factory.mktemp('tfds'))
-  CoreDataGreyToy(data_dir=root, file_format='array_record').download_and_prepare()
+  for builder in (CoreDataGreyToy, CoreDataScalarLabelToy):
+    builder(data_dir=root, file_format='array_record').download_and_prepare()
   return root
 
 
@@ -74,3 +84,10 @@ def test_misspelt_dataset_name_gives_a_short_message_with_the_hint(tmp_path):
   assert "dataset 'cifar_10': not a TFDS dataset name nor an existing folder" in message
   assert 'Did you mean: cifar_10 -> cifar10' in message
   assert len(message.splitlines()) <= 2 and len(message) < 400, message
+
+
+def test_a_label_that_is_no_class_label_is_named(data_dir):
+  # It was "AttributeError: 'Scalar' object has no attribute 'names'".
+  with pytest.raises(UserInputError, match=r"TFDS 'core_data_scalar_label_toy': feature "
+                                           r"'label' is a Scalar; expected a ClassLabel"):
+    data.get_source('core_data_scalar_label_toy', 'train', data_dir=data_dir)

@@ -260,6 +260,10 @@ class TfdsSource:
       if key not in features:
         raise UserInputError(f'TFDS {name!r} has no feature {key!r}; features: '
                              f'{", ".join(features.keys())}.')
+    if not hasattr(features[label_key], 'names'):  # e.g. a Scalar: no classes to number
+      raise UserInputError(f'TFDS {name!r}: feature {label_key!r} is a '
+                           f'{type(features[label_key]).__name__}; expected a ClassLabel '
+                           '(class indices with names).')
     self.class_names = tuple(features[label_key].names)
     self.num_classes = len(self.class_names)
     self.image_key, self.label_key, self.name, self.split = image_key, label_key, name, split
