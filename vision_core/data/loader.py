@@ -203,6 +203,10 @@ def train_loader(source, *, global_batch_size: int, preprocess: str | pp_lib.Pre
 
   `iter(loader)` is a grain iterator with `get_state()` / `set_state()` (bytes), saved by
   `vision_core.checkpointing`. `num_epochs=None` repeats forever, reshuffling each epoch.
+  With `num_epochs` and `worker_count` w > 0 the stream ends at a whole round of w batches
+  (each worker makes whole batches of its own records), so up to w - 1 more full batches
+  are dropped than without workers: 20 examples, batch 4, 1 epoch give 5 batches, 3 with
+  3 workers. The batches that are read are the same.
   """
   if len(source) < global_batch_size:
     raise UserInputError(f'{source!r} has {len(source)} examples, fewer than one batch of '
