@@ -3,7 +3,7 @@
   python -m vit_jax.main --config configs/vit.py:ViT-B_16,cifar10 --workdir runs/b16_c10 \
       --config.pretrained=imagenet21k_ViT-B_16.npz
   python -m vit_jax.main --config configs/vit.py:ViT-Ti_16,../shared/data/cifar10 \
-      --workdir runs/ti --config.pretrained=None --config.optimizer=adamw --config.base_lr=1e-3
+      --workdir runs/ti --config.optimizer=adamw --config.base_lr=1e-3
 
 MODEL is a zoo name (`vit_jax.configs.models`, e.g. ViT-B_16, R50+ViT-B_16, testing).
 DATASET is a TFDS name (prepared in array_record format under `tfds_data_dir`), an image
