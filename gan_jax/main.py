@@ -13,7 +13,8 @@ training images are logged (split 'eval'):
     input, see `gan_jax.fid_vit`). The real statistics are cached in `DIR/fid_stats/`.
   * `pixel_fd`: the Frechet distance of Gaussians fitted to raw (downsampled) pixels.
 At the end the EMA generator is exported to `DIR/generator.npz` (for gan_jax.compress) and
-the last metrics to `DIR/final.json` (a re-run of a finished workdir keeps the latter).
+the last training metrics and FIDs to `DIR/final.json` (a re-run of a finished workdir keeps
+the latter).
 DIR is a local folder or a bucket URI (`gs://bucket/run`, via `vision_core.io`).
 """
 
@@ -145,6 +146,7 @@ def run(config, workdir: str) -> dict:
     bar.write(f'fid_vit: real statistics of {real_stats.count} images '
               f'{"read from" if cached else "written to"} {cache}')
   logged = {}  # the last metrics written; they go into final.json
+  evaluated = {}  # the last FIDs: final.json holds them too, the numbers a run is judged by
 
   def write_metrics(step, state, metrics):
     del state
@@ -165,6 +167,8 @@ def run(config, workdir: str) -> dict:
     evals = {'pixel_fd': train.pixel_frechet_distance(real, fake)}
     if fid_vit is not None:
       evals['fid_vit'] = fid_vit.fid(real_stats, fid_vit.stats(fake))
+    evaluated.clear()
+    evaluated.update({k: float(v) for k, v in evals.items()})
     log.write(step, evals, split='eval')
     bar.write(f'step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in evals.items()))
 
@@ -182,9 +186,9 @@ def run(config, workdir: str) -> dict:
     generators.save(io.join(workdir, 'generator.npz'), config.generator.to_dict(),
                     jax.device_get(state['ema']), overwrite=True)
   final_path = io.join(workdir, 'final.json')
-  if not logged and io.exists(final_path):  # Nothing ran (already finished): keep it.
+  if not logged and not evaluated and io.exists(final_path):  # Already finished: keep it.
     return json.loads(io.read_bytes(final_path))
-  final = {'step': int(state['step']), **logged}
+  final = {'step': int(state['step']), **logged, **evaluated}
   metrics_log.write_json(final_path, final)
   return final
 

@@ -69,7 +69,11 @@ def test_train_resume_samples_and_export(tiny_config, tmp_path, monkeypatch):
   generator = generators.load(tmp_path / 'run' / 'generator.npz')
   assert generator.image_size == 28 and generator.latent_dim == 8
   assert compress.reconstruct(generator, np.zeros(8)).shape == (28, 28, 1)
-  assert json.loads((tmp_path / 'run' / 'final.json').read_text())['step'] == 6
+  final = json.loads((tmp_path / 'run' / 'final.json').read_text())
+  assert final['step'] == 6
+  # The module docstring promises the last metrics: the step-6 FIDs are among them.
+  last_eval = [r for r in rows if r['split'] == 'eval'][-1]
+  assert final['fid_vit'] == last_eval['fid_vit'] and final['pixel_fd'] == last_eval['pixel_fd']
 
 
 def test_missing_vit_checkpoint_fails_before_training(tiny_config, tmp_path):
