@@ -9,7 +9,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKDOWN = ['README.md', 'docs/vit.md', 'docs/igpt.md', 'docs/metrics.md', 'docs/study.md',
-            'tpu/README.md']
+            'docs/results.md', 'tpu/README.md']
 SOURCES = MARKDOWN + ['tpu/*.sh', 'configs/*.py']
 # Words that stand for a value in `configs/X.py:ARGS` (MODEL,DATASET, ...), not a real value.
 PLACEHOLDERS = {'MODEL', 'DATASET', 'SIZE', 'OBJECTIVE', 'PRESET', 'FOLDER', 'CIFAR10', 'ARGS'}
