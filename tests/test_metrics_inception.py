@@ -166,3 +166,9 @@ def test_resize_matches_torch_bilinear(shape):
                        mode='bilinear', align_corners=False).permute(0, 2, 3, 1).numpy()
   got = np.asarray(inception.resize_bilinear(image))
   np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_cli_help_prints_the_usage(capsys):
+  inception_import.main(['--help'])  # returns, so the CLI exits 0 rather than with an error
+  out = capsys.readouterr().out
+  assert 'usage: python -m vit_jax.metrics.inception_import IN.pth OUT.npz' in out

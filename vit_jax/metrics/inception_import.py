@@ -107,6 +107,10 @@ def load_inception(path: str | os.PathLike):
 
 def main(argv: list[str]) -> None:
   """`python -m vit_jax.metrics.inception_import IN.pth OUT.npz [--force]`."""
+  if {'-h', '--help'} & set(argv):  # every other CLI answers --help; this one did with an error
+    print(__doc__.split('\n\n')[0] + '\n\nusage: python -m vit_jax.metrics.inception_import '
+          'IN.pth OUT.npz [--force]')
+    return
   args = [io.expand_user(a) for a in argv if a != '--force']  # quoted '~/x' too
   if len(args) != 2:
     raise UserInputError('usage: python -m vit_jax.metrics.inception_import IN.pth OUT.npz '
