@@ -55,7 +55,7 @@ def get_config(arg: str = 'dcgan,mnist') -> ml_collections.ConfigDict:
       family='dcgan', latent_dim=64 if size <= 32 else 128, image_size=size,
       channels=channels, width=16 if size <= 32 else 32, normalization='pixel'))
   # Widths sized for a 2-core CPU: ~0.15 s/step at 28 px, batch 32 (docs/results.md); at
-  # 32 px about twice that. The 32 px generator is ~0.3 M parameters (~1.2 MB).
+  # 32 px about twice that. The 32 px generator is ~0.23 M parameters (~0.9 MB).
   c.discriminator = ml_collections.ConfigDict(dict(image_size=size, width=16 if size <= 32
                                                    else 32))
   c.loss = 'ns_r1'  # or 'wgan_gp'
