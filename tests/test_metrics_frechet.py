@@ -112,3 +112,19 @@ def test_merge_of_different_dimensions_is_a_clear_error():
   with pytest.raises(UserInputError, match='5 dimensions, these have 3'):
     frechet.GaussianStats(3).merge(b)
   assert a.count == 4 and a.mean.shape == (3,)  # Left unchanged.
+
+
+def test_files_that_are_not_statistics_archives_are_a_clear_error(tmp_path):
+  (tmp_path / 'text.npz').write_text('mu,sigma\n1,2\n')
+  with pytest.raises(UserInputError, match=r'text\.npz: not an \.npz archive'):
+    metrics.GaussianStats.load(tmp_path / 'text.npz')
+  (tmp_path / 'empty.npz').write_bytes(b'')
+  with pytest.raises(UserInputError, match=r'empty\.npz: not an \.npz archive'):
+    metrics.GaussianStats.load(tmp_path / 'empty.npz')
+  # Feature rows saved with np.save: numpy returns the array, not an archive.
+  np.save(tmp_path / 'features.npy', np.zeros((10, 4)))
+  with pytest.raises(UserInputError, match=r'features\.npy: a single array of shape \(10, 4\)'):
+    metrics.GaussianStats.load(tmp_path / 'features.npy')
+  with pytest.raises(FileNotFoundError):
+    metrics.GaussianStats.load(tmp_path / 'missing.npz')
+

@@ -253,7 +253,22 @@ class GaussianStats:
     something other than a finite `[d]` mean and a `[d, d]` covariance (symmetric PSD).
     """
     path = os.fspath(path)
-    with np.load(io_lib.readable(path), allow_pickle=False) as data:
+    try:
+      archive = np.load(io_lib.readable(path), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+      # np.load falls back to unpickling what is neither .npy nor .npz, and then refuses
+      # with a message about pickled data, whatever the file holds (text, an image, ...).
+      if isinstance(e, FileNotFoundError):
+        raise
+      raise UserInputError(
+          f'{path}: not an .npz archive of FID statistics (keys mu and sigma); numpy could '
+          f'not read it ({e}).') from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # a single .npy array
+      raise UserInputError(
+          f'{path}: a single array of shape {np.shape(archive)} (.npy), not an .npz archive '
+          'with keys mu and sigma; for feature rows [n, d] use '
+          'GaussianStats().update(np.load(path)).')
+    with archive as data:
       missing = [k for k in ('mu', 'sigma') if k not in data.files]
       if missing:
         raise UserInputError(
