@@ -128,3 +128,13 @@ def test_files_that_are_not_statistics_archives_are_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError):
     metrics.GaussianStats.load(tmp_path / 'missing.npz')
 
+
+def test_save_refusal_names_the_force_argument(tmp_path):
+  stats = metrics.GaussianStats().update(np.random.default_rng(0).normal(size=(5, 3)))
+  path = tmp_path / 'stats.npz'
+  stats.save(path)
+  with pytest.raises(UserInputError, match=r'already exists.*pass force=True'):
+    stats.save(path)
+  stats.update(np.ones((1, 3)))
+  stats.save(path, force=True)  # The argument the message names does replace the file.
+  assert metrics.GaussianStats.load(path).count == 6

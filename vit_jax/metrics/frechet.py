@@ -242,7 +242,12 @@ class GaussianStats:
 
   def save(self, path: str | os.PathLike, *, force: bool = False) -> None:
     """Writes `mu`, `sigma` (pytorch-fid's keys) and `count` to an .npz file, atomically."""
-    with io_lib.atomic_write(path, overwrite=force) as f:
+    if not force and io_lib.exists(path):
+      # Our own message: atomic_write's names its `overwrite=` argument, which save lacks.
+      raise UserInputError(
+          f'{os.fspath(path)} already exists; refusing to overwrite it (pass force=True to '
+          'replace it).')
+    with io_lib.atomic_write(path, overwrite=True) as f:
       np.savez(f, mu=self.mean, sigma=self.cov, count=np.int64(self.count))
 
   @classmethod
