@@ -1,5 +1,6 @@
 """The Frechet distance against scipy's sqrtm formulation, rank-deficient stability, streaming."""
 
+import ml_dtypes
 import numpy as np
 import pytest
 import scipy.linalg
@@ -138,3 +139,17 @@ def test_save_refusal_names_the_force_argument(tmp_path):
   stats.update(np.ones((1, 3)))
   stats.save(path, force=True)  # The argument the message names does replace the file.
   assert metrics.GaussianStats.load(path).count == 6
+
+
+def test_feature_rows_that_are_not_real_numbers_are_refused():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(10, 3))
+  # Complex features used to lose their imaginary part with a ComplexWarning and give a
+  # number; GaussianStats and frechet_distance already refused them.
+  with pytest.raises(UserInputError, match='features_a must be real numbers, got dtype complex'):
+    metrics.fid(x + 1j * rng.normal(size=x.shape), x)
+  with pytest.raises(UserInputError, match='features_b must be real numbers, got dtype <U'):
+    metrics.fid(x, [['a', 'b', 'c']] * 10)
+  assert metrics.fid(x, x.astype(np.float32).tolist()) == pytest.approx(0.0, abs=1e-6)
+  bf16 = x.astype(ml_dtypes.bfloat16)  # a real float dtype of kind 'V': still accepted
+  assert metrics.fid(bf16, x) == pytest.approx(metrics.fid(bf16.astype(np.float64), x))

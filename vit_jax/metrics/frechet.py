@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 from typing import Union
 
+import jax.numpy as jnp
 import numpy as np
 
 from vision_core import io as io_lib
@@ -39,6 +40,12 @@ from vision_core.errors import UserInputError
 # covariance (a feature array, a corrupted or mis-keyed file) violates them by O(1).
 SYMMETRY_RTOL = 1e-5
 PSD_RTOL = 1e-5
+
+
+def is_real(dtype) -> bool:
+  """Booleans, integers or floats, bfloat16 included (ml_dtypes' floats have numpy kind 'V'
+  and are unknown to np.floating, but a model computing in bf16 hands back such features)."""
+  return dtype.kind in 'biuf' or bool(jnp.issubdtype(dtype, jnp.floating))
 
 
 def _as_float64(x, name: str, ndim: int, where: str = 'frechet_distance') -> np.ndarray:
@@ -348,6 +355,14 @@ def fid(features_a: Features, features_b: Features) -> float:
 
 
 def _features(x, name: str) -> np.ndarray:
+  # The dtype first: a cast would drop imaginary parts with only a warning, and fail on
+  # strings with a bare ValueError.
+  try:
+    dtype = np.asarray(x).dtype
+  except (TypeError, ValueError):
+    dtype = np.dtype(object)
+  if not is_real(dtype):
+    raise UserInputError(f'fid: {name} must be real numbers, got dtype {dtype}.')
   x = np.asarray(x, dtype=np.float64)
   if x.ndim != 2:
     raise UserInputError(f'fid: {name} must be [n, d] feature rows, got shape {x.shape}.')
