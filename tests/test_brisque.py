@@ -200,3 +200,19 @@ def test_float_input_must_hold_0_255_values(shared_data, portable_opencv):
     brisque(im[None] * 257, model, ranges)
   # uint8 is never second-guessed: a dark 8-bit image is a valid input.
   assert np.isfinite(brisque((im[None] / 128).astype(np.uint8), model, ranges)[0])
+
+
+def test_bfloat16_input_is_scored_like_its_float32_values(shared_data, portable_opencv):
+  """bfloat16 is a float dtype (numpy's np.floating does not know ml_dtypes' bf16, which once
+  refused it as 'expected uint8 or float pixels'); its 0..255 levels are exact."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  model, ranges = _paths(shared_data)
+  im = _image('astronaut')[:64, :96].astype(np.float32)
+  want = portable_opencv.quality.QualityBRISQUE_compute(_to_opencv(im), model, ranges)[0]
+  assert brisque(im[None].astype(ml_dtypes.bfloat16), model, ranges)[0] == pytest.approx(
+      want, abs=1e-3)
+  assert brisque(jnp.asarray(im[None], jnp.bfloat16), model, ranges)[0] == pytest.approx(
+      want, abs=1e-3)
+  with pytest.raises(UserInputError, match=r'image 0 \(bfloat16\).*\[0, 1\]'):
+    brisque(im[None].astype(ml_dtypes.bfloat16) / 255, model, ranges)

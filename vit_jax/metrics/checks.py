@@ -61,7 +61,7 @@ def dtype_of(x) -> np.dtype:
   return np.dtype(dtype) if dtype is not None else np.asarray(x).dtype
 
 
-def _is_float(dtype) -> bool:
+def is_float(dtype) -> bool:
   return bool(jnp.issubdtype(dtype, jnp.floating))  # jnp: bfloat16 counts too
 
 
@@ -70,7 +70,7 @@ def _convention(dtype) -> str:
     return '8-bit levels 0..255'
   if dtype == np.uint16:
     return '16-bit (or 10/12-bit) levels'
-  return 'floats, usually [0, 1]' if _is_float(dtype) else f'{dtype} integers'
+  return 'floats, usually [0, 1]' if is_float(dtype) else f'{dtype} integers'
 
 
 def check_dtypes(a, b, *, metric: str, names: tuple[str, str] = ('a', 'b')) -> None:
@@ -83,9 +83,9 @@ def check_dtypes(a, b, *, metric: str, names: tuple[str, str] = ('a', 'b')) -> N
   Float precisions may differ (float32 against float64): they hold the same scale.
   """
   da, db = dtype_of(a), dtype_of(b)
-  if da == db or (_is_float(da) and _is_float(db)):
+  if da == db or (is_float(da) and is_float(db)):
     return
-  if _is_float(da) or _is_float(db):
+  if is_float(da) or is_float(db):
     hint = ('np.round(x * 255).clip(0, 255).astype(np.uint8) for [0, 1] floats, or '
             'x.astype(np.float32) / 255 for 8-bit levels (then data_range=1.0)')
   else:
@@ -184,7 +184,7 @@ def check_float_levels(images, *, metric: str, name: str, as_peer: str = '') -> 
   as uint8: integer batches are not looked at here. Host batches (and nested lists) are read
   with numpy, JAX arrays on their devices; `as_peer` ('as OpenCV') ends the sentence.
   """
-  if not _is_float(dtype_of(images)):
+  if not is_float(dtype_of(images)):
     return
   images = images if hasattr(images, 'dtype') else np.asarray(images)
   xp = np if isinstance(images, np.ndarray) else jnp
