@@ -72,3 +72,24 @@ def test_bfloat16_images_are_scored_like_their_float32_values():
                              metrics.ssim(a32, b32, data_range=255.0), rtol=1e-4, atol=1e-5)
   with pytest.raises(UserInputError, match='real numbers'):
     metrics.mse(np.ones((1, 8, 8, 3), bool), np.ones((1, 8, 8, 3), bool))
+
+
+def test_nested_lists_and_torch_tensors_are_scored_as_arrays():
+  """Array-likes used to reach jit as pytrees of scalars (AttributeError / TypeError deep in
+  JAX), and torch tensors failed on their dtype ('Cannot interpret torch.uint8')."""
+  torch = pytest.importorskip('torch')
+  a, b = _pair(np.float64)
+  a, b = a / 255, b / 255
+  want_mse = [skimage.metrics.mean_squared_error(x, y) for x, y in zip(a, b)]
+  want_ssim = [skimage.metrics.structural_similarity(
+      x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0,
+      channel_axis=-1) for x, y in zip(a, b)]
+  for convert in (lambda x: x.tolist(), torch.from_numpy):
+    np.testing.assert_allclose(metrics.mse(convert(a), convert(b)), want_mse, rtol=1e-6)
+    np.testing.assert_allclose(metrics.ssim(convert(a), convert(b), 1.0), want_ssim, atol=1e-5)
+    np.testing.assert_allclose(metrics.psnr(convert(a), convert(b), data_range=1.0),
+                               10 * np.log10(1 / np.asarray(want_mse)), atol=1e-4)
+  with pytest.raises(UserInputError, match='ssim: b must be a numpy or JAX array'):
+    metrics.ssim(a, [[1, 2], [3]], 1.0)  # ragged
+  with pytest.raises(UserInputError, match='mse: a must be a numpy or JAX array'):
+    metrics.mse(torch.from_numpy(a).requires_grad_(), b)

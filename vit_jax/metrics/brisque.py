@@ -268,9 +268,8 @@ def brisque_features(images, *, mesh=None, threads: int = 1) -> np.ndarray:
     `[B, 36]` float32: per scale (full, half), MSCN shape and variance, then for H, V, D1,
     D2 the product's shape, mean, left and right variance.
   """
+  images = checks.as_array(images, metric='brisque', name='images')
   _check_images(images)
-  if not isinstance(images, jax.Array):
-    images = np.asarray(images)
   if checks.is_float(images.dtype) and images.dtype.itemsize < 4:
     # float16/bfloat16 hold 0..255 levels exactly in float32; converting here runs the
     # float32 program, whose roundings match OpenCV's (a bf16 input fused the grey

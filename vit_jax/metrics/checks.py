@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vision_core.errors import UserInputError
+
+
+def as_array(x, *, metric: str, name: str):
+  """`x` itself when a numpy or JAX array; any other array-like (nested lists, a CPU torch
+  tensor) as a numpy array, so that the checks and jit see an array and not a pytree of
+  scalars or a foreign dtype (which failed deep inside JAX or numpy)."""
+  if isinstance(x, (np.ndarray, jax.Array)):
+    return x
+  try:
+    return np.asarray(x)
+  except (TypeError, ValueError, RuntimeError) as e:  # ragged lists, GPU/grad torch tensors
+    raise UserInputError(
+        f'{metric}: {name} must be a numpy or JAX array [B, H, W, C], got a '
+        f'{type(x).__name__} that numpy cannot convert ({e}).') from None
 
 
 def check_pair(a, b, *, metric: str, min_size: int = 1) -> tuple[int, int, int, int]:

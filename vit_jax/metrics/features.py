@@ -65,6 +65,7 @@ def inception_extractor(variables, *, data_range: float = 255.0, mesh=None,
     return model.apply(variables, images.astype(jnp.float32) / data_range)
 
   def run(images):
+    images = checks.as_array(images, metric='inception_extractor', name='input')
     images_lib.check_batch(images, name='inception_extractor input', channels=(3,))
     if data_range == 255.0:
       checks.check_float_levels(images, metric='inception_extractor', name='input')
@@ -84,6 +85,7 @@ def vit_extractor(model, params, *, mesh=None) -> Extractor:
     return model.apply({'params': params}, x, train=False, return_prelogits=True)
 
   def run(images):
+    images = checks.as_array(images, metric='vit_extractor', name='input')
     images_lib.check_batch(images, name='vit_extractor input', channels=(3,))
     checks.check_float_levels(images, metric='vit_extractor', name='input')
     return _batched(apply, mesh=mesh)(images)
@@ -147,6 +149,7 @@ def pixel_row_fid(a, b) -> np.ndarray:
     W * C values of a row the dimensions, so the covariances are rank-deficient whenever
     H <= W * C; the distance is computed exactly (float64, no `sqrtm`).
   """
+  a, b = (checks.as_array(x, metric='pixel_row_fid', name=n) for x, n in ((a, 'a'), (b, 'b')))
   checks.check_pair(a, b, metric='pixel_row_fid', min_size=2)
   a, b = np.asarray(a), np.asarray(b)
   if not (np.isfinite(a).all() and np.isfinite(b).all()):

@@ -157,6 +157,8 @@ def vit_scores(original, reconstruction, model, params, k: int = 100, *,
     batch_size: pairs per forward pass (memory bound).
     mesh: optional `('data', 'model')` mesh; each chunk is sharded over 'data'.
   """
+  original = checks.as_array(original, metric='vit_score', name='original')
+  reconstruction = checks.as_array(reconstruction, metric='vit_score', name='reconstruction')
   check_pair(original, reconstruction, k, num_classes_of(model, params))
   if isinstance(batch_size, (bool, np.bool_)) or not isinstance(
       batch_size, (int, np.integer)) or batch_size < 1:
