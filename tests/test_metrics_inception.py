@@ -172,3 +172,19 @@ def test_cli_help_prints_the_usage(capsys):
   inception_import.main(['--help'])  # returns, so the CLI exits 0 rather than with an error
   out = capsys.readouterr().out
   assert 'usage: python -m vit_jax.metrics.inception_import IN.pth OUT.npz' in out
+
+
+def test_values_outside_data_range_are_refused():
+  """Dividing by the wrong data_range used to give features of a saturated image silently:
+  uint8 levels with pytorch-fid's data_range=1.0, or 16-bit levels with the default 255.
+  (Refused before the network runs, so no weights are needed here.)"""
+  images = np.random.default_rng(0).integers(0, 256, (2, 75, 75, 3)).astype(np.uint8)
+  unit = metrics.inception_extractor(None, data_range=1.0, resize_input=False)
+  default = metrics.inception_extractor(None, resize_input=False)
+  with pytest.raises(UserInputError, match=r'values span \[0, 255\] \(uint8\), not \[0, data_'
+                     r'range=1\]'):
+    unit(images)
+  with pytest.raises(UserInputError, match=r'span \[0, 65535\] \(uint16\).*=255\]'):
+    default(images.astype(np.uint16) * 257)
+  with pytest.raises(UserInputError, match='NaN'):
+    unit(np.full((1, 75, 75, 3), np.nan, np.float32))
