@@ -94,6 +94,24 @@ def test_float_images_off_the_0_255_scale_are_refused(tiny_vit):
                              vit_score(_images(1), _images(2), model, params, k=5))
 
 
+def test_integer_images_beyond_8_bit_levels_are_refused(tiny_vit):
+  """16-bit levels went through x / 127.5 - 1 unchecked and gave numbers (cosine 0.82
+  where the 8-bit images give 0.68); the extractor for FID likewise."""
+  from vit_jax.metrics import vit_extractor  # pylint: disable=g-import-not-at-top
+  model, params = tiny_vit
+  a, b = _images(1), _images(2)
+  with pytest.raises(UserInputError, match=r'vit_score original: integer pixels must be 8-bit '
+                     r'levels 0\.\.255, got values in \[0, 65535\] \(dtype uint16\)'):
+    vit_score(a.astype(np.uint16) * 257, b.astype(np.uint16) * 257, model, params, k=5)
+  with pytest.raises(UserInputError, match=r'vit_extractor input: .*\[-128, 127\] \(dtype int16'):
+    vit_extractor(model, params)(a.astype(np.int16) - 128)
+  # Wider integers holding 8-bit levels are those levels: the same scores as uint8.
+  scores = vit_scores(a.astype(np.int32), jnp.asarray(b, jnp.int32), model, params, k=5)
+  want = vit_scores(a, b, model, params, k=5)
+  for key in want:
+    np.testing.assert_allclose(scores[key], want[key], atol=1e-6, err_msg=key)
+
+
 def test_empty_batch_bad_sizes_and_wrong_resolution_are_clear_errors(tiny_vit):
   model, params = tiny_vit
   x = _images(0)

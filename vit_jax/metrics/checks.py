@@ -185,6 +185,25 @@ def check_span(a, b, data_range: float, *, metric: str) -> None:
         'uint8 or [0, 255] images, 1.0 for [0, 1] floats).')
 
 
+def check_integer_levels(images, *, metric: str, name: str) -> None:
+  """Raises unless an integer `[B, H, W, C]` batch holds 8-bit levels 0..255.
+
+  For the ViT metrics, which scale by 127.5: 16-bit levels (uint16, or int32 from a 16-bit
+  PNG) would be scored silently as an image saturated far beyond white. uint8 always passes.
+  """
+  dtype = dtype_of(images)
+  if dtype == np.uint8 or not jnp.issubdtype(dtype, jnp.integer):
+    return
+  images = images if hasattr(images, 'dtype') else np.asarray(images)
+  xp = np if isinstance(images, np.ndarray) else jnp
+  lo, hi = int(xp.min(images)), int(xp.max(images))
+  if lo < 0 or hi > 255:
+    raise UserInputError(
+        f'{metric} {name}: integer pixels must be 8-bit levels 0..255, got values in '
+        f'[{lo}, {hi}] (dtype {dtype}); convert to 8 bits first (16-bit levels: '
+        '(x >> 8).astype(np.uint8)).')
+
+
 # Float pixels beyond [0, 255] by more than this are on another scale (not an overshoot).
 _FLOAT_SLACK = 0.25 * 255
 

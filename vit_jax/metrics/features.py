@@ -108,6 +108,7 @@ def vit_extractor(model, params, *, mesh=None) -> Extractor:
     images = checks.as_array(images, metric='vit_extractor', name='input')
     images_lib.check_batch(images, name='vit_extractor input', channels=(3,))
     checks.check_float_levels(images, metric='vit_extractor', name='input')
+    checks.check_integer_levels(images, metric='vit_extractor', name='input')
     return _batched(apply, mesh=mesh)(images)
   return run
 

@@ -141,6 +141,7 @@ def check_pair(original, reconstruction, k: int, num_classes: int) -> None:
   for name, x in (('original', original), ('reconstruction', reconstruction)):
     # The ViT sees x / 127.5 - 1: a [0, 1] or [-1, 1] batch would be scored as black images.
     checks.check_float_levels(x, metric='vit_score', name=name)
+    checks.check_integer_levels(x, metric='vit_score', name=name)
 
 
 def vit_scores(original, reconstruction, model, params, k: int = 100, *,
