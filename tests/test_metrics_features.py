@@ -104,3 +104,14 @@ def test_extractor_sharded_over_eight_devices_equals_single_device():
   np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-6)
   with pytest.raises(UserInputError, match='3 channels'):
     metrics.vit_extractor(model, params)(images[..., :1])
+
+
+def test_feature_stats_takes_one_array_as_one_batch():
+  """It iterated the array, handing the extractor single images, refused with 'a single
+  image? add a batch axis' although a batch was passed (fid_from_images already wrapped it)."""
+  x = np.random.default_rng(3).integers(0, 256, (7, 3, 2, 2)).astype(np.uint8)
+  stats = metrics.feature_stats(x, metrics.pixel_extractor)
+  rows = x.reshape(7, -1).astype(np.float64)
+  assert stats.count == 7
+  np.testing.assert_allclose(stats.mean, rows.mean(0), rtol=1e-12)
+  np.testing.assert_allclose(stats.cov, np.cov(rows, rowvar=False), rtol=1e-9, atol=1e-9)

@@ -122,9 +122,12 @@ def pixel_extractor(images) -> np.ndarray:
 
 
 def feature_stats(batches: Iterable[Any], extractor: Extractor) -> frechet.GaussianStats:
-  """Streams `[B, H, W, C]` batches through `extractor` into float64 mean/covariance."""
+  """Streams `[B, H, W, C]` batches (or one such array) through `extractor` into float64
+  mean/covariance."""
   stats = frechet.GaussianStats()
-  for batch in batches:
+  # One array is one batch, as in fid_from_images; iterating it would hand the extractor
+  # single images, refused with a misleading 'add a batch axis'.
+  for batch in _as_batches(batches):
     stats.update(extractor(batch))
   if stats.count < 2:
     raise UserInputError(f'feature_stats: FID needs at least 2 images, got {stats.count}.')
