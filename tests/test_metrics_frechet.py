@@ -153,3 +153,23 @@ def test_feature_rows_that_are_not_real_numbers_are_refused():
   assert metrics.fid(x, x.astype(np.float32).tolist()) == pytest.approx(0.0, abs=1e-6)
   bf16 = x.astype(ml_dtypes.bfloat16)  # a real float dtype of kind 'V': still accepted
   assert metrics.fid(bf16, x) == pytest.approx(metrics.fid(bf16.astype(np.float64), x))
+
+
+def test_bfloat16_features_and_statistics_are_accepted():
+  """GaussianStats.update and frechet_distance refused bf16 ('must be real numbers, got dtype
+  bfloat16': numpy gives ml_dtypes' floats kind 'V'); bf16 features are what a ViT or
+  Inception run in bf16 returns. They count as their float64 values."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(50, 4)).astype(ml_dtypes.bfloat16)
+  y = rng.normal(size=(40, 4))
+  exact = x.astype(np.float64)
+  stats = metrics.GaussianStats().update(jnp.asarray(x))
+  np.testing.assert_allclose(stats.cov, np.cov(exact, rowvar=False), rtol=1e-12)
+  mu, s = y.mean(0), np.cov(y, rowvar=False)
+  want = _scipy_frechet(exact.mean(0), np.cov(exact, rowvar=False), mu, s)
+  assert metrics.fid(stats, y) == pytest.approx(want, rel=1e-9)
+  got = metrics.frechet_distance(exact.mean(0).astype(ml_dtypes.bfloat16),
+                                 np.eye(4, dtype=ml_dtypes.bfloat16), mu, s)
+  assert got == pytest.approx(_scipy_frechet(exact.mean(0).astype(ml_dtypes.bfloat16)
+                                             .astype(np.float64), np.eye(4), mu, s), rel=1e-9)

@@ -53,7 +53,7 @@ def _as_float64(x, name: str, ndim: int, where: str = 'frechet_distance') -> np.
     dtype = np.asarray(x).dtype
   except (TypeError, ValueError):
     dtype = np.dtype(object)
-  if dtype.kind not in 'biuf':
+  if not is_real(dtype):
     raise UserInputError(f'{where}: {name} must be real numbers, got dtype {dtype}.')
   x = np.asarray(x, dtype=np.float64)
   if x.ndim != ndim:
