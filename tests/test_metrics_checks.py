@@ -93,3 +93,22 @@ def test_nested_lists_and_torch_tensors_are_scored_as_arrays():
     metrics.ssim(a, [[1, 2], [3]], 1.0)  # ragged
   with pytest.raises(UserInputError, match='mse: a must be a numpy or JAX array'):
     metrics.mse(torch.from_numpy(a).requires_grad_(), b)
+
+
+def test_grey_batch_without_channel_axis_gets_the_channel_hint():
+  """A [B, H, W] grey batch was told 'a single image? add a batch axis: x[None]', which makes
+  it one image of W channels and H pixels high: SSIM then scored it without complaint."""
+  rng = np.random.default_rng(0)
+  a = rng.integers(0, 256, (12, 32, 32)).astype(np.uint8)
+  b = np.clip(a + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+  with pytest.raises(UserInputError, match=r'grey images\? add a channel axis: x\[\.\.\., None\]'):
+    metrics.ssim(a, b)
+  with pytest.raises(UserInputError, match=r'single grey image\? x\[None, \.\.\., None\]'):
+    metrics.mse(a[0], b[0])
+  with pytest.raises(UserInputError, match=r'single image\? add a batch axis'):
+    metrics.psnr(a[..., None][0], b[..., None][0])
+  # Following the hint gives scikit-image's grey SSIM image by image.
+  want = [skimage.metrics.structural_similarity(
+      x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255)
+          for x, y in zip(a, b)]
+  np.testing.assert_allclose(metrics.ssim(a[..., None], b[..., None]), want, atol=1e-5)
