@@ -173,3 +173,17 @@ def test_bfloat16_features_and_statistics_are_accepted():
                                  np.eye(4, dtype=ml_dtypes.bfloat16), mu, s)
   assert got == pytest.approx(_scipy_frechet(exact.mean(0).astype(ml_dtypes.bfloat16)
                                              .astype(np.float64), np.eye(4), mu, s), rel=1e-9)
+
+
+def test_one_dimensional_features():
+  """d = 1 (one score per image): np.cov returns a 0-d scalar there, and fid failed with
+  'sigma1 must have 2 axes', an argument the caller never passed. For 1-D Gaussians the
+  distance is (m1 - m2)^2 + (s1 - s2)^2 with the standard deviations s."""
+  rng = np.random.default_rng(5)
+  a, b = rng.normal(0, 1, size=(30, 1)), rng.normal(2, 3, size=(40, 1))
+  want = ((a.mean() - b.mean())**2 + (a.std(ddof=1) - b.std(ddof=1))**2)
+  assert metrics.fid(a, b) == pytest.approx(want, rel=1e-12)
+  assert metrics.fid(metrics.GaussianStats().update(a), b) == pytest.approx(want, rel=1e-12)
+  images = rng.integers(0, 256, (6, 1, 1, 1)).astype(np.uint8)  # pixel features, d = 1
+  assert metrics.fid_from_images(images, images[::-1], metrics.pixel_extractor) == (
+      pytest.approx(0.0, abs=1e-9))

@@ -344,8 +344,9 @@ def fid(features_a: Features, features_b: Features) -> float:
         f'fid: features_a has {xa.shape[1]} dimensions, features_b has {xb.shape[1]}.')
   (na, d), nb = xa.shape, xb.shape[0]
   if min(na, nb) >= d:
-    return frechet_distance(xa.mean(0), np.cov(xa, rowvar=False),
-                            xb.mean(0), np.cov(xb, rowvar=False))
+    # atleast_2d: np.cov returns a 0-d scalar for one feature dimension (d = 1).
+    return frechet_distance(xa.mean(0), np.atleast_2d(np.cov(xa, rowvar=False)),
+                            xb.mean(0), np.atleast_2d(np.cov(xb, rowvar=False)))
   ca, cb = xa - xa.mean(0), xb - xb.mean(0)
   diff = xa.mean(0) - xb.mean(0)
   trace_a = np.einsum('ij,ij->', ca, ca) / (na - 1)
