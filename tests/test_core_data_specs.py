@@ -27,6 +27,7 @@ def test_uint8_ops_after_value_range_are_named_when_parsed(op):
     ('inception_crop(8, 50, 10)', r'area_min=50, area_max=10: expected percentages'),
     ('inception_crop(8, area_max=0)', r'area_min=5, area_max=0: expected percentages'),
     ('inception_crop(8, area_max=150)', r'area_min=5, area_max=150: expected percentages'),
+    ('inception_crop(8, 0.08, 1)', r'area_max=1: the areas are percentages .* pass \(8, 100\)'),
 ])
 def test_bad_resize_small_and_inception_crop_arguments_are_named_when_parsed(spec, message):
   # They passed parsing; the first image then failed in a loader thread ("unsupported operand

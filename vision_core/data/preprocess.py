@@ -133,6 +133,11 @@ def inception_crop(size, area_min: float = 5, area_max: float = 100):
           and 0 <= area_min <= area_max <= 100 and area_max > 0):
     raise ValueError(f'area_min={area_min!r}, area_max={area_max!r}: expected percentages of '
                      'the image area with 0 <= area_min <= area_max <= 100, area_max > 0')
+  if area_max <= 1:  # torchvision's RandomResizedCrop takes fractions: (0.08, 1) there.
+    raise ValueError(f'area_max={area_max!r}: the areas are percentages (big_vision\'s '
+                     f'convention), so this crops at most {area_max}% of the image; for '
+                     f'fractions ({area_min}, {area_max}) pass ({100 * area_min:g}, '
+                     f'{100 * area_max:g})')
   log_ratio = (math.log(3 / 4), math.log(4 / 3))
   def op(r, rng):
     image = r['image']
