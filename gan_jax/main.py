@@ -118,13 +118,8 @@ def run(config, workdir: str) -> dict:
   ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'))
   restored = ckpt.latest_step() is not None
   if restored:
-    try:
-      state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=iterator,
-                           seek_data=lambda step: data.seek(iterator, batches=step,
-                                                            global_batch_size=config.batch_size))
-    except UserInputError as e:
-      raise UserInputError(f'{e}{run_config.describe_changes(config, workdir)}') from None
-    run_config.log_changes(config, workdir)
+    state = run_config.resume(ckpt, state, config, workdir, data_iterator=iterator,
+                              global_batch_size=config.batch_size)
   start = int(state['step'])
   run_config.write(config, workdir)
   step_fn = train.make_train_step(config=config, mesh=mesh)

@@ -261,13 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                     max_to_keep=config.keep_checkpoints)
   restored = ckpt.latest_step() is not None
   if restored:
-    try:
-      state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=it,
-                           seek_data=lambda step: data.seek(it, batches=step,
-                                                            global_batch_size=config.batch_size))
-    except UserInputError as e:
-      raise UserInputError(f'{e}{run_config.describe_changes(config, workdir)}') from None
-    run_config.log_changes(config, workdir)
+    state = run_config.resume(ckpt, state, config, workdir, data_iterator=it,
+                              global_batch_size=config.batch_size)
   first = int(state['step'])
   run_config.write(config, workdir)
   train_step = make_train_step(model=model, optimizer=optimizer, objective=config.objective,

@@ -5,7 +5,8 @@ longer fits (another model width, image size, class count) is reported together 
 fields that changed, and a deliberate change that still fits (a new learning rate) is said
 once in the log instead of passing unnoticed.
 
-  run_config.log_changes(config, workdir)   # on resume: 'lr 0.001 -> 0.0005; ...'
+  state = run_config.resume(ckpt, state, config, workdir, data_iterator=it,
+                           global_batch_size=config.batch_size)  # names changed fields
   run_config.write(config, workdir)         # after the checkpoint was restored
 """
 
@@ -18,6 +19,7 @@ import os
 import jax
 
 from vision_core import config_cli, io
+from vision_core.errors import UserInputError
 
 FILE = 'config.json'
 
@@ -61,6 +63,25 @@ def log_changes(config, workdir: str | os.PathLike) -> list[str]:
     logging.warning('Resuming %s with config fields changed since its last run: %s',
                     workdir, '; '.join(changed))
   return changed
+
+
+def resume(ckpt, state, config, workdir: str | os.PathLike, *, data_iterator,
+           global_batch_size: int):
+  """`state` restored from `ckpt`'s latest checkpoint, the data iterator moved to its step.
+
+  A checkpoint that no longer fits is reported together with the config fields changed
+  since the last run; a resume that fits but changed fields logs them (`log_changes`).
+  """
+  from vision_core import checkpointing, data  # pylint: disable=g-import-not-at-top
+  try:
+    state = ckpt.restore(
+        checkpointing.abstract_like(state), data_iterator=data_iterator,
+        seek_data=lambda step: data.seek(data_iterator, batches=step,
+                                         global_batch_size=global_batch_size))
+  except UserInputError as e:
+    raise UserInputError(f'{e}{describe_changes(config, workdir)}') from None
+  log_changes(config, workdir)
+  return state
 
 
 def write(config, workdir: str | os.PathLike) -> None:

@@ -223,14 +223,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                              worker_count=config.workers)
   batches = iter(loader)
   if resuming:
-    try:
-      state = ckpt.restore(checkpointing.abstract_like(state), data_iterator=batches,
-                           seek_data=lambda step: data.seek(batches, batches=step,
-                                                            global_batch_size=config.batch))
-    except UserInputError as e:
-      raise UserInputError(f'{e}{run_config.describe_changes(config, workdir)}') from None
+    state = run_config.resume(ckpt, state, config, workdir, data_iterator=batches,
+                              global_batch_size=config.batch)
     logging.info('Resumed from %s at step %d', ckpt.directory, int(state.step))
-    run_config.log_changes(config, workdir)
   start = int(state.step)
   run_config.write(config, workdir)
 

@@ -48,14 +48,20 @@ def is_real(dtype) -> bool:
   return dtype.kind in 'biuf' or bool(jnp.issubdtype(dtype, jnp.floating))
 
 
-def _as_float64(x, name: str, ndim: int, where: str = 'frechet_distance') -> np.ndarray:
+def real_float64(x, name: str, where: str) -> np.ndarray:
+  """`x` as float64, refused unless real numbers: checked before the cast, which would drop
+  imaginary parts with only a warning and fail on strings with a bare ValueError."""
   try:
     dtype = np.asarray(x).dtype
   except (TypeError, ValueError):
     dtype = np.dtype(object)
   if not is_real(dtype):
     raise UserInputError(f'{where}: {name} must be real numbers, got dtype {dtype}.')
-  x = np.asarray(x, dtype=np.float64)
+  return np.asarray(x, dtype=np.float64)
+
+
+def _as_float64(x, name: str, ndim: int, where: str = 'frechet_distance') -> np.ndarray:
+  x = real_float64(x, name, where)
   if x.ndim != ndim:
     want = '[d]' if ndim == 1 else '[d, d]'
     raise UserInputError(
@@ -356,15 +362,7 @@ def fid(features_a: Features, features_b: Features) -> float:
 
 
 def _features(x, name: str) -> np.ndarray:
-  # The dtype first: a cast would drop imaginary parts with only a warning, and fail on
-  # strings with a bare ValueError.
-  try:
-    dtype = np.asarray(x).dtype
-  except (TypeError, ValueError):
-    dtype = np.dtype(object)
-  if not is_real(dtype):
-    raise UserInputError(f'fid: {name} must be real numbers, got dtype {dtype}.')
-  x = np.asarray(x, dtype=np.float64)
+  x = real_float64(x, name, 'fid')
   if x.ndim != 2:
     raise UserInputError(f'fid: {name} must be [n, d] feature rows, got shape {x.shape}.')
   if x.shape[0] < 2:
