@@ -360,6 +360,12 @@ def test_predict_official_layout_with_model_name(tmp_path, capsys):
   assert 'airplane' in captured.out  # 10 classes -> CIFAR-10 names; zero head -> uniform 10%
   assert '10.00%' in captured.out
   assert 'cifar10 names assumed for a 10-class head' in captured.err  # a guess, and said
+  # Without --resolution: read from the position embeddings (16 px), not taken as 224.
+  predict.main(['--checkpoint', str(tmp_path / 'official.npz'), '--model', 'testing',
+                str(tmp_path / 'x.jpg')])
+  captured = capsys.readouterr()
+  assert 'resolution: 16 px, from the checkpoint' in captured.err
+  assert '10.00%' in captured.out
 
 
 def test_evaluate_mode_scores_latest_checkpoint(uninterrupted, dataset, tmp_path):

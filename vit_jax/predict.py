@@ -6,8 +6,9 @@
 
 A checkpoint written by `vit_jax.main` has a `model.json` beside it (model config, class
 names, resolution), so nothing else is needed. For an official `.npz`, pass `--model`; the
-class count comes from the file's head, and the label names from `--labels` (by default
-imagenet2012 for 1,000 classes, cifar10 / cifar100 for 10 / 100, else class numbers).
+class count comes from the file's head, the resolution from its position embeddings (or
+`--resolution`), and the label names from `--labels` (by default imagenet2012 for 1,000
+classes, cifar10 / cifar100 for 10 / 100, else class numbers).
 """
 
 from __future__ import annotations
@@ -98,12 +99,38 @@ def load_model(checkpoint: str, *, model_name: str | None, resolution: int | Non
   num_classes = int(np.shape(params['head']['bias'])[0])
   names = names or _label_names(labels, num_classes)
   model = models_vit.VisionTransformer(num_classes=num_classes, **config)
-  resolution = resolution or 224
   import jax  # pylint: disable=g-import-not-at-top
-  expected = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), np.zeros((1, resolution, resolution, 3), np.float32))['params'])
+  shapes = lambda size: jax.eval_shape(lambda: model.init(
+      jax.random.key(0), np.zeros((1, size, size, 3), np.float32))['params'])
+  expected = shapes(resolution or 224)
+  if resolution is None:
+    resolution = _resolution_of(params, expected, 224)
+    if resolution != 224:  # e.g. an official checkpoint fine-tuned at 384
+      print(f'resolution: {resolution} px, from the checkpoint\'s position embeddings',
+            file=sys.stderr)
+      expected = shapes(resolution)
   npz.check_matches(params, expected, source=f'{checkpoint} (as {config.get("model_name")})')
   return model, params, names, resolution
+
+
+def _resolution_of(params, expected, size: int) -> int:
+  """The input size whose token grid matches the checkpoint's position embeddings, given
+  the `expected` shapes at `size`; `size` when they agree or do not tell."""
+  def grid(shape_of_posemb, class_tokens):
+    side = int(round(np.sqrt(shape_of_posemb[1] - class_tokens)))
+    return side if side * side == shape_of_posemb[1] - class_tokens else None
+  try:
+    found = np.shape(params['Transformer']['posembed_input']['pos_embedding'])
+    wanted = expected['Transformer']['posembed_input']['pos_embedding'].shape
+  except (KeyError, TypeError):
+    return size
+  if tuple(found) == tuple(wanted) or len(found) != 3:
+    return size
+  for class_tokens in (1, 0):
+    have, want = grid(found, class_tokens), grid(wanted, class_tokens)
+    if have and want and (size * have) % want == 0:
+      return size * have // want
+  return size
 
 
 def saved_test_preprocess(checkpoint: str, resolution: int) -> str | None:
