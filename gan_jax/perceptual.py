@@ -7,7 +7,6 @@ pre-logits (`return_prelogits=True`). It is traced into the search's jit program
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Callable
 
@@ -55,24 +54,9 @@ def load_vit_features(model_name: str | None, checkpoint: str | os.PathLike) -> 
   else:
     config = models.get_model_config(model_name or 'ViT-B_16')
   module = models_vit.VisionTransformer(num_classes=None, **config)
-  resolution = resolution or _checkpoint_resolution(module, params)
+  resolution = resolution or vit_checkpoint.input_size(module, params)
   dummy = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
   expected = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), dummy))['params']
   npz.check_matches(params, expected,
                     source=f'{checkpoint} (as {config.get("model_name")}, {resolution} px)')
   return vit_features(module, params, resolution)
-
-
-def _checkpoint_resolution(module, params, probe: int = 224) -> int:
-  """The input size whose token grid matches the checkpoint's position embeddings (224 if
-  it has none): the model's stride is measured at `probe` px, without computing anything."""
-  posemb = params.get('Transformer', {}).get('posembed_input', {}).get('pos_embedding')
-  if posemb is None:
-    return probe
-  extra = 1 if module.classifier in ('token', 'token_unpooled') else 0
-  shapes = jax.eval_shape(lambda: module.init(
-      jax.random.PRNGKey(0), jnp.zeros((1, probe, probe, 3), jnp.float32))['params'])
-  probe_grid = math.isqrt(shapes['Transformer']['posembed_input']['pos_embedding'].shape[1] -
-                          extra)
-  grid = math.isqrt(max(0, int(posemb.shape[1]) - extra))
-  return grid * probe // probe_grid if probe_grid else probe

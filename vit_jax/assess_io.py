@@ -226,9 +226,8 @@ def infer_model(params, name: str | None):
     name = candidates[0]
   config = get_model_config(name)
   model = models_vit.VisionTransformer(num_classes=num_classes, **config)
-  tokens = np.shape(params['Transformer']['posembed_input']['pos_embedding'])[1]
-  grid = int(round(np.sqrt(tokens - (1 if config.classifier.startswith('token') else 0))))
-  image_size = grid * int(config.patches.size[0])
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  image_size = checkpoint.input_size(model, params)
   expected = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), np.zeros((1, image_size, image_size, 3), np.float32)))['params']
   from vision_core import npz  # pylint: disable=g-import-not-at-top

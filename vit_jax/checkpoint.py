@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import re
 from typing import Any, Mapping
@@ -123,6 +124,26 @@ def resize_posemb(posemb: np.ndarray, num_tokens: int, *, has_class_token: bool)
   logging.info('Resizing position embedding grid %dx%d -> %dx%d', old, old, new, new)
   grid = interpolate_grid(grid.reshape(old, old, -1), new).reshape(1, new * new, -1)
   return np.concatenate([tok, grid.astype(posemb.dtype)], axis=1)
+
+
+def input_size(model, params: Mapping[str, Any], *, probe: int = 224) -> int:
+  """The input side (px) whose token grid matches `params`' position embeddings.
+
+  `model`'s stride is measured from its parameter shapes at `probe` px (`jax.eval_shape`:
+  nothing is computed), so hybrids count too; e.g. 384 for the ImageNet fine-tuned
+  ViT-B/16 releases. `probe` when `params` hold no position embeddings.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  posemb = params.get('Transformer', {}).get('posembed_input', {}).get('pos_embedding')
+  if posemb is None:
+    return probe
+  extra = 1 if model.classifier in ('token', 'token_unpooled') else 0
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), np.zeros((1, probe, probe, 3), np.float32))['params'])
+  probe_grid = math.isqrt(shapes['Transformer']['posembed_input']['pos_embedding'].shape[1] -
+                          extra)
+  grid = math.isqrt(max(0, int(np.shape(posemb)[1]) - extra))
+  return grid * probe // probe_grid if probe_grid else probe
 
 
 def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[str, Any],

@@ -100,37 +100,15 @@ def load_model(checkpoint: str, *, model_name: str | None, resolution: int | Non
   names = names or _label_names(labels, num_classes)
   model = models_vit.VisionTransformer(num_classes=num_classes, **config)
   import jax  # pylint: disable=g-import-not-at-top
-  shapes = lambda size: jax.eval_shape(lambda: model.init(
-      jax.random.key(0), np.zeros((1, size, size, 3), np.float32))['params'])
-  expected = shapes(resolution or 224)
   if resolution is None:
-    resolution = _resolution_of(params, expected, 224)
+    resolution = vit_checkpoint.input_size(model, params)
     if resolution != 224:  # e.g. an official checkpoint fine-tuned at 384
       print(f'resolution: {resolution} px, from the checkpoint\'s position embeddings',
             file=sys.stderr)
-      expected = shapes(resolution)
+  expected = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), np.zeros((1, resolution, resolution, 3), np.float32))['params'])
   npz.check_matches(params, expected, source=f'{checkpoint} (as {config.get("model_name")})')
   return model, params, names, resolution
-
-
-def _resolution_of(params, expected, size: int) -> int:
-  """The input size whose token grid matches the checkpoint's position embeddings, given
-  the `expected` shapes at `size`; `size` when they agree or do not tell."""
-  def grid(shape_of_posemb, class_tokens):
-    side = int(round(np.sqrt(shape_of_posemb[1] - class_tokens)))
-    return side if side * side == shape_of_posemb[1] - class_tokens else None
-  try:
-    found = np.shape(params['Transformer']['posembed_input']['pos_embedding'])
-    wanted = expected['Transformer']['posembed_input']['pos_embedding'].shape
-  except (KeyError, TypeError):
-    return size
-  if tuple(found) == tuple(wanted) or len(found) != 3:
-    return size
-  for class_tokens in (1, 0):
-    have, want = grid(found, class_tokens), grid(wanted, class_tokens)
-    if have and want and (size * have) % want == 0:
-      return size * have // want
-  return size
 
 
 def saved_test_preprocess(checkpoint: str, resolution: int) -> str | None:
