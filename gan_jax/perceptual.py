@@ -35,7 +35,6 @@ def load_vit_features(model_name: str | None, checkpoint: str | os.PathLike) -> 
   hold (224 px for ImageNet-21k ViT-B/16, 384 px for the ImageNet-2012 fine-tuned one), so
   a checkpoint is never run at a size it was not made for.
   """
-  import json  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   from vision_core import npz  # pylint: disable=g-import-not-at-top
   from vit_jax import checkpoint as vit_checkpoint  # pylint: disable=g-import-not-at-top
@@ -44,11 +43,9 @@ def load_vit_features(model_name: str | None, checkpoint: str | os.PathLike) -> 
   checkpoint = os.fspath(checkpoint)
   params = vit_checkpoint.load(checkpoint)
   params.pop('head', None)  # Pre-logits only; a classifier head is not needed.
-  meta_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'model.json')
+  meta = vit_checkpoint.model_json(checkpoint) if not model_name else None
   resolution = None
-  if not model_name and os.path.isfile(meta_path):
-    with open(meta_path, encoding='utf-8') as f:
-      meta = json.load(f)
+  if meta is not None:
     config = ml_collections.ConfigDict(meta['model'])
     resolution = int(meta['resolution'])
   else:

@@ -99,16 +99,13 @@ def load_classifier(path: str, model_name: str | None):
   `model.json` beside it that describes the model; it is used unless `model_name` is given.
   Otherwise the model is inferred from the official-layout shapes (or `model_name`).
   """
-  import json  # pylint: disable=g-import-not-at-top
-  meta_path = os.path.join(os.path.dirname(os.path.abspath(path)), 'model.json')
-  if model_name is None and os.path.isfile(meta_path):
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  meta = checkpoint.model_json(path) if model_name is None else None
+  if meta is not None:
     from vit_jax import predict  # pylint: disable=g-import-not-at-top
     model, params, _, image_size = predict.load_model(path, model_name=None, resolution=None,
                                                       labels=None)
-    with open(meta_path, encoding='utf-8') as f:
-      name = json.load(f).get('model_name') or 'model.json'
-    return model, params, int(image_size), name
-  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+    return model, params, int(image_size), meta.get('model_name') or 'model.json'
   params = checkpoint.load(path)
   model, image_size, name = assess_io.infer_model(params, model_name)
   return model, params, image_size, name

@@ -10,6 +10,7 @@ GroupNorm scales of shape `[1, 1, 1, C]`. `load` turns any of them into the tree
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import math
 import os
@@ -124,6 +125,24 @@ def resize_posemb(posemb: np.ndarray, num_tokens: int, *, has_class_token: bool)
   logging.info('Resizing position embedding grid %dx%d -> %dx%d', old, old, new, new)
   grid = interpolate_grid(grid.reshape(old, old, -1), new).reshape(1, new * new, -1)
   return np.concatenate([tok, grid.astype(posemb.dtype)], axis=1)
+
+
+def model_json(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+  """The `model.json` that `vit_jax.main` writes beside its `model.npz` (model config, class
+  names, resolution, test preprocessing), for the checkpoint file `checkpoint`; None when
+  there is none. A local path or a URI."""
+  from vision_core import io  # pylint: disable=g-import-not-at-top
+  checkpoint = os.fspath(checkpoint)
+  path = io.join(io.dirname(io.abspath(checkpoint)), 'model.json')
+  if not io.exists(path):
+    return None
+  try:
+    meta = json.loads(io.read_bytes(path))
+  except ValueError as e:
+    raise UserInputError(f'{path}: not valid JSON ({e}).') from None
+  if not isinstance(meta, dict):
+    raise UserInputError(f'{path}: expected a JSON object, found {type(meta).__name__}.')
+  return meta
 
 
 def input_size(model, params: Mapping[str, Any], *, probe: int = 224) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 
@@ -79,11 +78,7 @@ def load_model(checkpoint: str, *, model_name: str | None, resolution: int | Non
   from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   params = vit_checkpoint.load(checkpoint)
-  meta_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'model.json')
-  meta = None
-  if model_name is None and os.path.exists(meta_path):
-    with open(meta_path, encoding='utf-8') as f:
-      meta = json.load(f)
+  meta = vit_checkpoint.model_json(checkpoint) if model_name is None else None
   if meta is not None:
     config = ml_collections.ConfigDict(meta['model'])
     names = meta['class_names'] if labels is None else None
@@ -115,11 +110,8 @@ def saved_test_preprocess(checkpoint: str, resolution: int) -> str | None:
   """The op spec that `vit_jax.main` evaluated the model with (`model.json`'s
   `test_preprocess`, e.g. a `pp.test_ops` of `resize_small(256)|central_crop(224)|...`), when
   it was written for `resolution`; else None."""
-  meta_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'model.json')
-  if not os.path.exists(meta_path):
-    return None
-  with open(meta_path, encoding='utf-8') as f:
-    meta = json.load(f)
+  from vit_jax import checkpoint as vit_checkpoint  # pylint: disable=g-import-not-at-top
+  meta = vit_checkpoint.model_json(checkpoint) or {}
   return meta.get('test_preprocess') if meta.get('resolution') == resolution else None
 
 

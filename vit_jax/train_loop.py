@@ -85,17 +85,13 @@ def _evaluated_class_names(config, workdir: str, *, from_checkpoint: bool
   """The classes of the model `evaluate_only` scores: from the model.json written beside its
   weights (the workdir's for its checkpoints, else `pretrained`'s), which holds them even
   where the train split folder is gone or differs; else the train split folder's."""
-  folder = workdir if from_checkpoint else (
-      io.dirname(config.pretrained) if config.pretrained else None)
-  meta = io.join(folder, 'model.json') if folder is not None else None
-  if meta is not None and io.exists(meta):
-    try:
-      names = json.loads(io.read_bytes(meta)).get('class_names')
-    except (ValueError, AttributeError):
-      names = None
-    if names:
-      return tuple(str(n) for n in names)
-  return _train_class_names(config)
+  weights = io.join(workdir, 'model.npz') if from_checkpoint else config.pretrained
+  try:
+    meta = vit_checkpoint.model_json(weights) if weights else None
+  except UserInputError:
+    meta = None  # unreadable: the train split folder decides, as without one
+  names = (meta or {}).get('class_names')
+  return tuple(str(n) for n in names) if names else _train_class_names(config)
 
 
 def build_model(config, num_classes: int) -> models_vit.VisionTransformer:
