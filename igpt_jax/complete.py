@@ -15,12 +15,12 @@ image side (n_ctx = size^2; the released models: 32). Nothing is overwritten wit
 from __future__ import annotations
 
 import argparse
-import math
 
 import jax
 import numpy as np
 
 from igpt_jax import checkpoint
+from igpt_jax import model as igpt_model
 from igpt_jax import palette as palette_lib
 from igpt_jax import sample as igpt_sample
 from vision_core import images as images_lib
@@ -46,20 +46,7 @@ def _check_args(args: argparse.Namespace, model) -> int:
     raise UserInputError(f'--num={args.num}: expected at least 1 completion per image.')
   if args.batch < 1:
     raise UserInputError(f'--batch={args.batch}: expected at least 1 image sampled at once.')
-  side = math.isqrt(model.n_ctx)
-  if args.size is None:
-    if side * side != model.n_ctx:
-      raise UserInputError(f'the model\'s n_ctx={model.n_ctx} is not a square image; pass '
-                           '--size.')
-    return side
-  if args.size < 1 or args.size * args.size > model.n_ctx:
-    raise UserInputError(f'--size={args.size}: the model generates at most n_ctx='
-                         f'{model.n_ctx} pixels ({side}x{side} images).')
-  if side * side == model.n_ctx and args.size != side:
-    # Position t is pixel (t // side, t % side) to the model: other sizes scramble the rows.
-    raise UserInputError(f'--size={args.size}: the model was trained on {side}x{side} images '
-                         f'(n_ctx={model.n_ctx}); pass --size {side}.')
-  return args.size
+  return igpt_model.image_side(args.size, model.n_ctx, flag='--size')
 
 
 def main(argv=None) -> None:
@@ -96,11 +83,9 @@ def main(argv=None) -> None:
     n = side * side
     if args.unconditional is not None:
       sampler = igpt_sample.make_sampler(model, num_tokens=n, **kwargs)
-      keys = igpt_sample.row_keys(key, args.unconditional)  # the same for any --batch
-      empty = np.zeros((args.unconditional, 0), np.int32)
-      tokens = np.concatenate([np.asarray(sampler(params, keys[i:i + args.batch],
-                                                  empty[i:i + args.batch]))
-                               for i in range(0, args.unconditional, args.batch)])
+      tokens = np.asarray(igpt_sample.sample_in_batches(  # the same for any --batch
+          sampler, params, igpt_sample.row_keys(key, args.unconditional),
+          np.zeros((args.unconditional, 0), np.int32), batch_size=args.batch))
       pictures = palette_lib.dequantize(tokens, centers)
       grid = igpt_sample.completion_grid(pictures[:1], pictures[None], keep_rows=0)
       grid = grid[:, 2 * (side + 2):]  # Drop the (empty) original / kept columns.

@@ -18,6 +18,7 @@ the model is the release's BERT variant: no `sos`, no causal mask, masked tokens
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -286,6 +287,25 @@ class _Classifier(nn.Module):
   def __call__(self, pooled):
     w = self.param('wclf', nn.initializers.zeros, (self.num_classes, pooled.shape[-1]))
     return pooled @ w.T.astype(jnp.float32)
+
+
+def image_side(size: int | None, n_ctx: int, *, flag: str) -> int:
+  """The image side for a model of `n_ctx` tokens: `size` (the command line's `flag`)
+  checked against it, by default the model's own side (sqrt of n_ctx)."""
+  side = math.isqrt(n_ctx)
+  if size is None:
+    if side * side != n_ctx:
+      raise UserInputError(f'the model\'s n_ctx={n_ctx} is not a square image; pass {flag}.')
+    return side
+  if size < 1 or size * size > n_ctx:
+    raise UserInputError(f'{flag}={size}: {size * size} pixels, but the model reads at most '
+                         f'n_ctx={n_ctx} ({side}x{side} images).')
+  if side * side == n_ctx and size != side:
+    # Position t is pixel (t // side, t % side) to the model: other sizes scramble the rows
+    # and give outputs (or features) of images it never saw, silently.
+    raise UserInputError(f'{flag}={size}: the model was trained on {side}x{side} images '
+                         f'(n_ctx={n_ctx}); pass {flag} {side}.')
+  return size
 
 
 def init_cache(model: ImageGPT, batch_size: int, length: Optional[int] = None) -> Cache:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import os
 from typing import Sequence
 
@@ -25,6 +24,7 @@ import numpy as np
 import optax
 
 from igpt_jax import palette as palette_lib
+from igpt_jax import model as igpt_model
 from vision_core import io
 from vision_core.errors import UserInputError, cli_errors
 
@@ -161,25 +161,6 @@ def _check_args(args: argparse.Namespace, outputs: dict[str, str]) -> None:
     io.check_can_write(path, overwrite=args.force)
 
 
-def _image_size(size: int | None, n_ctx: int) -> int:
-  """`--image_size` checked against the model (default: its side, sqrt of n_ctx)."""
-  side = math.isqrt(n_ctx)
-  if size is None:
-    if side * side != n_ctx:
-      raise UserInputError(f'the model\'s n_ctx={n_ctx} is not a square image; pass '
-                           '--image_size.')
-    return side
-  if size < 1 or size * size > n_ctx:
-    raise UserInputError(f'--image_size={size}: {size * size} tokens, but the model reads at '
-                         f'most n_ctx={n_ctx}.')
-  if side * side == n_ctx and size != side:
-    # Position t is pixel (t // side, t % side) to the model: other sizes scramble the rows
-    # and give features of images it never saw, silently.
-    raise UserInputError(f'--image_size={size}: the model was trained on {side}x{side} '
-                         f'images (n_ctx={n_ctx}); pass --image_size {side}.')
-  return size
-
-
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog='igpt_jax.probe', description=__doc__.split('\n')[0])
   parser.add_argument('--params', required=True, type=io.path_arg,
@@ -204,7 +185,8 @@ def main(argv=None) -> None:
     _check_args(args, outputs)
     from igpt_jax import checkpoint  # pylint: disable=g-import-not-at-top
     params, model = checkpoint.load(args.params)
-    args.image_size = _image_size(args.image_size, model.n_ctx)
+    args.image_size = igpt_model.image_side(args.image_size, model.n_ctx,
+                                            flag='--image_size')
     centers = palette_lib.load_palette(args.palette, num_clusters=model.vocab_size)
     from vision_core import data  # pylint: disable=g-import-not-at-top
     sources = {split: data.get_source(args.dataset, split) for split in ('train', 'test')}

@@ -164,21 +164,29 @@ def complete(model, params, key, tokens, *, image_shape: tuple[int, int], keep_r
   if not 1 <= keep_rows < h:
     raise UserInputError(f'keep_rows={keep_rows}: expected 1 <= keep_rows < {h} (the image '
                          f'has {h} rows; keep some, sample the rest).')
-  if batch_size < 1:
-    raise UserInputError(f'batch_size={batch_size}: expected at least 1 row per batch.')
   sample = make_sampler(model, num_tokens=h * w, prefix_len=keep_rows * w, **sampler_kwargs)
   prefix = jnp.repeat(tokens[:, :keep_rows * w], num_completions, axis=0)
   per_image = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(tokens.shape[0]))
   keys = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
       jnp.arange(num_completions)))(per_image).reshape(-1, *per_image.shape[1:])
+  out = sample_in_batches(sample, params, keys, prefix, batch_size=batch_size)
+  return out.reshape(tokens.shape[0], num_completions, h * w)
+
+
+def sample_in_batches(sample, params, keys, prefix, *, batch_size: int):
+  """`sample` (a `make_sampler` function) over rows `batch_size` at a time, one key per row
+  (`[rows, 2]`): the same tokens as one call, in bounded memory. The last batch is padded
+  to the others' shape, so the sampler compiles once."""
+  if batch_size < 1:
+    raise UserInputError(f'batch_size={batch_size}: expected at least 1 row per batch.')
+  prefix = jnp.asarray(prefix, jnp.int32)
   rows = prefix.shape[0]
   size = min(batch_size, rows)
-  pad = -rows % size  # The last chunk is padded to the others' shape: one compilation.
+  pad = -rows % size
   keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, axis=0)])
   prefix = jnp.concatenate([prefix, jnp.repeat(prefix[-1:], pad, axis=0)])
-  out = jnp.concatenate([sample(params, keys[i:i + size], prefix[i:i + size])
-                         for i in range(0, rows + pad, size)])[:rows]
-  return out.reshape(tokens.shape[0], num_completions, h * w)
+  return jnp.concatenate([sample(params, keys[i:i + size], prefix[i:i + size])
+                          for i in range(0, rows + pad, size)])[:rows]
 
 
 def completion_grid(originals, completions, *, keep_rows: int, pad: int = 2) -> np.ndarray:
