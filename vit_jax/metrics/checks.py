@@ -25,6 +25,11 @@ def as_array(x, *, metric: str, name: str):
         f'{type(x).__name__} that numpy cannot convert ({e}).') from None
 
 
+def as_pair(a, b, *, metric: str):
+  """`as_array` of the two batches `a` and `b` of a pair metric."""
+  return as_array(a, metric=metric, name='a'), as_array(b, metric=metric, name='b')
+
+
 def check_pair(a, b, *, metric: str, min_size: int = 1) -> tuple[int, int, int, int]:
   """Checks two `[B, H, W, C]` batches of the same shape; returns that shape.
 

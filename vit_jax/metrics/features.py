@@ -173,7 +173,7 @@ def pixel_row_fid(a, b) -> np.ndarray:
     W * C values of a row the dimensions, so the covariances are rank-deficient whenever
     H <= W * C; the distance is computed exactly (float64, no `sqrtm`).
   """
-  a, b = (checks.as_array(x, metric='pixel_row_fid', name=n) for x, n in ((a, 'a'), (b, 'b')))
+  a, b = checks.as_pair(a, b, metric='pixel_row_fid')
   checks.check_pair(a, b, metric='pixel_row_fid', min_size=2)
   a, b = np.asarray(a), np.asarray(b)
   if not (np.isfinite(a).all() and np.isfinite(b).all()):

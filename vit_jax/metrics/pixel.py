@@ -102,7 +102,7 @@ def mse(a, b) -> jax.Array:
     `[B]` float32, in squared units of the input (e.g. uint8 levels squared); exactly 0 for
     identical images.
   """
-  a, b = (checks.as_array(x, metric='mse', name=n) for x, n in ((a, 'a'), (b, 'b')))
+  a, b = checks.as_pair(a, b, metric='mse')
   checks.check_pair(a, b, metric='mse')
   scaled, scale, finite = _parts(a, b)
   checks.raise_if_not_finite(finite, metric='mse')
@@ -130,7 +130,7 @@ def psnr(a, b, *, data_range: float | None = None) -> jax.Array:
     for differences too small for a float32 MSE); `inf` where the two images are identical,
     as scikit-image.
   """
-  a, b = (checks.as_array(x, metric='psnr', name=n) for x, n in ((a, 'a'), (b, 'b')))
+  a, b = checks.as_pair(a, b, metric='psnr')
   checks.check_pair(a, b, metric='psnr')
   data_range = checks.resolve_data_range(a, b, data_range, metric='psnr')
   checks.check_span(a, b, data_range, metric='psnr')

@@ -123,7 +123,7 @@ def ssim(a, b, data_range: float | None = None) -> jax.Array:
   Returns:
     `[B]` float32 in [-1, 1]; 1 for identical images.
   """
-  a, b = (checks.as_array(x, metric='ssim', name=n) for x, n in ((a, 'a'), (b, 'b')))
+  a, b = checks.as_pair(a, b, metric='ssim')
   checks.check_pair(a, b, metric='ssim', min_size=WINDOW)
   data_range = checks.resolve_data_range(a, b, data_range, metric='ssim')
   checks.check_span(a, b, data_range, metric='ssim')
@@ -145,7 +145,7 @@ def ms_ssim(a, b, data_range: float | None = None) -> jax.Array:
   Returns:
     `[B]` float32 in [0, 1]; 1 for identical images.
   """
-  a, b = (checks.as_array(x, metric='ms_ssim', name=n) for x, n in ((a, 'a'), (b, 'b')))
+  a, b = checks.as_pair(a, b, metric='ms_ssim')
   checks.check_pair(a, b, metric='ms_ssim', min_size=MS_SSIM_MIN_SIZE)
   data_range = checks.resolve_data_range(a, b, data_range, metric='ms_ssim')
   checks.check_span(a, b, data_range, metric='ms_ssim')
