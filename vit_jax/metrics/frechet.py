@@ -260,7 +260,7 @@ class GaussianStats:
       raise UserInputError(
           f'{os.fspath(path)} already exists; refusing to overwrite it (pass force=True to '
           'replace it).')
-    with io_lib.atomic_write(path, overwrite=True) as f:
+    with io_lib.atomic_write(path, overwrite=force) as f:  # still refuses one made meanwhile
       np.savez(f, mu=self.mean, sigma=self.cov, count=np.int64(self.count))
 
   @classmethod
