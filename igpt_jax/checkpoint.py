@@ -8,6 +8,11 @@ Every loader returns our parameter tree (see `igpt_jax.model`) and an `ImageGPT`
 are read from the weights (or checked against the `model` you pass). A missing, extra or
 mis-shaped variable is a `UserInputError` listing every such variable.
 
+HF's `ImageGPTModel` and `ImageGPTForImageClassification` saves have no language-model head
+(`lm_head.weight`, our `wtet`). `load(..., need_lm_head=False)` accepts them with a zero
+`wtet` (the model's own initial value) for the jobs that never read the logits (the probe,
+fine-tuning); by default such a file is a one-line `UserInputError` naming it.
+
 Layouts, for the same weights:
   OpenAI  `model/h{i}/attn/q_proj [H, D/H, D]`, `model/wte [512, D]`, `model/sos [D]`,
           `model/wtet [512, D]`, `model/clf/wclf [C, D]`; Adam slots and global_step skipped.
@@ -75,14 +80,30 @@ def check_params(flat: Mapping[str, Any], model: igpt_model.ImageGPT, *, source:
   return npz.unflatten({k: np.asarray(v, np.float32) for k, v in flat.items()})
 
 
-def _finish(flat, model, source, num_heads=None):
+def no_lm_head_message(source: str) -> str:
+  """The one-line error for weights without `wtet` where the logits are needed."""
+  return (f'{source}: has no language-model head (HF lm_head.weight, our wtet): an HF '
+          'ImageGPTModel or ImageGPTForImageClassification save? Sampling, bits/dim and '
+          'generative training need the head (ImageGPTForCausalImageModeling); the probe '
+          'and fine-tuning (objective=finetune) can use these weights.')
+
+
+def _finish(flat, model, source, num_heads=None, need_lm_head=True):
+  headless = 'wtet' not in flat and 'wte' in flat
+  if headless:
+    # Zero is the model's initial wtet: fine-tuning then learns the head from scratch, and
+    # the probe never reads the logits.
+    flat = {**flat, 'wtet': np.zeros(np.shape(flat['wte']), np.float32)}
   if model is None:
     model = model_from_params(flat, source=source, num_heads=num_heads)
-  return check_params(flat, model, source=source), model
+  params = check_params(flat, model, source=source)  # Any other problem: all listed first.
+  if headless and need_lm_head:
+    raise UserInputError(no_lm_head_message(source))
+  return params, model
 
 
 def load_openai_tf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = None,
-                   verify_checksums: bool = False):
+                   verify_checksums: bool = False, need_lm_head: bool = True):
   """OpenAI's released checkpoint (`PREFIX`, `PREFIX.index` or its directory).
 
   Returns:
@@ -98,7 +119,7 @@ def load_openai_tf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageG
       raise UserInputError(f'{source}: variable {name!r} is outside the release\'s '
                            '"model/" scope; not an Image GPT checkpoint?')
     flat[name[len('model/'):]] = value
-  return _finish(flat, model, source)
+  return _finish(flat, model, source, need_lm_head=need_lm_head)
 
 
 def openai_names(params) -> dict[str, np.ndarray]:
@@ -210,7 +231,7 @@ def _read_hf_shards(index_path: str) -> dict[str, np.ndarray]:
 
 
 def load_hf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = None,
-            num_heads: Optional[int] = None):
+            num_heads: Optional[int] = None, need_lm_head: bool = True):
   """HF transformers' ImageGPT safetensors: a file, or a directory with model.safetensors or
   with the shards of `model.safetensors.index.json`.
 
@@ -234,29 +255,31 @@ def load_hf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = N
                          'config.json beside the file or pass num_heads.')
   state = _read_hf_shards(path) if path.endswith('.json') else _read_safetensors(path)
   flat = hf_to_flat(state, num_heads=num_heads, source=path)
-  return _finish(flat, model, path, num_heads=num_heads)
+  return _finish(flat, model, path, num_heads=num_heads, need_lm_head=need_lm_head)
 
 
 def load(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = None,
-         num_heads: Optional[int] = None):
+         num_heads: Optional[int] = None, need_lm_head: bool = True):
   """Any of the three formats, by file name: `.npz` (or a training workdir holding its
   `params.npz`), `.safetensors` (or a directory holding `model.safetensors` or a sharded
   save's `model.safetensors.index.json`), otherwise a TF checkpoint. Returns
-  `(params, model)`."""
+  `(params, model)`. `need_lm_head=False`: weights without the LM head load (see above)."""
   path = os.fspath(path)
+  kwargs = dict(model=model, need_lm_head=need_lm_head)
   if path.endswith('.npz'):
     flat = npz.load_flat(path)
-    return _finish(flat, model, path, num_heads=num_heads)
+    return _finish(flat, model, path, num_heads=num_heads, need_lm_head=need_lm_head)
   if path.endswith(('.safetensors', HF_SHARD_INDEX)) or any(
       os.path.exists(os.path.join(path, name)) for name in ('model.safetensors', HF_SHARD_INDEX)):
-    return load_hf(path, model=model, num_heads=num_heads)
+    return load_hf(path, num_heads=num_heads, **kwargs)
   ours = os.path.join(path, 'params.npz')
   if os.path.isdir(path) and os.path.isfile(ours) and not any(
       name.endswith('.index') for name in os.listdir(path)):
     # A training workdir: its exported parameters (the checkpoints/ beside them hold the
     # optimizer state too, in orbax's format).
-    return _finish(npz.load_flat(ours), model, ours, num_heads=num_heads)
-  return load_openai_tf(path, model=model)
+    return _finish(npz.load_flat(ours), model, ours, num_heads=num_heads,
+                   need_lm_head=need_lm_head)
+  return load_openai_tf(path, **kwargs)
 
 
 def save(path: str | os.PathLike, params, *, overwrite: bool = False) -> None:

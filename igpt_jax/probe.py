@@ -184,7 +184,8 @@ def main(argv=None) -> None:
     outputs = {ext: os.path.join(args.out, f'probe.{ext}') for ext in ('md', 'json', 'png')}
     _check_args(args, outputs)
     from igpt_jax import checkpoint  # pylint: disable=g-import-not-at-top
-    params, model = checkpoint.load(args.params)
+    # The probe reads features only: HF saves without the LM head (ImageGPTModel) will do.
+    params, model = checkpoint.load(args.params, need_lm_head=False)
     args.image_size = igpt_model.image_side(args.image_size, model.n_ctx,
                                             flag='--image_size')
     centers = palette_lib.load_palette(args.palette, num_clusters=model.vocab_size)

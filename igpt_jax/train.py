@@ -209,7 +209,15 @@ def initial_params(config, model, key) -> Any:
   params = igpt_model.init_params(model, key)
   if not config.init_from:
     return params
-  loaded, _ = igpt_checkpoint.load(config.init_from)
+  # Fine-tuning may start from weights without the LM head (HF ImageGPTModel or
+  # ImageGPTForImageClassification): the head then starts from zero, as a fresh model's
+  # does. Generative training continues the head's predictions, so it must have them.
+  finetune = config.objective == 'finetune'
+  loaded, _ = igpt_checkpoint.load(config.init_from, need_lm_head=not finetune)
+  if finetune and not np.any(loaded['wtet']):  # A trained head is never all zero.
+    print(f'init_from={config.init_from}: no language-model head; it starts from zero, so '
+          'bits/dim and samples.png measure the head learned from gen_loss_weight '
+          f'={config.gen_loss_weight}.')
   flat, new = npz.flatten(loaded), npz.flatten(params)
   flat = {k: v for k, v in flat.items() if k != 'clf/wclf' or 'clf/wclf' in new}
   if 'clf/wclf' in new and 'clf/wclf' not in flat:

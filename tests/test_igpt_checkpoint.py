@@ -233,7 +233,11 @@ def test_bad_files_are_clear_errors(tmp_path):
     checkpoint.load_hf(tmp_path / 'hf')
   state['transformer.h.0.mlp.c_fc.bias'][3] = 0.0
   st_numpy.save_file(state, str(tmp_path / 'hf' / 'model.safetensors'))
-  with pytest.raises(UserInputError, match=r'missing  wtet: expected shape \(512, 32\)'):
+  with pytest.raises(UserInputError, match='model.safetensors: has no language-model head'):
+    checkpoint.load_hf(tmp_path / 'hf')  # tests/test_igpt_headless.py: where it loads.
+  del state['transformer.ln_f.weight']  # Other problems too: those are listed.
+  st_numpy.save_file(state, str(tmp_path / 'hf' / 'model.safetensors'))
+  with pytest.raises(UserInputError, match=r'missing  ln_f/g: expected shape \(32,\)'):
     checkpoint.load_hf(tmp_path / 'hf')
   (tmp_path / 'hf' / 'config.json').unlink()
   with pytest.raises(UserInputError, match='number of heads'):
