@@ -6,6 +6,11 @@ logistic regression is fitted (full-batch L-BFGS, in JAX) on the training split,
 strength chosen on a held-out tenth of it, then refitted on all of it and scored on the
 test split. The paper found the middle layers best.
 
+Every layer's features of every example are held at once (iGPT-L, 50,000 training images:
+49 x 50,000 x 1536 floats, 15 GB). `--layers` keeps only the chosen layers' (a layer's
+probe is the same either way); `--features_on_disk` holds them in `.npy` files in `--out`,
+mapped into memory, so that only the layer being fitted need fit in RAM.
+
   python -m igpt_jax.probe --params runs/igpt/params.npz --palette runs/igpt/palette.npy \
       --dataset ../shared/data/cifar10 --image_size 16 --out runs/igpt/probe
 """
@@ -29,18 +34,30 @@ from vision_core import io
 from vision_core.errors import UserInputError, cli_errors
 
 
-def extract_features(model, params, tokens, *, batch_size: int = 256) -> np.ndarray:
-  """Tokens `[N, T]` -> features `[L + 1, N, D]` (float32), in batches."""
-  fn = jax.jit(lambda p, t: model.apply({'params': p}, t, return_features=True)['features'])
+def extract_features(model, params, tokens, *, batch_size: int = 256,
+                     layers: Sequence[int] | None = None, out: np.ndarray | None = None):
+  """Tokens `[N, T]` -> features `[len(layers), N, D]` (float32; all L + 1 by default), in
+  batches, written into `out` when given (e.g. a disk-backed `open_memmap`).
+
+  Only the chosen layers leave the device and are kept: all of iGPT-L's 49 for 50,000 images
+  are 15 GB, one is 0.3 GB. The rows are written in place (a list of chunks concatenated at
+  the end held every feature twice).
+  """
+  idx = np.arange(model.num_layers + 1) if layers is None else np.asarray(layers)
+  fn = jax.jit(lambda p, t: model.apply({'params': p}, t, return_features=True)['features'][idx])
   tokens = np.asarray(tokens)
-  out = []
+  shape = (len(idx), len(tokens), model.width)
+  if out is None:
+    out = np.empty(shape, np.float32)
+  elif out.shape != shape:
+    raise ValueError(f'out: expected shape {shape}, got {out.shape}.')
   for i in range(0, len(tokens), batch_size):
     chunk = tokens[i:i + batch_size]
     n = len(chunk)
     if n < batch_size and len(tokens) > batch_size:  # Pad: one compiled shape.
       chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - n, 0)])
-    out.append(np.asarray(fn(params, jnp.asarray(chunk)))[:, :n])
-  return np.concatenate(out, axis=1)
+    out[:, i:i + n] = np.asarray(fn(params, jnp.asarray(chunk)))[:, :n]
+  return out
 
 
 def logreg_loss(w, b, x, y, l2):
@@ -80,9 +97,12 @@ def standardize(train, test):
 
 def probe_layers(train_features, train_labels, test_features, test_labels, *,
                  num_classes: int, l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
-                 steps: int = 300, seed: int = 0) -> list[dict]:
-  """Per-layer probes. Features `[L, N, D]`; returns one dict per layer with the chosen
-  `l2`, `val_accuracy` and `test_accuracy`."""
+                 steps: int = 300, seed: int = 0,
+                 layer_ids: Sequence[int] | None = None) -> list[dict]:
+  """Per-layer probes. Features `[L, N, D]` (numbered `layer_ids`, by default 0 .. L - 1);
+  returns one dict per layer with its `layer`, the chosen `l2`, `val_accuracy` and
+  `test_accuracy`. Each layer's probe depends on its features only (the held-out tenth is
+  the same for all), so a subset of the layers gives those layers' rows unchanged."""
   train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
   n = len(train_labels)
   if num_classes < 2:
@@ -94,7 +114,8 @@ def probe_layers(train_features, train_labels, test_features, test_labels, *,
   order = np.random.default_rng(seed).permutation(n)
   val, fit = order[:max(n // 10, 1)], order[max(n // 10, 1):]
   rows = []
-  for layer, (tr, te) in enumerate(zip(train_features, test_features)):
+  layer_ids = range(len(train_features)) if layer_ids is None else layer_ids
+  for layer, tr, te in zip(layer_ids, train_features, test_features):
     tr, te = standardize(np.asarray(tr, np.float32), np.asarray(te, np.float32))
     scores = []
     for l2 in l2_grid:
@@ -102,7 +123,7 @@ def probe_layers(train_features, train_labels, test_features, test_labels, *,
       scores.append(accuracy(w, b, tr[val], train_labels[val]))
     best = int(np.argmax(scores))
     w, b = fit_logreg(tr, train_labels, num_classes=num_classes, l2=l2_grid[best], steps=steps)
-    rows.append(dict(layer=layer, l2=l2_grid[best], val_accuracy=scores[best],
+    rows.append(dict(layer=int(layer), l2=l2_grid[best], val_accuracy=scores[best],
                      test_accuracy=accuracy(w, b, te, test_labels)))
   return rows
 
@@ -157,8 +178,33 @@ def _check_args(args: argparse.Namespace, outputs: dict[str, str]) -> None:
                          'and L2 strengths >= 0.')
   if os.path.exists(args.out) and not os.path.isdir(args.out):
     raise UserInputError(f'--out={args.out}: is a file; expected a directory for the outputs.')
-  for path in outputs.values():
+  scratch = [_feature_path(args, split) for split in ('train', 'test')]
+  for path in list(outputs.values()) + (scratch if args.features_on_disk else []):
     io.check_can_write(path, overwrite=args.force)
+
+
+def _check_layers(layers: Sequence[int] | None, num_blocks: int) -> list[int]:
+  """`--layers` checked against the model: sorted, duplicates dropped; None: all."""
+  if layers is None:
+    return list(range(num_blocks + 1))
+  bad = [i for i in layers if not 0 <= i <= num_blocks]
+  if bad:
+    raise UserInputError(f'--layers={" ".join(map(str, bad))}: expected layers 0 to {num_blocks} '
+                         f'(the model has {num_blocks} blocks; {num_blocks} is ln_f).')
+  return sorted(set(layers))
+
+
+def _feature_path(args: argparse.Namespace, split: str) -> str:
+  return os.path.join(args.out, f'features_{split}.npy')
+
+
+def _feature_file(args: argparse.Namespace, split: str, shape) -> np.ndarray | None:
+  """With --features_on_disk, a float32 `.npy` of `shape` in --out, mapped into memory: the
+  operating system pages it out, so only the layer being fitted need fit in RAM."""
+  if not args.features_on_disk:
+    return None
+  return np.lib.format.open_memmap(_feature_path(args, split), mode='w+', dtype=np.float32,
+                                   shape=shape)
 
 
 def main(argv=None) -> None:
@@ -176,6 +222,12 @@ def main(argv=None) -> None:
   parser.add_argument('--l2', type=float, nargs='+', default=[1e-4, 1e-3, 1e-2, 1e-1],
                       help='L2 strengths tried (chosen on a held-out tenth of train)')
   parser.add_argument('--steps', type=int, default=300, help='L-BFGS iterations per fit')
+  parser.add_argument('--layers', type=int, nargs='+', default=None,
+                      help='layers to probe (0 .. blocks - 1: a block\'s ln_1; blocks: ln_f); '
+                      'only these features are kept. Default: all')
+  parser.add_argument('--features_on_disk', action='store_true',
+                      help='hold the features in .npy files in --out (removed at the end) '
+                      'instead of memory')
   parser.add_argument('--out', required=True, type=io.path_arg,
                       help='directory for probe.json / .md / .png')
   parser.add_argument('--force', action='store_true', help='overwrite existing outputs')
@@ -186,6 +238,7 @@ def main(argv=None) -> None:
     from igpt_jax import checkpoint  # pylint: disable=g-import-not-at-top
     # The probe reads features only: HF saves without the LM head (ImageGPTModel) will do.
     params, model = checkpoint.load(args.params, need_lm_head=False)
+    layers = _check_layers(args.layers, model.num_layers)
     args.image_size = igpt_model.image_side(args.image_size, model.n_ctx,
                                             flag='--image_size')
     centers = palette_lib.load_palette(args.palette, num_clusters=model.vocab_size)
@@ -201,10 +254,18 @@ def main(argv=None) -> None:
                            f'{len(tr_lab)} example(s) used; a probe needs at least 2 of each.')
     te_tok, te_lab, _ = load_split(args.dataset, 'test', args.image_size,
                                     args.test_examples, centers, source=sources['test'])
-    rows = probe_layers(extract_features(model, params, tr_tok), tr_lab,
-                        extract_features(model, params, te_tok), te_lab, num_classes=k,
-                        l2_grid=tuple(args.l2), steps=args.steps)
     os.makedirs(args.out, exist_ok=True)
+    try:
+      feats = [extract_features(model, params, tok, layers=layers,
+                                out=_feature_file(args, split, (len(layers), len(tok),
+                                                                model.width)))
+               for split, tok in (('train', tr_tok), ('test', te_tok))]
+      rows = probe_layers(feats[0], tr_lab, feats[1], te_lab, num_classes=k,
+                          l2_grid=tuple(args.l2), steps=args.steps, layer_ids=layers)
+    finally:  # The disk-backed features are scratch: 15 GB for iGPT-L on 50,000 images.
+      for split in ('train', 'test'):
+        if args.features_on_disk and os.path.exists(_feature_path(args, split)):
+          os.remove(_feature_path(args, split))
     table = format_table(rows, model.num_layers)
     with io.atomic_write(outputs['md'], 'w', overwrite=args.force) as f:
       f.write(table + '\n')

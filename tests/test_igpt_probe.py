@@ -68,7 +68,23 @@ def test_probe_finds_the_informative_layer():
   assert '| 1 | ln_f |' in table and '| 0 | block 0 ln_1 |' in table
 
 
-def test_cli_writes_table_json_and_plot(tmp_path):
+def test_features_of_chosen_layers_only_and_into_a_given_array(tmp_path):
+  model = tiny_model()
+  params = random_params(model)
+  tokens = np.random.default_rng(1).integers(0, 512, (10, 16))
+  whole = np.asarray(model.apply({'params': params}, tokens, return_features=True)['features'])
+  feats = probe.extract_features(model, params, tokens, batch_size=4, layers=[2, 0])
+  assert feats.shape == (2, 10, 32)
+  np.testing.assert_allclose(feats, whole[[2, 0]], rtol=1e-5, atol=1e-5)
+  out = np.lib.format.open_memmap(tmp_path / 'f.npy', mode='w+', dtype=np.float32,
+                                  shape=(3, 10, 32))
+  assert probe.extract_features(model, params, tokens, batch_size=4, out=out) is out
+  out.flush()
+  np.testing.assert_allclose(np.load(tmp_path / 'f.npy'), whole, rtol=1e-5, atol=1e-5)
+
+
+def _probe_cli_inputs(tmp_path):
+  """Two colour classes of 4x4 images, a tiny model's params and a palette; the CLI args."""
   rng = np.random.default_rng(3)
   for split, n in (('train', 20), ('test', 10)):
     for label, color in (('red', (200, 30, 30)), ('blue', (30, 30, 200))):
@@ -80,9 +96,13 @@ def test_cli_writes_table_json_and_plot(tmp_path):
   model = tiny_model()
   checkpoint.save(tmp_path / 'params.npz', random_params(model))
   np.save(tmp_path / 'palette.npy', rng.uniform(-1, 1, (512, 3)).astype(np.float32))
-  args = ['--params', str(tmp_path / 'params.npz'), '--palette', str(tmp_path / 'palette.npy'),
+  return ['--params', str(tmp_path / 'params.npz'), '--palette', str(tmp_path / 'palette.npy'),
           '--dataset', str(tmp_path / 'data'), '--l2', '0.01', '--steps', '30', '--out',
           str(tmp_path / 'out')]  # --image_size: the model's 4 (n_ctx 16).
+
+
+def test_cli_writes_table_json_and_plot(tmp_path):
+  args = _probe_cli_inputs(tmp_path)
   probe.main(args)
   rows = json.loads((tmp_path / 'out' / 'probe.json').read_text())
   assert [r['layer'] for r in rows] == [0, 1, 2]
@@ -93,6 +113,37 @@ def test_cli_writes_table_json_and_plot(tmp_path):
   assert e.value.code == 2
   with pytest.raises(SystemExit):
     probe.main(args[:-1] + [str(tmp_path / 'out2'), '--image_size', '8'])  # 64 > n_ctx 16.
+
+
+def test_cli_layers_keep_only_those_features_and_give_their_rows(tmp_path, monkeypatch,
+                                                                  capsys):
+  args = _probe_cli_inputs(tmp_path)
+  held = []
+  fit = probe.probe_layers
+
+  def recording(train, train_labels, test, *rest, **kwargs):  # What the fits were given.
+    held.append((type(train), train.shape, test.shape))
+    return fit(train, train_labels, test, *rest, **kwargs)
+
+  monkeypatch.setattr(probe, 'probe_layers', recording)
+  probe.main(args)
+  every = json.loads((tmp_path / 'out' / 'probe.json').read_text())
+  out = str(tmp_path / 'chosen')
+  probe.main(args[:-1] + [out, '--layers', '2', '1', '1'])
+  chosen = json.loads((tmp_path / 'chosen' / 'probe.json').read_text())
+  assert chosen == every[1:]  # The same probes, the others not run.
+  assert '| 2 | ln_f |' in (tmp_path / 'chosen' / 'probe.md').read_text()
+  probe.main(args[:-1] + [str(tmp_path / 'disk'), '--layers', '1', '--features_on_disk'])
+  assert json.loads((tmp_path / 'disk' / 'probe.json').read_text()) == every[1:2]
+  assert sorted(p.name for p in (tmp_path / 'disk').iterdir()) == [
+      'probe.json', 'probe.md', 'probe.png']  # The feature files were scratch.
+  assert held == [(np.ndarray, (3, 40, 32), (3, 20, 32)), (np.ndarray, (2, 40, 32), (2, 20, 32)),
+                  (np.memmap, (1, 40, 32), (1, 20, 32))]
+  with pytest.raises(SystemExit) as e:
+    probe.main(args[:-1] + [str(tmp_path / 'bad'), '--layers', '1', '3'])
+  assert e.value.code == 2
+  assert '--layers=3: expected layers 0 to 2 (the model has 2 blocks; 2 is ln_f)' in (
+      capsys.readouterr().err)
 
 
 def test_cli_refuses_one_class_and_checks_outputs_before_any_work(tmp_path, capsys):
