@@ -90,3 +90,12 @@ def test_jobs_that_need_the_head_refuse_in_one_line(tmp_path, capsys):
   np.testing.assert_array_equal(params['h1']['attn']['q_proj'], loaded['h1']['attn']['q_proj'])
   assert not np.any(params['wtet']) and not np.any(params['clf']['wclf'])
   assert 'no language-model head; it starts from zero' in capsys.readouterr().out
+
+
+def test_the_probe_command_runs_on_an_imagegptmodel_save(tmp_path):
+  from tests.test_igpt_probe import _probe_cli_inputs  # pylint: disable=g-import-not-at-top
+  args = _probe_cli_inputs(tmp_path)
+  save_hf(tmp_path / 'hf', 'model')
+  args[args.index('--params') + 1] = str(tmp_path / 'hf')
+  probe.main(args + ['--layers', '1'])
+  assert '| 1 | block 1 ln_1 |' in (tmp_path / 'out' / 'probe.md').read_text()
