@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from gan_jax import generators
+from vision_core import torch_io
 from vision_core.errors import UserInputError, cli_errors
 from vision_core.io import path_arg
 
@@ -46,34 +47,9 @@ class _ZooConfig:
 
 
 def read_pth(path: str | os.PathLike) -> Any:
-  """`torch.load(path, weights_only=True)` with tensors turned into numpy arrays."""
-  path = os.fspath(path)
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise UserInputError(
-        f'{path}: reading PyTorch .pth files needs torch; install the extra: '
-        "pip install 'jax-vision-toolkit[torch]' (torch==2.13.0 CPU).") from None
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path}: no such checkpoint file.')
-  try:
-    with torch.serialization.safe_globals([(_ZooConfig, 'models.utils.config.BaseConfig')]):
-      obj = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError ...
-    raise UserInputError(
-        f'{path}: not a readable weights-only PyTorch checkpoint ({type(e).__name__}: '
-        f'{str(e).splitlines()[0] if str(e) else ""}).') from None
-
-  def to_numpy(x):
-    if isinstance(x, torch.Tensor):
-      x = x.detach().cpu()
-      return (x.float() if x.dtype == torch.bfloat16 else x).numpy()  # numpy has no bf16
-    if isinstance(x, _ZooConfig):
-      return {k: to_numpy(v) for k, v in vars(x).items()}
-    if isinstance(x, Mapping):
-      return {k: to_numpy(v) for k, v in x.items()}
-    return x
-  return to_numpy(obj)
+  """The checkpoint in `path` as numpy (`vision_core.torch_io`: weights only), its pytorch_GAN_zoo
+  config object as a dict."""
+  return torch_io.read(path, safe_globals=[(_ZooConfig, 'models.utils.config.BaseConfig')])
 
 
 def _generator_state(obj: Mapping[str, Any], which: str, source: str):

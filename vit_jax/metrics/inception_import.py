@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vision_core import io, npz
+from vision_core import io, npz, torch_io
 from vision_core.errors import UserInputError, cli_errors
 from vit_jax.metrics import inception
 
@@ -73,26 +73,10 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, source: str = 'state di
 
 
 def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """The state dict of a .pth file, via `torch.load(..., weights_only=True)`."""
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path}: no such weights file.')
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise UserInputError(
-        f'{path}: reading a PyTorch .pth file needs torch (pip install torch==2.13.0, or '
-        'convert it once elsewhere with python -m vit_jax.metrics.inception_import IN.pth '
-        'OUT.npz and pass the .npz).') from None
-  try:
-    state = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserInputError(f'{path}: not a readable PyTorch state dict ({e}).') from None
-  if isinstance(state, dict) and 'state_dict' in state and isinstance(state['state_dict'], dict):
-    state = state['state_dict']
-  if not isinstance(state, dict):
-    raise UserInputError(f'{path}: expected a state dict (name -> tensor), got {type(state)}.')
-  return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, 'detach')}
+  """The state dict of a .pth file (`vision_core.torch_io`: weights only, torch optional)."""
+  return torch_io.read_state_dict(path, hint=(
+      ' Or convert it once elsewhere with python -m vit_jax.metrics.inception_import IN.pth '
+      'OUT.npz and pass the .npz.'))
 
 
 def load_inception(path: str | os.PathLike):
