@@ -1,7 +1,8 @@
-"""Image GPT weights in and out: OpenAI's TF checkpoints, HF safetensors, our own `.npz`.
+"""Image GPT weights in and out: OpenAI's TF checkpoints, HF saves, our own `.npz`.
 
     params, model = checkpoint.load('igpt-s/model.ckpt-1000000')        # OpenAI (TF bundle)
     params, model = checkpoint.load('imagegpt-small/model.safetensors')  # HF transformers
+    params, model = checkpoint.load('imagegpt-small/')  # HF: safetensors or pytorch_model.bin
     params, model = checkpoint.load('run/params.npz')                    # ours
 
 Every loader returns our parameter tree (see `igpt_jax.model`) and an `ImageGPT` whose sizes
@@ -32,13 +33,17 @@ import numpy as np
 
 from igpt_jax import model as igpt_model
 from igpt_jax import tf_bundle
-from vision_core import npz
+from vision_core import npz, torch_io
 from vision_core.errors import UserInputError
 
 _OPTIMIZER_PARTS = {'Adam', 'Adam_1', 'adam_m', 'adam_v', 'AdamWeightDecayOptimizer',
                     'AdamWeightDecayOptimizer_1', 'Momentum', 'ExponentialMovingAverage'}
 _OPTIMIZER_NAMES = {'global_step', '_step', 'beta1_power', 'beta2_power'}
 HF_SHARD_INDEX = 'model.safetensors.index.json'
+# The files of an HF save, in the order `from_pretrained` prefers them: safetensors, then the
+# PyTorch pickles of older saves (read with `weights_only=True`; torch is an optional extra).
+HF_WEIGHT_FILES = ('model.safetensors', HF_SHARD_INDEX, 'pytorch_model.bin',
+                   'pytorch_model.bin.index.json')
 _HF_BUFFERS = re.compile(r'h\.\d+\.attn\.(bias|masked_bias)$')
 
 
@@ -209,9 +214,19 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     raise UserInputError(f'{path}: not a readable safetensors file ({e}).') from None
 
 
+def _read_hf_file(path: str) -> dict[str, np.ndarray]:
+  """One HF weights file: safetensors, or a PyTorch `.bin` state dict."""
+  if path.endswith('.bin'):
+    return torch_io.read_state_dict(path, hint=(
+        " Or save it as safetensors elsewhere: ImageGPTModel.from_pretrained(d)"
+        ".save_pretrained(d, safe_serialization=True)."))
+  return _read_safetensors(path)
+
+
 def _read_hf_shards(index_path: str) -> dict[str, np.ndarray]:
   """The tensors of a sharded save (`save_pretrained` splits big models, such as
-  imagegpt-large in float32, into `model-0000k-of-0000n.safetensors` listed by the index)."""
+  imagegpt-large in float32, into `model-0000k-of-0000n.safetensors` (or `.bin`) files listed
+  by the index)."""
   with open(index_path, encoding='utf-8') as f:
     try:
       weight_map = json.load(f).get('weight_map')
@@ -222,7 +237,7 @@ def _read_hf_shards(index_path: str) -> dict[str, np.ndarray]:
                          'files, as transformers writes it.')
   state = {}
   for shard in sorted(set(weight_map.values())):
-    state.update(_read_safetensors(os.path.join(os.path.dirname(index_path), shard)))
+    state.update(_read_hf_file(os.path.join(os.path.dirname(index_path), shard)))
   missing = sorted(set(weight_map) - set(state))
   if missing:
     raise UserInputError(f'{index_path}: {len(missing)} tensors listed but not in their shard '
@@ -232,8 +247,9 @@ def _read_hf_shards(index_path: str) -> dict[str, np.ndarray]:
 
 def load_hf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = None,
             num_heads: Optional[int] = None, need_lm_head: bool = True):
-  """HF transformers' ImageGPT safetensors: a file, or a directory with model.safetensors or
-  with the shards of `model.safetensors.index.json`.
+  """HF transformers' ImageGPT save: a weights file (`.safetensors`, `pytorch_model.bin`, or a
+  sharded save's `*.index.json`), or a directory holding one of `HF_WEIGHT_FILES` (the first
+  present, as `from_pretrained` picks).
 
   The number of heads comes from `num_heads`, `model`, or `config.json` beside the file.
 
@@ -242,18 +258,20 @@ def load_hf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = N
   """
   path = os.fspath(path)
   if os.path.isdir(path):
-    index = os.path.join(path, HF_SHARD_INDEX)
-    path = index if (os.path.exists(index) and not os.path.exists(
-        os.path.join(path, 'model.safetensors'))) else os.path.join(path, 'model.safetensors')
+    found = [n for n in HF_WEIGHT_FILES if os.path.exists(os.path.join(path, n))]
+    if not found:
+      raise FileNotFoundError(f'{path}: no HF weights in it (expected one of '
+                              f'{", ".join(HF_WEIGHT_FILES)}).')
+    path = os.path.join(path, found[0])
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path}: no such safetensors file.')
+    raise FileNotFoundError(f'{path}: no such weights file.')
   config = _hf_config(path)
   check_hf_config(config, source=os.path.join(os.path.dirname(path), 'config.json'))
   num_heads = num_heads or (model.num_heads if model else config.get('n_head'))
   if not num_heads:
     raise UserInputError(f'{path}: the number of heads is not stored in the weights; put HF\'s '
                          'config.json beside the file or pass num_heads.')
-  state = _read_hf_shards(path) if path.endswith('.json') else _read_safetensors(path)
+  state = _read_hf_shards(path) if path.endswith('.json') else _read_hf_file(path)
   flat = hf_to_flat(state, num_heads=num_heads, source=path)
   return _finish(flat, model, path, num_heads=num_heads, need_lm_head=need_lm_head)
 
@@ -261,16 +279,16 @@ def load_hf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = N
 def load(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = None,
          num_heads: Optional[int] = None, need_lm_head: bool = True):
   """Any of the three formats, by file name: `.npz` (or a training workdir holding its
-  `params.npz`), `.safetensors` (or a directory holding `model.safetensors` or a sharded
-  save's `model.safetensors.index.json`), otherwise a TF checkpoint. Returns
+  `params.npz`), an HF save (`.safetensors`, `pytorch_model.bin`, a sharded save's
+  `.index.json`, or a directory holding one: `load_hf`), otherwise a TF checkpoint. Returns
   `(params, model)`. `need_lm_head=False`: weights without the LM head load (see above)."""
   path = os.fspath(path)
   kwargs = dict(model=model, need_lm_head=need_lm_head)
   if path.endswith('.npz'):
     flat = npz.load_flat(path)
     return _finish(flat, model, path, num_heads=num_heads, need_lm_head=need_lm_head)
-  if path.endswith(('.safetensors', HF_SHARD_INDEX)) or any(
-      os.path.exists(os.path.join(path, name)) for name in ('model.safetensors', HF_SHARD_INDEX)):
+  if path.endswith(('.safetensors', '.bin', '.index.json')) or any(
+      os.path.exists(os.path.join(path, name)) for name in HF_WEIGHT_FILES):
     return load_hf(path, num_heads=num_heads, **kwargs)
   ours = os.path.join(path, 'params.npz')
   if os.path.isdir(path) and os.path.isfile(ours) and not any(

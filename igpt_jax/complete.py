@@ -52,7 +52,7 @@ def _check_args(args: argparse.Namespace, model) -> int:
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog='igpt_jax.complete', description=__doc__.split('\n')[0])
   parser.add_argument('--params', required=True, type=io.path_arg,
-                      help='.npz, TF checkpoint or safetensors')
+                      help='.npz, TF checkpoint or HF save')
   parser.add_argument('--palette', required=True, type=io.path_arg,
                       help="[512, 3] .npy palette, or HF's preprocessor_config.json")
   source = parser.add_mutually_exclusive_group(required=True)

@@ -210,7 +210,7 @@ def _feature_file(args: argparse.Namespace, split: str, shape) -> np.ndarray | N
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog='igpt_jax.probe', description=__doc__.split('\n')[0])
   parser.add_argument('--params', required=True, type=io.path_arg,
-                      help='.npz, TF checkpoint or safetensors')
+                      help='.npz, TF checkpoint or HF save')
   parser.add_argument('--palette', required=True, type=io.path_arg,
                       help="[512, 3] .npy palette, or HF's preprocessor_config.json")
   parser.add_argument('--dataset', required=True, type=io.path_arg,

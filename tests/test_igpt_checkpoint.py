@@ -271,10 +271,33 @@ def test_optimizer_state_names():
     assert not checkpoint.is_optimizer_state(name)
 
 
-@pytest.mark.parametrize('shard_size', [None, '20KB'])
-def test_logits_equal_hf_transformers_pytorch_imagegpt(tmp_path, shard_size):
+def _save_hf_bin(hf, directory, sharded: bool) -> None:
+  """HF's older layout: `pytorch_model.bin` (torch.save of the state dict), or its shards listed
+  by `pytorch_model.bin.index.json` (what hub repos such as openai/imagegpt-small hold)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  directory.mkdir()
+  hf.config.save_pretrained(directory)
+  state = {k: v.contiguous() for k, v in hf.state_dict().items()}
+  if not sharded:
+    torch.save(state, directory / 'pytorch_model.bin')
+    return
+  names = sorted(state)
+  parts = [names[:len(names) // 2], names[len(names) // 2:]]
+  weight_map = {}
+  for i, part in enumerate(parts):
+    file = f'pytorch_model-{i + 1:05d}-of-00002.bin'
+    torch.save({k: state[k] for k in part}, directory / file)
+    weight_map.update({k: file for k in part})
+  (directory / 'pytorch_model.bin.index.json').write_text(json.dumps(
+      {'metadata': {}, 'weight_map': weight_map}))
+
+
+@pytest.mark.parametrize('layout,shard_size', [('safetensors', None), ('safetensors', '20KB'),
+                                               ('bin', None), ('bin', 'sharded')])
+def test_logits_equal_hf_transformers_pytorch_imagegpt(tmp_path, layout, shard_size):
   """HF's own PyTorch ImageGPT, saved by HF, loads here and gives the same logits; also when
-  save_pretrained splits it into shards (it does so for imagegpt-large in float32)."""
+  save_pretrained splits it into shards (it does so for imagegpt-large in float32), and from
+  the `pytorch_model.bin` files of older saves (read with weights_only=True)."""
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
   config = transformers.ImageGPTConfig(n_embd=32, n_layer=2, n_head=4, n_positions=16,
@@ -285,9 +308,12 @@ def test_logits_equal_hf_transformers_pytorch_imagegpt(tmp_path, shard_size):
     for name, p in hf.named_parameters():
       p.copy_(torch.zeros_like(p) if name.endswith('.bias') else torch.randn_like(p) * 0.3
               + (1.0 if 'ln_' in name else 0.0))
-  kwargs = {'max_shard_size': shard_size} if shard_size else {}
-  hf.save_pretrained(tmp_path / 'hf', safe_serialization=True, **kwargs)
-  assert (tmp_path / 'hf' / 'model.safetensors').exists() == (shard_size is None)
+  if layout == 'bin':
+    _save_hf_bin(hf, tmp_path / 'hf', sharded=bool(shard_size))
+  else:
+    kwargs = {'max_shard_size': shard_size} if shard_size else {}
+    hf.save_pretrained(tmp_path / 'hf', safe_serialization=True, **kwargs)
+    assert (tmp_path / 'hf' / 'model.safetensors').exists() == (shard_size is None)
   params, model = checkpoint.load(tmp_path / 'hf')
   assert (model.width, model.num_heads, model.num_layers, model.n_ctx) == (32, 4, 2, 16)
   tokens = np.random.default_rng(0).integers(0, 512, (2, 16))
@@ -297,7 +323,12 @@ def test_logits_equal_hf_transformers_pytorch_imagegpt(tmp_path, shard_size):
   ours = model.apply({'params': params}, jnp.asarray(tokens))['logits']
   np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
   if shard_size:  # A shard the index lists but that is gone: named, not a traceback.
-    shard = sorted((tmp_path / 'hf').glob('model-*.safetensors'))[-1]
+    shard = sorted((tmp_path / 'hf').glob(f'*-of-*.{layout}'))[-1]
     shard.unlink()
-    with pytest.raises(FileNotFoundError, match=f'{shard.name}: no such safetensors file'):
+    with pytest.raises(FileNotFoundError, match=f'{shard.name}: no such'):
+      checkpoint.load(tmp_path / 'hf')
+  elif layout == 'bin':  # A damaged .bin: named, not torch's traceback.
+    data = (tmp_path / 'hf' / 'pytorch_model.bin').read_bytes()
+    (tmp_path / 'hf' / 'pytorch_model.bin').write_bytes(data[:len(data) // 2])
+    with pytest.raises(UserInputError, match='pytorch_model.bin: not a readable weights-only'):
       checkpoint.load(tmp_path / 'hf')
