@@ -64,6 +64,17 @@ def test_checkpoint_keeps_last_n_restores_state_and_data(tmp_path):
   reopened.close()
 
 
+def test_checkpointer_creates_its_folder_only_when_it_saves(tmp_path):
+  # A run refused before its first save must not leave an empty checkpoints/ folder behind.
+  directory = tmp_path / 'run' / 'checkpoints'
+  ckpt = checkpointing.Checkpointer(directory)
+  assert ckpt.latest_step() is None and ckpt.all_steps() == []
+  assert not os.path.exists(tmp_path / 'run')
+  ckpt.save(1, {'w': jnp.ones(2)})
+  ckpt.close()
+  assert os.listdir(directory) == ['1']
+
+
 def test_resume_from_a_checkpoint_of_grains_index_sampler(tmp_path):
   """Checkpoints written before GlobalBatchSampler hold an IndexSampler position; the run
   goes on from that position, in the loader's stream (grain's, keyed by seed + index, made

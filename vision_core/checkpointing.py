@@ -79,8 +79,10 @@ class Checkpointer:
     # A bucket URI (gs://...) is passed to orbax as is: orbax writes there through
     # etils.epath itself; os.path.abspath would turn `gs://b/x` into `{cwd}/gs:/b/x`.
     self.directory = io.abspath(directory)
+    # create=False: orbax makes the folder (and its parents) at the first save, not here, so
+    # that a run refused before it saves anything leaves no empty folder behind.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
+        max_to_keep=max_to_keep, create=False, enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
