@@ -205,24 +205,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   crop = config.pp.crop
   image_shape = (crop, crop, 3 if channels == 1 and 'to_rgb' in train_pp else channels)
   num_classes = train_source.num_classes
-  io.makedirs(workdir)
+  # Nothing is written to the workdir until every check has passed and the first batch is
+  # read: a refused run leaves a fresh workdir as it was (opening the Checkpointer creates
+  # nothing; its folder is made at the first save).
   ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'),
                                     max_to_keep=config.keep_checkpoints)
-  resuming = ckpt.latest_step() is not None
-  if not resuming:
-    _check_pretrained_kept(config, workdir)
-  # A resumed run takes its weights from the checkpoint: `pretrained` need not exist any more.
-  model, tx, schedule, state, shardings = _setup(config, num_classes, image_shape, mesh,
-                                                 pretrained=not resuming)
-  loader = data.train_loader(train_source, global_batch_size=config.batch,
-                             preprocess=train_pp, seed=config.seed,
-                             worker_count=config.workers)
-  batches = iter(loader)
-  if resuming:
-    state = run_config.resume(ckpt, state, config, workdir, data_iterator=batches,
-                              global_batch_size=config.batch)
-    logging.info('Resumed from %s at step %d', ckpt.directory, int(state.step))
+  try:
+    resuming = ckpt.latest_step() is not None
+    if not resuming:
+      _check_pretrained_kept(config, workdir)
+    # A resumed run takes its weights from the checkpoint: `pretrained` need not exist.
+    model, tx, schedule, state, shardings = _setup(config, num_classes, image_shape, mesh,
+                                                   pretrained=not resuming)
+    loader = data.train_loader(train_source, global_batch_size=config.batch,
+                               preprocess=train_pp, seed=config.seed,
+                               worker_count=config.workers)
+    batches = iter(loader)
+    if resuming:
+      state = run_config.resume(ckpt, state, config, workdir, data_iterator=batches,
+                                global_batch_size=config.batch)
+      logging.info('Resumed from %s at step %d', ckpt.directory, int(state.step))
+    # A fresh run's first batch, read now: an op spec or an image that fails only when
+    # decoded refuses the run before anything is written. Step 1 trains on it.
+    pending = [] if resuming else [next(batches)]
+  except BaseException:
+    ckpt.close()
+    raise
   start = int(state.step)
+  io.makedirs(workdir)
   run_config.write(config, workdir)
 
   train_step = train_lib.make_train_step(
@@ -275,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   t0 = time.time()
   state = loop.run(
       state, step_fn=lambda state, step: train_step(state, mesh_lib.shard_batch(
-          next(batches), mesh)),
+          pending.pop() if pending else next(batches), mesh)),
       first_step=start, total_steps=config.total_steps, hooks=hooks, log=log,
       close=(bar, ckpt))
   result = run_eval(state.params)

@@ -1,0 +1,64 @@
+"""What `vit_jax.main` leaves in (and takes from) its workdir around the run itself: a run
+refused before training starts, and a finished run started again."""
+
+import os
+
+import pytest
+
+from tests import vit_train_helpers as helpers
+from vision_core.errors import UserInputError
+from vit_jax import train_loop
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+  return helpers.write_dataset(tmp_path_factory.mktemp('ds'))
+
+
+def _unreadable_train_images(root):
+  """A dataset whose train class 'b' holds only files that are not images: the first
+  train batch fails to decode (the images are read when batched, not when listed; the
+  first image, which gives the channel count, is one of class 'a')."""
+  helpers.write_dataset(root)
+  for name in os.listdir(root / 'train' / 'b'):
+    (root / 'train' / 'b' / name).write_text('not an image')
+  return str(root)
+
+
+def _tree(root):
+  return sorted((os.path.relpath(os.path.join(d, n), root), os.path.getsize(os.path.join(d, n)))
+                for d, _, names in os.walk(root) for n in names + ['']
+                if n or d != str(root))
+
+
+REFUSED = {
+    'attention': dict(attention='flash'),
+    'dtype': dict(dtype='float64'),
+    'optimizer': dict(optimizer='adamz'),
+    'pp op': {'pp.train_ops': 'resize(8)|bogus(3)'},
+    'pretrained': dict(pretrained='/nonexistent/ViT-B_16.npz'),
+}
+
+
+@pytest.mark.parametrize('name', sorted(REFUSED) + ['first batch'])
+def test_a_refused_run_creates_nothing_in_a_fresh_workdir(dataset, tmp_path, name):
+  if name == 'first batch':
+    config = helpers.tiny_config(_unreadable_train_images(tmp_path / 'bad'))
+  else:
+    config = helpers.tiny_config(dataset, **REFUSED[name])
+  workdir = tmp_path / 'runs' / 'w'
+  with pytest.raises((UserInputError, FileNotFoundError)):
+    train_loop.train_and_evaluate(config, str(workdir))
+  assert not os.path.exists(tmp_path / 'runs')
+
+
+def test_a_refused_run_leaves_an_existing_workdir_as_it_was(dataset, tmp_path):
+  workdir = tmp_path / 'w'
+  os.makedirs(workdir / 'checkpoints')  # empty: e.g. left by an earlier version
+  (workdir / 'notes.txt').write_text('mine')
+  before = _tree(workdir)
+  with pytest.raises(UserInputError, match='notes.png|not a readable image'):
+    train_loop.train_and_evaluate(helpers.tiny_config(_unreadable_train_images(
+        tmp_path / 'bad')), str(workdir))
+  assert _tree(workdir) == before
+  assert (workdir / 'notes.txt').read_text() == 'mine'
