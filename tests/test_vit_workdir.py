@@ -1,11 +1,13 @@
 """What `vit_jax.main` leaves in (and takes from) its workdir around the run itself: a run
 refused before training starts, and a finished run started again."""
 
+import json
 import os
 
 import pytest
 
 from tests import vit_train_helpers as helpers
+from vision_core import metrics_log
 from vision_core.errors import UserInputError
 from vit_jax import train_loop
 
@@ -62,3 +64,40 @@ def test_a_refused_run_leaves_an_existing_workdir_as_it_was(dataset, tmp_path):
         tmp_path / 'bad')), str(workdir))
   assert _tree(workdir) == before
   assert (workdir / 'notes.txt').read_text() == 'mine'
+
+
+def _snapshot(root):
+  """Every file under `root` with its size and modification time: what a re-run may not
+  change (a file rewritten with the same bytes counts as changed)."""
+  return {os.path.relpath(os.path.join(d, n), root): (os.stat(os.path.join(d, n)).st_size,
+                                                      os.stat(os.path.join(d, n)).st_mtime_ns)
+          for d, _, names in os.walk(root) for n in names}
+
+
+def test_a_finished_run_started_again_does_nothing_and_returns_its_result(
+    dataset, tmp_path, capsys, monkeypatch):
+  workdir = tmp_path / 'w'
+  final = train_loop.train_and_evaluate(helpers.tiny_config(dataset), str(workdir))
+  capsys.readouterr()
+  before = _snapshot(workdir)
+  with monkeypatch.context() as patch:  # No duplicate work: not even the dataset is read.
+    patch.setattr(train_loop, '_source', lambda *a, **k: pytest.fail('dataset read again'))
+    again = train_loop.train_and_evaluate(helpers.tiny_config(dataset), str(workdir))
+    out = capsys.readouterr().out
+    assert again == json.loads(json.dumps(final))
+    assert f'{workdir}: the run is already complete at step 6; its result is ' \
+           f'{workdir / "final.json"}' in out
+    # A lower total_steps does not shorten the finished run; it says so.
+    lower = train_loop.train_and_evaluate(helpers.tiny_config(dataset, total_steps=4),
+                                          str(workdir))
+    assert lower == again
+    assert 'total_steps=4 is below it' in capsys.readouterr().out
+  assert _snapshot(workdir) == before  # No eval row appended, nothing rewritten.
+  # A higher total_steps continues the run, with one final eval at its new end.
+  longer = train_loop.train_and_evaluate(helpers.tiny_config(dataset, total_steps=8),
+                                         str(workdir))
+  rows = metrics_log.read_jsonl(workdir / 'metrics.jsonl')
+  assert [r['step'] for r in rows if r['split'] == 'train'] == list(range(1, 9))
+  assert [r['step'] for r in rows if r['split'] == 'eval'] == [6, 8]
+  assert longer['step'] == 8
+  assert json.loads((workdir / 'final.json').read_text())['step'] == 8

@@ -8,6 +8,9 @@ once in the log instead of passing unnoticed.
   state = run_config.resume(ckpt, state, config, workdir, data_iterator=it,
                            global_batch_size=config.batch_size)  # names changed fields
   run_config.write(config, workdir)         # after the checkpoint was restored
+
+`finished` tells a trainer that the workdir's run is already complete, so that running the
+same command again returns its `final.json` instead of evaluating and logging it again.
 """
 
 from __future__ import annotations
@@ -89,3 +92,34 @@ def write(config, workdir: str | os.PathLike) -> None:
   if jax.process_index() == 0:
     with io.atomic_write(io.join(workdir, FILE), 'w', overwrite=True) as f:
       f.write(config.to_json(indent=2))
+
+
+def finished(config, workdir: str | os.PathLike, latest_step: int | None):
+  """The workdir's final.json (a dict) when its run is complete, else None; says so (process
+  0 prints it).
+
+  Complete: the latest checkpoint is at or past `config.total_steps` and final.json was
+  written for that step. A raised total_steps is not complete (the run continues); a
+  missing, unreadable or older final.json (a run that stopped between its last checkpoint
+  and its final evaluation) neither: the trainer then does the rest.
+  """
+  if latest_step is None or latest_step < config.total_steps:
+    return None
+  path = io.join(workdir, 'final.json')
+  try:
+    final = json.loads(io.read_bytes(path)) if io.exists(path) else None
+  except ValueError:
+    return None  # written again at the end of the run
+  if not isinstance(final, dict) or final.get('step') != latest_step:
+    return None
+  if jax.process_index() == 0:
+    lower = (f' (total_steps={config.total_steps} is below it: a finished run is not '
+             'shortened; use a new workdir for a shorter one)'
+             if latest_step > config.total_steps else '')
+    changed = changed_fields(config, workdir, ignore=('mode', 'total_steps'))
+    ignored = (f' Config fields changed since it ran ({io.join(workdir, FILE)}), not applied: '
+               f'{"; ".join(changed)}.' if changed else '')
+    print(f'{workdir}: the run is already complete at step {latest_step}{lower}; its result '
+          f'is {path}. Nothing to do: raise --config.total_steps to train further.{ignored}',
+          flush=True)
+  return final

@@ -198,20 +198,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh_lib.initialize_distributed()
   mesh = make_mesh(config)
   _check_config(config, mesh)
-  train_source = _source(config, config.pp.train)
-  test_source = _source(config, config.pp.test, class_names=train_source.class_names)
-  channels = train_source[0]['image'].shape[-1]
-  train_pp, test_pp = preprocess_specs(config, channels)
-  crop = config.pp.crop
-  image_shape = (crop, crop, 3 if channels == 1 and 'to_rgb' in train_pp else channels)
-  num_classes = train_source.num_classes
   # Nothing is written to the workdir until every check has passed and the first batch is
   # read: a refused run leaves a fresh workdir as it was (opening the Checkpointer creates
   # nothing; its folder is made at the first save).
   ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'),
                                     max_to_keep=config.keep_checkpoints)
   try:
-    resuming = ckpt.latest_step() is not None
+    latest = ckpt.latest_step()
+    done = run_config.finished(config, workdir, latest)
+    if done is not None:  # The same command again: its result, not a second evaluation.
+      ckpt.close()
+      if jax.process_index() == 0:
+        print(json.dumps(done, indent=2))
+      return done
+    resuming = latest is not None
+    train_source = _source(config, config.pp.train)
+    test_source = _source(config, config.pp.test, class_names=train_source.class_names)
+    channels = train_source[0]['image'].shape[-1]
+    train_pp, test_pp = preprocess_specs(config, channels)
+    crop = config.pp.crop
+    image_shape = (crop, crop, 3 if channels == 1 and 'to_rgb' in train_pp else channels)
+    num_classes = train_source.num_classes
     if not resuming:
       _check_pretrained_kept(config, workdir)
     # A resumed run takes its weights from the checkpoint: `pretrained` need not exist.
