@@ -7,7 +7,7 @@ import os
 import pytest
 
 from tests import vit_train_helpers as helpers
-from vision_core import metrics_log
+from vision_core import checkpointing, metrics_log
 from vision_core.errors import UserInputError
 from vit_jax import train_loop
 
@@ -101,3 +101,46 @@ def test_a_finished_run_started_again_does_nothing_and_returns_its_result(
   assert [r['step'] for r in rows if r['split'] == 'eval'] == [6, 8]
   assert longer['step'] == 8
   assert json.loads((workdir / 'final.json').read_text())['step'] == 8
+
+
+@pytest.fixture
+def opened_checkpointers(monkeypatch):
+  """The Checkpointers that train_loop opens, each with `closed` set once it is closed."""
+  opened = []
+
+  class Recording(checkpointing.Checkpointer):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      self.closed = False
+      opened.append(self)
+
+    def close(self):
+      self.closed = True
+      super().close()
+  monkeypatch.setattr(checkpointing, 'Checkpointer', Recording)
+  return opened
+
+
+def test_evaluate_closes_its_checkpointer_on_every_path(dataset, tmp_path,
+                                                        opened_checkpointers):
+  empty = tmp_path / 'empty'
+  os.makedirs(empty / 'checkpoints')  # no checkpoint in it, no pretrained: nothing to score
+  with pytest.raises(UserInputError, match='has no checkpoints'):
+    train_loop.evaluate_only(helpers.tiny_config(dataset), str(empty))
+  with pytest.raises(UserInputError, match='does not exist'):  # the dataset, after opening
+    train_loop.evaluate_only(helpers.tiny_config(str(tmp_path / 'missing')), str(empty))
+  trained = tmp_path / 'trained'
+  train_loop.train_and_evaluate(helpers.tiny_config(dataset, total_steps=1, checkpoint_every=1),
+                                str(trained))
+  # Empty checkpoints folder, pretrained weights: scored, and the Checkpointer closed.
+  result = train_loop.evaluate_only(helpers.tiny_config(
+      dataset, pretrained=str(trained / 'model.npz')), str(empty))
+  assert result['params'] == str(trained / 'model.npz')
+  wider = helpers.tiny_config(dataset)
+  wider.model.hidden_size = 12  # the checkpoint's arrays no longer fit
+  with pytest.raises(UserInputError, match='shapes differ'):
+    train_loop.evaluate_only(wider, str(trained))
+  assert train_loop.evaluate_only(helpers.tiny_config(dataset), str(trained))['test_examples'] \
+      == 14
+  assert len(opened_checkpointers) == 6  # 5 evaluations and the training
+  assert all(c.closed for c in opened_checkpointers)

@@ -11,6 +11,8 @@ crash mid-save leaves the previous checkpoints intact and the half-written one i
   ...
   ckpt.save(step, state, data_iterator=it)
   ckpt.close()                                                 # waits for async writes
+
+`with Checkpointer(...) as ckpt:` closes it however the block ends.
 """
 
 from __future__ import annotations
@@ -202,3 +204,9 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+  def __enter__(self) -> 'Checkpointer':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()  # also on an error: its saves are finished and its threads stopped

@@ -320,42 +320,43 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   mesh = make_mesh(config)
   mesh_lib.check_batch_size(config.batch_eval, mesh, field='batch_eval')
   ckpt_dir = io.join(workdir, 'checkpoints')
-  ckpt = checkpointing.Checkpointer(ckpt_dir) if io.isdir(ckpt_dir) else None
-  step = ckpt.latest_step() if ckpt is not None else None
-  # The model's classes (the test folder may lack some).
-  test_source = _source(config, config.pp.test, class_names=_evaluated_class_names(
-      config, workdir, from_checkpoint=step is not None))
-  channels = test_source[0]['image'].shape[-1]
-  _, test_pp = preprocess_specs(config, channels)
-  image_shape = (config.pp.crop, config.pp.crop, 3 if 'to_rgb' in test_pp else channels)
-  num_classes = test_source.num_classes
-  model = build_model(config, num_classes)
-  fresh = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, *image_shape)), train=False)['params'])
-  if step is not None:
-    # The checkpoint holds the weights; don't load pretrained too. Only they are read: the
-    # optimizer state would take memory, and this config's optimizer (and schedule) need not
-    # be the training run's.
-    params_shardings = sharding_lib.named_shardings(fresh, mesh, strategy=config.sharding)
-    try:
-      params = ckpt.restore_part('params', jax.tree.map(
-          lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-          fresh, params_shardings), step=step)
-    except UserInputError as e:
-      raise UserInputError(f'{e}{run_config.describe_changes(config, workdir)}') from None
-    source = f'{ckpt_dir} step {step}'
-    ckpt.close()
-  elif config.pretrained:
-    params = vit_checkpoint.load_params(config.pretrained, fresh)
-    params_shardings = jax.tree.map(lambda _: mesh_lib.replicated(mesh), params)
-    params = jax.device_put(params, params_shardings)
-    source = config.pretrained
-  else:
-    exported = io.join(workdir, 'model.npz')  # kept where the checkpoints were deleted
-    hint = (f' Its exported model is {exported}: --config.pretrained={exported} scores it.'
-            if io.exists(exported) else '')
-    raise UserInputError(f'mode=evaluate: {workdir} has no checkpoints and config.pretrained '
-                         f'is not set; nothing to evaluate.{hint}')
+  # Closed on every path, the errors included. Opening it creates nothing, so a workdir
+  # without checkpoints needs no check first.
+  with checkpointing.Checkpointer(ckpt_dir) as ckpt:
+    step = ckpt.latest_step()
+    # The model's classes (the test folder may lack some).
+    test_source = _source(config, config.pp.test, class_names=_evaluated_class_names(
+        config, workdir, from_checkpoint=step is not None))
+    channels = test_source[0]['image'].shape[-1]
+    _, test_pp = preprocess_specs(config, channels)
+    image_shape = (config.pp.crop, config.pp.crop, 3 if 'to_rgb' in test_pp else channels)
+    num_classes = test_source.num_classes
+    model = build_model(config, num_classes)
+    fresh = jax.eval_shape(lambda: model.init(
+        jax.random.key(0), jnp.zeros((1, *image_shape)), train=False)['params'])
+    if step is not None:
+      # The checkpoint holds the weights; don't load pretrained too. Only they are read: the
+      # optimizer state would take memory, and this config's optimizer (and schedule) need not
+      # be the training run's.
+      params_shardings = sharding_lib.named_shardings(fresh, mesh, strategy=config.sharding)
+      try:
+        params = ckpt.restore_part('params', jax.tree.map(
+            lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+            fresh, params_shardings), step=step)
+      except UserInputError as e:
+        raise UserInputError(f'{e}{run_config.describe_changes(config, workdir)}') from None
+      source = f'{ckpt_dir} step {step}'
+    elif config.pretrained:
+      params = vit_checkpoint.load_params(config.pretrained, fresh)
+      params_shardings = jax.tree.map(lambda _: mesh_lib.replicated(mesh), params)
+      params = jax.device_put(params, params_shardings)
+      source = config.pretrained
+    else:
+      exported = io.join(workdir, 'model.npz')  # kept where the checkpoints were deleted
+      hint = (f' Its exported model is {exported}: --config.pretrained={exported} scores it.'
+              if io.exists(exported) else '')
+      raise UserInputError(f'mode=evaluate: {workdir} has no checkpoints and config.pretrained '
+                           f'is not set; nothing to evaluate.{hint}')
   eval_step = train_lib.make_eval_step(model=model, mesh=mesh, params_shardings=params_shardings,
                                        num_classes=num_classes)
   result = train_lib.evaluate(eval_step, params, data.eval_batches(
