@@ -275,3 +275,20 @@ def test_evaluate_without_checkpoints_points_to_the_exported_model(tmp_path):
   result = train_loop.evaluate_only(
       helpers.tiny_config(dataset, mode='evaluate', pretrained=exported), str(workdir))
   assert result['test_loss'] == pytest.approx(final['test_loss'], rel=1e-5)
+
+
+def test_predict_reads_model_json_once(tmp_path, capsys, monkeypatch):
+  from vit_jax import predict
+  dataset = helpers.write_dataset(tmp_path / 'ds')
+  config = helpers.tiny_config(dataset)
+  model = models_vit.VisionTransformer(num_classes=2, **config.model)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)['params']
+  train_loop.save_model_files(str(tmp_path), jax.device_get(params), config, ('a', 'b'),
+                              test_preprocess='resize(8)|value_range(0, 1)')
+  reads, model_json = [], vit_checkpoint.model_json
+  monkeypatch.setattr(vit_checkpoint, 'model_json',
+                      lambda path: reads.append(path) or model_json(path))
+  predict.main(['--checkpoint', str(tmp_path / 'model.npz'), '--top', '2',
+                os.path.join(dataset, 'test', 'b', '0.png')])
+  assert reads == [str(tmp_path / 'model.npz')]
+  assert capsys.readouterr().out.splitlines()[1].split()[:2] in (['1', 'a'], ['1', 'b'])

@@ -17,6 +17,7 @@ import argparse
 import csv
 import os
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -70,15 +71,26 @@ def _label_names(spec: str | None, num_classes: int) -> list[str]:
   return names
 
 
+_UNREAD = object()  # `load_model`'s default `meta`: model.json not read by the caller
+
+
 def load_model(checkpoint: str, *, model_name: str | None, resolution: int | None,
-               labels: str | None):
-  """(model, params, class names, resolution) for `checkpoint`."""
+               labels: str | None, meta: dict[str, Any] | None | object = _UNREAD):
+  """(model, params, class names, resolution) for `checkpoint`.
+
+  `meta`: the checkpoint's model.json as `vit_checkpoint.model_json` returned it (None: no
+  such file), for a caller that needs it too; by default it is read here (not when
+  `model_name` is given: the zoo config is used then).
+  """
   from vit_jax import checkpoint as vit_checkpoint  # pylint: disable=g-import-not-at-top
   from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
   from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   params = vit_checkpoint.load(checkpoint)
-  meta = vit_checkpoint.model_json(checkpoint) if model_name is None else None
+  if model_name is not None:
+    meta = None
+  elif meta is _UNREAD:
+    meta = vit_checkpoint.model_json(checkpoint)
   if meta is not None:
     config = ml_collections.ConfigDict(meta['model'])
     names = meta['class_names'] if labels is None else None
@@ -106,12 +118,11 @@ def load_model(checkpoint: str, *, model_name: str | None, resolution: int | Non
   return model, params, names, resolution
 
 
-def saved_test_preprocess(checkpoint: str, resolution: int) -> str | None:
-  """The op spec that `vit_jax.main` evaluated the model with (`model.json`'s
+def saved_test_preprocess(meta: dict[str, Any] | None, resolution: int) -> str | None:
+  """The op spec that `vit_jax.main` evaluated the model with (`meta`, its `model.json`:
   `test_preprocess`, e.g. a `pp.test_ops` of `resize_small(256)|central_crop(224)|...`), when
   it was written for `resolution`; else None."""
-  from vit_jax import checkpoint as vit_checkpoint  # pylint: disable=g-import-not-at-top
-  meta = vit_checkpoint.model_json(checkpoint) or {}
+  meta = meta or {}
   return meta.get('test_preprocess') if meta.get('resolution') == resolution else None
 
 
@@ -163,10 +174,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.csv:
       io.check_can_write(args.csv, overwrite=args.force)
     paths = expand_inputs(args.inputs)
+    from vit_jax import checkpoint as vit_checkpoint  # pylint: disable=g-import-not-at-top
+    # Read once: it gives both the model and the test preprocessing. --model: a zoo model.
+    meta = None if args.model else vit_checkpoint.model_json(args.checkpoint)
     model, params, names, resolution = load_model(
-        args.checkpoint, model_name=args.model, resolution=args.resolution, labels=args.labels)
+        args.checkpoint, model_name=args.model, resolution=args.resolution, labels=args.labels,
+        meta=meta)
     # Images are prepared as the run's test split was (its pp.test_ops, if it set them).
-    preprocess = None if args.model else saved_test_preprocess(args.checkpoint, resolution)
+    preprocess = None if args.model else saved_test_preprocess(meta, resolution)
     results = predict(paths, model=model, params=params, resolution=resolution,
                       top=min(args.top, len(names)), batch_size=args.batch,
                       preprocess=preprocess)
