@@ -5,10 +5,10 @@
 Each image becomes OUTDIR/<name>.ganz (see `gan_jax.fileformat`), written atomically;
 existing files are never replaced without --force, and input files are only read.
 Transparent images (RGBA, grey + alpha, palette with transparency) are composited on white
-first, as viewers show them and as the study does. The
-images (x R restarts) are searched --batch-size at a time in one compiled program
-(`latent_search`), sharded over every device. An image's initial latents are a function of
-(--seed, its pixels) only, and each image stops on its own plateau: it gets the same latent
+first, as viewers show them and as the study does. The images (x R restarts) are searched
+--batch-size at a time in one compiled program (`latent_search`), sharded over every device
+(on a CPU, one device per core). An image's initial latents are a function of (--seed, its
+pixels) only, and each image stops on its own plateau: it gets the same latent
 whether compressed alone or with others, in any order or batch size, up to float rounding
 (the generator's batched arithmetic rounds differently per batch size, and a long search
 can amplify that into a different, about equally good, latent). A table reports bytes,
@@ -115,6 +115,8 @@ def search_latents(targets_uint8, generator: generators.Generator,
   ids = latent_search.image_ids(targets_uint8)
   targets = images_lib.to_model_range(targets_uint8)  # [-1, 1]: the generator's range.
   b = len(targets)
+  if b == 1:  # One image on one device: padding it for the mesh would only add copies.
+    mesh = None
   n = mesh.shape['data'] if mesh is not None else 1
   padded = -(-b // n) * n
   if padded != b:  # Copies of the last image (and its id): rows the caller never sees.
@@ -199,6 +201,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
   args = _parser().parse_args(argv)
+  # On a CPU, one device per core: the batch's images are split over the cores (faster than
+  # one device; docs/benchmarks.md). Before anything starts JAX.
+  mesh_lib.one_cpu_device_per_core()
   with cli_errors('gan_jax.compress'):
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     fileformat.Quantization.parse(args.quantization)

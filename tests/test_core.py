@@ -67,6 +67,37 @@ def test_bare_coordinator_address_outside_a_cluster_is_a_clear_error():
           in result.stderr), result.stderr[-2000:]
 
 
+_DEVICES_SCRIPT = '''
+import os, jax
+from vision_core import mesh
+if os.environ.get('RUN_JAX_FIRST'):
+  jax.numpy.zeros(1).block_until_ready()
+print(mesh.one_cpu_device_per_core(), len(jax.devices()), mesh.one_cpu_device_per_core())
+'''
+
+
+@pytest.mark.parametrize('extra_env,expected', [
+    ({}, 'per-core'),
+    ({'JAX_NUM_CPU_DEVICES': '3'}, 'None 3 None'),
+    ({'XLA_FLAGS': '--xla_force_host_platform_device_count=5'}, 'None 5 None'),
+    ({'RUN_JAX_FIRST': '1'}, 'None 1 None'),  # too late: JAX's devices are fixed
+])
+def test_one_cpu_device_per_core_unless_the_user_chose(extra_env, expected):
+  """A fresh process gets one CPU device per core (at most 8); a count the user set is kept;
+  once JAX runs, a second call changes nothing and does not raise."""
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_NUM_CPU_DEVICES')}
+  env.update(extra_env, JAX_PLATFORMS='cpu')
+  result = subprocess.run(
+      [sys.executable, '-c', _DEVICES_SCRIPT],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  if expected == 'per-core':
+    cores = min(len(os.sched_getaffinity(0)), 8)
+    expected = f'{cores} {cores} None' if cores > 1 else 'None 1 None'
+  assert result.stdout.split('\n')[-2] == expected
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
   path = tmp_path / 'out.bin'
   with pytest.raises(RuntimeError):
