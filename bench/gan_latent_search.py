@@ -8,7 +8,11 @@ factor 0.1 patience 10 on the loss) and MSE in [-1, 1], for the same number of s
 the same batch of target images. PyTorch: a Python loop of forward/backward/step (eager,
 as in the study; its ReduceLROnPlateau is stepped on the batch loss). Ours:
 `gan_jax.latent_search` with R=1 and early stopping off (so the step counts are equal),
-timed after compilation (compile time reported separately). Prints a markdown table.
+timed after compilation (compile time reported separately), run as `gan_jax.compress` runs
+it: on a CPU one device per core (`mesh.one_cpu_device_per_core`), the batch sharded over
+them (one image: one device); the "one device" column is the same search unsharded.
+`--one-device` leaves the CPU as one device (the earlier runs' setting). Prints a markdown
+table.
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ import math
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 
 from gan_jax import generators, latent_search
+from vision_core import mesh as mesh_lib
 
 
 def torch_gnet(params, config, device='cpu'):
@@ -73,7 +77,12 @@ def main():
   parser.add_argument('--latent', type=int, default=128)
   parser.add_argument('--depths', default='128,128,64,32', help='depthScale0 then others')
   parser.add_argument('--out', default=None)
+  parser.add_argument('--one-device', action='store_true',
+                      help='keep the CPU as one JAX device (no per-core split)')
   args = parser.parse_args()
+  if not args.one_device:
+    mesh_lib.one_cpu_device_per_core()  # Before JAX starts, as gan_jax.compress does.
+  devices = jax.device_count()
   depths = [int(d) for d in args.depths.split(',')]
   config = {'family': 'pgan', 'dim_latent': args.latent, 'depth_scale0': depths[0],
             'depth_other_scales': depths[1:]}
@@ -91,14 +100,20 @@ def main():
         (batch, args.latent)).astype(np.float32)))
     cfg = latent_search.SearchConfig(steps=args.steps, restarts=1, optimizer='sgd',
                                      stop_patience=0)
-    search = latent_search.make_latent_search(gen.apply, latent_dim=args.latent, config=cfg)
     ids = latent_search.image_ids(targets)
-    t = time.perf_counter()
-    jax.block_until_ready(search(gen.params, targets, ids))
-    compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    result = jax.block_until_ready(search(gen.params, targets, ids))
-    jax_s = time.perf_counter() - t
+
+    def timed(mesh):
+      search = latent_search.make_latent_search(gen.apply, latent_dim=args.latent, config=cfg,
+                                                mesh=mesh)
+      t = time.perf_counter()
+      jax.block_until_ready(search(gen.params, targets, ids))
+      compile_s = time.perf_counter() - t
+      t = time.perf_counter()
+      result = jax.block_until_ready(search(gen.params, targets, ids))
+      return result, time.perf_counter() - t, compile_s
+    sharded = devices > 1 and batch > 1 and batch % devices == 0
+    result, jax_s, compile_s = timed(mesh_lib.make_mesh() if sharded else None)
+    one_device_s = timed(None)[1] if sharded else jax_s
     z0 = torch.from_numpy(np.asarray(latent_search.initial_latents(
         jax.random.PRNGKey(0), ids, 1, args.latent))[:, 0])
     targets_t = torch.from_numpy(targets.transpose(0, 3, 1, 2).copy())
@@ -106,8 +121,10 @@ def main():
     t = time.perf_counter()
     torch_loss = torch_search(forward, targets_t, z0, args.steps)
     torch_s = time.perf_counter() - t
-    rows.append({'batch': batch, 'steps': args.steps, 'jax_s': jax_s, 'jax_compile_s': compile_s,
+    rows.append({'batch': batch, 'steps': args.steps, 'jax_devices': devices if sharded else 1,
+                 'jax_s': jax_s, 'jax_one_device_s': one_device_s, 'jax_compile_s': compile_s,
                  'torch_s': torch_s, 'jax_steps_per_s': args.steps / jax_s,
+                 'jax_one_device_steps_per_s': args.steps / one_device_s,
                  'torch_steps_per_s': args.steps / torch_s,
                  'jax_image_steps_per_s': batch * args.steps / jax_s,
                  'torch_image_steps_per_s': batch * args.steps / torch_s,
@@ -117,13 +134,14 @@ def main():
     print(json.dumps(rows[-1]), flush=True)
   side = 4 * 2 ** (len(depths) - 1)
   print(f'\nPGAN generator {side}x{side}, latent {args.latent}, depths {depths}; '
-        f'{args.steps} steps; jax {jax.__version__}, torch {torch.__version__} '
-        f'({torch.get_num_threads()} threads)\n')
-  print('| images | ours: steps/s | ours: image-steps/s | PyTorch eager: steps/s | '
-        'PyTorch: image-steps/s | speed-up | compile (s) |')
-  print('|---|---|---|---|---|---|---|')
+        f'{args.steps} steps; jax {jax.__version__} ({devices} CPU devices), torch '
+        f'{torch.__version__} ({torch.get_num_threads()} threads)\n')
+  print('| images | ours: steps/s (devices) | ours, one device: steps/s | ours: image-steps/s | '
+        'PyTorch eager: steps/s | PyTorch: image-steps/s | speed-up | compile (s) |')
+  print('|---|---|---|---|---|---|---|---|')
   for r in rows:
-    print(f'| {r["batch"]} | {r["jax_steps_per_s"]:.1f} | {r["jax_image_steps_per_s"]:.0f} | '
+    print(f'| {r["batch"]} | {r["jax_steps_per_s"]:.1f} ({r["jax_devices"]}) | '
+          f'{r["jax_one_device_steps_per_s"]:.1f} | {r["jax_image_steps_per_s"]:.0f} | '
           f'{r["torch_steps_per_s"]:.1f} | {r["torch_image_steps_per_s"]:.0f} | '
           f'{r["speedup"]:.2f}x | {r["jax_compile_s"]:.1f} |')
   if args.out:
