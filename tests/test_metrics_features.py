@@ -12,6 +12,7 @@ from vision_core.errors import UserInputError
 from vit_jax import metrics
 from vit_jax import models_vit
 from vit_jax.configs import models
+from vit_jax.metrics import features
 
 
 def _scipy_fid_of_rows(x, y):
@@ -64,7 +65,7 @@ def test_pixel_extractor_fid_over_batches_equals_fid_of_all_features():
   assert stats == pytest.approx(whole, rel=1e-6)
 
 
-def test_fid_from_images_takes_one_jax_array_as_one_batch():
+def test_fid_from_images_takes_one_jax_array_as_the_set():
   rng = np.random.default_rng(2)
   a = rng.integers(0, 256, (10, 2, 2, 1)).astype(np.uint8)
   b = rng.integers(0, 200, (12, 2, 2, 1)).astype(np.uint8)
@@ -73,6 +74,26 @@ def test_fid_from_images_takes_one_jax_array_as_one_batch():
   for extractor in (metrics.pixel_extractor, by_stats):
     got = metrics.fid_from_images(jnp.asarray(a), jnp.asarray(b), extractor)
     assert got == pytest.approx(want, rel=1e-9)
+
+
+def test_one_array_is_fed_to_the_extractor_in_bounded_batches(monkeypatch):
+  """A whole image set as one array went through the extractor in one batch: 10,000 images
+  at 299x299 through the Inception would not fit in memory."""
+  rng = np.random.default_rng(4)
+  a = rng.integers(0, 256, (130, 2, 2, 1)).astype(np.uint8)
+  b = rng.integers(0, 200, (10, 2, 2, 1)).astype(np.uint8)
+  sizes = []
+
+  def recording(x):
+    sizes.append(len(x))
+    return metrics.pixel_extractor(x)
+  want = metrics.fid(a.reshape(130, -1), b.reshape(10, -1))
+  assert metrics.fid_from_images(a, b, recording) == pytest.approx(want, rel=1e-6)
+  assert sizes == [64, 64, 2, 10]
+  monkeypatch.setattr(features, 'IMAGES_PER_BATCH', 4)
+  sizes.clear()
+  assert metrics.feature_stats(jnp.asarray(b), recording).count == 10
+  assert sizes == [4, 4, 2]
 
 
 def test_vit_extractor_gives_the_models_prelogits():
@@ -106,7 +127,7 @@ def test_extractor_sharded_over_eight_devices_equals_single_device():
     metrics.vit_extractor(model, params)(images[..., :1])
 
 
-def test_feature_stats_takes_one_array_as_one_batch():
+def test_feature_stats_takes_one_array_as_the_set():
   """It iterated the array, handing the extractor single images, refused with 'a single
   image? add a batch axis' although a batch was passed (fid_from_images already wrapped it)."""
   x = np.random.default_rng(3).integers(0, 256, (7, 3, 2, 2)).astype(np.uint8)

@@ -31,6 +31,9 @@ from vit_jax.metrics import frechet
 from vit_jax.metrics import inception
 
 Extractor = Callable[[Any], np.ndarray]
+# One `[N, H, W, C]` array given as an image set is fed to the extractor this many images at
+# a time: 10,000 images through the Inception at once would need ~100 GB of activations.
+IMAGES_PER_BATCH = 64
 
 
 def _batched(fn, *, mesh=None) -> Extractor:
@@ -125,8 +128,8 @@ def feature_stats(batches: Iterable[Any], extractor: Extractor) -> frechet.Gauss
   """Streams `[B, H, W, C]` batches (or one such array) through `extractor` into float64
   mean/covariance."""
   stats = frechet.GaussianStats()
-  # One array is one batch, as in fid_from_images; iterating it would hand the extractor
-  # single images, refused with a misleading 'add a batch axis'.
+  # One array is split into batches, as in fid_from_images; iterating it would hand the
+  # extractor single images, refused with a misleading 'add a batch axis'.
   for batch in _as_batches(batches):
     stats.update(extractor(batch))
   if stats.count < 2:
@@ -136,7 +139,8 @@ def feature_stats(batches: Iterable[Any], extractor: Extractor) -> frechet.Gauss
 
 def fid_from_images(batches_a: Iterable[Any], batches_b: Iterable[Any],
                     extractor: Extractor) -> float:
-  """FID between two image sets, each an iterable of `[B, H, W, C]` batches (or one array).
+  """FID between two image sets, each an iterable of `[B, H, W, C]` batches (or one array,
+  fed `IMAGES_PER_BATCH` images at a time).
 
   With `pixel_extractor` and fewer images than pixels, the exact low-rank route of
   `frechet.fid` is used on the stacked features instead of a [D, D] covariance.
@@ -149,9 +153,11 @@ def fid_from_images(batches_a: Iterable[Any], batches_b: Iterable[Any],
 
 
 def _as_batches(images) -> Iterable[Any]:
-  """One `[B, H, W, C]` array (numpy or JAX) -> a list holding it; other iterables as given."""
+  """One `[N, H, W, C]` array (numpy or JAX) -> its `IMAGES_PER_BATCH`-image slices; other
+  iterables (of batches) as given."""
   if isinstance(images, (np.ndarray, jax.Array)) and images.ndim == 4:
-    return [images]
+    return [images[i:i + IMAGES_PER_BATCH] for i in range(0, max(len(images), 1),
+                                                           IMAGES_PER_BATCH)]
   return images
 
 
