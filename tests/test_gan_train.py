@@ -1,42 +1,19 @@
 """DCGAN training: a tiny run on MNIST-layout IDX files, resume, samples, export; metrics."""
 
-import gzip
 import json
-import struct
-import sys
 
 import numpy as np
 import pytest
 
 from gan_jax import compress, fid_vit, generators, train
+from tests import gan_train_helpers as helpers
 from vision_core import metrics_log
 from vision_core.errors import UserInputError
 
 
-def _write_idx(path, array):
-  header = struct.pack('>BBBB', 0, 0, 8, array.ndim) + struct.pack(f'>{array.ndim}I',
-                                                                   *array.shape)
-  with gzip.open(path, 'wb') as f:
-    f.write(header + array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture
 def tiny_config(tmp_path):
-  sys.path.insert(0, '.')
-  from configs import gan as gan_config  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  images = np.zeros((40, 28, 28), np.uint8)
-  for i, image in enumerate(images):  # Bars at random rows: something to learn.
-    image[rng.integers(4, 24):, 10 + i % 5:14 + i % 5] = 255
-  _write_idx(tmp_path / 't10k-images-idx3-ubyte.gz', images)
-  _write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz', np.arange(40) % 10)
-  c = gan_config.get_config('dcgan,mnist')
-  c.dataset = str(tmp_path)
-  c.generator.width = c.discriminator.width = 4
-  c.generator.latent_dim = 8
-  c.batch_size, c.total_steps, c.fid_samples, c.num_devices = 8, 4, 16, 2
-  c.log_every = c.sample_every = c.fid_every = c.checkpoint_every = 2
-  return c
+  return helpers.tiny_config(tmp_path)
 
 
 def test_train_resume_samples_and_export(tiny_config, tmp_path, monkeypatch):
