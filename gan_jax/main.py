@@ -16,6 +16,8 @@ At the end the EMA generator is exported to `DIR/generator.npz` (for gan_jax.com
 the last training metrics and FIDs to `DIR/final.json` (a re-run of a finished workdir keeps
 the latter).
 DIR is a local folder or a bucket URI (`gs://bucket/run`, via `vision_core.io`).
+A run refused before it trains (a bad field, dataset or preprocessing, an unreadable image
+among the FID's real images or in the first batch) writes nothing to DIR.
 """
 
 from __future__ import annotations
@@ -107,28 +109,40 @@ def run(config, workdir: str) -> dict:
   devices = jax.devices()[:config.get('num_devices', 0) or None]
   mesh = mesh_lib.make_mesh(devices=devices)
   mesh_lib.check_batch_size(config.batch_size, mesh, field='config.batch_size')
-  fid_vit = _make_fid_vit(config, mesh)  # Before anything else: a bad checkpoint fails fast.
-  source = data.get_source(config.dataset, config.split)
-  _check_image_shape(source, config)
-  loader = data.train_loader(source, global_batch_size=config.batch_size,
-                             preprocess=config.preprocess, seed=config.seed)
-  iterator = iter(loader)
-  key = jax.random.PRNGKey(config.seed)
-  state = jax.device_put(train.init_state(config, key), mesh_lib.replicated(mesh))
+  step_fn = train.make_train_step(config=config, mesh=mesh)  # checks config.loss
+  # Nothing is written to the workdir until every check has passed and the data the run
+  # needs (the FID's real images, a fresh run's first batch) is read: a refused run leaves a
+  # fresh workdir as it was (opening the Checkpointer creates nothing; its folder is made at
+  # the first save).
   ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'))
-  restored = ckpt.latest_step() is not None
-  if restored:
-    state = run_config.resume(ckpt, state, config, workdir, data_iterator=iterator,
-                              global_batch_size=config.batch_size)
+  try:
+    restored = ckpt.latest_step() is not None
+    fid_vit = _make_fid_vit(config, mesh)  # Before the data: a bad checkpoint fails fast.
+    source = data.get_source(config.dataset, config.split)
+    _check_image_shape(source, config)
+    loader = data.train_loader(source, global_batch_size=config.batch_size,
+                               preprocess=config.preprocess, seed=config.seed)
+    iterator = iter(loader)
+    key = jax.random.PRNGKey(config.seed)
+    state = jax.device_put(train.init_state(config, key), mesh_lib.replicated(mesh))
+    if restored:
+      state = run_config.resume(ckpt, state, config, workdir, data_iterator=iterator,
+                                global_batch_size=config.batch_size)
+    real = _real_images(source, config) if config.fid_every > 0 else None
+    # A fresh run's first batch, read now: an image that fails only when decoded refuses
+    # the run before anything is written. Step 1 trains on it.
+    pending = [] if restored else [next(iterator)]
+  except BaseException:
+    ckpt.close()
+    raise
   start = int(state['step'])
+  io.makedirs(workdir)
   run_config.write(config, workdir)
-  step_fn = train.make_train_step(config=config, mesh=mesh)
   g_module = generators.build(config.generator.to_dict())
   sample_fn = jax.jit(lambda p, z: g_module.apply({'params': p}, z))
   latent = generators.latent_dim(config.generator.to_dict())
   fixed_z = np.asarray(jax.random.normal(jax.random.PRNGKey(1234), (64, latent)))
   fid_z = np.asarray(jax.random.normal(jax.random.PRNGKey(4321), (config.fid_samples, latent)))
-  real = _real_images(source, config) if config.fid_every > 0 else None
   log = metrics_log.MetricsLog(workdir, resume_step=start if restored else -1)
   bar = metrics_log.Progress(total_steps=config.total_steps, initial_step=start,
                              images_per_step=config.batch_size)
@@ -169,7 +183,8 @@ def run(config, workdir: str) -> dict:
 
   state = loop.run(
       state, step_fn=lambda state, step: step_fn(
-          state, mesh_lib.shard_batch(next(iterator)['image'], mesh), key),
+          state, mesh_lib.shard_batch((pending.pop() if pending else next(iterator))['image'],
+                                      mesh), key),
       first_step=start, total_steps=config.total_steps, log=log, close=(bar, ckpt),
       hooks=[loop.Every(config.log_every, write_metrics),
              loop.Every(config.sample_every, write_samples),

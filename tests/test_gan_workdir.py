@@ -1,0 +1,77 @@
+"""What `gan_jax.main` leaves in its workdir around the run itself: a run refused before
+training starts."""
+
+import os
+
+import numpy as np
+import pytest
+
+from gan_jax import main
+from tests import gan_train_helpers as helpers
+from vision_core.errors import UserInputError
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+  config = helpers.tiny_config(tmp_path)
+  config.fid_vit_checkpoint = ''  # no ViT to load; pixel_fd still needs the real images
+  return config
+
+
+def _snapshot(root):
+  """Every file under `root` with its size and modification time: what a re-run may not
+  change (a file rewritten with the same bytes counts as changed)."""
+  return {os.path.relpath(os.path.join(d, n), root): (os.stat(os.path.join(d, n)).st_size,
+                                                      os.stat(os.path.join(d, n)).st_mtime_ns)
+          for d, _, names in os.walk(root) for n in names}
+
+
+def _unreadable_images(root, config, fid_every):
+  """`config` on an image folder whose class 'b' holds only files that are not images: the
+  first one listed (class 'a', which gives the image shape) is fine, the FID's real images
+  and the first batch are not."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for cls in 'ab':
+    os.makedirs(root / 'train' / cls)
+    for i in range(8):
+      path = root / 'train' / cls / f'{i}.png'
+      if cls == 'a':
+        Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(path)
+      else:
+        path.write_text('not an image')
+  config.dataset, config.split, config.generator.channels = str(root), 'train', 3
+  config.fid_every = fid_every
+  return config
+
+
+REFUSED = {
+    'dataset path': dict(dataset='/nonexistent/mnist'),
+    'batch size': dict(batch_size=7),  # 2 devices
+    'loss': dict(loss='hinge'),
+    'pp op': dict(preprocess='value_range(-1,1)|bogus(3)'),
+    'pp shape': dict(preprocess='resize(32)|value_range(-1,1)'),
+}
+
+
+@pytest.mark.parametrize('name', sorted(REFUSED) + ['real images', 'first batch'])
+def test_a_refused_run_creates_nothing_in_a_fresh_workdir(tiny_config, tmp_path, name):
+  if name in REFUSED:
+    for field, value in REFUSED[name].items():
+      setattr(tiny_config, field, value)
+  else:
+    _unreadable_images(tmp_path / 'bad', tiny_config, fid_every=2 if name == 'real images'
+                       else 0)
+  with pytest.raises(UserInputError):
+    main.run(tiny_config, str(tmp_path / 'runs' / 'w'))
+  assert not os.path.exists(tmp_path / 'runs')
+
+
+def test_a_refused_run_leaves_an_existing_workdir_as_it_was(tiny_config, tmp_path):
+  workdir = tmp_path / 'w'
+  os.makedirs(workdir / 'checkpoints')  # empty: e.g. left by an earlier version
+  (workdir / 'notes.txt').write_text('mine')
+  before = _snapshot(workdir)
+  with pytest.raises(UserInputError, match='not a readable image'):
+    main.run(_unreadable_images(tmp_path / 'bad', tiny_config, fid_every=0), str(workdir))
+  assert _snapshot(workdir) == before
+  assert sorted(os.listdir(workdir)) == ['checkpoints', 'notes.txt']
