@@ -13,8 +13,10 @@ training images are logged (split 'eval'):
     input, see `gan_jax.fid_vit`). The real statistics are cached in `DIR/fid_stats/`.
   * `pixel_fd`: the Frechet distance of Gaussians fitted to raw (downsampled) pixels.
 At the end the EMA generator is exported to `DIR/generator.npz` (for gan_jax.compress) and
-the last training metrics and FIDs to `DIR/final.json` (a re-run of a finished workdir keeps
-the latter).
+the last training metrics and FIDs to `DIR/final.json`. The same command run again on a
+finished run (latest checkpoint at `total_steps`, `final.json` written for it) says that the
+run is complete, prints `final.json` and changes nothing, without reading the data; a raised
+`total_steps` continues the run.
 DIR is a local folder or a bucket URI (`gs://bucket/run`, via `vision_core.io`).
 A run refused before it trains (a bad field, dataset or preprocessing, an unreadable image
 among the FID's real images or in the first batch) writes nothing to DIR.
@@ -116,7 +118,14 @@ def run(config, workdir: str) -> dict:
   # the first save).
   ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'))
   try:
-    restored = ckpt.latest_step() is not None
+    latest = ckpt.latest_step()
+    done = run_config.finished(config, workdir, latest)
+    if done is not None:  # The same command again: its result, not a second export.
+      ckpt.close()
+      if jax.process_index() == 0:
+        print(json.dumps(done, indent=2))
+      return done
+    restored = latest is not None
     fid_vit = _make_fid_vit(config, mesh)  # Before the data: a bad checkpoint fails fast.
     source = data.get_source(config.dataset, config.split)
     _check_image_shape(source, config)
@@ -195,11 +204,8 @@ def run(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     generators.save(io.join(workdir, 'generator.npz'), config.generator.to_dict(),
                     jax.device_get(state['ema']), overwrite=True)
-  final_path = io.join(workdir, 'final.json')
-  if not logged and not evaluated and io.exists(final_path):  # Already finished: keep it.
-    return json.loads(io.read_bytes(final_path))
   final = {'step': int(state['step']), **logged, **evaluated}
-  metrics_log.write_json(final_path, final)
+  metrics_log.write_json(io.join(workdir, 'final.json'), final)
   return final
 
 

@@ -132,11 +132,14 @@ def test_resume_names_the_config_fields_that_changed(tiny_config, tmp_path, capl
   from gan_jax import main  # pylint: disable=g-import-not-at-top
   tiny_config.fid_vit_checkpoint = ''
   workdir = str(tmp_path / 'run')
+  tiny_config.total_steps = 2
   main.run(tiny_config, workdir)
   assert json.loads((tmp_path / 'run' / 'config.json').read_text())['generator']['width'] == 4
+  # Run on: the same command on a finished run would only say that it is complete.
+  tiny_config.total_steps = 4
   tiny_config.generator.width = 8  # the checkpoint no longer fits
   with pytest.raises(UserInputError, match=r"(?s)array shapes differ.*changed since the last "
-                     r"run in this workdir .*: generator\.width 4 -> 8\."):
+                     r"run in this workdir .*: generator\.width 4 -> 8; total_steps 2 -> 4\."):
     main.run(tiny_config, workdir)
   tiny_config.generator.width = 4
   tiny_config.lr_g *= 0.5  # fits: resumed, and said once

@@ -1,6 +1,7 @@
-"""What `gan_jax.main` leaves in its workdir around the run itself: a run refused before
-training starts."""
+"""What `gan_jax.main` leaves in (and takes from) its workdir around the run itself: a
+finished run started again, and a run refused before training starts."""
 
+import json
 import os
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 from gan_jax import main
 from tests import gan_train_helpers as helpers
+from vision_core import data, metrics_log
 from vision_core.errors import UserInputError
 
 
@@ -24,6 +26,37 @@ def _snapshot(root):
   return {os.path.relpath(os.path.join(d, n), root): (os.stat(os.path.join(d, n)).st_size,
                                                       os.stat(os.path.join(d, n)).st_mtime_ns)
           for d, _, names in os.walk(root) for n in names}
+
+
+def test_a_finished_run_started_again_does_nothing_and_returns_its_result(
+    tiny_config, tmp_path, capsys, monkeypatch):
+  workdir = tmp_path / 'run'
+  first = main.run(tiny_config, str(workdir))
+  capsys.readouterr()
+  before = _snapshot(workdir)
+  with monkeypatch.context() as patch:  # No duplicate work: not even the dataset is read.
+    patch.setattr(data, 'get_source', lambda *a, **k: pytest.fail('dataset read again'))
+    patch.setattr(main, '_real_images', lambda *a, **k: pytest.fail('real images read again'))
+    again = main.run(tiny_config, str(workdir))
+    out = capsys.readouterr().out
+  assert again == first
+  assert f'{workdir}: the run is already complete at step 4; its result is ' \
+         f'{workdir / "final.json"}' in out
+  assert json.dumps(first, indent=2) in out
+  assert _snapshot(workdir) == before  # generator.npz, final.json, config.json: untouched
+  # A higher total_steps continues the run, with FID at its new end.
+  tiny_config.total_steps = 6
+  longer = main.run(tiny_config, str(workdir))
+  rows = metrics_log.read_jsonl(workdir / 'metrics.jsonl')
+  assert [r['step'] for r in rows if r['split'] == 'train'] == [2, 4, 6]
+  assert [r['step'] for r in rows if r['split'] == 'eval'] == [2, 4, 6]
+  assert longer['step'] == 6 and 'pixel_fd' in longer
+  assert json.loads((workdir / 'final.json').read_text()) == longer
+  # A final.json older than the latest checkpoint (a run stopped before writing it) is not a
+  # finished run's: the run ends again and writes it for its step.
+  (workdir / 'final.json').write_text(json.dumps({'step': 4}))
+  assert main.run(tiny_config, str(workdir))['step'] == 6
+  assert json.loads((workdir / 'final.json').read_text())['step'] == 6
 
 
 def _unreadable_images(root, config, fid_every):
