@@ -25,6 +25,7 @@ among the FID's real images or in the first batch) writes nothing to DIR.
 from __future__ import annotations
 
 import json
+import sys
 import os
 
 import jax
@@ -62,6 +63,11 @@ def _real_images(source, config) -> np.ndarray:
   """
   from vision_core.data import preprocess as pp_lib  # pylint: disable=g-import-not-at-top
   pp = pp_lib.parse(config.preprocess)
+  if len(source) < config.fid_samples:  # FID's bias grows as the sets shrink: say so.
+    print(f'config.fid_samples={config.fid_samples}, but {config.dataset} ({config.split}) has '
+          f'{len(source)} images: FID compares {config.fid_samples} samples with all '
+          f'{len(source)}; values are not comparable with {config.fid_samples}-image FIDs.',
+          file=sys.stderr)
   indices = np.random.default_rng(0).permutation(len(source))[:config.fid_samples]
   return np.stack([report.to_uint8(pp(source[int(i)], np.random.default_rng(int(i)))['image'])
                    for i in indices])

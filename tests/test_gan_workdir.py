@@ -108,3 +108,17 @@ def test_a_refused_run_leaves_an_existing_workdir_as_it_was(tiny_config, tmp_pat
     main.run(_unreadable_images(tmp_path / 'bad', tiny_config, fid_every=0), str(workdir))
   assert _snapshot(workdir) == before
   assert sorted(os.listdir(workdir)) == ['checkpoints', 'notes.txt']
+
+
+def test_fewer_real_images_than_fid_samples_is_said(tiny_config, tmp_path, capsys):
+  """FID against fewer real images than samples is biased; the run used to say nothing."""
+  source = data.get_source(tiny_config.dataset, split=tiny_config.split)
+  tiny_config.fid_samples = 100
+  real = main._real_images(source, tiny_config)  # pylint: disable=protected-access
+  assert real.shape[0] == len(source) == 40
+  err = capsys.readouterr().err
+  assert 'config.fid_samples=100, but' in err
+  assert 'has 40 images: FID compares 100 samples with all 40' in err
+  tiny_config.fid_samples = 16
+  assert main._real_images(source, tiny_config).shape[0] == 16  # pylint: disable=protected-access
+  assert capsys.readouterr().err == ''
