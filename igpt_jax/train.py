@@ -137,8 +137,17 @@ class EvalSubset:
 
 
 def get_palette(config, source, workdir: str) -> np.ndarray:
-  """The run's palette, saved as `workdir/palette.npy` (its outputs then hold everything
-  `complete`, `probe` and a later `init_from` need).
+  """The run's palette (`choose_palette`), saved as `workdir/palette.npy` if not yet there
+  (its outputs then hold everything `complete`, `probe` and a later `init_from` need)."""
+  centers, new = choose_palette(config, source, workdir)
+  if new:
+    _save_palette_once(io.join(workdir, 'palette.npy'), centers)
+  return centers
+
+
+def choose_palette(config, source, workdir: str) -> tuple[np.ndarray, bool]:
+  """The run's palette, and whether it is new to the workdir (to be saved as its
+  `palette.npy`); writes nothing.
 
   `config.palette`, else the palette beside `init_from`, else the workdir's saved one (a
   resumed run), else one fitted on training pixels. A saved palette that differs from the
@@ -163,7 +172,7 @@ def get_palette(config, source, workdir: str) -> np.ndarray:
     if wanted is not None and not np.array_equal(centers, wanted):
       raise UserInputError(f'{saved}: this workdir\'s palette differs from the one of '
                            f'{origin}; resume with the same palette, or use a new workdir.')
-    return centers
+    return centers, False
   if wanted is None:
     rng = np.random.default_rng(config.seed)
     idx = rng.choice(len(source), min(config.palette_fit_images, len(source)), replace=False)
@@ -171,8 +180,7 @@ def get_palette(config, source, workdir: str) -> np.ndarray:
     pixels = np.stack([resize(source[int(i)])['image'] for i in idx])
     wanted = palette_lib.fit_palette(pixels, num_clusters=config.vocab_size, seed=config.seed,
                                      steps=config.palette_fit_steps)
-  _save_palette_once(saved, wanted)
-  return wanted
+  return wanted, True
 
 
 def _palette_beside(init_from: str) -> tuple[str | None, list[str]]:
@@ -248,30 +256,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains per `config`, resuming from `workdir`'s checkpoints; returns the final metrics."""
   mesh_lib.initialize_distributed()
   workdir = io.abspath(workdir)
-  io.makedirs(workdir)
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.batch_size, mesh, field='batch_size')
-  train_source, test_source = _source(config, config.train_split), _source(config,
-                                                                           config.test_split)
-  model = build_model(config, train_source.num_classes)
-  key = jax.random.PRNGKey(config.seed)
-  params = initial_params(config, model, key)  # A bad init_from fails before any output.
-  centers = jax.device_put(jnp.asarray(get_palette(config, train_source, workdir)),
-                           mesh_lib.replicated(mesh))
-  optimizer = make_optimizer(config)
-  state = jax.device_put(dict(params=params, opt_state=optimizer.init(params),
-                              step=jnp.int32(0)), mesh_lib.replicated(mesh))
-  loader = data.train_loader(train_source, global_batch_size=config.batch_size,
-                             preprocess=palette_lib.preprocess_spec(config.image_size),
-                             seed=config.seed)
-  it = iter(loader)
+  # Nothing is written to the workdir until every check has passed and a fresh run's first
+  # batch is read: a refused run leaves a fresh workdir as it was (opening the Checkpointer
+  # creates nothing; its folder is made at the first save).
   ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'),
                                     max_to_keep=config.keep_checkpoints)
-  restored = ckpt.latest_step() is not None
-  if restored:
-    state = run_config.resume(ckpt, state, config, workdir, data_iterator=it,
-                              global_batch_size=config.batch_size)
+  try:
+    restored = ckpt.latest_step() is not None
+    train_source, test_source = _source(config, config.train_split), _source(
+        config, config.test_split)
+    model = build_model(config, train_source.num_classes)
+    key = jax.random.PRNGKey(config.seed)
+    params = initial_params(config, model, key)
+    # A new palette is saved with the outputs: a palette left by a refused run would be
+    # taken over by the corrected one (another init_from, another palette).
+    palette, new_palette = choose_palette(config, train_source, workdir)
+    centers = jax.device_put(jnp.asarray(palette), mesh_lib.replicated(mesh))
+    optimizer = make_optimizer(config)
+    state = jax.device_put(dict(params=params, opt_state=optimizer.init(params),
+                                step=jnp.int32(0)), mesh_lib.replicated(mesh))
+    loader = data.train_loader(train_source, global_batch_size=config.batch_size,
+                               preprocess=palette_lib.preprocess_spec(config.image_size),
+                               seed=config.seed)
+    it = iter(loader)
+    if restored:
+      state = run_config.resume(ckpt, state, config, workdir, data_iterator=it,
+                                global_batch_size=config.batch_size)
+    # A fresh run's first batch, read now: an image that fails only when decoded refuses
+    # the run before anything is written. Step 1 trains on it (the stream is unchanged).
+    pending = [] if restored else [next(it)]
+  except BaseException:
+    ckpt.close()
+    raise
   first = int(state['step'])
+  io.makedirs(workdir)
+  if new_palette:
+    _save_palette_once(io.join(workdir, 'palette.npy'), palette)
   run_config.write(config, workdir)
   train_step = make_train_step(model=model, optimizer=optimizer, objective=config.objective,
                                gen_loss_weight=config.gen_loss_weight,
@@ -312,8 +334,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                 for k, v in result['test'].items()))
 
   state = loop.run(
-      state, step_fn=lambda state, step: train_step(state, mesh_lib.shard_batch(next(it), mesh),
-                                                    centers, key),
+      state, step_fn=lambda state, step: train_step(
+          state, mesh_lib.shard_batch(pending.pop() if pending else next(it), mesh), centers,
+          key),
       first_step=first, total_steps=config.total_steps, log=log, close=(bar, ckpt),
       hooks=[loop.Every(config.log_every, write_metrics),
              loop.Every(config.eval_every, write_test),

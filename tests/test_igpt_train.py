@@ -148,20 +148,34 @@ def test_the_palette_beside_openai_or_hf_weights_is_found(tmp_path):
     train.get_palette(config, None, str(tmp_path / 'run3'))
 
 
-def test_a_mismatched_init_from_fails_before_writing_to_the_workdir(tmp_path):
+def image_folder(root, classes=('a', 'b'), per_class=2, seed=6):
+  """A train/test image folder of random 8x8 RGB images, `per_class` per class and split."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from igpt_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(6)
+  rng = np.random.default_rng(seed)
   for split in ('train', 'test'):
-    for label in ('a', 'b'):
-      folder = tmp_path / 'data' / split / label
+    for label in classes:
+      folder = root / split / label
       folder.mkdir(parents=True)
-      for i in range(2):
+      for i in range(per_class):
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
             folder / f'{i}.png')
-  (tmp_path / 'pre').mkdir()
-  checkpoint.save(tmp_path / 'pre' / 'params.npz', random_params(tiny_model(n_ctx=16)))
-  np.save(tmp_path / 'pre' / 'palette.npy', rng.uniform(-1, 1, (512, 3)).astype(np.float32))
+  return root
+
+
+def pretrained(folder, model, seed=6):
+  """Random weights of `model` saved as `folder/params.npz`, with a palette beside them."""
+  from igpt_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  folder.mkdir()
+  params = random_params(model, seed=seed)
+  checkpoint.save(folder / 'params.npz', params)
+  np.save(folder / 'palette.npy',
+          np.random.default_rng(seed).uniform(-1, 1, (512, 3)).astype(np.float32))
+  return params
+
+
+def test_a_mismatched_init_from_fails_before_writing_to_the_workdir(tmp_path):
+  image_folder(tmp_path / 'data')
+  pretrained(tmp_path / 'pre', tiny_model(n_ctx=16))
   config = tiny_config(tmp_path / 'data', objective='finetune', batch_size=8,
                        init_from=str(tmp_path / 'pre' / 'params.npz'))  # n_ctx 64, not 16.
   with pytest.raises(UserInputError, match=r'wpe: expected \(64, 32\), found \(16, 32\)'):

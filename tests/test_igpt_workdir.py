@@ -1,0 +1,83 @@
+"""What `igpt_jax.main` leaves in its workdir around the run itself: a run refused before
+training starts."""
+
+import os
+
+import numpy as np
+import pytest
+
+from igpt_jax import train
+from tests.test_igpt_model import tiny_model
+from tests.test_igpt_train import image_folder, pretrained, tiny_config
+from vision_core.errors import UserInputError
+
+
+def _tree(root):
+  """Every file and folder under `root`, with file sizes."""
+  return sorted((os.path.relpath(os.path.join(d, n), root), os.path.getsize(os.path.join(d, n)))
+                for d, _, names in os.walk(root) for n in names + ['']
+                if n or d != str(root))
+
+
+def _run_config(tmp_path, **overrides):
+  """A 2-step run on an 8x8 two-class image folder with a given palette."""
+  data = tmp_path / 'data'
+  if not data.exists():
+    image_folder(data, per_class=4)
+    np.save(tmp_path / 'palette.npy',
+            np.random.default_rng(1).uniform(-1, 1, (512, 3)).astype(np.float32))
+  overrides = {**dict(batch_size=8, total_steps=2, eval_every=2, checkpoint_every=2,
+                      log_every=1, warmup_steps=1, sample_grid=False,
+                      palette=str(tmp_path / 'palette.npy')), **overrides}
+  return tiny_config(data, **overrides)
+
+
+def _unreadable_train_images(tmp_path):
+  """The train class 'b' holds files that are not images: the first batch (all 8
+  train examples) fails when decoded; listing them does not."""
+  config = _run_config(tmp_path)
+  for path in (tmp_path / 'data' / 'train' / 'b').iterdir():
+    path.write_text('not an image')
+  return config
+
+
+def _mismatched_init_from(tmp_path):
+  pretrained(tmp_path / 'pre', tiny_model(n_ctx=16))  # The run's n_ctx is 64.
+  return _run_config(tmp_path, objective='finetune', palette='',
+                     init_from=str(tmp_path / 'pre' / 'params.npz'))
+
+
+def _init_from_without_palette(tmp_path):
+  pretrained(tmp_path / 'pre', tiny_model(n_ctx=64, num_classes=2))
+  (tmp_path / 'pre' / 'palette.npy').unlink()
+  return _run_config(tmp_path, objective='finetune', palette='',
+                     init_from=str(tmp_path / 'pre' / 'params.npz'))
+
+
+REFUSED = {
+    'objective': lambda tmp_path: _run_config(tmp_path, objective='gan'),
+    'dtype': lambda tmp_path: _run_config(tmp_path, dtype='float64'),
+    'init_from': _mismatched_init_from,
+    'init_from palette': _init_from_without_palette,
+    'first batch': _unreadable_train_images,
+}
+
+
+@pytest.mark.parametrize('name', sorted(REFUSED))
+def test_a_refused_run_creates_nothing_in_a_fresh_workdir(tmp_path, name):
+  config = REFUSED[name](tmp_path)
+  with pytest.raises((UserInputError, FileNotFoundError)):
+    train.train_and_evaluate(config, str(tmp_path / 'runs' / 'w'))
+  assert not os.path.exists(tmp_path / 'runs')
+
+
+def test_a_refused_run_leaves_an_existing_workdir_as_it_was(tmp_path):
+  workdir = tmp_path / 'w'
+  os.makedirs(workdir / 'checkpoints')  # empty: e.g. left by an earlier version
+  (workdir / 'notes.txt').write_text('mine')
+  before = _tree(workdir)
+  with pytest.raises(UserInputError, match='not a readable image'):
+    train.train_and_evaluate(_unreadable_train_images(tmp_path), str(workdir))
+  assert _tree(workdir) == before
+  assert (workdir / 'notes.txt').read_text() == 'mine'
+
