@@ -4,7 +4,8 @@ r"""Train or fine-tune Image GPT: `python -m igpt_jax.main --config FILE:ARGS --
   python -m igpt_jax.main --config configs/igpt.py:tiny,cifar10,finetune \
       --workdir runs/igpt_ft --config.init_from=runs/igpt_tiny/params.npz
 
-A workdir that already holds checkpoints is resumed from the latest one. See configs/igpt.py.
+A workdir that already holds checkpoints is resumed from the latest one; a finished run (its
+final.json written for that step) is left as it is and its result printed. See configs/igpt.py.
 """
 
 from __future__ import annotations

@@ -264,7 +264,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'),
                                     max_to_keep=config.keep_checkpoints)
   try:
-    restored = ckpt.latest_step() is not None
+    latest = ckpt.latest_step()
+    done = run_config.finished(config, workdir, latest)
+    if done is not None:  # The same command again: its result, not a second evaluation.
+      ckpt.close()
+      if jax.process_index() == 0:
+        print(json.dumps(done, indent=2))
+      return done
+    restored = latest is not None
     train_source, test_source = _source(config, config.train_split), _source(
         config, config.test_split)
     model = build_model(config, train_source.num_classes)

@@ -1,6 +1,7 @@
-"""What `igpt_jax.main` leaves in its workdir around the run itself: a run refused before
-training starts."""
+"""What `igpt_jax.main` leaves in (and takes from) its workdir around the run itself: a run
+refused before training starts, and a finished run started again."""
 
+import json
 import os
 
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 
 from igpt_jax import train
 from tests.test_igpt_model import tiny_model
-from tests.test_igpt_train import image_folder, pretrained, tiny_config
+from tests.test_igpt_train import _grey_run_config, image_folder, pretrained, tiny_config
+from vision_core import metrics_log
 from vision_core.errors import UserInputError
 
 
@@ -17,6 +19,14 @@ def _tree(root):
   return sorted((os.path.relpath(os.path.join(d, n), root), os.path.getsize(os.path.join(d, n)))
                 for d, _, names in os.walk(root) for n in names + ['']
                 if n or d != str(root))
+
+
+def _snapshot(root):
+  """Every file under `root` with its size and modification time: what a re-run may not
+  change (a file rewritten with the same bytes counts as changed)."""
+  return {os.path.relpath(os.path.join(d, n), root): (os.stat(os.path.join(d, n)).st_size,
+                                                      os.stat(os.path.join(d, n)).st_mtime_ns)
+          for d, _, names in os.walk(root) for n in names}
 
 
 def _run_config(tmp_path, **overrides):
@@ -81,3 +91,28 @@ def test_a_refused_run_leaves_an_existing_workdir_as_it_was(tmp_path):
   assert _tree(workdir) == before
   assert (workdir / 'notes.txt').read_text() == 'mine'
 
+
+def test_a_finished_run_started_again_does_nothing_and_returns_its_result(
+    tmp_path, capsys, monkeypatch):
+  _, _, config = _grey_run_config(tmp_path)  # sample_grid on: samples.png is drawn.
+  workdir = tmp_path / 'run'
+  final = train.train_and_evaluate(config, str(workdir))
+  assert (workdir / 'samples.png').exists()
+  capsys.readouterr()
+  before = _snapshot(workdir)
+  with monkeypatch.context() as patch:  # No duplicate work: not even the dataset is read.
+    patch.setattr(train, '_source', lambda *a, **k: pytest.fail('dataset read again'))
+    again = train.train_and_evaluate(config, str(workdir))
+    out = capsys.readouterr().out
+  assert again == json.loads(json.dumps(final))
+  assert f'{workdir}: the run is already complete at step 2; its result is ' \
+         f'{workdir / "final.json"}' in out
+  assert json.loads(out[out.index('{'):]) == again  # final.json's result, printed.
+  assert _snapshot(workdir) == before  # Nothing rewritten, no row appended.
+  # A raised total_steps continues the run, with one test evaluation at its new end.
+  config.total_steps = 3
+  longer = train.train_and_evaluate(config, str(workdir))
+  assert longer['step'] == 3
+  rows = metrics_log.read_jsonl(workdir / 'metrics.jsonl')
+  assert [r['step'] for r in rows if r['split'] == 'test'] == [0, 2, 3]
+  assert json.loads((workdir / 'final.json').read_text())['step'] == 3
