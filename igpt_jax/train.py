@@ -227,10 +227,21 @@ def initial_params(config, model, key) -> Any:
           'bits/dim and samples.png measure the head learned from gen_loss_weight '
           f'={config.gen_loss_weight}.')
   flat, new = npz.flatten(loaded), npz.flatten(params)
-  flat = {k: v for k, v in flat.items() if k != 'clf/wclf' or 'clf/wclf' in new}
-  if 'clf/wclf' in new and 'clf/wclf' not in flat:
-    flat['clf/wclf'] = np.asarray(new['clf/wclf'])  # A fresh (zero) head for fine-tuning.
-  return igpt_checkpoint.check_params(flat, model, source=config.init_from)
+  head, fresh = flat.pop('clf/wclf', None), new.get('clf/wclf')
+  # Fine-tuning keeps a head trained for the dataset's classes; one for another class count
+  # (weights fine-tuned elsewhere, HF's score of another dataset) is replaced by the model's
+  # own zero head, as vit does. A head of another width stays, to be listed with the other
+  # mismatches of those weights.
+  replaced = (head is not None and fresh is not None and np.ndim(head) == 2 and
+              np.shape(head)[1:] == np.shape(fresh)[1:] and np.shape(head) != np.shape(fresh))
+  if fresh is not None:
+    flat['clf/wclf'] = np.asarray(fresh) if head is None or replaced else head
+  params = igpt_checkpoint.check_params(flat, model, source=config.init_from)
+  if replaced:
+    print(f'init_from={config.init_from}: its head clf/wclf has {np.shape(head)[0]} classes, '
+          f'the dataset has {np.shape(fresh)[0]}; a new clf/wclf head for them starts from '
+          'zero.')
+  return params
 
 
 def _source(config, split):

@@ -184,6 +184,37 @@ def test_a_mismatched_init_from_fails_before_writing_to_the_workdir(tmp_path):
   assert not (tmp_path / 'run' / 'palette.npy').exists()
 
 
+def test_finetuning_replaces_a_head_with_another_class_count(tmp_path, capsys):
+  """Weights fine-tuned on 3 classes, fine-tuned again on a 2-class dataset: the head starts
+  afresh (zero, as the model's own), every other weight as loaded; was a mis-shaped
+  clf/wclf error."""
+  from vision_core import npz  # pylint: disable=g-import-not-at-top
+  image_folder(tmp_path / 'data', per_class=4)
+  loaded = npz.flatten(pretrained(tmp_path / 'pre', tiny_model(n_ctx=64, num_classes=3)))
+  config = tiny_config(tmp_path / 'data', objective='finetune', batch_size=8, total_steps=2,
+                       eval_every=2, checkpoint_every=2, log_every=1, warmup_steps=1,
+                       sample_grid=False, init_from=str(tmp_path / 'pre' / 'params.npz'))
+  model = train.build_model(config, num_classes=2)
+  params = npz.flatten(train.initial_params(config, model, jax.random.PRNGKey(0)))
+  out = capsys.readouterr().out
+  assert 'clf/wclf has 3 classes' in out and 'has 2' in out and 'starts from zero' in out
+  assert params['clf/wclf'].shape == (2, 32) and not np.any(params['clf/wclf'])
+  assert params.keys() == loaded.keys()
+  for name in sorted(set(loaded) - {'clf/wclf'}):
+    np.testing.assert_array_equal(params[name], loaded[name], err_msg=name)
+  result = train.train_and_evaluate(config, tmp_path / 'run')  # And the run fine-tunes it.
+  assert result['step'] == 2 and 0.0 <= result['test']['accuracy'] <= 1.0
+  with np.load(tmp_path / 'run' / 'params.npz') as tuned:
+    assert tuned['clf/wclf'].shape == (2, 32) and np.any(tuned['clf/wclf'])
+
+  # Any other mismatch is still an error naming it, the head aside.
+  pretrained(tmp_path / 'small', tiny_model(n_ctx=16, num_classes=3))
+  config.init_from = str(tmp_path / 'small' / 'params.npz')
+  with pytest.raises(UserInputError, match=r'wpe: expected \(64, 32\)') as error:
+    train.initial_params(config, model, jax.random.PRNGKey(0))
+  assert 'clf/wclf' not in str(error.value)
+
+
 def test_sample_grid_of_a_test_split_smaller_than_four_images(tmp_path):
   model = tiny_model(n_ctx=16)
   params = random_params(model)
