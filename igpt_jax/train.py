@@ -26,6 +26,7 @@ import optax
 from igpt_jax import checkpoint as igpt_checkpoint
 from igpt_jax import model as igpt_model
 from igpt_jax import palette as palette_lib
+from igpt_jax import run_palette
 from igpt_jax import sample as igpt_sample
 from vision_core import checkpointing, data, io, loop, mesh as mesh_lib, metrics_log, npz, optim
 from vision_core import run_config
@@ -136,70 +137,6 @@ class EvalSubset:
     return self.source[int(self.indices[i])]
 
 
-def get_palette(config, source, workdir: str) -> np.ndarray:
-  """The run's palette (`choose_palette`), saved as `workdir/palette.npy` if not yet there
-  (its outputs then hold everything `complete`, `probe` and a later `init_from` need)."""
-  centers, new = choose_palette(config, source, workdir)
-  if new:
-    _save_palette_once(io.join(workdir, 'palette.npy'), centers)
-  return centers
-
-
-def choose_palette(config, source, workdir: str) -> tuple[np.ndarray, bool]:
-  """The run's palette, and whether it is new to the workdir (to be saved as its
-  `palette.npy`); writes nothing.
-
-  `config.palette`, else the palette beside `init_from`, else the workdir's saved one (a
-  resumed run), else one fitted on training pixels. A saved palette that differs from the
-  configured one is an error: the workdir's checkpoints learned the saved colours.
-  """
-  saved = io.join(workdir, 'palette.npy')
-  wanted, origin = None, ''
-  if config.palette:
-    wanted = palette_lib.load_palette(config.palette, num_clusters=config.vocab_size)
-    origin = f'palette={config.palette}'
-  elif config.init_from:  # The weights only make sense with the palette they learned.
-    beside, looked = _palette_beside(config.init_from)
-    if beside:
-      wanted = palette_lib.load_palette(beside, num_clusters=config.vocab_size)
-      origin = f'init_from={config.init_from} (its {beside})'
-    elif not io.exists(saved):
-      raise UserInputError(f'init_from={config.init_from}: pass the palette those weights '
-                           f'were trained with (--config.palette=...); none of '
-                           f'{", ".join(looked)} exists.')
-  if io.exists(saved):
-    centers = palette_lib.load_palette(saved, num_clusters=config.vocab_size)
-    if wanted is not None and not np.array_equal(centers, wanted):
-      raise UserInputError(f'{saved}: this workdir\'s palette differs from the one of '
-                           f'{origin}; resume with the same palette, or use a new workdir.')
-    return centers, False
-  if wanted is None:
-    rng = np.random.default_rng(config.seed)
-    idx = rng.choice(len(source), min(config.palette_fit_images, len(source)), replace=False)
-    resize = data.parse_preprocess(palette_lib.preprocess_spec(config.image_size))
-    pixels = np.stack([resize(source[int(i)])['image'] for i in idx])
-    wanted = palette_lib.fit_palette(pixels, num_clusters=config.vocab_size, seed=config.seed,
-                                     steps=config.palette_fit_steps)
-  return wanted, True
-
-
-def _palette_beside(init_from: str) -> tuple[str | None, list[str]]:
-  """The palette file beside the weights (in their folder, or in a folder given as weights):
-  a run's `palette.npy`, OpenAI's `kmeans_centers.npy` (download.py puts it beside the
-  checkpoint) or HF's `preprocessor_config.json`. Returns (the first that exists, all)."""
-  path = io.abspath(init_from)
-  folder = path if io.isdir(path) else io.dirname(path)
-  looked = [io.join(folder, name) for name in
-            ('palette.npy', 'kmeans_centers.npy', 'preprocessor_config.json')]
-  return next((p for p in looked if io.exists(p)), None), looked
-
-
-def _save_palette_once(path: str, centers: np.ndarray) -> None:
-  """Every process fits the same palette (same seed, same images); the first one writes it."""
-  if jax.process_index() == 0:
-    palette_lib.save_palette(path, centers)
-
-
 def build_model(config, num_classes: int = 0) -> igpt_model.ImageGPT:
   if config.objective not in OBJECTIVES:
     raise UserInputError(f'objective={config.objective!r}: expected one of '
@@ -290,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     params = initial_params(config, model, key)
     # A new palette is saved with the outputs: a palette left by a refused run would be
     # taken over by the corrected one (another init_from, another palette).
-    palette, new_palette = choose_palette(config, train_source, workdir)
+    palette, new_palette = run_palette.choose_palette(config, train_source, workdir)
     centers = jax.device_put(jnp.asarray(palette), mesh_lib.replicated(mesh))
     optimizer = make_optimizer(config)
     state = jax.device_put(dict(params=params, opt_state=optimizer.init(params),
@@ -311,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   first = int(state['step'])
   io.makedirs(workdir)
   if new_palette:
-    _save_palette_once(io.join(workdir, 'palette.npy'), palette)
+    run_palette.save_palette_once(io.join(workdir, 'palette.npy'), palette)
   run_config.write(config, workdir)
   train_step = make_train_step(model=model, optimizer=optimizer, objective=config.objective,
                                gen_loss_weight=config.gen_loss_weight,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from igpt_jax import palette as palette_lib
+from igpt_jax import run_palette
 from igpt_jax import train
 from tests.test_igpt_model import random_params, tiny_model
 from vision_core import metrics_log
@@ -109,21 +110,21 @@ def test_the_run_palette_is_saved_in_the_workdir_and_must_not_change(tmp_path):
   work.mkdir()
   config = load_config('testing,cifar10')
   config.palette = str(tmp_path / 'a.npy')
-  np.testing.assert_array_equal(train.get_palette(config, None, str(work)), a)
+  np.testing.assert_array_equal(run_palette.get_palette(config, None, str(work)), a)
   # Saved with the outputs (fine-tuning from this run's params.npz needs it beside them).
   np.testing.assert_array_equal(np.load(work / 'palette.npy'), a)
   # Resuming without --config.palette reuses it (source None: a refit would fail).
   config.palette = ''
-  np.testing.assert_array_equal(train.get_palette(config, None, str(work)), a)
+  np.testing.assert_array_equal(run_palette.get_palette(config, None, str(work)), a)
   config.palette = str(tmp_path / 'b.npy')
   with pytest.raises(UserInputError, match=r'palette\.npy: this workdir\'s palette differs'):
-    train.get_palette(config, None, str(work))
+    run_palette.get_palette(config, None, str(work))
   # Nor may init_from's own palette differ from the saved one.
   (tmp_path / 'other').mkdir()
   np.save(tmp_path / 'other' / 'palette.npy', b)
   config.palette, config.init_from = '', str(tmp_path / 'other' / 'params.npz')
   with pytest.raises(UserInputError, match='differs from the one of init_from='):
-    train.get_palette(config, None, str(work))
+    run_palette.get_palette(config, None, str(work))
 
 
 def test_the_palette_beside_openai_or_hf_weights_is_found(tmp_path):
@@ -140,12 +141,12 @@ def test_the_palette_beside_openai_or_hf_weights_is_found(tmp_path):
   for init_from, expected in (('downloads/model.ckpt-1000000', openai),
                               ('imagegpt-small', hf)):
     config.init_from = str(tmp_path / init_from)
-    np.testing.assert_array_equal(
-        train.get_palette(config, None, str(tmp_path / f'run_{expected is hf}')), expected)
+    np.testing.assert_array_equal(run_palette.get_palette(
+        config, None, str(tmp_path / f'run_{expected is hf}')), expected)
   config.init_from = str(tmp_path / 'elsewhere' / 'params.npz')
   with pytest.raises(UserInputError, match=r'none of .*elsewhere/palette\.npy, .*'
                      r'elsewhere/kmeans_centers\.npy, .*elsewhere/preprocessor_config\.json'):
-    train.get_palette(config, None, str(tmp_path / 'run3'))
+    run_palette.get_palette(config, None, str(tmp_path / 'run3'))
 
 
 def image_folder(root, classes=('a', 'b'), per_class=2, seed=6):
@@ -281,7 +282,7 @@ def test_grey_datasets_are_coded_as_rgb_pixels(tmp_path):
   np.testing.assert_array_equal(probe_tokens, tokens[order])
   config.palette, config.palette_fit_steps = '', 5
   source = data.get_source(str(tmp_path), 'train')
-  assert train.get_palette(config, source, str(tmp_path / 'fit')).shape == (512, 3)
+  assert run_palette.get_palette(config, source, str(tmp_path / 'fit')).shape == (512, 3)
 
 
 def test_evaluation_subset_spans_the_classes_of_a_class_ordered_folder():
