@@ -24,7 +24,6 @@ among the FID's real images or in the first batch) writes nothing to DIR.
 
 from __future__ import annotations
 
-import json
 import sys
 import os
 
@@ -128,8 +127,6 @@ def run(config, workdir: str) -> dict:
     done = run_config.finished(config, workdir, latest)
     if done is not None:  # The same command again: its result, not a second export.
       ckpt.close()
-      if jax.process_index() == 0:
-        print(json.dumps(done, indent=2))
       return done
     restored = latest is not None
     fid_vit = _make_fid_vit(config, mesh)  # Before the data: a bad checkpoint fails fast.

@@ -216,8 +216,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     done = run_config.finished(config, workdir, latest)
     if done is not None:  # The same command again: its result, not a second evaluation.
       ckpt.close()
-      if jax.process_index() == 0:
-        print(json.dumps(done, indent=2))
       return done
     restored = latest is not None
     train_source, test_source = _source(config, config.train_split), _source(

@@ -95,8 +95,8 @@ def write(config, workdir: str | os.PathLike) -> None:
 
 
 def finished(config, workdir: str | os.PathLike, latest_step: int | None):
-  """The workdir's final.json (a dict) when its run is complete, else None; says so (process
-  0 prints it).
+  """The workdir's final.json (a dict) when its run is complete, else None; says so and
+  prints final.json (process 0).
 
   Complete: the latest checkpoint is at or past `config.total_steps` and final.json was
   written for that step. A raised total_steps is not complete (the run continues); a
@@ -122,4 +122,5 @@ def finished(config, workdir: str | os.PathLike, latest_step: int | None):
     print(f'{workdir}: the run is already complete at step {latest_step}{lower}; its result '
           f'is {path}. Nothing to do: raise --config.total_steps to train further.{ignored}',
           flush=True)
+    print(json.dumps(final, indent=2), flush=True)  # as the run printed it at its end
   return final
