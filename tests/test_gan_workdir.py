@@ -9,6 +9,7 @@ import pytest
 
 from gan_jax import main
 from tests import gan_train_helpers as helpers
+from tests import workdir_files
 from vision_core import data, metrics_log
 from vision_core.errors import UserInputError
 
@@ -20,20 +21,12 @@ def tiny_config(tmp_path):
   return config
 
 
-def _snapshot(root):
-  """Every file under `root` with its size and modification time: what a re-run may not
-  change (a file rewritten with the same bytes counts as changed)."""
-  return {os.path.relpath(os.path.join(d, n), root): (os.stat(os.path.join(d, n)).st_size,
-                                                      os.stat(os.path.join(d, n)).st_mtime_ns)
-          for d, _, names in os.walk(root) for n in names}
-
-
 def test_a_finished_run_started_again_does_nothing_and_returns_its_result(
     tiny_config, tmp_path, capsys, monkeypatch):
   workdir = tmp_path / 'run'
   first = main.run(tiny_config, str(workdir))
   capsys.readouterr()
-  before = _snapshot(workdir)
+  before = workdir_files.snapshot(workdir)
   with monkeypatch.context() as patch:  # No duplicate work: not even the dataset is read.
     patch.setattr(data, 'get_source', lambda *a, **k: pytest.fail('dataset read again'))
     patch.setattr(main, '_real_images', lambda *a, **k: pytest.fail('real images read again'))
@@ -43,7 +36,8 @@ def test_a_finished_run_started_again_does_nothing_and_returns_its_result(
   assert f'{workdir}: the run is already complete at step 4; its result is ' \
          f'{workdir / "final.json"}' in out
   assert json.dumps(first, indent=2) in out
-  assert _snapshot(workdir) == before  # generator.npz, final.json, config.json: untouched
+  # generator.npz, final.json, config.json: untouched
+  assert workdir_files.snapshot(workdir) == before
   # A higher total_steps continues the run, with FID at its new end.
   tiny_config.total_steps = 6
   longer = main.run(tiny_config, str(workdir))
@@ -103,10 +97,10 @@ def test_a_refused_run_leaves_an_existing_workdir_as_it_was(tiny_config, tmp_pat
   workdir = tmp_path / 'w'
   os.makedirs(workdir / 'checkpoints')  # empty: e.g. left by an earlier version
   (workdir / 'notes.txt').write_text('mine')
-  before = _snapshot(workdir)
+  before = workdir_files.snapshot(workdir)
   with pytest.raises(UserInputError, match='not a readable image'):
     main.run(_unreadable_images(tmp_path / 'bad', tiny_config, fid_every=0), str(workdir))
-  assert _snapshot(workdir) == before
+  assert workdir_files.snapshot(workdir) == before
   assert sorted(os.listdir(workdir)) == ['checkpoints', 'notes.txt']
 
 

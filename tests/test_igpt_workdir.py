@@ -10,23 +10,9 @@ import pytest
 from igpt_jax import train
 from tests.test_igpt_model import tiny_model
 from tests.test_igpt_train import _grey_run_config, image_folder, pretrained, tiny_config
+from tests import workdir_files
 from vision_core import metrics_log
 from vision_core.errors import UserInputError
-
-
-def _tree(root):
-  """Every file and folder under `root`, with file sizes."""
-  return sorted((os.path.relpath(os.path.join(d, n), root), os.path.getsize(os.path.join(d, n)))
-                for d, _, names in os.walk(root) for n in names + ['']
-                if n or d != str(root))
-
-
-def _snapshot(root):
-  """Every file under `root` with its size and modification time: what a re-run may not
-  change (a file rewritten with the same bytes counts as changed)."""
-  return {os.path.relpath(os.path.join(d, n), root): (os.stat(os.path.join(d, n)).st_size,
-                                                      os.stat(os.path.join(d, n)).st_mtime_ns)
-          for d, _, names in os.walk(root) for n in names}
 
 
 def _run_config(tmp_path, **overrides):
@@ -85,10 +71,10 @@ def test_a_refused_run_leaves_an_existing_workdir_as_it_was(tmp_path):
   workdir = tmp_path / 'w'
   os.makedirs(workdir / 'checkpoints')  # empty: e.g. left by an earlier version
   (workdir / 'notes.txt').write_text('mine')
-  before = _tree(workdir)
+  before = workdir_files.tree(workdir)
   with pytest.raises(UserInputError, match='not a readable image'):
     train.train_and_evaluate(_unreadable_train_images(tmp_path), str(workdir))
-  assert _tree(workdir) == before
+  assert workdir_files.tree(workdir) == before
   assert (workdir / 'notes.txt').read_text() == 'mine'
 
 
@@ -99,7 +85,7 @@ def test_a_finished_run_started_again_does_nothing_and_returns_its_result(
   final = train.train_and_evaluate(config, str(workdir))
   assert (workdir / 'samples.png').exists()
   capsys.readouterr()
-  before = _snapshot(workdir)
+  before = workdir_files.snapshot(workdir)
   with monkeypatch.context() as patch:  # No duplicate work: not even the dataset is read.
     patch.setattr(train, '_source', lambda *a, **k: pytest.fail('dataset read again'))
     again = train.train_and_evaluate(config, str(workdir))
@@ -108,7 +94,7 @@ def test_a_finished_run_started_again_does_nothing_and_returns_its_result(
   assert f'{workdir}: the run is already complete at step 2; its result is ' \
          f'{workdir / "final.json"}' in out
   assert json.loads(out[out.index('{'):]) == again  # final.json's result, printed.
-  assert _snapshot(workdir) == before  # Nothing rewritten, no row appended.
+  assert workdir_files.snapshot(workdir) == before  # Nothing rewritten, no row appended.
   # A raised total_steps continues the run, with one test evaluation at its new end.
   config.total_steps = 3
   longer = train.train_and_evaluate(config, str(workdir))

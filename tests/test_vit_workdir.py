@@ -7,6 +7,7 @@ import os
 import pytest
 
 from tests import vit_train_helpers as helpers
+from tests import workdir_files
 from vision_core import checkpointing, metrics_log
 from vision_core.errors import UserInputError
 from vit_jax import train_loop
@@ -25,12 +26,6 @@ def _unreadable_train_images(root):
   for name in os.listdir(root / 'train' / 'b'):
     (root / 'train' / 'b' / name).write_text('not an image')
   return str(root)
-
-
-def _tree(root):
-  return sorted((os.path.relpath(os.path.join(d, n), root), os.path.getsize(os.path.join(d, n)))
-                for d, _, names in os.walk(root) for n in names + ['']
-                if n or d != str(root))
 
 
 REFUSED = {
@@ -58,20 +53,12 @@ def test_a_refused_run_leaves_an_existing_workdir_as_it_was(dataset, tmp_path):
   workdir = tmp_path / 'w'
   os.makedirs(workdir / 'checkpoints')  # empty: e.g. left by an earlier version
   (workdir / 'notes.txt').write_text('mine')
-  before = _tree(workdir)
+  before = workdir_files.tree(workdir)
   with pytest.raises(UserInputError, match='notes.png|not a readable image'):
     train_loop.train_and_evaluate(helpers.tiny_config(_unreadable_train_images(
         tmp_path / 'bad')), str(workdir))
-  assert _tree(workdir) == before
+  assert workdir_files.tree(workdir) == before
   assert (workdir / 'notes.txt').read_text() == 'mine'
-
-
-def _snapshot(root):
-  """Every file under `root` with its size and modification time: what a re-run may not
-  change (a file rewritten with the same bytes counts as changed)."""
-  return {os.path.relpath(os.path.join(d, n), root): (os.stat(os.path.join(d, n)).st_size,
-                                                      os.stat(os.path.join(d, n)).st_mtime_ns)
-          for d, _, names in os.walk(root) for n in names}
 
 
 def test_a_finished_run_started_again_does_nothing_and_returns_its_result(
@@ -79,7 +66,7 @@ def test_a_finished_run_started_again_does_nothing_and_returns_its_result(
   workdir = tmp_path / 'w'
   final = train_loop.train_and_evaluate(helpers.tiny_config(dataset), str(workdir))
   capsys.readouterr()
-  before = _snapshot(workdir)
+  before = workdir_files.snapshot(workdir)
   with monkeypatch.context() as patch:  # No duplicate work: not even the dataset is read.
     patch.setattr(train_loop, '_source', lambda *a, **k: pytest.fail('dataset read again'))
     again = train_loop.train_and_evaluate(helpers.tiny_config(dataset), str(workdir))
@@ -92,7 +79,7 @@ def test_a_finished_run_started_again_does_nothing_and_returns_its_result(
                                           str(workdir))
     assert lower == again
     assert 'total_steps=4 is below it' in capsys.readouterr().out
-  assert _snapshot(workdir) == before  # No eval row appended, nothing rewritten.
+  assert workdir_files.snapshot(workdir) == before  # No eval row appended, nothing rewritten.
   # A higher total_steps continues the run, with one final eval at its new end.
   longer = train_loop.train_and_evaluate(helpers.tiny_config(dataset, total_steps=8),
                                          str(workdir))
