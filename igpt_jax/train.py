@@ -3,7 +3,8 @@
 `train_and_evaluate(config, workdir)` (see configs/igpt.py) reads images with the shared
 pipeline (`vision_core.data`), turns them into palette tokens on the device, and trains with
 one jit-compiled step over the `('data', 'model')` mesh (batch split over 'data', parameters
-replicated). A workdir holding checkpoints is resumed, data position included. Outputs:
+replicated). A workdir holding checkpoints is resumed, data position included (the weights
+of `init_from` are then not read: the checkpoint replaces them). Outputs:
 `checkpoints/`, `config.json`, `metrics.jsonl`, TensorBoard scalars, `palette.npy`, `params.npz`,
 `samples.png` (completions of test images) and `final.json`. `workdir` is a local folder or a
 bucket URI (`gs://bucket/run`, via `vision_core.io`).
@@ -222,7 +223,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         config, config.test_split)
     model = build_model(config, train_source.num_classes)
     key = jax.random.PRNGKey(config.seed)
-    params = initial_params(config, model, key)
+    # A resumed run takes its weights from the checkpoint, as vit's does: the model's own
+    # init gives their shapes, and init_from is not read (it may have been moved or deleted
+    # since, and its notes were said by the run that started from it).
+    params = (igpt_model.init_params(model, key) if restored
+              else initial_params(config, model, key))
     # A new palette is saved with the outputs: a palette left by a refused run would be
     # taken over by the corrected one (another init_from, another palette).
     palette, new_palette = run_palette.choose_palette(config, train_source, workdir)

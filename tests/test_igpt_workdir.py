@@ -102,3 +102,29 @@ def test_a_finished_run_started_again_does_nothing_and_returns_its_result(
   rows = metrics_log.read_jsonl(workdir / 'metrics.jsonl')
   assert [r['step'] for r in rows if r['split'] == 'test'] == [0, 2, 3]
   assert json.loads((workdir / 'final.json').read_text())['step'] == 3
+
+
+def test_a_resumed_run_does_not_read_init_from(tmp_path, capsys):
+  """The checkpoint replaces the init_from weights: a resumed run continued without them
+  (moved or deleted), and did not print their notes again. It used to load them first."""
+  pretrained(tmp_path / 'pre', tiny_model(n_ctx=64, num_classes=3))
+  # HF-style weights without a language-model head: the run says so once.
+  with np.load(tmp_path / 'pre' / 'params.npz') as f:
+    weights = dict(f)
+  weights['wtet'] = np.zeros_like(weights['wtet'])
+  np.savez(tmp_path / 'pre' / 'params.npz', **weights)
+  config = _run_config(tmp_path, objective='finetune', palette='',
+                       init_from=str(tmp_path / 'pre' / 'params.npz'))
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(config, str(workdir))
+  out = capsys.readouterr().out
+  assert 'no language-model head' in out and 'clf/wclf has 3 classes' in out
+  for path in (tmp_path / 'pre').iterdir():  # Its palette too: the workdir keeps one.
+    path.unlink()
+  config.total_steps = 3
+  resumed = train.train_and_evaluate(config, str(workdir))
+  assert resumed['step'] == 3 and 0.0 <= resumed['test']['accuracy'] <= 1.0
+  out = capsys.readouterr().out
+  assert 'no language-model head' not in out and 'clf/wclf' not in out
+  rows = metrics_log.read_jsonl(workdir / 'metrics.jsonl')
+  assert [r['step'] for r in rows if r['split'] == 'train'] == [1, 2, 3]
