@@ -254,6 +254,24 @@ def test_resumed_log_sets_aside_rows_after_the_checkpoint(tmp_path):
   assert len((tmp_path / 'metrics.superseded.jsonl').read_text().splitlines()) == 13
 
 
+def test_a_row_written_once_is_not_logged_again(tmp_path):
+  """A run that logged its final evaluation and stopped before final.json is finished by a
+  run that evaluates that step again: its row is not appended a second time."""
+  first = metrics_log.MetricsLog(tmp_path)
+  first.write(6, {'loss': 1.0})
+  first.write(6, {'accuracy': 0.5}, split='eval', once=True)
+  first.close()
+  resumed = metrics_log.MetricsLog(tmp_path, resume_step=6)
+  resumed.write(6, {'accuracy': 0.5}, split='eval', once=True)  # kept at the resume: skipped
+  resumed.write(6, {'bits': 2.0}, split='test', once=True)  # another split: written
+  resumed.write(6, {'bits': 2.0}, split='test', once=True)  # written just now: skipped
+  resumed.write(6, {'accuracy': 0.6}, split='eval')  # without once: appended, as before
+  resumed.close()
+  rows = metrics_log.read_jsonl(tmp_path / 'metrics.jsonl')
+  assert [(r['step'], r['split']) for r in rows] == [
+      (6, 'train'), (6, 'eval'), (6, 'test'), (6, 'eval')]
+
+
 def test_write_json_atomic_and_progress(tmp_path):
   metrics_log.write_json(tmp_path / 'final.json', {'accuracy': np.float64(0.5), 'n': 3})
   assert json.loads((tmp_path / 'final.json').read_text()) == {'accuracy': 0.5, 'n': 3}

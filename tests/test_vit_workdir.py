@@ -90,6 +90,21 @@ def test_a_finished_run_started_again_does_nothing_and_returns_its_result(
   assert json.loads((workdir / 'final.json').read_text())['step'] == 8
 
 
+def test_a_run_stopped_before_final_json_is_finished_without_a_second_eval_row(
+    dataset, tmp_path):
+  """Stopped after its final evaluation was logged, before final.json: the run again writes
+  final.json for the last step; the eval row is not appended a second time."""
+  workdir = tmp_path / 'w'
+  final = train_loop.train_and_evaluate(helpers.tiny_config(dataset), str(workdir))
+  os.remove(workdir / 'final.json')
+  again = train_loop.train_and_evaluate(helpers.tiny_config(dataset), str(workdir))
+  assert again['step'] == 6 and again['test_accuracy'] == final['test_accuracy']
+  assert json.loads((workdir / 'final.json').read_text())['step'] == 6
+  rows = metrics_log.read_jsonl(workdir / 'metrics.jsonl')
+  assert [r['step'] for r in rows if r['split'] == 'train'] == list(range(1, 7))
+  assert [r['step'] for r in rows if r['split'] == 'eval'] == [6]
+
+
 @pytest.fixture
 def opened_checkpointers(monkeypatch):
   """The Checkpointers that train_loop opens, each with `closed` set once it is closed."""

@@ -64,6 +64,10 @@ class MetricsLog:
   each other. The rows of later steps move to `metrics.superseded.jsonl` (kept, not
   deleted), and TensorBoard is told to drop its events of those steps (a SessionLog START
   event, as `SummaryWriter(purge_step=...)` writes). None (the default): only appended to.
+
+  `write(..., once=True)` skips a row whose step and split are already logged (kept at the
+  resume, or written by this log): a run that stopped after logging its last step's
+  evaluation but before final.json evaluates that step again to finish, with no second row.
   """
 
   SUPERSEDED = 'metrics.superseded.jsonl'
@@ -74,6 +78,7 @@ class MetricsLog:
     self.path = io.join(workdir, 'metrics.jsonl')
     self._events = None
     self._file = None
+    self._logged: set[tuple[int, str]] = set()  # (step, split) of the rows `once` checks
     if self.enabled:
       io.makedirs(workdir)
       if resume_step is not None:
@@ -94,10 +99,15 @@ class MetricsLog:
       if not line.strip():
         continue
       try:
-        row_step = int(json.loads(line)['step'])
+        row = json.loads(line)
+        row_step = int(row['step'])
       except (ValueError, KeyError, TypeError):
         row_step = None  # A row cut off by the crash (or not ours): set aside with the rest.
-      (later if row_step is None or row_step > step else keep).append(line)
+      if row_step is None or row_step > step:
+        later.append(line)
+      else:
+        keep.append(line)
+        self._logged.add((row_step, str(row.get('split', 'train'))))
     if not later:
       return
     # The superseded rows are saved before they leave metrics.jsonl: a crash in between
@@ -112,9 +122,12 @@ class MetricsLog:
     with io.atomic_write(self.path, 'w', overwrite=True) as f:
       f.write(''.join(keep))
 
-  def write(self, step: int, metrics: Mapping[str, Any], *, split: str = 'train') -> None:
-    if not self.enabled:
+  def write(self, step: int, metrics: Mapping[str, Any], *, split: str = 'train',
+            once: bool = False) -> None:
+    """Appends the row (process 0); with `once`, not if that step and split are logged."""
+    if not self.enabled or (once and (int(step), split) in self._logged):
       return
+    self._logged.add((int(step), split))
     row = {'step': int(step), 'split': split, 'time': round(time.time(), 3),
            **{k: _plain(v) for k, v in metrics.items()}}
     self._file.append((json.dumps(row) + '\n').encode('utf-8'))

@@ -294,7 +294,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       first_step=start, total_steps=config.total_steps, hooks=hooks, log=log,
       close=(bar, ckpt))
   result = run_eval(state.params)
-  log.write(config.total_steps, result, split='eval')
+  # once: a run that stopped after logging this evaluation, before final.json, is finished
+  # by this one (no step left to train) without a second row of the same evaluation.
+  log.write(config.total_steps, result, split='eval', once=True)
   log.close()
   final = {'step': int(state.step), 'test_accuracy': result['accuracy'],
            'test_loss': result['loss'], 'test_examples': result['num_examples'],
