@@ -304,6 +304,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # Out of time: checked at logging steps; that step becomes the last one (logged,
       # evaluated, checkpointed).
       stop_after=past_deadline)
+  if 'test' not in result:
+    # No step ran: the run before this one stopped after its last checkpoint, before its
+    # final.json. Its last step is evaluated for final.json, as vit does; once in the log,
+    # which may hold that step's row already.
+    result['test'] = evaluate(eval_step, state['params'], centers, test_source, config, mesh)
+    log.write(first, result['test'], split='test', once=True)
   params = mesh_lib.to_host(state['params'])
   if jax.process_index() == 0:
     igpt_checkpoint.save(io.join(workdir, 'params.npz'), params, overwrite=True)
@@ -311,15 +317,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       write_samples(model, params, np.asarray(centers), test_source, config,
                     io.join(workdir, 'samples.png'))
   final_path = io.join(workdir, 'final.json')
-  if first and io.exists(final_path):
-    # A resumed run keeps what the earlier ones measured: the initial evaluation, and the
-    # test metrics when no step ran (a finished workdir run again used to lose them).
-    earlier = json.loads(io.read_bytes(final_path))
-    result = {**{k: earlier[k] for k in ('initial_test', 'test') if k in earlier}, **result}
+  if first:
+    # A resumed run keeps the initial evaluation that the first run measured (its test
+    # metrics are this run's: an older final.json's are another step's).
+    result = {**_earlier_initial_test(final_path), **result}
   result.update(step=int(state['step']), workdir=workdir)
   metrics_log.write_json(final_path, result)
   log.close()
   return result
+
+
+def _earlier_initial_test(final_path: str) -> dict[str, Any]:
+  """{'initial_test': ...} from an earlier run's final.json, else {} (none, or unreadable:
+  it is written again)."""
+  try:
+    earlier = json.loads(io.read_bytes(final_path)) if io.exists(final_path) else {}
+  except ValueError:
+    return {}
+  return ({'initial_test': earlier['initial_test']}
+          if isinstance(earlier, dict) and 'initial_test' in earlier else {})
 
 
 def write_samples(model, params, centers, source, config, path, *, n_images: int = 4,

@@ -128,3 +128,26 @@ def test_a_resumed_run_does_not_read_init_from(tmp_path, capsys):
   assert 'no language-model head' not in out and 'clf/wclf' not in out
   rows = metrics_log.read_jsonl(workdir / 'metrics.jsonl')
   assert [r['step'] for r in rows if r['split'] == 'train'] == [1, 2, 3]
+
+
+def test_a_run_stopped_before_final_json_evaluates_its_last_step(tmp_path):
+  """Stopped after its last checkpoint, before final.json (or with an older one): the run
+  again trains no step, and returned no test metrics, or the older file's labelled with
+  the new step. It now evaluates the test split at that step, as vit does, once in
+  metrics.jsonl."""
+  config = _run_config(tmp_path)
+  workdir = tmp_path / 'run'
+  first = json.loads(json.dumps(train.train_and_evaluate(config, str(workdir))))
+  (workdir / 'final.json').unlink()
+  again = train.train_and_evaluate(config, str(workdir))
+  assert again['step'] == 2 and again['test'] == first['test']
+  assert json.loads((workdir / 'final.json').read_text())['test'] == first['test']
+  # An older step's final.json: its initial evaluation is kept, its test metrics are not.
+  (workdir / 'final.json').write_text(json.dumps(
+      {'step': 1, 'initial_test': first['initial_test'], 'test': {'bits_per_dim': 99.0}}))
+  again = json.loads(json.dumps(train.train_and_evaluate(config, str(workdir))))
+  assert again == {**first, 'step': 2}
+  assert json.loads((workdir / 'final.json').read_text()) == again
+  rows = metrics_log.read_jsonl(workdir / 'metrics.jsonl')
+  assert [r['step'] for r in rows if r['split'] == 'test'] == [0, 2]
+  assert [r['step'] for r in rows if r['split'] == 'train'] == [1, 2]
