@@ -16,7 +16,10 @@ At the end the EMA generator is exported to `DIR/generator.npz` (for gan_jax.com
 the last training metrics and FIDs to `DIR/final.json`. The same command run again on a
 finished run (latest checkpoint at `total_steps`, `final.json` written for it) says that the
 run is complete, prints `final.json` and changes nothing, without reading the data; a raised
-`total_steps` continues the run.
+`total_steps` continues the run. A run stopped after its last checkpoint but before writing
+`final.json` (or with an older step's) is finished by the same command: it computes that
+step's FIDs (FID on; one row each in metrics.jsonl) and writes `generator.npz` and
+`final.json`, with that step's training metrics from metrics.jsonl.
 DIR is a local folder or a bucket URI (`gs://bucket/run`, via `vision_core.io`).
 A run refused before it trains (a bad field, dataset or preprocessing, an unreadable image
 among the FID's real images or in the first batch) writes nothing to DIR.
@@ -190,7 +193,7 @@ def run(config, workdir: str) -> dict:
       evals['fid_vit'] = fid_vit.fid(real_stats, fid_vit.stats(fake))
     evaluated.clear()
     evaluated.update({k: float(v) for k, v in evals.items()})
-    log.write(step, evals, split='eval')
+    log.write(step, evals, split='eval', once=True)  # once: see the run that trains no step
     bar.write(f'step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in evals.items()))
 
   state = loop.run(
@@ -203,6 +206,13 @@ def run(config, workdir: str) -> dict:
              loop.Every(config.fid_every, write_fid, at_last=config.fid_every > 0),
              loop.Every(config.checkpoint_every, lambda step, state, metrics: ckpt.save(
                  step, state, data_iterator=iterator), at_stop=True)])
+  if int(state['step']) == start and start:
+    # No step ran: the run before this one stopped after its last checkpoint, before its
+    # final.json. As vit evaluates, its last step's FID is computed for final.json (logged
+    # once: that row may be there); its training metrics are that step's row in the log.
+    logged.update(log.logged(start) or {})
+    if config.fid_every > 0:
+      write_fid(start, state, None)
   log.close()
   if jax.process_index() == 0:
     generators.save(io.join(workdir, 'generator.npz'), config.generator.to_dict(),

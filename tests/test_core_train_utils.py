@@ -266,6 +266,8 @@ def test_a_row_written_once_is_not_logged_again(tmp_path):
   resumed.write(6, {'bits': 2.0}, split='test', once=True)  # another split: written
   resumed.write(6, {'bits': 2.0}, split='test', once=True)  # written just now: skipped
   resumed.write(6, {'accuracy': 0.6}, split='eval')  # without once: appended, as before
+  assert resumed.logged(6) == {'loss': 1.0} and resumed.logged(6, 'test') == {'bits': 2.0}
+  assert resumed.logged(5) is None
   resumed.close()
   rows = metrics_log.read_jsonl(tmp_path / 'metrics.jsonl')
   assert [(r['step'], r['split']) for r in rows] == [

@@ -53,6 +53,24 @@ def test_a_finished_run_started_again_does_nothing_and_returns_its_result(
   assert json.loads((workdir / 'final.json').read_text())['step'] == 6
 
 
+def test_a_run_stopped_before_final_json_computes_its_final_fid(tiny_config, tmp_path):
+  """Stopped after its last checkpoint, before final.json (or with an older one): the run
+  again trains no step, and wrote a final.json without its FID and training metrics (or
+  with the older file's). It now computes the FID of its last step, as vit evaluates, and
+  takes that step's training metrics from metrics.jsonl; each row is there once."""
+  workdir = tmp_path / 'run'
+  first = main.run(tiny_config, str(workdir))
+  assert 'pixel_fd' in first and 'g_loss' in first
+  (workdir / 'final.json').unlink()
+  assert main.run(tiny_config, str(workdir)) == first
+  assert json.loads((workdir / 'final.json').read_text()) == first
+  (workdir / 'final.json').write_text(json.dumps({'step': 2, 'pixel_fd': 99.0}))
+  assert main.run(tiny_config, str(workdir)) == first
+  rows = metrics_log.read_jsonl(workdir / 'metrics.jsonl')
+  assert [r['step'] for r in rows if r['split'] == 'train'] == [2, 4]
+  assert [r['step'] for r in rows if r['split'] == 'eval'] == [2, 4]
+
+
 def _unreadable_images(root, config, fid_every):
   """`config` on an image folder whose class 'b' holds only files that are not images: the
   first one listed (class 'a', which gives the image shape) is fine, the FID's real images

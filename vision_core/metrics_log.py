@@ -68,6 +68,7 @@ class MetricsLog:
   `write(..., once=True)` skips a row whose step and split are already logged (kept at the
   resume, or written by this log): a run that stopped after logging its last step's
   evaluation but before final.json evaluates that step again to finish, with no second row.
+  `logged(step, split)` returns such a row's metrics (that run's last training metrics).
   """
 
   SUPERSEDED = 'metrics.superseded.jsonl'
@@ -78,7 +79,8 @@ class MetricsLog:
     self.path = io.join(workdir, 'metrics.jsonl')
     self._events = None
     self._file = None
-    self._logged: set[tuple[int, str]] = set()  # (step, split) of the rows `once` checks
+    # The metrics of the rows kept at a resume and of those written, by (step, split).
+    self._logged: dict[tuple[int, str], dict[str, Any]] = {}
     if self.enabled:
       io.makedirs(workdir)
       if resume_step is not None:
@@ -107,7 +109,8 @@ class MetricsLog:
         later.append(line)
       else:
         keep.append(line)
-        self._logged.add((row_step, str(row.get('split', 'train'))))
+        self._logged[row_step, str(row.get('split', 'train'))] = {
+            k: v for k, v in row.items() if k not in ('step', 'split', 'time')}
     if not later:
       return
     # The superseded rows are saved before they leave metrics.jsonl: a crash in between
@@ -127,9 +130,9 @@ class MetricsLog:
     """Appends the row (process 0); with `once`, not if that step and split are logged."""
     if not self.enabled or (once and (int(step), split) in self._logged):
       return
-    self._logged.add((int(step), split))
-    row = {'step': int(step), 'split': split, 'time': round(time.time(), 3),
-           **{k: _plain(v) for k, v in metrics.items()}}
+    values = {k: _plain(v) for k, v in metrics.items()}
+    self._logged[int(step), split] = values
+    row = {'step': int(step), 'split': split, 'time': round(time.time(), 3), **values}
     self._file.append((json.dumps(row) + '\n').encode('utf-8'))
     if self._events is not None:
       # From the values themselves, not the JSON row: a NaN or inf loss (a diverged run) is
@@ -138,6 +141,11 @@ class MetricsLog:
       numbers = {f'{split}/{k}': v for k, v in scalars.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
       self._events.scalars(step, numbers)
+
+  def logged(self, step: int, split: str = 'train') -> dict[str, Any] | None:
+    """The metrics of the row of `step` and `split` kept at the resume or written by this
+    log (as metrics.jsonl holds them), else None; None on processes other than 0."""
+    return self._logged.get((int(step), split))
 
   def flush(self) -> None:
     """Local files are flushed on every write; a bucket's objects are uploaded now."""
