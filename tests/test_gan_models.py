@@ -199,7 +199,8 @@ def test_shipped_mnist_generator_loads_and_draws_varied_digits():
 
 
 def test_upscale2d_conv3x3_equals_upsample_then_conv():
-  """The folded upsample + conv (and its input gradient, what the latent search uses)."""
+  """The folded upsample + conv and its gradients (the input's is what the latent search
+  uses; the kernel's, GAN training)."""
   from gan_jax import models_pgan  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(5)
   x = jnp.asarray(rng.standard_normal((2, 3, 5, 4)), jnp.float32)
@@ -216,6 +217,13 @@ def test_upscale2d_conv3x3_equals_upsample_then_conv():
   grad = lambda f: jax.grad(lambda v: jnp.sum(f(v) * cotangent))(x)
   np.testing.assert_allclose(grad(lambda v: models_pgan.upscale2d_conv3x3(v, kernel)),
                              grad(reference), rtol=1e-4, atol=1e-4)
+  # The kernel's gradient too (GAN training), through the interleave's own backward pass.
+  kernel_grad = lambda f: jax.grad(lambda k: jnp.sum(f(x, k) * cotangent))(kernel)
+  np.testing.assert_allclose(
+      kernel_grad(models_pgan.upscale2d_conv3x3),
+      kernel_grad(lambda v, k: jax.lax.conv_general_dilated(
+          models_pgan.upscale2d(v), k, (1, 1), 'SAME',
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))), rtol=1e-4, atol=1e-4)
   conv5 = models_pgan.EqualizedConv(6, 5, upscale_input=True)
   with pytest.raises(ValueError, match='3x3 kernel only; got kernel_size=5'):
     conv5.init(jax.random.key(0), x)
