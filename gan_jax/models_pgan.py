@@ -45,46 +45,26 @@ def upscale2d_conv3x3(x, kernel):
   `[B, H, W, C]`, kernel `[3, 3, C, O]` -> `[B, 2H, 2W, O]`. After a nearest x2 upsample, an
   output pixel of row parity a (and column parity b) sees only two input rows (columns):
   for a = 0 rows i-1 (tap 0) and i (taps 1 + 2), for a = 1 rows i (taps 0 + 1) and i+1
-  (tap 2). So the four parities are four 2x2 convolutions of the 1-padded input, run as one
-  conv with 4*O outputs and interleaved: 16 multiply-adds per output pixel group instead of
-  36, the same function up to float rounding.
+  (tap 2). So each parity (a, b) is a 2x2 convolution of x itself, padded on the side its
+  rows (columns) reach, and the four are interleaved: 16 multiply-adds per output pixel
+  group instead of 36, the same function up to float rounding. Four convolutions with O
+  outputs rather than one with 4 O on the 1-padded input: padded by one in total, each
+  keeps its input's size, the case XLA:CPU hands to its fast (YNNPACK) kernels; the one
+  wider convolution, of H+1 x W+1 outputs, ran on a slower path and needed its outputs
+  sliced apart (the latent search 1.1x faster, docs/benchmarks.md run 12).
   """
   def pairs(k, axis):  # the parity-0 and parity-1 two-tap kernels along `axis`
     k0, k1, k2 = (jnp.take(k, i, axis) for i in range(3))
     return jnp.stack([k0, k1 + k2], axis), jnp.stack([k0 + k1, k2], axis)
 
-  phases = [col for row in pairs(kernel, 0) for col in pairs(row, 1)]  # (a, b) order
-  y = jax.lax.conv_general_dilated(
-      jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), jnp.concatenate(phases, -1),
-      window_strides=(1, 1), padding='VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  return _interleave_parities(y)
-
-
-@jax.custom_vjp
-def _interleave_parities(y):
-  """`[B, H+1, W+1, 4*O]` parity convolutions -> `[B, 2H, 2W, O]`: block (a, b) = channels
-  `(2a + b) * O ...`, rows from a, columns from b, is output pixel (2i + a, 2j + b)."""
-  b, h, w, out = y.shape[0], y.shape[1] - 1, y.shape[2] - 1, y.shape[3] // 4
-  z = jnp.stack([jnp.stack([y[:, a:a + h, c:c + w, (2 * a + c) * out:(2 * a + c + 1) * out]
-                            for c in (0, 1)], axis=3) for a in (0, 1)], axis=2)
-  return z.reshape(b, 2 * h, 2 * w, out)  # [B, H, a, W, b, O] -> [B, 2H, 2W, O]
-
-
-def _interleave_parities_fwd(y):
-  return _interleave_parities(y), None
-
-
-def _interleave_parities_bwd(_, g):
-  # The four blocks take disjoint channels of y, so its cotangent is their cotangents, each
-  # zero-padded back to [H+1, W+1] and concatenated. Autodiff of the slices instead pads
-  # each to the full 4*O channels and adds the four: 8% of a latent search step on the CPU.
-  b, h2, w2, out = g.shape
-  g = g.reshape(b, h2 // 2, 2, w2 // 2, 2, out)
-  return (jnp.concatenate([jnp.pad(g[:, :, a, :, c], ((0, 0), (a, 1 - a), (c, 1 - c), (0, 0)))
-                           for a in (0, 1) for c in (0, 1)], axis=-1),)
-
-
-_interleave_parities.defvjp(_interleave_parities_fwd, _interleave_parities_bwd)
+  rows = pairs(kernel, 0)
+  pad = ((1, 0), (0, 1))  # parity 0 reads rows (i-1, i), parity 1 rows (i, i+1)
+  y = [[jax.lax.conv_general_dilated(x, pairs(rows[a], 1)[c], (1, 1), (pad[a], pad[c]),
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+        for c in (0, 1)] for a in (0, 1)]
+  b, h, w, _ = x.shape
+  return jnp.stack([jnp.stack(row, axis=3) for row in y], axis=2).reshape(
+      b, 2 * h, 2 * w, kernel.shape[-1])  # [B, H, a, W, b, O] -> [B, 2H, 2W, O]
 
 
 class EqualizedDense(nn.Module):
