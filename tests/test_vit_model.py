@@ -9,7 +9,7 @@ import pytest
 from tests import numpy_vit
 from vision_core import npz
 from vision_core.errors import UserInputError
-from vit_jax import checkpoint, models_vit
+from vit_jax import checkpoint, models_resnet, models_vit
 from vit_jax.configs import models
 
 
@@ -92,6 +92,19 @@ def test_conv_stem_hybrid_matches_numpy_forward():
   with pytest.raises(UserInputError, match=r'conv_stem.features=\(32, 48\).*multiples of 32'):
     models_vit.VisionTransformer(num_classes=5, **config).init(
         jax.random.PRNGKey(0), images, train=False)
+
+
+@pytest.mark.parametrize('shape', [(2, 8, 6, 3), (1, 7, 9, 2)])
+def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient(shape):
+  """The stem's reshape-and-max pool (XLA:CPU runs reduce_window's gradient as a scatter):
+  flax's values, odd sizes cropped as VALID does, and the same gradient (no ties here)."""
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+  flax_pool = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))
+  np.testing.assert_array_equal(models_resnet.max_pool_2x2(x), flax_pool(x))
+  cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(flax_pool(x).shape))
+  grad = lambda f: jax.grad(lambda v: jnp.sum(f(v) * cotangent))(x)
+  np.testing.assert_array_equal(grad(models_resnet.max_pool_2x2), grad(flax_pool))
 
 
 def test_parameter_tree_has_official_names():

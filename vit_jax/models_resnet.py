@@ -98,6 +98,19 @@ def resnet_stem(x, *, num_layers: Sequence[int], width_factor: float = 1,
   return x
 
 
+def max_pool_2x2(x):
+  """2x2 max-pool with stride 2 (VALID): `[B, H, W, C]` -> `[B, H // 2, W // 2, C]`.
+
+  The values of `nn.max_pool(x, (2, 2), strides=(2, 2))`, from a reshape and a max: XLA:CPU
+  runs reduce_window's gradient (select-and-scatter) as iota + scatter, a third of the CIFAR
+  hybrid's train step, where the max's gradient is a mask. Where pixels of a window tie, the
+  gradient is shared among them rather than given to the first; both are subgradients.
+  """
+  b, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
 def conv_stem(x, *, features: Sequence[int], dtype: Any = jnp.float32):
   """A convolutional stem of `len(features)` stages, each halving the resolution.
 
@@ -114,7 +127,7 @@ def conv_stem(x, *, features: Sequence[int], dtype: Any = jnp.float32):
                          'multiples of 32 (GroupNorm uses 32 groups).')
   for i, width in enumerate(features):
     conv = lambda name: StdConv(width, (3, 3), use_bias=False, name=name, dtype=dtype)
-    x = nn.max_pool(conv(f'stem{i}_conv0')(x), (2, 2), strides=(2, 2))
+    x = max_pool_2x2(conv(f'stem{i}_conv0')(x))
     x = nn.relu(nn.GroupNorm(name=f'stem{i}_gn0', dtype=dtype)(x))
     x = nn.relu(nn.GroupNorm(name=f'stem{i}_gn1', dtype=dtype)(conv(f'stem{i}_conv1')(x)))
   return x
