@@ -37,7 +37,7 @@ from ml_collections import config_flags
 
 from gan_jax import fid_vit as fid_vit_lib
 from gan_jax import generators, report, train
-from vision_core import checkpointing, config_cli, data, io, loop, metrics_log, run_config
+from vision_core import config_cli, data, io, loop, metrics_log, run_config
 from vision_core import mesh as mesh_lib
 from vision_core.errors import UserInputError
 
@@ -124,13 +124,10 @@ def run(config, workdir: str) -> dict:
   # needs (the FID's real images, a fresh run's first batch) is read: a refused run leaves a
   # fresh workdir as it was (opening the Checkpointer creates nothing; its folder is made at
   # the first save).
-  ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'))
+  ckpt, latest, done = run_config.open_checkpoints(config, workdir)
+  if done is not None:  # The same command again: its result, not a second export.
+    return done
   try:
-    latest = ckpt.latest_step()
-    done = run_config.finished(config, workdir, latest)
-    if done is not None:  # The same command again: its result, not a second export.
-      ckpt.close()
-      return done
     restored = latest is not None
     fid_vit = _make_fid_vit(config, mesh)  # Before the data: a bad checkpoint fails fast.
     source = data.get_source(config.dataset, config.split)

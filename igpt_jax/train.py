@@ -29,7 +29,7 @@ from igpt_jax import model as igpt_model
 from igpt_jax import palette as palette_lib
 from igpt_jax import run_palette
 from igpt_jax import sample as igpt_sample
-from vision_core import checkpointing, data, io, loop, mesh as mesh_lib, metrics_log, npz, optim
+from vision_core import data, io, loop, mesh as mesh_lib, metrics_log, npz, optim
 from vision_core import run_config
 from vision_core.errors import UserInputError
 
@@ -210,14 +210,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Nothing is written to the workdir until every check has passed and a fresh run's first
   # batch is read: a refused run leaves a fresh workdir as it was (opening the Checkpointer
   # creates nothing; its folder is made at the first save).
-  ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'),
-                                    max_to_keep=config.keep_checkpoints)
+  ckpt, latest, done = run_config.open_checkpoints(config, workdir,
+                                                   max_to_keep=config.keep_checkpoints)
+  if done is not None:  # The same command again: its result, not a second evaluation.
+    return done
   try:
-    latest = ckpt.latest_step()
-    done = run_config.finished(config, workdir, latest)
-    if done is not None:  # The same command again: its result, not a second evaluation.
-      ckpt.close()
-      return done
     restored = latest is not None
     train_source, test_source = _source(config, config.train_split), _source(
         config, config.test_split)

@@ -21,7 +21,7 @@ import os
 
 import jax
 
-from vision_core import config_cli, io
+from vision_core import checkpointing, config_cli, io
 from vision_core.errors import UserInputError
 
 FILE = 'config.json'
@@ -124,3 +124,20 @@ def finished(config, workdir: str | os.PathLike, latest_step: int | None):
           flush=True)
     print(json.dumps(final, indent=2), flush=True)  # as the run printed it at its end
   return final
+
+
+def open_checkpoints(config, workdir: str | os.PathLike, **checkpointer_options):
+  """`(ckpt, latest_step, final)`: the workdir's `checkpoints/` Checkpointer (opening it
+  creates nothing), its latest step (None: a fresh run), and final.json's dict when the run
+  is already complete (`finished`, which says so), in which case `ckpt` is closed and the
+  trainer returns `final`; else None and the trainer goes on (and closes `ckpt`)."""
+  ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'), **checkpointer_options)
+  try:
+    latest = ckpt.latest_step()
+    final = finished(config, workdir, latest)
+  except BaseException:
+    ckpt.close()
+    raise
+  if final is not None:
+    ckpt.close()
+  return ckpt, latest, final

@@ -201,14 +201,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # Nothing is written to the workdir until every check has passed and the first batch is
   # read: a refused run leaves a fresh workdir as it was (opening the Checkpointer creates
   # nothing; its folder is made at the first save).
-  ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'),
-                                    max_to_keep=config.keep_checkpoints)
+  ckpt, latest, done = run_config.open_checkpoints(config, workdir,
+                                                   max_to_keep=config.keep_checkpoints)
+  if done is not None:  # The same command again: its result, not a second evaluation.
+    return done
   try:
-    latest = ckpt.latest_step()
-    done = run_config.finished(config, workdir, latest)
-    if done is not None:  # The same command again: its result, not a second evaluation.
-      ckpt.close()
-      return done
     resuming = latest is not None
     train_source = _source(config, config.pp.train)
     test_source = _source(config, config.pp.test, class_names=train_source.class_names)
