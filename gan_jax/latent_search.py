@@ -278,11 +278,17 @@ def make_latent_search(apply_fn: Callable, *, latent_dim: int, config: SearchCon
   start_fn = jax.jit(start, **({'in_shardings': shardings['in_shardings']} if mesh else {}))
   chunk_fn, end_fn = jax.jit(chunk, donate_argnums=2), jax.jit(end)
 
+  max_chunks = -(-steps // config.chunk)
+
   def chunked_search(params, targets, ids):
-    carry = start_fn(params, targets, ids)
-    keep = True
-    while keep:
-      carry, keep = chunk_fn(params, targets, carry)
-      keep = bool(keep)
+    # The next chunk is queued before the previous one's keep-running flag is read, so the
+    # devices never wait for Python between chunks. A chunk after the stop changes nothing
+    # (its steps are masked), so queueing one too many costs time only, never the result.
+    carry, keep = chunk_fn(params, targets, start_fn(params, targets, ids))
+    for _ in range(max_chunks - 1):
+      carry, next_keep = chunk_fn(params, targets, carry)
+      if not bool(keep):
+        break
+      keep = next_keep
     return end_fn(params, targets, carry)
   return chunked_search

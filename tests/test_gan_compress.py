@@ -170,13 +170,20 @@ def test_early_stop_on_plateau(generator, held_out):
     assert c[-5:].min() > (1 - 1e-2) * np.minimum.accumulate(c)[-6] - 1e-12
 
 
-def test_while_loop_and_chunked_drivers_agree(generator, held_out):
-  base = dict(steps=23, restarts=2, stop_patience=0)
+@pytest.mark.parametrize('stop_patience', [0, 2])
+def test_while_loop_and_chunked_drivers_agree(generator, held_out, stop_patience):
+  """Also when the images stop early: the chunked driver queues the next chunk before it
+  reads whether to go on, and a chunk after the stop must change nothing."""
+  base = dict(steps=23, restarts=2, stop_patience=stop_patience, stop_rtol=0.2)
   a = compress.search_latents(held_out[:2], generator,
                               latent_search.SearchConfig(loop='while', **base))
   b = compress.search_latents(held_out[:2], generator,
                               latent_search.SearchConfig(loop='chunked', chunk=5, **base))
-  assert np.all(a.steps_run == 23) and np.all(b.steps_run == 23)
+  np.testing.assert_array_equal(a.steps_run, b.steps_run)
+  if stop_patience:
+    assert np.all(b.steps_run < 15)  # stopped early, chunks queued past the stop
+  else:
+    assert np.all(a.steps_run == 23)
   # Same steps; only float rounding differs (XLA fuses the two programs differently).
   np.testing.assert_allclose(a.curves, b.curves, rtol=5e-3, atol=1e-6)
   np.testing.assert_allclose(a.latents, b.latents, rtol=1e-2, atol=1e-2)
