@@ -5,9 +5,9 @@
     if new:
       run_palette.save_palette_once(io.join(workdir, 'palette.npy'), centers)
 
-`get_palette` does both at once. The palette is saved in the workdir so that its outputs
-hold everything `complete`, `probe` and a later `init_from` need, and so that a resumed run
-is held to the colours its checkpoints learned.
+The palette is saved in the workdir so that its outputs hold everything `complete`, `probe`
+and a later `init_from` need, and so that a resumed run is held to the colours its
+checkpoints learned.
 """
 
 from __future__ import annotations
@@ -18,15 +18,6 @@ import numpy as np
 from igpt_jax import palette as palette_lib
 from vision_core import data, io
 from vision_core.errors import UserInputError
-
-
-def get_palette(config, source, workdir: str) -> np.ndarray:
-  """The run's palette (`choose_palette`), saved as `workdir/palette.npy` if not yet there
-  (its outputs then hold everything `complete`, `probe` and a later `init_from` need)."""
-  centers, new = choose_palette(config, source, workdir)
-  if new:
-    save_palette_once(io.join(workdir, 'palette.npy'), centers)
-  return centers
 
 
 def choose_palette(config, source, workdir: str) -> tuple[np.ndarray, bool]:

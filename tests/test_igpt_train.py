@@ -110,21 +110,26 @@ def test_the_run_palette_is_saved_in_the_workdir_and_must_not_change(tmp_path):
   work.mkdir()
   config = load_config('testing,cifar10')
   config.palette = str(tmp_path / 'a.npy')
-  np.testing.assert_array_equal(run_palette.get_palette(config, None, str(work)), a)
-  # Saved with the outputs (fine-tuning from this run's params.npz needs it beside them).
+  centers, new = run_palette.choose_palette(config, None, str(work))
+  np.testing.assert_array_equal(centers, a)
+  assert new and not (work / 'palette.npy').exists()  # chosen; saved with the outputs
+  # Saved with the outputs, as a run does (fine-tuning from its params.npz needs it beside).
+  run_palette.save_palette_once(str(work / 'palette.npy'), centers)
   np.testing.assert_array_equal(np.load(work / 'palette.npy'), a)
   # Resuming without --config.palette reuses it (source None: a refit would fail).
   config.palette = ''
-  np.testing.assert_array_equal(run_palette.get_palette(config, None, str(work)), a)
+  centers, new = run_palette.choose_palette(config, None, str(work))
+  np.testing.assert_array_equal(centers, a)
+  assert not new
   config.palette = str(tmp_path / 'b.npy')
   with pytest.raises(UserInputError, match=r'palette\.npy: this workdir\'s palette differs'):
-    run_palette.get_palette(config, None, str(work))
+    run_palette.choose_palette(config, None, str(work))
   # Nor may init_from's own palette differ from the saved one.
   (tmp_path / 'other').mkdir()
   np.save(tmp_path / 'other' / 'palette.npy', b)
   config.palette, config.init_from = '', str(tmp_path / 'other' / 'params.npz')
   with pytest.raises(UserInputError, match='differs from the one of init_from='):
-    run_palette.get_palette(config, None, str(work))
+    run_palette.choose_palette(config, None, str(work))
 
 
 def test_the_palette_beside_openai_or_hf_weights_is_found(tmp_path):
@@ -141,12 +146,12 @@ def test_the_palette_beside_openai_or_hf_weights_is_found(tmp_path):
   for init_from, expected in (('downloads/model.ckpt-1000000', openai),
                               ('imagegpt-small', hf)):
     config.init_from = str(tmp_path / init_from)
-    np.testing.assert_array_equal(run_palette.get_palette(
-        config, None, str(tmp_path / f'run_{expected is hf}')), expected)
+    np.testing.assert_array_equal(run_palette.choose_palette(
+        config, None, str(tmp_path / f'run_{expected is hf}'))[0], expected)
   config.init_from = str(tmp_path / 'elsewhere' / 'params.npz')
   with pytest.raises(UserInputError, match=r'none of .*elsewhere/palette\.npy, .*'
                      r'elsewhere/kmeans_centers\.npy, .*elsewhere/preprocessor_config\.json'):
-    run_palette.get_palette(config, None, str(tmp_path / 'run3'))
+    run_palette.choose_palette(config, None, str(tmp_path / 'run3'))
 
 
 def image_folder(root, classes=('a', 'b'), per_class=2, seed=6):
@@ -282,7 +287,8 @@ def test_grey_datasets_are_coded_as_rgb_pixels(tmp_path):
   np.testing.assert_array_equal(probe_tokens, tokens[order])
   config.palette, config.palette_fit_steps = '', 5
   source = data.get_source(str(tmp_path), 'train')
-  assert run_palette.get_palette(config, source, str(tmp_path / 'fit')).shape == (512, 3)
+  centers, new = run_palette.choose_palette(config, source, str(tmp_path / 'fit'))
+  assert new and centers.shape == (512, 3)
 
 
 def test_evaluation_subset_spans_the_classes_of_a_class_ordered_folder():
