@@ -71,16 +71,13 @@ def _label_names(spec: str | None, num_classes: int) -> list[str]:
   return names
 
 
-_UNREAD = object()  # `load_model`'s default `meta`: model.json not read by the caller
-
-
 def load_model(checkpoint: str, *, model_name: str | None, resolution: int | None,
-               labels: str | None, meta: dict[str, Any] | None | object = _UNREAD):
+               labels: str | None, meta: dict[str, Any] | None = None):
   """(model, params, class names, resolution) for `checkpoint`.
 
-  `meta`: the checkpoint's model.json as `vit_checkpoint.model_json` returned it (None: no
-  such file), for a caller that needs it too; by default it is read here (not when
-  `model_name` is given: the zoo config is used then).
+  `meta`: the checkpoint's model.json, for a caller that has read it already
+  (`vit_checkpoint.model_json`); None: it is looked for here (not when `model_name` is
+  given: the zoo config is used then).
   """
   from vit_jax import checkpoint as vit_checkpoint  # pylint: disable=g-import-not-at-top
   from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
@@ -89,7 +86,7 @@ def load_model(checkpoint: str, *, model_name: str | None, resolution: int | Non
   params = vit_checkpoint.load(checkpoint)
   if model_name is not None:
     meta = None
-  elif meta is _UNREAD:
+  elif meta is None:
     meta = vit_checkpoint.model_json(checkpoint)
   if meta is not None:
     config = ml_collections.ConfigDict(meta['model'])
