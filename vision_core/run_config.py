@@ -75,7 +75,7 @@ def resume(ckpt, state, config, workdir: str | os.PathLike, *, data_iterator,
   A checkpoint that no longer fits is reported together with the config fields changed
   since the last run; a resume that fits but changed fields logs them (`log_changes`).
   """
-  from vision_core import checkpointing, data  # pylint: disable=g-import-not-at-top
+  from vision_core import data  # pylint: disable=g-import-not-at-top
   try:
     state = ckpt.restore(
         checkpointing.abstract_like(state), data_iterator=data_iterator,
