@@ -166,9 +166,9 @@ def complete(model, params, key, tokens, *, image_shape: tuple[int, int], keep_r
                          f'has {h} rows; keep some, sample the rest).')
   sample = make_sampler(model, num_tokens=h * w, prefix_len=keep_rows * w, **sampler_kwargs)
   prefix = jnp.repeat(tokens[:, :keep_rows * w], num_completions, axis=0)
-  per_image = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(tokens.shape[0]))
-  keys = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
-      jnp.arange(num_completions)))(per_image).reshape(-1, *per_image.shape[1:])
+  per_image = row_keys(key, tokens.shape[0])
+  keys = jax.vmap(lambda k: row_keys(k, num_completions))(per_image).reshape(
+      -1, *per_image.shape[1:])
   out = sample_in_batches(sample, params, keys, prefix, batch_size=batch_size)
   return out.reshape(tokens.shape[0], num_completions, h * w)
 
