@@ -27,8 +27,8 @@ among the FID's real images or in the first batch) writes nothing to DIR.
 
 from __future__ import annotations
 
-import sys
 import os
+import sys
 
 import jax
 import numpy as np
