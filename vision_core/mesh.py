@@ -65,11 +65,11 @@ def one_cpu_device_per_core(max_devices: int = 8) -> int | None:
   op of a single device over the cores, but leaves them idle between the many small ops
   of a GAN latent search; two devices keep both busy (measured on a 2-core CPU: the search
   1.14-1.25x more image-steps/s, the compress CLI 1.34x end to end; docs/benchmarks.md run
-  11). A computation on one device still uses
-  every core. Left alone: a count the user chose (`JAX_NUM_CPU_DEVICES`, XLA_FLAGS'
-  `--xla_force_host_platform_device_count`, `jax_num_cpu_devices`), a single core, and a
-  process whose JAX is already running (its device count is fixed). On a GPU or TPU host
-  the default backend is the accelerator, which this does not touch.
+  11). A computation on one device still uses every core. Left alone: a count the user
+  chose (`JAX_NUM_CPU_DEVICES`, XLA_FLAGS' `--xla_force_host_platform_device_count`,
+  `jax_num_cpu_devices`), a single core, and a process whose JAX is already running (its
+  device count is fixed). On a GPU or TPU host the default backend is the accelerator,
+  which this does not touch.
   """
   if (os.environ.get('JAX_NUM_CPU_DEVICES')
       or 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', '')
