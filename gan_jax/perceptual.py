@@ -28,32 +28,15 @@ def vit_features(module, params, image_size: int) -> Callable:
 def load_vit_features(model_name: str | None, checkpoint: str | os.PathLike) -> Callable:
   """Loads the ViT `checkpoint` (.npz, official layout) and returns its feature function.
 
-  The architecture comes from the `model.json` that `vit_jax.main` writes beside its npz
-  (the shipped CIFAR-10 ViT has one) unless `model_name` (a vit_jax zoo name, e.g.
-  ViT-B_16) is given; without either it is ViT-B_16. The input size is the one the
-  checkpoint was trained at: model.json's `resolution`, else what its position embeddings
-  hold (224 px for ImageNet-21k ViT-B/16, 384 px for the ImageNet-2012 fine-tuned one), so
-  a checkpoint is never run at a size it was not made for.
+  `vit_jax.checkpoint.load_for_inference` without the head: the architecture comes from the
+  `model.json` that `vit_jax.main` writes beside its npz (the shipped CIFAR-10 ViT has one)
+  unless `model_name` (a vit_jax zoo name, e.g. ViT-B_16) is given; without either it is
+  the zoo model the shapes fit. The input size is the one the checkpoint was trained at:
+  model.json's `resolution`, else what its position embeddings hold (224 px for
+  ImageNet-21k ViT-B/16, 384 px for the ImageNet-2012 fine-tuned one), so a checkpoint is
+  never run at a size it was not made for.
   """
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from vision_core import npz  # pylint: disable=g-import-not-at-top
   from vit_jax import checkpoint as vit_checkpoint  # pylint: disable=g-import-not-at-top
-  from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
-  from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
-  checkpoint = os.fspath(checkpoint)
-  params = vit_checkpoint.load(checkpoint)
-  params.pop('head', None)  # Pre-logits only; a classifier head is not needed.
-  meta = vit_checkpoint.model_json(checkpoint) if not model_name else None
-  resolution = None
-  if meta is not None:
-    config = ml_collections.ConfigDict(meta['model'])
-    resolution = int(meta['resolution'])
-  else:
-    config = models.get_model_config(model_name or 'ViT-B_16')
-  module = models_vit.VisionTransformer(num_classes=None, **config)
-  resolution = resolution or vit_checkpoint.input_size(module, params)
-  dummy = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
-  expected = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), dummy))['params']
-  npz.check_matches(params, expected,
-                    source=f'{checkpoint} (as {config.get("model_name")}, {resolution} px)')
-  return vit_features(module, params, resolution)
+  loaded = vit_checkpoint.load_for_inference(checkpoint, model_name=model_name or None,
+                                             head=False, model_arg='--vit-model')
+  return vit_features(loaded.model, loaded.params, loaded.resolution)

@@ -346,9 +346,13 @@ def test_predict_official_layout_with_model_name(tmp_path, capsys):
   other_params = other.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))['params']
   vit_checkpoint.save(tmp_path / 'patch4.npz', jax.tree.map(np.asarray, other_params))
   Image.fromarray(np.zeros((12, 20, 3), np.uint8)).save(tmp_path / 'x.jpg')
+  # No model.json, no --model: the shapes fit one zoo model ('testing'), which is used.
+  predict.main(['--checkpoint', str(tmp_path / 'official.npz'), str(tmp_path / 'x.jpg')])
+  assert 'airplane' in capsys.readouterr().out
+  # Shapes that fit no zoo model (patch 4): the user is told to name it.
   with pytest.raises(SystemExit):
-    predict.main(['--checkpoint', str(tmp_path / 'official.npz'), str(tmp_path / 'x.jpg')])
-  assert 'pass --model' in capsys.readouterr().err
+    predict.main(['--checkpoint', str(tmp_path / 'patch4.npz'), str(tmp_path / 'x.jpg')])
+  assert 'no registered model); pass --model' in capsys.readouterr().err
   with pytest.raises(SystemExit):
     predict.main(['--checkpoint', str(tmp_path / 'patch4.npz'), '--model', 'testing',
                   '--resolution', '16', str(tmp_path / 'x.jpg')])

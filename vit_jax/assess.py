@@ -97,18 +97,12 @@ def load_classifier(path: str, model_name: str | None):
 
   A checkpoint written by `vit_jax.main` (the shipped CIFAR-10 ViT among them) has a
   `model.json` beside it that describes the model; it is used unless `model_name` is given.
-  Otherwise the model is inferred from the official-layout shapes (or `model_name`).
+  Otherwise the model is inferred from the official-layout shapes (or `model_name`): the
+  policy of `vit_jax.checkpoint.load_for_inference`.
   """
   from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  meta = checkpoint.model_json(path) if model_name is None else None
-  if meta is not None:
-    from vit_jax import predict  # pylint: disable=g-import-not-at-top
-    model, params, _, image_size = predict.load_model(path, model_name=None, resolution=None,
-                                                      labels=None)
-    return model, params, int(image_size), meta.get('model_name') or 'model.json'
-  params = checkpoint.load(path)
-  model, image_size, name = assess_io.infer_model(params, model_name)
-  return model, params, image_size, name
+  loaded = checkpoint.load_for_inference(path, model_name=model_name)
+  return loaded.model, loaded.params, loaded.resolution, loaded.model_name
 
 
 def parse_args(argv):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import jax
 import numpy as np
 
 from vision_core import images as images_lib
@@ -199,37 +198,3 @@ def load_pairs(originals: str, reconstructions: str, *, resize: bool,
       pair.compressed_path = comp[stem]
     pairs.append(pair)
   return pairs, [recon[s] for s in ignored]
-
-
-def infer_model(params, name: str | None):
-  """A `VisionTransformer` for an official-layout checkpoint: (model, image_size)."""
-  from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
-  from vit_jax.configs.models import MODEL_CONFIGS, get_model_config  # pylint: disable=g-import-not-at-top
-  if 'head' not in params:
-    raise UserInputError('checkpoint: no `head` parameters; the ViT-Score needs a classifier.')
-  num_classes = int(np.shape(params['head']['bias'])[-1])
-  if name is None:
-    kernel = np.shape(params['embedding']['kernel'])
-    layers = sum(k.startswith('encoderblock_') for k in params.get('Transformer', {}))
-    rep = params['pre_logits']['kernel'].shape[-1] if 'pre_logits' in params else None
-    cls = 'cls' in params
-    candidates = [n for n, c in MODEL_CONFIGS.items()
-                  if c.get('resnet') is None and tuple(c.patches.size) == tuple(kernel[:2])
-                  and c.hidden_size == kernel[-1] and c.transformer.num_layers == layers
-                  and c.get('representation_size') == rep and (c.classifier == 'token') == cls]
-    if len(candidates) != 1:
-      raise UserInputError(
-          'checkpoint: cannot infer the model from its shapes (patch '
-          f'{kernel[:2]}, width {kernel[-1]}, {layers} layers): '
-          f'{"matches " + ", ".join(candidates) if candidates else "no registered model"}; pass '
-          '--model NAME.')
-    name = candidates[0]
-  config = get_model_config(name)
-  model = models_vit.VisionTransformer(num_classes=num_classes, **config)
-  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  image_size = checkpoint.input_size(model, params)
-  expected = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), np.zeros((1, image_size, image_size, 3), np.float32)))['params']
-  from vision_core import npz  # pylint: disable=g-import-not-at-top
-  npz.check_matches(params, expected, source=f'checkpoint for {name}')
-  return model, image_size, name

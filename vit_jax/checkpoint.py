@@ -10,6 +10,7 @@ GroupNorm scales of shape `[1, 1, 1, C]`. `load` turns any of them into the tree
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import math
@@ -127,13 +128,17 @@ def resize_posemb(posemb: np.ndarray, num_tokens: int, *, has_class_token: bool)
   return np.concatenate([tok, grid.astype(posemb.dtype)], axis=1)
 
 
+def _model_json_path(checkpoint: str | os.PathLike) -> str:
+  from vision_core import io  # pylint: disable=g-import-not-at-top
+  return io.join(io.dirname(io.abspath(os.fspath(checkpoint))), 'model.json')
+
+
 def model_json(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
   """The `model.json` that `vit_jax.main` writes beside its `model.npz` (model config, class
   names, resolution, test preprocessing), for the checkpoint file `checkpoint`; None when
   there is none. A local path or a URI."""
   from vision_core import io  # pylint: disable=g-import-not-at-top
-  checkpoint = os.fspath(checkpoint)
-  path = io.join(io.dirname(io.abspath(checkpoint)), 'model.json')
+  path = _model_json_path(checkpoint)
   if not io.exists(path):
     return None
   try:
@@ -194,3 +199,127 @@ def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[
         posemb, np.shape(expected)[1], has_class_token=has_token)
   npz.check_matches(restored, init_params, source=source)
   return restored
+
+
+def infer_model_name(params: Mapping[str, Any], *, source: str, model_arg: str) -> str:
+  """The one zoo model (`vit_jax.configs.models`) whose shapes `params` have.
+
+  Matched on patch size, width, depth, representation size and class token; hybrids are not
+  told apart (their ResNet stems differ in ways these keys do not show). Raises
+  `UserInputError` naming `model_arg` (the flag or field that gives the name) when no model
+  or several match.
+  """
+  from vit_jax.configs.models import MODEL_CONFIGS  # pylint: disable=g-import-not-at-top
+  kernel = np.shape(params.get('embedding', {}).get('kernel', ()))
+  if len(kernel) != 4:
+    raise UserInputError(f'{source}: no embedding/kernel of shape [ph, pw, C, D]; is this a ViT '
+                         'checkpoint?')
+  layers = sum(k.startswith('encoderblock_') for k in params.get('Transformer', {}))
+  rep = np.shape(params['pre_logits']['kernel'])[-1] if 'pre_logits' in params else None
+  cls = 'cls' in params
+  candidates = [n for n, c in MODEL_CONFIGS.items()
+                if c.get('resnet') is None and tuple(c.patches.size) == tuple(kernel[:2])
+                and c.hidden_size == kernel[-1] and c.transformer.num_layers == layers
+                and c.get('representation_size') == rep and (c.classifier == 'token') == cls]
+  if len(candidates) != 1:
+    found = f'matches {", ".join(candidates)}' if candidates else 'no registered model'
+    raise UserInputError(
+        f'{source}: no model.json beside it and the model cannot be told from its shapes '
+        f'(patch {tuple(kernel[:2])}, width {kernel[-1]}, {layers} layers: {found}); pass '
+        f'{model_arg} (e.g. ViT-B_16).')
+  return candidates[0]
+
+
+def _meta_fields(meta: Mapping[str, Any], source: str):
+  """(model config dict, resolution or None, class names or None) of a model.json."""
+  config, resolution, names = meta.get('model'), meta.get('resolution'), meta.get('class_names')
+  if not isinstance(config, dict):
+    raise UserInputError(f'{source}: "model" must be the model config (a JSON object), found '
+                         f'{type(config).__name__}.')
+  if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int)
+                                 or resolution < 1):
+    raise UserInputError(f'{source}: "resolution" must be a positive whole number, found '
+                         f'{resolution!r}.')
+  if names is not None and not isinstance(names, list):
+    raise UserInputError(f'{source}: "class_names" must be a list, found '
+                         f'{type(names).__name__}.')
+  return config, resolution, names
+
+
+@dataclasses.dataclass(frozen=True)
+class Inference:
+  """A ViT checkpoint ready to run: `model.apply({'params': params}, x)` with `x` of shape
+  `[N, resolution, resolution, 3]` gives `[N, num_classes]` logits (or `[N, D]` pre-logits
+  with `return_prelogits=True`; the only output when it was loaded without its head)."""
+  model: Any  # models_vit.VisionTransformer
+  config: Any  # its ml_collections.ConfigDict (without num_classes)
+  params: dict[str, Any]
+  resolution: int
+  resolution_from: str  # 'argument', 'model.json' or 'position embeddings'
+  model_name: str
+  class_names: list[str] | None  # model.json's, when it was used
+  meta: dict[str, Any] | None  # the model.json, when it was used
+
+
+def load_for_inference(checkpoint: str | os.PathLike, *, model_name: str | None = None,
+                       resolution: int | None = None, head: bool = True,
+                       meta: Mapping[str, Any] | None = None,
+                       model_arg: str = '--model') -> Inference:
+  """Loads a ViT `.npz` (official layout, or `vit_jax.main`'s with its model.json) to run.
+
+  One policy for every reader (predict, assess, the GAN perceptual term, the study):
+  - architecture: the zoo config `model_name` when given (model.json is then ignored), else
+    the `model.json` beside the file (`meta`, when the caller has read it already), else
+    the one zoo model its shapes fit (`infer_model_name`);
+  - resolution: `resolution` when given, else model.json's, else what the position
+    embeddings hold (`input_size`: e.g. 384 px for the ImageNet fine-tuned ViT-B/16);
+  - `head`: True needs the classification head (its size gives `num_classes`); False drops
+    it and builds a pre-logits model (`num_classes=None`);
+  - every key and shape must match the model, else `UserInputError` lists the mismatches.
+  `model_arg` is the flag or config field that names a zoo model, for the error messages.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
+  source = os.fspath(checkpoint)
+  params = load(source)
+  class_names = None
+  json_resolution = None
+  if model_name:
+    meta = None
+    config = models.get_model_config(model_name)
+  else:
+    meta = model_json(source) if meta is None else meta
+    if meta is not None:
+      model_config, json_resolution, class_names = _meta_fields(meta, _model_json_path(source))
+      config = ml_collections.ConfigDict(model_config)
+    else:
+      config = models.get_model_config(infer_model_name(params, source=source,
+                                                        model_arg=model_arg))
+  name = str((meta or {}).get('model_name') or config.get('model_name') or 'model.json')
+  if head:
+    if 'head' not in params:
+      raise UserInputError(f'{source}: has no classification head (an ImageNet-21k '
+                           'pre-training checkpoint without head?); class scores need one.')
+    num_classes = int(np.shape(params['head']['bias'])[0])
+    if class_names is not None and len(class_names) != num_classes:
+      raise UserInputError(f'{source}: model.json lists {len(class_names)} class_names but the '
+                           f'head predicts {num_classes} classes.')
+  else:
+    params.pop('head', None)  # Pre-logits only.
+    num_classes = None
+  model = models_vit.VisionTransformer(num_classes=num_classes, **config)
+  if resolution:
+    resolution_from = 'argument'
+  elif json_resolution:
+    resolution, resolution_from = json_resolution, 'model.json'
+  else:
+    resolution, resolution_from = input_size(model, params), 'position embeddings'
+  resolution = int(resolution)
+  expected = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), np.zeros((1, resolution, resolution, 3), np.float32))['params'])
+  npz.check_matches(params, expected, source=f'{source} (as {name}, {resolution} px)')
+  return Inference(model=model, config=config, params=params, resolution=resolution,
+                   resolution_from=resolution_from, model_name=name, class_names=class_names,
+                   meta=dict(meta) if meta is not None else None)

@@ -5,7 +5,8 @@
       --labels imagenet2012 --csv predictions.csv dog.jpg
 
 A checkpoint written by `vit_jax.main` has a `model.json` beside it (model config, class
-names, resolution), so nothing else is needed. For an official `.npz`, pass `--model`; the
+names, resolution), so nothing else is needed. For an official `.npz`, the model is told
+from its shapes (pass `--model` where they fit no zoo model or several); the
 class count comes from the file's head, the resolution from its position embeddings (or
 `--resolution`), and the label names from `--labels` (by default imagenet2012 for 1,000
 classes, cifar10 / cifar100 for 10 / 100, else class numbers).
@@ -23,7 +24,6 @@ import numpy as np
 
 from vision_core import images as images_lib
 from vision_core import io
-from vision_core import npz
 from vision_core.data import preprocess as pp_lib
 from vision_core.errors import UserInputError, cli_errors
 
@@ -73,46 +73,24 @@ def _label_names(spec: str | None, num_classes: int) -> list[str]:
 
 def load_model(checkpoint: str, *, model_name: str | None, resolution: int | None,
                labels: str | None, meta: dict[str, Any] | None = None):
-  """(model, params, class names, resolution) for `checkpoint`.
+  """(model, params, class names, resolution) for `checkpoint`; the policy is
+  `vit_checkpoint.load_for_inference`'s (model.json unless `model_name`, else the shapes).
 
   `meta`: the checkpoint's model.json, for a caller that has read it already
   (`vit_checkpoint.model_json`); None: it is looked for here (not when `model_name` is
-  given: the zoo config is used then).
+  given: the zoo config is used then). `labels` replaces model.json's class names.
   """
   from vit_jax import checkpoint as vit_checkpoint  # pylint: disable=g-import-not-at-top
-  from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
-  from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  params = vit_checkpoint.load(checkpoint)
-  if model_name is not None:
-    meta = None
-  elif meta is None:
-    meta = vit_checkpoint.model_json(checkpoint)
-  if meta is not None:
-    config = ml_collections.ConfigDict(meta['model'])
-    names = meta['class_names'] if labels is None else None
-    resolution = resolution or meta['resolution']
-  elif model_name is None:
-    raise UserInputError(f'{checkpoint}: no model.json beside it; pass --model (e.g. ViT-B_16).')
-  else:
-    config = models.get_model_config(model_name)
-    names = None
-  if 'head' not in params:
-    raise UserInputError(f'{checkpoint}: has no classification head (an ImageNet-21k '
-                         'pre-training checkpoint without head?); nothing to predict with.')
-  num_classes = int(np.shape(params['head']['bias'])[0])
+  loaded = vit_checkpoint.load_for_inference(checkpoint, model_name=model_name,
+                                             resolution=resolution, meta=meta)
+  if loaded.resolution_from == 'position embeddings' and loaded.resolution != 224:
+    # e.g. an official checkpoint fine-tuned at 384: said, as it is not the usual size.
+    print(f'resolution: {loaded.resolution} px, from the checkpoint\'s position embeddings',
+          file=sys.stderr)
+  names = loaded.class_names if labels is None else None
+  num_classes = int(np.shape(loaded.params['head']['bias'])[0])
   names = names or _label_names(labels, num_classes)
-  model = models_vit.VisionTransformer(num_classes=num_classes, **config)
-  import jax  # pylint: disable=g-import-not-at-top
-  if resolution is None:
-    resolution = vit_checkpoint.input_size(model, params)
-    if resolution != 224:  # e.g. an official checkpoint fine-tuned at 384
-      print(f'resolution: {resolution} px, from the checkpoint\'s position embeddings',
-            file=sys.stderr)
-  expected = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), np.zeros((1, resolution, resolution, 3), np.float32))['params'])
-  npz.check_matches(params, expected, source=f'{checkpoint} (as {config.get("model_name")})')
-  return model, params, names, resolution
+  return loaded.model, loaded.params, names, loaded.resolution
 
 
 def saved_test_preprocess(meta: dict[str, Any] | None, resolution: int) -> str | None:
