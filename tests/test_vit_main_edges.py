@@ -158,6 +158,17 @@ def test_predict_rejects_non_positive_counts(tmp_path, capsys, flag, value):
   assert f'{flag} {value}: expected a positive whole number' in capsys.readouterr().err
 
 
+def test_predict_names_a_missing_checkpoint_by_its_flag(tmp_path, capsys):
+  from vit_jax import predict
+  missing = str(tmp_path / 'nope.npz')
+  with pytest.raises(SystemExit) as exit_info:  # (tmp_path, an empty folder, is not reached)
+    predict.main(['--checkpoint', missing, str(tmp_path)])
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err == (
+      f'vit_jax.predict: error: --checkpoint {missing}: no such file (an official .npz '
+      'checkpoint, e.g. ViT-B_16.npz, or a model.npz written by vit_jax.main).\n')
+
+
 def test_resume_with_an_incompatible_change_names_the_changed_fields(tmp_path):
   dataset = helpers.write_dataset(tmp_path / 'ds')
   workdir = str(tmp_path / 'w')

@@ -3,6 +3,7 @@ refused before training starts, and a finished run started again."""
 
 import json
 import os
+import re
 
 import pytest
 
@@ -46,6 +47,19 @@ def test_a_refused_run_creates_nothing_in_a_fresh_workdir(dataset, tmp_path, nam
   workdir = tmp_path / 'runs' / 'w'
   with pytest.raises((UserInputError, FileNotFoundError)):
     train_loop.train_and_evaluate(config, str(workdir))
+  assert not os.path.exists(tmp_path / 'runs')
+
+
+@pytest.mark.parametrize('mode', ['train', 'evaluate'])
+def test_a_missing_pretrained_file_names_the_field_and_creates_nothing(dataset, tmp_path, mode):
+  # It was the npz reader's FileNotFoundError, naming neither the field nor what it takes.
+  missing = str(tmp_path / 'ViT-B_16.npz')
+  config = helpers.tiny_config(dataset, mode=mode, pretrained=missing)
+  run = train_loop.train_and_evaluate if mode == 'train' else train_loop.evaluate_only
+  with pytest.raises(UserInputError, match=(
+      f'^pretrained={re.escape(missing)}: no such file \\(an official .npz checkpoint, e.g. '
+      'ViT-B_16.npz, or a model.npz written by vit_jax.main\\).$')):
+    run(config, str(tmp_path / 'runs' / 'w'))
   assert not os.path.exists(tmp_path / 'runs')
 
 

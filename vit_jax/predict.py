@@ -148,6 +148,10 @@ def main(argv: list[str] | None = None) -> None:
         raise UserInputError(f'{flag} {value}: expected a positive whole number.')
     if args.csv:
       io.check_can_write(args.csv, overwrite=args.force)
+    if not io.exists(args.checkpoint):  # Named with the flag, before the images are listed.
+      raise UserInputError(
+          f'--checkpoint {args.checkpoint}: no such file (an official .npz checkpoint, e.g. '
+          'ViT-B_16.npz, or a model.npz written by vit_jax.main).')
     paths = expand_inputs(args.inputs)
     from vit_jax import checkpoint as vit_checkpoint  # pylint: disable=g-import-not-at-top
     # Read once: it gives both the model and the test preprocessing. --model: a zoo model.
