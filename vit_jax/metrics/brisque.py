@@ -219,14 +219,8 @@ def _check_images(images) -> None:
   # not an np.floating subtype but holds 0..255 levels exactly, as float32 does.
   if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
     raise UserInputError(f'brisque images: expected uint8 or float pixels, got dtype {dtype}.')
-  xp = np if isinstance(images, np.ndarray) else jnp
-  if np.issubdtype(dtype, np.integer) and dtype != np.uint8:
-    # The 8-bit grey conversion would clip larger levels (16-bit RGB would score as white).
-    lo, hi = int(xp.min(images)), int(xp.max(images))
-    if lo < 0 or hi > 255:
-      raise UserInputError(
-          f'brisque images: integer pixels must be 8-bit levels 0..255, got values in '
-          f'[{lo}, {hi}] (dtype {dtype}); convert to 8 bits first (16-bit: x >> 8).')
+  # The 8-bit grey conversion would clip larger levels (16-bit RGB would score as white).
+  checks.check_integer_levels(images, metric='brisque', name='images')
   checks.check_float_levels(images, metric='brisque', name='images', as_peer='as OpenCV')
 
 

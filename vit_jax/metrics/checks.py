@@ -124,13 +124,22 @@ def check_dtypes(a, b, *, metric: str, names: tuple[str, str] = ('a', 'b')) -> N
       f'one to the other\'s dtype and range first, e.g. {hint}.')
 
 
+def _array_module(x):
+  """numpy for a host array, jax.numpy otherwise: a JAX batch is reduced on its device, not
+  copied to the host to find its min and max."""
+  return np if isinstance(x, np.ndarray) else jnp
+
+
+def value_bounds(x, *, axis=None):
+  """(min, max) of the array `x` (over `axis`; all of it by default), where it lives."""
+  xp = _array_module(x)
+  return xp.min(x, axis=axis), xp.max(x, axis=axis)
+
+
 def _bounds(a, b) -> tuple[float, float]:
-  """(min, max) over a and b; host arrays with numpy, JAX arrays on their devices."""
-  lo, hi = math.inf, -math.inf
-  for x in (a, b):
-    xp = np if isinstance(x, np.ndarray) else jnp
-    lo, hi = min(lo, float(xp.min(x))), max(hi, float(xp.max(x)))
-  return lo, hi
+  """(min, max) over a and b."""
+  (lo_a, hi_a), (lo_b, hi_b) = value_bounds(a), value_bounds(b)
+  return min(float(lo_a), float(lo_b)), max(float(hi_a), float(hi_b))
 
 
 def resolve_data_range(a, b, data_range, *, metric: str) -> float:
@@ -208,8 +217,7 @@ def check_integer_levels(images, *, metric: str, name: str) -> None:
   if dtype == np.uint8 or not jnp.issubdtype(dtype, jnp.integer):
     return
   images = images if hasattr(images, 'dtype') else np.asarray(images)
-  xp = np if isinstance(images, np.ndarray) else jnp
-  lo, hi = int(xp.min(images)), int(xp.max(images))
+  lo, hi = (int(v) for v in value_bounds(images))
   if lo < 0 or hi > 255:
     raise UserInputError(
         f'{metric} {name}: integer pixels must be 8-bit levels 0..255, got values in '
@@ -217,8 +225,10 @@ def check_integer_levels(images, *, metric: str, name: str) -> None:
         '(x >> 8).astype(np.uint8)).')
 
 
-# Float pixels beyond [0, 255] by more than this are on another scale (not an overshoot).
-_FLOAT_SLACK = 0.25 * 255
+# Values beyond the nominal range by more than this fraction of it are on another scale
+# (not an overshoot of an unclipped reconstruction).
+_RANGE_SLACK = 0.25
+_FLOAT_SLACK = _RANGE_SLACK * 255
 
 
 def check_float_levels(images, *, metric: str, name: str, as_peer: str = '') -> None:
@@ -234,11 +244,9 @@ def check_float_levels(images, *, metric: str, name: str, as_peer: str = '') -> 
   if not is_float(dtype_of(images)):
     return
   images = images if hasattr(images, 'dtype') else np.asarray(images)
-  xp = np if isinstance(images, np.ndarray) else jnp
-  if not bool(xp.isfinite(images).all()):  # NaN would slip through the comparisons below
+  if not bool(_array_module(images).isfinite(images).all()):  # NaN slips through `<` below
     raise UserInputError(f'{metric} {name}: the batch contains NaN or infinite pixels.')
-  lo = np.asarray(xp.min(images, axis=(1, 2, 3)), np.float64)
-  hi = np.asarray(xp.max(images, axis=(1, 2, 3)), np.float64)
+  lo, hi = (np.asarray(v, np.float64) for v in value_bounds(images, axis=(1, 2, 3)))
   dtype = images.dtype
   takes = f'{metric} takes float pixels in [0, 255]' + (f', {as_peer}' if as_peer else '')
   for i in range(lo.size):
@@ -251,3 +259,22 @@ def check_float_levels(images, *, metric: str, name: str, as_peer: str = '') -> 
       raise UserInputError(
           f'{metric} {name}: {span}, not 0..255; {takes}: rescale them (x / 257 for 16-bit '
           'levels) or pass uint8 images.')
+
+
+def check_within_range(images, data_range: float, *, metric: str, name: str) -> None:
+  """Raises unless the values of `[B, H, W, C]` lie in [0, data_range], give or take a
+  quarter of it (the slack of `check_float_levels`: an unclipped reconstruction).
+
+  For extractors that divide by `data_range` (the FID Inception): the wrong one gives
+  features of a saturated image without any error: uint8 levels with data_range=1.0
+  (pytorch-fid's [0, 1] convention), or 16-bit levels with the default 255.
+  """
+  images = images if hasattr(images, 'dtype') else np.asarray(images)
+  lo, hi = (float(v) for v in value_bounds(images))
+  if not (math.isfinite(lo) and math.isfinite(hi)):
+    raise UserInputError(f'{metric} {name}: the batch contains NaN or infinite pixels.')
+  if lo < -_RANGE_SLACK * data_range or hi > (1 + _RANGE_SLACK) * data_range:
+    raise UserInputError(
+        f'{metric} {name}: values span [{lo:g}, {hi:g}] ({images.dtype}), not '
+        f'[0, data_range={data_range:g}]; pass the width of the images\' value range '
+        '(data_range=255.0 for 8-bit levels, 1.0 for [0, 1] floats) or rescale them.')

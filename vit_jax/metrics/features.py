@@ -16,7 +16,6 @@ docs/metrics.md for the exact convention).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Iterable
 
 import jax
@@ -73,27 +72,9 @@ def inception_extractor(variables, *, data_range: float = 255.0, mesh=None,
     images_lib.check_batch(images, name='inception_extractor input', channels=(3,))
     if data_range == 255.0:
       checks.check_float_levels(images, metric='inception_extractor', name='input')
-    _check_within_range(images, data_range)
+    checks.check_within_range(images, data_range, metric='inception_extractor', name='input')
     return _batched(apply, mesh=mesh)(images)
   return run
-
-
-def _check_within_range(images, data_range: float) -> None:
-  """Raises unless the values lie in [0, data_range], give or take a quarter of it.
-
-  Dividing by the wrong data_range gives features of a saturated image without any error:
-  uint8 levels with data_range=1.0 (pytorch-fid's [0, 1] convention), or 16-bit levels with
-  the default 255. The slack admits an unclipped reconstruction, as `check_float_levels`.
-  """
-  xp = np if isinstance(images, np.ndarray) else jnp
-  lo, hi = float(xp.min(images)), float(xp.max(images))
-  if not (math.isfinite(lo) and math.isfinite(hi)):
-    raise UserInputError('inception_extractor input: the batch contains NaN or infinite pixels.')
-  if lo < -0.25 * data_range or hi > 1.25 * data_range:
-    raise UserInputError(
-        f'inception_extractor input: values span [{lo:g}, {hi:g}] ({images.dtype}), not '
-        f'[0, data_range={data_range:g}]; pass the width of the images\' value range '
-        '(data_range=255.0 for 8-bit levels, 1.0 for [0, 1] floats) or rescale them.')
 
 
 def vit_extractor(model, params, *, mesh=None) -> Extractor:
