@@ -90,7 +90,8 @@ class VitFid:
     if batch_size < 1:
       raise UserInputError(f'config.fid_batch_size={batch_size}: expected >= 1.')
     self.checkpoint = checkpoint
-    self.classifier = study_scores.load_classifier(checkpoint, model_name=model_name)
+    self.classifier = study_scores.load_classifier(checkpoint, model_name=model_name,
+                                                   model_field='config.fid_vit_model')
     self.sha256 = checkpoint_sha256(checkpoint)
     self.batch_size = batch_size
     self._vit = metrics.vit_extractor(self.classifier.model, self.classifier.params, mesh=mesh)

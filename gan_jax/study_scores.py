@@ -42,18 +42,20 @@ class Classifier:
                            'classifier\'s number of classes).')
 
 
-def load_classifier(checkpoint: str, *, model_name: str = '', resolution: int = 0
-                    ) -> Classifier:
+def load_classifier(checkpoint: str, *, model_name: str = '', resolution: int = 0,
+                    model_field: str = '--config.vit_model') -> Classifier:
   """Loads an official-layout ViT npz (float16 storage is converted to float32).
 
   The model comes from the `model.json` that `vit_jax.main` writes beside its npz, or from
-  the zoo name `model_name` (e.g. ViT-B_16 for the official checkpoints).
+  the zoo name `model_name` (e.g. ViT-B_16 for the official checkpoints), else from its
+  shapes; `model_field` is the config field that gives that name, for the error messages.
   """
   from vit_jax import predict  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(checkpoint):
     raise UserInputError(f'vit_checkpoint: {checkpoint} does not exist.')
   model, params, names, res = predict.load_model(
-      checkpoint, model_name=model_name or None, resolution=resolution or None, labels=None)
+      checkpoint, model_name=model_name or None, resolution=resolution or None, labels=None,
+      model_arg=model_field)
   params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), params)
   return Classifier(model, params, int(res), list(names))
 

@@ -116,6 +116,9 @@ def test_bad_inputs_are_clear_messages(tiny_checkpoint, tmp_path):
   orig, recon = tmp_path / 'o', tmp_path / 'r'
   orig.mkdir()
   recon.mkdir()
+  # The checkpoint is checked first, before the (here empty) folders are read.
+  with pytest.raises(UserInputError, match=r'--checkpoint \S*nope\.npz: no such file'):
+    _run(orig, recon, str(tmp_path / 'nope.npz'), tmp_path / 'out')
   with pytest.raises(UserInputError, match='no images found'):
     _run(orig, recon, ckpt, tmp_path / 'out')
   im = data.astronaut()[:32, :32]

@@ -80,6 +80,16 @@ def test_shapes_of_no_zoo_model_ask_for_the_name_by_the_callers_flag(tmp_path):
     vit_checkpoint.load_for_inference(path, model_arg='--vit-model')
 
 
+def test_study_and_gan_fid_name_their_model_fields(tmp_path):
+  from gan_jax import fid_vit, study_scores  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'own.npz'
+  _save(path, ml_collections.ConfigDict(_OWN), 16)
+  with pytest.raises(UserInputError, match=r'no registered model\); pass --config\.vit_model'):
+    study_scores.load_classifier(str(path))
+  with pytest.raises(UserInputError, match=r'no registered model\); pass config\.fid_vit_model'):
+    fid_vit.VitFid(str(path))
+
+
 def test_a_zoo_name_replaces_model_json_and_a_mismatch_is_named(tmp_path):
   path, _ = _with_model_json(tmp_path)
   # 'testing' has 16 px patches: the file's 4x4 token grid reads as 64 px.

@@ -140,6 +140,8 @@ def main(argv=None) -> None:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   for name in OUTPUTS:  # Refuse early, before hours of scoring.
     check_can_write(os.path.join(args.out, name), overwrite=args.force)
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  checkpoint.check_exists(args.checkpoint, label=f'--checkpoint {args.checkpoint}')
   pairs, ignored = assess_io.load_pairs(args.originals, args.reconstructions,
                                         resize=args.resize, compressed=args.compressed,
                                         alpha_background=args.alpha_background)

@@ -201,6 +201,16 @@ def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[
   return restored
 
 
+def check_exists(path: str | os.PathLike, *, label: str) -> None:
+  """Refuses a checkpoint path with no file before anything is read or written; `label` names
+  where the path came from (`--checkpoint PATH`, `pretrained=PATH`): the npz reader's
+  FileNotFoundError named neither that nor what belongs there."""
+  from vision_core import io  # pylint: disable=g-import-not-at-top
+  if not io.exists(os.fspath(path)):
+    raise UserInputError(f'{label}: no such file (an official .npz checkpoint, e.g. '
+                         'ViT-B_16.npz, or a model.npz written by vit_jax.main).')
+
+
 def infer_model_name(params: Mapping[str, Any], *, source: str, model_arg: str) -> str:
   """The one zoo model (`vit_jax.configs.models`) whose shapes `params` have.
 

@@ -72,17 +72,20 @@ def _label_names(spec: str | None, num_classes: int) -> list[str]:
 
 
 def load_model(checkpoint: str, *, model_name: str | None, resolution: int | None,
-               labels: str | None, meta: dict[str, Any] | None = None):
+               labels: str | None, meta: dict[str, Any] | None = None,
+               model_arg: str = '--model'):
   """(model, params, class names, resolution) for `checkpoint`; the policy is
   `vit_checkpoint.load_for_inference`'s (model.json unless `model_name`, else the shapes).
 
   `meta`: the checkpoint's model.json, for a caller that has read it already
   (`vit_checkpoint.model_json`); None: it is looked for here (not when `model_name` is
   given: the zoo config is used then). `labels` replaces model.json's class names.
+  `model_arg`: the flag or config field that names a zoo model, for the error messages.
   """
   from vit_jax import checkpoint as vit_checkpoint  # pylint: disable=g-import-not-at-top
   loaded = vit_checkpoint.load_for_inference(checkpoint, model_name=model_name,
-                                             resolution=resolution, meta=meta)
+                                             resolution=resolution, meta=meta,
+                                             model_arg=model_arg)
   if loaded.resolution_from == 'position embeddings' and loaded.resolution != 224:
     # e.g. an official checkpoint fine-tuned at 384: said, as it is not the usual size.
     print(f'resolution: {loaded.resolution} px, from the checkpoint\'s position embeddings',
@@ -148,12 +151,9 @@ def main(argv: list[str] | None = None) -> None:
         raise UserInputError(f'{flag} {value}: expected a positive whole number.')
     if args.csv:
       io.check_can_write(args.csv, overwrite=args.force)
-    if not io.exists(args.checkpoint):  # Named with the flag, before the images are listed.
-      raise UserInputError(
-          f'--checkpoint {args.checkpoint}: no such file (an official .npz checkpoint, e.g. '
-          'ViT-B_16.npz, or a model.npz written by vit_jax.main).')
-    paths = expand_inputs(args.inputs)
     from vit_jax import checkpoint as vit_checkpoint  # pylint: disable=g-import-not-at-top
+    vit_checkpoint.check_exists(args.checkpoint, label=f'--checkpoint {args.checkpoint}')
+    paths = expand_inputs(args.inputs)
     # Read once: it gives both the model and the test preprocessing. --model: a zoo model.
     meta = None if args.model else vit_checkpoint.model_json(args.checkpoint)
     model, params, names, resolution = load_model(

@@ -163,16 +163,6 @@ def _check_config(config, mesh) -> None:
         'more (the official recipe: 384/384 for CIFAR, 448/384 for ImageNet).')
 
 
-def _check_pretrained_exists(config) -> None:
-  """Refuses a `pretrained` path with no file, naming the field, before a dataset is read or
-  anything is written (the npz reader's FileNotFoundError named neither the field nor what
-  belongs there)."""
-  if config.pretrained and not io.exists(config.pretrained):
-    raise UserInputError(
-        f'pretrained={config.pretrained}: no such file (an official .npz checkpoint, e.g. '
-        'ViT-B_16.npz, or a model.npz written by vit_jax.main).')
-
-
 def _check_pretrained_kept(config, workdir: str) -> None:
   """Refuses a fresh run whose `pretrained` file is the `model.npz` that it would export."""
   if (config.pretrained and config.export_npz and io.abspath(config.pretrained)
@@ -217,8 +207,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return done
   try:
     resuming = latest is not None
-    if not resuming:  # Before the datasets are read; a resumed run does not read it.
-      _check_pretrained_exists(config)
+    if not resuming and config.pretrained:  # Before the datasets are read; a resumed run
+      vit_checkpoint.check_exists(config.pretrained,  # does not read it.
+                                  label=f'pretrained={config.pretrained}')
     train_source = _source(config, config.pp.train)
     test_source = _source(config, config.pp.test, class_names=train_source.class_names)
     channels = train_source[0]['image'].shape[-1]
@@ -333,8 +324,8 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   # without checkpoints needs no check first.
   with checkpointing.Checkpointer(ckpt_dir) as ckpt:
     step = ckpt.latest_step()
-    if step is None:  # Else the checkpoint is scored and `pretrained` is not read.
-      _check_pretrained_exists(config)
+    if step is None and config.pretrained:  # Else the checkpoint is scored, not pretrained.
+      vit_checkpoint.check_exists(config.pretrained, label=f'pretrained={config.pretrained}')
     # The model's classes (the test folder may lack some).
     test_source = _source(config, config.pp.test, class_names=_evaluated_class_names(
         config, workdir, from_checkpoint=step is not None))
