@@ -5,10 +5,11 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
-from vision_core import io, mesh, npz
+from vision_core import io, mesh, npz, run_config
 from vision_core.errors import UserInputError
 
 
@@ -32,6 +33,22 @@ def test_shard_batch_splits_rows_over_data_axis():
   np.testing.assert_array_equal(mesh.to_host(placed)['x'], batch['x'])
   with pytest.raises(UserInputError, match='batch=6 is not divisible by the 4 devices'):
     mesh.check_batch_size(6, m)
+  for size in (0, -4):  # divisible, and meaningless: named as the field, not the loader's
+    with pytest.raises(UserInputError, match=rf'^batch_size={size}: expected > 0 \(a multiple '
+                       r'of the 4 devices'):
+      mesh.check_batch_size(size, m, field='batch_size')
+
+
+def test_check_fields_names_the_first_field_out_of_its_range():
+  config = ml_collections.ConfigDict(dict(steps=10, rate=0.5, g=dict(width=0)))
+  run_config.check_fields(config, [('steps', '> 0'), ('rate', 'in [0, 1)')])  # in range
+  with pytest.raises(UserInputError, match=r'^config\.g\.width=0: expected > 0 \(why\)\.$'):
+    run_config.check_fields(config, [('steps', '> 0'), ('g.width', '> 0', 'why')],
+                            prefix='config.')
+  run_config.check_fields(config, [('absent', '> 0'), ('g.absent', '> 0')])  # optional ones
+  config.rate = float('nan')
+  with pytest.raises(UserInputError, match=r'^rate=nan: expected >= 0\.$'):
+    run_config.check_fields(config, [('rate', '>= 0')])
 
 
 @pytest.mark.parametrize('env, message', [

@@ -268,6 +268,9 @@ def test_bad_inputs_have_clear_messages(dataset, tmp_path):
   with pytest.raises(UserInputError, match=r'batch=12 is not divisible by the 8 devices'):
     train_loop.train_and_evaluate(helpers.tiny_config(dataset, batch=12, mesh=(-1, 1)),
                                   str(tmp_path / 'w1'))
+  with pytest.raises(UserInputError, match=r'^total_steps=0: expected > 0\.$'):
+    train_loop.train_and_evaluate(helpers.tiny_config(dataset, total_steps=0),
+                                  str(tmp_path / 'w1'))
   with pytest.raises(UserInputError, match=r'does not exist'):
     train_loop.train_and_evaluate(helpers.tiny_config(str(tmp_path / 'missing')),
                                   str(tmp_path / 'w2'))

@@ -128,6 +128,9 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh, *, field: str = 'batch') -> None:
   """Raises a clear error if a global batch cannot be split evenly over the 'data' axis."""
   n = mesh.shape['data']
+  if batch_size <= 0:  # 0 and -n divide evenly; the loader's message names no field.
+    raise UserInputError(f'{field}={batch_size}: expected > 0 (a multiple of the {n} devices '
+                         "of the mesh's data axis).")
   if batch_size % n:
     raise UserInputError(
         f'{field}={batch_size} is not divisible by the {n} devices of the mesh\'s data axis; '

@@ -11,6 +11,11 @@ once in the log instead of passing unnoticed.
 
 `finished` tells a trainer that the workdir's run is already complete, so that running the
 same command again returns its `final.json` instead of evaluating and logging it again.
+
+`check_fields` refuses numeric fields out of their range with one message per field, the
+same wording in every trainer:
+
+  run_config.check_fields(config, [('total_steps', '> 0'), ('eval_every', '>= 0', ZERO_LAST)])
 """
 
 from __future__ import annotations
@@ -25,6 +30,34 @@ from vision_core import checkpointing, config_cli, io
 from vision_core.errors import UserInputError
 
 FILE = 'config.json'
+
+# The ranges `check_fields` knows, by the words its messages use for them.
+RANGES = {
+    '> 0': lambda v: v > 0,
+    '>= 0': lambda v: v >= 0,
+    'in [0, 1)': lambda v: 0 <= v < 1,
+    'in (0, 1]': lambda v: 0 < v <= 1,
+}
+# The note for a period of steps whose 0 means "only after the last step" (`loop.Every`).
+ZERO_LAST = '0: only at the last step'
+
+
+def check_fields(config, rules, *, prefix: str = '') -> None:
+  """Raises `UserInputError` for the first field of `rules` out of its range, e.g.
+  'total_steps=0: expected > 0.' (vit's wording), before a trainer does any work.
+
+  `rules`: `(field, range)` or `(field, range, note)`; `field` may be dotted
+  ('generator.width'), `range` is a key of `RANGES`, `note` is added in parentheses. NaN is
+  in no range. `prefix` goes before the field name ('config.' in gan's messages). A field
+  the config lacks is skipped: the trainers read their optional ones with `config.get`.
+  """
+  for field, expected, *note in rules:
+    value = config
+    for part in field.split('.'):
+      value = value.get(part) if value is not None else None
+    if value is not None and not RANGES[expected](value):
+      note = f' ({note[0]})' if note else ''
+      raise UserInputError(f'{prefix}{field}={value}: expected {expected}{note}.')
 
 
 def changed_fields(config, workdir: str | os.PathLike, *,

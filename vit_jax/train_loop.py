@@ -152,8 +152,7 @@ def _check_config(config, mesh) -> None:
     raise UserInputError(
         f'batch={config.batch} must split into accum_steps={config.accum_steps} micro-batches '
         f'each divisible by the {mesh.shape["data"]} devices of the data axis.')
-  if config.total_steps <= 0:
-    raise UserInputError(f'total_steps={config.total_steps}: expected > 0.')
+  run_config.check_fields(config, [('total_steps', '> 0')])
   pp = config.pp
   if pp.augment == 'resize_crop' and not pp.train_ops and pp.resize < pp.crop:
     # Else the first train batch fails in random_crop, whose message names neither field.
