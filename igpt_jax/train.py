@@ -201,12 +201,35 @@ def evaluate(eval_step, params, centers, source, config, mesh) -> dict[str, floa
   return out
 
 
+def check_config(config, mesh) -> None:
+  """Refuses numeric fields out of range (`UserInputError` naming the field), before any
+  work: else they failed later with messages naming other things (n_ctx, the loader's
+  `batch`, a division by zero) or ran nonsense (a negative lr ascends, a negative
+  time_limit_minutes stops at the first logging step, bert_mask_prob=0 trains on no loss)."""
+  mesh_lib.check_batch_size(config.batch_size, mesh, field='batch_size')
+  fitting = 'used to fit a palette when neither palette nor init_from gives one'
+  run_config.check_fields(config, [
+      ('total_steps', '> 0'), ('image_size', '> 0'), ('vocab_size', '> 0'),
+      ('lr', '>= 0'), ('weight_decay', '>= 0'), ('b2', 'in [0, 1)'),
+      ('grad_clip', '>= 0', '0: no clipping'), ('gen_loss_weight', '>= 0'),
+      ('time_limit_minutes', '>= 0', '0: no limit'),
+      ('log_every', '> 0', 'the time limit is checked at logging steps'),
+      ('eval_every', '>= 0', run_config.ZERO_LAST),
+      ('checkpoint_every', '>= 0', run_config.ZERO_LAST),
+      ('keep_checkpoints', '> 0', 'a resumed run needs one'),
+      ('eval_examples', '>= 0', '0: the whole test split'),
+      ('palette_fit_images', '> 0', fitting), ('palette_fit_steps', '> 0', fitting)])
+  if config.objective == 'bert':
+    run_config.check_fields(config, [('bert_mask_prob', 'in (0, 1]')])
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains per `config`, resuming from `workdir`'s checkpoints; returns the final metrics."""
   mesh_lib.initialize_distributed()
   workdir = io.abspath(workdir)
   mesh = mesh_lib.make_mesh()
-  mesh_lib.check_batch_size(config.batch_size, mesh, field='batch_size')
+  check_config(config, mesh)
+  optimizer = make_optimizer(config)  # Checks warmup_steps against total_steps.
   # Nothing is written to the workdir until every check has passed and a fresh run's first
   # batch is read: a refused run leaves a fresh workdir as it was (opening the Checkpointer
   # creates nothing; its folder is made at the first save).
@@ -229,7 +252,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # taken over by the corrected one (another init_from, another palette).
     palette, new_palette = run_palette.choose_palette(config, train_source, workdir)
     centers = jax.device_put(jnp.asarray(palette), mesh_lib.replicated(mesh))
-    optimizer = make_optimizer(config)
     state = jax.device_put(dict(params=params, opt_state=optimizer.init(params),
                                 step=jnp.int32(0)), mesh_lib.replicated(mesh))
     loader = data.train_loader(train_source, global_batch_size=config.batch_size,

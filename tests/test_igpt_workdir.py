@@ -67,6 +67,33 @@ def test_a_refused_run_creates_nothing_in_a_fresh_workdir(tmp_path, name):
   assert not os.path.exists(tmp_path / 'runs')
 
 
+# Each used to run nonsense (a negative lr ascends, bert_mask_prob=0 trains on no loss, a
+# negative time limit stops at the first logging step, negative periods or eval_examples
+# were taken for others) or fail naming something else (n_ctx, the loader's `batch`) or in
+# a deep traceback (log_every=0: a division by zero after the workdir was written).
+BAD_FIELDS = [
+    ('total_steps', 0), ('total_steps', -1), ('batch_size', 0), ('batch_size', -8),
+    ('batch_size', 7), ('lr', -1e-3), ('warmup_steps', -1), ('warmup_steps', 2),
+    ('weight_decay', -0.1), ('b2', 1.0), ('grad_clip', -1.0), ('gen_loss_weight', -1.0),
+    ('time_limit_minutes', -1.0), ('log_every', 0), ('eval_every', -1),
+    ('checkpoint_every', -1), ('keep_checkpoints', 0), ('eval_examples', -1),
+    ('image_size', 0), ('vocab_size', 0), ('palette_fit_images', 0),
+    ('palette_fit_steps', 0), ('bert_mask_prob', 0.0), ('bert_mask_prob', 1.5),
+    ('lr', float('nan'))]
+
+
+@pytest.mark.parametrize('field,value', BAD_FIELDS)
+def test_a_field_out_of_range_is_refused_by_name_before_the_workdir_is_made(
+    tmp_path, field, value):
+  objective = 'bert' if field == 'bert_mask_prob' else 'generative'
+  config = _run_config(tmp_path, objective=objective, **{field: value})
+  with pytest.raises(UserInputError) as info:
+    train.train_and_evaluate(config, str(tmp_path / 'runs' / 'w'))
+  message = str(info.value)
+  assert message.startswith(f'{field}={value}') and '\n' not in message, message
+  assert not os.path.exists(tmp_path / 'runs')
+
+
 def test_a_refused_run_leaves_an_existing_workdir_as_it_was(tmp_path):
   workdir = tmp_path / 'w'
   os.makedirs(workdir / 'checkpoints')  # empty: e.g. left by an earlier version
