@@ -94,13 +94,32 @@ def _check_image_shape(source, config) -> None:
 
 
 def _check_settings(config) -> None:
-  """Raises `UserInputError` for settings outside their range, before any work."""
-  if not 0 <= config.ema_decay < 1:
-    raise UserInputError(f'config.ema_decay={config.ema_decay}: expected 0 <= ema_decay < 1 '
-                         '(e.g. 0.995; 0 keeps no average).')
+  """Raises `UserInputError` for settings outside their range, before any work.
+
+  Without these, total_steps <= 0 wrote a workdir with a step-0 generator, negative rates,
+  penalties or Adam betas trained nonsense (NaN losses included) without a word, and
+  negative periods were taken for 0.
+  """
   if config.fid_every > 0 and config.fid_samples < 2:
     raise UserInputError(f'config.fid_samples={config.fid_samples}: FID needs at least 2 '
                          'samples (fid_every=0 turns FID off).')
+  rules = [('total_steps', '> 0'), ('lr_g', '>= 0'), ('lr_d', '>= 0'),
+           ('adam_b1', 'in [0, 1)'), ('adam_b2', 'in [0, 1)'), ('r1_gamma', '>= 0'),
+           ('gp_lambda', '>= 0'), ('discriminator.width', '> 0'),
+           ('num_devices', '>= 0', '0: every device'),
+           ('log_every', '>= 0', run_config.ZERO_LAST),
+           ('sample_every', '>= 0', run_config.ZERO_LAST),
+           ('checkpoint_every', '>= 0', run_config.ZERO_LAST),
+           ('fid_every', '>= 0', '0: no FID')]
+  if config.fid_every > 0 and config.get('fid_vit_checkpoint'):
+    rules.append(('fid_batch_size', '> 0', "images per call of the FID's ViT"))
+  run_config.check_fields(config, rules, prefix='config.')
+  if config.get('num_devices', 0) > jax.device_count():
+    raise UserInputError(f'config.num_devices={config.num_devices}: expected at most the '
+                         f'{jax.device_count()} devices there are (0: every device).')
+  if not 0 <= config.ema_decay < 1:
+    raise UserInputError(f'config.ema_decay={config.ema_decay}: expected 0 <= ema_decay < 1 '
+                         '(e.g. 0.995; 0 keeps no average).')
 
 
 def _make_fid_vit(config, mesh) -> fid_vit_lib.VitFid | None:
@@ -114,8 +133,8 @@ def _make_fid_vit(config, mesh) -> fid_vit_lib.VitFid | None:
 
 def run(config, workdir: str) -> dict:
   """The training loop; returns the final metrics."""
+  mesh_lib.initialize_distributed()  # before jax.device_count() in the checks
   _check_settings(config)
-  mesh_lib.initialize_distributed()
   devices = jax.devices()[:config.get('num_devices', 0) or None]
   mesh = mesh_lib.make_mesh(devices=devices)
   mesh_lib.check_batch_size(config.batch_size, mesh, field='config.batch_size')

@@ -12,6 +12,7 @@ from tests import gan_train_helpers as helpers
 from tests import workdir_files
 from vision_core import data, metrics_log
 from vision_core.errors import UserInputError
+import vit_jax
 
 
 @pytest.fixture
@@ -108,6 +109,33 @@ def test_a_refused_run_creates_nothing_in_a_fresh_workdir(tiny_config, tmp_path,
                        else 0)
   with pytest.raises(UserInputError):
     main.run(tiny_config, str(tmp_path / 'runs' / 'w'))
+  assert not os.path.exists(tmp_path / 'runs')
+
+
+# Each used to train nonsense without a word (total_steps <= 0 wrote a step-0 workdir,
+# negative rates, penalties or Adam betas gave NaN or ascending losses, negative periods
+# were taken for 0, num_devices=-1 used all devices but one) or to fail naming another
+# field (batch_size=0: the loader's `batch`).
+BAD_FIELDS = [
+    ('total_steps', 0), ('total_steps', -1), ('batch_size', 0), ('batch_size', -8),
+    ('lr_g', -1e-4), ('lr_d', -1e-4), ('adam_b1', 1.5), ('adam_b2', -0.5),
+    ('r1_gamma', -1.0), ('gp_lambda', -1.0), ('discriminator.width', 0),
+    ('num_devices', -1), ('num_devices', 100), ('log_every', -1), ('sample_every', -1),
+    ('checkpoint_every', -1), ('fid_every', -1), ('fid_batch_size', 0),
+    ('lr_g', float('nan'))]
+
+
+@pytest.mark.parametrize('field,value', BAD_FIELDS)
+def test_a_field_out_of_range_is_refused_by_name_before_the_workdir_is_made(
+    tiny_config, tmp_path, field, value):
+  if field == 'fid_batch_size':  # used by the FID's ViT only
+    tiny_config.fid_vit_checkpoint = vit_jax.SHIPPED_CIFAR10_VIT
+  parent, _, name = field.rpartition('.')
+  setattr(tiny_config[parent] if parent else tiny_config, name, value)
+  with pytest.raises(UserInputError) as info:
+    main.run(tiny_config, str(tmp_path / 'runs' / 'w'))
+  message = str(info.value)
+  assert message.startswith(f'config.{field}={value}') and '\n' not in message, message
   assert not os.path.exists(tmp_path / 'runs')
 
 
