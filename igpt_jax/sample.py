@@ -66,6 +66,25 @@ def check_sampling(model: igpt_model.ImageGPT, *, num_tokens: int, prefix_len: i
     raise UserInputError('the BERT variant has no causal order; it cannot sample.')
 
 
+def has_lm_head(params) -> bool:
+  """Whether `params`' language-model head `wtet` holds weights: it is all zero where
+  `checkpoint.load(..., need_lm_head=False)` read weights without one (an HF ImageGPTModel
+  or ImageGPTForImageClassification save), and in a model never trained."""
+  return bool(jnp.any(jnp.asarray(params['wtet']) != 0))  # one reduction, not per token
+
+
+def check_lm_head(params) -> None:
+  """Raises `UserInputError` for an all-zero `wtet`: every logit would be 0, so the
+  samples would be uniform noise over the palette rather than the model's images."""
+  if not has_lm_head(params):
+    raise UserInputError(
+        'params: the language-model head wtet is all zero, as checkpoint.load(..., '
+        'need_lm_head=False) gives for weights without one (an HF ImageGPTModel or '
+        'ImageGPTForImageClassification save): sampling would draw uniform noise; load '
+        'weights with the head (ImageGPTForCausalImageModeling, our params.npz, OpenAI\'s '
+        'checkpoint).')
+
+
 def row_keys(key, rows: int):
   """`[rows]` raw PRNG keys: `key` itself when it already holds one per row, else
   `fold_in(key, r)` for row r."""
@@ -127,7 +146,10 @@ def make_sampler(model: igpt_model.ImageGPT, *, num_tokens: int, prefix_len: int
 
   fn = jax.jit(sample_cached if cached else sample_uncached)
 
-  def sample(params, key, prefix=None, *, batch_size: int | None = None):
+  def sample(params, key, prefix=None, *, batch_size: int | None = None,
+             check_head: bool = True):
+    if check_head:  # False: the caller checked these params (sample_in_batches, once)
+      check_lm_head(params)
     if prefix is None:
       if prefix_len:
         raise UserInputError(f'this sampler keeps {prefix_len} prefix tokens; pass them.')
@@ -155,6 +177,8 @@ def complete(model, params, key, tokens, *, image_shape: tuple[int, int], keep_r
 
   Returns:
     `[B, num_completions, H * W]` tokens; `[:, :, :keep_rows * W]` equals the input's.
+
+  Params whose language-model head is all zero are refused (`check_lm_head`).
   """
   h, w = image_shape
   tokens = jnp.asarray(tokens, jnp.int32)
@@ -176,16 +200,19 @@ def complete(model, params, key, tokens, *, image_shape: tuple[int, int], keep_r
 def sample_in_batches(sample, params, keys, prefix, *, batch_size: int):
   """`sample` (a `make_sampler` function) over rows `batch_size` at a time, one key per row
   (`[rows, 2]`): the same tokens as one call, in bounded memory. The last batch is padded
-  to the others' shape, so the sampler compiles once."""
+  to the others' shape, so the sampler compiles once. Params without a language-model head
+  are refused (`check_lm_head`), once for all the batches."""
   if batch_size < 1:
     raise UserInputError(f'batch_size={batch_size}: expected at least 1 row per batch.')
+  check_lm_head(params)
   prefix = jnp.asarray(prefix, jnp.int32)
   rows = prefix.shape[0]
   size = min(batch_size, rows)
   pad = -rows % size
   keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, axis=0)])
   prefix = jnp.concatenate([prefix, jnp.repeat(prefix[-1:], pad, axis=0)])
-  return jnp.concatenate([sample(params, keys[i:i + size], prefix[i:i + size])
+  return jnp.concatenate([sample(params, keys[i:i + size], prefix[i:i + size],
+                                 check_head=False)
                           for i in range(0, rows + pad, size)])[:rows]
 
 

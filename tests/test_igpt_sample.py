@@ -196,3 +196,25 @@ def test_complete_cli_checks_counts_and_size(model_and_params, tmp_path, capsys)
   complete.main(common + ['--images', str(tmp_path / 'imgs'), '--num', '2', '--out',
                           str(tmp_path / 'c.png')])
   assert np.asarray(Image.open(tmp_path / 'c.png')).shape == (6 + 2, 4 * 6 + 2, 3)
+
+
+def test_params_without_a_language_model_head_are_refused(model_and_params):
+  """An all-zero wtet (checkpoint.load(..., need_lm_head=False) of an HF ImageGPTModel save)
+  gives zero logits: every entry used to sample uniform noise without a word."""
+  model, params = model_and_params
+  headless = {**params, 'wtet': jnp.zeros_like(params['wtet'])}
+  tokens = jnp.zeros((2, 16), jnp.int32)
+  key = jax.random.PRNGKey(0)
+  sampler = igpt_sample.make_sampler(model, num_tokens=16, prefix_len=8)
+  calls = {
+      'complete': lambda p: igpt_sample.complete(model, p, key, tokens, image_shape=(4, 4),
+                                                 keep_rows=2, batch_size=1),
+      'sampler': lambda p: sampler(p, key, tokens[:, :8]),
+      'sample_in_batches': lambda p: igpt_sample.sample_in_batches(
+          sampler, p, igpt_sample.row_keys(key, 2), tokens[:, :8], batch_size=1)}
+  for name, call in calls.items():
+    with pytest.raises(UserInputError, match=r'^params: the language-model head wtet is all '
+                       r'zero, as checkpoint\.load\(\.\.\., need_lm_head=False\)') as info:
+      call(headless)
+    assert '\n' not in str(info.value), name
+    assert np.asarray(call(params)).shape[-1] == 16, name  # the same call with a head runs

@@ -178,3 +178,19 @@ def test_a_run_stopped_before_final_json_evaluates_its_last_step(tmp_path):
   rows = metrics_log.read_jsonl(workdir / 'metrics.jsonl')
   assert [r['step'] for r in rows if r['split'] == 'test'] == [0, 2]
   assert [r['step'] for r in rows if r['split'] == 'train'] == [1, 2]
+
+
+def test_a_head_never_trained_draws_no_samples_png(tmp_path, capsys):
+  """Fine-tuned from weights without a language-model head with gen_loss_weight=0, wtet
+  stays zero: samples.png would be uniform noise, and sampling refuses such params."""
+  pretrained(tmp_path / 'pre', tiny_model(n_ctx=64, num_classes=2))
+  with np.load(tmp_path / 'pre' / 'params.npz') as f:
+    weights = {**dict(f), 'wtet': np.zeros_like(f['wtet'])}
+  np.savez(tmp_path / 'pre' / 'params.npz', **weights)
+  config = _run_config(tmp_path, objective='finetune', palette='', gen_loss_weight=0.0,
+                       sample_grid=True, init_from=str(tmp_path / 'pre' / 'params.npz'))
+  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert result['step'] == 2 and (tmp_path / 'run' / 'params.npz').exists()
+  assert not (tmp_path / 'run' / 'samples.png').exists()
+  assert 'samples.png not written: the language-model head wtet is still all zero' in \
+      capsys.readouterr().out
