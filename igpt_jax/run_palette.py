@@ -20,19 +20,26 @@ from vision_core import data, io
 from vision_core.errors import UserInputError
 
 
-def choose_palette(config, source, workdir: str) -> tuple[np.ndarray, bool]:
+def choose_palette(config, source, workdir: str, *,
+                   resuming: bool = False) -> tuple[np.ndarray, bool]:
   """The run's palette, and whether it is new to the workdir (to be saved as its
   `palette.npy`); writes nothing.
 
   `config.palette`, else the palette beside `init_from`, else the workdir's saved one (a
   resumed run), else one fitted on training pixels. A saved palette that differs from the
   configured one is an error: the workdir's checkpoints learned the saved colours.
+  `resuming` (the workdir has checkpoints): `init_from` is not looked at, as its weights are
+  not read; its palette may have been changed, moved or deleted since the run started.
   """
   saved = io.join(workdir, 'palette.npy')
   wanted, origin = None, ''
   if config.palette:
     wanted = palette_lib.load_palette(config.palette, num_clusters=config.vocab_size)
     origin = f'palette={config.palette}'
+  elif config.init_from and resuming:
+    if not io.exists(saved):  # A palette fitted now would not be the one it learned.
+      raise UserInputError(f'{saved}: missing, and a resumed run does not read init_from; '
+                           'pass the palette this run started with (--config.palette=...).')
   elif config.init_from:  # The weights only make sense with the palette they learned.
     beside, looked = _palette_beside(config.init_from)
     if beside:

@@ -245,12 +245,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     key = jax.random.PRNGKey(config.seed)
     # A resumed run takes its weights from the checkpoint, as vit's does: the model's own
     # init gives their shapes, and init_from is not read (it may have been moved or deleted
-    # since, and its notes were said by the run that started from it).
+    # since, and its notes were said by the run that started from it); nor is its palette:
+    # the workdir's palette.npy is the one the checkpoints learned.
     params = (igpt_model.init_params(model, key) if restored
               else initial_params(config, model, key))
     # A new palette is saved with the outputs: a palette left by a refused run would be
     # taken over by the corrected one (another init_from, another palette).
-    palette, new_palette = run_palette.choose_palette(config, train_source, workdir)
+    palette, new_palette = run_palette.choose_palette(config, train_source, workdir,
+                                                      resuming=restored)
     centers = jax.device_put(jnp.asarray(palette), mesh_lib.replicated(mesh))
     state = jax.device_put(dict(params=params, opt_state=optimizer.init(params),
                                 step=jnp.int32(0)), mesh_lib.replicated(mesh))

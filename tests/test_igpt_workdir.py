@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from igpt_jax import train
+from igpt_jax import run_palette, train
 from tests.test_igpt_model import tiny_model
 from tests.test_igpt_train import _grey_run_config, image_folder, pretrained, tiny_config
 from tests import workdir_files
@@ -155,6 +155,38 @@ def test_a_resumed_run_does_not_read_init_from(tmp_path, capsys):
   assert 'no language-model head' not in out and 'clf/wclf' not in out
   rows = metrics_log.read_jsonl(workdir / 'metrics.jsonl')
   assert [r['step'] for r in rows if r['split'] == 'train'] == [1, 2, 3]
+
+
+def test_a_resumed_run_keeps_its_palette_whatever_became_of_init_froms(tmp_path, monkeypatch):
+  """A resumed run does not read init_from, but compared the palette beside it with the
+  workdir's: one changed since (re-fitted, another run's) refused the resume."""
+  pretrained(tmp_path / 'pre', tiny_model(n_ctx=64, num_classes=2))
+  started_with = np.load(tmp_path / 'pre' / 'palette.npy')
+  config = _run_config(tmp_path, objective='finetune', palette='',
+                       init_from=str(tmp_path / 'pre' / 'params.npz'))
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(config, str(workdir))
+  used = []
+  choose = run_palette.choose_palette
+  monkeypatch.setattr(run_palette, 'choose_palette',
+                      lambda *a, **k: used.append(choose(*a, **k)) or used[-1])
+  np.save(tmp_path / 'pre' / 'palette.npy', started_with[::-1].copy())  # changed
+  for total_steps, change in ((3, None), (4, 'delete')):
+    if change:
+      (tmp_path / 'pre' / 'palette.npy').unlink()
+    config.total_steps = total_steps
+    assert train.train_and_evaluate(config, str(workdir))['step'] == total_steps
+    np.testing.assert_array_equal(used[-1][0], started_with)
+    assert not used[-1][1]  # not new: the workdir's
+    np.testing.assert_array_equal(np.load(workdir / 'palette.npy'), started_with)
+  # Without the workdir's palette a resume cannot know the colours its checkpoints learned
+  # (a palette fitted now would differ), and init_from's is no longer read.
+  (workdir / 'palette.npy').unlink()
+  np.save(tmp_path / 'pre' / 'palette.npy', started_with)
+  config.total_steps = 5
+  with pytest.raises(UserInputError, match=r'palette\.npy: missing, and a resumed run does '
+                     r'not read init_from; pass the palette'):
+    train.train_and_evaluate(config, str(workdir))
 
 
 def test_a_run_stopped_before_final_json_evaluates_its_last_step(tmp_path):
