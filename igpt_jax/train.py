@@ -345,22 +345,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if first:
     # A resumed run keeps the initial evaluation that the first run measured (its test
     # metrics are this run's: an older final.json's are another step's).
-    result = {**_earlier_initial_test(final_path), **result}
+    result = {**_earlier_initial_test(final_path, log), **result}
   result.update(step=int(state['step']), workdir=workdir)
   metrics_log.write_json(final_path, result)
   log.close()
   return result
 
 
-def _earlier_initial_test(final_path: str) -> dict[str, Any]:
-  """{'initial_test': ...} from an earlier run's final.json, else {} (none, or unreadable:
-  it is written again)."""
+def _earlier_initial_test(final_path: str, log: metrics_log.MetricsLog) -> dict[str, Any]:
+  """{'initial_test': ...} from an earlier run's final.json, else from its step-0 test row
+  in metrics.jsonl (final.json deleted, unreadable or without it: it is written again),
+  else {}."""
   try:
     earlier = json.loads(io.read_bytes(final_path)) if io.exists(final_path) else {}
   except ValueError:
-    return {}
-  return ({'initial_test': earlier['initial_test']}
-          if isinstance(earlier, dict) and 'initial_test' in earlier else {})
+    earlier = {}
+  if isinstance(earlier, dict) and 'initial_test' in earlier:
+    return {'initial_test': earlier['initial_test']}
+  logged = log.logged(0, split='test')  # the rows the resume kept
+  return {'initial_test': logged} if logged is not None else {}
 
 
 def write_samples(model, params, centers, source, config, path, *, n_images: int = 4,

@@ -193,14 +193,18 @@ def test_a_run_stopped_before_final_json_evaluates_its_last_step(tmp_path):
   """Stopped after its last checkpoint, before final.json (or with an older one): the run
   again trains no step, and returned no test metrics, or the older file's labelled with
   the new step. It now evaluates the test split at that step, as vit does, once in
-  metrics.jsonl."""
+  metrics.jsonl, and keeps the initial evaluation (final.json's, else metrics.jsonl's)."""
   config = _run_config(tmp_path)
   workdir = tmp_path / 'run'
   first = json.loads(json.dumps(train.train_and_evaluate(config, str(workdir))))
   (workdir / 'final.json').unlink()
-  again = train.train_and_evaluate(config, str(workdir))
-  assert again['step'] == 2 and again['test'] == first['test']
-  assert json.loads((workdir / 'final.json').read_text())['test'] == first['test']
+  again = json.loads(json.dumps(train.train_and_evaluate(config, str(workdir))))
+  # Its initial evaluation too, from metrics.jsonl's step-0 test row: it used to be lost.
+  assert again == first and 'initial_test' in again
+  assert json.loads((workdir / 'final.json').read_text()) == again
+  # final.json without it (unreadable: written again) is the same.
+  (workdir / 'final.json').write_text('{"step": 1, "test": ')
+  assert json.loads(json.dumps(train.train_and_evaluate(config, str(workdir)))) == first
   # An older step's final.json: its initial evaluation is kept, its test metrics are not.
   (workdir / 'final.json').write_text(json.dumps(
       {'step': 1, 'initial_test': first['initial_test'], 'test': {'bits_per_dim': 99.0}}))
