@@ -63,6 +63,26 @@ def test_a_missing_pretrained_file_names_the_field_and_creates_nothing(dataset, 
   assert not os.path.exists(tmp_path / 'runs')
 
 
+# accum_steps=0 divided by zero; keep_checkpoints=0 deleted every checkpoint; negative
+# periods were taken for 0; negative rates and out-of-range momenta trained nonsense.
+BAD_FIELDS = [('total_steps', 0), ('accum_steps', 0), ('base_lr', -0.1), ('end_lr', -1e-5),
+              ('weight_decay', -1e-4), ('grad_norm_clip', -1.0), ('momentum', 1.0),
+              ('b2', -0.1), ('label_smoothing', 1.0), ('mixup_alpha', -0.2),
+              ('eval_every', -1), ('checkpoint_every', -5), ('progress_every', -1),
+              ('keep_checkpoints', 0), ('base_lr', float('nan'))]
+
+
+@pytest.mark.parametrize('field,value', BAD_FIELDS)
+def test_a_field_out_of_range_is_refused_by_name_before_the_workdir_is_made(
+    dataset, tmp_path, field, value):
+  with pytest.raises(UserInputError) as info:
+    train_loop.train_and_evaluate(helpers.tiny_config(dataset, **{field: value}),
+                                  str(tmp_path / 'runs' / 'w'))
+  message = str(info.value)
+  assert message.startswith(f'{field}={value}: expected') and '\n' not in message, message
+  assert not os.path.exists(tmp_path / 'runs')
+
+
 def test_a_refused_run_leaves_an_existing_workdir_as_it_was(dataset, tmp_path):
   workdir = tmp_path / 'w'
   os.makedirs(workdir / 'checkpoints')  # empty: e.g. left by an earlier version

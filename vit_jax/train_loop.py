@@ -148,11 +148,20 @@ def make_mesh(config) -> jax.sharding.Mesh:
 def _check_config(config, mesh) -> None:
   mesh_lib.check_batch_size(config.batch, mesh, field='batch')
   mesh_lib.check_batch_size(config.batch_eval, mesh, field='batch_eval')
+  # Before the split below (accum_steps=0 divided by zero); keep_checkpoints=0 would delete
+  # every checkpoint; negative periods were taken for 0 and negative rates trained nonsense.
+  run_config.check_fields(config, [
+      ('total_steps', '> 0'), ('accum_steps', '> 0'), ('base_lr', '>= 0'), ('end_lr', '>= 0'),
+      ('weight_decay', '>= 0'), ('grad_norm_clip', '>= 0', '0: no clipping'),
+      ('momentum', 'in [0, 1)'), ('b2', 'in [0, 1)'), ('label_smoothing', 'in [0, 1)'),
+      ('mixup_alpha', '>= 0', '0: off'), ('eval_every', '>= 0', run_config.ZERO_LAST),
+      ('checkpoint_every', '>= 0', run_config.ZERO_LAST),
+      ('progress_every', '>= 0', run_config.ZERO_LAST),
+      ('keep_checkpoints', '> 0', 'a resumed run needs one')])
   if config.batch % (config.accum_steps * mesh.shape['data']):
     raise UserInputError(
         f'batch={config.batch} must split into accum_steps={config.accum_steps} micro-batches '
         f'each divisible by the {mesh.shape["data"]} devices of the data axis.')
-  run_config.check_fields(config, [('total_steps', '> 0')])
   pp = config.pp
   if pp.augment == 'resize_crop' and not pp.train_ops and pp.resize < pp.crop:
     # Else the first train batch fails in random_crop, whose message names neither field.
