@@ -27,6 +27,7 @@ among the FID's real images or in the first batch) writes nothing to DIR.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -192,6 +193,9 @@ def run(config, workdir: str) -> dict:
     del state
     logged.clear()
     logged.update({k: float(v) for k, v in jax.device_get(metrics).items()})
+    if not all(map(math.isfinite, logged.values())):  # Before the log and the checkpoint.
+      raise FloatingPointError(f'step {step}: non-finite training metrics {logged}; lower '
+                               'lr_g / lr_d (or raise r1_gamma / gp_lambda).')
     log.write(step, logged)
     bar.update(step, d_loss=logged['d_loss'], g_loss=logged['g_loss'])
 

@@ -162,3 +162,15 @@ def test_fewer_real_images_than_fid_samples_is_said(tiny_config, tmp_path, capsy
   tiny_config.fid_samples = 16
   assert main._real_images(source, tiny_config).shape[0] == 16  # pylint: disable=protected-access
   assert capsys.readouterr().err == ''
+
+
+def test_a_diverged_run_stops_naming_the_step_and_saves_no_nan_checkpoint(tiny_config, tmp_path):
+  # Learning rates of 1e30 overflow the weights at once: the losses go inf/NaN at step 1.
+  tiny_config.lr_g = tiny_config.lr_d = 1e30
+  tiny_config.log_every, tiny_config.checkpoint_every = 1, 2
+  workdir = tmp_path / 'run'
+  with pytest.raises(FloatingPointError, match=r'^step 1: non-finite training metrics .* lower '
+                     r'lr_g / lr_d'):
+    main.run(tiny_config, str(workdir))
+  assert not os.path.exists(workdir / 'checkpoints')  # the stop came before any save
+  assert not os.path.exists(workdir / 'metrics.jsonl')  # nor a NaN row
