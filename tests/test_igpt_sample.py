@@ -17,9 +17,11 @@ def model_and_params():
 
 
 @pytest.mark.parametrize('prefix_len,kwargs', [
-    (0, {}),
+    (0, {}),  # two cache spans: [0, 8), [8, 16)
     (6, dict(top_k=5)),
     (1, dict(top_k=40, top_p=0.9, temperature=1.3)),
+    (9, {}),  # the prefix ends in the second span
+    (3, dict(cache_segments=1)),  # one scan over the whole cache
 ])
 def test_cached_sampling_gives_exactly_the_uncached_tokens(model_and_params, prefix_len, kwargs):
   model, params = model_and_params
@@ -36,6 +38,18 @@ def test_cached_sampling_gives_exactly_the_uncached_tokens(model_and_params, pre
   # Another key gives other tokens.
   c = np.asarray(cached(params, jax.random.PRNGKey(12), prefix))
   assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize('start,stop,segments', [
+    (0, 1024, 8), (512, 1024, 8), (5, 16, 8), (0, 100, 8), (99, 100, 3), (0, 7, 1), (3, 64, 64)])
+def test_cache_spans_cover_the_sampled_positions_once(start, stop, segments):
+  spans = igpt_sample.cache_spans(start, stop, segments)
+  positions = [t for lo, hi in spans for t in range(lo, hi)]
+  assert positions == list(range(start, stop))
+  assert len(spans) <= segments
+  assert all(hi % 8 == 0 or hi == stop for _, hi in spans)  # few distinct cache lengths
+  if (start, stop, segments) == (0, 1024, 8):
+    assert spans == [(i, i + 128) for i in range(0, 1024, 128)]
 
 
 def test_completions_keep_the_top_rows(model_and_params):
