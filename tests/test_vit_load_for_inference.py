@@ -72,6 +72,26 @@ def test_without_model_json_the_zoo_model_and_size_come_from_the_shapes(tmp_path
   assert loaded.class_names is None and loaded.meta is None
 
 
+@pytest.mark.parametrize('model_name', [None, 'testing'])
+def test_a_checkpoint_with_pre_logits_runs_as_saved(tmp_path, model_name):
+  # As the ImageNet-21k releases: a pre_logits layer the zoo config (made for fine-tuning)
+  # leaves out, and no model.json. Its logits and features come after that layer.
+  config = models.get_model_config('testing')
+  config.representation_size = 6
+  path = tmp_path / 'i21k.npz'
+  model, params = _save(path, config, 32, num_classes=5, seed=3)
+  x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
+  loaded = vit_checkpoint.load_for_inference(path, model_name=model_name)
+  assert loaded.config.representation_size == 6 and loaded.resolution == 32
+  np.testing.assert_allclose(loaded.model.apply({'params': loaded.params}, x, train=False),
+                             model.apply({'params': params}, x, train=False), rtol=1e-6)
+  features = vit_checkpoint.load_for_inference(path, model_name=model_name, head=False)
+  np.testing.assert_allclose(
+      features.model.apply({'params': features.params}, x, train=False),
+      model.apply({'params': params}, x, train=False, return_prelogits=True), rtol=1e-6)
+  assert models.get_model_config('testing').get('representation_size') is None  # not changed
+
+
 def test_shapes_of_no_zoo_model_ask_for_the_name_by_the_callers_flag(tmp_path):
   path = tmp_path / 'own.npz'
   _save(path, ml_collections.ConfigDict(_OWN), 16)

@@ -225,12 +225,14 @@ def infer_model_name(params: Mapping[str, Any], *, source: str, model_arg: str) 
     raise UserInputError(f'{source}: no embedding/kernel of shape [ph, pw, C, D]; is this a ViT '
                          'checkpoint?')
   layers = sum(k.startswith('encoderblock_') for k in params.get('Transformer', {}))
-  rep = np.shape(params['pre_logits']['kernel'])[-1] if 'pre_logits' in params else None
   cls = 'cls' in params
+  # The representation size is not compared: the ImageNet-21k releases carry a pre_logits
+  # layer that the zoo configs (made for fine-tuning) leave out; `load_for_inference` takes
+  # its width from the file.
   candidates = [n for n, c in MODEL_CONFIGS.items()
                 if c.get('resnet') is None and tuple(c.patches.size) == tuple(kernel[:2])
                 and c.hidden_size == kernel[-1] and c.transformer.num_layers == layers
-                and c.get('representation_size') == rep and (c.classifier == 'token') == cls]
+                and (c.classifier == 'token') == cls]
   if len(candidates) != 1:
     found = f'matches {", ".join(candidates)}' if candidates else 'no registered model'
     raise UserInputError(
@@ -280,7 +282,8 @@ def load_for_inference(checkpoint: str | os.PathLike, *, model_name: str | None 
   One policy for every reader (predict, assess, the GAN perceptual term, the study):
   - architecture: the zoo config `model_name` when given (model.json is then ignored), else
     the `model.json` beside the file (`meta`, when the caller has read it already), else
-    the one zoo model its shapes fit (`infer_model_name`);
+    the one zoo model its shapes fit (`infer_model_name`); a zoo config takes the file's
+    `pre_logits` width as its representation size (the ImageNet-21k releases have one);
   - resolution: `resolution` when given, else model.json's, else what the position
     embeddings hold (`input_size`: e.g. 384 px for the ImageNet fine-tuned ViT-B/16);
   - `head`: True needs the classification head (its size gives `num_classes`); False drops
@@ -307,6 +310,12 @@ def load_for_inference(checkpoint: str | os.PathLike, *, model_name: str | None 
     else:
       config = models.get_model_config(infer_model_name(params, source=source,
                                                         model_arg=model_arg))
+  if meta is None and 'pre_logits' in params and config.get('representation_size') is None:
+    # A zoo config (made for fine-tuning, without the layer) for a file that has it (the
+    # ImageNet-21k releases: 768 for B/16): run the model the file holds; its head and its
+    # features come after pre_logits.
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.representation_size = int(np.shape(params['pre_logits']['kernel'])[-1])
   name = str((meta or {}).get('model_name') or config.get('model_name') or 'model.json')
   if head:
     if 'head' not in params:
