@@ -16,6 +16,7 @@ not depend on the other rows of the batch, so `complete` can work in chunks.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Callable
 
 import jax
@@ -76,16 +77,19 @@ def has_lm_head(params) -> bool:
   return bool(jnp.any(jnp.asarray(params['wtet']) != 0))  # one reduction, not per token
 
 
-def check_lm_head(params) -> None:
-  """Raises `UserInputError` for an all-zero `wtet`: every logit would be 0, so the
-  samples would be uniform noise over the palette rather than the model's images."""
+def warn_if_no_lm_head(params) -> None:
+  """Warns (`UserWarning`) for an all-zero `wtet`: every logit is then 0, so the samples
+  are uniform noise over the palette. Weights loaded with `checkpoint.load(...,
+  need_lm_head=False)` from a save without the head (HF ImageGPTModel) are one cause, a
+  model never trained (`init_params`: a demo of the sampler) the other, so this is not an
+  error."""
   if not has_lm_head(params):
-    raise UserInputError(
-        'params: the language-model head wtet is all zero, as checkpoint.load(..., '
-        'need_lm_head=False) gives for weights without one (an HF ImageGPTModel or '
-        'ImageGPTForImageClassification save): sampling would draw uniform noise; load '
+    warnings.warn(
+        'params: the language-model head wtet is all zero (weights loaded with '
+        'checkpoint.load(..., need_lm_head=False), e.g. an HF ImageGPTModel save, or an '
+        'untrained model): the samples are uniform noise over the palette; for images load '
         'weights with the head (ImageGPTForCausalImageModeling, our params.npz, OpenAI\'s '
-        'checkpoint).')
+        'checkpoint).', UserWarning, stacklevel=3)
 
 
 # The cached loop's scans (`cache_spans`): the attention reads on average (k + 1) / 2k of
@@ -183,7 +187,7 @@ def make_sampler(model: igpt_model.ImageGPT, *, num_tokens: int, prefix_len: int
   def sample(params, key, prefix=None, *, batch_size: int | None = None,
              check_head: bool = True):
     if check_head:  # False: the caller checked these params (sample_in_batches, once)
-      check_lm_head(params)
+      warn_if_no_lm_head(params)
     if prefix is None:
       if prefix_len:
         raise UserInputError(f'this sampler keeps {prefix_len} prefix tokens; pass them.')
@@ -212,7 +216,7 @@ def complete(model, params, key, tokens, *, image_shape: tuple[int, int], keep_r
   Returns:
     `[B, num_completions, H * W]` tokens; `[:, :, :keep_rows * W]` equals the input's.
 
-  Params whose language-model head is all zero are refused (`check_lm_head`).
+  Params whose language-model head is all zero give a warning (`warn_if_no_lm_head`).
   """
   h, w = image_shape
   tokens = jnp.asarray(tokens, jnp.int32)
@@ -235,10 +239,10 @@ def sample_in_batches(sample, params, keys, prefix, *, batch_size: int):
   """`sample` (a `make_sampler` function) over rows `batch_size` at a time, one key per row
   (`[rows, 2]`): the same tokens as one call, in bounded memory. The last batch is padded
   to the others' shape, so the sampler compiles once. Params without a language-model head
-  are refused (`check_lm_head`), once for all the batches."""
+  give one warning (`warn_if_no_lm_head`) for all the batches."""
   if batch_size < 1:
     raise UserInputError(f'batch_size={batch_size}: expected at least 1 row per batch.')
-  check_lm_head(params)
+  warn_if_no_lm_head(params)
   prefix = jnp.asarray(prefix, jnp.int32)
   rows = prefix.shape[0]
   size = min(batch_size, rows)
