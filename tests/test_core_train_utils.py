@@ -274,6 +274,24 @@ def test_a_row_written_once_is_not_logged_again(tmp_path):
       (6, 'train'), (6, 'eval'), (6, 'test'), (6, 'eval')]
 
 
+def test_other_processes_read_the_kept_rows_and_write_nothing(tmp_path, monkeypatch):
+  """On a pod, process 1's `logged` (a finished run's last metrics in its returned dict) used
+  to be None: only process 0 read metrics.jsonl."""
+  first = metrics_log.MetricsLog(tmp_path)
+  for step in (3, 6, 9):
+    first.write(step, {'loss': float(step)})
+  first.close()
+  before = (tmp_path / 'metrics.jsonl').read_bytes()
+  monkeypatch.setattr(metrics_log.jax, 'process_index', lambda: 1)
+  other = metrics_log.MetricsLog(tmp_path, resume_step=6)
+  assert other.logged(6) == {'loss': 6.0} and other.logged(9) is None  # 9: after the resume
+  other.write(6, {'accuracy': 0.5}, split='eval', once=True)
+  assert other.logged(6, 'eval') == {'accuracy': 0.5}
+  other.close()
+  assert (tmp_path / 'metrics.jsonl').read_bytes() == before  # process 0 rewrites, not 1
+  assert not (tmp_path / metrics_log.MetricsLog.SUPERSEDED).exists()
+
+
 def test_write_json_atomic_and_progress(tmp_path):
   metrics_log.write_json(tmp_path / 'final.json', {'accuracy': np.float64(0.5), 'n': 3})
   assert json.loads((tmp_path / 'final.json').read_text()) == {'accuracy': 0.5, 'n': 3}

@@ -81,6 +81,10 @@ class MetricsLog:
     self._file = None
     # The metrics of the rows kept at a resume and of those written, by (step, split).
     self._logged: dict[tuple[int, str], dict[str, Any]] = {}
+    if not self.enabled and resume_step is not None:
+      # Read only: what `logged` returns (a finished run's last metrics) is then the same on
+      # every process; process 0 alone rewrites the files.
+      self._split_rows(int(resume_step))
     if self.enabled:
       io.makedirs(workdir)
       if resume_step is not None:
@@ -92,9 +96,11 @@ class MetricsLog:
         if resume_step is not None:
           self._events.purge_from(int(resume_step) + 1)
 
-  def _set_aside_rows_after(self, step: int, workdir) -> None:
+  def _split_rows(self, step: int) -> tuple[list[str], list[str]]:
+    """metrics.jsonl's lines up to `step` and after it; the former's metrics go to
+    `self._logged`."""
     if not io.exists(self.path):
-      return
+      return [], []
     lines = io.read_bytes(self.path).decode('utf-8').splitlines(keepends=True)
     keep, later = [], []
     for line in lines:
@@ -111,6 +117,10 @@ class MetricsLog:
         keep.append(line)
         self._logged[row_step, str(row.get('split', 'train'))] = {
             k: v for k, v in row.items() if k not in ('step', 'split', 'time')}
+    return keep, later
+
+  def _set_aside_rows_after(self, step: int, workdir) -> None:
+    keep, later = self._split_rows(step)
     if not later:
       return
     # The superseded rows are saved before they leave metrics.jsonl: a crash in between
@@ -128,10 +138,12 @@ class MetricsLog:
   def write(self, step: int, metrics: Mapping[str, Any], *, split: str = 'train',
             once: bool = False) -> None:
     """Appends the row (process 0); with `once`, not if that step and split are logged."""
-    if not self.enabled or (once and (int(step), split) in self._logged):
+    if once and (int(step), split) in self._logged:
       return
     values = {k: _plain(v) for k, v in metrics.items()}
-    self._logged[int(step), split] = values
+    self._logged[int(step), split] = values  # on every process, for `logged`
+    if not self.enabled:
+      return
     row = {'step': int(step), 'split': split, 'time': round(time.time(), 3), **values}
     self._file.append((json.dumps(row) + '\n').encode('utf-8'))
     if self._events is not None:
@@ -144,7 +156,8 @@ class MetricsLog:
 
   def logged(self, step: int, split: str = 'train') -> dict[str, Any] | None:
     """The metrics of the row of `step` and `split` kept at the resume or written by this
-    log (as metrics.jsonl holds them), else None; None on processes other than 0."""
+    log (as metrics.jsonl holds them), else None; the same on every process (the others read
+    the file process 0 wrote, where they can reach it)."""
     return self._logged.get((int(step), split))
 
   def flush(self) -> None:
