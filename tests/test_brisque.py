@@ -216,3 +216,25 @@ def test_bfloat16_input_is_scored_like_its_float32_values(shared_data, portable_
       want, abs=1e-3)
   with pytest.raises(UserInputError, match=r'image 0 \(bfloat16\).*\[0, 1\]'):
     brisque(im[None].astype(ml_dtypes.bfloat16) / 255, model, ranges)
+
+
+def test_a_constant_image_scores_nan_where_opencv_gives_an_end_of_its_scale(shared_data):
+  """A flat image has no statistics (its AGGD fits divide 0 by 0). OpenCV clamps what its
+  SVM makes of that to [0, 100] and returns 0.0 (best) with Intel IPP, 100.0 (worst)
+  without; ours is NaN, so that it passes for neither (docs/metrics.md). A nearly flat
+  image scores as OpenCV's portable path does."""
+  model, ranges = _paths(shared_data)
+  flat = np.stack([np.full((32, 32, 3), v, np.uint8) for v in (0, 128, 255)])
+  assert np.isnan(brisque(flat, model=model, range_file=ranges)).all()
+  before = cv2.ipp.useIPP()
+  try:
+    for ipp, end in ((True, 0.0), (False, 100.0)):
+      cv2.ipp.setUseIPP(ipp)
+      assert [cv2.quality.QualityBRISQUE_compute(_to_opencv(im), model, ranges)[0]
+              for im in flat] == [end] * 3, ipp
+    nearly = flat[1].copy()
+    nearly[10, 10] = 129
+    want = cv2.quality.QualityBRISQUE_compute(_to_opencv(nearly), model, ranges)[0]
+  finally:
+    cv2.ipp.setUseIPP(before)
+  assert abs(brisque(nearly[None], model=model, range_file=ranges)[0] - want) < 1e-2
