@@ -137,6 +137,14 @@ def test_a_run_stopped_before_final_json_is_finished_without_a_second_eval_row(
   rows = metrics_log.read_jsonl(workdir / 'metrics.jsonl')
   assert [r['step'] for r in rows if r['split'] == 'train'] == list(range(1, 7))
   assert [r['step'] for r in rows if r['split'] == 'eval'] == [6]
+  # Without final.json and with total_steps below the checkpoint, finishing it would log step
+  # 6's evaluation as step 4's: refused, nothing written.
+  os.remove(workdir / 'final.json')
+  before = workdir_files.snapshot(workdir)
+  with pytest.raises(UserInputError, match=r'^total_steps=4: .* checkpoint of step 6, past it, '
+                     r'and no final\.json .* --config\.total_steps=6 to finish'):
+    train_loop.train_and_evaluate(helpers.tiny_config(dataset, total_steps=4), str(workdir))
+  assert workdir_files.snapshot(workdir) == before
 
 
 @pytest.fixture

@@ -163,11 +163,19 @@ def open_checkpoints(config, workdir: str | os.PathLike, **checkpointer_options)
   """`(ckpt, latest_step, final)`: the workdir's `checkpoints/` Checkpointer (opening it
   creates nothing), its latest step (None: a fresh run), and final.json's dict when the run
   is already complete (`finished`, which says so), in which case `ckpt` is closed and the
-  trainer returns `final`; else None and the trainer goes on (and closes `ckpt`)."""
+  trainer returns `final`; else None and the trainer goes on (and closes `ckpt`). A workdir
+  whose latest checkpoint is past `total_steps` without its final.json is refused."""
   ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'), **checkpointer_options)
   try:
     latest = ckpt.latest_step()
     final = finished(config, workdir, latest)
+    if final is None and latest is not None and latest > config.total_steps:
+      # Not complete (final.json missing or older) and past the end: finishing it would
+      # evaluate step `latest` and log it as step total_steps.
+      raise UserInputError(
+          f'total_steps={config.total_steps}: {workdir} holds a checkpoint of step {latest}, '
+          f'past it, and no final.json for it; a run is not shortened: pass '
+          f'--config.total_steps={latest} to finish that run, or use a new workdir.')
   except BaseException:
     ckpt.close()
     raise
