@@ -215,9 +215,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return done
   try:
     resuming = latest is not None
-    if not resuming and config.pretrained:  # Before the datasets are read; a resumed run
-      vit_checkpoint.check_exists(config.pretrained,  # does not read it.
-                                  label=f'pretrained={config.pretrained}')
+    # Before the datasets are read; a resumed run does not read `pretrained`.
+    if not resuming and config.pretrained:
+      vit_checkpoint.check_exists(config.pretrained, label=f'pretrained={config.pretrained}')
     train_source = _source(config, config.pp.train)
     test_source = _source(config, config.pp.test, class_names=train_source.class_names)
     channels = train_source[0]['image'].shape[-1]
