@@ -6,7 +6,7 @@
 The whole loop over tokens is compiled into one `jax.jit`: no Python per token. With the KV
 cache it is a few `lax.scan`s, each over a span of positions that attends only to the cache
 up to the span's end (`cache_spans`: sampling reads the cache at every token, so reading
-only its filled part made it 1.5x faster on a CPU, docs/benchmarks.md).
+only its filled part made it 1.35x faster on a CPU, docs/benchmarks.md).
 With `cached=False` every token is a full forward pass over the sequence (what OpenAI's
 release does). Each row has its own key (`fold_in(key, row)`, or one given per row) and
 draws token t with `fold_in(row_key, t)`: both give the same tokens, and a row's tokens do

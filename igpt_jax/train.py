@@ -336,7 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     igpt_checkpoint.save(io.join(workdir, 'params.npz'), params, overwrite=True)
     if config.sample_grid and not model.bert and not igpt_sample.has_lm_head(params):
       # A head never trained (fine-tuned from weights without one, gen_loss_weight=0): its
-      # samples would be uniform noise, and sampling refuses such params.
+      # samples would be uniform noise (sampling warns for such params).
       print('samples.png not written: the language-model head wtet is still all zero.')
     elif config.sample_grid and not model.bert:
       write_samples(model, params, np.asarray(centers), test_source, config,
