@@ -81,14 +81,13 @@ class MetricsLog:
     self._file = None
     # The metrics of the rows kept at a resume and of those written, by (step, split).
     self._logged: dict[tuple[int, str], dict[str, Any]] = {}
-    if not self.enabled and resume_step is not None:
-      # Read only: what `logged` returns (a finished run's last metrics) is then the same on
-      # every process; process 0 alone rewrites the files.
-      self._split_rows(int(resume_step))
+    # Every process reads the rows, so that `logged` (a finished run's last metrics) is the
+    # same on all of them; process 0 alone rewrites the files.
+    rows = self._split_rows(int(resume_step)) if resume_step is not None else None
     if self.enabled:
       io.makedirs(workdir)
-      if resume_step is not None:
-        self._set_aside_rows_after(int(resume_step), workdir)
+      if rows is not None:
+        self._set_aside(*rows, workdir)
       self._file = io.AppendFile(self.path, upload_every_s=upload_every_s)
       if tensorboard:
         self._events = tfevents.EventWriter(io.join(workdir, 'tensorboard'),
@@ -119,8 +118,8 @@ class MetricsLog:
             k: v for k, v in row.items() if k not in ('step', 'split', 'time')}
     return keep, later
 
-  def _set_aside_rows_after(self, step: int, workdir) -> None:
-    keep, later = self._split_rows(step)
+  def _set_aside(self, keep: list[str], later: list[str], workdir) -> None:
+    """Moves the `later` lines to metrics.superseded.jsonl, leaving `keep` in metrics.jsonl."""
     if not later:
       return
     # The superseded rows are saved before they leave metrics.jsonl: a crash in between
