@@ -39,6 +39,7 @@ from jax.sharding import Mesh
 
 from vision_core import mesh as mesh_lib
 from vision_core import seeds
+from vision_core import xla_options
 from vision_core.errors import UserInputError
 
 
@@ -147,7 +148,8 @@ def initial_latents(key, ids, restarts: int, latent_dim: int):
 
 def make_latent_search(apply_fn: Callable, *, latent_dim: int, config: SearchConfig,
                        mesh: Mesh | None = None,
-                       features_fn: Callable | None = None) -> Callable:
+                       features_fn: Callable | None = None,
+                       compiler_options: dict[str, Any] | None = None) -> Callable:
   """Returns `search(params, targets [B, H, W, C], ids [B, 2]) -> SearchResult`, compiled.
 
   `ids` (uint32, `image_ids(targets)` for a content identity) key each image's initial
@@ -160,6 +162,9 @@ def make_latent_search(apply_fn: Callable, *, latent_dim: int, config: SearchCon
     config: see `SearchConfig`.
     mesh: if given, targets and latents are sharded over its 'data' axis (B must divide).
     features_fn: `images [N, H, W, C] -> [N, F]` for the perceptual term.
+    compiler_options: XLA options of the step program. None chooses: on CPU without the
+      perceptual term `xla_options.YNN_WITHOUT_REDUCE` where this jaxlib takes it (see
+      below), else XLA's defaults; `{}` keeps XLA's defaults.
   """
   config.validate()
   if config.perceptual_weight and features_fn is None:
@@ -251,11 +256,24 @@ def make_latent_search(apply_fn: Callable, *, latent_dim: int, config: SearchCon
     curves_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, 'data'))
     shardings = dict(in_shardings=(rep, data(4), data(2)), out_shardings=SearchResult(
         data(2), data(1), data(2), curves_sharding, data(1)))
+  # On CPU, without the ViT term: YNNPACK fusions without reductions. XLA:CPU otherwise
+  # fuses each PixelNorm's backward channel sum into the convolution beside it, and that
+  # fused op took 1.5x the plain convolution's time (PGAN, 32x32 input gradient: 2.2 ms
+  # against 1.5 ms forward). Unfused, the PGAN search is 1.11x faster at 32 images
+  # (docs/benchmarks.md, GAN run 14); the DCGAN search is unchanged. The ViT's softmax and
+  # LayerNorm sums gain from the fusion instead (its train step is 1.3x slower without),
+  # so the perceptual search keeps XLA's default. Only for this program: XLA_FLAGS would
+  # change every program of the process.
+  cpu = jax.default_backend() == 'cpu'
+  options = compiler_options
+  if options is None:
+    options = (xla_options.accepted(xla_options.YNN_WITHOUT_REDUCE)
+               if cpu and not config.perceptual_weight else {})
   loop = config.loop
   if loop == 'auto':
-    loop = 'chunked' if jax.default_backend() == 'cpu' else 'while'
+    loop = 'chunked' if cpu else 'while'
   if loop == 'while':
-    return jax.jit(search, **shardings)
+    return jax.jit(search, compiler_options=options, **shardings)
 
   # 'chunked': XLA:CPU runs convolutions inside a while loop's body many times slower than
   # the same convolutions outside one (measured 15-30x for our generators; jax-ml/jax#12868),
@@ -276,7 +294,8 @@ def make_latent_search(apply_fn: Callable, *, latent_dim: int, config: SearchCon
     return parts(params, jnp.asarray(targets, jnp.float32))[3](carry)
 
   start_fn = jax.jit(start, **({'in_shardings': shardings['in_shardings']} if mesh else {}))
-  chunk_fn, end_fn = jax.jit(chunk, donate_argnums=2), jax.jit(end)
+  chunk_fn = jax.jit(chunk, donate_argnums=2, compiler_options=options)
+  end_fn = jax.jit(end)
 
   max_chunks = -(-steps // config.chunk)
 
