@@ -11,8 +11,10 @@ as in the study; its ReduceLROnPlateau is stepped on the batch loss). Ours:
 timed after compilation (compile time reported separately), run as `gan_jax.compress` runs
 it: on a CPU one device per core (`mesh.one_cpu_device_per_core`), the batch sharded over
 them (one image: one device); the "one device" column is the same search unsharded.
-`--one-device` leaves the CPU as one device (the earlier runs' setting). Prints a markdown
-table.
+`--one-device` leaves the CPU as one device (the earlier runs' setting). `--xla-defaults`
+also times ours compiled with XLA's default options (`compiler_options={}`) instead of the
+ones the search picks (`vision_core.xla_options`), alternating with it: the gain of that
+choice, measured in the same run. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ def main():
   parser.add_argument('--out', default=None)
   parser.add_argument('--one-device', action='store_true',
                       help='keep the CPU as one JAX device (no per-core split)')
+  parser.add_argument('--xla-defaults', type=int, default=0, metavar='REPEATS',
+                      help='also time ours with XLA default options, alternating with the '
+                      'chosen ones REPEATS times (medians reported)')
   args = parser.parse_args()
   if not args.one_device:
     mesh_lib.one_cpu_device_per_core()  # Before JAX starts, as gan_jax.compress does.
@@ -102,18 +107,31 @@ def main():
                                      stop_patience=0)
     ids = latent_search.image_ids(targets)
 
-    def timed(mesh):
+    def compiled(mesh, options=None):
       search = latent_search.make_latent_search(gen.apply, latent_dim=args.latent, config=cfg,
-                                                mesh=mesh)
+                                                mesh=mesh, compiler_options=options)
       t = time.perf_counter()
       jax.block_until_ready(search(gen.params, targets, ids))
-      compile_s = time.perf_counter() - t
+      return search, time.perf_counter() - t
+
+    def timed(search):
       t = time.perf_counter()
       result = jax.block_until_ready(search(gen.params, targets, ids))
-      return result, time.perf_counter() - t, compile_s
+      return result, time.perf_counter() - t
     sharded = devices > 1 and batch > 1 and batch % devices == 0
-    result, jax_s, compile_s = timed(mesh_lib.make_mesh() if sharded else None)
-    one_device_s = timed(None)[1] if sharded else jax_s
+    mesh = mesh_lib.make_mesh() if sharded else None
+    search, compile_s = compiled(mesh)
+    result, jax_s = timed(search)
+    one_device_s = timed(compiled(None)[0])[1] if sharded else jax_s
+    defaults = {}
+    if args.xla_defaults:
+      plain = compiled(mesh, {})[0]
+      chosen_s, plain_s = [], []
+      for _ in range(args.xla_defaults):
+        chosen_s.append(timed(search)[1])
+        plain_s.append(timed(plain)[1])
+      defaults = {'jax_chosen_options_median_steps_per_s': args.steps / np.median(chosen_s),
+                  'jax_xla_defaults_median_steps_per_s': args.steps / np.median(plain_s)}
     z0 = torch.from_numpy(np.asarray(latent_search.initial_latents(
         jax.random.PRNGKey(0), ids, 1, args.latent))[:, 0])
     targets_t = torch.from_numpy(targets.transpose(0, 3, 1, 2).copy())
@@ -130,7 +148,7 @@ def main():
                  'torch_image_steps_per_s': batch * args.steps / torch_s,
                  'speedup': torch_s / jax_s,
                  'jax_final_loss': float(np.mean(result.loss)),
-                 'torch_final_loss': float(torch_loss.mean())})
+                 'torch_final_loss': float(torch_loss.mean()), **defaults})
     print(json.dumps(rows[-1]), flush=True)
   side = 4 * 2 ** (len(depths) - 1)
   print(f'\nPGAN generator {side}x{side}, latent {args.latent}, depths {depths}; '
@@ -144,6 +162,14 @@ def main():
           f'{r["jax_one_device_steps_per_s"]:.1f} | {r["jax_image_steps_per_s"]:.0f} | '
           f'{r["torch_steps_per_s"]:.1f} | {r["torch_image_steps_per_s"]:.0f} | '
           f'{r["speedup"]:.2f}x | {r["jax_compile_s"]:.1f} |')
+  if args.xla_defaults:
+    print(f'\nOurs with the options the search picks against XLA defaults, alternating, '
+          f'median of {args.xla_defaults}:\n')
+    print('| images | chosen options: steps/s | XLA defaults: steps/s | gain |')
+    print('|---|---|---|---|')
+    for r in rows:
+      a, b = r['jax_chosen_options_median_steps_per_s'], r['jax_xla_defaults_median_steps_per_s']
+      print(f'| {r["batch"]} | {a:.1f} | {b:.1f} | {a / b:.2f}x |')
   if args.out:
     with open(args.out, 'w') as f:
       json.dump(rows, f, indent=2)
