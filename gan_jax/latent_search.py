@@ -259,7 +259,7 @@ def make_latent_search(apply_fn: Callable, *, latent_dim: int, config: SearchCon
   # On CPU, without the ViT term: YNNPACK fusions without reductions. XLA:CPU otherwise
   # fuses each PixelNorm's backward channel sum into the convolution beside it, and that
   # fused op took 1.5x the plain convolution's time (PGAN, 32x32 input gradient: 2.2 ms
-  # against 1.5 ms forward). Unfused, the PGAN search is 1.11x faster at 32 images
+  # against 1.5 ms forward). Unfused, the PGAN search is 1.10x faster at 32 images
   # (docs/benchmarks.md, GAN run 14); the DCGAN search is unchanged. The ViT's softmax and
   # LayerNorm sums gain from the fusion instead (its train step is 1.3x slower without),
   # so the perceptual search keeps XLA's default. Only for this program: XLA_FLAGS would
