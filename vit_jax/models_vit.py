@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vision_core import fused_mlp
 from vision_core.images import check_batch
 from vision_core.matmul import matmul
 from vit_jax import models_resnet
@@ -34,6 +35,9 @@ from vit_jax.ops import gelu, normalize
 Dtype = Any
 # `VisionTransformer(attention=...)`: ours (any backend), or jax.nn.dot_product_attention's.
 ATTENTIONS = ('einsum', 'xla', 'cudnn')
+# `VisionTransformer(mlp_impl=...)`: XLA's ops, or vision_core.fused_mlp's GPU kernels (the
+# bias and GELU inside the matmuls; 'pallas_interpret' runs them interpreted, on any backend).
+MLP_IMPLS = ('xla', 'pallas', 'pallas_interpret')
 # attention='cudnn' pads the sequence to a multiple of this: cuDNN's training kernels refuse
 # ViT's 197 tokens but take 200 (8 measured 1% faster than 64 on an H200).
 CUDNN_SEQ_MULTIPLE = 8
@@ -57,6 +61,8 @@ class MlpBlock(nn.Module):
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   gelu_approximate: bool = True
+  impl: str = 'xla'  # MLP_IMPLS
+  tiles: Optional[Any] = None  # impl 'pallas': (forward or None, backward) fused_mlp.Tiles
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool, norm=None):
@@ -65,16 +71,35 @@ class MlpBlock(nn.Module):
     out_dim = x.shape[-1]
     kernel, bias = _DenseParams((out_dim,), (self.mlp_dim,),
                                 bias_init=_DENSE_INIT['bias_init'], name='Dense_0')()
+    kernel2, bias2 = _DenseParams((self.mlp_dim,), (out_dim,),
+                                  bias_init=_DENSE_INIT['bias_init'], name='Dense_1')()
     if norm is not None:
       scale, shift = norm
       bias = bias + shift @ kernel
       kernel = kernel * scale[:, None]
-    x = matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+    kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
+    kernel2, bias2 = kernel2.astype(self.dtype), bias2.astype(self.dtype)
+    if self.impl not in MLP_IMPLS:
+      raise ValueError(f'mlp_impl={self.impl!r}: expected one of {MLP_IMPLS}.')
+    if self.impl != 'xla' and not self.gelu_approximate:
+      raise ValueError(f'mlp_impl={self.impl!r} has the tanh GELU only: '
+                       'gelu_approximate must be True.')
+    if self.impl == 'pallas' and jax.default_backend() != 'gpu':
+      raise ValueError(f"mlp_impl='pallas' runs Triton kernels, on GPUs only (this backend "
+                       f"is {jax.default_backend()!r}): use 'xla', or 'pallas_interpret' to "
+                       'run the same kernels interpreted.')
+    tiles = self.tiles or (fused_mlp.Tiles(), fused_mlp.Tiles())
+    dropout = self.dropout_rate > 0 and not deterministic
+    # Shapes that do not tile, and dropout between the matmuls, take XLA's ops.
+    if (self.impl != 'xla' and not dropout
+        and all(fused_mlp.fits(out_dim, self.mlp_dim, t) for t in tiles)):
+      y = fused_mlp.mlp(x.reshape(-1, out_dim).astype(self.dtype), kernel, bias, kernel2,
+                        bias2, *tiles, self.impl == 'pallas_interpret')
+      return y.reshape(x.shape[:-1] + (out_dim,))
+    x = matmul(x.astype(self.dtype), kernel) + bias
     x = gelu(x, self.gelu_approximate)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-    kernel, bias = _DenseParams((self.mlp_dim,), (out_dim,),
-                                bias_init=_DENSE_INIT['bias_init'], name='Dense_1')()
-    x = matmul(x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+    x = matmul(x, kernel2) + bias2
     return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
 
 
@@ -210,6 +235,8 @@ class Encoder1DBlock(nn.Module):
   dtype: Dtype = jnp.float32
   attention: str = 'einsum'
   gelu_approximate: bool = True
+  mlp_impl: str = 'xla'
+  mlp_tiles: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool, num_outputs: int | None = None,
@@ -231,8 +258,9 @@ class Encoder1DBlock(nn.Module):
       x = x[:, :num_outputs]
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.gelu_approximate,
-                 name='MlpBlock_0')(normalize(x), deterministic=deterministic,
-                                    norm=_LayerNormParams(name='LayerNorm_1')(width))
+                 self.mlp_impl, self.mlp_tiles, name='MlpBlock_0')(
+                     normalize(x), deterministic=deterministic,
+                     norm=_LayerNormParams(name='LayerNorm_1')(width))
     return x + y
 
 
@@ -250,6 +278,8 @@ class Encoder(nn.Module):
   # padding q/k/v in every layer (attention='cudnn'); padded tokens are masked out of the
   # keys and dropped before the last block (or at the end), so the result is unchanged.
   token_multiple: int = 1
+  mlp_impl: str = 'xla'
+  mlp_tiles: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x, *, train: bool, num_outputs: int | None = None):
@@ -267,7 +297,8 @@ class Encoder(nn.Module):
         x = x[:, :tokens]
       block = Encoder1DBlock(self.mlp_dim, self.num_heads, self.dropout_rate,
                              self.attention_dropout_rate, self.dtype, self.attention,
-                             self.gelu_approximate, name=f'encoderblock_{i}')
+                             self.gelu_approximate, self.mlp_impl, self.mlp_tiles,
+                             name=f'encoderblock_{i}')
       x = block(x, deterministic=not train, num_outputs=num_outputs if last else None,
                 valid_tokens=tokens if x.shape[1] > tokens else None)
     return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x[:, :tokens])
@@ -302,6 +333,11 @@ class VisionTransformer(nn.Module):
   # None: CUDNN_SEQ_MULTIPLE with attention='cudnn' (its kernels need it), else 1.
   token_multiple: Optional[int] = None
   channels: int = 3  # Input channels; checked so a wrong array fails with a clear message.
+  # MLP_IMPLS: 'pallas' puts the MLP's bias and GELU inside its matmuls (GPU; tanh GELU
+  # only; XLA's ops where the widths do not tile or dropout is on); `mlp_tiles` =
+  # (forward or None for XLA's, backward) vision_core.fused_mlp.Tiles, None: defaults.
+  mlp_impl: str = 'xla'
+  mlp_tiles: Optional[Any] = None
 
   @nn.compact
   def __call__(self, images, *, train: bool = False, return_prelogits: bool = False):
@@ -334,6 +370,7 @@ class VisionTransformer(nn.Module):
         raise ValueError(f'token_multiple={multiple!r}: expected a positive integer.')
       x = Encoder(name='Transformer', dtype=self.dtype, attention=self.attention,
                   gelu_approximate=self.gelu_approximate, token_multiple=multiple,
+                  mlp_impl=self.mlp_impl, mlp_tiles=self.mlp_tiles,
                   **self.transformer)(
           x, train=train, num_outputs=1 if self.classifier == 'token' else None)
     if self.classifier == 'token':

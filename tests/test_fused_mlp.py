@@ -1,0 +1,121 @@
+"""vision_core.fused_mlp (the MLP with its bias and GELU inside the matmuls), run through
+Pallas' interpreter on the CPU, against an independent numpy forward and backward pass and
+against the model's XLA path."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from vision_core import fused_mlp
+from vit_jax import models_vit
+
+TILES = fused_mlp.Tiles(block_m=32, block_n=64, block_k=16)
+
+
+def _numpy_mlp_and_grads(x, w1, b1, w2, b2, dy):
+  """float64: `y = gelu(x w1 + b1) w2 + b2` (tanh GELU) and the gradients of `sum(y * dy)`."""
+  x, w1, b1, w2, b2, dy = (np.asarray(a, np.float64) for a in (x, w1, b1, w2, b2, dy))
+  c = np.sqrt(2 / np.pi)
+  pre = x @ w1 + b1
+  t = np.tanh(c * (pre + 0.044715 * pre ** 3))
+  h = 0.5 * pre * (1 + t)
+  slope = 0.5 * (1 + t) + 0.5 * pre * (1 - t ** 2) * c * (1 + 3 * 0.044715 * pre ** 2)
+  dh = dy @ w2.T
+  dpre = dh * slope
+  return h @ w2 + b2, (dpre @ w1.T, x.T @ dpre, dpre.sum(0), h.T @ dy, dy.sum(0))
+
+
+def _inputs(m, d, f, seed=0):
+  rng = np.random.default_rng(seed)
+  shapes = [((m, d), 1.0), ((d, f), 1 / np.sqrt(d)), ((f,), 0.5), ((f, d), 1 / np.sqrt(f)),
+            ((d,), 0.5), ((m, d), 1.0)]
+  return [jnp.asarray(rng.normal(size=s) * scale, jnp.float32) for s, scale in shapes]
+
+
+@pytest.mark.parametrize('forward_tiles', [TILES, None], ids=['fused_forward', 'xla_forward'])
+def test_mlp_value_and_gradients_match_numpy(forward_tiles):
+  # 70 rows: not a multiple of block_m, so the padding of the row blocks is exercised.
+  x, w1, b1, w2, b2, dy = _inputs(70, 32, 128)
+  y, vjp = jax.vjp(lambda *p: fused_mlp.mlp(*p, forward_tiles, TILES, True), x, w1, b1, w2, b2)
+  want_y, want_grads = _numpy_mlp_and_grads(x, w1, b1, w2, b2, dy)
+  np.testing.assert_allclose(y, want_y, rtol=1e-4, atol=1e-4)
+  for name, got, want in zip(('x', 'w1', 'b1', 'w2', 'b2'), vjp(dy), want_grads):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max(),
+                               err_msg=name)
+
+
+def test_kernels_write_every_tile():
+  """The forward kernel's two outputs and the backward kernel's outputs, over a grid of
+  several row and column blocks, against numpy (a tile left unwritten would be garbage)."""
+  x, w1, b1, w2, _, dy = _inputs(96, 32, 192, seed=1)
+  pre, h = fused_mlp.dense_gelu(x, w1, b1, TILES, interpret=True)
+  want_pre = np.asarray(x, np.float64) @ np.asarray(w1, np.float64) + np.asarray(b1)
+  np.testing.assert_allclose(pre, want_pre, rtol=1e-5, atol=1e-5)
+  value, slope = fused_mlp.gelu_tanh_and_slope(pre)
+  np.testing.assert_allclose(h, value, rtol=1e-6, atol=1e-6)
+  dpre, bias_grad = fused_mlp.gelu_input_grad(dy, w2, pre, TILES, interpret=True)
+  want_dpre = (np.asarray(dy, np.float64) @ np.asarray(w2, np.float64).T) * np.asarray(slope)
+  np.testing.assert_allclose(dpre, want_dpre, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(bias_grad, want_dpre.sum(0), rtol=1e-4, atol=1e-3)
+
+
+def test_gelu_slope_is_the_derivative_of_flax_gelu():
+  x = jnp.linspace(-6, 6, 601, dtype=jnp.float32)
+  value, slope = fused_mlp.gelu_tanh_and_slope(x)
+  np.testing.assert_allclose(value, jax.nn.gelu(x, approximate=True), atol=1e-6)
+  np.testing.assert_allclose(
+      slope, jax.vmap(jax.grad(lambda t: jax.nn.gelu(t, approximate=True)))(x), atol=1e-5)
+
+
+def test_fits_names_the_shapes_the_kernels_take():
+  assert fused_mlp.fits(768, 3072, fused_mlp.Tiles())
+  assert fused_mlp.fits(768, 3072, None)
+  assert not fused_mlp.fits(768, 3000, fused_mlp.Tiles())  # columns must tile
+  assert not fused_mlp.fits(40, 3072, fused_mlp.Tiles())   # depth must tile
+
+
+def _small_vit(**kwargs):
+  return models_vit.VisionTransformer(
+      num_classes=10, patches=ml_collections.ConfigDict({'size': (4, 4)}), hidden_size=32,
+      transformer=dict(num_layers=2, mlp_dim=128, num_heads=4, dropout_rate=0.0,
+                       attention_dropout_rate=0.0), **kwargs)
+
+
+def test_vit_with_fused_mlp_matches_xla_path():
+  images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (3, 16, 16, 3)), jnp.float32)
+  plain = _small_vit()
+  # One tile per layer's MLP: the interpreter's cost is per tile.
+  tiles = fused_mlp.Tiles(block_m=64, block_n=128, block_k=32)
+  fused = _small_vit(mlp_impl='pallas_interpret', mlp_tiles=(tiles, tiles))
+  params = plain.init(jax.random.key(0), images)['params']
+  fused_params = fused.init(jax.random.key(0), images)['params']
+  assert jax.tree.structure(params) == jax.tree.structure(fused_params)
+  # Non-zero head and perturbed weights, so every gradient is non-trivial.
+  params = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(1), a.shape),
+                        params)
+
+  def loss(model):
+    return lambda p: jnp.sum(jnp.sin(model.apply({'params': p}, images, train=True)))
+  want, want_grads = jax.jit(jax.value_and_grad(loss(plain)))(params)
+  got, got_grads = jax.jit(jax.value_and_grad(loss(fused)))(params)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got_grads),
+                          jax.tree.leaves(want_grads)):
+    # key biases have a zero gradient (softmax ignores a shift): compare absolutely.
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(mlp_impl='triton'), "mlp_impl='triton': expected one of"),
+    (dict(mlp_impl='pallas_interpret', gelu_approximate=False), 'tanh GELU only'),
+    (dict(mlp_impl='pallas'), 'on GPUs only'),
+])
+def test_bad_mlp_settings_are_named(kwargs, message):
+  if kwargs.get('mlp_impl') == 'pallas' and jax.default_backend() == 'gpu':
+    pytest.skip('a GPU runs the kernels')
+  images = jnp.zeros((1, 16, 16, 3))
+  with pytest.raises(ValueError, match=message):
+    _small_vit(**kwargs).init(jax.random.key(0), images)
