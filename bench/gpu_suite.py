@@ -108,10 +108,16 @@ def _vit_setup(args):
   images = rng.uniform(-1, 1, (args.vit_batch, image, image, 3)).astype(np.float32)
   labels = rng.integers(0, VIT_CLASSES, args.vit_batch).astype(np.int32)
 
+  tiles = None
+  if args.mlp_tiles:
+    from bench.gpu_mlp_kernels import parse_tiles  # pylint: disable=g-import-not-at-top
+    tiles = tuple(parse_tiles(t) for t in args.mlp_tiles.split('/'))
+
   def make_model(attention):
     return models_vit.VisionTransformer(num_classes=VIT_CLASSES, dtype=jnp.bfloat16,
                                         attention=attention,
-                                        token_multiple=args.token_multiple, **config)
+                                        token_multiple=args.token_multiple,
+                                        mlp_impl=args.mlp_impl, mlp_tiles=tiles, **config)
   return name, image, config, images, labels, make_model
 
 
@@ -129,6 +135,7 @@ def section_vit_train(args) -> list[dict]:
   for attention in [] if args.peer_only else args.attention:
     row = {'section': 'vit_train', 'impl': f'ours jax {jax.__version__}, attention={attention}',
            'model': name, 'image': image, 'batch': batch, 'token_multiple': args.token_multiple,
+           'mlp_impl': args.mlp_impl, 'mlp_tiles': args.mlp_tiles,
            'xla_flags': os.environ.get('XLA_FLAGS', '')}
     try:
       step, row['compile_s'] = compiled_train_step(make_model(attention), images, labels,
@@ -333,6 +340,9 @@ def main():
                       help="VisionTransformer(token_multiple=): pad the token stream to a "
                       "multiple of this (default: the model's, 8 for attention='cudnn'; 1 "
                       'pads q/k/v in every layer instead)')
+  parser.add_argument('--mlp-impl', default='xla', help='VisionTransformer(mlp_impl=)')
+  parser.add_argument('--mlp-tiles', help='fused MLP tiles, FORWARD/BACKWARD, each '
+                      'bm,bn,bk,warps,stages (bench/gpu_mlp_kernels.py --best writes them)')
   parser.add_argument('--profile-dir', help='vit_profile: write HLO and op times here')
   parser.add_argument('--no-peer', action='store_true', help='skip the PyTorch ViT peer')
   parser.add_argument('--peer-only', action='store_true',
