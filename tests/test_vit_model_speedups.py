@@ -5,11 +5,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import flax.linen as nn
+import pytest
 
 from vision_core.matmul import matmul
-from vit_jax import ops
+from vit_jax import models_vit, ops
 
 
 def test_matmul_gradients_match_plain_dot():
@@ -38,3 +40,39 @@ def test_gelu_and_normalize_match_flax():
   ln = nn.LayerNorm()
   np.testing.assert_allclose(ops.normalize(y), ln.apply(ln.init(jax.random.key(1), y), y),
                              atol=1e-5)
+
+
+def test_patch_embedding_matmul_matches_strided_conv():
+  rng = np.random.default_rng(0)
+  # 35 px with 16 px patches: 'VALID' leaves 3 rows and columns out; (2, 3) is not square.
+  for patch, side in (((16, 16), 35), ((2, 3), 12), ((1, 1), 5)):
+    x = jnp.asarray(rng.uniform(-1, 1, (2, side, side, 3)), jnp.float32)
+    conv = nn.Conv(8, patch, strides=patch, padding='VALID')
+    ours = ops.PatchEmbedding(8, patch)
+    params = conv.init(jax.random.key(0), x)
+    ours_params = ours.init(jax.random.key(0), x)
+    # Same names, shapes and initial values, so checkpoints and seeds carry over.
+    jax.tree.map(np.testing.assert_array_equal, params, ours_params)
+    params = jax.tree.map(lambda a: a + rng.normal(size=a.shape).astype(np.float32), params)
+    np.testing.assert_allclose(ours.apply(params, x), conv.apply(params, x), rtol=1e-5,
+                               atol=1e-5)
+    loss = lambda m: (lambda p: jnp.sum(jnp.sin(m.apply(p, x))))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                 jax.grad(loss(ours))(params), jax.grad(loss(conv))(params))
+
+
+def test_vit_patch_embedding_option():
+  config = dict(num_classes=5, patches=ml_collections.ConfigDict({'size': (4, 4)}),
+                hidden_size=16, transformer=dict(num_layers=1, mlp_dim=32, num_heads=2,
+                                                 dropout_rate=0.0, attention_dropout_rate=0.0))
+  x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+  conv = models_vit.VisionTransformer(**config)
+  matmul_model = models_vit.VisionTransformer(patch_embedding='matmul', **config)
+  params = conv.init(jax.random.key(0), x)['params']
+  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape),
+                        params)
+  np.testing.assert_allclose(matmul_model.apply({'params': params}, x),
+                             conv.apply({'params': params}, x), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="patch_embedding='patches': expected one of"):
+    models_vit.VisionTransformer(patch_embedding='patches', **config).init(
+        jax.random.key(0), x)

@@ -30,7 +30,7 @@ from vision_core import fused_mlp
 from vision_core.images import check_batch
 from vision_core.matmul import matmul
 from vit_jax import models_resnet
-from vit_jax.ops import gelu, normalize
+from vit_jax.ops import PatchEmbedding, gelu, normalize
 
 Dtype = Any
 # `VisionTransformer(attention=...)`: ours (any backend), or jax.nn.dot_product_attention's.
@@ -38,6 +38,8 @@ ATTENTIONS = ('einsum', 'xla', 'cudnn')
 # `VisionTransformer(mlp_impl=...)`: XLA's ops, or vision_core.fused_mlp's GPU kernels (the
 # bias and GELU inside the matmuls; 'pallas_interpret' runs them interpreted, on any backend).
 MLP_IMPLS = ('xla', 'pallas', 'pallas_interpret')
+# `VisionTransformer(patch_embedding=...)`: nn.Conv, or PatchEmbedding's single matmul.
+PATCH_EMBEDDINGS = ('conv', 'matmul')
 # attention='cudnn' pads the sequence to a multiple of this: cuDNN's training kernels refuse
 # ViT's 197 tokens but take 200 (8 measured 1% faster than 64 on an H200).
 CUDNN_SEQ_MULTIPLE = 8
@@ -338,6 +340,9 @@ class VisionTransformer(nn.Module):
   # (forward or None for XLA's, backward) vision_core.fused_mlp.Tiles, None: defaults.
   mlp_impl: str = 'xla'
   mlp_tiles: Optional[Any] = None
+  # PATCH_EMBEDDINGS: the strided convolution, or the same map as one matmul over flattened
+  # patches (PatchEmbedding); the same `embedding` parameters either way.
+  patch_embedding: str = 'conv'
 
   @nn.compact
   def __call__(self, images, *, train: bool = False, return_prelogits: bool = False):
@@ -352,8 +357,14 @@ class VisionTransformer(nn.Module):
     if self.conv_stem is not None:
       x = models_resnet.conv_stem(x, features=tuple(self.conv_stem.features), dtype=self.dtype)
     patch = tuple(self.patches.size)
-    x = nn.Conv(self.hidden_size, patch, strides=patch, padding='VALID', dtype=self.dtype,
-                name='embedding')(x)
+    if self.patch_embedding == 'conv':
+      x = nn.Conv(self.hidden_size, patch, strides=patch, padding='VALID', dtype=self.dtype,
+                  name='embedding')(x)
+    elif self.patch_embedding == 'matmul':
+      x = PatchEmbedding(self.hidden_size, patch, self.dtype, name='embedding')(x)
+    else:
+      raise ValueError(f'patch_embedding={self.patch_embedding!r}: expected one of '
+                       f'{PATCH_EMBEDDINGS}.')
     if self.transformer is not None:
       b, h, w, d = x.shape
       x = x.reshape(b, h * w, d)

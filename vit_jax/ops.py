@@ -1,10 +1,13 @@
-"""The ViT's GELU and LayerNorm, formulated for speed (models_vit uses them; its matmul is
-vision_core.matmul).
+"""The ViT's GELU, LayerNorm and patch embedding, formulated for speed (models_vit uses them;
+its matmul is vision_core.matmul).
 
 Each computes what its plain formulation does (tests/test_vit_model_speedups.py checks that);
 only the work XLA is given differs.
 """
 
+from typing import Any
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -27,3 +30,31 @@ def normalize(x, eps: float = 1e-6):
   var = jnp.maximum(jnp.mean(jnp.square(x), -1, keepdims=True) - jnp.square(mean), 0.0)
   return (x - mean) * jax.lax.rsqrt(var + eps)
 
+
+class PatchEmbedding(nn.Module):
+  """The ViT's patch embedding, `nn.Conv(D, patch, strides=patch, padding='VALID')`, as one
+  matmul: `[B, H, W, C]` -> `[B, H // ph, W // pw, D]`, same `kernel [ph, pw, C, D]` and
+  `bias [D]` (and the same initialisation) as the convolution.
+
+  Why: on an H100 the strided convolution over 3 input channels runs on an sm80
+  implicit-GEMM kernel: 4.2 ms forward at ViT-B/16, batch 512, for 0.12 TFLOP (~28 TFLOP/s;
+  docs/benchmarks.md, session 13). Here the image is cut into patches by a reshape and one
+  transpose that keeps each patch row's `pw * C` values contiguous, and the product is a
+  plain `[B * N, ph * pw * C] x [ph * pw * C, D]` matmul.
+  """
+  features: int
+  patch: tuple[int, int]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    ph, pw = self.patch
+    b, height, width, c = x.shape
+    h, w = height // ph, width // pw  # 'VALID': a remainder of rows/columns is not covered
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (ph, pw, c, self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    x = x[:, :h * ph, :w * pw].astype(self.dtype).reshape(b, h, ph, w, pw * c)
+    patches = x.transpose(0, 1, 3, 2, 4).reshape(b, h, w, ph * pw * c)
+    return (jnp.dot(patches, kernel.reshape(ph * pw * c, self.features).astype(self.dtype))
+            + bias.astype(self.dtype))
