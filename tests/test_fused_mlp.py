@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vision_core import fused_mlp
+from vision_core import fused_mlp, fused_mlp_mosaic
 from vit_jax import models_vit
 
 TILES = fused_mlp.Tiles(block_m=32, block_n=64, block_k=16)
@@ -74,6 +74,26 @@ def test_fits_names_the_shapes_the_kernels_take():
   assert fused_mlp.fits(768, 3072, None)
   assert not fused_mlp.fits(768, 3000, fused_mlp.Tiles())  # columns must tile
   assert not fused_mlp.fits(40, 3072, fused_mlp.Tiles())   # depth must tile
+
+
+def test_mosaic_backward_kernel_lowers_for_cuda():
+  """The Mosaic GPU kernel runs on Hopper GPUs only; here it is traced and lowered for CUDA
+  (shapes, block specs, the epilogue's slices). Its values are checked on a GPU by
+  bench/gpu_mlp_kernels.py."""
+  tiles = fused_mlp_mosaic.MosaicTiles(tile_m=64, tile_n=64, tile_k=64)
+  assert fused_mlp.fits(64, 256, tiles) and not fused_mlp.fits(64, 192, tiles)
+  shape = lambda *s: jax.ShapeDtypeStruct(s, jnp.bfloat16)
+  backward = jax.jit(lambda dy, w2, pre: fused_mlp_mosaic.gelu_input_grad(
+      dy, w2, pre, tiles, num_sms=4))
+  # 100 rows: padded to the 64-row tiles.
+  lowered = backward.trace(shape(100, 64), shape(256, 64), shape(100, 256)).lower(
+      lowering_platforms=('cuda',))
+  assert 'mosaic_gpu' in lowered.as_text()
+  out = jax.eval_shape(backward, shape(100, 64), shape(256, 64), shape(100, 256))
+  assert out[0].shape == (100, 256) and out[1].shape == (256,)
+  with pytest.raises(ValueError, match='no interpreter'):
+    x, w1, b1, w2, b2, _ = _inputs(8, 64, 256)
+    jax.grad(lambda x: fused_mlp.mlp(x, w1, b1, w2, b2, None, tiles, True).sum())(x)
 
 
 def _small_vit(**kwargs):

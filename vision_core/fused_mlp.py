@@ -112,10 +112,15 @@ def _tiled_call(kernel, a, b, row_inputs, col_inputs, out_dtypes, extra_out, til
       **params)(a, b, *row_inputs, *col_inputs)
 
 
-def fits(d: int, f: int, tiles: Tiles | None) -> bool:
-  """Whether `[M, d] -> [M, f] -> [M, d]` tiles evenly (rows are padded, the rest must)."""
-  return tiles is None or (f % tiles.block_n == 0 and d % tiles.block_k == 0
-                           and f >= tiles.block_n)
+def fits(d: int, f: int, tiles) -> bool:
+  """Whether `[M, d] -> [M, f] -> [M, d]` tiles evenly (rows are padded, the rest must).
+  `tiles`: Tiles, None (XLA's ops) or fused_mlp_mosaic.MosaicTiles."""
+  if tiles is None:
+    return True
+  if not isinstance(tiles, Tiles):
+    from vision_core import fused_mlp_mosaic  # pylint: disable=g-import-not-at-top
+    return fused_mlp_mosaic.fits(d, f, tiles)
+  return f % tiles.block_n == 0 and d % tiles.block_k == 0 and f >= tiles.block_n
 
 
 def _pad_rows(x, multiple):
@@ -148,8 +153,8 @@ def mlp(x, w1, b1, w2, b2, tiles: Tiles | None = Tiles(), backward_tiles: Tiles 
         interpret: bool = False):
   """`gelu(x @ w1 + b1) @ w2 + b2` (tanh GELU): `x [M, D]`, `w1 [D, F]`, `b1 [F]`,
   `w2 [F, D]`, `b2 [D]` -> `[M, D]`, all of one dtype (bfloat16 on GPUs). `tiles` is the
-  forward kernel's (None: XLA's ops instead), `backward_tiles` the backward's; each needs
-  `fits(D, F, ...)`."""
+  forward kernel's (None: XLA's ops instead), `backward_tiles` the backward's (a
+  fused_mlp_mosaic.MosaicTiles: that module's kernel); each needs `fits(D, F, ...)`."""
   return _mlp_fwd(x, w1, b1, w2, b2, tiles, backward_tiles, interpret)[0]
 
 
@@ -167,7 +172,13 @@ def _mlp_fwd(x, w1, b1, w2, b2, tiles, backward_tiles, interpret):
 def _mlp_bwd(forward_tiles, tiles, interpret, residuals, dy):
   del forward_tiles
   x, w1, w2, pre, h = residuals
-  dpre, db1 = gelu_input_grad(dy, w2, pre, tiles, interpret)
+  if isinstance(tiles, Tiles):
+    dpre, db1 = gelu_input_grad(dy, w2, pre, tiles, interpret)
+  else:
+    from vision_core import fused_mlp_mosaic  # pylint: disable=g-import-not-at-top
+    if interpret:
+      raise ValueError('fused_mlp_mosaic has no interpreter: use Tiles with interpret=True.')
+    dpre, db1 = fused_mlp_mosaic.gelu_input_grad(dy, w2, pre, tiles)
   dw1 = jnp.dot(x.T, dpre)
   dx = jnp.dot(dpre, w1.T)
   dw2 = jnp.dot(h.T, dy)
