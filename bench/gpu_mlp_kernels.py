@@ -6,19 +6,21 @@
 ViT-B/16 at batch 512 with 200 tokens: x [102400, 768], w1 [768, 3072], w2 [3072, 768],
 bfloat16. Times, each the mean of 20 calls after 3 warm-ups, one JSON line each:
 - forward: `pre = x @ w1 + b1; h = gelu(pre)`, both written (XLA: cuBLAS + a fusion);
-  fused_mlp's forward kernel for each candidate tile shape;
+  fused_mlp's (Triton) forward kernel for each Triton candidate;
 - backward: `dpre = (dy @ w2^T) * gelu'(pre)` and its column sums (the bias gradient);
-  fused_mlp's backward kernel for each candidate;
+  the backward kernel of each candidate, Triton's (`bm,bn,bk,warps,stages`) or
+  fused_mlp_mosaic's (`mosaic:...`, see parse_tiles);
 - the whole MLP's value and gradients (XLA autodiff against fused_mlp.mlp with the best
-  tiles of each kernel).
-Each candidate's outputs are compared with XLA's (relative error, float32 norms). The best
-tiles go to `--best` as `FORWARD/BACKWARD`, each `block_m,block_n,block_k,warps,stages`,
-the form bench/gpu_suite.py's `--mlp-tiles` takes.
+  of each kernel, XLA's forward included).
+Each candidate's outputs are compared with XLA's (relative error, float32 norms); one over
+2% is never the best. The best go to `--best` as `FORWARD/BACKWARD`, the form
+bench/gpu_suite.py's `--mlp-tiles` takes (`xla` where XLA's forward was fastest).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -29,15 +31,22 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-CANDIDATES = ('128,128,64,4,3', '128,128,64,8,3', '128,256,64,8,3', '128,128,64,4,4',
-              '256,128,64,8,3', '64,256,64,4,4')
+# Triton: session 13's two fastest. Mosaic (backward only): JAX's Hopper matmul's fastest
+# order at this shape (M-minor bands of 8), 4 and 3 stages, and an N-minor order.
+CANDIDATES = ('128,128,64,8,3', '128,128,32,8,4', 'mosaic:128,128,64,4',
+              'mosaic:128,128,64,3', 'mosaic:128,128,64,4,64,0,4')
 
 
 def parse_tiles(text: str):
-  """`'bm,bn,bk,warps,stages'` -> fused_mlp.Tiles; `'xla'` -> None (XLA's ops)."""
+  """`'bm,bn,bk,warps,stages'` -> fused_mlp.Tiles; `'xla'` -> None (XLA's ops);
+  `'mosaic:tile_m,tile_n,tile_k,stages[,epilogue,m_minor,band]'` ->
+  fused_mlp_mosaic.MosaicTiles (the backward kernel only)."""
   from vision_core import fused_mlp  # pylint: disable=g-import-not-at-top
   if text == 'xla':
     return None
+  if text.startswith('mosaic:'):
+    from vision_core import fused_mlp_mosaic  # pylint: disable=g-import-not-at-top
+    return fused_mlp_mosaic.MosaicTiles(*(int(v) for v in text[len('mosaic:'):].split(',')))
   return fused_mlp.Tiles(*(int(v) for v in text.split(',')))
 
 
@@ -106,21 +115,27 @@ def main():
 
   ref_fwd = xla_forward(x, w1, b1)
   ref_bwd = xla_backward(dy, w2, ref_fwd[0])
-  emit({'kernel': 'forward', 'impl': 'xla', 'ms': 1e3 * _time(xla_forward, x, w1, b1)})
+  # XLA's forward is a candidate too: the best forward may be no kernel at all.
+  best = {'forward': (1e3 * _time(xla_forward, x, w1, b1), 'xla')}
+  emit({'kernel': 'forward', 'impl': 'xla', 'ms': best['forward'][0]})
   emit({'kernel': 'backward', 'impl': 'xla',
         'ms': 1e3 * _time(xla_backward, dy, w2, ref_fwd[0])})
-  best = {}
   for text in args.tiles:
     tiles = parse_tiles(text)
+    mosaic = text.startswith('mosaic:')
+    if mosaic:
+      from vision_core import fused_mlp_mosaic  # pylint: disable=g-import-not-at-top
+      backward = fused_mlp_mosaic.gelu_input_grad
+    else:
+      backward = functools.partial(fused_mlp.gelu_input_grad, interpret=interpret)
     fwd = jax.jit(lambda x, w1, b1, t=tiles: fused_mlp.dense_gelu(x, w1, b1, t, interpret))
-    bwd = jax.jit(lambda dy, w2, pre, t=tiles: fused_mlp.gelu_input_grad(dy, w2, pre, t,
-                                                                          interpret))
-    for name, fn, fargs, check in (
-        ('forward', fwd, (x, w1, b1),
-         lambda o: [_rel(o[0], ref_fwd[0]), _rel(o[1], ref_fwd[1])]),
-        ('backward', bwd, (dy, w2, ref_fwd[0]),
-         lambda o: [_rel(o[0], ref_bwd[0]), _rel(o[1], ref_bwd[1])])):
-      row = {'kernel': name, 'impl': 'pallas', 'tiles': text}
+    bwd = jax.jit(lambda dy, w2, pre, t=tiles, f=backward: f(dy, w2, pre, t))
+    kernels = [('forward', fwd, (x, w1, b1),
+                lambda o: [_rel(o[0], ref_fwd[0]), _rel(o[1], ref_fwd[1])]),
+               ('backward', bwd, (dy, w2, ref_fwd[0]),
+                lambda o: [_rel(o[0], ref_bwd[0]), _rel(o[1], ref_bwd[1])])]
+    for name, fn, fargs, check in kernels[1:] if mosaic else kernels:
+      row = {'kernel': name, 'impl': 'mosaic' if mosaic else 'pallas', 'tiles': text}
       try:
         row['rel_err'] = check(fn(*fargs))
         row['ms'] = 1e3 * _time(fn, *fargs)
@@ -142,7 +157,7 @@ def main():
     errs = [_rel(a, b) for a, b in zip(jax.tree.leaves(fused(*params)),
                                        jax.tree.leaves(plain(*params)))]
     emit({'kernel': 'mlp value_and_grad', 'impl': 'xla', 'ms': 1e3 * _time(plain, *params)})
-    emit({'kernel': 'mlp value_and_grad', 'impl': 'pallas',
+    emit({'kernel': 'mlp value_and_grad', 'impl': 'fused',
           'tiles': f"{best['forward'][1]}/{best['backward'][1]}", 'rel_err': errs,
           'ms': 1e3 * _time(fused, *params)})
     if args.best:

@@ -117,7 +117,8 @@ def _vit_setup(args):
     return models_vit.VisionTransformer(num_classes=VIT_CLASSES, dtype=jnp.bfloat16,
                                         attention=attention,
                                         token_multiple=args.token_multiple,
-                                        mlp_impl=args.mlp_impl, mlp_tiles=tiles, **config)
+                                        mlp_impl=args.mlp_impl, mlp_tiles=tiles,
+                                        patch_embedding=args.patch_embedding, **config)
   return name, image, config, images, labels, make_model
 
 
@@ -136,6 +137,7 @@ def section_vit_train(args) -> list[dict]:
     row = {'section': 'vit_train', 'impl': f'ours jax {jax.__version__}, attention={attention}',
            'model': name, 'image': image, 'batch': batch, 'token_multiple': args.token_multiple,
            'mlp_impl': args.mlp_impl, 'mlp_tiles': args.mlp_tiles,
+           'patch_embedding': args.patch_embedding,
            'xla_flags': os.environ.get('XLA_FLAGS', '')}
     try:
       step, row['compile_s'] = compiled_train_step(make_model(attention), images, labels,
@@ -341,6 +343,8 @@ def main():
                       "multiple of this (default: the model's, 8 for attention='cudnn'; 1 "
                       'pads q/k/v in every layer instead)')
   parser.add_argument('--mlp-impl', default='xla', help='VisionTransformer(mlp_impl=)')
+  parser.add_argument('--patch-embedding', default='conv',
+                      help='VisionTransformer(patch_embedding=): conv or matmul')
   parser.add_argument('--mlp-tiles', help='fused MLP tiles, FORWARD/BACKWARD, each '
                       'bm,bn,bk,warps,stages (bench/gpu_mlp_kernels.py --best writes them)')
   parser.add_argument('--profile-dir', help='vit_profile: write HLO and op times here')

@@ -2,8 +2,8 @@
 # ViT-B/16 training-step A/B on one GPU: each variant in its own process (XLA_FLAGS are read
 # once per process, and timm's peer gets the whole memory), all in one run so the numbers
 # are comparable. One JSON line per measurement goes to OUT (default gpu_vit_variants.jsonl);
-# stdout has the progress. About 5 minutes on an H100; variants that would start after
-# BUDGET_S seconds (default 300) are skipped, so the run fits a short lease.
+# stdout has the progress. About 7 minutes on an H100; variants that would start after
+# BUDGET_S seconds (default 360) are skipped, so the run fits a short lease.
 #
 #   bash bench/gpu_vit_variants.sh [OUT] [PROFILE_DIR]
 #
@@ -11,10 +11,15 @@
 #   mlp_kernels     bench/gpu_mlp_kernels.py: vision_core.fused_mlp's kernels against XLA
 #                   for several tile shapes; the fastest go to OUT.best_tiles
 #   ours            the default (the token stream padded to 200 once, in the encoder)
-#   fused_mlp       ours with mlp_impl='pallas' and those tiles (bias and GELU inside the
-#                   MLP's matmuls; session 13: no faster, Triton's matmul is half cuBLAS's)
+#   fused_mlp_bwd   ours with mlp_impl='pallas', the backward kernel only (the GELU backward
+#                   and bias gradient inside the input-gradient matmul; the fused forward was
+#                   slower in session 13: Triton's matmul runs at half cuBLAS's speed)
+#   patch_matmul    ours with patch_embedding='matmul' (the patch embedding as one matmul;
+#                   the strided convolution's forward runs on an sm80 implicit-GEMM kernel at
+#                   ~28 TFLOP/s: 4.2 ms, plus 0.8 ms for its weight gradient, session 13)
+#   both            patch_matmul plus fused_mlp_bwd
 #   timm            timm's vit_base_patch16_224, eager, bf16 autocast, fused AdamW
-#   profile         (with PROFILE_DIR) kernel time by class of fused_mlp, HLO, per-kernel ms
+#   profile         (with PROFILE_DIR) kernel time by class of both, HLO, per-kernel ms
 # Tried and dropped (docs/benchmarks.md): q/k/v padded in every layer (token_multiple=1),
 # --xla_gpu_enable_cublaslt=true, biases inside the matmuls and a GELU keeping its input
 # (session 8, commit ee6c53b has that code and its variant list),
@@ -23,7 +28,7 @@
 set -u
 OUT=${1:-gpu_vit_variants.jsonl}
 PROFILE_DIR=${2:-}
-BUDGET_S=${BUDGET_S:-300}
+BUDGET_S=${BUDGET_S:-360}
 SIZE=(--attention cudnn --vit-batch 512)
 # QUICK=1: a smoke test of the script anywhere (ViT-Ti at 64 px, batch 8, XLA attention).
 [ -n "${QUICK:-}" ] && SIZE=(--quick --attention xla --vit-batch 8)
@@ -50,16 +55,26 @@ run mlp_kernels timeout 150 python bench/gpu_mlp_kernels.py --out "$OUT" --best 
 run ours timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer
 MLP=(--mlp-impl pallas)
 [ -n "${QUICK:-}" ] && MLP=(--mlp-impl pallas_interpret)
-if [ -s "$BEST" ]; then
-  run fused_mlp timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${MLP[@]}" \
-    --mlp-tiles "$(cat "$BEST")"
+# The backward kernel's fastest tiles, with XLA's forward.
+BWD_TILES=""
+[ -s "$BEST" ] && BWD_TILES="xla/$(cut -d/ -f2 "$BEST")"
+if [ -n "$BWD_TILES" ]; then
+  run fused_mlp_bwd timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer \
+    "${MLP[@]}" --mlp-tiles "$BWD_TILES"
 else
-  echo "## fused_mlp skipped: no working tiles from mlp_kernels"
+  echo "## fused_mlp_bwd skipped: no working tiles from mlp_kernels"
+fi
+run patch_matmul timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer \
+  --patch-embedding matmul
+if [ -n "$BWD_TILES" ]; then
+  run both timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer \
+    --patch-embedding matmul "${MLP[@]}" --mlp-tiles "$BWD_TILES"
 fi
 run timm timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --peer-only
-if [ -n "$PROFILE_DIR" ] && [ -s "$BEST" ]; then
+if [ -n "$PROFILE_DIR" ] && [ -n "$BWD_TILES" ]; then
   run profile timeout 150 python bench/gpu_suite.py --sections vit_profile "${SIZE[@]}" \
-    "${MLP[@]}" --mlp-tiles "$(cat "$BEST")" --profile-dir "$PROFILE_DIR" --out "$OUT"
+    --patch-embedding matmul "${MLP[@]}" --mlp-tiles "$BWD_TILES" \
+    --profile-dir "$PROFILE_DIR" --out "$OUT"
 fi
 echo "## done after $(( $(date +%s) - START )) s"
 python - "$OUT" <<'EOF'
@@ -76,7 +91,8 @@ for line in open(sys.argv[1]):
   if r.get('section') != 'vit_train':
     continue
   what = (r.get('impl', '')[:22] + ' mlp=' + str(r.get('mlp_impl')) + ' '
-          + str(r.get('mlp_tiles') or '') + ' ' + r.get('xla_flags', ''))
+          + str(r.get('mlp_tiles') or '') + ' patch=' + str(r.get('patch_embedding'))
+          + ' ' + r.get('xla_flags', ''))
   if 'error' in r:
     print(f"{what:70s} ERROR {r['error'][:200]}")
   else:
