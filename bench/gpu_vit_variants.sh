@@ -11,13 +11,13 @@
 #   mlp_kernels     bench/gpu_mlp_kernels.py: vision_core.fused_mlp's kernels against XLA
 #                   for several tile shapes; the fastest go to OUT.best_tiles
 #   ours            the default (the token stream padded to 200 once, in the encoder)
-#   fused_mlp_bwd   ours with mlp_impl='pallas', the backward kernel only (the GELU backward
-#                   and bias gradient inside the input-gradient matmul; the fused forward was
-#                   slower in session 13: Triton's matmul runs at half cuBLAS's speed)
+#   fused_mlp       ours with mlp_impl='pallas' and the fastest kernels of mlp_kernels,
+#                   Triton's or Mosaic GPU's (XLA's forward where it was faster; in session
+#                   13 Triton's fused forward was slower, its matmul at half cuBLAS's speed)
 #   patch_matmul    ours with patch_embedding='matmul' (the patch embedding as one matmul;
 #                   the strided convolution's forward runs on an sm80 implicit-GEMM kernel at
 #                   ~28 TFLOP/s: 4.2 ms, plus 0.8 ms for its weight gradient, session 13)
-#   both            patch_matmul plus fused_mlp_bwd
+#   both            patch_matmul plus fused_mlp
 #   timm            timm's vit_base_patch16_224, eager, bf16 autocast, fused AdamW
 #   profile         (with PROFILE_DIR) kernel time by class of both, HLO, per-kernel ms
 # Tried and dropped (docs/benchmarks.md): q/k/v padded in every layer (token_multiple=1),
@@ -55,25 +55,22 @@ run mlp_kernels timeout 150 python bench/gpu_mlp_kernels.py --out "$OUT" --best 
 run ours timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer
 MLP=(--mlp-impl pallas)
 [ -n "${QUICK:-}" ] && MLP=(--mlp-impl pallas_interpret)
-# The backward kernel's fastest tiles, with XLA's forward.
-BWD_TILES=""
-[ -s "$BEST" ] && BWD_TILES="xla/$(cut -d/ -f2 "$BEST")"
-if [ -n "$BWD_TILES" ]; then
-  run fused_mlp_bwd timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer \
-    "${MLP[@]}" --mlp-tiles "$BWD_TILES"
+if [ -s "$BEST" ]; then
+  run fused_mlp timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${MLP[@]}" \
+    --mlp-tiles "$(cat "$BEST")"
 else
-  echo "## fused_mlp_bwd skipped: no working tiles from mlp_kernels"
+  echo "## fused_mlp skipped: no working kernels from mlp_kernels"
 fi
 run patch_matmul timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer \
   --patch-embedding matmul
-if [ -n "$BWD_TILES" ]; then
+if [ -s "$BEST" ]; then
   run both timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer \
-    --patch-embedding matmul "${MLP[@]}" --mlp-tiles "$BWD_TILES"
+    --patch-embedding matmul "${MLP[@]}" --mlp-tiles "$(cat "$BEST")"
 fi
 run timm timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --peer-only
-if [ -n "$PROFILE_DIR" ] && [ -n "$BWD_TILES" ]; then
+if [ -n "$PROFILE_DIR" ] && [ -s "$BEST" ]; then
   run profile timeout 150 python bench/gpu_suite.py --sections vit_profile "${SIZE[@]}" \
-    --patch-embedding matmul "${MLP[@]}" --mlp-tiles "$BWD_TILES" \
+    --patch-embedding matmul "${MLP[@]}" --mlp-tiles "$(cat "$BEST")" \
     --profile-dir "$PROFILE_DIR" --out "$OUT"
 fi
 echo "## done after $(( $(date +%s) - START )) s"

@@ -76,24 +76,39 @@ def test_fits_names_the_shapes_the_kernels_take():
   assert not fused_mlp.fits(40, 3072, fused_mlp.Tiles())   # depth must tile
 
 
-def test_mosaic_backward_kernel_lowers_for_cuda():
-  """The Mosaic GPU kernel runs on Hopper GPUs only; here it is traced and lowered for CUDA
-  (shapes, block specs, the epilogue's slices). Its values are checked on a GPU by
-  bench/gpu_mlp_kernels.py."""
+def test_mosaic_kernels_lower_for_cuda():
+  """The Mosaic GPU kernels run on Hopper GPUs only; here they are traced and lowered for
+  CUDA (shapes, block specs, the epilogues' slices, the shared-memory budget). Their values
+  are checked on a GPU by bench/gpu_mlp_kernels.py."""
   tiles = fused_mlp_mosaic.MosaicTiles(tile_m=64, tile_n=64, tile_k=64)
   assert fused_mlp.fits(64, 256, tiles) and not fused_mlp.fits(64, 192, tiles)
   shape = lambda *s: jax.ShapeDtypeStruct(s, jnp.bfloat16)
+  forward = jax.jit(lambda x, w1, b1: fused_mlp_mosaic.dense_gelu(x, w1, b1, tiles,
+                                                                  num_sms=4))
   backward = jax.jit(lambda dy, w2, pre: fused_mlp_mosaic.gelu_input_grad(
       dy, w2, pre, tiles, num_sms=4))
   # 100 rows: padded to the 64-row tiles.
-  lowered = backward.trace(shape(100, 64), shape(256, 64), shape(100, 256)).lower(
-      lowering_platforms=('cuda',))
-  assert 'mosaic_gpu' in lowered.as_text()
-  out = jax.eval_shape(backward, shape(100, 64), shape(256, 64), shape(100, 256))
-  assert out[0].shape == (100, 256) and out[1].shape == (256,)
+  for kernel, args, outputs in (
+      (forward, (shape(100, 64), shape(64, 256), shape(256)), [(100, 256), (100, 256)]),
+      (backward, (shape(100, 64), shape(256, 64), shape(100, 256)), [(100, 256), (256,)])):
+    lowered = kernel.trace(*args).lower(lowering_platforms=('cuda',))
+    assert 'mosaic_gpu' in lowered.as_text()
+    assert [o.shape for o in jax.eval_shape(kernel, *args)] == outputs
+  # ViT-B/16's MLP with the default tiles fits the H100's shared memory; 4 stages do not
+  # leave room for the forward's two outputs.
+  vit_b = (shape(102400, 768), shape(768, 3072), shape(3072))
+  jax.jit(lambda *a: fused_mlp_mosaic.dense_gelu(*a, fused_mlp_mosaic.MosaicTiles(),
+                                                 num_sms=132)).trace(*vit_b).lower(
+                                                     lowering_platforms=('cuda',))
+  with pytest.raises(ValueError, match='exceeds available shared memory'):
+    jax.jit(lambda *a: fused_mlp_mosaic.dense_gelu(*a, fused_mlp_mosaic.MosaicTiles(stages=4),
+                                                   num_sms=132)).trace(*vit_b).lower(
+                                                       lowering_platforms=('cuda',))
+  x, w1, b1, w2, b2, _ = _inputs(8, 64, 256)
   with pytest.raises(ValueError, match='no interpreter'):
-    x, w1, b1, w2, b2, _ = _inputs(8, 64, 256)
     jax.grad(lambda x: fused_mlp.mlp(x, w1, b1, w2, b2, None, tiles, True).sum())(x)
+  with pytest.raises(ValueError, match='no interpreter'):
+    fused_mlp.mlp(x, w1, b1, w2, b2, tiles, None, True)
 
 
 def _small_vit(**kwargs):

@@ -148,12 +148,20 @@ def gelu_input_grad(dy, w2, pre, tiles: Tiles, interpret: bool = False):
   return dpre[:m], jnp.sum(partial_sums, axis=0)
 
 
+def _mosaic(interpret: bool):
+  """fused_mlp_mosaic (imported here: it imports this module), which has no interpreter."""
+  if interpret:
+    raise ValueError('fused_mlp_mosaic has no interpreter: use Tiles with interpret=True.')
+  from vision_core import fused_mlp_mosaic  # pylint: disable=g-import-not-at-top
+  return fused_mlp_mosaic
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def mlp(x, w1, b1, w2, b2, tiles: Tiles | None = Tiles(), backward_tiles: Tiles = Tiles(),
         interpret: bool = False):
   """`gelu(x @ w1 + b1) @ w2 + b2` (tanh GELU): `x [M, D]`, `w1 [D, F]`, `b1 [F]`,
   `w2 [F, D]`, `b2 [D]` -> `[M, D]`, all of one dtype (bfloat16 on GPUs). `tiles` is the
-  forward kernel's (None: XLA's ops instead), `backward_tiles` the backward's (a
+  forward kernel's (None: XLA's ops instead), `backward_tiles` the backward's (either a
   fused_mlp_mosaic.MosaicTiles: that module's kernel); each needs `fits(D, F, ...)`."""
   return _mlp_fwd(x, w1, b1, w2, b2, tiles, backward_tiles, interpret)[0]
 
@@ -163,8 +171,10 @@ def _mlp_fwd(x, w1, b1, w2, b2, tiles, backward_tiles, interpret):
   if tiles is None:  # XLA's matmul, then its bias + GELU pass
     pre = jnp.dot(x, w1) + b1
     h = jax.nn.gelu(pre, approximate=True)
-  else:
+  elif isinstance(tiles, Tiles):
     pre, h = dense_gelu(x, w1, b1, tiles, interpret)
+  else:
+    pre, h = _mosaic(interpret).dense_gelu(x, w1, b1, tiles)
   y = jnp.dot(h, w2) + b2
   return y, (x, w1, w2, pre, h)
 
@@ -175,10 +185,7 @@ def _mlp_bwd(forward_tiles, tiles, interpret, residuals, dy):
   if isinstance(tiles, Tiles):
     dpre, db1 = gelu_input_grad(dy, w2, pre, tiles, interpret)
   else:
-    from vision_core import fused_mlp_mosaic  # pylint: disable=g-import-not-at-top
-    if interpret:
-      raise ValueError('fused_mlp_mosaic has no interpreter: use Tiles with interpret=True.')
-    dpre, db1 = fused_mlp_mosaic.gelu_input_grad(dy, w2, pre, tiles)
+    dpre, db1 = _mosaic(interpret).gelu_input_grad(dy, w2, pre, tiles)
   dw1 = jnp.dot(x.T, dpre)
   dx = jnp.dot(dpre, w1.T)
   dw2 = jnp.dot(h.T, dy)

@@ -1,7 +1,9 @@
-"""fused_mlp's backward kernel for Hopper GPUs, written for Mosaic GPU (wgmma and TMA)
-instead of Triton.
+"""fused_mlp's two kernels for Hopper GPUs, written for Mosaic GPU (wgmma and TMA) instead
+of Triton.
 
-`dpre = (dy @ w2^T) * gelu'(pre)`, `dy [M, D]`, `w2 [F, D]`, `pre [M, F]` -> `[M, F]`.
+- forward: `x [M, D] @ w1 [D, F] + b1 [F]` -> `pre`, `gelu(pre)`, each `[M, F]`;
+- backward: `dpre = (dy @ w2^T) * gelu'(pre)`, `dy [M, D]`, `w2 [F, D]`, `pre [M, F]` ->
+  `[M, F]` (and the bias gradient, its column sums, by XLA).
 
 Why a second version: on an H100 the Triton kernel's matmul runs at ~400 TFLOP/s where
 cuBLAS reaches 757 (docs/benchmarks.md, session 13), so the fusion saves less than the
@@ -9,9 +11,10 @@ matmul loses; JAX's Mosaic GPU matmul for Hopper reached 675 TFLOP/s at this sha
 layout is that matmul's: a persistent grid of one program per SM walking the output tiles;
 in each program a memory warpgroup streams `[tile_m, tile_k]` and `[tile_k, 2 tile_n]` blocks
 of the operands into shared memory through TMA while two compute warpgroups each accumulate a
-`[tile_m, tile_n]` half with wgmma. The epilogue, per `[e, e]` sub-tile, loads that sub-tile
-of `pre` by TMA, multiplies the accumulator by the GELU slope and stores `dpre` by TMA.
-The bias gradient (the column sums of `dpre`) is left to XLA.
+`[tile_m, tile_n]` half with wgmma. The epilogue works in `[e, e]` sub-tiles, stored by TMA
+from two alternating shared-memory slots: the forward adds the bias (its slice loaded once
+per tile) and writes `pre` and `gelu(pre)`; the backward loads that sub-tile of `pre` by TMA
+and writes the accumulator times the GELU slope.
 
 Mosaic GPU kernels run on Hopper GPUs only (no interpreter for this kernel's warp
 specialisation); the tests lower it for CUDA on the CPU, and bench/gpu_mlp_kernels.py checks
@@ -43,7 +46,7 @@ class MosaicTiles:
   tile_m: int = 128
   tile_n: int = 128
   tile_k: int = 64
-  stages: int = 4
+  stages: int = 3  # 4 fits the backward's shared memory, not the forward's (two outputs)
   epilogue: int = 64
   m_minor: bool = True
   band: int = 8
@@ -62,10 +65,13 @@ def _swizzled(minor: int, dtype):
           plgpu.SwizzleTransform(swizzle))
 
 
-def _kernel(a_gmem, b_gmem, pre_gmem, out_gmem, *, tiles: MosaicTiles):
+def _tiled_matmul(a_gmem, b_gmem, tiles: MosaicTiles, scratch: dict, epilogue):
+  """Runs `a_gmem [M, K] @ b_gmem [K, N]` tile by tile; after each output tile's steps,
+  `epilogue(acc, wg=, rows=, cols=, half=, **scratch refs)` gets the warpgroup's float32
+  accumulator `[tile_m, tile_n]` (rows `rows` and columns `cols[half]` of the output)."""
   m, k = a_gmem.shape
   n = b_gmem.shape[1]
-  t, e = tiles, tiles.epilogue
+  t = tiles
   program_n = _TWO_WARPGROUPS * t.tile_n
   grid_m, grid_n = m // t.tile_m, n // program_n
   operand = _swizzled(t.tile_k, a_gmem.dtype)
@@ -81,15 +87,10 @@ def _kernel(a_gmem, b_gmem, pre_gmem, out_gmem, *, tiles: MosaicTiles):
         compute_context=context)
 
   unused = lambda *_, **__: None  # the allocations do not depend on the bodies
-  @functools.partial(
-      pl.run_scoped,
-      allocations=pipeline(unused, unused).get_allocations(a_gmem, b_gmem),
-      # Two sub-tile slots per warpgroup: one is stored while the next is computed.
-      epilogue_smem=plgpu.SMEM((_TWO_WARPGROUPS, 2, e, e), out_gmem.dtype,
-                               transforms=_swizzled(e, out_gmem.dtype)),
-      loaded=plgpu.Barrier(num_barriers=_TWO_WARPGROUPS * 2),
-      collective_axes='wg')
-  def _scope(allocations, epilogue_smem, loaded):
+  @functools.partial(pl.run_scoped,
+                     allocations=pipeline(unused, unused).get_allocations(a_gmem, b_gmem),
+                     collective_axes='wg', **scratch)
+  def _scope(allocations, **refs):
     wg = lax.axis_index('wg')
 
     @plgpu.nd_loop((grid_m * grid_n,), collective_axes='cluster_grid')
@@ -100,37 +101,105 @@ def _kernel(a_gmem, b_gmem, pre_gmem, out_gmem, *, tiles: MosaicTiles):
       cols = pl.ds(col * program_n, program_n)
       half = pl.ds(wg * t.tile_n, t.tile_n)  # this warpgroup's columns of the program's
 
-      def epilogue(run_pipeline):
+      def context(run_pipeline):
         @functools.partial(pl.run_scoped,
                            acc_ref=plgpu.ACC((t.tile_m, t.tile_n), jnp.float32))
         def _(acc_ref):
           run_pipeline(acc_ref)
-          acc = acc_ref[...]
-          plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-          count = 0
-          for i in range(t.tile_m // e):
-            for j in range(t.tile_n // e):
-              slot, count = count % 2, count + 1
-              sub = (slice(i * e, (i + 1) * e), slice(j * e, (j + 1) * e))
-              plgpu.wait_smem_to_gmem(1, wait_read_only=True)  # the slot's last store read
-              barrier = loaded.at[wg * 2 + slot]
-              plgpu.copy_gmem_to_smem(pre_gmem.at[rows, cols].at[:, half].at[sub],
-                                      epilogue_smem.at[wg, slot], barrier)
-              plgpu.barrier_wait(barrier)
-              _, slope = gelu_tanh_and_slope(epilogue_smem[wg, slot].astype(jnp.float32))
-              epilogue_smem[wg, slot] = (acc[sub] * slope).astype(out_gmem.dtype)
-              plgpu.commit_smem()
-              plgpu.copy_smem_to_gmem(epilogue_smem.at[wg, slot],
-                                      out_gmem.at[rows, cols].at[:, half].at[sub])
+          epilogue(acc_ref[...], wg=wg, rows=rows, cols=cols, half=half, **refs)
 
       def step(_, a_smem, b_smem, acc_ref):
         plgpu.wgmma(acc_ref, a_smem, b_smem.at[:, half])
         plgpu.wgmma_wait(0)
         return acc_ref
 
-      pipeline(step, epilogue)(a_gmem.at[rows, :], b_gmem.at[:, cols],
-                               allocations=allocations)
+      pipeline(step, context)(a_gmem.at[rows, :], b_gmem.at[:, cols],
+                              allocations=allocations)
   plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+
+def _sub_tiles(tiles: MosaicTiles):
+  """The epilogue's `(slot, (row slice, column slice))`, alternating two smem slots."""
+  e = tiles.epilogue
+  subs = [(slice(i * e, (i + 1) * e), slice(j * e, (j + 1) * e))
+          for i in range(tiles.tile_m // e) for j in range(tiles.tile_n // e)]
+  return [(index % 2, sub) for index, sub in enumerate(subs)]
+
+
+def _backward_kernel(a_gmem, b_gmem, pre_gmem, out_gmem, *, tiles: MosaicTiles):
+  e = tiles.epilogue
+
+  def epilogue(acc, *, wg, rows, cols, half, smem, loaded):
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+    for slot, sub in _sub_tiles(tiles):
+      plgpu.wait_smem_to_gmem(1, wait_read_only=True)  # the slot's last store has read it
+      barrier = loaded.at[wg * 2 + slot]
+      plgpu.copy_gmem_to_smem(pre_gmem.at[rows, cols].at[:, half].at[sub],
+                              smem.at[wg, slot], barrier)
+      plgpu.barrier_wait(barrier)
+      _, slope = gelu_tanh_and_slope(smem[wg, slot].astype(jnp.float32))
+      smem[wg, slot] = (acc[sub] * slope).astype(out_gmem.dtype)
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(smem.at[wg, slot], out_gmem.at[rows, cols].at[:, half].at[sub])
+
+  _tiled_matmul(a_gmem, b_gmem, tiles, dict(
+      # Two sub-tile slots per warpgroup: one is stored while the next is computed.
+      smem=plgpu.SMEM((_TWO_WARPGROUPS, 2, e, e), out_gmem.dtype,
+                      transforms=_swizzled(e, out_gmem.dtype)),
+      loaded=plgpu.Barrier(num_barriers=_TWO_WARPGROUPS * 2)), epilogue)
+
+
+def _forward_kernel(a_gmem, b_gmem, bias_gmem, pre_gmem, h_gmem, *, tiles: MosaicTiles):
+  e = tiles.epilogue
+  dtype = pre_gmem.dtype
+
+  def epilogue(acc, *, wg, rows, cols, half, smem, bias_smem, loaded):
+    plgpu.copy_gmem_to_smem(bias_gmem.at[cols].at[half], bias_smem.at[wg], loaded.at[wg])
+    plgpu.barrier_wait(loaded.at[wg])
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+    for slot, sub in _sub_tiles(tiles):
+      bias = plgpu.load(bias_smem.at[wg, sub[1]], (), layout=plgpu.Layout.WGMMA.reduce(0))
+      pre = (acc[sub] + lax.broadcast_in_dim(bias.astype(jnp.float32), (e, e), [1]))
+      pre = pre.astype(dtype)  # stored, and the GELU's input, as in fused_mlp
+      h, _ = gelu_tanh_and_slope(pre.astype(jnp.float32))
+      plgpu.wait_smem_to_gmem(1, wait_read_only=True)  # the slot's last stores have read it
+      smem[wg, slot, 0] = pre
+      smem[wg, slot, 1] = h.astype(dtype)
+      plgpu.commit_smem()
+      # The two stores are one group (committed by the second), as the waits count groups.
+      plgpu.copy_smem_to_gmem(smem.at[wg, slot, 0],
+                              pre_gmem.at[rows, cols].at[:, half].at[sub], commit_group=False)
+      plgpu.copy_smem_to_gmem(smem.at[wg, slot, 1], h_gmem.at[rows, cols].at[:, half].at[sub])
+
+  _tiled_matmul(a_gmem, b_gmem, tiles, dict(
+      smem=plgpu.SMEM((_TWO_WARPGROUPS, 2, 2, e, e), dtype, transforms=_swizzled(e, dtype)),
+      bias_smem=plgpu.SMEM((_TWO_WARPGROUPS, tiles.tile_n), bias_gmem.dtype),
+      loaded=plgpu.Barrier(num_barriers=_TWO_WARPGROUPS)), epilogue)
+
+
+def _call(kernel, out_shapes, tiles: MosaicTiles, num_sms: int | None, *operands):
+  if num_sms is None:
+    num_sms = jax.devices()[0].core_count
+  return plgpu.kernel(
+      functools.partial(kernel, tiles=tiles), out_shape=out_shapes,
+      grid=(num_sms,), grid_names=('cluster_grid',), cluster=(1,), cluster_names=('cluster',),
+      num_threads=_TWO_WARPGROUPS + 1, thread_name='wg',
+      compiler_params=plgpu.CompilerParams(
+          lowering_semantics=plgpu.LoweringSemantics.Warpgroup))(*operands)
+
+
+def _pad_rows(x, multiple):
+  pad = -x.shape[0] % multiple
+  return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
+
+
+def dense_gelu(x, w1, b1, tiles: MosaicTiles, num_sms: int | None = None):
+  """`(pre = x @ w1 + b1, gelu(pre))`, each `[M, F]`, as fused_mlp.dense_gelu."""
+  m = x.shape[0]
+  x = _pad_rows(x, tiles.tile_m)
+  shape = jax.ShapeDtypeStruct((x.shape[0], w1.shape[1]), x.dtype)
+  pre, h = _call(_forward_kernel, (shape, shape), tiles, num_sms, x, w1, b1.astype(x.dtype))
+  return pre[:m], h[:m]
 
 
 def gelu_input_grad(dy, w2, pre, tiles: MosaicTiles, num_sms: int | None = None):
@@ -138,18 +207,8 @@ def gelu_input_grad(dy, w2, pre, tiles: MosaicTiles, num_sms: int | None = None)
   fused_mlp.gelu_input_grad. `num_sms`: programs in the persistent grid (default: the
   device's multiprocessors)."""
   m = dy.shape[0]
-  pad = -m % tiles.tile_m
-  if pad:  # padded rows have dy = 0, so dpre is 0 there
-    dy = jnp.pad(dy, ((0, pad), (0, 0)))
-    pre = jnp.pad(pre, ((0, pad), (0, 0)))
-  if num_sms is None:
-    num_sms = jax.devices()[0].core_count
-  call = plgpu.kernel(
-      functools.partial(_kernel, tiles=tiles),
-      out_shape=jax.ShapeDtypeStruct((m + pad, w2.shape[0]), dy.dtype),
-      grid=(num_sms,), grid_names=('cluster_grid',), cluster=(1,), cluster_names=('cluster',),
-      num_threads=_TWO_WARPGROUPS + 1, thread_name='wg',
-      compiler_params=plgpu.CompilerParams(
-          lowering_semantics=plgpu.LoweringSemantics.Warpgroup))
-  dpre = call(dy, w2.T, pre)[:m]
+  # Padded rows have dy = 0, so dpre is 0 there.
+  dy, pre = _pad_rows(dy, tiles.tile_m), _pad_rows(pre, tiles.tile_m)
+  shape = jax.ShapeDtypeStruct((dy.shape[0], w2.shape[0]), dy.dtype)
+  dpre = _call(_backward_kernel, shape, tiles, num_sms, dy, w2.T, pre)[:m]
   return dpre, jnp.sum(dpre.astype(jnp.float32), axis=0)
