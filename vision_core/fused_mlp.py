@@ -15,6 +15,10 @@ The other matmuls (`h @ w2`, the weight gradients, `dpre @ w1^T`) stay XLA's (cu
 Only the tanh GELU (flax's `nn.gelu` default, the official ViT's) is implemented.
 `interpret=True` runs the same kernels through Pallas' interpreter on any backend (the tests
 do that on the CPU).
+
+Measured on an H100 (session 13): no faster. Triton's matmul runs at ~400 TFLOP/s there
+against cuBLAS's 757, which costs what the fusion saves. `mlp` also takes
+fused_mlp_mosaic's Mosaic GPU kernels (wgmma, TMA) for either pass.
 """
 
 from __future__ import annotations

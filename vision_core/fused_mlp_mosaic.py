@@ -16,9 +16,9 @@ from two alternating shared-memory slots: the forward adds the bias (its slice l
 per tile) and writes `pre` and `gelu(pre)`; the backward loads that sub-tile of `pre` by TMA
 and writes the accumulator times the GELU slope.
 
-Mosaic GPU kernels run on Hopper GPUs only (no interpreter for this kernel's warp
-specialisation); the tests lower it for CUDA on the CPU, and bench/gpu_mlp_kernels.py checks
-its values against XLA's on the GPU.
+These kernels run on Hopper GPUs only (Pallas' interpreter does not run their warp
+specialisation); the tests lower them for CUDA on the CPU, and bench/gpu_mlp_kernels.py
+checks their values against XLA's on the GPU.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ _TWO_WARPGROUPS = 2  # compute warpgroups per program, side by side along N
 
 @dataclasses.dataclass(frozen=True)
 class MosaicTiles:
-  """Tile shape of the Mosaic kernel: each compute warpgroup's `[tile_m, tile_n]`
+  """Tile shape of the Mosaic kernels: each compute warpgroup's `[tile_m, tile_n]`
   accumulator, `tile_k` deep steps, `stages` operand blocks in flight, `[epilogue,
   epilogue]` sub-tiles in the epilogue, and the order of the output tiles (`m_minor`: walk
   down M first, in bands `band` tiles wide)."""

@@ -64,7 +64,9 @@ class MlpBlock(nn.Module):
   dtype: Dtype = jnp.float32
   gelu_approximate: bool = True
   impl: str = 'xla'  # MLP_IMPLS
-  tiles: Optional[Any] = None  # impl 'pallas': (forward or None, backward) fused_mlp.Tiles
+  # impl 'pallas': (forward or None, backward), each fused_mlp.Tiles (Triton) or
+  # fused_mlp_mosaic.MosaicTiles (Mosaic GPU); None: Triton's defaults.
+  tiles: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool, norm=None):
@@ -87,7 +89,7 @@ class MlpBlock(nn.Module):
       raise ValueError(f'mlp_impl={self.impl!r} has the tanh GELU only: '
                        'gelu_approximate must be True.')
     if self.impl == 'pallas' and jax.default_backend() != 'gpu':
-      raise ValueError(f"mlp_impl='pallas' runs Triton kernels, on GPUs only (this backend "
+      raise ValueError(f"mlp_impl='pallas' runs GPU kernels, on GPUs only (this backend "
                        f"is {jax.default_backend()!r}): use 'xla', or 'pallas_interpret' to "
                        'run the same kernels interpreted.')
     tiles = self.tiles or (fused_mlp.Tiles(), fused_mlp.Tiles())
@@ -336,8 +338,8 @@ class VisionTransformer(nn.Module):
   token_multiple: Optional[int] = None
   channels: int = 3  # Input channels; checked so a wrong array fails with a clear message.
   # MLP_IMPLS: 'pallas' puts the MLP's bias and GELU inside its matmuls (GPU; tanh GELU
-  # only; XLA's ops where the widths do not tile or dropout is on); `mlp_tiles` =
-  # (forward or None for XLA's, backward) vision_core.fused_mlp.Tiles, None: defaults.
+  # only; XLA's ops where the widths do not tile or dropout is on); `mlp_tiles`: as
+  # MlpBlock's `tiles`.
   mlp_impl: str = 'xla'
   mlp_tiles: Optional[Any] = None
   # PATCH_EMBEDDINGS: the strided convolution, or the same map as one matmul over flattened
