@@ -67,8 +67,9 @@ def _swizzled(minor: int, dtype):
 
 def _tiled_matmul(a_gmem, b_gmem, tiles: MosaicTiles, scratch: dict, epilogue):
   """Runs `a_gmem [M, K] @ b_gmem [K, N]` tile by tile; after each output tile's steps,
-  `epilogue(acc, wg=, rows=, cols=, half=, **scratch refs)` gets the warpgroup's float32
-  accumulator `[tile_m, tile_n]` (rows `rows` and columns `cols[half]` of the output)."""
+  `epilogue(acc, wg=, rows=, cols=, half=, **scratch refs)` gets the warpgroup's
+  accumulator `[tile_m, tile_n]` (rows `rows` and columns `cols[half]` of the output)
+  rounded to the operands' dtype: what XLA's matmul would write, in half the registers."""
   m, k = a_gmem.shape
   n = b_gmem.shape[1]
   t = tiles
@@ -106,7 +107,8 @@ def _tiled_matmul(a_gmem, b_gmem, tiles: MosaicTiles, scratch: dict, epilogue):
                            acc_ref=plgpu.ACC((t.tile_m, t.tile_n), jnp.float32))
         def _(acc_ref):
           run_pipeline(acc_ref)
-          epilogue(acc_ref[...], wg=wg, rows=rows, cols=cols, half=half, **refs)
+          epilogue(acc_ref[...].astype(a_gmem.dtype), wg=wg, rows=rows, cols=cols, half=half,
+                   **refs)
 
       def step(_, a_smem, b_smem, acc_ref):
         plgpu.wgmma(acc_ref, a_smem, b_smem.at[:, half])
@@ -138,7 +140,7 @@ def _backward_kernel(a_gmem, b_gmem, pre_gmem, out_gmem, *, tiles: MosaicTiles):
                               smem.at[wg, slot], barrier)
       plgpu.barrier_wait(barrier)
       _, slope = gelu_tanh_and_slope(smem[wg, slot].astype(jnp.float32))
-      smem[wg, slot] = (acc[sub] * slope).astype(out_gmem.dtype)
+      smem[wg, slot] = (acc[sub].astype(jnp.float32) * slope).astype(out_gmem.dtype)
       plgpu.commit_smem()
       plgpu.copy_smem_to_gmem(smem.at[wg, slot], out_gmem.at[rows, cols].at[:, half].at[sub])
 
@@ -159,7 +161,8 @@ def _forward_kernel(a_gmem, b_gmem, bias_gmem, pre_gmem, h_gmem, *, tiles: Mosai
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
     for slot, sub in _sub_tiles(tiles):
       bias = plgpu.load(bias_smem.at[wg, sub[1]], (), layout=plgpu.Layout.WGMMA.reduce(0))
-      pre = (acc[sub] + lax.broadcast_in_dim(bias.astype(jnp.float32), (e, e), [1]))
+      pre = (acc[sub].astype(jnp.float32)
+             + lax.broadcast_in_dim(bias.astype(jnp.float32), (e, e), [1]))
       pre = pre.astype(dtype)  # stored, and the GELU's input, as in fused_mlp
       h, _ = gelu_tanh_and_slope(pre.astype(jnp.float32))
       plgpu.wait_smem_to_gmem(1, wait_read_only=True)  # the slot's last stores have read it
