@@ -14,7 +14,9 @@ them (one image: one device); the "one device" column is the same search unshard
 `--one-device` leaves the CPU as one device (the earlier runs' setting). `--xla-defaults`
 also times ours compiled with XLA's default options (`compiler_options={}`) instead of the
 ones the search picks (`vision_core.xla_options`), alternating with it: the gain of that
-choice, measured in the same run. Prints a markdown table.
+choice, measured in the same run. `--rounds N` alternates ours and PyTorch N times per
+batch size and reports medians (and the range of the per-round speed-ups), so a drift in
+the machine's speed during the run hits both sides alike. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ def main():
   parser.add_argument('--out', default=None)
   parser.add_argument('--one-device', action='store_true',
                       help='keep the CPU as one JAX device (no per-core split)')
+  parser.add_argument('--rounds', type=int, default=1,
+                      help='alternate ours and PyTorch this many times per batch (medians)')
   parser.add_argument('--xla-defaults', type=int, default=0, metavar='REPEATS',
                       help='also time ours with XLA default options, alternating with the '
                       'chosen ones REPEATS times (medians reported)')
@@ -121,8 +125,7 @@ def main():
     sharded = devices > 1 and batch > 1 and batch % devices == 0
     mesh = mesh_lib.make_mesh() if sharded else None
     search, compile_s = compiled(mesh)
-    result, jax_s = timed(search)
-    one_device_s = timed(compiled(None)[0])[1] if sharded else jax_s
+    one_device_s = timed(compiled(None)[0])[1] if sharded else None
     defaults = {}
     if args.xla_defaults:
       plain = compiled(mesh, {})[0]
@@ -136,10 +139,21 @@ def main():
         jax.random.PRNGKey(0), ids, 1, args.latent))[:, 0])
     targets_t = torch.from_numpy(targets.transpose(0, 3, 1, 2).copy())
     torch_search(forward, targets_t, z0, 2)  # Warm-up.
-    t = time.perf_counter()
-    torch_loss = torch_search(forward, targets_t, z0, args.steps)
-    torch_s = time.perf_counter() - t
+    # Ours and PyTorch alternate, so drifts in the machine's speed hit both alike; the
+    # times are the medians of the rounds, the speed-up range that of the rounds' ratios.
+    jax_times, torch_times = [], []
+    for _ in range(args.rounds):
+      result, seconds = timed(search)
+      jax_times.append(seconds)
+      t = time.perf_counter()
+      torch_loss = torch_search(forward, targets_t, z0, args.steps)
+      torch_times.append(time.perf_counter() - t)
+    jax_s, torch_s = float(np.median(jax_times)), float(np.median(torch_times))
+    one_device_s = one_device_s or jax_s
+    ratios = [b / a for a, b in zip(jax_times, torch_times)]
     rows.append({'batch': batch, 'steps': args.steps, 'jax_devices': devices if sharded else 1,
+                 'rounds': args.rounds, 'jax_times_s': jax_times, 'torch_times_s': torch_times,
+                 'speedup_min': min(ratios), 'speedup_max': max(ratios),
                  'jax_s': jax_s, 'jax_one_device_s': one_device_s, 'jax_compile_s': compile_s,
                  'torch_s': torch_s, 'jax_steps_per_s': args.steps / jax_s,
                  'jax_one_device_steps_per_s': args.steps / one_device_s,
@@ -154,14 +168,17 @@ def main():
   print(f'\nPGAN generator {side}x{side}, latent {args.latent}, depths {depths}; '
         f'{args.steps} steps; jax {jax.__version__} ({devices} CPU devices), torch '
         f'{torch.__version__} ({torch.get_num_threads()} threads)\n')
+  if args.rounds > 1:
+    print(f'Medians of {args.rounds} alternating rounds; the speed-up range is the rounds\'.\n')
   print('| images | ours: steps/s (devices) | ours, one device: steps/s | ours: image-steps/s | '
         'PyTorch eager: steps/s | PyTorch: image-steps/s | speed-up | compile (s) |')
   print('|---|---|---|---|---|---|---|---|')
   for r in rows:
+    spread = (f' ({r["speedup_min"]:.2f}-{r["speedup_max"]:.2f})' if args.rounds > 1 else '')
     print(f'| {r["batch"]} | {r["jax_steps_per_s"]:.1f} ({r["jax_devices"]}) | '
           f'{r["jax_one_device_steps_per_s"]:.1f} | {r["jax_image_steps_per_s"]:.0f} | '
           f'{r["torch_steps_per_s"]:.1f} | {r["torch_image_steps_per_s"]:.0f} | '
-          f'{r["speedup"]:.2f}x | {r["jax_compile_s"]:.1f} |')
+          f'{r["speedup"]:.2f}x{spread} | {r["jax_compile_s"]:.1f} |')
   if args.xla_defaults:
     print(f'\nOurs with the options the search picks against XLA defaults, alternating, '
           f'median of {args.xla_defaults}:\n')
