@@ -82,6 +82,7 @@ def test_mosaic_kernels_lower_for_cuda():
   are checked on a GPU by bench/gpu_mlp_kernels.py."""
   tiles = fused_mlp_mosaic.MosaicTiles(tile_m=64, tile_n=64, tile_k=64)
   assert fused_mlp.fits(64, 256, tiles) and not fused_mlp.fits(64, 192, tiles)
+  assert not fused_mlp.fits(768, 3072, fused_mlp_mosaic.MosaicTiles(epilogue=32))
   shape = lambda *s: jax.ShapeDtypeStruct(s, jnp.bfloat16)
   forward = jax.jit(lambda x, w1, b1: fused_mlp_mosaic.dense_gelu(x, w1, b1, tiles,
                                                                   num_sms=4))

@@ -53,8 +53,11 @@ class MosaicTiles:
 
 
 def fits(d: int, f: int, tiles: MosaicTiles) -> bool:
-  """Whether `[M, d] @ [d, f]` tiles evenly (M is padded to `tile_m`)."""
+  """Whether `[M, d] @ [d, f]` tiles evenly (M is padded to `tile_m`). Epilogue sub-tiles
+  keep the accumulator's layout, which needs rows in multiples of 64 (Mosaic GPU's layout
+  inference refuses 32)."""
   return (f % (_TWO_WARPGROUPS * tiles.tile_n) == 0 and d % tiles.tile_k == 0
+          and tiles.epilogue % 64 == 0
           and tiles.tile_m % tiles.epilogue == 0 and tiles.tile_n % tiles.epilogue == 0)
 
 
