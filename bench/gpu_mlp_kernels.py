@@ -20,16 +20,15 @@ bench/gpu_suite.py's `--mlp-tiles` takes (`xla` where XLA's forward was fastest)
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
-import time
 import traceback
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.gpu_suite import time_loop  # pylint: disable=wrong-import-position
 
 # Triton: session 13's two fastest. Mosaic: JAX's Hopper matmul's fastest order at this
 # shape (M-minor bands of 8) with 3 and 4 stages (4: the backward only; the forward's two
@@ -51,16 +50,9 @@ def parse_tiles(text: str):
   return fused_mlp.Tiles(*(int(v) for v in text.split(',')))
 
 
-def _time(fn, *args, reps=20) -> float:
-  out = fn(*args)
-  for _ in range(2):
-    out = fn(*args)
-  _block(out)
-  t = time.perf_counter()
-  for _ in range(reps):
-    out = fn(*args)
-  _block(out)
-  return (time.perf_counter() - t) / reps
+def _time(fn, *args) -> float:
+  """Seconds per call: 20 calls after 3 warm-ups."""
+  return time_loop(lambda: fn(*args), 3, 20, _block)
 
 
 def _block(tree):
@@ -123,21 +115,16 @@ def main():
         'ms': 1e3 * _time(xla_backward, dy, w2, ref_fwd[0])})
   for text in args.tiles:
     tiles = parse_tiles(text)
-    mosaic = text.startswith('mosaic:')
-    if mosaic:
-      from vision_core import fused_mlp_mosaic  # pylint: disable=g-import-not-at-top
-      forward, backward = fused_mlp_mosaic.dense_gelu, fused_mlp_mosaic.gelu_input_grad
-    else:
-      forward = functools.partial(fused_mlp.dense_gelu, interpret=interpret)
-      backward = functools.partial(fused_mlp.gelu_input_grad, interpret=interpret)
-    fwd = jax.jit(lambda x, w1, b1, t=tiles, f=forward: f(x, w1, b1, t))
-    bwd = jax.jit(lambda dy, w2, pre, t=tiles, f=backward: f(dy, w2, pre, t))
+    fwd = jax.jit(lambda x, w1, b1, t=tiles: fused_mlp.dense_gelu(x, w1, b1, t, interpret))
+    bwd = jax.jit(lambda dy, w2, pre, t=tiles: fused_mlp.gelu_input_grad(dy, w2, pre, t,
+                                                                          interpret))
     kernels = [('forward', fwd, (x, w1, b1),
                 lambda o: [_rel(o[0], ref_fwd[0]), _rel(o[1], ref_fwd[1])]),
                ('backward', bwd, (dy, w2, ref_fwd[0]),
                 lambda o: [_rel(o[0], ref_bwd[0]), _rel(o[1], ref_bwd[1])])]
     for name, fn, fargs, check in kernels:
-      row = {'kernel': name, 'impl': 'mosaic' if mosaic else 'pallas', 'tiles': text}
+      row = {'kernel': name, 'tiles': text,
+             'impl': 'pallas' if isinstance(tiles, fused_mlp.Tiles) else 'mosaic'}
       try:
         row['rel_err'] = check(fn(*fargs))
         row['ms'] = 1e3 * _time(fn, *fargs)

@@ -345,8 +345,9 @@ def main():
   parser.add_argument('--mlp-impl', default='xla', help='VisionTransformer(mlp_impl=)')
   parser.add_argument('--patch-embedding', default='conv',
                       help='VisionTransformer(patch_embedding=): conv or matmul')
-  parser.add_argument('--mlp-tiles', help='fused MLP tiles, FORWARD/BACKWARD, each '
-                      'bm,bn,bk,warps,stages (bench/gpu_mlp_kernels.py --best writes them)')
+  parser.add_argument('--mlp-tiles', help='fused MLP tiles, FORWARD/BACKWARD, each as '
+                      "bench/gpu_mlp_kernels.parse_tiles reads it ('xla', 'bm,bn,bk,warps,"
+                      "stages' or 'mosaic:...'; gpu_mlp_kernels.py --best writes them)")
   parser.add_argument('--profile-dir', help='vit_profile: write HLO and op times here')
   parser.add_argument('--no-peer', action='store_true', help='skip the PyTorch ViT peer')
   parser.add_argument('--peer-only', action='store_true',

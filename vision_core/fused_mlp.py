@@ -127,29 +127,11 @@ def fits(d: int, f: int, tiles) -> bool:
   return f % tiles.block_n == 0 and d % tiles.block_k == 0 and f >= tiles.block_n
 
 
-def _pad_rows(x, multiple):
+def pad_rows(x, multiple):
+  """`x [M, ...]` with zero rows appended up to a multiple of `multiple` (the kernels' row
+  blocks)."""
   pad = -x.shape[0] % multiple
   return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
-
-
-def dense_gelu(x, w1, b1, tiles: Tiles, interpret: bool = False):
-  """The forward kernel: `x [M, D]`, `w1 [D, F]`, `b1 [F]` -> `(pre, gelu(pre))`, each
-  `[M, F]` in `x`'s dtype."""
-  m = x.shape[0]
-  pre, h = _tiled_call(_forward_kernel, _pad_rows(x, tiles.block_m), w1, [], [b1],
-                       [x.dtype, x.dtype], False, tiles, interpret)
-  return pre[:m], h[:m]
-
-
-def gelu_input_grad(dy, w2, pre, tiles: Tiles, interpret: bool = False):
-  """The backward kernel: `dy [M, D]`, `w2 [F, D]`, `pre [M, F]` ->
-  `(dpre = (dy @ w2^T) * gelu'(pre) [M, F], its float32 column sums [F])`."""
-  m = dy.shape[0]
-  dpre, partial_sums = _tiled_call(
-      _backward_kernel, _pad_rows(dy, tiles.block_m), w2.T,
-      [_pad_rows(pre, tiles.block_m)], [], [dy.dtype], True, tiles, interpret)
-  # Padded rows have dy = 0, so they add nothing to the sums.
-  return dpre[:m], jnp.sum(partial_sums, axis=0)
 
 
 def _mosaic(interpret: bool):
@@ -158,6 +140,31 @@ def _mosaic(interpret: bool):
     raise ValueError('fused_mlp_mosaic has no interpreter: use Tiles with interpret=True.')
   from vision_core import fused_mlp_mosaic  # pylint: disable=g-import-not-at-top
   return fused_mlp_mosaic
+
+
+def dense_gelu(x, w1, b1, tiles, interpret: bool = False):
+  """The forward kernel: `x [M, D]`, `w1 [D, F]`, `b1 [F]` -> `(pre, gelu(pre))`, each
+  `[M, F]` in `x`'s dtype. `tiles`: Tiles (Triton) or fused_mlp_mosaic.MosaicTiles."""
+  if not isinstance(tiles, Tiles):
+    return _mosaic(interpret).dense_gelu(x, w1, b1, tiles)
+  m = x.shape[0]
+  pre, h = _tiled_call(_forward_kernel, pad_rows(x, tiles.block_m), w1, [], [b1],
+                       [x.dtype, x.dtype], False, tiles, interpret)
+  return pre[:m], h[:m]
+
+
+def gelu_input_grad(dy, w2, pre, tiles, interpret: bool = False):
+  """The backward kernel: `dy [M, D]`, `w2 [F, D]`, `pre [M, F]` ->
+  `(dpre = (dy @ w2^T) * gelu'(pre) [M, F], its float32 column sums [F])`. `tiles`: Tiles
+  (Triton) or fused_mlp_mosaic.MosaicTiles."""
+  if not isinstance(tiles, Tiles):
+    return _mosaic(interpret).gelu_input_grad(dy, w2, pre, tiles)
+  m = dy.shape[0]
+  dpre, partial_sums = _tiled_call(
+      _backward_kernel, pad_rows(dy, tiles.block_m), w2.T,
+      [pad_rows(pre, tiles.block_m)], [], [dy.dtype], True, tiles, interpret)
+  # Padded rows have dy = 0, so they add nothing to the sums.
+  return dpre[:m], jnp.sum(partial_sums, axis=0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
@@ -175,10 +182,8 @@ def _mlp_fwd(x, w1, b1, w2, b2, tiles, backward_tiles, interpret):
   if tiles is None:  # XLA's matmul, then its bias + GELU pass
     pre = jnp.dot(x, w1) + b1
     h = jax.nn.gelu(pre, approximate=True)
-  elif isinstance(tiles, Tiles):
-    pre, h = dense_gelu(x, w1, b1, tiles, interpret)
   else:
-    pre, h = _mosaic(interpret).dense_gelu(x, w1, b1, tiles)
+    pre, h = dense_gelu(x, w1, b1, tiles, interpret)
   y = jnp.dot(h, w2) + b2
   return y, (x, w1, w2, pre, h)
 
@@ -186,10 +191,7 @@ def _mlp_fwd(x, w1, b1, w2, b2, tiles, backward_tiles, interpret):
 def _mlp_bwd(forward_tiles, tiles, interpret, residuals, dy):
   del forward_tiles
   x, w1, w2, pre, h = residuals
-  if isinstance(tiles, Tiles):
-    dpre, db1 = gelu_input_grad(dy, w2, pre, tiles, interpret)
-  else:
-    dpre, db1 = _mosaic(interpret).gelu_input_grad(dy, w2, pre, tiles)
+  dpre, db1 = gelu_input_grad(dy, w2, pre, tiles, interpret)
   dw1 = jnp.dot(x.T, dpre)
   dx = jnp.dot(dpre, w1.T)
   dw2 = jnp.dot(h.T, dy)

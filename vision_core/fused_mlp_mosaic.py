@@ -32,7 +32,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from vision_core.fused_mlp import gelu_tanh_and_slope
+from vision_core.fused_mlp import gelu_tanh_and_slope, pad_rows
 
 _TWO_WARPGROUPS = 2  # compute warpgroups per program, side by side along N
 
@@ -194,15 +194,10 @@ def _call(kernel, out_shapes, tiles: MosaicTiles, num_sms: int | None, *operands
           lowering_semantics=plgpu.LoweringSemantics.Warpgroup))(*operands)
 
 
-def _pad_rows(x, multiple):
-  pad = -x.shape[0] % multiple
-  return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
-
-
 def dense_gelu(x, w1, b1, tiles: MosaicTiles, num_sms: int | None = None):
   """`(pre = x @ w1 + b1, gelu(pre))`, each `[M, F]`, as fused_mlp.dense_gelu."""
   m = x.shape[0]
-  x = _pad_rows(x, tiles.tile_m)
+  x = pad_rows(x, tiles.tile_m)
   shape = jax.ShapeDtypeStruct((x.shape[0], w1.shape[1]), x.dtype)
   pre, h = _call(_forward_kernel, (shape, shape), tiles, num_sms, x, w1, b1.astype(x.dtype))
   return pre[:m], h[:m]
@@ -214,7 +209,7 @@ def gelu_input_grad(dy, w2, pre, tiles: MosaicTiles, num_sms: int | None = None)
   device's multiprocessors)."""
   m = dy.shape[0]
   # Padded rows have dy = 0, so dpre is 0 there.
-  dy, pre = _pad_rows(dy, tiles.tile_m), _pad_rows(pre, tiles.tile_m)
+  dy, pre = pad_rows(dy, tiles.tile_m), pad_rows(pre, tiles.tile_m)
   shape = jax.ShapeDtypeStruct((dy.shape[0], w2.shape[0]), dy.dtype)
   dpre = _call(_backward_kernel, shape, tiles, num_sms, dy, w2.T, pre)[:m]
   return dpre, jnp.sum(dpre.astype(jnp.float32), axis=0)
