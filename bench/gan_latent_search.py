@@ -74,6 +74,19 @@ def torch_search(forward, targets_nchw, z0, steps):
   return per_image.detach()
 
 
+def alternate(first, second, rounds: int):
+  """Runs `first()` and `second()` in turn, `rounds` times, so that a drift in the machine's
+  speed hits both alike: `((first's last result, second's), (first's seconds, second's))`.
+  JAX results are waited for before the clock stops."""
+  results, seconds = [None, None], ([], [])
+  for _ in range(rounds):
+    for i, fn in enumerate((first, second)):
+      t = time.perf_counter()
+      results[i] = jax.block_until_ready(fn())
+      seconds[i].append(time.perf_counter() - t)
+  return tuple(results), seconds
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--steps', type=int, default=50)
@@ -125,31 +138,24 @@ def main():
     sharded = devices > 1 and batch > 1 and batch % devices == 0
     mesh = mesh_lib.make_mesh() if sharded else None
     search, compile_s = compiled(mesh)
-    one_device_s = timed(compiled(None)[0])[1] if sharded else None
     defaults = {}
     if args.xla_defaults:
       plain = compiled(mesh, {})[0]
-      chosen_s, plain_s = [], []
-      for _ in range(args.xla_defaults):
-        chosen_s.append(timed(search)[1])
-        plain_s.append(timed(plain)[1])
+      chosen_s, plain_s = alternate(lambda: search(gen.params, targets, ids),
+                                    lambda: plain(gen.params, targets, ids),
+                                    args.xla_defaults)[1]
       defaults = {'jax_chosen_options_median_steps_per_s': args.steps / np.median(chosen_s),
                   'jax_xla_defaults_median_steps_per_s': args.steps / np.median(plain_s)}
     z0 = torch.from_numpy(np.asarray(latent_search.initial_latents(
         jax.random.PRNGKey(0), ids, 1, args.latent))[:, 0])
     targets_t = torch.from_numpy(targets.transpose(0, 3, 1, 2).copy())
     torch_search(forward, targets_t, z0, 2)  # Warm-up.
-    # Ours and PyTorch alternate, so drifts in the machine's speed hit both alike; the
-    # times are the medians of the rounds, the speed-up range that of the rounds' ratios.
-    jax_times, torch_times = [], []
-    for _ in range(args.rounds):
-      result, seconds = timed(search)
-      jax_times.append(seconds)
-      t = time.perf_counter()
-      torch_loss = torch_search(forward, targets_t, z0, args.steps)
-      torch_times.append(time.perf_counter() - t)
+    # The times are the medians of the rounds, the speed-up range that of the rounds' ratios.
+    (result, torch_loss), (jax_times, torch_times) = alternate(
+        lambda: search(gen.params, targets, ids),
+        lambda: torch_search(forward, targets_t, z0, args.steps), args.rounds)
     jax_s, torch_s = float(np.median(jax_times)), float(np.median(torch_times))
-    one_device_s = one_device_s or jax_s
+    one_device_s = timed(compiled(None)[0])[1] if sharded else jax_s
     ratios = [b / a for a, b in zip(jax_times, torch_times)]
     rows.append({'batch': batch, 'steps': args.steps, 'jax_devices': devices if sharded else 1,
                  'rounds': args.rounds, 'jax_times_s': jax_times, 'torch_times_s': torch_times,
