@@ -1,6 +1,6 @@
-"""vision_core.fused_mlp (the MLP with its bias and GELU inside the matmuls), run through
-Pallas' interpreter on the CPU, against an independent numpy forward and backward pass and
-against the model's XLA path."""
+"""vision_core.fused_mlp (the MLP with its bias and GELU inside the matmuls) and its
+Mosaic GPU kernels (fused_mlp_mosaic), run through Pallas' interpreters on the CPU, against an
+independent numpy forward and backward pass and against the model's XLA path."""
 
 import jax
 import jax.numpy as jnp
@@ -105,11 +105,57 @@ def test_mosaic_kernels_lower_for_cuda():
     jax.jit(lambda *a: fused_mlp_mosaic.dense_gelu(*a, fused_mlp_mosaic.MosaicTiles(stages=4),
                                                    num_sms=132)).trace(*vit_b).lower(
                                                        lowering_platforms=('cuda',))
-  x, w1, b1, w2, b2, _ = _inputs(8, 64, 256)
-  with pytest.raises(ValueError, match='no interpreter'):
-    jax.grad(lambda x: fused_mlp.mlp(x, w1, b1, w2, b2, None, tiles, True).sum())(x)
-  with pytest.raises(ValueError, match='no interpreter'):
-    fused_mlp.mlp(x, w1, b1, w2, b2, tiles, None, True)
+
+
+def _bfloat16(*arrays):
+  return [jnp.asarray(a, jnp.bfloat16) for a in arrays]
+
+
+@pytest.mark.parametrize('tiles, m, d, f, programs', [
+    # 200 rows padded to 256; 8 output tiles over 3 programs (uneven).
+    (fused_mlp_mosaic.MosaicTiles(tile_m=64, tile_n=64, tile_k=64, stages=2, band=2),
+     200, 256, 256, 3),
+    # The default shape: four epilogue sub-tiles per tile, alternating the two slots.
+    (fused_mlp_mosaic.MosaicTiles(band=2), 256, 256, 512, 3),
+    # Tiles walked along N first, 3 steps deep over 3 stages.
+    (fused_mlp_mosaic.MosaicTiles(tile_m=64, tile_n=64, tile_k=64, m_minor=False, band=1),
+     128, 192, 384, 5),
+], ids=['padded_rows', 'default_tile', 'n_minor'])
+def test_mosaic_kernels_match_numpy_in_the_interpreter(tiles, m, d, f, programs):
+  """Both Mosaic GPU kernels, run by Pallas' Mosaic GPU interpreter (warpgroups, TMA,
+  barriers; memory starts as NaN, so an unwritten tile fails), against float64 numpy on the
+  same bfloat16 inputs. Tolerance: the kernels round the accumulator to bfloat16 (as XLA's
+  matmul writes it) and round again after the bias / GELU slope, ~2^-8 each."""
+  x, w1, b1, w2, _, dy = _inputs(m, d, f, seed=2)
+  x, w1, b1, w2, dy = _bfloat16(x, w1, b1, w2, dy)
+  f64 = lambda a: np.asarray(a, np.float64)
+  pre, h = fused_mlp_mosaic.dense_gelu(x, w1, b1, tiles, num_sms=programs, interpret=True)
+  want_pre = f64(x) @ f64(w1) + f64(b1)
+  np.testing.assert_allclose(f64(pre), want_pre, rtol=0, atol=1e-2 * np.abs(want_pre).max())
+  value, slope = fused_mlp.gelu_tanh_and_slope(jnp.asarray(pre, jnp.float32))
+  np.testing.assert_allclose(f64(h), f64(value), rtol=1e-2, atol=1e-2)
+  dpre, bias_grad = fused_mlp_mosaic.gelu_input_grad(dy, w2, pre, tiles, num_sms=programs,
+                                                      interpret=True)
+  want_dpre = (f64(dy) @ f64(w2).T) * f64(slope)
+  np.testing.assert_allclose(f64(dpre), want_dpre, rtol=0,
+                             atol=1e-2 * np.abs(want_dpre).max())
+  # The column sums are of the bfloat16 dpre the kernel wrote.
+  np.testing.assert_allclose(bias_grad, f64(dpre).sum(0), rtol=1e-5, atol=1e-3)
+
+
+def test_mlp_with_mosaic_kernels_matches_numpy():
+  """fused_mlp.mlp with both passes on the Mosaic kernels (interpreted): value and the five
+  gradients against the float64 pass, in bfloat16 (70 rows: padded to the 64-row tiles)."""
+  tiles = fused_mlp_mosaic.MosaicTiles(tile_m=64, tile_n=64, tile_k=64, stages=2)
+  inputs = _bfloat16(*_inputs(70, 64, 128, seed=3))
+  x, w1, b1, w2, b2, dy = inputs
+  y, vjp = jax.vjp(lambda *p: fused_mlp.mlp(*p, tiles, tiles, True), x, w1, b1, w2, b2)
+  want_y, want_grads = _numpy_mlp_and_grads(*inputs)
+  f64 = lambda a: np.asarray(a, np.float64)
+  np.testing.assert_allclose(f64(y), want_y, rtol=0, atol=2e-2 * np.abs(want_y).max())
+  for name, got, want in zip(('x', 'w1', 'b1', 'w2', 'b2'), vjp(dy), want_grads):
+    np.testing.assert_allclose(f64(got), want, rtol=0, atol=2e-2 * np.abs(want).max(),
+                               err_msg=name)
 
 
 def _small_vit(**kwargs):

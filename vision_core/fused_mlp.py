@@ -134,10 +134,8 @@ def pad_rows(x, multiple):
   return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
 
 
-def _mosaic(interpret: bool):
-  """fused_mlp_mosaic (imported here: it imports this module), which has no interpreter."""
-  if interpret:
-    raise ValueError('fused_mlp_mosaic has no interpreter: use Tiles with interpret=True.')
+def _mosaic():
+  """fused_mlp_mosaic, imported here because it imports this module."""
   from vision_core import fused_mlp_mosaic  # pylint: disable=g-import-not-at-top
   return fused_mlp_mosaic
 
@@ -146,7 +144,7 @@ def dense_gelu(x, w1, b1, tiles, interpret: bool = False):
   """The forward kernel: `x [M, D]`, `w1 [D, F]`, `b1 [F]` -> `(pre, gelu(pre))`, each
   `[M, F]` in `x`'s dtype. `tiles`: Tiles (Triton) or fused_mlp_mosaic.MosaicTiles."""
   if not isinstance(tiles, Tiles):
-    return _mosaic(interpret).dense_gelu(x, w1, b1, tiles)
+    return _mosaic().dense_gelu(x, w1, b1, tiles, interpret=interpret)
   m = x.shape[0]
   pre, h = _tiled_call(_forward_kernel, pad_rows(x, tiles.block_m), w1, [], [b1],
                        [x.dtype, x.dtype], False, tiles, interpret)
@@ -158,7 +156,7 @@ def gelu_input_grad(dy, w2, pre, tiles, interpret: bool = False):
   `(dpre = (dy @ w2^T) * gelu'(pre) [M, F], its float32 column sums [F])`. `tiles`: Tiles
   (Triton) or fused_mlp_mosaic.MosaicTiles."""
   if not isinstance(tiles, Tiles):
-    return _mosaic(interpret).gelu_input_grad(dy, w2, pre, tiles)
+    return _mosaic().gelu_input_grad(dy, w2, pre, tiles, interpret=interpret)
   m = dy.shape[0]
   dpre, partial_sums = _tiled_call(
       _backward_kernel, pad_rows(dy, tiles.block_m), w2.T,

@@ -16,9 +16,11 @@ from two alternating shared-memory slots: the forward adds the bias (its slice l
 per tile) and writes `pre` and `gelu(pre)`; the backward loads that sub-tile of `pre` by TMA
 and writes the accumulator times the GELU slope.
 
-These kernels run on Hopper GPUs only (Pallas' interpreter does not run their warp
-specialisation); the tests lower them for CUDA on the CPU, and bench/gpu_mlp_kernels.py
-checks their values against XLA's on the GPU.
+They compile for Hopper GPUs. `interpret=True` runs them in Pallas' Mosaic GPU interpreter
+on any backend instead: it simulates the warpgroups, shared memory, TMA copies and barriers
+(uninitialised memory reads as NaN), which is how the tests check their values on the CPU;
+the tests also lower them for CUDA there (layout inference, the shared-memory budget), and
+bench/gpu_mlp_kernels.py compares them with XLA's ops on the GPU.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ def _forward_kernel(a_gmem, b_gmem, bias_gmem, pre_gmem, h_gmem, *, tiles: Mosai
     plgpu.barrier_wait(loaded.at[wg])
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
     for slot, sub in _sub_tiles(tiles):
-      bias = plgpu.load(bias_smem.at[wg, sub[1]], (), layout=plgpu.Layout.WGMMA.reduce(0))
+      bias = bias_smem[wg, sub[1]]
       pre = (acc[sub].astype(jnp.float32)
              + lax.broadcast_in_dim(bias.astype(jnp.float32), (e, e), [1]))
       pre = pre.astype(dtype)  # stored, and the GELU's input, as in fused_mlp
@@ -183,33 +185,51 @@ def _forward_kernel(a_gmem, b_gmem, bias_gmem, pre_gmem, h_gmem, *, tiles: Mosai
       loaded=plgpu.Barrier(num_barriers=_TWO_WARPGROUPS)), epilogue)
 
 
-def _call(kernel, out_shapes, tiles: MosaicTiles, num_sms: int | None, *operands):
+def interpreter(detect_races: bool = False):
+  """The `interpret=` value that runs a Mosaic GPU kernel in Pallas' interpreter. Its
+  parameters are not public API yet (jax 0.10), hence the guarded import."""
+  try:
+    from jax._src.pallas.mosaic_gpu.interpret import params  # pylint: disable=g-import-not-at-top
+  except ImportError as error:
+    raise ValueError(f'this jax ({jax.__version__}) has no Mosaic GPU interpreter: run '
+                     'fused_mlp_mosaic on a Hopper GPU, or fused_mlp.Tiles with '
+                     'interpret=True.') from error
+  return params.InterpretGPUParams(detect_races=detect_races)
+
+
+def _call(kernel, out_shapes, tiles: MosaicTiles, num_sms: int | None, interpret: bool,
+          *operands):
   if num_sms is None:
-    num_sms = jax.devices()[0].core_count
+    # Interpreted: two programs, so each walks several output tiles as on a GPU.
+    num_sms = 2 if interpret else jax.devices()[0].core_count
   return plgpu.kernel(
-      functools.partial(kernel, tiles=tiles), out_shape=out_shapes,
+      functools.partial(kernel, tiles=tiles), out_type=out_shapes,
       grid=(num_sms,), grid_names=('cluster_grid',), cluster=(1,), cluster_names=('cluster',),
       num_threads=_TWO_WARPGROUPS + 1, thread_name='wg',
       compiler_params=plgpu.CompilerParams(
-          lowering_semantics=plgpu.LoweringSemantics.Warpgroup))(*operands)
+          lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+      interpret=interpreter() if interpret else None)(*operands)
 
 
-def dense_gelu(x, w1, b1, tiles: MosaicTiles, num_sms: int | None = None):
+def dense_gelu(x, w1, b1, tiles: MosaicTiles, num_sms: int | None = None,
+               interpret: bool = False):
   """`(pre = x @ w1 + b1, gelu(pre))`, each `[M, F]`, as fused_mlp.dense_gelu."""
   m = x.shape[0]
   x = pad_rows(x, tiles.tile_m)
   shape = jax.ShapeDtypeStruct((x.shape[0], w1.shape[1]), x.dtype)
-  pre, h = _call(_forward_kernel, (shape, shape), tiles, num_sms, x, w1, b1.astype(x.dtype))
+  pre, h = _call(_forward_kernel, (shape, shape), tiles, num_sms, interpret, x, w1,
+                 b1.astype(x.dtype))
   return pre[:m], h[:m]
 
 
-def gelu_input_grad(dy, w2, pre, tiles: MosaicTiles, num_sms: int | None = None):
+def gelu_input_grad(dy, w2, pre, tiles: MosaicTiles, num_sms: int | None = None,
+                    interpret: bool = False):
   """`(dpre = (dy @ w2^T) * gelu'(pre) [M, F], its float32 column sums [F])`, as
   fused_mlp.gelu_input_grad. `num_sms`: programs in the persistent grid (default: the
-  device's multiprocessors)."""
+  device's multiprocessors; 2 when interpreted)."""
   m = dy.shape[0]
   # Padded rows have dy = 0, so dpre is 0 there.
   dy, pre = pad_rows(dy, tiles.tile_m), pad_rows(pre, tiles.tile_m)
   shape = jax.ShapeDtypeStruct((dy.shape[0], w2.shape[0]), dy.dtype)
-  dpre = _call(_backward_kernel, shape, tiles, num_sms, dy, w2.T, pre)[:m]
+  dpre = _call(_backward_kernel, shape, tiles, num_sms, interpret, dy, w2.T, pre)[:m]
   return dpre, jnp.sum(dpre.astype(jnp.float32), axis=0)
