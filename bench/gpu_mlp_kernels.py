@@ -33,13 +33,15 @@ from bench.gpu_suite import time_loop  # pylint: disable=wrong-import-position
 # Triton: session 13's two fastest. Mosaic: JAX's Hopper matmul's fastest order at this
 # shape (M-minor bands of 8) with 3 and 4 stages (4: the backward only; the forward's two
 # outputs leave too little shared memory), and an N-minor order.
+# Mosaic: the default (3 stages, the backward prefetching `pre`); 4 stages with the
+# backward's two-slot ring (the forward's shared memory refuses 4); N-minor tile order.
 CANDIDATES = ('128,128,64,8,3', '128,128,32,8,4', 'mosaic:128,128,64,3',
-              'mosaic:128,128,64,4', 'mosaic:128,128,64,3,64,0,4')
+              'mosaic:128,128,64,4,64,1,8,0', 'mosaic:128,128,64,3,64,0,4')
 
 
 def parse_tiles(text: str):
   """`'bm,bn,bk,warps,stages'` -> fused_mlp.Tiles; `'xla'` -> None (XLA's ops);
-  `'mosaic:tile_m,tile_n,tile_k,stages[,epilogue,m_minor,band]'` ->
+  `'mosaic:tile_m,tile_n,tile_k,stages[,epilogue,m_minor,band,prefetch]'` ->
   fused_mlp_mosaic.MosaicTiles."""
   from vision_core import fused_mlp  # pylint: disable=g-import-not-at-top
   if text == 'xla':
@@ -78,7 +80,7 @@ def main():
 
   m, d, f = (256, 64, 256) if args.quick else (102400, 768, 3072)
   if args.quick:
-    args.tiles = ['64,128,32,4,3']
+    args.tiles = ['64,128,32,4,3', 'mosaic:64,64,64,2']
   interpret = args.quick
   keys = jax.random.split(jax.random.key(0), 6)
   dtype = jnp.bfloat16

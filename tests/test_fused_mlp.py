@@ -96,15 +96,21 @@ def test_mosaic_kernels_lower_for_cuda():
     assert 'mosaic_gpu' in lowered.as_text()
     assert [o.shape for o in jax.eval_shape(kernel, *args)] == outputs
   # ViT-B/16's MLP with the default tiles fits the H100's shared memory; 4 stages do not
-  # leave room for the forward's two outputs.
+  # leave room for the forward's two outputs, nor for the backward's prefetched `pre`.
   vit_b = (shape(102400, 768), shape(768, 3072), shape(3072))
-  jax.jit(lambda *a: fused_mlp_mosaic.dense_gelu(*a, fused_mlp_mosaic.MosaicTiles(),
-                                                 num_sms=132)).trace(*vit_b).lower(
-                                                     lowering_platforms=('cuda',))
-  with pytest.raises(ValueError, match='exceeds available shared memory'):
-    jax.jit(lambda *a: fused_mlp_mosaic.dense_gelu(*a, fused_mlp_mosaic.MosaicTiles(stages=4),
-                                                   num_sms=132)).trace(*vit_b).lower(
-                                                       lowering_platforms=('cuda',))
+  vit_b_backward = (shape(102400, 768), shape(3072, 768), shape(102400, 3072))
+
+  def lower_vit_b(kernel, args, **tiles):
+    jax.jit(lambda *a: kernel(*a, fused_mlp_mosaic.MosaicTiles(**tiles), num_sms=132)).trace(
+        *args).lower(lowering_platforms=('cuda',))
+  lower_vit_b(fused_mlp_mosaic.dense_gelu, vit_b)
+  lower_vit_b(fused_mlp_mosaic.gelu_input_grad, vit_b_backward)
+  # The backward's two-slot ring leaves room for a fourth stage; prefetching does not.
+  lower_vit_b(fused_mlp_mosaic.gelu_input_grad, vit_b_backward, stages=4, prefetch=False)
+  for kernel, args in ((fused_mlp_mosaic.dense_gelu, vit_b),
+                       (fused_mlp_mosaic.gelu_input_grad, vit_b_backward)):
+    with pytest.raises(ValueError, match='exceeds available shared memory'):
+      lower_vit_b(kernel, args, stages=4)
 
 
 def _bfloat16(*arrays):
@@ -117,10 +123,12 @@ def _bfloat16(*arrays):
      200, 256, 256, 3),
     # The default shape: four epilogue sub-tiles per tile, alternating the two slots.
     (fused_mlp_mosaic.MosaicTiles(band=2), 256, 256, 512, 3),
+    # The backward loading `pre` one sub-tile at a time, into two alternating slots.
+    (fused_mlp_mosaic.MosaicTiles(band=2, prefetch=False), 256, 256, 512, 3),
     # Tiles walked along N first, 3 steps deep over 3 stages.
     (fused_mlp_mosaic.MosaicTiles(tile_m=64, tile_n=64, tile_k=64, m_minor=False, band=1),
      128, 192, 384, 5),
-], ids=['padded_rows', 'default_tile', 'n_minor'])
+], ids=['padded_rows', 'default_tile', 'no_prefetch', 'n_minor'])
 def test_mosaic_kernels_match_numpy_in_the_interpreter(tiles, m, d, f, programs):
   """Both Mosaic GPU kernels, run by Pallas' Mosaic GPU interpreter (warpgroups, TMA,
   barriers; memory starts as NaN, so an unwritten tile fails), against float64 numpy on the

@@ -12,9 +12,11 @@ layout is that matmul's: a persistent grid of one program per SM walking the out
 in each program a memory warpgroup streams `[tile_m, tile_k]` and `[tile_k, 2 tile_n]` blocks
 of the operands into shared memory through TMA while two compute warpgroups each accumulate a
 `[tile_m, tile_n]` half with wgmma. The epilogue works in `[e, e]` sub-tiles, stored by TMA
-from two alternating shared-memory slots: the forward adds the bias (its slice loaded once
-per tile) and writes `pre` and `gelu(pre)`; the backward loads that sub-tile of `pre` by TMA
-and writes the accumulator times the GELU slope.
+from shared-memory slots: the forward adds the bias (its slice loaded once per tile, while
+the tile's steps run) and writes `pre` and `gelu(pre)` through two alternating slots; the
+backward reads the sub-tile of `pre` (by default the whole tile's `pre` is loaded by TMA
+while the steps run; see MosaicTiles.prefetch) and writes the accumulator times the GELU
+slope.
 
 They compile for Hopper GPUs. `interpret=True` runs them in Pallas' Mosaic GPU interpreter
 on any backend instead: it simulates the warpgroups, shared memory, TMA copies and barriers
@@ -44,14 +46,21 @@ class MosaicTiles:
   """Tile shape of the Mosaic kernels: each compute warpgroup's `[tile_m, tile_n]`
   accumulator, `tile_k` deep steps, `stages` operand blocks in flight, `[epilogue,
   epilogue]` sub-tiles in the epilogue, and the order of the output tiles (`m_minor`: walk
-  down M first, in bands `band` tiles wide)."""
+  down M first, in bands `band` tiles wide).
+
+  `prefetch`: the backward loads its whole `pre` tile while the tile's steps run, into one
+  shared-memory slot per sub-tile, instead of one sub-tile at a time after them into two
+  alternating slots. That hides the loads' latency but takes 32 KiB more shared memory: with
+  128 x 128 tiles, room for 3 stages and not 4. (The forward always prefetches its bias
+  slice, which is small.)"""
   tile_m: int = 128
   tile_n: int = 128
   tile_k: int = 64
-  stages: int = 3  # 4 fits the backward's shared memory, not the forward's (two outputs)
+  stages: int = 3  # 4 fits neither the forward (two outputs) nor the prefetching backward
   epilogue: int = 64
   m_minor: bool = True
   band: int = 8
+  prefetch: bool = True
 
 
 def fits(d: int, f: int, tiles: MosaicTiles) -> bool:
@@ -70,11 +79,13 @@ def _swizzled(minor: int, dtype):
           plgpu.SwizzleTransform(swizzle))
 
 
-def _tiled_matmul(a_gmem, b_gmem, tiles: MosaicTiles, scratch: dict, epilogue):
-  """Runs `a_gmem [M, K] @ b_gmem [K, N]` tile by tile; after each output tile's steps,
-  `epilogue(acc, wg=, rows=, cols=, half=, **scratch refs)` gets the warpgroup's
-  accumulator `[tile_m, tile_n]` (rows `rows` and columns `cols[half]` of the output)
-  rounded to the operands' dtype: what XLA's matmul would write, in half the registers."""
+def _tiled_matmul(a_gmem, b_gmem, tiles: MosaicTiles, scratch: dict, prologue, epilogue):
+  """Runs `a_gmem [M, K] @ b_gmem [K, N]` tile by tile. Before each output tile's steps
+  `prologue(wg=, rows=, cols=, half=, **scratch refs)` may start copies that the steps
+  then hide; after them `epilogue(acc, wg=, rows=, cols=, half=, **scratch refs)` gets the
+  warpgroup's accumulator `[tile_m, tile_n]` (rows `rows` and columns `cols[half]` of the
+  output) rounded to the operands' dtype: what XLA's matmul would write, in half the
+  registers."""
   m, k = a_gmem.shape
   n = b_gmem.shape[1]
   t = tiles
@@ -111,9 +122,10 @@ def _tiled_matmul(a_gmem, b_gmem, tiles: MosaicTiles, scratch: dict, epilogue):
         @functools.partial(pl.run_scoped,
                            acc_ref=plgpu.ACC((t.tile_m, t.tile_n), jnp.float32))
         def _(acc_ref):
+          where = dict(wg=wg, rows=rows, cols=cols, half=half)
+          prologue(**where, **refs)
           run_pipeline(acc_ref)
-          epilogue(acc_ref[...].astype(a_gmem.dtype), wg=wg, rows=rows, cols=cols, half=half,
-                   **refs)
+          epilogue(acc_ref[...].astype(a_gmem.dtype), **where, **refs)
 
       def step(_, a_smem, b_smem, acc_ref):
         plgpu.wgmma(acc_ref, a_smem, b_smem.at[:, half])
@@ -126,45 +138,66 @@ def _tiled_matmul(a_gmem, b_gmem, tiles: MosaicTiles, scratch: dict, epilogue):
 
 
 def _sub_tiles(tiles: MosaicTiles):
-  """The epilogue's `(slot, (row slice, column slice))`, alternating two smem slots."""
+  """The epilogue's `[epilogue, epilogue]` sub-tiles of a warpgroup's `[tile_m, tile_n]`
+  output, as (row slice, column slice)."""
   e = tiles.epilogue
-  subs = [(slice(i * e, (i + 1) * e), slice(j * e, (j + 1) * e))
+  return [(slice(i * e, (i + 1) * e), slice(j * e, (j + 1) * e))
           for i in range(tiles.tile_m // e) for j in range(tiles.tile_n // e)]
-  return [(index % 2, sub) for index, sub in enumerate(subs)]
+
+
+def _in_output(gmem, rows, cols, half, sub):
+  """The `[M, N]` array's part under sub-tile `sub` of the warpgroup's output tile."""
+  return gmem.at[rows, cols].at[:, half].at[sub]
 
 
 def _backward_kernel(a_gmem, b_gmem, pre_gmem, out_gmem, *, tiles: MosaicTiles):
   e = tiles.epilogue
+  subs = _sub_tiles(tiles)
+  # `pre` is loaded into a slot and `dpre` stored from it.
+  slots = len(subs) if tiles.prefetch else 2
+
+  def load(index, wg, rows, cols, half, smem, loaded):
+    slot = index % slots
+    plgpu.copy_gmem_to_smem(_in_output(pre_gmem, rows, cols, half, subs[index]),
+                            smem.at[wg, slot], loaded.at[wg * slots + slot])
+
+  def prologue(*, wg, rows, cols, half, smem, loaded):
+    if tiles.prefetch:
+      plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last tile's stores read the slots
+      for index in range(len(subs)):
+        load(index, wg, rows, cols, half, smem, loaded)
 
   def epilogue(acc, *, wg, rows, cols, half, smem, loaded):
-    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-    for slot, sub in _sub_tiles(tiles):
-      plgpu.wait_smem_to_gmem(1, wait_read_only=True)  # the slot's last store has read it
-      barrier = loaded.at[wg * 2 + slot]
-      plgpu.copy_gmem_to_smem(pre_gmem.at[rows, cols].at[:, half].at[sub],
-                              smem.at[wg, slot], barrier)
-      plgpu.barrier_wait(barrier)
+    for index, sub in enumerate(subs):
+      slot = index % slots
+      if not tiles.prefetch:
+        plgpu.wait_smem_to_gmem(1, wait_read_only=True)  # the slot's last store has read it
+        load(index, wg, rows, cols, half, smem, loaded)
+      plgpu.barrier_wait(loaded.at[wg * slots + slot])
       _, slope = gelu_tanh_and_slope(smem[wg, slot].astype(jnp.float32))
       smem[wg, slot] = (acc[sub].astype(jnp.float32) * slope).astype(out_gmem.dtype)
       plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(smem.at[wg, slot], out_gmem.at[rows, cols].at[:, half].at[sub])
+      plgpu.copy_smem_to_gmem(smem.at[wg, slot], _in_output(out_gmem, rows, cols, half, sub))
 
   _tiled_matmul(a_gmem, b_gmem, tiles, dict(
-      # Two sub-tile slots per warpgroup: one is stored while the next is computed.
-      smem=plgpu.SMEM((_TWO_WARPGROUPS, 2, e, e), out_gmem.dtype,
+      smem=plgpu.SMEM((_TWO_WARPGROUPS, slots, e, e), out_gmem.dtype,
                       transforms=_swizzled(e, out_gmem.dtype)),
-      loaded=plgpu.Barrier(num_barriers=_TWO_WARPGROUPS * 2)), epilogue)
+      loaded=plgpu.Barrier(num_barriers=_TWO_WARPGROUPS * slots)), prologue, epilogue)
 
 
 def _forward_kernel(a_gmem, b_gmem, bias_gmem, pre_gmem, h_gmem, *, tiles: MosaicTiles):
   e = tiles.epilogue
   dtype = pre_gmem.dtype
 
-  def epilogue(acc, *, wg, rows, cols, half, smem, bias_smem, loaded):
+  def prologue(*, wg, cols, half, bias_smem, loaded, **_):
+    # Arrives while the tile's steps run; the last tile's epilogue has read the slot.
     plgpu.copy_gmem_to_smem(bias_gmem.at[cols].at[half], bias_smem.at[wg], loaded.at[wg])
+
+  def epilogue(acc, *, wg, rows, cols, half, smem, bias_smem, loaded):
     plgpu.barrier_wait(loaded.at[wg])
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-    for slot, sub in _sub_tiles(tiles):
+    for index, sub in enumerate(_sub_tiles(tiles)):
+      slot = index % 2  # two alternating slots: one is stored while the next is computed
       bias = bias_smem[wg, sub[1]]
       pre = (acc[sub].astype(jnp.float32)
              + lax.broadcast_in_dim(bias.astype(jnp.float32), (e, e), [1]))
@@ -175,14 +208,14 @@ def _forward_kernel(a_gmem, b_gmem, bias_gmem, pre_gmem, h_gmem, *, tiles: Mosai
       smem[wg, slot, 1] = h.astype(dtype)
       plgpu.commit_smem()
       # The two stores are one group (committed by the second), as the waits count groups.
-      plgpu.copy_smem_to_gmem(smem.at[wg, slot, 0],
-                              pre_gmem.at[rows, cols].at[:, half].at[sub], commit_group=False)
-      plgpu.copy_smem_to_gmem(smem.at[wg, slot, 1], h_gmem.at[rows, cols].at[:, half].at[sub])
+      plgpu.copy_smem_to_gmem(smem.at[wg, slot, 0], _in_output(pre_gmem, rows, cols, half, sub),
+                              commit_group=False)
+      plgpu.copy_smem_to_gmem(smem.at[wg, slot, 1], _in_output(h_gmem, rows, cols, half, sub))
 
   _tiled_matmul(a_gmem, b_gmem, tiles, dict(
       smem=plgpu.SMEM((_TWO_WARPGROUPS, 2, 2, e, e), dtype, transforms=_swizzled(e, dtype)),
       bias_smem=plgpu.SMEM((_TWO_WARPGROUPS, tiles.tile_n), bias_gmem.dtype),
-      loaded=plgpu.Barrier(num_barriers=_TWO_WARPGROUPS)), epilogue)
+      loaded=plgpu.Barrier(num_barriers=_TWO_WARPGROUPS)), prologue, epilogue)
 
 
 def interpreter(detect_races: bool = False):
