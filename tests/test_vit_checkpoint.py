@@ -111,3 +111,23 @@ def test_missing_and_corrupt_files_are_clear_errors(tmp_path):
   bad.write_bytes(b'not a zip file at all')
   with pytest.raises(UserInputError, match='garbage.npz: not a readable .npz'):
     checkpoint.load(bad)
+
+
+def test_every_zoo_model_is_told_from_its_parameter_shapes():
+  """infer_model_name (used when an official .npz has no model.json) names each registered
+  model from its own parameter shapes, hybrids included: they differ only in the ResNet
+  stem's units per stage (R26 (2, 2, 2, 2), R50 (3, 4, 9) or (3, 4, 6, 3), R+Ti none)."""
+  from vit_jax.configs.models import MODEL_CONFIGS
+  images = np.zeros((1, 64, 64, 3), np.float32)
+  for name, config in MODEL_CONFIGS.items():
+    model = models_vit.VisionTransformer(num_classes=10, **config)
+    shapes = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), images)['params'])
+    assert checkpoint.infer_model_name(shapes, source='x.npz', model_arg='--model') == name
+  # A stem with a stage count no zoo model has is named in the error.
+  params = dict(jax.eval_shape(lambda: models_vit.VisionTransformer(
+      num_classes=10, **MODEL_CONFIGS['R26+ViT-S_32']).init(jax.random.key(0), images)[
+          'params']))
+  del params['block4']
+  with pytest.raises(UserInputError, match=r'ResNet units per stage \(2, 2, 2\), width x1: '
+                                           'no registered model'):
+    checkpoint.infer_model_name(params, source='x.npz', model_arg='--model')

@@ -214,10 +214,9 @@ def check_exists(path: str | os.PathLike, *, label: str) -> None:
 def infer_model_name(params: Mapping[str, Any], *, source: str, model_arg: str) -> str:
   """The one zoo model (`vit_jax.configs.models`) whose shapes `params` have.
 
-  Matched on patch size, width, depth, representation size and class token; hybrids are not
-  told apart (their ResNet stems differ in ways these keys do not show). Raises
-  `UserInputError` naming `model_arg` (the flag or field that gives the name) when no model
-  or several match.
+  Matched on patch size, width, depth, class token and, for hybrids, the ResNet stem's
+  units per stage and width. Raises `UserInputError` naming `model_arg` (the flag or field
+  that gives the name) when no model or several match.
   """
   from vit_jax.configs.models import MODEL_CONFIGS  # pylint: disable=g-import-not-at-top
   kernel = np.shape(params.get('embedding', {}).get('kernel', ()))
@@ -229,17 +228,40 @@ def infer_model_name(params: Mapping[str, Any], *, source: str, model_arg: str) 
   # The representation size is not compared: the ImageNet-21k releases carry a pre_logits
   # layer that the zoo configs (made for fine-tuning) leave out; `load_for_inference` takes
   # its width from the file.
+  resnet = _resnet_stem_shape(params)
   candidates = [n for n, c in MODEL_CONFIGS.items()
-                if c.get('resnet') is None and tuple(c.patches.size) == tuple(kernel[:2])
+                if _config_resnet(c) == resnet and tuple(c.patches.size) == tuple(kernel[:2])
                 and c.hidden_size == kernel[-1] and c.transformer.num_layers == layers
                 and (c.classifier == 'token') == cls]
   if len(candidates) != 1:
     found = f'matches {", ".join(candidates)}' if candidates else 'no registered model'
     raise UserInputError(
         f'{source}: no model.json beside it and the model cannot be told from its shapes '
-        f'(patch {tuple(kernel[:2])}, width {kernel[-1]}, {layers} layers: {found}); pass '
-        f'{model_arg} (e.g. ViT-B_16).')
+        f'(patch {tuple(kernel[:2])}, width {kernel[-1]}, {layers} layers'
+        + (f', ResNet units per stage {resnet[0]}, width x{resnet[1]:g}' if resnet else '')
+        + f': {found}); pass {model_arg} (e.g. ViT-B_16).')
   return candidates[0]
+
+
+def _resnet_stem_shape(params: Mapping[str, Any]):
+  """`(units per stage, width factor)` of a hybrid's ResNet stem (`conv_root`, `block{i}/
+  unit{j}`, models_resnet.resnet_stem), None for a plain ViT."""
+  root = params.get('conv_root', {}).get('kernel')
+  if root is None:
+    return None
+  units, stage = [], 1
+  while isinstance(params.get(f'block{stage}'), Mapping):
+    units.append(sum(k.startswith('unit') for k in params[f'block{stage}']))
+    stage += 1
+  return tuple(units), np.shape(root)[-1] / 64
+
+
+def _config_resnet(config):
+  """`_resnet_stem_shape`'s value for a zoo config's parameters."""
+  resnet = config.get('resnet')
+  if resnet is None:
+    return None
+  return tuple(resnet.num_layers), float(resnet.width_factor)
 
 
 def _meta_fields(meta: Mapping[str, Any], source: str):
