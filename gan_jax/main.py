@@ -33,8 +33,6 @@ import sys
 
 import jax
 import numpy as np
-from absl import flags
-from ml_collections import config_flags
 
 from gan_jax import fid_vit as fid_vit_lib
 from gan_jax import generators, report, train
@@ -42,9 +40,9 @@ from vision_core import config_cli, data, io, loop, metrics_log, run_config
 from vision_core import mesh as mesh_lib
 from vision_core.errors import UserInputError
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/gan.py:dcgan,DATASET',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'run folder (resumes if it has checkpoints)')
+_CONFIG, _WORKDIR = config_cli.define_run_flags(
+    config_help='configs/gan.py:dcgan,DATASET',
+    workdir_help='run folder (resumes if it has checkpoints)')
 
 
 def _save_png(path: str, image: np.ndarray) -> None:
@@ -244,9 +242,6 @@ def run(config, workdir: str) -> dict:
 
 def main(argv) -> None:
   del argv
-  if _CONFIG.value is None or _WORKDIR.value is None:
-    raise UserInputError('--config and --workdir are required, e.g. --config '
-                         'configs/gan.py:dcgan,mnist --workdir /tmp/dcgan_mnist')
   run(_CONFIG.value, _WORKDIR.value)
 
 

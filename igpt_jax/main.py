@@ -10,15 +10,12 @@ final.json written for that step) is left as it is and its result printed. See c
 
 from __future__ import annotations
 
-from absl import flags
-from ml_collections import config_flags
 
 from vision_core import config_cli, host_memory
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/igpt.py:SIZE,'
-                                          'DATASET[,OBJECTIVE]).', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, params.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_CONFIG, _WORKDIR = config_cli.define_run_flags(
+    config_help='Config file (configs/igpt.py:SIZE,DATASET[,OBJECTIVE]).',
+    workdir_help='Directory for checkpoints, metrics, params.')
 
 
 def main(argv):

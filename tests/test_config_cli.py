@@ -47,6 +47,23 @@ def test_every_trainer_reports_a_bad_command_line_in_one_line(tmp_path, module, 
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.parametrize('module, args, message', [
+    ('vit_jax.main', ['--config', 'configs/vit.py:ViT-B_16,cifar10'],
+     '--workdir: required, e.g. --config configs/vit.py:ViT-B_16,cifar10 --workdir'),
+    ('igpt_jax.main', [], '--config and --workdir: required, e.g. --config configs/igpt.py'),
+    ('gan_jax.main', ['--workdir', 'WORKDIR'],
+     '--config: required, e.g. --config configs/gan.py:dcgan,mnist --workdir'),
+])
+def test_every_trainer_names_a_missing_config_or_workdir(tmp_path, module, args, message):
+  args = [str(tmp_path / 'w') if a == 'WORKDIR' else a for a in args]
+  result = subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.startswith(f'{module}: error: {message}'), result.stderr[-2000:]
+  assert len(result.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / 'w').exists()
+
+
 @pytest.mark.parametrize('module,spec', [
     ('vit_jax.main', 'configs/vit_cifar10_scratch.py:../no/such/folder'),
     ('igpt_jax.main', 'configs/igpt.py:tiny,cifar10'),

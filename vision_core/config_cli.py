@@ -171,9 +171,23 @@ def parse_flags(argv: list[str], *, example: str,
     seeds.check_seed(config.seed, field='--config.seed')
 
 
+def define_run_flags(*, config_help: str, workdir_help: str):
+  """The trainers' `--config FILE:ARG` (a locked config: a misspelt override is an error)
+  and `--workdir DIR`, as absl FlagHolders; `run` refuses a command line without either."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config = config_flags.DEFINE_config_file('config', None, config_help, lock_config=True)
+  return config, flags.DEFINE_string('workdir', None, workdir_help)
+
+
 def run(main: Callable[[list[str]], Any], *, prog: str, example: str) -> None:
-  """`app.run(main)` after `parse_flags(sys.argv)`, every `UserInputError` one line."""
+  """`app.run(main)` after `parse_flags(sys.argv)`, every `UserInputError` one line; the
+  flags of `define_run_flags` must be given (`example`: a valid `FILE:ARG`)."""
   with cli_errors(prog):
     parse_flags(sys.argv, example=example)
+    missing = [f'--{name}' for name in ('config', 'workdir')
+               if name in flags.FLAGS and flags.FLAGS[name].value is None]
+    if missing:
+      raise UserInputError(f'{" and ".join(missing)}: required, e.g. --config {example} '
+                           '--workdir /tmp/run')
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO.
     app.run(main, argv=[sys.argv[0]], flags_parser=lambda argv: argv)

@@ -10,16 +10,14 @@ A workdir that already holds checkpoints is resumed from the latest one. See con
 
 from __future__ import annotations
 
-from absl import flags, logging
-from ml_collections import config_flags
+from absl import logging
 
 from vision_core import config_cli, host_memory
 from vision_core.errors import UserInputError
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/vit.py:MODEL,'
-                                          'DATASET).', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, model.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_CONFIG, _WORKDIR = config_cli.define_run_flags(
+    config_help='Config file (configs/vit.py:MODEL,DATASET).',
+    workdir_help='Directory for checkpoints, metrics, model.')
 
 
 def main(argv):
