@@ -218,7 +218,7 @@ def _forward_kernel(a_gmem, b_gmem, bias_gmem, pre_gmem, h_gmem, *, tiles: Mosai
       loaded=plgpu.Barrier(num_barriers=_TWO_WARPGROUPS)), prologue, epilogue)
 
 
-def interpreter(detect_races: bool = False):
+def interpreter():
   """The `interpret=` value that runs a Mosaic GPU kernel in Pallas' interpreter. Its
   parameters are not public API yet (jax 0.10), hence the guarded import."""
   try:
@@ -227,7 +227,7 @@ def interpreter(detect_races: bool = False):
     raise ValueError(f'this jax ({jax.__version__}) has no Mosaic GPU interpreter: run '
                      'fused_mlp_mosaic on a Hopper GPU, or fused_mlp.Tiles with '
                      'interpret=True.') from error
-  return params.InterpretGPUParams(detect_races=detect_races)
+  return params.InterpretGPUParams()
 
 
 def _call(kernel, out_shapes, tiles: MosaicTiles, num_sms: int | None, interpret: bool,
