@@ -30,11 +30,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.gpu_suite import time_loop  # pylint: disable=wrong-import-position
 
-# Triton: session 13's two fastest. Mosaic: JAX's Hopper matmul's fastest order at this
-# shape (M-minor bands of 8) with 3 and 4 stages (4: the backward only; the forward's two
-# outputs leave too little shared memory), and an N-minor order.
-# Mosaic: the default (3 stages, the backward prefetching `pre`); 4 stages with the
-# backward's two-slot ring (the forward's shared memory refuses 4); N-minor tile order.
+# Triton: session 13's two fastest. Mosaic, in JAX's Hopper matmul's fastest order at this
+# shape (M-minor bands of 8): the default (3 stages, the backward prefetching `pre`); 4
+# stages with the backward's two-slot ring (the forward's shared memory refuses 4); and an
+# N-minor order.
 CANDIDATES = ('128,128,64,8,3', '128,128,32,8,4', 'mosaic:128,128,64,3',
               'mosaic:128,128,64,4,64,1,8,0', 'mosaic:128,128,64,3,64,0,4')
 
@@ -59,7 +58,7 @@ def _time(fn, *args) -> float:
 
 def _block(tree):
   import jax  # pylint: disable=g-import-not-at-top
-  jax.tree.map(lambda a: a.block_until_ready(), tree)
+  jax.block_until_ready(tree)
 
 
 def _rel(a, b) -> float:

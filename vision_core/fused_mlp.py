@@ -116,14 +116,19 @@ def _tiled_call(kernel, a, b, row_inputs, col_inputs, out_dtypes, extra_out, til
       **params)(a, b, *row_inputs, *col_inputs)
 
 
+def _mosaic():
+  """fused_mlp_mosaic, imported here because it imports this module."""
+  from vision_core import fused_mlp_mosaic  # pylint: disable=g-import-not-at-top
+  return fused_mlp_mosaic
+
+
 def fits(d: int, f: int, tiles) -> bool:
   """Whether `[M, d] -> [M, f] -> [M, d]` tiles evenly (rows are padded, the rest must).
   `tiles`: Tiles, None (XLA's ops) or fused_mlp_mosaic.MosaicTiles."""
   if tiles is None:
     return True
   if not isinstance(tiles, Tiles):
-    from vision_core import fused_mlp_mosaic  # pylint: disable=g-import-not-at-top
-    return fused_mlp_mosaic.fits(d, f, tiles)
+    return _mosaic().fits(d, f, tiles)
   return f % tiles.block_n == 0 and d % tiles.block_k == 0 and f >= tiles.block_n
 
 
@@ -132,12 +137,6 @@ def pad_rows(x, multiple):
   blocks)."""
   pad = -x.shape[0] % multiple
   return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
-
-
-def _mosaic():
-  """fused_mlp_mosaic, imported here because it imports this module."""
-  from vision_core import fused_mlp_mosaic  # pylint: disable=g-import-not-at-top
-  return fused_mlp_mosaic
 
 
 def dense_gelu(x, w1, b1, tiles, interpret: bool = False):
