@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vision_core.matmul import matmul
+
 
 def gelu(x, approximate: bool = True):
   """GELU. `approximate=True`: the tanh form, flax's `nn.gelu` default and so what the
@@ -56,5 +58,5 @@ class PatchEmbedding(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     x = x[:, :h * ph, :w * pw].astype(self.dtype).reshape(b, h, ph, w, pw * c)
     patches = x.transpose(0, 1, 3, 2, 4).reshape(b, h, w, ph * pw * c)
-    return (jnp.dot(patches, kernel.reshape(ph * pw * c, self.features).astype(self.dtype))
+    return (matmul(patches, kernel.reshape(ph * pw * c, self.features).astype(self.dtype))
             + bias.astype(self.dtype))
