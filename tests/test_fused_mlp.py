@@ -4,19 +4,23 @@ independent numpy forward and backward pass and against the model's XLA path."""
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from tests.test_vit_model import tiny_config
 from vision_core import fused_mlp, fused_mlp_mosaic
 from vit_jax import models_vit
 
 TILES = fused_mlp.Tiles(block_m=32, block_n=64, block_k=16)
 
 
+def _f64(a):
+  return np.asarray(a, np.float64)
+
+
 def _numpy_mlp_and_grads(x, w1, b1, w2, b2, dy):
   """float64: `y = gelu(x w1 + b1) w2 + b2` (tanh GELU) and the gradients of `sum(y * dy)`."""
-  x, w1, b1, w2, b2, dy = (np.asarray(a, np.float64) for a in (x, w1, b1, w2, b2, dy))
+  x, w1, b1, w2, b2, dy = map(_f64, (x, w1, b1, w2, b2, dy))
   c = np.sqrt(2 / np.pi)
   pre = x @ w1 + b1
   t = np.tanh(c * (pre + 0.044715 * pre ** 3))
@@ -136,19 +140,18 @@ def test_mosaic_kernels_match_numpy_in_the_interpreter(tiles, m, d, f, programs)
   matmul writes it) and round again after the bias / GELU slope, ~2^-8 each."""
   x, w1, b1, w2, _, dy = _inputs(m, d, f, seed=2)
   x, w1, b1, w2, dy = _bfloat16(x, w1, b1, w2, dy)
-  f64 = lambda a: np.asarray(a, np.float64)
   pre, h = fused_mlp_mosaic.dense_gelu(x, w1, b1, tiles, num_sms=programs, interpret=True)
-  want_pre = f64(x) @ f64(w1) + f64(b1)
-  np.testing.assert_allclose(f64(pre), want_pre, rtol=0, atol=1e-2 * np.abs(want_pre).max())
+  want_pre = _f64(x) @ _f64(w1) + _f64(b1)
+  np.testing.assert_allclose(_f64(pre), want_pre, rtol=0, atol=1e-2 * np.abs(want_pre).max())
   value, slope = fused_mlp.gelu_tanh_and_slope(jnp.asarray(pre, jnp.float32))
-  np.testing.assert_allclose(f64(h), f64(value), rtol=1e-2, atol=1e-2)
+  np.testing.assert_allclose(_f64(h), _f64(value), rtol=1e-2, atol=1e-2)
   dpre, bias_grad = fused_mlp_mosaic.gelu_input_grad(dy, w2, pre, tiles, num_sms=programs,
                                                       interpret=True)
-  want_dpre = (f64(dy) @ f64(w2).T) * f64(slope)
-  np.testing.assert_allclose(f64(dpre), want_dpre, rtol=0,
+  want_dpre = (_f64(dy) @ _f64(w2).T) * _f64(slope)
+  np.testing.assert_allclose(_f64(dpre), want_dpre, rtol=0,
                              atol=1e-2 * np.abs(want_dpre).max())
   # The column sums are of the bfloat16 dpre the kernel wrote.
-  np.testing.assert_allclose(bias_grad, f64(dpre).sum(0), rtol=1e-5, atol=1e-3)
+  np.testing.assert_allclose(bias_grad, _f64(dpre).sum(0), rtol=1e-5, atol=1e-3)
 
 
 def test_mlp_with_mosaic_kernels_matches_numpy():
@@ -159,18 +162,16 @@ def test_mlp_with_mosaic_kernels_matches_numpy():
   x, w1, b1, w2, b2, dy = inputs
   y, vjp = jax.vjp(lambda *p: fused_mlp.mlp(*p, tiles, tiles, True), x, w1, b1, w2, b2)
   want_y, want_grads = _numpy_mlp_and_grads(*inputs)
-  f64 = lambda a: np.asarray(a, np.float64)
-  np.testing.assert_allclose(f64(y), want_y, rtol=0, atol=2e-2 * np.abs(want_y).max())
+  np.testing.assert_allclose(_f64(y), want_y, rtol=0, atol=2e-2 * np.abs(want_y).max())
   for name, got, want in zip(('x', 'w1', 'b1', 'w2', 'b2'), vjp(dy), want_grads):
-    np.testing.assert_allclose(f64(got), want, rtol=0, atol=2e-2 * np.abs(want).max(),
+    np.testing.assert_allclose(_f64(got), want, rtol=0, atol=2e-2 * np.abs(want).max(),
                                err_msg=name)
 
 
 def _small_vit(**kwargs):
-  return models_vit.VisionTransformer(
-      num_classes=10, patches=ml_collections.ConfigDict({'size': (4, 4)}), hidden_size=32,
-      transformer=dict(num_layers=2, mlp_dim=128, num_heads=4, dropout_rate=0.0,
-                       attention_dropout_rate=0.0), **kwargs)
+  config = tiny_config()
+  config.transformer.mlp_dim = 128  # a multiple of the kernels' column tiles
+  return models_vit.VisionTransformer(num_classes=10, **config, **kwargs)
 
 
 def test_vit_with_fused_mlp_matches_xla_path():

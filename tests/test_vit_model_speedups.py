@@ -5,11 +5,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import flax.linen as nn
 import pytest
 
+from tests.test_vit_model import tiny_config
 from vision_core.matmul import matmul
 from vit_jax import models_vit, ops
 
@@ -62,9 +62,7 @@ def test_patch_embedding_matmul_matches_strided_conv():
 
 
 def test_vit_patch_embedding_option():
-  config = dict(num_classes=5, patches=ml_collections.ConfigDict({'size': (4, 4)}),
-                hidden_size=16, transformer=dict(num_layers=1, mlp_dim=32, num_heads=2,
-                                                 dropout_rate=0.0, attention_dropout_rate=0.0))
+  config = dict(num_classes=5, **tiny_config())
   x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
   conv = models_vit.VisionTransformer(**config)
   matmul_model = models_vit.VisionTransformer(patch_embedding='matmul', **config)
