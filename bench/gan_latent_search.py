@@ -1,6 +1,8 @@
 """Latent-optimisation speed: our compiled search vs the study's PyTorch eager loop.
 
     python bench/gan_latent_search.py --steps 50
+    python bench/gan_latent_search.py --steps 10 --batches 1,8 --latent 512 \
+        --depths 512,512,512,512,256,128,64,32    # the study's generator (celebAHQ-512)
 
 Both sides run the same Progressive-GAN generator architecture with the same weights
 (checked: outputs agree), the study's optimiser (SGD lr 1, momentum 0.9, reduce-on-plateau
@@ -146,7 +148,7 @@ def main():
                                     args.xla_defaults)[1]
       defaults = {'jax_chosen_options_median_steps_per_s': args.steps / np.median(chosen_s),
                   'jax_xla_defaults_median_steps_per_s': args.steps / np.median(plain_s)}
-    z0 = torch.from_numpy(np.asarray(latent_search.initial_latents(
+    z0 = torch.from_numpy(np.array(latent_search.initial_latents(
         jax.random.PRNGKey(0), ids, 1, args.latent))[:, 0])
     targets_t = torch.from_numpy(targets.transpose(0, 3, 1, 2).copy())
     torch_search(forward, targets_t, z0, 2)  # Warm-up.
@@ -167,8 +169,10 @@ def main():
                  'jax_image_steps_per_s': batch * args.steps / jax_s,
                  'torch_image_steps_per_s': batch * args.steps / torch_s,
                  'speedup': torch_s / jax_s,
-                 'jax_final_loss': float(np.mean(result.loss)),
-                 'torch_final_loss': float(torch_loss.mean()), **defaults})
+                 # The loss at the last step, before its update, on both sides (ours'
+                 # `result.loss` also scores that update, so it is one step further).
+                 'jax_last_step_loss': float(np.mean(np.asarray(result.curves)[-1])),
+                 'torch_last_step_loss': float(torch_loss.mean()), **defaults})
     print(json.dumps(rows[-1]), flush=True)
   side = 4 * 2 ** (len(depths) - 1)
   print(f'\nPGAN generator {side}x{side}, latent {args.latent}, depths {depths}; '
@@ -179,12 +183,16 @@ def main():
   print('| images | ours: steps/s (devices) | ours, one device: steps/s | ours: image-steps/s | '
         'PyTorch eager: steps/s | PyTorch: image-steps/s | speed-up | compile (s) |')
   print('|---|---|---|---|---|---|---|---|')
+  num = lambda x: f'{x:.0f}' if x >= 100 else f'{x:.3g}'  # 3 significant digits or more
   for r in rows:
     spread = (f' ({r["speedup_min"]:.2f}-{r["speedup_max"]:.2f})' if args.rounds > 1 else '')
-    print(f'| {r["batch"]} | {r["jax_steps_per_s"]:.1f} ({r["jax_devices"]}) | '
-          f'{r["jax_one_device_steps_per_s"]:.1f} | {r["jax_image_steps_per_s"]:.0f} | '
-          f'{r["torch_steps_per_s"]:.1f} | {r["torch_image_steps_per_s"]:.0f} | '
+    print(f'| {r["batch"]} | {num(r["jax_steps_per_s"])} ({r["jax_devices"]}) | '
+          f'{num(r["jax_one_device_steps_per_s"])} | {num(r["jax_image_steps_per_s"])} | '
+          f'{num(r["torch_steps_per_s"])} | {num(r["torch_image_steps_per_s"])} | '
           f'{r["speedup"]:.2f}x{spread} | {r["jax_compile_s"]:.1f} |')
+  print('\nMean loss at the last step (the same trajectory on both sides): ' + ', '.join(
+      f'{r["batch"]} images {r["jax_last_step_loss"]:.5f} vs {r["torch_last_step_loss"]:.5f}'
+      for r in rows) + '.')
   if args.xla_defaults:
     print(f'\nOurs with the options the search picks against XLA defaults, alternating, '
           f'median of {args.xla_defaults}:\n')
