@@ -190,7 +190,7 @@ def main():
           f'{num(r["jax_one_device_steps_per_s"])} | {num(r["jax_image_steps_per_s"])} | '
           f'{num(r["torch_steps_per_s"])} | {num(r["torch_image_steps_per_s"])} | '
           f'{r["speedup"]:.2f}x{spread} | {r["jax_compile_s"]:.1f} |')
-  print('\nMean loss at the last step (the same trajectory on both sides): ' + ', '.join(
+  print('\nMean loss at the last step, ours vs PyTorch: ' + ', '.join(
       f'{r["batch"]} images {r["jax_last_step_loss"]:.5f} vs {r["torch_last_step_loss"]:.5f}'
       for r in rows) + '.')
   if args.xla_defaults:
