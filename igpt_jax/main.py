@@ -10,7 +10,6 @@ final.json written for that step) is left as it is and its result printed. See c
 
 from __future__ import annotations
 
-
 from vision_core import config_cli, host_memory
 
 _CONFIG, _WORKDIR = config_cli.define_run_flags(
