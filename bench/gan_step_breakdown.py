@@ -7,10 +7,12 @@ The same generator, optimiser and targets as bench/gan_latent_search.py. Ours: a
 the batch sharded), op times split into YNNPACK fusions (the convolutions and the dense
 layer) and the rest. PyTorch: a `torch.profiler` trace of the study's loop, split into
 convolutions (forward and backward) and the rest (elementwise ops, autograd, the
-optimiser, Python). The convolution work is counted from the architecture, per image and
-step (forward + input gradient; neither side computes weight gradients): PyTorch upsamples
-then convolves (36 multiply-adds per 2x2 output pixels and channel pair), ours folds the
-upsample into the convolution (16; `models_pgan.upscale2d_conv3x3`). The peak is a
+optimiser, Python). Wall times are unprofiled, the medians of 3 rounds alternating the two
+sides (`gan_latent_search.alternate`). The convolution work is counted from the
+architecture, per image and step (forward + input gradient; neither side computes weight
+gradients): PyTorch upsamples then convolves (36 multiply-adds per 2x2 output pixels and
+channel pair), ours folds the upsample into the convolution (16;
+`models_pgan.upscale2d_conv3x3`). The peak is a
 `[2048, 2048]` float32 matmul per core, all cores at once. The last line bounds the
 speed-up: PyTorch's step time over the time our convolutions would take at that peak with
 nothing else. Run it with the default one JAX device per core (no `JAX_NUM_CPU_DEVICES`):
@@ -30,7 +32,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.gan_latent_search import torch_gnet, torch_search  # noqa: E402
+from bench.gan_latent_search import alternate, torch_gnet, torch_search  # noqa: E402
 from bench.profile_train_step import trace_op_times  # noqa: E402
 from gan_jax import generators, latent_search  # noqa: E402
 from vision_core import mesh as mesh_lib  # noqa: E402
@@ -66,25 +68,14 @@ def matmul_peak_gflops(repeats: int = 20) -> float:
   return 2 * 2048 ** 3 / best / 1e9
 
 
-def median_seconds(fn, repeats: int = 3) -> float:
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
-
-
-def torch_breakdown(forward, targets, z0, steps: int):
-  """(wall seconds per step, convolution seconds per step) of the study's loop; the wall
-  time unprofiled (median of 3), the convolutions' from a profiled run."""
-  wall = median_seconds(lambda: torch_search(forward, targets, z0, steps)) / steps
+def torch_conv_seconds(forward, targets, z0, steps: int) -> float:
+  """Convolution seconds per step of the study's loop, from a profiled run."""
   with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
     torch_search(forward, targets, z0, steps)
   # Top-level convolution ops only (their children, e.g. mkldnn_convolution, are inside).
   conv_us = sum(e.cpu_time_total for e in prof.key_averages()
                 if e.key in ('aten::convolution', 'aten::convolution_backward'))
-  return wall, conv_us / 1e6 / steps
+  return conv_us / 1e6 / steps
 
 
 def main():
@@ -96,6 +87,9 @@ def main():
   args = parser.parse_args()
   mesh_lib.one_cpu_device_per_core()
   cores = jax.device_count()
+  if args.batch % cores:
+    # Unsharded, one device's ops spread over every core and the per-core split is unknown.
+    parser.error(f'--batch {args.batch}: expected a multiple of the {cores} cores.')
   depths = [int(d) for d in args.depths.split(',')]
   config = {'family': 'pgan', 'dim_latent': args.latent, 'depth_scale0': depths[0],
             'depth_other_scales': depths[1:]}
@@ -106,25 +100,25 @@ def main():
   ids = latent_search.image_ids(targets)
   cfg = latent_search.SearchConfig(steps=args.steps, restarts=1, optimizer='sgd',
                                    stop_patience=0)
-  if args.batch % cores:
-    # Unsharded, one device's ops spread over every core and the per-core split is unknown.
-    parser.error(f'--batch {args.batch}: expected a multiple of the {cores} cores.')
   search = latent_search.make_latent_search(gen.apply, latent_dim=args.latent, config=cfg,
                                             mesh=mesh_lib.make_mesh())
   run = lambda: search(gen.params, targets, ids)
-  jax.block_until_ready(run())
-  ours_wall = median_seconds(run) / args.steps
+  forward = torch_gnet(gen.params, config)
+  z0 = torch.from_numpy(np.array(latent_search.initial_latents(
+      jax.random.PRNGKey(0), ids, 1, args.latent))[:, 0])
+  targets_t = torch.from_numpy(targets.transpose(0, 3, 1, 2).copy())
+  run_torch = lambda: torch_search(forward, targets_t, z0, args.steps)
+  jax.block_until_ready(run())  # Compiles.
+  torch_search(forward, targets_t, z0, 2)  # Warm-up.
+  # Wall times unprofiled: medians of 3 rounds, alternating the two sides.
+  ours_times, torch_times = alternate(run, run_torch, 3)[1]
+  ours_wall, torch_wall = (float(np.median(t)) / args.steps for t in (ours_times, torch_times))
   per_op, _, _ = trace_op_times(run, 3)
   # Op times summed over the worker threads, per step, shared out over the cores.
   ours_ynn = sum(ms for n, ms in per_op.items() if n.startswith('ynn_')) / args.steps / cores
   ours_rest = sum(ms for n, ms in per_op.items()
                   if not n.startswith('ynn_')) / args.steps / cores
-
-  forward = torch_gnet(gen.params, config)
-  z0 = torch.from_numpy(np.array(latent_search.initial_latents(
-      jax.random.PRNGKey(0), ids, 1, args.latent))[:, 0])
-  torch_wall, torch_conv = torch_breakdown(
-      forward, torch.from_numpy(targets.transpose(0, 3, 1, 2).copy()), z0, args.steps)
+  torch_conv = torch_conv_seconds(forward, targets_t, z0, args.steps)
   peak = matmul_peak_gflops()
 
   step_gflop = lambda folded: 2 * 2 * generator_macs(config, folded) * args.batch / 1e9
