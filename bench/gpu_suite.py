@@ -6,7 +6,8 @@
 Sections (each its own try: one failing does not stop the others; one JSON line each):
 - env: device, versions, and a bf16 8192^3 matmul as the measured peak.
 - vit_train: ViT-B/16 at 224 px, bf16 compute (float32 parameters), AdamW with clipping,
-  through `vit_jax.train.make_train_step`, for attention='einsum' and 'cudnn': img/s and model
+  through `vit_jax.train.make_train_step`, for each --attention (default 'einsum' and 'cudnn';
+  'pallas' is JAX's Triton flash attention, vit_jax.ops.flash_attention): img/s and model
   FLOPs utilisation against the datasheet's dense bf16 peak (989 TFLOP/s, H100/H200 SXM) and
   the measured matmul peak. Peer: timm's vit_base_patch16_224, PyTorch eager, bf16 autocast,
   fused AdamW, same batch.
@@ -108,6 +109,9 @@ def _vit_setup(args):
   images = rng.uniform(-1, 1, (args.vit_batch, image, image, 3)).astype(np.float32)
   labels = rng.integers(0, VIT_CLASSES, args.vit_batch).astype(np.int32)
 
+  if args.flash_blocks:  # attention='pallas': read when the model is traced
+    from vit_jax import ops  # pylint: disable=g-import-not-at-top
+    ops.FLASH_BLOCKS = tuple(int(b) for b in args.flash_blocks.split(','))
   tiles = None
   if args.mlp_tiles:
     from bench.gpu_mlp_kernels import parse_tiles  # pylint: disable=g-import-not-at-top
@@ -137,7 +141,7 @@ def section_vit_train(args) -> list[dict]:
     row = {'section': 'vit_train', 'impl': f'ours jax {jax.__version__}, attention={attention}',
            'model': name, 'image': image, 'batch': batch, 'token_multiple': args.token_multiple,
            'mlp_impl': args.mlp_impl, 'mlp_tiles': args.mlp_tiles,
-           'patch_embedding': args.patch_embedding,
+           'patch_embedding': args.patch_embedding, 'flash_blocks': args.flash_blocks,
            'xla_flags': os.environ.get('XLA_FLAGS', '')}
     try:
       step, row['compile_s'] = compiled_train_step(make_model(attention), images, labels,
@@ -348,6 +352,8 @@ def main():
   parser.add_argument('--mlp-tiles', help='fused MLP tiles, FORWARD/BACKWARD, each as '
                       "bench/gpu_mlp_kernels.parse_tiles reads it ('xla', 'bm,bn,bk,warps,"
                       "stages' or 'mosaic:...'; gpu_mlp_kernels.py --best writes them)")
+  parser.add_argument('--flash-blocks', help="attention='pallas': FORWARD,BACKWARD tile rows "
+                      '(vit_jax.ops.FLASH_BLOCKS; default 64,32)')
   parser.add_argument('--profile-dir', help='vit_profile: write HLO and op times here')
   parser.add_argument('--no-peer', action='store_true', help='skip the PyTorch ViT peer')
   parser.add_argument('--peer-only', action='store_true',

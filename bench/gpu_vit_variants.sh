@@ -2,7 +2,7 @@
 # ViT-B/16 training-step A/B on one GPU: each variant in its own process (XLA_FLAGS are read
 # once per process, and timm's peer gets the whole memory), all in one run so the numbers
 # are comparable. One JSON line per measurement goes to OUT (default gpu_vit_variants.jsonl);
-# stdout has the progress. About 7 minutes on an H100; variants that would start after
+# stdout has the progress. About 8-9 minutes on an H100; variants that would start after
 # BUDGET_S seconds (default 360) are skipped, so the run fits a short lease.
 #
 #   bash bench/gpu_vit_variants.sh [OUT] [PROFILE_DIR]
@@ -11,6 +11,11 @@
 #   mlp_kernels     bench/gpu_mlp_kernels.py: vision_core.fused_mlp's kernels against XLA
 #                   for several tile shapes; the fastest go to OUT.best_tiles
 #   ours            the default (the token stream padded to 200 once, in the encoder)
+#   flash, flash128 ours with attention='pallas': JAX's Pallas (Triton) flash attention,
+#                   q/k/v padded 197 -> 256 in every layer (its tiles must divide the
+#                   tokens), tiles 64 (flash) or 128 (flash128) rows forward, 32 backward.
+#                   cuDNN's kernels ran at ~150 TFLOP/s on 200 tokens: 20.7 ms per step
+#                   with their dO.O and dq conversions (session 5)
 #   fused_mlp       ours with mlp_impl='pallas' and the fastest kernels of mlp_kernels,
 #                   Triton's or Mosaic GPU's (XLA's forward where it was faster; in session
 #                   13 Triton's fused forward was slower, its matmul at half cuBLAS's speed)
@@ -53,6 +58,12 @@ rm -f "$BEST"
 run mlp_kernels timeout 150 python bench/gpu_mlp_kernels.py --out "$OUT" --best "$BEST" \
   ${QUICK:+--quick}
 run ours timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer
+FLASH=(--attention pallas --token-multiple 1)
+[ -n "${QUICK:-}" ] && FLASH=(--attention pallas_interpret --token-multiple 1)
+run flash timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${FLASH[@]}" \
+  --flash-blocks 64,32
+run flash128 timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${FLASH[@]}" \
+  --flash-blocks 128,32
 MLP=(--mlp-impl pallas)
 [ -n "${QUICK:-}" ] && MLP=(--mlp-impl pallas_interpret)
 if [ -s "$BEST" ]; then
@@ -87,9 +98,9 @@ for line in open(sys.argv[1]):
     continue
   if r.get('section') != 'vit_train':
     continue
-  what = (r.get('impl', '')[:22] + ' mlp=' + str(r.get('mlp_impl')) + ' '
-          + str(r.get('mlp_tiles') or '') + ' patch=' + str(r.get('patch_embedding'))
-          + ' ' + r.get('xla_flags', ''))
+  what = (r.get('impl', '').replace('ours jax ', '') + ' mlp=' + str(r.get('mlp_impl'))
+          + ' ' + str(r.get('mlp_tiles') or '') + ' patch=' + str(r.get('patch_embedding'))
+          + ' flash=' + str(r.get('flash_blocks')) + ' ' + r.get('xla_flags', ''))
   if 'error' in r:
     print(f"{what:70s} ERROR {r['error'][:200]}")
   else:

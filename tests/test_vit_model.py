@@ -200,12 +200,13 @@ def test_wrong_image_shape_is_a_clear_error(shape, match):
 
 @pytest.mark.parametrize('classifier,attention,token_multiple', [
     ('token', 'xla', 1), ('gap', 'xla', 1), ('token', 'xla', 8), ('gap', 'xla', 8),
-    ('token', 'einsum', 8), ('gap', 'einsum', 5)])
+    ('token', 'einsum', 8), ('gap', 'einsum', 5), ('token', 'pallas_interpret', 8),
+    ('gap', 'pallas_interpret', 1)])
 def test_fused_attention_matches_numpy_forward_and_einsum_gradients(classifier, attention,
                                                                      token_multiple):
-  """attention='xla' (jax.nn.dot_product_attention, the path 'cudnn' takes on GPUs) and a
-  token stream padded to a multiple (17 tokens -> 24 or 20, masked: the 'cudnn' default)
-  compute the same logits as the numpy reference and the same gradients as the plain path."""
+  """attention='xla' (jax.nn.dot_product_attention, the path 'cudnn' takes on GPUs), JAX's
+  Pallas flash attention (interpreted), and a token stream padded to a multiple (17 tokens
+  -> 24 or 20, masked: the 'cudnn' default) compute the same logits as the numpy reference and the same gradients as the plain path."""
   config = tiny_config(classifier)
   fused = models_vit.VisionTransformer(num_classes=7, attention=attention,
                                        token_multiple=token_multiple, **config)

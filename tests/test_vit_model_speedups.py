@@ -74,3 +74,49 @@ def test_vit_patch_embedding_option():
   with pytest.raises(ValueError, match="patch_embedding='patches': expected one of"):
     models_vit.VisionTransformer(patch_embedding='patches', **config).init(
         jax.random.key(0), x)
+
+
+def _numpy_attention(q, k, v, valid_keys):
+  """float64 softmax attention over the first `valid_keys` keys: `[B, N, H, Dh]` each."""
+  q, k, v = (np.asarray(t, np.float64) for t in (q, k, v))
+  logits = np.einsum('bqhd,bkhd->bhqk', q, k)[..., :valid_keys]
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  return np.einsum('bhqk,bkhd->bqhd', weights, v[:, :valid_keys])
+
+
+@pytest.mark.parametrize('tokens,valid_keys,blocks,dtype', [
+    (21, 21, (16, 8), jnp.float32), (24, 19, (8, 16), jnp.float32),
+    (40, 37, (16, 16), jnp.bfloat16)])
+def test_flash_attention_matches_numpy_values_and_gradients(tokens, valid_keys, blocks, dtype):
+  """ops.flash_attention (JAX's Pallas kernels, interpreted) on token counts that are not a
+  multiple of its tiles, with trailing padding tokens that must not be attended to: the
+  real queries' outputs and the gradients reaching q, k and v from them match a float64
+  numpy pass and its autodiff by a plain jnp formulation."""
+  rng = np.random.default_rng(3)
+  q, k, v = (rng.normal(0, 0.6, (2, tokens, 2, 16)).astype(np.float32) for _ in range(3))
+  cotangent = rng.normal(0, 1, (2, tokens, 2, 16)).astype(np.float32)
+  cotangent[:, valid_keys:] = 0  # padded queries are dropped downstream
+  tol = dict(rtol=2e-2, atol=2e-2) if dtype == jnp.bfloat16 else dict(rtol=1e-5, atol=1e-5)
+
+  def flash(q, k, v):
+    return ops.flash_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), valid_keys,
+                               interpret=True, blocks=blocks).astype(jnp.float32)
+
+  out = flash(q, k, v)
+  assert out.shape == q.shape and out.dtype == jnp.float32
+  np.testing.assert_allclose(out[:, :valid_keys],
+                             _numpy_attention(q, k, v, valid_keys)[:, :valid_keys], **tol)
+  assert np.isfinite(np.asarray(out)).all()
+
+  def plain(q, k, v):
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k[:, :valid_keys])
+    return jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(logits, -1), v[:, :valid_keys])
+
+  grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cotangent), argnums=(0, 1, 2))(q, k, v)
+           for f in (flash, plain)]
+  for name, got, want in zip('qkv', *grads):
+    np.testing.assert_allclose(got, want, err_msg=f'd{name}', **tol)
+    # Padding keys get no gradient; their rows of dk/dv are zero on both sides.
+    if name != 'q':
+      np.testing.assert_array_equal(np.asarray(got)[:, valid_keys:], 0)

@@ -30,11 +30,12 @@ from vision_core import fused_mlp
 from vision_core.images import check_batch
 from vision_core.matmul import matmul
 from vit_jax import models_resnet
-from vit_jax.ops import PatchEmbedding, gelu, normalize
+from vit_jax.ops import PatchEmbedding, flash_attention, gelu, normalize
 
 Dtype = Any
-# `VisionTransformer(attention=...)`: ours (any backend), or jax.nn.dot_product_attention's.
-ATTENTIONS = ('einsum', 'xla', 'cudnn')
+# `VisionTransformer(attention=...)`: ours (any backend), jax.nn.dot_product_attention's, or
+# JAX's Pallas flash attention (ops.flash_attention; 'pallas_interpret' on any backend).
+ATTENTIONS = ('einsum', 'xla', 'cudnn', 'pallas', 'pallas_interpret')
 # `VisionTransformer(mlp_impl=...)`: XLA's ops, or vision_core.fused_mlp's GPU kernels (the
 # bias and GELU inside the matmuls; 'pallas_interpret' runs them interpreted, on any backend).
 MLP_IMPLS = ('xla', 'pallas', 'pallas_interpret')
@@ -201,10 +202,10 @@ class SelfAttention(nn.Module):
             + out_bias.astype(self.dtype))
 
   def _fused(self, x, kernel, bias, deterministic, valid_tokens):
-    """`[B, N, H, Dh]` by `jax.nn.dot_product_attention` in its own layout; `attention` is
-    its implementation: 'xla', or 'cudnn' (the fused flash-attention kernel of NVIDIA GPUs,
-    bf16/fp16 only). Same maths; the attention weights are never materialised, so there is
-    no attention dropout."""
+    """`[B, N, H, Dh]` by `jax.nn.dot_product_attention` in its own layout, with `attention`
+    as its implementation: 'xla', or 'cudnn' (the fused flash-attention kernel of NVIDIA
+    GPUs, bf16/fp16 only); or by ops.flash_attention ('pallas'). Same maths; the attention
+    weights are never materialised, so there is no attention dropout."""
     if self.dropout_rate > 0 and not deterministic:
       raise ValueError(f'attention={self.attention!r} has no attention dropout; set '
                        "attention_dropout_rate=0 or attention='einsum'.")
@@ -214,6 +215,8 @@ class SelfAttention(nn.Module):
     # (21% of the ViT-B/16 step on an H200: 143 -> 134 ms at batch 512).
     qkv = [jnp.einsum('bnd,dhk->bnhk', x, kernel[i]) + bias[i] for i in range(3)]
     keys = tokens if valid_tokens is None else valid_tokens
+    if self.attention.startswith('pallas'):
+      return flash_attention(*qkv, keys, interpret=self.attention == 'pallas_interpret')
     if self.attention == 'cudnn' and tokens % CUDNN_SEQ_MULTIPLE:
       # cuDNN's training kernels refuse odd lengths such as ViT's 197: pad q/k/v to a
       # multiple of CUDNN_SEQ_MULTIPLE, masked out of the keys, and drop the padded queries.
