@@ -283,6 +283,13 @@ def test_bad_inputs_have_clear_messages(dataset, tmp_path):
   with pytest.raises(UserInputError, match=r"attention='flash': expected one of einsum"):
     train_loop.train_and_evaluate(helpers.tiny_config(dataset, attention='flash'),
                                   str(tmp_path / 'w5'))
+  if jax.default_backend() != 'gpu':
+    for attention in ('cudnn', 'pallas'):
+      with pytest.raises(UserInputError, match=(
+          f"^attention='{attention}' runs on NVIDIA GPUs only, and this run's backend is "
+          f"{jax.default_backend()}; use einsum")):
+        train_loop.train_and_evaluate(helpers.tiny_config(dataset, attention=attention),
+                                      str(tmp_path / 'w7'))
   dropout = helpers.tiny_config(dataset, attention='xla')
   dropout.model.transformer.attention_dropout_rate = 0.1
   with pytest.raises(UserInputError, match=r"attention='xla' has no attention dropout"):

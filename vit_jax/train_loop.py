@@ -101,6 +101,10 @@ def build_model(config, num_classes: int) -> models_vit.VisionTransformer:
   if attention not in models_vit.ATTENTIONS:
     raise UserInputError(f'attention={attention!r}: expected one of '
                          f'{", ".join(models_vit.ATTENTIONS)}.')
+  if attention in ('cudnn', 'pallas') and jax.default_backend() != 'gpu':
+    raise UserInputError(f'attention={attention!r} runs on NVIDIA GPUs only, and this run\'s '
+                         f'backend is {jax.default_backend()}; use einsum (any backend) or '
+                         'xla.')
   attention_dropout = (config.model.transformer or {}).get('attention_dropout_rate', 0.0)
   if attention != 'einsum' and attention_dropout:
     raise UserInputError(f'attention={attention!r} has no attention dropout but '
