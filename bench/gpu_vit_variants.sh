@@ -22,9 +22,10 @@
 #   patch_matmul    ours with patch_embedding='matmul' (the patch embedding as one matmul;
 #                   the strided convolution's forward runs on an sm80 implicit-GEMM kernel at
 #                   ~28 TFLOP/s: 4.2 ms, plus 0.8 ms for its weight gradient, session 13)
-#   both            patch_matmul plus fused_mlp
+#   all             patch_matmul plus fused_mlp (where mlp_kernels found working kernels)
+#                   plus the faster flash tiles (where flash beat ours)
 #   timm            timm's vit_base_patch16_224, eager, bf16 autocast, fused AdamW
-#   profile         (with PROFILE_DIR) kernel time by class of both, HLO, per-kernel ms
+#   profile         (with PROFILE_DIR) kernel time by class of `all`, HLO, per-kernel ms
 # Tried and dropped (docs/benchmarks.md): q/k/v padded in every layer (token_multiple=1),
 # --xla_gpu_enable_cublaslt=true, biases inside the matmuls and a GELU keeping its input
 # (session 8, commit ee6c53b has that code and its variant list),
@@ -74,15 +75,28 @@ else
 fi
 run patch_matmul timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer \
   --patch-embedding matmul
-if [ -s "$BEST" ]; then
-  run both timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer \
-    --patch-embedding matmul "${MLP[@]}" --mlp-tiles "$(cat "$BEST")"
+# The flash tiles of the fastest flash run, where it beat ours (any working one with QUICK).
+FLASH_BEST=$(python - "$OUT" "${QUICK:-}" <<'EOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+rows = [r for r in rows if r.get('section') == 'vit_train' and 'step_s' in r
+        and r.get('mlp_impl') == 'xla' and r.get('patch_embedding') == 'conv']
+ours = [r['step_s'] for r in rows if not r.get('flash_blocks')]
+flash = sorted((r['step_s'], r['flash_blocks']) for r in rows if r.get('flash_blocks'))
+if flash and (sys.argv[2] or (ours and flash[0][0] < min(ours))):
+  print(flash[0][1])
+EOF
+)
+ALL=(--patch-embedding matmul)
+[ -s "$BEST" ] && ALL+=("${MLP[@]}" --mlp-tiles "$(cat "$BEST")")
+[ -n "$FLASH_BEST" ] && ALL+=("${FLASH[@]}" --flash-blocks "$FLASH_BEST")
+if (( ${#ALL[@]} > 2 )); then
+  run all timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${ALL[@]}"
 fi
 run timm timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --peer-only
-if [ -n "$PROFILE_DIR" ] && [ -s "$BEST" ]; then
+if [ -n "$PROFILE_DIR" ]; then
   run profile timeout 150 python bench/gpu_suite.py --sections vit_profile "${SIZE[@]}" \
-    --patch-embedding matmul "${MLP[@]}" --mlp-tiles "$(cat "$BEST")" \
-    --profile-dir "$PROFILE_DIR" --out "$OUT"
+    "${ALL[@]}" --profile-dir "$PROFILE_DIR" --out "$OUT"
 fi
 echo "## done after $(( $(date +%s) - START )) s"
 python - "$OUT" <<'EOF'
