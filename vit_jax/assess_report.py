@@ -61,7 +61,7 @@ def markdown(pairs, cols, fids, info) -> str:
                                                 for c in present) + ' |')
   means = [_fmt(float(np.nanmean(np.where(np.isinf(cols[c[0]]), np.nan, cols[c[0]])))
                 if np.isfinite(cols[c[0]]).any() else float('nan'), c[3]) for c in present]
-  lines += [f'| **mean** | ' + ' | '.join(means) + ' |', '']
+  lines += ['| **mean** | ' + ' | '.join(means) + ' |', '']
   lines += ['## FID (whole set)', '']
   if not fids:
     lines.append('Not computed: FID compares two distributions and needs at least 2 pairs.')

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import jax
-import jax.numpy as jnp
 
 
 def gaussian_taps(size: int = 11, sigma: float = 1.5) -> np.ndarray:

@@ -22,7 +22,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vit_jax.metrics import batching
 from vit_jax.metrics import checks
