@@ -353,7 +353,7 @@ def main():
                       "bench/gpu_mlp_kernels.parse_tiles reads it ('xla', 'bm,bn,bk,warps,"
                       "stages' or 'mosaic:...'; gpu_mlp_kernels.py --best writes them)")
   parser.add_argument('--flash-blocks', help="attention='pallas': FORWARD,BACKWARD tile rows "
-                      '(vit_jax.ops.FLASH_BLOCKS; default 64,32)')
+                      '(vit_jax.ops.FLASH_BLOCKS; default 64,64)')
   parser.add_argument('--profile-dir', help='vit_profile: write HLO and op times here')
   parser.add_argument('--no-peer', action='store_true', help='skip the PyTorch ViT peer')
   parser.add_argument('--peer-only', action='store_true',

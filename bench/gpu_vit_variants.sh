@@ -13,7 +13,8 @@
 #   ours            the default (the token stream padded to 200 once, in the encoder)
 #   flash, flash128 ours with attention='pallas': JAX's Pallas (Triton) flash attention,
 #                   q/k/v padded 197 -> 256 in every layer (its tiles must divide the
-#                   tokens), tiles 64 (flash) or 128 (flash128) rows forward, 32 backward.
+#                   tokens); tiles of 64 rows (flash: the default) or JAX's own, 128 rows
+#                   forward and 32 backward (flash128).
 #                   cuDNN's kernels ran at ~150 TFLOP/s on 200 tokens: 20.7 ms per step
 #                   with their dO.O and dq conversions (session 5)
 #   fused_mlp       ours with mlp_impl='pallas' and the fastest kernels of mlp_kernels,
@@ -62,7 +63,7 @@ run ours timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer
 FLASH=(--attention pallas --token-multiple 1)
 [ -n "${QUICK:-}" ] && FLASH=(--attention pallas_interpret --token-multiple 1)
 run flash timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${FLASH[@]}" \
-  --flash-blocks 64,32
+  --flash-blocks 64,64
 run flash128 timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${FLASH[@]}" \
   --flash-blocks 128,32
 MLP=(--mlp-impl pallas)

@@ -16,8 +16,9 @@ from vision_core.matmul import matmul
 
 # flash_attention's tiles: (forward q and k rows, backward q and k rows). The token axis is
 # padded to a multiple of their maximum. JAX's defaults are (128, 32); the GPU bench
-# (bench/gpu_suite.py --flash-blocks) sets this to try others.
-FLASH_BLOCKS = (64, 32)
+# (bench/gpu_suite.py --flash-blocks) sets this to try others. 64 rows: the least that
+# Hopper's warpgroup matmul (wgmma) takes; with 32, Triton may fall back to the older mma.
+FLASH_BLOCKS = (64, 64)
 
 
 def gelu(x, approximate: bool = True):
