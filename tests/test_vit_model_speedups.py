@@ -120,3 +120,20 @@ def test_flash_attention_matches_numpy_values_and_gradients(tokens, valid_keys, 
     # Padding keys get no gradient; their rows of dk/dv are zero on both sides.
     if name != 'q':
       np.testing.assert_array_equal(np.asarray(got)[:, valid_keys:], 0)
+
+
+def test_flash_attention_lowers_for_cuda_at_vit_b16_shapes():
+  """At ViT-B/16's shapes (197 tokens, 12 heads of 64, bf16) the kernels lower to Triton for
+  CUDA on any host: the forward is one Triton call, its gradient two more (the rows' dO.O,
+  then one kernel for dq, dk and dv).
+  Their speed is measured by bench/gpu_vit_variants.sh on a GPU."""
+  shape = jax.ShapeDtypeStruct((8, 197, 12, 64), jnp.bfloat16)
+
+  def triton_calls(f):
+    text = jax.jit(f).trace(shape, shape, shape).lower(lowering_platforms=('cuda',)).as_text()
+    return text.count('custom_call @__gpu$xla.gpu.triton')
+
+  attention = lambda q, k, v: ops.flash_attention(q, k, v, 197)
+  assert triton_calls(attention) == 1
+  loss = lambda q, k, v: jnp.sum(attention(q, k, v).astype(jnp.float32))
+  assert triton_calls(jax.grad(loss, argnums=(0, 1, 2))) == 3
