@@ -7,7 +7,7 @@ Sections (each its own try: one failing does not stop the others; one JSON line 
 - env: device, versions, and a bf16 8192^3 matmul as the measured peak.
 - vit_train: ViT-B/16 at 224 px, bf16 compute (float32 parameters), AdamW with clipping,
   through `vit_jax.train.make_train_step`, for each --attention (default 'einsum' and 'cudnn';
-  'pallas' is JAX's Triton flash attention, vit_jax.ops.flash_attention): img/s and model
+  'pallas' is vision_core.flash_attention's Triton kernels): img/s and model
   FLOPs utilisation against the datasheet's dense bf16 peak (989 TFLOP/s, H100/H200 SXM) and
   the measured matmul peak. Peer: timm's vit_base_patch16_224, PyTorch eager, bf16 autocast,
   fused AdamW, same batch.
@@ -109,9 +109,9 @@ def _vit_setup(args):
   images = rng.uniform(-1, 1, (args.vit_batch, image, image, 3)).astype(np.float32)
   labels = rng.integers(0, VIT_CLASSES, args.vit_batch).astype(np.int32)
 
-  if args.flash_blocks:  # attention='pallas': read when the model is traced
-    from vit_jax import ops  # pylint: disable=g-import-not-at-top
-    ops.FLASH_BLOCKS = tuple(int(b) for b in args.flash_blocks.split(','))
+  if args.flash_tiles:  # attention='pallas': read when the model is traced
+    from vision_core import flash_attention  # pylint: disable=g-import-not-at-top
+    flash_attention.TILES = flash_attention.Tiles(*map(int, args.flash_tiles.split(',')))
   tiles = None
   if args.mlp_tiles:
     from bench.gpu_mlp_kernels import parse_tiles  # pylint: disable=g-import-not-at-top
@@ -141,7 +141,7 @@ def section_vit_train(args) -> list[dict]:
     row = {'section': 'vit_train', 'impl': f'ours jax {jax.__version__}, attention={attention}',
            'model': name, 'image': image, 'batch': batch, 'token_multiple': args.token_multiple,
            'mlp_impl': args.mlp_impl, 'mlp_tiles': args.mlp_tiles,
-           'patch_embedding': args.patch_embedding, 'flash_blocks': args.flash_blocks,
+           'patch_embedding': args.patch_embedding, 'flash_tiles': args.flash_tiles,
            'xla_flags': os.environ.get('XLA_FLAGS', '')}
     try:
       step, row['compile_s'] = compiled_train_step(make_model(attention), images, labels,
@@ -352,8 +352,9 @@ def main():
   parser.add_argument('--mlp-tiles', help='fused MLP tiles, FORWARD/BACKWARD, each as '
                       "bench/gpu_mlp_kernels.parse_tiles reads it ('xla', 'bm,bn,bk,warps,"
                       "stages' or 'mosaic:...'; gpu_mlp_kernels.py --best writes them)")
-  parser.add_argument('--flash-blocks', help="attention='pallas': FORWARD,BACKWARD tile rows "
-                      '(vit_jax.ops.FLASH_BLOCKS; default 64,64)')
+  parser.add_argument('--flash-tiles', help="attention='pallas': vision_core.flash_attention."
+                      'Tiles as comma-separated fields (queries,keys,backward_keys,'
+                      'backward_queries[,num_warps,num_stages]; default 64,64,64,64,4,2)')
   parser.add_argument('--profile-dir', help='vit_profile: write HLO and op times here')
   parser.add_argument('--no-peer', action='store_true', help='skip the PyTorch ViT peer')
   parser.add_argument('--peer-only', action='store_true',

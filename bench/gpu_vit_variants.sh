@@ -11,10 +11,10 @@
 #   mlp_kernels     bench/gpu_mlp_kernels.py: vision_core.fused_mlp's kernels against XLA
 #                   for several tile shapes; the fastest go to OUT.best_tiles
 #   ours            the default (the token stream padded to 200 once, in the encoder)
-#   flash, flash128 ours with attention='pallas': JAX's Pallas (Triton) flash attention,
-#                   q/k/v padded 197 -> 256 in every layer (its tiles must divide the
-#                   tokens); tiles of 64 rows (flash: the default) or JAX's own, 128 rows
-#                   forward and 32 backward (flash128).
+#   flash, flash128 ours with attention='pallas': vision_core.flash_attention's Triton
+#                   kernels, the 197 tokens read in place (ragged last tile, no padding);
+#                   64-row tiles and 4 warps (flash, the default) or 128-row query tiles
+#                   in the forward and 128-row key tiles in the backward with 8 warps.
 #                   cuDNN's kernels ran at ~150 TFLOP/s on 200 tokens: 20.7 ms per step
 #                   with their dO.O and dq conversions (session 5)
 #   fused_mlp       ours with mlp_impl='pallas' and the fastest kernels of mlp_kernels,
@@ -63,9 +63,9 @@ run ours timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer
 FLASH=(--attention pallas --token-multiple 1)
 [ -n "${QUICK:-}" ] && FLASH=(--attention pallas_interpret --token-multiple 1)
 run flash timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${FLASH[@]}" \
-  --flash-blocks 64,64
+  --flash-tiles 64,64,64,64,4,2
 run flash128 timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${FLASH[@]}" \
-  --flash-blocks 128,32
+  --flash-tiles 128,64,128,64,8,2
 MLP=(--mlp-impl pallas)
 [ -n "${QUICK:-}" ] && MLP=(--mlp-impl pallas_interpret)
 if [ -s "$BEST" ]; then
@@ -82,15 +82,15 @@ import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 rows = [r for r in rows if r.get('section') == 'vit_train' and 'step_s' in r
         and r.get('mlp_impl') == 'xla' and r.get('patch_embedding') == 'conv']
-ours = [r['step_s'] for r in rows if not r.get('flash_blocks')]
-flash = sorted((r['step_s'], r['flash_blocks']) for r in rows if r.get('flash_blocks'))
+ours = [r['step_s'] for r in rows if not r.get('flash_tiles')]
+flash = sorted((r['step_s'], r['flash_tiles']) for r in rows if r.get('flash_tiles'))
 if flash and (sys.argv[2] or (ours and flash[0][0] < min(ours))):
   print(flash[0][1])
 EOF
 )
 ALL=(--patch-embedding matmul)
 [ -s "$BEST" ] && ALL+=("${MLP[@]}" --mlp-tiles "$(cat "$BEST")")
-[ -n "$FLASH_BEST" ] && ALL+=("${FLASH[@]}" --flash-blocks "$FLASH_BEST")
+[ -n "$FLASH_BEST" ] && ALL+=("${FLASH[@]}" --flash-tiles "$FLASH_BEST")
 if (( ${#ALL[@]} > 2 )); then
   run all timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${ALL[@]}"
 fi
@@ -115,7 +115,7 @@ for line in open(sys.argv[1]):
     continue
   what = (r.get('impl', '').replace('ours jax ', '') + ' mlp=' + str(r.get('mlp_impl'))
           + ' ' + str(r.get('mlp_tiles') or '') + ' patch=' + str(r.get('patch_embedding'))
-          + ' flash=' + str(r.get('flash_blocks')) + ' ' + r.get('xla_flags', ''))
+          + ' flash=' + str(r.get('flash_tiles')) + ' ' + r.get('xla_flags', ''))
   if 'error' in r:
     print(f"{what:70s} ERROR {r['error'][:200]}")
   else:

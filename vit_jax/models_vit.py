@@ -26,15 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vision_core import fused_mlp
+from vision_core import flash_attention, fused_mlp
 from vision_core.images import check_batch
 from vision_core.matmul import matmul
 from vit_jax import models_resnet
-from vit_jax.ops import PatchEmbedding, flash_attention, gelu, normalize
+from vit_jax.ops import PatchEmbedding, gelu, normalize
 
 Dtype = Any
 # `VisionTransformer(attention=...)`: ours (any backend), jax.nn.dot_product_attention's, or
-# JAX's Pallas flash attention (ops.flash_attention; 'pallas_interpret' on any backend).
+# vision_core.flash_attention's Pallas kernels (GPU; 'pallas_interpret' on any backend).
 ATTENTIONS = ('einsum', 'xla', 'cudnn', 'pallas', 'pallas_interpret')
 # `VisionTransformer(mlp_impl=...)`: XLA's ops, or vision_core.fused_mlp's GPU kernels (the
 # bias and GELU inside the matmuls; 'pallas_interpret' runs them interpreted, on any backend).
@@ -204,8 +204,9 @@ class SelfAttention(nn.Module):
   def _fused(self, x, kernel, bias, deterministic, valid_tokens):
     """`[B, N, H, Dh]` by `jax.nn.dot_product_attention` in its own layout, with `attention`
     as its implementation: 'xla', or 'cudnn' (the fused flash-attention kernel of NVIDIA
-    GPUs, bf16/fp16 only); or by ops.flash_attention ('pallas'). Same maths; the attention
-    weights are never materialised, so there is no attention dropout."""
+    GPUs, bf16/fp16 only); or by vision_core.flash_attention ('pallas', which reads the
+    tokens in place: no padding). Same maths; the attention weights are never
+    materialised, so there is no attention dropout."""
     if self.dropout_rate > 0 and not deterministic:
       raise ValueError(f'attention={self.attention!r} has no attention dropout; set '
                        "attention_dropout_rate=0 or attention='einsum'.")
@@ -216,7 +217,8 @@ class SelfAttention(nn.Module):
     qkv = [jnp.einsum('bnd,dhk->bnhk', x, kernel[i]) + bias[i] for i in range(3)]
     keys = tokens if valid_tokens is None else valid_tokens
     if self.attention.startswith('pallas'):
-      return flash_attention(*qkv, keys, interpret=self.attention == 'pallas_interpret')
+      return flash_attention.attention(*qkv, keys,
+                                       interpret=self.attention == 'pallas_interpret')
     if self.attention == 'cudnn' and tokens % CUDNN_SEQ_MULTIPLE:
       # cuDNN's training kernels refuse odd lengths such as ViT's 197: pad q/k/v to a
       # multiple of CUDNN_SEQ_MULTIPLE, masked out of the keys, and drop the padded queries.

@@ -1,5 +1,5 @@
-"""The ViT's GELU, LayerNorm, patch embedding and flash attention, formulated for speed
-(models_vit uses them; its matmul is vision_core.matmul).
+"""The ViT's GELU, LayerNorm and patch embedding, formulated for speed (models_vit uses them;
+its matmul is vision_core.matmul).
 
 Each computes what its plain formulation does (tests/test_vit_model_speedups.py checks that);
 only the work XLA is given differs.
@@ -10,15 +10,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.gpu import attention as pallas_attention
 
 from vision_core.matmul import matmul
-
-# flash_attention's tiles: (forward q and k rows, backward q and k rows). The token axis is
-# padded to a multiple of their maximum. JAX's defaults are (128, 32); the GPU bench
-# (bench/gpu_suite.py --flash-blocks) sets this to try others. 64 rows: the least that
-# Hopper's warpgroup matmul (wgmma) takes; with 32, Triton may fall back to the older mma.
-FLASH_BLOCKS = (64, 64)
 
 
 def gelu(x, approximate: bool = True):
@@ -67,27 +60,3 @@ class PatchEmbedding(nn.Module):
     patches = x.transpose(0, 1, 3, 2, 4).reshape(b, h, w, ph * pw * c)
     return (matmul(patches, kernel.reshape(ph * pw * c, self.features).astype(self.dtype))
             + bias.astype(self.dtype))
-
-
-def flash_attention(q, k, v, valid_keys: int, *, interpret: bool = False,
-                    blocks: tuple[int, int] | None = None):
-  """Softmax attention by JAX's Pallas flash-attention kernels (Triton, on NVIDIA GPUs):
-  `q, k, v [B, N, H, Dh]` -> `[B, N, H, Dh]`, q already scaled; only the first `valid_keys`
-  tokens are keys. `interpret`: run the kernels in Pallas' interpreter (any backend; tests).
-
-  The kernels take a token count that is a multiple of their tiles, and mask by segment ids:
-  the tokens are padded to that multiple, the valid ones get segment 1 and the rest 0, so a
-  real query sees only the valid keys (a padded one sees only padding and stays finite).
-  """
-  forward_rows, backward_rows = blocks or FLASH_BLOCKS
-  batch, tokens = q.shape[:2]
-  pad = -tokens % max(forward_rows, backward_rows)
-  if pad:
-    q, k, v = (jnp.pad(t, ((0, 0), (0, pad), (0, 0), (0, 0))) for t in (q, k, v))
-  segments = (jnp.arange(tokens + pad) < valid_keys).astype(jnp.int32)
-  tiles = pallas_attention.BlockSizes(
-      block_q=forward_rows, block_k=forward_rows, block_q_dkv=backward_rows,
-      block_kv_dkv=backward_rows, block_q_dq=backward_rows, block_kv_dq=backward_rows)
-  out = pallas_attention.mha(q, k, v, jnp.broadcast_to(segments, (batch, tokens + pad)),
-                             sm_scale=1.0, block_sizes=tiles, interpret=interpret)
-  return out[:, :tokens]

@@ -1,0 +1,81 @@
+"""vision_core.flash_attention against a float64 numpy pass and jnp autodiff, in Pallas'
+interpreter; and lowered for CUDA at ViT-B/16's shapes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vision_core import flash_attention
+
+
+def numpy_attention(q, k, v, valid_keys):
+  """float64 softmax attention over the first `valid_keys` keys: `[B, N, H, D]` each."""
+  q, k, v = (np.asarray(t, np.float64) for t in (q, k, v))
+  logits = np.einsum('bqhd,bkhd->bhqk', q, k)[..., :valid_keys]
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  return np.einsum('bhqk,bkhd->bqhd', weights, v[:, :valid_keys])
+
+
+def plain_attention(q, k, v, valid_keys):
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k[:, :valid_keys])
+  return jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(logits, -1), v[:, :valid_keys])
+
+
+SMALL = flash_attention.Tiles(queries=8, keys=16, backward_keys=16, backward_queries=8)
+
+
+@pytest.mark.parametrize('tokens,valid_keys,depth,tiles,dtype', [
+    (21, 21, 16, SMALL, jnp.float32),  # ragged: 21 tokens in tiles of 8 and 16
+    (27, 24, 16, SMALL, jnp.float32),  # 3 padding tokens, masked out of the keys
+    (16, 5, 8, flash_attention.Tiles(16, 16, 16, 16), jnp.float32),  # one tile
+    (40, 37, 12, SMALL, jnp.float32),  # head width 12, padded to 16 in the blocks
+    (45, 43, 16, flash_attention.Tiles(16, 8, 8, 32), jnp.bfloat16)])
+def test_values_and_gradients_match_numpy_and_autodiff(tokens, valid_keys, depth, tiles,
+                                                       dtype):
+  rng = np.random.default_rng(tokens)
+  q, k, v = (rng.normal(0, 0.7, (2, tokens, 3, depth)).astype(np.float32) for _ in range(3))
+  cotangent = rng.normal(0, 1, (2, tokens, 3, depth)).astype(np.float32)
+  tol = dict(rtol=2e-2, atol=2e-2) if dtype == jnp.bfloat16 else dict(rtol=2e-5, atol=2e-5)
+
+  def flash(q, k, v):
+    return flash_attention.attention(q.astype(dtype), k.astype(dtype), v.astype(dtype),
+                                     valid_keys, tiles, True).astype(jnp.float32)
+
+  out = flash(q, k, v)
+  assert out.shape == q.shape and flash_attention.attention(
+      q.astype(dtype), k.astype(dtype), v.astype(dtype), valid_keys, tiles, True).dtype == dtype
+  # Every query, padding tokens' included, attends to the valid keys only.
+  np.testing.assert_allclose(out, numpy_attention(q, k, v, valid_keys), **tol)
+
+  grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cotangent), argnums=(0, 1, 2))(q, k, v)
+           for f in (flash, lambda *a: plain_attention(*a, valid_keys))]
+  for name, got, want in zip('qkv', *grads):
+    np.testing.assert_allclose(got, want, err_msg=f'd{name}', **tol)
+  # Masked keys get no gradient.
+  np.testing.assert_array_equal(np.asarray(grads[0][1])[:, valid_keys:], 0)
+  np.testing.assert_array_equal(np.asarray(grads[0][2])[:, valid_keys:], 0)
+
+
+def test_bad_shapes_and_key_counts_are_clear_errors():
+  x = jnp.zeros((1, 8, 2, 16))
+  with pytest.raises(ValueError, match=r'valid_keys=9: expected 1\.\.8'):
+    flash_attention.attention(x, x, x, 9, SMALL, True)
+  with pytest.raises(ValueError, match=r'expected three \[B, N, H, D\] arrays of one shape'):
+    flash_attention.attention(x, x[:, :4], x, 4, SMALL, True)
+
+
+def test_lowers_to_triton_for_cuda_at_vit_b16_shapes():
+  """ViT-B/16: 197 tokens (read in place, not padded), 12 heads of 64, bf16. On any host the
+  kernels lower to Triton calls for CUDA: one forward, two for the gradient (dq, dk/dv)."""
+  shape = jax.ShapeDtypeStruct((8, 197, 12, 64), jnp.bfloat16)
+
+  def triton_calls(f):
+    text = jax.jit(f).trace(shape, shape, shape).lower(lowering_platforms=('cuda',)).as_text()
+    return text.count('custom_call @__gpu$xla.gpu.triton')
+
+  attention = lambda q, k, v: flash_attention.attention(q, k, v, 197)
+  assert triton_calls(attention) == 1
+  loss = lambda q, k, v: jnp.sum(attention(q, k, v).astype(jnp.float32))
+  assert triton_calls(jax.grad(loss, argnums=(0, 1, 2))) == 3

@@ -1,0 +1,216 @@
+"""Flash attention for short, ragged sequences: Pallas kernels that Triton compiles (NVIDIA
+GPUs; `interpret=True` runs them anywhere).
+
+`attention(q, k, v, valid_keys)`: softmax attention over `[B, N, H, D]` q/k/v (q already
+scaled) where only the first `valid_keys` tokens are keys. Unlike JAX's Pallas attention
+(jax.experimental.pallas.ops.gpu.attention), N need not be a multiple of the tiles: the last
+tile's rows are masked in the loads and stores, so ViT's 197 tokens are read in place instead
+of being padded to 256 in every layer. Keys from `valid_keys` on (the padding the encoder adds
+once) are masked out of the softmax; their queries are computed like any other.
+
+Forward: one program per (query tile, batch, head), an online softmax over the key tiles
+(FlashAttention-2), saving the rows' log-sum-exp. Backward: a dq kernel, one program per
+query tile, which also writes the rows' `delta = sum(dO * O)`; then a dk/dv kernel, one
+program per key tile, looping over the query tiles. Scores are kept in base 2 (`exp2`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+_LOG2E = math.log2(math.e)
+_MASKED = -1e30  # a score no key reaches; exp2 of it minus any real score is 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+  """Rows per tile: `queries` and `keys` of the forward and dq kernels, `backward_keys` and
+  `backward_queries` of the dk/dv kernel (each a power of two, >= 16 on a GPU); Triton's
+  warps per program and pipeline stages. 64 rows is the least that Hopper's warpgroup
+  matmul (wgmma) takes."""
+  queries: int = 64
+  keys: int = 64
+  backward_keys: int = 64
+  backward_queries: int = 64
+  num_warps: int = 4
+  num_stages: int = 2
+
+
+# The tiles `attention(tiles=None)` uses, read when it is traced (bench/gpu_suite.py
+# --flash-tiles sets them to try others).
+TILES = Tiles()
+
+
+def _rows(start, size, limit):
+  """Row indices `[size]` of a tile starting at `start`, and which are below `limit`."""
+  rows = start + jnp.arange(size)
+  return rows, rows < limit
+
+
+def _load(ref, start, size, valid_rows, depth):
+  """Rows `start:start + size` of a `[N, D]` block as `[size, Dp]`, zero past N and D."""
+  cols = jnp.arange(ref.shape[-1]) < depth
+  return plgpu.load(ref.at[pl.ds(start, size), :], mask=valid_rows[:, None] & cols[None, :],
+                    other=0.0)
+
+
+def _store(ref, start, value, valid_rows, depth):
+  cols = jnp.arange(ref.shape[-1]) < depth
+  plgpu.store(ref.at[pl.ds(start, value.shape[0]), :], value.astype(ref.dtype),
+              mask=valid_rows[:, None] & cols[None, :])
+
+
+def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, tokens, valid_keys, depth, tiles):
+  bq, bk = tiles.queries, tiles.keys
+  start = pl.program_id(0) * bq
+  _, rows_ok = _rows(start, bq, tokens)
+  q = _load(q_ref, start, bq, rows_ok, depth)
+
+  def step(j, carry):
+    acc, m, l = carry
+    keys, keys_ok = _rows(j * bk, bk, tokens)
+    k = _load(k_ref, j * bk, bk, keys_ok, depth)
+    s = plgpu.dot(q, k, trans_b=True) * _LOG2E  # [bq, bk], base 2
+    s = jnp.where((keys < valid_keys)[None, :], s, _MASKED)
+    m_new = jnp.maximum(m, jnp.max(s, axis=1))
+    p = jnp.exp2(s - m_new[:, None])
+    rescale = jnp.exp2(m - m_new)
+    v = _load(v_ref, j * bk, bk, keys_ok, depth)
+    acc = acc * rescale[:, None] + plgpu.dot(p.astype(v.dtype), v)
+    return acc, m_new, l * rescale + jnp.sum(p, axis=1)
+
+  init = (jnp.zeros((bq, q.shape[1]), jnp.float32), jnp.full((bq,), _MASKED, jnp.float32),
+          jnp.zeros((bq,), jnp.float32))
+  acc, m, l = jax.lax.fori_loop(0, pl.cdiv(valid_keys, bk), step, init)
+  _store(o_ref, start, acc / l[:, None], rows_ok, depth)
+  plgpu.store(lse_ref.at[pl.ds(start, bq)], m + jnp.log2(l), mask=rows_ok)
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, dq_ref, delta_ref, *, tokens,
+               valid_keys, depth, tiles):
+  bq, bk = tiles.queries, tiles.keys
+  start = pl.program_id(0) * bq
+  _, rows_ok = _rows(start, bq, tokens)
+  q = _load(q_ref, start, bq, rows_ok, depth)
+  do = _load(do_ref, start, bq, rows_ok, depth)
+  o = _load(o_ref, start, bq, rows_ok, depth)
+  delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=1)  # [bq]
+  lse = plgpu.load(lse_ref.at[pl.ds(start, bq)], mask=rows_ok, other=0.0)
+
+  def step(j, dq):
+    keys, keys_ok = _rows(j * bk, bk, tokens)
+    k = _load(k_ref, j * bk, bk, keys_ok, depth)
+    v = _load(v_ref, j * bk, bk, keys_ok, depth)
+    p = jnp.exp2(plgpu.dot(q, k, trans_b=True) * _LOG2E - lse[:, None])
+    p = jnp.where((keys < valid_keys)[None, :], p, 0.0)
+    ds = p * (plgpu.dot(do, v, trans_b=True) - delta[:, None])
+    return dq + plgpu.dot(ds.astype(k.dtype), k)
+
+  dq = jax.lax.fori_loop(0, pl.cdiv(valid_keys, bk), step,
+                         jnp.zeros((bq, q.shape[1]), jnp.float32))
+  _store(dq_ref, start, dq, rows_ok, depth)
+  plgpu.store(delta_ref.at[pl.ds(start, bq)], delta, mask=rows_ok)
+
+
+def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, tokens,
+                valid_keys, depth, tiles):
+  bk, bq = tiles.backward_keys, tiles.backward_queries
+  start = pl.program_id(0) * bk
+  keys, keys_ok = _rows(start, bk, tokens)
+  k = _load(k_ref, start, bk, keys_ok, depth)
+  v = _load(v_ref, start, bk, keys_ok, depth)
+  attended = keys < valid_keys
+
+  def step(i, carry):
+    dk, dv = carry
+    _, rows_ok = _rows(i * bq, bq, tokens)
+    q = _load(q_ref, i * bq, bq, rows_ok, depth)
+    do = _load(do_ref, i * bq, bq, rows_ok, depth)
+    lse = plgpu.load(lse_ref.at[pl.ds(i * bq, bq)], mask=rows_ok, other=0.0)
+    delta = plgpu.load(delta_ref.at[pl.ds(i * bq, bq)], mask=rows_ok, other=0.0)
+    p_t = jnp.exp2(plgpu.dot(k, q, trans_b=True) * _LOG2E - lse[None, :])  # [bk, bq]
+    # Query rows past N load as zeros (q, dO, lse, delta): their p is 1 but they add nothing.
+    p_t = jnp.where(attended[:, None], p_t, 0.0)
+    dv = dv + plgpu.dot(p_t.astype(do.dtype), do)
+    ds_t = p_t * (plgpu.dot(v, do, trans_b=True) - delta[None, :])
+    return dk + plgpu.dot(ds_t.astype(q.dtype), q), dv
+
+  zeros = jnp.zeros((bk, k.shape[1]), jnp.float32)
+  dk, dv = jax.lax.fori_loop(0, pl.cdiv(tokens, bq), step, (zeros, zeros))
+  _store(dk_ref, start, dk, keys_ok, depth)
+  _store(dv_ref, start, dv, keys_ok, depth)
+
+
+def _call(kernel, inputs, outputs, rows_per_program, tiles, interpret, **static):
+  """`kernel` over a (tile of N, batch, head) grid. `inputs`/`outputs`: `[B, N, H, D]`
+  arrays (whole rows of one head per program; D padded to a power of two in the block) or
+  `[B, H, N]` row statistics."""
+  batch, tokens, heads, depth = inputs[0].shape
+  depth_block = pl.next_power_of_2(depth)
+
+  def spec(shape):
+    if len(shape) == 4:
+      return pl.BlockSpec((None, tokens, None, depth_block), lambda _, b, h: (b, 0, h, 0))
+    return pl.BlockSpec((None, None, tokens), lambda _, b, h: (b, h, 0))
+
+  return pl.pallas_call(
+      functools.partial(kernel, tokens=tokens, depth=depth, tiles=tiles, **static),
+      grid=(pl.cdiv(tokens, rows_per_program), batch, heads),
+      in_specs=[spec(x.shape) for x in inputs],
+      out_specs=[spec(o.shape) for o in outputs],
+      out_shape=outputs,
+      compiler_params=plgpu.CompilerParams(num_warps=tiles.num_warps,
+                                           num_stages=tiles.num_stages),
+      interpret=interpret, name=kernel.__name__.strip('_'))(*inputs)
+
+
+def _check(q, k, v, valid_keys):
+  if not q.shape == k.shape == v.shape or q.ndim != 4:
+    raise ValueError(f'q, k, v: expected three [B, N, H, D] arrays of one shape, got '
+                     f'{q.shape}, {k.shape}, {v.shape}.')
+  if not 1 <= valid_keys <= q.shape[1]:
+    raise ValueError(f'valid_keys={valid_keys}: expected 1..{q.shape[1]} (the tokens).')
+
+
+def attention(q, k, v, valid_keys: int, tiles: Tiles | None = None, interpret: bool = False):
+  """`q, k, v [B, N, H, D]` -> `[B, N, H, D]` in q's dtype; keys `>= valid_keys` masked.
+  `tiles`: None for TILES."""
+  _check(q, k, v, valid_keys)
+  return _attention(q, k, v, valid_keys, tiles or TILES, interpret)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _attention(q, k, v, valid_keys, tiles, interpret):
+  return _forward(q, k, v, valid_keys, tiles, interpret)[0]
+
+
+def _forward(q, k, v, valid_keys, tiles, interpret):
+  batch, tokens, heads, _ = q.shape
+  out, lse = _call(_forward_kernel, (q, k, v),
+                   (jax.ShapeDtypeStruct(q.shape, q.dtype),
+                    jax.ShapeDtypeStruct((batch, heads, tokens), jnp.float32)),
+                   tiles.queries, tiles, interpret, valid_keys=valid_keys)
+  return out, (q, k, v, out, lse)
+
+
+def _backward(valid_keys, tiles, interpret, residuals, d_out):
+  q, k, v, out, lse = residuals
+  batch, tokens, heads, _ = q.shape
+  rows = jax.ShapeDtypeStruct((batch, heads, tokens), jnp.float32)
+  dq, delta = _call(_dq_kernel, (q, k, v, out, d_out, lse),
+                    (jax.ShapeDtypeStruct(q.shape, q.dtype), rows),
+                    tiles.queries, tiles, interpret, valid_keys=valid_keys)
+  dk, dv = _call(_dkv_kernel, (q, k, v, d_out, lse, delta),
+                 (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
+                 tiles.backward_keys, tiles, interpret, valid_keys=valid_keys)
+  return dq, dk, dv
+
+
+_attention.defvjp(_forward, _backward)
