@@ -48,17 +48,14 @@ class Tiles:
 TILES = Tiles()
 
 
-def _rows(start, size, limit):
-  """Row indices `[size]` of a tile starting at `start`, and which are below `limit`."""
+def _tiles(start, size, tokens, depth, *refs):
+  """Rows `start:start + size` of `[N, D]` blocks: `(rows, rows < N, [tiles [size, Dp]])`,
+  the tiles zero past N and D."""
   rows = start + jnp.arange(size)
-  return rows, rows < limit
-
-
-def _load(ref, start, size, valid_rows, depth):
-  """Rows `start:start + size` of a `[N, D]` block as `[size, Dp]`, zero past N and D."""
-  cols = jnp.arange(ref.shape[-1]) < depth
-  return plgpu.load(ref.at[pl.ds(start, size), :], mask=valid_rows[:, None] & cols[None, :],
-                    other=0.0)
+  rows_ok = rows < tokens
+  mask = rows_ok[:, None] & (jnp.arange(refs[0].shape[-1]) < depth)[None, :]
+  return rows, rows_ok, [plgpu.load(ref.at[pl.ds(start, size), :], mask=mask, other=0.0)
+                         for ref in refs]
 
 
 def _store(ref, start, value, valid_rows, depth):
@@ -70,19 +67,16 @@ def _store(ref, start, value, valid_rows, depth):
 def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, tokens, valid_keys, depth, tiles):
   bq, bk = tiles.queries, tiles.keys
   start = pl.program_id(0) * bq
-  _, rows_ok = _rows(start, bq, tokens)
-  q = _load(q_ref, start, bq, rows_ok, depth)
+  _, rows_ok, (q,) = _tiles(start, bq, tokens, depth, q_ref)
 
   def step(j, carry):
     acc, m, l = carry
-    keys, keys_ok = _rows(j * bk, bk, tokens)
-    k = _load(k_ref, j * bk, bk, keys_ok, depth)
+    keys, _, (k, v) = _tiles(j * bk, bk, tokens, depth, k_ref, v_ref)
     s = plgpu.dot(q, k, trans_b=True) * _LOG2E  # [bq, bk], base 2
     s = jnp.where((keys < valid_keys)[None, :], s, _MASKED)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
     p = jnp.exp2(s - m_new[:, None])
     rescale = jnp.exp2(m - m_new)
-    v = _load(v_ref, j * bk, bk, keys_ok, depth)
     acc = acc * rescale[:, None] + plgpu.dot(p.astype(v.dtype), v)
     return acc, m_new, l * rescale + jnp.sum(p, axis=1)
 
@@ -97,17 +91,12 @@ def _dq_kernel(q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, dq_ref, delta_ref, *
                valid_keys, depth, tiles):
   bq, bk = tiles.queries, tiles.keys
   start = pl.program_id(0) * bq
-  _, rows_ok = _rows(start, bq, tokens)
-  q = _load(q_ref, start, bq, rows_ok, depth)
-  do = _load(do_ref, start, bq, rows_ok, depth)
-  o = _load(o_ref, start, bq, rows_ok, depth)
+  _, rows_ok, (q, do, o) = _tiles(start, bq, tokens, depth, q_ref, do_ref, o_ref)
   delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=1)  # [bq]
   lse = plgpu.load(lse_ref.at[pl.ds(start, bq)], mask=rows_ok, other=0.0)
 
   def step(j, dq):
-    keys, keys_ok = _rows(j * bk, bk, tokens)
-    k = _load(k_ref, j * bk, bk, keys_ok, depth)
-    v = _load(v_ref, j * bk, bk, keys_ok, depth)
+    keys, _, (k, v) = _tiles(j * bk, bk, tokens, depth, k_ref, v_ref)
     p = jnp.exp2(plgpu.dot(q, k, trans_b=True) * _LOG2E - lse[:, None])
     p = jnp.where((keys < valid_keys)[None, :], p, 0.0)
     ds = p * (plgpu.dot(do, v, trans_b=True) - delta[:, None])
@@ -123,16 +112,12 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
                 valid_keys, depth, tiles):
   bk, bq = tiles.backward_keys, tiles.backward_queries
   start = pl.program_id(0) * bk
-  keys, keys_ok = _rows(start, bk, tokens)
-  k = _load(k_ref, start, bk, keys_ok, depth)
-  v = _load(v_ref, start, bk, keys_ok, depth)
+  keys, keys_ok, (k, v) = _tiles(start, bk, tokens, depth, k_ref, v_ref)
   attended = keys < valid_keys
 
   def step(i, carry):
     dk, dv = carry
-    _, rows_ok = _rows(i * bq, bq, tokens)
-    q = _load(q_ref, i * bq, bq, rows_ok, depth)
-    do = _load(do_ref, i * bq, bq, rows_ok, depth)
+    _, rows_ok, (q, do) = _tiles(i * bq, bq, tokens, depth, q_ref, do_ref)
     lse = plgpu.load(lse_ref.at[pl.ds(i * bq, bq)], mask=rows_ok, other=0.0)
     delta = plgpu.load(delta_ref.at[pl.ds(i * bq, bq)], mask=rows_ok, other=0.0)
     p_t = jnp.exp2(plgpu.dot(k, q, trans_b=True) * _LOG2E - lse[None, :])  # [bk, bq]
