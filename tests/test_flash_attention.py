@@ -1,11 +1,14 @@
 """vision_core.flash_attention against a float64 numpy pass and jnp autodiff, in Pallas'
 interpreter; and lowered for CUDA at ViT-B/16's shapes."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bench import profile_train_step
 from vision_core import flash_attention
 
 
@@ -73,9 +76,13 @@ def test_lowers_to_triton_for_cuda_at_vit_b16_shapes():
 
   def triton_calls(f):
     text = jax.jit(f).trace(shape, shape, shape).lower(lowering_platforms=('cuda',)).as_text()
-    return text.count('custom_call @__gpu$xla.gpu.triton')
+    # The kernels' names mark them as attention in bench/profile_train_step.py's classes.
+    names = sorted(set(re.findall(r'flash_attention_[a-z]+', text)))
+    return text.count('custom_call @__gpu$xla.gpu.triton'), names
 
   attention = lambda q, k, v: flash_attention.attention(q, k, v, 197)
-  assert triton_calls(attention) == 1
+  assert triton_calls(attention) == (1, ['flash_attention_forward'])
   loss = lambda q, k, v: jnp.sum(attention(q, k, v).astype(jnp.float32))
-  assert triton_calls(jax.grad(loss, argnums=(0, 1, 2))) == 3
+  assert triton_calls(jax.grad(loss, argnums=(0, 1, 2))) == (
+      3, ['flash_attention_dkv', 'flash_attention_dq', 'flash_attention_forward'])
+  assert profile_train_step.kernel_class('flash_attention_dkv') == 'attention'
