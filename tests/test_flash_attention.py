@@ -33,6 +33,7 @@ SMALL = flash_attention.Tiles(queries=8, keys=16, backward_keys=16, backward_que
     (21, 21, 16, SMALL, jnp.float32),  # ragged: 21 tokens in tiles of 8 and 16
     (27, 24, 16, SMALL, jnp.float32),  # 3 padding tokens, masked out of the keys
     (16, 5, 8, flash_attention.Tiles(16, 16, 16, 16), jnp.float32),  # one tile
+    (40, 9, 16, SMALL, jnp.float32),  # whole key tiles past the valid keys
     (40, 37, 12, SMALL, jnp.float32),  # head width 12, padded to 16 in the blocks
     (45, 43, 16, flash_attention.Tiles(16, 8, 8, 32), jnp.bfloat16)])
 def test_values_and_gradients_match_numpy_and_autodiff(tokens, valid_keys, depth, tiles,
