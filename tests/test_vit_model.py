@@ -204,9 +204,10 @@ def test_wrong_image_shape_is_a_clear_error(shape, match):
     ('gap', 'pallas_interpret', 1)])
 def test_fused_attention_matches_numpy_forward_and_einsum_gradients(classifier, attention,
                                                                      token_multiple):
-  """attention='xla' (jax.nn.dot_product_attention, the path 'cudnn' takes on GPUs), JAX's
-  Pallas flash attention (interpreted), and a token stream padded to a multiple (17 tokens
-  -> 24 or 20, masked: the 'cudnn' default) compute the same logits as the numpy reference and the same gradients as the plain path."""
+  """attention='xla' (jax.nn.dot_product_attention, the path 'cudnn' takes on GPUs), our
+  flash attention ('pallas', interpreted), and a token stream padded to a multiple (17
+  tokens -> 24 or 20, masked: the 'cudnn' default) compute the same logits as the numpy
+  reference and the same gradients as the plain path."""
   config = tiny_config(classifier)
   fused = models_vit.VisionTransformer(num_classes=7, attention=attention,
                                        token_multiple=token_multiple, **config)
