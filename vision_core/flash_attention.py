@@ -153,8 +153,8 @@ def _call(kernel, inputs, outputs, rows_per_program, tiles, interpret, **static)
       out_shape=outputs,
       compiler_params=plgpu.CompilerParams(num_warps=tiles.num_warps,
                                            num_stages=tiles.num_stages),
-      # 'flash_attention_forward' etc.: bench/profile_train_step.py classes it as attention.
       interpret=interpret,
+      # 'flash_attention_forward' etc.: bench/profile_train_step.py classes it as attention.
       name='flash_attention_' + kernel.__name__.strip('_').removesuffix('_kernel'))(*inputs)
 
 
