@@ -7,6 +7,9 @@
 #
 #   bash bench/gpu_vit_variants.sh [OUT] [PROFILE_DIR]
 #
+# Before a lease, bench/gpu_aot_check.py compiles every variant below for an H100 on a CPU
+# host (no GPU): compile errors, register spills and shared-memory overflows show there.
+#
 # Batch 512, bf16 compute, attention='cudnn', 30 timed steps. Variants:
 #   mlp_kernels     bench/gpu_mlp_kernels.py: vision_core.fused_mlp's kernels against XLA
 #                   for several tile shapes; the fastest go to OUT.best_tiles

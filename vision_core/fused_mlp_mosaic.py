@@ -36,6 +36,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from vision_core import gpu_target
 from vision_core.fused_mlp import gelu_tanh_and_slope, pad_rows
 
 _TWO_WARPGROUPS = 2  # compute warpgroups per program, side by side along N
@@ -234,7 +235,7 @@ def _call(kernel, out_shapes, tiles: MosaicTiles, num_sms: int | None, interpret
           *operands):
   if num_sms is None:
     # Interpreted: two programs, so each walks several output tiles as on a GPU.
-    num_sms = 2 if interpret else jax.devices()[0].core_count
+    num_sms = 2 if interpret else gpu_target.sm_count()
   return plgpu.kernel(
       functools.partial(kernel, tiles=tiles), out_type=out_shapes,
       grid=(num_sms,), grid_names=('cluster_grid',), cluster=(1,), cluster_names=('cluster',),

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vision_core import flash_attention, fused_mlp
+from vision_core import flash_attention, fused_mlp, gpu_target
 from vision_core.images import check_batch
 from vision_core.matmul import matmul
 from vit_jax import models_resnet
@@ -89,9 +89,9 @@ class MlpBlock(nn.Module):
     if self.impl != 'xla' and not self.gelu_approximate:
       raise ValueError(f'mlp_impl={self.impl!r} has the tanh GELU only: '
                        'gelu_approximate must be True.')
-    if self.impl == 'pallas' and jax.default_backend() != 'gpu':
+    if self.impl == 'pallas' and gpu_target.backend() != 'gpu':
       raise ValueError(f"mlp_impl='pallas' runs GPU kernels, on GPUs only (this backend "
-                       f"is {jax.default_backend()!r}): use 'xla', or 'pallas_interpret' to "
+                       f"is {gpu_target.backend()!r}): use 'xla', or 'pallas_interpret' to "
                        'run the same kernels interpreted.')
     tiles = self.tiles or (fused_mlp.Tiles(), fused_mlp.Tiles())
     dropout = self.dropout_rate > 0 and not deterministic

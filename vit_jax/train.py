@@ -36,6 +36,23 @@ class TrainState:
   opt_state: Any
 
 
+def _state_init(model, tx, image_shape, seed):
+  """`init(params)`: the train state of `params`, or of `model`'s initial ones for None."""
+  def init(params):
+    if params is None:
+      params = model.init(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32),
+                          train=False)['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return init
+
+
+def abstract_train_state(*, model: nn.Module, tx: optax.GradientTransformation,
+                         image_shape: tuple[int, int, int]) -> TrainState:
+  """`create_train_state`'s state as `jax.ShapeDtypeStruct`s, nothing computed: for its
+  shardings, or to compile a step ahead of time (bench/gpu_aot_check.py)."""
+  return jax.eval_shape(_state_init(model, tx, image_shape, 0), None)
+
+
 def create_train_state(*, model: nn.Module, tx: optax.GradientTransformation,
                        image_shape: tuple[int, int, int], mesh: Mesh, seed: int = 0,
                        strategy: str = 'replicated',
@@ -43,11 +60,7 @@ def create_train_state(*, model: nn.Module, tx: optax.GradientTransformation,
                        ) -> tuple[TrainState, TrainState]:
   """Initialises (or takes `init_params`, e.g. pretrained) params and optimizer state directly
   in their shardings; returns `(state, state_shardings)`."""
-  def init(params):
-    if params is None:
-      params = model.init(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32),
-                          train=False)['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  init = _state_init(model, tx, image_shape, seed)
   abstract = jax.eval_shape(init, init_params)
   shardings = sharding_lib.named_shardings(abstract, mesh, strategy=strategy)
   if init_params is None:

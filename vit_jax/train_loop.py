@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vision_core import checkpointing, data, io, loop, metrics_log, run_config
+from vision_core import checkpointing, data, gpu_target, io, loop, metrics_log, run_config
 from vision_core import mesh as mesh_lib
 from vision_core import optim
 from vision_core import sharding as sharding_lib
@@ -101,9 +101,9 @@ def build_model(config, num_classes: int) -> models_vit.VisionTransformer:
   if attention not in models_vit.ATTENTIONS:
     raise UserInputError(f'attention={attention!r}: expected one of '
                          f'{", ".join(models_vit.ATTENTIONS)}.')
-  if attention in ('cudnn', 'pallas') and jax.default_backend() != 'gpu':
+  if attention in ('cudnn', 'pallas') and gpu_target.backend() != 'gpu':
     raise UserInputError(f'attention={attention!r} runs on NVIDIA GPUs only, and this run\'s '
-                         f'backend is {jax.default_backend()}; use einsum (any backend) or '
+                         f'backend is {gpu_target.backend()}; use einsum (any backend) or '
                          'xla.')
   attention_dropout = (config.model.transformer or {}).get('attention_dropout_rate', 0.0)
   if attention != 'einsum' and attention_dropout:

@@ -1,0 +1,262 @@
+"""Compiles the GPU candidates for an H100 on this machine, no GPU needed: does each compile,
+and what do our kernels cost in registers, spills and shared memory.
+
+  pip install --target /opt/cuda-jax "jax-cuda12-plugin[with-cuda]==$(python -c \\
+      'import jax; print(jax.__version__)')"                     # ~5 GB, once
+  PYTHONPATH=/opt/cuda-jax python bench/gpu_aot_check.py --out aot.jsonl     # ~3 min
+
+Sections (vision_core.gpu_target does the compile-only part; one JSON line per check):
+- kernels: vision_core.flash_attention at ViT-B/16's shapes ([512, 197, 12, 64] bf16,
+  forward and gradients) for each --flash-tiles; fused_mlp's forward and backward kernels
+  ([102400, 768] x [768, 3072]) for each of bench/gpu_mlp_kernels.py's CANDIDATES.
+- vit: the ViT-B/16 train step (batch 512, bf16) of each variant of bench/gpu_vit_variants.sh.
+Each: compile seconds, the program's temporary memory, its thunks by kind (kernel launches,
+library calls, copies) and, for each of our kernels (flash_attention_*, mlp_gemm_*): grid,
+threads and shared memory (XLA's thunk list), registers and spilled bytes (ptxas -v on the
+PTX XLA wrote), its warpgroup matmul instructions (`wgmma`), and how many programs one SM
+holds at once (the least of what threads, registers and shared memory allow).
+XLA does not autotune here (that needs the GPU): its GEMMs get default Triton tilings
+instead of the cuBLAS/Triton choices a GPU's autotuning makes, so thunk counts and memory
+are indicative and times must come from the GPU. Mosaic GPU kernels are only lowered:
+their compile runs when a GPU loads the program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+
+from bench.gpu_mlp_kernels import CANDIDATES, parse_tiles  # pylint: disable=wrong-import-position
+from vision_core import gpu_target  # pylint: disable=wrong-import-position
+
+OUR_KERNELS = re.compile(r'flash_attention_\w+|mlp_gemm_\w+')
+# Hopper, per SM (as vision_core.gpu_target.TARGETS): the limits a program's residency
+# is the least of. Registers go to warps in blocks of 256; a block reserves 1 KiB of
+# shared memory for the system.
+SM_THREADS, SM_REGISTERS, SM_SHARED, SM_BLOCKS = 2048, 65536, 233472, 32
+# bench/gpu_vit_variants.sh's variants: gpu_suite flags as VisionTransformer arguments.
+VARIANTS = {
+    'ours': {},
+    'flash': dict(attention='pallas', token_multiple=1, flash_tiles='64,64,64,64,4,2'),
+    'flash128': dict(attention='pallas', token_multiple=1, flash_tiles='128,64,128,64,8,2'),
+    'fused_mlp': dict(mlp_impl='pallas', mlp_tiles=f'{CANDIDATES[0]}/{CANDIDATES[0]}'),
+    'patch_matmul': dict(patch_embedding='matmul'),
+    'all': dict(attention='pallas', token_multiple=1, flash_tiles='64,64,64,64,4,2',
+                mlp_impl='pallas', mlp_tiles=f'{CANDIDATES[0]}/{CANDIDATES[0]}',
+                patch_embedding='matmul'),
+}
+
+
+def blocks_per_sm(threads: int, registers: int, shared: int) -> int:
+  """Programs one Hopper SM holds at once: `threads` per program, `registers` per thread,
+  `shared` bytes of shared memory per program."""
+  warps = -(-threads // 32)
+  per_warp = -(-registers * 32 // 256) * 256
+  limits = [SM_THREADS // threads, SM_BLOCKS,
+            SM_REGISTERS // (per_warp * warps) if registers else SM_BLOCKS,
+            SM_SHARED // (shared + 1024)]
+  return max(0, min(limits))
+
+
+def parse_thunks(text: str) -> tuple[dict[str, int], dict[str, dict]]:
+  """XLA's `*.thunk_sequence.txt` -> ({thunk kind: count}, {our kernel: grid, threads,
+  shared memory}). Kinds: kCustomKernel (XLA's fusions, Triton GEMMs and ours),
+  kCublasLtMatmul, kConvolution, kCopy, ..."""
+  kinds = collections.Counter(re.findall(r'^\s*\d+: (k\w+)', text, re.M))
+  ours = {}
+  for m in re.finditer(r'(\S+) grid: \[([\d, ]+)\] threads: \[([\d, ]+)\]\s+'
+                       r'shared_memory: (\d+) bytes', text):
+    if OUR_KERNELS.fullmatch(m.group(1)):
+      ours[m.group(1)] = {'grid': [int(v) for v in m.group(2).split(',')],
+                          'threads': math.prod(int(v) for v in m.group(3).split(',')),
+                          'shared_bytes': int(m.group(4))}
+  return dict(kinds), ours
+
+
+def parse_ptxas(text: str) -> dict[str, dict]:
+  """`ptxas -v` output -> {kernel: registers, spill_store_bytes, spill_load_bytes}."""
+  out = {}
+  for m in re.finditer(r"Function properties for (\S+)\n\s*(\d+) bytes stack frame, (\d+) "
+                       r"bytes spill stores, (\d+) bytes spill loads\n.*?Used (\d+) registers",
+                       text, re.S):
+    out[m.group(1)] = {'registers': int(m.group(5)), 'spill_store_bytes': int(m.group(3)),
+                       'spill_load_bytes': int(m.group(4))}
+  return out
+
+
+def _ptxas() -> str | None:
+  try:
+    from nvidia import cuda_nvcc  # pylint: disable=g-import-not-at-top
+    path = os.path.join(list(cuda_nvcc.__path__)[0], 'bin', 'ptxas')
+    return path if os.path.exists(path) else None
+  except ImportError:
+    return None
+
+
+def compile_report(fn, args, target: str) -> dict:
+  """Compiles `jax.jit(fn)` for `target` on abstract `args` (ShapeDtypeStructs on a
+  compile-only device) and reads what XLA wrote about it."""
+  with tempfile.TemporaryDirectory() as dump, gpu_target.building_for(target):
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile(compiler_options={'xla_dump_to': dump})
+    row = {'compile_s': round(time.perf_counter() - start, 2),
+           'temp_gib': round(compiled.memory_analysis().temp_size_in_bytes / 2**30, 3)}
+    thunks = ''.join(open(f, encoding='utf-8').read()
+                     for f in glob.glob(os.path.join(dump, '*thunk_sequence.txt')))
+    row['thunks'], kernels = parse_thunks(thunks)
+    ptxas = _ptxas()
+    for ptx in glob.glob(os.path.join(dump, '*.ptx')) if ptxas and kernels else []:
+      text = open(ptx, encoding='utf-8').read()
+      names = set(re.findall(r'\.entry (\w+)', text)) & set(kernels)
+      if names:
+        result = subprocess.run([ptxas, '-arch=sm_90a', '-v', ptx, '-o', os.devnull],
+                                capture_output=True, text=True, check=True)
+        for name, info in parse_ptxas(result.stderr).items():
+          kernels.get(name, {}).update(info)
+        if len(names) == 1:  # Hopper's warpgroup matmuls, not the older mma.sync
+          kernels[names.pop()]['wgmma'] = text.count('wgmma.mma_async')
+    for info in kernels.values():
+      if 'registers' in info:
+        info['blocks_per_sm'] = blocks_per_sm(info['threads'], info['registers'],
+                                              info['shared_bytes'])
+    row['kernels'] = kernels
+  return row
+
+
+def on_device(device, shape, dtype):
+  """An abstract `shape` array placed on (compile-only) `device`."""
+  return jax.ShapeDtypeStruct(shape, dtype,
+                              sharding=jax.sharding.SingleDeviceSharding(device))
+
+
+def section_kernels(args, device) -> list[dict]:
+  from vision_core import flash_attention, fused_mlp  # pylint: disable=g-import-not-at-top
+  rows = []
+  qkv = [on_device(device, (args.batch, 197, 12, 64), jnp.bfloat16)] * 3
+  for text in args.flash_tiles:
+    tiles = flash_attention.Tiles(*map(int, text.split(',')))
+
+    def loss(q, k, v, tiles=tiles):
+      return jnp.sum(flash_attention.attention(q, k, v, 197, tiles).astype(jnp.float32))
+    rows.append(({'kernel': 'flash_attention', 'tiles': text}, jax.grad(loss, (0, 1, 2)), qkv))
+  m, d, f = args.batch * 200, 768, 3072
+  x, dy = on_device(device, (m, d), jnp.bfloat16), on_device(device, (m, d), jnp.bfloat16)
+  w1, b1 = on_device(device, (d, f), jnp.bfloat16), on_device(device, (f,), jnp.bfloat16)
+  w2, pre = on_device(device, (f, d), jnp.bfloat16), on_device(device, (m, f), jnp.bfloat16)
+  for text in CANDIDATES:
+    tiles = parse_tiles(text)
+    rows.append(({'kernel': 'mlp_forward', 'tiles': text},
+                 lambda x, w1, b1, t=tiles: fused_mlp.dense_gelu(x, w1, b1, t), (x, w1, b1)))
+    rows.append(({'kernel': 'mlp_backward', 'tiles': text},
+                 lambda dy, w2, pre, t=tiles: fused_mlp.gelu_input_grad(dy, w2, pre, t),
+                 (dy, w2, pre)))
+  return [_checked(row, fn, fargs, args.target) for row, fn, fargs in rows]
+
+
+def _checked(row, fn, fargs, target) -> dict:
+  try:
+    row.update(compile_report(fn, fargs, target))
+  except Exception as e:  # pylint: disable=broad-except
+    row['error'] = f'{type(e).__name__}: {e}'[-1500:]
+  print(json.dumps(row), flush=True)
+  return row
+
+
+def section_vit(args, device) -> list[dict]:
+  # pylint: disable=g-import-not-at-top
+  from vision_core import flash_attention, mesh as mesh_lib, optim
+  from vision_core import sharding as sharding_lib
+  from vit_jax import models_vit, train
+  from vit_jax.configs import models
+  # pylint: enable=g-import-not-at-top
+  mesh = mesh_lib.make_mesh((1, 1), [device])
+  schedule = optim.make_schedule(base_lr=1e-3, total_steps=10_000, decay_type='constant')
+  tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
+                            weight_decay=1e-4)
+  batch = {'image': jax.ShapeDtypeStruct((args.batch, 224, 224, 3), jnp.float32,
+                                         sharding=mesh_lib.batch_sharding(mesh, 4)),
+           'label': jax.ShapeDtypeStruct((args.batch,), jnp.int32,
+                                         sharding=mesh_lib.batch_sharding(mesh, 1))}
+  rows = []
+  for name in args.variants:
+    settings = dict(VARIANTS[name])
+    flash_attention.TILES = flash_attention.Tiles(
+        *map(int, settings.pop('flash_tiles', '64,64,64,64,4,2').split(',')))
+    mlp_tiles = settings.pop('mlp_tiles', None)
+    if mlp_tiles:
+      settings['mlp_tiles'] = tuple(parse_tiles(t) for t in mlp_tiles.split('/'))
+    model = models_vit.VisionTransformer(
+        num_classes=1000, dtype=jnp.bfloat16,
+        **dict(dict(attention='cudnn'), **settings), **models.get_model_config('ViT-B_16'))
+    row = {'variant': name, **VARIANTS[name]}
+    try:
+      with gpu_target.building_for(args.target):
+        state = train.abstract_train_state(model=model, tx=tx, image_shape=(224, 224, 3))
+      shardings = sharding_lib.named_shardings(state, mesh)
+      state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                           state, shardings)
+      step = train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
+                                   state_shardings=shardings, num_classes=1000)
+      row.update(compile_report(step, (state, batch), args.target))
+    except Exception as e:  # pylint: disable=broad-except
+      row['error'] = f'{type(e).__name__}: {e}'[-1500:]
+    print(json.dumps(row), flush=True)
+    rows.append(row)
+  return rows
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
+  parser.add_argument('--target', default='h100', choices=list(gpu_target.TARGETS))
+  parser.add_argument('--sections', nargs='+', default=['kernels', 'vit'],
+                      choices=['kernels', 'vit'])
+  parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
+  parser.add_argument('--flash-tiles', nargs='+',
+                      default=['64,64,64,64,4,2', '128,64,128,64,8,2', '64,32,64,32,4,3',
+                               '128,32,64,64,4,2'])
+  parser.add_argument('--batch', type=int, default=512)
+  parser.add_argument('--out', help='append one JSON line per check here')
+  args = parser.parse_args()
+  if not os.environ.get('JAX_PLATFORMS'):
+    # Compile only: run on the CPU, so that no GPU is looked for (nor taken, where one is).
+    jax.config.update('jax_platforms', 'cpu')
+  device = gpu_target.compile_only_devices(args.target)[0]
+  rows = []
+  if 'kernels' in args.sections:
+    rows += section_kernels(args, device)
+  if 'vit' in args.sections:
+    rows += section_vit(args, device)
+  if args.out:
+    with open(args.out, 'a', encoding='utf-8') as f:
+      for row in rows:
+        f.write(json.dumps(dict(row, target=args.target, jax=jax.__version__)) + '\n')
+  for row in rows:
+    what = row.get('variant') or f"{row['kernel']} {row['tiles']}"
+    if 'error' in row:
+      print(f'{what:40s} ERROR {row["error"][-200:]}')
+      continue
+    thunks = ' '.join(f'{kind[1:]} {n}' for kind, n in sorted(row['thunks'].items()))
+    print(f"{what:40s} {row['compile_s']:5.1f} s  temp {row['temp_gib']:6.2f} GiB  {thunks}")
+    for name, k in sorted(row['kernels'].items()):
+      print(f"    {name:28s} grid {k['grid']} threads {k['threads']} shared "
+            f"{k['shared_bytes']} B regs {k.get('registers')} spills "
+            f"{k.get('spill_store_bytes')}/{k.get('spill_load_bytes')} B "
+            f"blocks/SM {k.get('blocks_per_sm')} wgmma {k.get('wgmma')}")
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,181 @@
+"""vision_core.gpu_target (compiling for an H100 without one) and bench/gpu_aot_check.py's
+readers of what XLA and ptxas write. The compiles themselves need jax's CUDA plugin (~5 GB,
+not a project dependency): those tests skip without it; the rest run anywhere."""
+
+import importlib.util
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from bench import gpu_aot_check, profile_train_step
+from tests.test_vit_model import tiny_config
+from vision_core import flash_attention, fused_mlp, gpu_target, mesh as mesh_lib, optim
+from vision_core.errors import UserInputError
+from vit_jax import models_vit, train
+
+HAS_CUDA_PLUGIN = importlib.util.find_spec('jax_cuda12_plugin') is not None
+
+
+def test_building_for_a_gpu_target_sets_backend_and_sm_count():
+  assert gpu_target.backend() == jax.default_backend()
+  with gpu_target.building_for('h200'):
+    assert gpu_target.backend() == 'gpu'
+    assert gpu_target.sm_count() == 132
+  assert gpu_target.backend() == jax.default_backend()  # restored on the way out
+  with pytest.raises(UserInputError, match=r"GPU target 'a100': expected one of h100, h200"):
+    with gpu_target.building_for('a100'):
+      pass
+  with pytest.raises(UserInputError, match=r"GPU target 'v100'"):
+    gpu_target.target_config('v100')
+
+
+def test_target_config_names_the_hopper_part():
+  text = gpu_target.target_config('h100')
+  for line in ('core_count: 132', 'shared_memory_per_block_optin: 232448',
+               'cuda_compute_capability { major: 9 minor: 0 }',
+               'device_description_str: "NVIDIA H100 80GB HBM3"', 'platform_name: "CUDA"'):
+    assert line in text
+  assert 'memory_bandwidth: 4800000000000' in gpu_target.target_config('h200')
+
+
+def test_gpu_only_mlp_kernels_pass_their_check_when_building_for_a_gpu():
+  """The fused MLP's Triton kernels refuse a CPU backend, unless the program is built for a
+  GPU target (then the model traces; compiling it needs the CUDA plugin)."""
+  config = tiny_config()
+  config.hidden_size, config.transformer.mlp_dim = 64, 256
+  model = models_vit.VisionTransformer(num_classes=3, mlp_impl='pallas', **config)
+  init = lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
+  if jax.default_backend() != 'gpu':
+    with pytest.raises(ValueError, match='on GPUs only'):
+      jax.eval_shape(init)
+  with gpu_target.building_for('h100'):
+    shapes = jax.eval_shape(init)
+  assert shapes['params']['head']['kernel'].shape == (64, 3)
+
+
+def test_abstract_train_state_is_what_create_train_state_makes():
+  model = models_vit.VisionTransformer(num_classes=3, **tiny_config())
+  schedule = optim.make_schedule(base_lr=0.01, total_steps=10)
+  tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
+                            weight_decay=0.1)
+  abstract = train.abstract_train_state(model=model, tx=tx, image_shape=(16, 16, 3))
+  state, _ = train.create_train_state(model=model, tx=tx, image_shape=(16, 16, 3),
+                                      mesh=mesh_lib.make_mesh((1, 1), jax.devices()[:1]))
+  shape = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
+  assert shape(abstract) == shape(state)
+  assert all(isinstance(a, jax.ShapeDtypeStruct) for a in jax.tree.leaves(abstract))
+
+
+@pytest.mark.skipif(HAS_CUDA_PLUGIN, reason='the CUDA plugin is installed here')
+def test_compiling_for_a_gpu_without_the_plugin_says_what_to_install():
+  with pytest.raises(UserInputError, match=r"compiling for h100 needs jax's CUDA plugin "
+                     r"\(pip install 'jax-cuda12-plugin\[with-cuda\]=="):
+    gpu_target.compile_only_devices('h100')
+
+
+def test_blocks_per_sm_follows_the_hopper_occupancy_rules():
+  """Reference values worked by hand from the CUDA occupancy rules (registers allocated per
+  warp in blocks of 256, 1 KiB of shared memory reserved per block)."""
+  # 128 threads x 128 registers = 16,384 per block: 4 fit 65,536; shared 41 KiB: 5.
+  assert gpu_target_blocks(128, 128, 40960) == 4
+  # 181 registers -> 5,792 per warp, 5,888 allocated; x 4 warps = 23,552: 2 fit.
+  assert gpu_target_blocks(128, 181, 49664) == 2
+  # 57 registers are allocated as 64 (2,048 per warp): 16 blocks of 2 warps, not 17.
+  assert gpu_target_blocks(64, 57, 0) == 16
+  # Shared memory bound: 100 KiB + 1 KiB each, 228 KiB per SM: 2.
+  assert gpu_target_blocks(128, 32, 102400) == 2
+  # Thread bound: 1,024 threads, 2,048 per SM.
+  assert gpu_target_blocks(1024, 16, 0) == 2
+  # Block bound: 32 per SM.
+  assert gpu_target_blocks(32, 16, 0) == 32
+
+
+def gpu_target_blocks(threads, registers, shared):
+  return gpu_aot_check.blocks_per_sm(threads, registers, shared)
+
+
+def test_thunk_list_and_ptxas_output_are_read():
+  thunks = (
+      '001: kCustomKernel   [source | next=4 (1)] loop_add_fusion grid: [6, 1, 1] threads: '
+      '[128, 1, 1]  shared_memory: 0 bytes\n'
+      '002: kGemm [prev=1 (1) | sink] custom-call.3\n'
+      '166: kCustomKernel   [prev=165 (1)    | next=167 (1)    ] flash_attention_forward grid:'
+      ' [4, 256, 12] threads: [128, 1, 1]  shared_memory: 40960 bytes\n'
+      '170: kCustomKernel   [prev=169 (1)    | next=171 (1)    ] mlp_gemm_backward__1 grid:'
+      ' [96, 1, 1] threads: [256, 1, 1]  shared_memory: 98304 bytes\n')
+  kinds, ours = gpu_aot_check.parse_thunks(thunks)
+  assert kinds == {'kCustomKernel': 3, 'kGemm': 1}
+  assert ours == {'flash_attention_forward': {'grid': [4, 256, 12], 'threads': 128,
+                                              'shared_bytes': 40960},
+                  'mlp_gemm_backward__1': {'grid': [96, 1, 1], 'threads': 256,
+                                           'shared_bytes': 98304}}
+  ptxas = ("ptxas info    : Compiling entry function 'flash_attention_dq' for 'sm_90a'\n"
+           'ptxas info    : Function properties for flash_attention_dq\n'
+           '    0 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads\n'
+           'ptxas info    : Used 146 registers, used 1 barriers\n')
+  assert gpu_aot_check.parse_ptxas(ptxas) == {'flash_attention_dq': {
+      'registers': 146, 'spill_store_bytes': 8, 'spill_load_bytes': 12}}
+
+
+def test_fused_mlp_kernels_are_named_as_gemms():
+  """Named so that GPU profiles class them as matmuls and gpu_aot_check finds them."""
+  shape = lambda *s: jax.ShapeDtypeStruct(s, jnp.bfloat16)
+  tiles = fused_mlp.Tiles(block_m=64, block_n=64, block_k=32)
+  forward = jax.jit(lambda x, w1, b1: fused_mlp.dense_gelu(x, w1, b1, tiles))
+  text = forward.trace(shape(128, 64), shape(64, 128), shape(128)).lower(
+      lowering_platforms=('cuda',)).as_text()
+  assert 'mlp_gemm_forward' in text
+  backward = jax.jit(lambda dy, w2, pre: fused_mlp.gelu_input_grad(dy, w2, pre, tiles))
+  text = backward.trace(shape(128, 64), shape(128, 64), shape(128, 128)).lower(
+      lowering_platforms=('cuda',)).as_text()
+  assert 'mlp_gemm_backward' in text
+  assert profile_train_step.kernel_class('mlp_gemm_backward') == 'gemm'
+
+
+@pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="needs jax's CUDA plugin (compile only)")
+def test_flash_attention_compiles_for_h100_without_spills():
+  """The whole GPU pipeline down to ptxas, at ViT-B/16's shapes: three kernels on Hopper's
+  warpgroup matmuls, none spilling registers, each with two or more programs per SM."""
+  device = gpu_target.compile_only_devices('h100')[0]
+  qkv = [gpu_aot_check.on_device(device, (8, 197, 12, 64), jnp.bfloat16)] * 3
+  loss = lambda q, k, v: jnp.sum(flash_attention.attention(q, k, v, 197).astype(jnp.float32))
+  report = gpu_aot_check.compile_report(jax.grad(loss, (0, 1, 2)), qkv, 'h100')
+  kernels = report['kernels']
+  assert sorted(kernels) == ['flash_attention_dkv', 'flash_attention_dq',
+                             'flash_attention_forward']
+  for info in kernels.values():
+    assert info['grid'] == [4, 8, 12] and info['threads'] == 128
+    assert info['registers'] > 0 and info['spill_store_bytes'] == 0
+    assert info['blocks_per_sm'] >= 2
+    assert info['wgmma'] > 0
+
+
+@pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="needs jax's CUDA plugin (compile only)")
+def test_fsdp_tp_train_step_compiles_for_eight_h100s():
+  """A (4, 2) data x model mesh of compile-only H100s: the sharded step lowers to NCCL
+  collectives (what a multi-GPU run needs), with the parameters split as the rules say."""
+  from vision_core import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  mesh = mesh_lib.make_mesh((4, 2), gpu_target.compile_only_devices('h100', 8))
+  config = tiny_config()
+  config.hidden_size, config.transformer.mlp_dim = 128, 256  # MLP kernels over fsdp's minimum
+  model = models_vit.VisionTransformer(num_classes=10, dtype=jnp.bfloat16, **config)
+  schedule = optim.make_schedule(base_lr=0.01, total_steps=10)
+  tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
+                            weight_decay=0.1)
+  abstract = train.abstract_train_state(model=model, tx=tx, image_shape=(16, 16, 3))
+  shardings = sharding_lib.named_shardings(abstract, mesh, strategy='fsdp_tp')
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                       abstract, shardings)
+  batch = {'image': jax.ShapeDtypeStruct((16, 16, 16, 3), jnp.float32,
+                                         sharding=mesh_lib.batch_sharding(mesh, 4)),
+           'label': jax.ShapeDtypeStruct((16,), jnp.int32,
+                                         sharding=mesh_lib.batch_sharding(mesh, 1))}
+  step = train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
+                               state_shardings=shardings, num_classes=10)
+  text = step.lower(state, batch).compile().as_text()
+  ops = set(re.findall(r' (all-reduce|all-gather|reduce-scatter)(?:-start)?\(', text))
+  assert {'all-reduce', 'all-gather'} <= ops, ops  # gradients summed, fsdp params gathered
+  mlp_kernel = state.params['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel']
+  assert mlp_kernel.sharding.spec == jax.sharding.PartitionSpec('data', 'model')
