@@ -44,10 +44,10 @@ from bench.gpu_mlp_kernels import CANDIDATES, parse_tiles  # pylint: disable=wro
 from vision_core import gpu_target  # pylint: disable=wrong-import-position
 
 OUR_KERNELS = re.compile(r'flash_attention_\w+|mlp_gemm_\w+')
-# Hopper, per SM (as vision_core.gpu_target.TARGETS): the limits a program's residency
-# is the least of. Registers go to warps in blocks of 256; a block reserves 1 KiB of
-# shared memory for the system.
-SM_THREADS, SM_REGISTERS, SM_SHARED, SM_BLOCKS = 2048, 65536, 233472, 32
+# Hopper, per SM: the limits a program's residency is the least of. Registers go to warps
+# in blocks of 256; a block reserves 1 KiB of shared memory for the system.
+SM_THREADS, SM_REGISTERS, SM_BLOCKS = 2048, 65536, 32
+SM_SHARED = gpu_target.TARGETS['h100']['shared_memory_per_core']  # the H200's too
 # bench/gpu_vit_variants.sh's variants: gpu_suite flags as VisionTransformer arguments.
 VARIANTS = {
     'ours': {},
