@@ -12,32 +12,46 @@ from bench import profile_train_step
 from vision_core import flash_attention
 
 
-def numpy_attention(q, k, v, valid_keys):
-  """float64 softmax attention over the first `valid_keys` keys: `[B, N, H, D]` each."""
+def numpy_attention(q, k, v, valid_keys, causal=False):
+  """float64 softmax attention over the first `valid_keys` keys (and with `causal`, over
+  the keys up to the query's own position): `[B, N, H, D]` each."""
   q, k, v = (np.asarray(t, np.float64) for t in (q, k, v))
   logits = np.einsum('bqhd,bkhd->bhqk', q, k)[..., :valid_keys]
+  if causal:
+    later = np.arange(valid_keys)[None, :] > np.arange(q.shape[1])[:, None]
+    logits = np.where(later, -np.inf, logits)
   weights = np.exp(logits - logits.max(-1, keepdims=True))
   weights /= weights.sum(-1, keepdims=True)
   return np.einsum('bhqk,bkhd->bqhd', weights, v[:, :valid_keys])
 
 
-def plain_attention(q, k, v, valid_keys):
+def plain_attention(q, k, v, valid_keys, causal=False):
   logits = jnp.einsum('bqhd,bkhd->bhqk', q, k[:, :valid_keys])
+  if causal:
+    later = jnp.arange(valid_keys)[None, :] > jnp.arange(q.shape[1])[:, None]
+    logits = jnp.where(later, -jnp.inf, logits)
   return jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(logits, -1), v[:, :valid_keys])
 
 
 SMALL = flash_attention.Tiles(queries=8, keys=16, backward_keys=16, backward_queries=8)
 
 
-@pytest.mark.parametrize('tokens,valid_keys,depth,tiles,dtype', [
-    (21, 21, 16, SMALL, jnp.float32),  # ragged: 21 tokens in tiles of 8 and 16
-    (27, 24, 16, SMALL, jnp.float32),  # 3 padding tokens, masked out of the keys
-    (16, 5, 8, flash_attention.Tiles(16, 16, 16, 16), jnp.float32),  # one tile
-    (40, 9, 16, SMALL, jnp.float32),  # whole key tiles past the valid keys
-    (40, 37, 12, SMALL, jnp.float32),  # head width 12, padded to 16 in the blocks
-    (45, 43, 16, flash_attention.Tiles(16, 8, 8, 32), jnp.bfloat16)])
+@pytest.mark.parametrize('tokens,valid_keys,depth,tiles,dtype,causal', [
+    (21, 21, 16, SMALL, jnp.float32, False),  # ragged: 21 tokens in tiles of 8 and 16
+    (27, 24, 16, SMALL, jnp.float32, False),  # 3 padding tokens, masked out of the keys
+    (16, 5, 8, flash_attention.Tiles(16, 16, 16, 16), jnp.float32, False),  # one tile
+    (40, 9, 16, SMALL, jnp.float32, False),  # whole key tiles past the valid keys
+    (40, 37, 12, SMALL, jnp.float32, False),  # head width 12, padded to 16 in the blocks
+    (45, 43, 16, flash_attention.Tiles(16, 8, 8, 32), jnp.bfloat16, False),
+    # Causal (Image GPT): ragged; with masked keys; query tiles larger than the key tiles
+    # and the other way round (the tiles skipped before and after the diagonal); bf16.
+    (37, 37, 16, SMALL, jnp.float32, True),
+    (40, 30, 16, SMALL, jnp.float32, True),
+    (45, 45, 16, flash_attention.Tiles(16, 8, 8, 32), jnp.float32, True),
+    (33, 33, 8, flash_attention.Tiles(8, 16, 32, 8), jnp.float32, True),
+    (50, 50, 16, SMALL, jnp.bfloat16, True)])
 def test_values_and_gradients_match_numpy_and_autodiff(tokens, valid_keys, depth, tiles,
-                                                       dtype):
+                                                       dtype, causal):
   rng = np.random.default_rng(tokens)
   q, k, v = (rng.normal(0, 0.7, (2, tokens, 3, depth)).astype(np.float32) for _ in range(3))
   cotangent = rng.normal(0, 1, (2, tokens, 3, depth)).astype(np.float32)
@@ -45,16 +59,16 @@ def test_values_and_gradients_match_numpy_and_autodiff(tokens, valid_keys, depth
 
   def flash(q, k, v):
     return flash_attention.attention(q.astype(dtype), k.astype(dtype), v.astype(dtype),
-                                     valid_keys, tiles, True).astype(jnp.float32)
+                                     valid_keys, tiles, True, causal=causal).astype(jnp.float32)
 
   out = flash(q, k, v)
   assert out.shape == q.shape and flash_attention.attention(
       q.astype(dtype), k.astype(dtype), v.astype(dtype), valid_keys, tiles, True).dtype == dtype
   # Every query, padding tokens' included, attends to the valid keys only.
-  np.testing.assert_allclose(out, numpy_attention(q, k, v, valid_keys), **tol)
+  np.testing.assert_allclose(out, numpy_attention(q, k, v, valid_keys, causal), **tol)
 
   grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cotangent), argnums=(0, 1, 2))(q, k, v)
-           for f in (flash, lambda *a: plain_attention(*a, valid_keys))]
+           for f in (flash, lambda *a: plain_attention(*a, valid_keys, causal))]
   for name, got, want in zip('qkv', *grads):
     np.testing.assert_allclose(got, want, err_msg=f'd{name}', **tol)
   # Masked keys get no gradient.

@@ -6,7 +6,9 @@ scaled) where only the first `valid_keys` tokens are keys. Unlike JAX's Pallas a
 (jax.experimental.pallas.ops.gpu.attention), N need not be a multiple of the tiles: the last
 tile's rows are masked in the loads and stores, so ViT's 197 tokens are read in place instead
 of being padded to 256 in every layer. Keys from `valid_keys` on (the padding the encoder adds
-once) are masked out of the softmax; their queries are computed like any other.
+once) are masked out of the softmax; their queries are computed like any other. `causal=True`
+(Image GPT) also masks every key after its query, and skips the key tiles wholly after a
+query tile.
 
 Forward: one program per (query tile, batch, head), an online softmax over the key tiles
 (FlashAttention-2), saving the rows' log-sum-exp. Backward: a dq kernel, one program per
@@ -64,16 +66,30 @@ def _store(ref, start, value, valid_rows, depth):
               mask=valid_rows[:, None] & cols[None, :])
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, tokens, valid_keys, depth, tiles):
+def _key_tiles(start, bq, bk, valid_keys, causal):
+  """How many key tiles the queries `start:start + bq` attend to (causal: none past the
+  tile's last query)."""
+  count = pl.cdiv(valid_keys, bk)
+  return jnp.minimum(count, pl.cdiv(start + bq, bk)) if causal else count
+
+
+def _visible(queries, keys, valid_keys, causal):
+  """`[len(queries), len(keys)]`: which keys each query attends to."""
+  ok = (keys < valid_keys)[None, :]
+  return ok & (keys[None, :] <= queries[:, None]) if causal else ok
+
+
+def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, tokens, valid_keys, causal, depth,
+                    tiles):
   bq, bk = tiles.queries, tiles.keys
   start = pl.program_id(0) * bq
-  _, rows_ok, (q,) = _tiles(start, bq, tokens, depth, q_ref)
+  rows, rows_ok, (q,) = _tiles(start, bq, tokens, depth, q_ref)
 
   def step(j, carry):
     acc, m, l = carry
     keys, _, (k, v) = _tiles(j * bk, bk, tokens, depth, k_ref, v_ref)
     s = plgpu.dot(q, k, trans_b=True) * _LOG2E  # [bq, bk], base 2
-    s = jnp.where((keys < valid_keys)[None, :], s, _MASKED)
+    s = jnp.where(_visible(rows, keys, valid_keys, causal), s, _MASKED)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
     p = jnp.exp2(s - m_new[:, None])
     rescale = jnp.exp2(m - m_new)
@@ -82,53 +98,54 @@ def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, tokens, valid_keys, 
 
   init = (jnp.zeros((bq, q.shape[1]), jnp.float32), jnp.full((bq,), _MASKED, jnp.float32),
           jnp.zeros((bq,), jnp.float32))
-  acc, m, l = jax.lax.fori_loop(0, pl.cdiv(valid_keys, bk), step, init)
+  acc, m, l = jax.lax.fori_loop(0, _key_tiles(start, bq, bk, valid_keys, causal), step, init)
   _store(o_ref, start, acc / l[:, None], rows_ok, depth)
   plgpu.store(lse_ref.at[pl.ds(start, bq)], m + jnp.log2(l), mask=rows_ok)
 
 
 def _dq_kernel(q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, dq_ref, delta_ref, *, tokens,
-               valid_keys, depth, tiles):
+               valid_keys, causal, depth, tiles):
   bq, bk = tiles.queries, tiles.keys
   start = pl.program_id(0) * bq
-  _, rows_ok, (q, do, o) = _tiles(start, bq, tokens, depth, q_ref, do_ref, o_ref)
+  rows, rows_ok, (q, do, o) = _tiles(start, bq, tokens, depth, q_ref, do_ref, o_ref)
   delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=1)  # [bq]
   lse = plgpu.load(lse_ref.at[pl.ds(start, bq)], mask=rows_ok, other=0.0)
 
   def step(j, dq):
     keys, _, (k, v) = _tiles(j * bk, bk, tokens, depth, k_ref, v_ref)
     p = jnp.exp2(plgpu.dot(q, k, trans_b=True) * _LOG2E - lse[:, None])
-    p = jnp.where((keys < valid_keys)[None, :], p, 0.0)
+    p = jnp.where(_visible(rows, keys, valid_keys, causal), p, 0.0)
     ds = p * (plgpu.dot(do, v, trans_b=True) - delta[:, None])
     return dq + plgpu.dot(ds.astype(k.dtype), k)
 
-  dq = jax.lax.fori_loop(0, pl.cdiv(valid_keys, bk), step,
+  dq = jax.lax.fori_loop(0, _key_tiles(start, bq, bk, valid_keys, causal), step,
                          jnp.zeros((bq, q.shape[1]), jnp.float32))
   _store(dq_ref, start, dq, rows_ok, depth)
   plgpu.store(delta_ref.at[pl.ds(start, bq)], delta, mask=rows_ok)
 
 
 def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, tokens,
-                valid_keys, depth, tiles):
+                valid_keys, causal, depth, tiles):
   bk, bq = tiles.backward_keys, tiles.backward_queries
   start = pl.program_id(0) * bk
   keys, keys_ok, (k, v) = _tiles(start, bk, tokens, depth, k_ref, v_ref)
-  attended = keys < valid_keys
 
   def step(i, carry):
     dk, dv = carry
-    _, rows_ok, (q, do) = _tiles(i * bq, bq, tokens, depth, q_ref, do_ref)
+    rows, rows_ok, (q, do) = _tiles(i * bq, bq, tokens, depth, q_ref, do_ref)
     lse = plgpu.load(lse_ref.at[pl.ds(i * bq, bq)], mask=rows_ok, other=0.0)
     delta = plgpu.load(delta_ref.at[pl.ds(i * bq, bq)], mask=rows_ok, other=0.0)
     p_t = jnp.exp2(plgpu.dot(k, q, trans_b=True) * _LOG2E - lse[None, :])  # [bk, bq]
     # Query rows past N load as zeros (q, dO, lse, delta): their p is 1 but they add nothing.
-    p_t = jnp.where(attended[:, None], p_t, 0.0)
+    p_t = jnp.where(_visible(rows, keys, valid_keys, causal).T, p_t, 0.0)
     dv = dv + plgpu.dot(p_t.astype(do.dtype), do)
     ds_t = p_t * (plgpu.dot(v, do, trans_b=True) - delta[None, :])
     return dk + plgpu.dot(ds_t.astype(q.dtype), q), dv
 
   zeros = jnp.zeros((bk, k.shape[1]), jnp.float32)
-  dk, dv = jax.lax.fori_loop(0, pl.cdiv(tokens, bq), step, (zeros, zeros))
+  # Causal: query tiles before the first query that sees these keys are skipped.
+  first = start // bq if causal else 0
+  dk, dv = jax.lax.fori_loop(first, pl.cdiv(tokens, bq), step, (zeros, zeros))
   _store(dk_ref, start, dk, keys_ok, depth)
   _store(dv_ref, start, dv, keys_ok, depth)
 
@@ -166,37 +183,40 @@ def _check(q, k, v, valid_keys):
     raise ValueError(f'valid_keys={valid_keys}: expected 1..{q.shape[1]} (the tokens).')
 
 
-def attention(q, k, v, valid_keys: int, tiles: Tiles | None = None, interpret: bool = False):
-  """`q, k, v [B, N, H, D]` -> `[B, N, H, D]` in q's dtype; keys `>= valid_keys` masked.
-  `tiles`: None for TILES."""
+def attention(q, k, v, valid_keys: int, tiles: Tiles | None = None, interpret: bool = False,
+              *, causal: bool = False):
+  """`q, k, v [B, N, H, D]` -> `[B, N, H, D]` in q's dtype; keys `>= valid_keys` masked, and
+  with `causal` every key after its query (token i attends to 0..i; the tiles wholly after
+  a query tile are not visited). `tiles`: None for TILES."""
   _check(q, k, v, valid_keys)
-  return _attention(q, k, v, valid_keys, tiles or TILES, interpret)
+  return _attention(q, k, v, (valid_keys, causal), tiles or TILES, interpret)
 
 
+# `mask`: (valid_keys, causal), static.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _attention(q, k, v, valid_keys, tiles, interpret):
-  return _forward(q, k, v, valid_keys, tiles, interpret)[0]
+def _attention(q, k, v, mask, tiles, interpret):
+  return _forward(q, k, v, mask, tiles, interpret)[0]
 
 
-def _forward(q, k, v, valid_keys, tiles, interpret):
+def _forward(q, k, v, mask, tiles, interpret):
   batch, tokens, heads, _ = q.shape
   out, lse = _call(_forward_kernel, (q, k, v),
                    (jax.ShapeDtypeStruct(q.shape, q.dtype),
                     jax.ShapeDtypeStruct((batch, heads, tokens), jnp.float32)),
-                   tiles.queries, tiles, interpret, valid_keys=valid_keys)
+                   tiles.queries, tiles, interpret, valid_keys=mask[0], causal=mask[1])
   return out, (q, k, v, out, lse)
 
 
-def _backward(valid_keys, tiles, interpret, residuals, d_out):
+def _backward(mask, tiles, interpret, residuals, d_out):
   q, k, v, out, lse = residuals
   batch, tokens, heads, _ = q.shape
   rows = jax.ShapeDtypeStruct((batch, heads, tokens), jnp.float32)
   dq, delta = _call(_dq_kernel, (q, k, v, out, d_out, lse),
                     (jax.ShapeDtypeStruct(q.shape, q.dtype), rows),
-                    tiles.queries, tiles, interpret, valid_keys=valid_keys)
+                    tiles.queries, tiles, interpret, valid_keys=mask[0], causal=mask[1])
   dk, dv = _call(_dkv_kernel, (q, k, v, d_out, lse, delta),
                  (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
-                 tiles.backward_keys, tiles, interpret, valid_keys=valid_keys)
+                 tiles.backward_keys, tiles, interpret, valid_keys=mask[0], causal=mask[1])
   return dq, dk, dv
 
 
