@@ -10,6 +10,8 @@ Sections (vision_core.gpu_target does the compile-only part; one JSON line per c
   forward and gradients) for each --flash-tiles; fused_mlp's forward and backward kernels
   ([102400, 768] x [768, 3072]) for each of bench/gpu_mlp_kernels.py's CANDIDATES.
 - vit: the ViT-B/16 train step (batch 512, bf16) of each variant of bench/gpu_vit_variants.sh.
+- igpt: Image GPT's loss gradients (bf16, 1024 tokens, --igpt-batch) for --igpt-sizes, with
+  einsum and with flash attention: the memory the [B, H, T, T] weights take.
 Each: compile seconds, the program's temporary memory, its thunks by kind (kernel launches,
 library calls, copies) and, for each of our kernels (flash_attention_*, mlp_gemm_*): grid,
 threads and shared memory (XLA's thunk list), registers and spilled bytes (ptxas -v on the
@@ -219,16 +221,42 @@ def section_vit(args, device) -> list[dict]:
   return rows
 
 
+def section_igpt(args, device) -> list[dict]:
+  """Image GPT's next-token loss and its gradients (bf16) at 32 x 32 = 1024 tokens, with
+  einsum attention (the [B, H, T, T] weights kept for the backward) and flash attention."""
+  from igpt_jax import model as igpt_model  # pylint: disable=g-import-not-at-top
+  rows = []
+  for size in args.igpt_sizes:
+    for attention in ('einsum', 'pallas'):
+      model = igpt_model.ImageGPT(**igpt_model.get_size(size), n_ctx=1024,
+                                  dtype=jnp.bfloat16, attention=attention)
+      with gpu_target.building_for(args.target):
+        params = jax.eval_shape(lambda m=model: igpt_model.init_params(m, jax.random.key(0)))
+      params = jax.tree.map(lambda a: on_device(device, a.shape, a.dtype), params)
+      tokens = on_device(device, (args.igpt_batch, 1024), jnp.int32)
+
+      def loss(params, tokens, model=model):
+        logits = model.apply({'params': params}, tokens)['logits']
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[..., None],
+                                             axis=-1))
+      row = {'model': f'igpt-{size}', 'attention': attention, 'batch': args.igpt_batch,
+             'tokens': 1024}
+      rows.append(_checked(row, jax.grad(loss), (params, tokens), args.target))
+  return rows
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
   parser.add_argument('--target', default='h100', choices=list(gpu_target.TARGETS))
-  parser.add_argument('--sections', nargs='+', default=['kernels', 'vit'],
-                      choices=['kernels', 'vit'])
+  parser.add_argument('--sections', nargs='+', default=['kernels', 'vit', 'igpt'],
+                      choices=['kernels', 'vit', 'igpt'])
   parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
   parser.add_argument('--flash-tiles', nargs='+',
                       default=['64,64,64,64,4,2', '128,64,128,64,8,2', '64,32,64,32,4,3',
                                '128,32,64,64,4,2'])
   parser.add_argument('--batch', type=int, default=512)
+  parser.add_argument('--igpt-sizes', nargs='+', default=['S', 'L'])
+  parser.add_argument('--igpt-batch', type=int, default=8)
   parser.add_argument('--out', help='append one JSON line per check here')
   args = parser.parse_args()
   if not os.environ.get('JAX_PLATFORMS'):
@@ -240,12 +268,15 @@ def main():
     rows += section_kernels(args, device)
   if 'vit' in args.sections:
     rows += section_vit(args, device)
+  if 'igpt' in args.sections:
+    rows += section_igpt(args, device)
   if args.out:
     with open(args.out, 'a', encoding='utf-8') as f:
       for row in rows:
         f.write(json.dumps(dict(row, target=args.target, jax=jax.__version__)) + '\n')
   for row in rows:
-    what = row.get('variant') or f"{row['kernel']} {row['tiles']}"
+    what = (row.get('variant') or (f"{row['model']} {row['attention']}" if 'model' in row
+                                   else f"{row['kernel']} {row['tiles']}"))
     if 'error' in row:
       print(f'{what:40s} ERROR {row["error"][-200:]}')
       continue

@@ -57,6 +57,8 @@ def get_config(arg: str = 'tiny,cifar10') -> ml_collections.ConfigDict:
   config.palette_fit_steps = 300  # Mini-batches of 8,192 pixels.
   config.vocab_size = 512
   config.dtype = 'float32'  # Compute dtype: float32 or bfloat16.
+  # einsum (any backend) | pallas: flash attention, NVIDIA GPUs (no [B, H, T, T] weights).
+  config.attention = 'einsum'
 
   config.batch_size = 64
   config.total_steps = 2000 if small else 100_000

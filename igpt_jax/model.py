@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vision_core import flash_attention, gpu_target
 from vision_core.errors import UserInputError
 from vision_core.matmul import matmul
 
@@ -43,6 +44,10 @@ SIZES = {
 }
 NORM_EPSILON = 1e-5
 MASK_VALUE = -1e10  # The release's masked attention logit (w * b - 1e10 * (1 - b)).
+# Attention without a cache: 'einsum' (any backend; materialises the [B, H, T, T] weights)
+# or vision_core.flash_attention's kernels: 'pallas' (NVIDIA GPUs; memory linear in T),
+# 'pallas_interpret' (the same kernels interpreted, any backend: for tests).
+ATTENTIONS = ('einsum', 'pallas', 'pallas_interpret')
 
 
 def get_size(name: str) -> dict:
@@ -76,7 +81,8 @@ class Norm(nn.Module):
 class Attention(nn.Module):
   """Multi-head attention with q/k/v/c projections stored as `[H, D/H, D]`.
 
-  Without a cache: `[B, T, D]` -> `[B, T, D]`, causal unless `causal=False`. With a cache
+  Without a cache: `[B, T, D]` -> `[B, T, D]`, causal unless `causal=False`, computed as
+  `attention` says (`ATTENTIONS`). With a cache
   (a dict of `k`, `v` arrays `[B, H, n_ctx, D/H]`), `x` holds positions
   `[start, start + T)`; their keys and values are written into the cache, the queries attend
   to every cached position up to their own, and the updated cache is returned as well.
@@ -85,9 +91,15 @@ class Attention(nn.Module):
   num_layers: int
   causal: bool = True
   dtype: Dtype = jnp.float32
+  attention: str = 'einsum'
 
   @nn.compact
   def __call__(self, x, *, cache: Optional[dict] = None, start=None):
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f'attention={self.attention!r}: expected one of {", ".join(ATTENTIONS)}.')
+    if self.attention == 'pallas' and gpu_target.backend() != 'gpu':
+      raise ValueError(f"attention='pallas' runs GPU kernels, on GPUs only (this backend is "
+                       f"{gpu_target.backend()!r}): use 'einsum'.")
     d = x.shape[-1]
     h = self.num_heads
     shape = (h, d // h, d)
@@ -98,6 +110,15 @@ class Attention(nn.Module):
     wc = self.param('c_proj', nn.initializers.normal(stddev=1.0 / np.sqrt(d * self.num_layers)),
                     shape)
     cast = lambda w: w.astype(self.dtype)
+    if cache is None and self.attention != 'einsum':
+      # `[B, T, H, D/H]`, the layout the kernels read; q scaled before them.
+      q = jnp.einsum('bsf,hef->bshe', x, cast(wq * (1.0 / np.sqrt(d // self.num_heads))))
+      k = jnp.einsum('bsf,hef->bshe', x, cast(wk))
+      v = jnp.einsum('bsf,hef->bshe', x, cast(wv))
+      a = flash_attention.attention(q, k, v, x.shape[1],
+                                    interpret=self.attention == 'pallas_interpret',
+                                    causal=self.causal)
+      return jnp.einsum('bshe,hef->bsf', a, cast(wc))
     q = jnp.einsum('bsf,hef->bhse', x, cast(wq))
     k = jnp.einsum('bsf,hef->bhse', x, cast(wk))
     v = jnp.einsum('bsf,hef->bhse', x, cast(wv))
@@ -150,11 +171,13 @@ class Block(nn.Module):
   num_layers: int
   causal: bool = True
   dtype: Dtype = jnp.float32
+  attention: str = 'einsum'
 
   @nn.compact
   def __call__(self, x, *, cache=None, start=None):
     y = Norm(name='ln_1')(x)
-    attn = Attention(self.num_heads, self.num_layers, self.causal, self.dtype, name='attn')
+    attn = Attention(self.num_heads, self.num_layers, self.causal, self.dtype, self.attention,
+                     name='attn')
     if cache is None:
       a = attn(y)
     else:
@@ -174,6 +197,8 @@ class ImageGPT(nn.Module):
     num_classes: rows of the classification head `clf/wclf`; 0 leaves it out.
     bert: the release's BERT objective (no `sos`, no causal mask, masked inputs zeroed).
     dtype: compute dtype (bfloat16 for mixed precision); parameters and norms stay float32.
+    attention: how the uncached forward computes attention (`ATTENTIONS`); sampling with
+      the cache always uses einsums.
   """
   width: int
   num_heads: int
@@ -183,6 +208,7 @@ class ImageGPT(nn.Module):
   num_classes: int = 0
   bert: bool = False
   dtype: Dtype = jnp.float32
+  attention: str = 'einsum'
 
   def setup(self):
     if self.width % self.num_heads:
@@ -195,7 +221,7 @@ class ImageGPT(nn.Module):
     if not self.bert:
       self.sos = self.param('sos', normal(stddev=0.02), (d,))
     self.blocks = [Block(self.num_heads, self.num_layers, not self.bert, self.dtype,
-                         name=f'h{i}') for i in range(self.num_layers)]
+                         self.attention, name=f'h{i}') for i in range(self.num_layers)]
     self.ln_f = Norm()
     if self.num_classes:
       self.clf = _Classifier(self.num_classes, name='clf')

@@ -29,7 +29,7 @@ from igpt_jax import model as igpt_model
 from igpt_jax import palette as palette_lib
 from igpt_jax import run_palette
 from igpt_jax import sample as igpt_sample
-from vision_core import data, io, loop, mesh as mesh_lib, metrics_log, npz, optim
+from vision_core import data, gpu_target, io, loop, mesh as mesh_lib, metrics_log, npz, optim
 from vision_core import run_config
 from vision_core.errors import UserInputError
 
@@ -144,11 +144,17 @@ def build_model(config, num_classes: int = 0) -> igpt_model.ImageGPT:
                          f'{", ".join(OBJECTIVES)}.')
   if config.dtype not in ('float32', 'bfloat16'):
     raise UserInputError(f'dtype={config.dtype!r}: expected float32 or bfloat16.')
+  if config.attention not in igpt_model.ATTENTIONS:
+    raise UserInputError(f'attention={config.attention!r}: expected one of '
+                         f'{", ".join(igpt_model.ATTENTIONS)}.')
+  if config.attention == 'pallas' and gpu_target.backend() != 'gpu':
+    raise UserInputError(f"attention='pallas' runs on NVIDIA GPUs only, and this run's backend "
+                         f'is {gpu_target.backend()}; use einsum.')
   return igpt_model.ImageGPT(
       **igpt_model.get_size(config.size), vocab_size=config.vocab_size,
       n_ctx=config.image_size ** 2, bert=config.objective == 'bert',
       num_classes=num_classes if config.objective == 'finetune' else 0,
-      dtype=jnp.dtype(config.dtype))
+      dtype=jnp.dtype(config.dtype), attention=config.attention)
 
 
 def initial_params(config, model, key) -> Any:

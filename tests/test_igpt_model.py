@@ -150,3 +150,37 @@ def test_too_many_tokens_and_bad_sizes_are_clear_errors():
     model.apply({'params': params}, jnp.zeros((16,), jnp.int32))
   with pytest.raises(UserInputError, match='model size'):
     igpt_model.get_size('XL')
+
+
+@pytest.mark.parametrize('bert', [False, True])
+def test_flash_attention_matches_numpy_and_einsum_gradients(bert):
+  """attention='pallas_interpret': vision_core.flash_attention's kernels (causal for the
+  generative model, not for BERT), interpreted; 40 tokens: one ragged 64-row tile."""
+  model = tiny_model(n_ctx=40, bert=bert, attention='pallas_interpret')
+  params = random_params(model)
+  rng = np.random.default_rng(5)
+  tokens = rng.integers(0, 512, (2, 40))
+  keep = (rng.uniform(size=(2, 40)) > 0.15).astype(np.float32) if bert else None
+  kwargs = dict(bert_keep=jnp.asarray(keep)) if bert else {}
+  out = model.apply({'params': params}, jnp.asarray(tokens), **kwargs)
+  logits, _, _ = numpy_forward(npz.flatten(params), tokens, n_head=4, bert_keep=keep)
+  np.testing.assert_allclose(out['logits'], logits, rtol=2e-4, atol=2e-4)
+
+  def loss(params, model):
+    return jnp.mean(model.apply({'params': params}, jnp.asarray(tokens), **kwargs)['logits']
+                    ** 2)
+  grads = jax.grad(loss)(params, model)
+  want = jax.grad(loss)(params, tiny_model(n_ctx=40, bert=bert))
+  for (path, got), expected in zip(jax.tree_util.tree_flatten_with_path(grads)[0],
+                                   jax.tree.leaves(want)):
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def test_bad_attention_settings_are_named():
+  tokens = jnp.zeros((1, 16), jnp.int32)
+  with pytest.raises(ValueError, match=r"attention='flash': expected one of einsum, pallas"):
+    tiny_model(attention='flash').init(jax.random.key(0), tokens)
+  if jax.default_backend() != 'gpu':
+    with pytest.raises(ValueError, match=r"attention='pallas' runs GPU kernels, on GPUs only"):
+      tiny_model(attention='pallas').init(jax.random.key(0), tokens)

@@ -97,6 +97,16 @@ def test_bad_config_values_are_clear_errors():
   config.objective = 'contrastive'
   with pytest.raises(UserInputError, match="objective='contrastive'"):
     train.build_model(config)
+  config = load_config('testing,cifar10')
+  config.attention = 'flash'
+  with pytest.raises(UserInputError, match=r"attention='flash': expected one of einsum, "):
+    train.build_model(config)
+  config.attention = 'pallas_interpret'
+  assert train.build_model(config).attention == 'pallas_interpret'
+  if jax.default_backend() != 'gpu':
+    config.attention = 'pallas'
+    with pytest.raises(UserInputError, match=r"attention='pallas' runs on NVIDIA GPUs only"):
+      train.build_model(config)
   with pytest.raises(ValueError, match='expected SIZE,DATASET'):
     load_config('testing')
 
