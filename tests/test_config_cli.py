@@ -30,7 +30,7 @@ def test_config_spec_and_field_paths():
     ('gan_jax.main', 'configs/gan.py:dcgan,mnist',
      '--config.lossx: no such config field. Did you mean loss? Valid fields: adam_b1'),
     ('igpt_jax.main', 'configs/igpt.py:tiny,cifar10',
-     '--config.lossx: no such config field. Valid fields: b2'),
+     '--config.lossx: no such config field. Valid fields: attention, b2'),
     ('gan_jax.main', 'configs/gan.py:dcgan,folder,abc',
      "--config: configs/gan.py:dcgan,folder,abc: SIZE 'abc' is not a number of pixels"),
     ('igpt_jax.main', 'configs/nope.py:tiny,cifar10',
