@@ -97,9 +97,8 @@ class Attention(nn.Module):
   def __call__(self, x, *, cache: Optional[dict] = None, start=None):
     if self.attention not in ATTENTIONS:
       raise ValueError(f'attention={self.attention!r}: expected one of {", ".join(ATTENTIONS)}.')
-    if self.attention == 'pallas' and gpu_target.backend() != 'gpu':
-      raise ValueError(f"attention='pallas' runs GPU kernels, on GPUs only (this backend is "
-                       f"{gpu_target.backend()!r}): use 'einsum'.")
+    if self.attention == 'pallas':
+      gpu_target.require_gpu("attention='pallas'", "'einsum'")
     d = x.shape[-1]
     h = self.num_heads
     shape = (h, d // h, d)

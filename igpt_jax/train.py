@@ -147,9 +147,8 @@ def build_model(config, num_classes: int = 0) -> igpt_model.ImageGPT:
   if config.attention not in igpt_model.ATTENTIONS:
     raise UserInputError(f'attention={config.attention!r}: expected one of '
                          f'{", ".join(igpt_model.ATTENTIONS)}.')
-  if config.attention == 'pallas' and gpu_target.backend() != 'gpu':
-    raise UserInputError(f"attention='pallas' runs on NVIDIA GPUs only, and this run's backend "
-                         f'is {gpu_target.backend()}; use einsum.')
+  if config.attention == 'pallas':
+    gpu_target.require_gpu("attention='pallas'", 'einsum')
   return igpt_model.ImageGPT(
       **igpt_model.get_size(config.size), vocab_size=config.vocab_size,
       n_ctx=config.image_size ** 2, bert=config.objective == 'bert',

@@ -202,7 +202,7 @@ def test_vit_with_fused_mlp_matches_xla_path():
 @pytest.mark.parametrize('kwargs, message', [
     (dict(mlp_impl='triton'), "mlp_impl='triton': expected one of"),
     (dict(mlp_impl='pallas_interpret', gelu_approximate=False), 'tanh GELU only'),
-    (dict(mlp_impl='pallas'), 'on GPUs only'),
+    (dict(mlp_impl='pallas'), "mlp_impl='pallas' runs on NVIDIA GPUs only"),
 ])
 def test_bad_mlp_settings_are_named(kwargs, message):
   if kwargs.get('mlp_impl') == 'pallas' and jax.default_backend() == 'gpu':

@@ -48,7 +48,7 @@ def test_gpu_only_mlp_kernels_pass_their_check_when_building_for_a_gpu():
   model = models_vit.VisionTransformer(num_classes=3, mlp_impl='pallas', **config)
   init = lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
   if jax.default_backend() != 'gpu':
-    with pytest.raises(ValueError, match='on GPUs only'):
+    with pytest.raises(ValueError, match="mlp_impl='pallas' runs on NVIDIA GPUs only"):
       jax.eval_shape(init)
   with gpu_target.building_for('h100'):
     shapes = jax.eval_shape(init)

@@ -182,5 +182,6 @@ def test_bad_attention_settings_are_named():
   with pytest.raises(ValueError, match=r"attention='flash': expected one of einsum, pallas"):
     tiny_model(attention='flash').init(jax.random.key(0), tokens)
   if jax.default_backend() != 'gpu':
-    with pytest.raises(ValueError, match=r"attention='pallas' runs GPU kernels, on GPUs only"):
+    with pytest.raises(ValueError, match=r"attention='pallas' runs on NVIDIA GPUs only, and "
+                       r"this run's backend is"):
       tiny_model(attention='pallas').init(jax.random.key(0), tokens)

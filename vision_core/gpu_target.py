@@ -42,6 +42,12 @@ _MIN_CUDNN = (9, 8)
 _building_for: list[str] = []
 
 
+def _target(name: str) -> dict:
+  if name not in TARGETS:
+    raise UserInputError(f'GPU target {name!r}: expected one of {", ".join(TARGETS)}.')
+  return TARGETS[name]
+
+
 def backend() -> str:
   """The backend the program being built is for: 'gpu' inside `building_for`, else JAX's
   default."""
@@ -56,13 +62,20 @@ def sm_count() -> int:
   return jax.devices()[0].core_count
 
 
+def require_gpu(setting: str, instead: str) -> None:
+  """Refuses `setting` (e.g. "attention='pallas'", GPU-only kernels) unless the program is
+  built for a GPU, naming it and `instead`, what runs on any backend."""
+  if backend() != 'gpu':
+    raise UserInputError(f"{setting} runs on NVIDIA GPUs only, and this run's backend is "
+                         f'{backend()}; use {instead}.')
+
+
 @contextlib.contextmanager
 def building_for(name: str):
   """Model code traced inside builds for GPU target `name` (a key of `TARGETS`), although
   this process runs on another backend: to compile ahead of time for compile-only devices.
   (Without it, the GPU-only kernels refuse a CPU backend with a clear message.)"""
-  if name not in TARGETS:
-    raise UserInputError(f'GPU target {name!r}: expected one of {", ".join(TARGETS)}.')
+  _target(name)
   _building_for.append(name)
   try:
     yield
@@ -80,9 +93,7 @@ def _cudnn_version() -> tuple[int, int]:
 
 def target_config(name: str) -> str:
   """XLA's `GpuTargetConfigProto`, as text, for target `name` (a key of `TARGETS`)."""
-  if name not in TARGETS:
-    raise UserInputError(f'GPU target {name!r}: expected one of {", ".join(TARGETS)}.')
-  t = TARGETS[name]
+  t = _target(name)
   major, minor = _cudnn_version()
   info = '\n'.join(f'  {key}: {t[key]}' for key in (
       'core_count', 'fpus_per_core', 'shared_memory_per_core', 'shared_memory_per_block_optin',

@@ -89,10 +89,9 @@ class MlpBlock(nn.Module):
     if self.impl != 'xla' and not self.gelu_approximate:
       raise ValueError(f'mlp_impl={self.impl!r} has the tanh GELU only: '
                        'gelu_approximate must be True.')
-    if self.impl == 'pallas' and gpu_target.backend() != 'gpu':
-      raise ValueError(f"mlp_impl='pallas' runs GPU kernels, on GPUs only (this backend "
-                       f"is {gpu_target.backend()!r}): use 'xla', or 'pallas_interpret' to "
-                       'run the same kernels interpreted.')
+    if self.impl == 'pallas':
+      gpu_target.require_gpu("mlp_impl='pallas'",
+                             "'xla', or 'pallas_interpret' to run the same kernels interpreted")
     tiles = self.tiles or (fused_mlp.Tiles(), fused_mlp.Tiles())
     dropout = self.dropout_rate > 0 and not deterministic
     # Shapes that do not tile, and dropout between the matmuls, take XLA's ops.

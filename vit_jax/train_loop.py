@@ -101,10 +101,8 @@ def build_model(config, num_classes: int) -> models_vit.VisionTransformer:
   if attention not in models_vit.ATTENTIONS:
     raise UserInputError(f'attention={attention!r}: expected one of '
                          f'{", ".join(models_vit.ATTENTIONS)}.')
-  if attention in ('cudnn', 'pallas') and gpu_target.backend() != 'gpu':
-    raise UserInputError(f'attention={attention!r} runs on NVIDIA GPUs only, and this run\'s '
-                         f'backend is {gpu_target.backend()}; use einsum (any backend) or '
-                         'xla.')
+  if attention in ('cudnn', 'pallas'):
+    gpu_target.require_gpu(f'attention={attention!r}', 'einsum (any backend) or xla')
   attention_dropout = (config.model.transformer or {}).get('attention_dropout_rate', 0.0)
   if attention != 'einsum' and attention_dropout:
     raise UserInputError(f'attention={attention!r} has no attention dropout but '
