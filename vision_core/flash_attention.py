@@ -150,11 +150,14 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
   _store(dv_ref, start, dv, keys_ok, depth)
 
 
-def _call(kernel, inputs, outputs, rows_per_program, tiles, interpret, **static):
-  """`kernel` over a (tile of N, batch, head) grid. `inputs`/`outputs`: `[B, N, H, D]`
-  arrays (whole rows of one head per program; D padded to a power of two in the block) or
-  `[B, H, N]` row statistics."""
+def _call(kernel, inputs, outputs, rows_per_program, tiles, interpret, mask):
+  """`kernel` over a (tile of N, batch, head) grid. `inputs`: `[B, N, H, D]` arrays (whole
+  rows of one head per program; D padded to a power of two in the block) or `[B, H, N]` row
+  statistics; `outputs`: arrays like `inputs[0]`, or 'rows' for float32 row statistics.
+  `mask`: `(valid_keys, causal)`."""
   batch, tokens, heads, depth = inputs[0].shape
+  outputs = [jax.ShapeDtypeStruct((batch, heads, tokens), jnp.float32) if isinstance(o, str)
+             else jax.ShapeDtypeStruct(o.shape, o.dtype) for o in outputs]
   depth_block = pl.next_power_of_2(depth)
 
   def spec(shape):
@@ -163,7 +166,8 @@ def _call(kernel, inputs, outputs, rows_per_program, tiles, interpret, **static)
     return pl.BlockSpec((None, None, tokens), lambda _, b, h: (b, h, 0))
 
   return pl.pallas_call(
-      functools.partial(kernel, tokens=tokens, depth=depth, tiles=tiles, **static),
+      functools.partial(kernel, tokens=tokens, depth=depth, tiles=tiles, valid_keys=mask[0],
+                        causal=mask[1]),
       grid=(pl.cdiv(tokens, rows_per_program), batch, heads),
       in_specs=[spec(x.shape) for x in inputs],
       out_specs=[spec(o.shape) for o in outputs],
@@ -199,24 +203,17 @@ def _attention(q, k, v, mask, tiles, interpret):
 
 
 def _forward(q, k, v, mask, tiles, interpret):
-  batch, tokens, heads, _ = q.shape
-  out, lse = _call(_forward_kernel, (q, k, v),
-                   (jax.ShapeDtypeStruct(q.shape, q.dtype),
-                    jax.ShapeDtypeStruct((batch, heads, tokens), jnp.float32)),
-                   tiles.queries, tiles, interpret, valid_keys=mask[0], causal=mask[1])
+  out, lse = _call(_forward_kernel, (q, k, v), (q, 'rows'), tiles.queries, tiles, interpret,
+                   mask)
   return out, (q, k, v, out, lse)
 
 
 def _backward(mask, tiles, interpret, residuals, d_out):
   q, k, v, out, lse = residuals
-  batch, tokens, heads, _ = q.shape
-  rows = jax.ShapeDtypeStruct((batch, heads, tokens), jnp.float32)
-  dq, delta = _call(_dq_kernel, (q, k, v, out, d_out, lse),
-                    (jax.ShapeDtypeStruct(q.shape, q.dtype), rows),
-                    tiles.queries, tiles, interpret, valid_keys=mask[0], causal=mask[1])
-  dk, dv = _call(_dkv_kernel, (q, k, v, d_out, lse, delta),
-                 (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
-                 tiles.backward_keys, tiles, interpret, valid_keys=mask[0], causal=mask[1])
+  dq, delta = _call(_dq_kernel, (q, k, v, out, d_out, lse), (q, 'rows'), tiles.queries,
+                    tiles, interpret, mask)
+  dk, dv = _call(_dkv_kernel, (q, k, v, d_out, lse, delta), (k, v), tiles.backward_keys,
+                 tiles, interpret, mask)
   return dq, dk, dv
 
 
