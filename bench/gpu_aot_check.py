@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import glob
 import json
 import math
@@ -154,23 +155,27 @@ def section_kernels(args, device) -> list[dict]:
 
     def loss(q, k, v, tiles=tiles):
       return jnp.sum(flash_attention.attention(q, k, v, 197, tiles).astype(jnp.float32))
-    rows.append(({'kernel': 'flash_attention', 'tiles': text}, jax.grad(loss, (0, 1, 2)), qkv))
+    rows.append(({'kernel': 'flash_attention', 'tiles': text},
+                 lambda loss=loss: (jax.grad(loss, (0, 1, 2)), qkv)))
   m, d, f = args.batch * 200, 768, 3072
   x, dy = on_device(device, (m, d), jnp.bfloat16), on_device(device, (m, d), jnp.bfloat16)
   w1, b1 = on_device(device, (d, f), jnp.bfloat16), on_device(device, (f,), jnp.bfloat16)
   w2, pre = on_device(device, (f, d), jnp.bfloat16), on_device(device, (m, f), jnp.bfloat16)
   for text in CANDIDATES:
     tiles = parse_tiles(text)
-    rows.append(({'kernel': 'mlp_forward', 'tiles': text},
-                 lambda x, w1, b1, t=tiles: fused_mlp.dense_gelu(x, w1, b1, t), (x, w1, b1)))
-    rows.append(({'kernel': 'mlp_backward', 'tiles': text},
-                 lambda dy, w2, pre, t=tiles: fused_mlp.gelu_input_grad(dy, w2, pre, t),
-                 (dy, w2, pre)))
-  return [_checked(row, fn, fargs, args.target) for row, fn, fargs in rows]
+    rows.append(({'kernel': 'mlp_forward', 'tiles': text}, lambda t=tiles: (
+        functools.partial(fused_mlp.dense_gelu, tiles=t), (x, w1, b1))))
+    rows.append(({'kernel': 'mlp_backward', 'tiles': text}, lambda t=tiles: (
+        functools.partial(fused_mlp.gelu_input_grad, tiles=t), (dy, w2, pre))))
+  return [_checked(row, build, args.target) for row, build in rows]
 
 
-def _checked(row, fn, fargs, target) -> dict:
+def _checked(row, build, target) -> dict:
+  """`row` with `compile_report` of `build()`'s `(fn, args)` (built for `target`), or with
+  the error that building or compiling raised; printed as a JSON line."""
   try:
+    with gpu_target.building_for(target):
+      fn, fargs = build()
     row.update(compile_report(fn, fargs, target))
   except Exception as e:  # pylint: disable=broad-except
     row['error'] = f'{type(e).__name__}: {e}'[-1500:]
@@ -181,7 +186,6 @@ def _checked(row, fn, fargs, target) -> dict:
 def section_vit(args, device) -> list[dict]:
   # pylint: disable=g-import-not-at-top
   from vision_core import flash_attention, mesh as mesh_lib, optim
-  from vision_core import sharding as sharding_lib
   from vit_jax import models_vit, train
   from vit_jax.configs import models
   # pylint: enable=g-import-not-at-top
@@ -204,44 +208,41 @@ def section_vit(args, device) -> list[dict]:
     model = models_vit.VisionTransformer(
         num_classes=1000, dtype=jnp.bfloat16,
         **dict(dict(attention='cudnn'), **settings), **models.get_model_config('ViT-B_16'))
-    row = {'variant': name, **VARIANTS[name]}
-    try:
-      with gpu_target.building_for(args.target):
-        state = train.abstract_train_state(model=model, tx=tx, image_shape=(224, 224, 3))
-      shardings = sharding_lib.named_shardings(state, mesh)
-      state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                           state, shardings)
-      step = train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
-                                   state_shardings=shardings, num_classes=1000)
-      row.update(compile_report(step, (state, batch), args.target))
-    except Exception as e:  # pylint: disable=broad-except
-      row['error'] = f'{type(e).__name__}: {e}'[-1500:]
-    print(json.dumps(row), flush=True)
-    rows.append(row)
+
+    def build(model=model):
+      state, shardings = train.abstract_train_state(model=model, tx=tx,
+                                                    image_shape=(224, 224, 3), mesh=mesh)
+      return train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
+                                   state_shardings=shardings, num_classes=1000), (state, batch)
+    rows.append(_checked({'variant': name, **VARIANTS[name]}, build, args.target))
   return rows
 
 
 def section_igpt(args, device) -> list[dict]:
   """Image GPT's next-token loss and its gradients (bf16) at 32 x 32 = 1024 tokens, with
   einsum attention (the [B, H, T, T] weights kept for the backward) and flash attention."""
-  from igpt_jax import model as igpt_model  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from igpt_jax import model as igpt_model
+  from igpt_jax import train as igpt_train
+  # pylint: enable=g-import-not-at-top
   rows = []
   for size in args.igpt_sizes:
     for attention in ('einsum', 'pallas'):
       model = igpt_model.ImageGPT(**igpt_model.get_size(size), n_ctx=1024,
                                   dtype=jnp.bfloat16, attention=attention)
-      with gpu_target.building_for(args.target):
-        params = jax.eval_shape(lambda m=model: igpt_model.init_params(m, jax.random.key(0)))
-      params = jax.tree.map(lambda a: on_device(device, a.shape, a.dtype), params)
-      tokens = on_device(device, (args.igpt_batch, 1024), jnp.int32)
 
-      def loss(params, tokens, model=model):
-        logits = model.apply({'params': params}, tokens)['logits']
-        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[..., None],
-                                             axis=-1))
+      def build(model=model):
+        params = jax.eval_shape(lambda: igpt_model.init_params(model, jax.random.key(0)))
+        params = jax.tree.map(lambda a: on_device(device, a.shape, a.dtype), params)
+        tokens = on_device(device, (args.igpt_batch, 1024), jnp.int32)
+
+        def loss(params, tokens):  # the trainer's generative loss
+          return jnp.mean(igpt_train.token_losses(model, params, tokens,
+                                                  objective='generative')[0])
+        return jax.grad(loss), (params, tokens)
       row = {'model': f'igpt-{size}', 'attention': attention, 'batch': args.igpt_batch,
              'tokens': 1024}
-      rows.append(_checked(row, jax.grad(loss), (params, tokens), args.target))
+      rows.append(_checked(row, build, args.target))
   return rows
 
 

@@ -60,11 +60,14 @@ def test_abstract_train_state_is_what_create_train_state_makes():
   schedule = optim.make_schedule(base_lr=0.01, total_steps=10)
   tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
                             weight_decay=0.1)
-  abstract = train.abstract_train_state(model=model, tx=tx, image_shape=(16, 16, 3))
-  state, _ = train.create_train_state(model=model, tx=tx, image_shape=(16, 16, 3),
-                                      mesh=mesh_lib.make_mesh((1, 1), jax.devices()[:1]))
-  shape = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
+  mesh = mesh_lib.make_mesh((1, 1), jax.devices()[:1])
+  abstract, abstract_shardings = train.abstract_train_state(model=model, tx=tx,
+                                                            image_shape=(16, 16, 3), mesh=mesh)
+  state, shardings = train.create_train_state(model=model, tx=tx, image_shape=(16, 16, 3),
+                                              mesh=mesh)
+  shape = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype, a.sharding), tree)
   assert shape(abstract) == shape(state)
+  assert abstract_shardings == shardings
   assert all(isinstance(a, jax.ShapeDtypeStruct) for a in jax.tree.leaves(abstract))
 
 
@@ -156,7 +159,6 @@ def test_flash_attention_compiles_for_h100_without_spills():
 def test_fsdp_tp_train_step_compiles_for_eight_h100s():
   """A (4, 2) data x model mesh of compile-only H100s: the sharded step lowers to NCCL
   collectives (what a multi-GPU run needs), with the parameters split as the rules say."""
-  from vision_core import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   mesh = mesh_lib.make_mesh((4, 2), gpu_target.compile_only_devices('h100', 8))
   config = tiny_config()
   config.hidden_size, config.transformer.mlp_dim = 128, 256  # MLP kernels over fsdp's minimum
@@ -164,10 +166,8 @@ def test_fsdp_tp_train_step_compiles_for_eight_h100s():
   schedule = optim.make_schedule(base_lr=0.01, total_steps=10)
   tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
                             weight_decay=0.1)
-  abstract = train.abstract_train_state(model=model, tx=tx, image_shape=(16, 16, 3))
-  shardings = sharding_lib.named_shardings(abstract, mesh, strategy='fsdp_tp')
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       abstract, shardings)
+  state, shardings = train.abstract_train_state(model=model, tx=tx, image_shape=(16, 16, 3),
+                                                mesh=mesh, strategy='fsdp_tp')
   batch = {'image': jax.ShapeDtypeStruct((16, 16, 16, 3), jnp.float32,
                                          sharding=mesh_lib.batch_sharding(mesh, 4)),
            'label': jax.ShapeDtypeStruct((16,), jnp.int32,

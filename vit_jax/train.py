@@ -47,10 +47,16 @@ def _state_init(model, tx, image_shape, seed):
 
 
 def abstract_train_state(*, model: nn.Module, tx: optax.GradientTransformation,
-                         image_shape: tuple[int, int, int]) -> TrainState:
-  """`create_train_state`'s state as `jax.ShapeDtypeStruct`s, nothing computed: for its
-  shardings, or to compile a step ahead of time (bench/gpu_aot_check.py)."""
-  return jax.eval_shape(_state_init(model, tx, image_shape, 0), None)
+                         image_shape: tuple[int, int, int], mesh: Mesh,
+                         strategy: str = 'replicated') -> tuple[TrainState, TrainState]:
+  """`create_train_state`'s `(state, state_shardings)` with the state as
+  `jax.ShapeDtypeStruct`s in those shardings, nothing computed: to compile a step ahead of
+  time (bench/gpu_aot_check.py, on compile-only devices)."""
+  abstract = jax.eval_shape(_state_init(model, tx, image_shape, 0), None)
+  shardings = sharding_lib.named_shardings(abstract, mesh, strategy=strategy)
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                       abstract, shardings)
+  return state, shardings
 
 
 def create_train_state(*, model: nn.Module, tx: optax.GradientTransformation,
