@@ -40,11 +40,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # pylint: disable=wrong-import-position
-import jax.numpy as jnp  # pylint: disable=wrong-import-position
+# pylint: disable=wrong-import-position
+import jax
+import jax.numpy as jnp
 
-from bench.gpu_mlp_kernels import CANDIDATES, parse_tiles  # pylint: disable=wrong-import-position
-from vision_core import gpu_target  # pylint: disable=wrong-import-position
+from bench.gpu_mlp_kernels import CANDIDATES, parse_tile_pair, parse_tiles
+from bench.gpu_suite import parse_flash_tiles
+from vision_core import gpu_target
+# pylint: enable=wrong-import-position
 
 OUR_KERNELS = re.compile(r'flash_attention_\w+|mlp_gemm_\w+')
 # Hopper, per SM: the limits a program's residency is the least of. Registers go to warps
@@ -151,7 +154,7 @@ def section_kernels(args, device) -> list[dict]:
   rows = []
   qkv = [on_device(device, (args.batch, 197, 12, 64), jnp.bfloat16)] * 3
   for text in args.flash_tiles:
-    tiles = flash_attention.Tiles(*map(int, text.split(',')))
+    tiles = parse_flash_tiles(text)
 
     def loss(q, k, v, tiles=tiles):
       return jnp.sum(flash_attention.attention(q, k, v, 197, tiles).astype(jnp.float32))
@@ -200,11 +203,10 @@ def section_vit(args, device) -> list[dict]:
   rows = []
   for name in args.variants:
     settings = dict(VARIANTS[name])
-    flash_attention.TILES = flash_attention.Tiles(
-        *map(int, settings.pop('flash_tiles', '64,64,64,64,4,2').split(',')))
+    flash_attention.TILES = parse_flash_tiles(settings.pop('flash_tiles', '64,64,64,64,4,2'))
     mlp_tiles = settings.pop('mlp_tiles', None)
     if mlp_tiles:
-      settings['mlp_tiles'] = tuple(parse_tiles(t) for t in mlp_tiles.split('/'))
+      settings['mlp_tiles'] = parse_tile_pair(mlp_tiles)
     model = models_vit.VisionTransformer(
         num_classes=1000, dtype=jnp.bfloat16,
         **dict(dict(attention='cudnn'), **settings), **models.get_model_config('ViT-B_16'))

@@ -51,6 +51,11 @@ def parse_tiles(text: str):
   return fused_mlp.Tiles(*(int(v) for v in text.split(',')))
 
 
+def parse_tile_pair(text: str) -> tuple:
+  """'FORWARD/BACKWARD' (what `--best` writes) -> `(forward, backward)`, each `parse_tiles`'."""
+  return tuple(parse_tiles(t) for t in text.split('/'))
+
+
 def _time(fn, *args) -> float:
   """Seconds per call: 20 calls after 3 warm-ups."""
   return time_loop(lambda: fn(*args), 3, 20, _block)

@@ -96,6 +96,13 @@ def time_loop(step, warmup: int, steps: int, sync) -> float:
   return (time.perf_counter() - t) / steps
 
 
+def parse_flash_tiles(text: str):
+  """`--flash-tiles`' 'queries,keys,backward_keys,backward_queries[,warps,stages]' ->
+  vision_core.flash_attention.Tiles."""
+  from vision_core import flash_attention  # pylint: disable=g-import-not-at-top
+  return flash_attention.Tiles(*map(int, text.split(',')))
+
+
 def _vit_setup(args):
   """ViT-B/16 at 224 px (ViT-Ti/16 at 64 px with --quick): `(name, image, config, images,
   labels, make_model)`, one random batch of `--vit-batch` and `make_model(attention)` building
@@ -111,11 +118,11 @@ def _vit_setup(args):
 
   if args.flash_tiles:  # attention='pallas': read when the model is traced
     from vision_core import flash_attention  # pylint: disable=g-import-not-at-top
-    flash_attention.TILES = flash_attention.Tiles(*map(int, args.flash_tiles.split(',')))
+    flash_attention.TILES = parse_flash_tiles(args.flash_tiles)
   tiles = None
   if args.mlp_tiles:
-    from bench.gpu_mlp_kernels import parse_tiles  # pylint: disable=g-import-not-at-top
-    tiles = tuple(parse_tiles(t) for t in args.mlp_tiles.split('/'))
+    from bench.gpu_mlp_kernels import parse_tile_pair  # pylint: disable=g-import-not-at-top
+    tiles = parse_tile_pair(args.mlp_tiles)
 
   def make_model(attention):
     return models_vit.VisionTransformer(num_classes=VIT_CLASSES, dtype=jnp.bfloat16,
