@@ -82,21 +82,17 @@ def test_blocks_per_sm_follows_the_hopper_occupancy_rules():
   """Reference values worked by hand from the CUDA occupancy rules (registers allocated per
   warp in blocks of 256, 1 KiB of shared memory reserved per block)."""
   # 128 threads x 128 registers = 16,384 per block: 4 fit 65,536; shared 41 KiB: 5.
-  assert gpu_target_blocks(128, 128, 40960) == 4
+  assert gpu_aot_check.blocks_per_sm(128, 128, 40960) == 4
   # 181 registers -> 5,792 per warp, 5,888 allocated; x 4 warps = 23,552: 2 fit.
-  assert gpu_target_blocks(128, 181, 49664) == 2
+  assert gpu_aot_check.blocks_per_sm(128, 181, 49664) == 2
   # 57 registers are allocated as 64 (2,048 per warp): 16 blocks of 2 warps, not 17.
-  assert gpu_target_blocks(64, 57, 0) == 16
+  assert gpu_aot_check.blocks_per_sm(64, 57, 0) == 16
   # Shared memory bound: 100 KiB + 1 KiB each, 228 KiB per SM: 2.
-  assert gpu_target_blocks(128, 32, 102400) == 2
+  assert gpu_aot_check.blocks_per_sm(128, 32, 102400) == 2
   # Thread bound: 1,024 threads, 2,048 per SM.
-  assert gpu_target_blocks(1024, 16, 0) == 2
+  assert gpu_aot_check.blocks_per_sm(1024, 16, 0) == 2
   # Block bound: 32 per SM.
-  assert gpu_target_blocks(32, 16, 0) == 32
-
-
-def gpu_target_blocks(threads, registers, shared):
-  return gpu_aot_check.blocks_per_sm(threads, registers, shared)
+  assert gpu_aot_check.blocks_per_sm(32, 16, 0) == 32
 
 
 def test_thunk_list_and_ptxas_output_are_read():
