@@ -3,9 +3,12 @@
 # once per process, and timm's peer gets the whole memory), all in one run so the numbers
 # are comparable. One JSON line per measurement goes to OUT (default gpu_vit_variants.jsonl);
 # stdout has the progress. About 8-9 minutes on an H100; variants that would start after
-# BUDGET_S seconds (default 360) are skipped, so the run fits a short lease.
+# BUDGET_S seconds (default 360) are skipped, so the run fits a short lease. VARIANTS (a
+# space-separated list of the names below; default all) runs only those, so a lease can go
+# to the candidates still open.
 #
 #   bash bench/gpu_vit_variants.sh [OUT] [PROFILE_DIR]
+#   VARIANTS="ours flash patch_matmul all profile" bash bench/gpu_vit_variants.sh OUT DIR
 #
 # Before a lease, bench/gpu_aot_check.py compiles every variant below for an H100 on a CPU
 # host (no GPU): compile errors, register spills and shared-memory overflows show there.
@@ -47,6 +50,10 @@ START=$(date +%s)
 run() {  # name, then the command (env assignments first, as for env(1))
   local name=$1
   shift
+  if [ -n "${VARIANTS:-}" ] && [[ " $VARIANTS " != *" $name "* ]]; then
+    echo "## $name skipped: not in VARIANTS"
+    return
+  fi
   if (( $(date +%s) - START > BUDGET_S )); then
     echo "## $name skipped: over the ${BUDGET_S} s budget"
     return
