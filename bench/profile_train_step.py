@@ -23,8 +23,12 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # GPU kernel name -> class, first match wins (cuBLAS/CUTLASS gemms, cuDNN attention, ...).
+# cuDNN's attention helpers (dO.O, the dq conversion) are attention; its convolution kernels
+# (the patch embedding: `sm80_xmma_fprop_implicit_gemm_..._cudnn`, a wgrad, a padding
+# kernel) also carry 'cudnn' in their names, so they are matched first and kept apart.
 _GPU_KERNEL_CLASSES = (
-    ('attention', r'fmha|flash|cudnn|sdpa'),
+    ('convolution', r'fprop_implicit|s16816fprop|dgrad|wgrad|nhwcAddPadding'),
+    ('attention', r'fmha|flash|sdpa|dot_do_o|convert_dq'),
     ('gemm', r'gemm|xmma|cutlass|nvjet|sm\d+_'),
     ('triton', r'triton'),
     ('copy/transpose', r'copy|transpose'),

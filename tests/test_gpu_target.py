@@ -133,6 +133,32 @@ def test_fused_mlp_kernels_are_named_as_gemms():
   assert profile_train_step.kernel_class('mlp_gemm_backward') == 'gemm'
 
 
+@pytest.mark.parametrize('name, kind', [
+    # Kernel names from ViT-B/16 profiles on an H100 (session 18; the long ones cut short).
+    ('cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64_1x4x1_'
+     'cga1x1x1_kernel0_0', 'attention'),
+    ('cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64_4x1x1_'
+     'cga1x1x1_kernel0_0', 'attention'),
+    ('void cudnn::fusion::compute_dot_do_o_specialized<true, 64>(void const*', 'attention'),
+    ('void cudnn::fusion::convert_dq_to_16bits<true>(void const*, void*', 'attention'),
+    ('flash_attention_forward', 'attention'),
+    ('sm80_xmma_fprop_implicit_gemm_indexed_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize256x64x32'
+     '_stage3_warpsize4x1x1_g1_tensor16x8x16_execute_kernel__5x_cudnn', 'convolution'),
+    ('void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop_optimized_bf16_64x128_'
+     '32x6_nhwc_align8>', 'convolution'),
+    ('void nhwcAddPaddingKernel<__nv_bfloat16, __nv_bfloat16, float, true, '
+     '(cudnnKernelDataType_t)0>(int', 'convolution'),
+    ('nvjet_sm90_tst_192x192_64x3_2x1_v_bz_coopB_splitK_NTN', 'gemm'),
+    ('input_add_reduce_fusion_8', 'reduction fusion'),
+    ('loop_convert_multiply_fusion_11', 'elementwise fusion'),
+    ('input_transpose_fusion_71', 'copy/transpose'),
+])
+def test_profile_kernel_classes(name, kind):
+  """cuDNN's convolution kernels carry 'cudnn' in their names like its attention kernels,
+  and the profile must not count the patch embedding as attention."""
+  assert profile_train_step.kernel_class(name) == kind
+
+
 @pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="needs jax's CUDA plugin (compile only)")
 def test_flash_attention_compiles_for_h100_without_spills():
   """The whole GPU pipeline down to ptxas, at ViT-B/16's shapes: three kernels on Hopper's
