@@ -34,6 +34,8 @@ def plain_attention(q, k, v, valid_keys, causal=False):
 
 
 SMALL = flash_attention.Tiles(queries=8, keys=16, backward_keys=16, backward_queries=8)
+# Last, partial tiles shrunk down to 4 rows (on a GPU: 16).
+TAILS = flash_attention.Tiles(16, 16, 16, 16, min_tail=4)
 
 
 @pytest.mark.parametrize('tokens,valid_keys,depth,tiles,dtype,causal', [
@@ -49,7 +51,15 @@ SMALL = flash_attention.Tiles(queries=8, keys=16, backward_keys=16, backward_que
     (40, 30, 16, SMALL, jnp.float32, True),
     (45, 45, 16, flash_attention.Tiles(16, 8, 8, 32), jnp.float32, True),
     (33, 33, 8, flash_attention.Tiles(8, 16, 32, 8), jnp.float32, True),
-    (50, 50, 16, SMALL, jnp.bfloat16, True)])
+    (50, 50, 16, SMALL, jnp.bfloat16, True),
+    # Shrunk last tiles: 21 = 16 + 5 rows (a tile of 8 last); keys past valid_keys in the
+    # shrunk tile; fewer tokens than a tile (one shrunk program); 45 = 32 + 13 in bf16;
+    # causal, with the dk/dv kernel's query loop ending in a shrunk tile.
+    (21, 21, 16, TAILS, jnp.float32, False),
+    (40, 37, 16, TAILS, jnp.float32, False),
+    (5, 5, 8, TAILS, jnp.float32, False),
+    (45, 45, 16, flash_attention.Tiles(32, 32, 32, 32, min_tail=4), jnp.bfloat16, False),
+    (37, 37, 16, flash_attention.Tiles(16, 8, 16, 16, min_tail=4), jnp.float32, True)])
 def test_values_and_gradients_match_numpy_and_autodiff(tokens, valid_keys, depth, tiles,
                                                        dtype, causal):
   rng = np.random.default_rng(tokens)
@@ -74,6 +84,18 @@ def test_values_and_gradients_match_numpy_and_autodiff(tokens, valid_keys, depth
   # Masked keys get no gradient.
   np.testing.assert_array_equal(np.asarray(grads[0][1])[:, valid_keys:], 0)
   np.testing.assert_array_equal(np.asarray(grads[0][2])[:, valid_keys:], 0)
+
+
+@pytest.mark.parametrize('count, tile, min_tail, split', [
+    (197, 64, 16, (3, 16)),  # ViT-B/16: three tiles of 64, then 16 rows for the last 5
+    (200, 64, 16, (3, 16)),
+    (192, 64, 16, (3, 0)),  # no partial tile
+    (233, 64, 16, (4, 0)),  # 41 rows left need the whole tile
+    (5, 64, 16, (0, 16)),
+    (21, 16, 4, (1, 8)),
+    (1024, 64, 16, (16, 0))])
+def test_last_partial_tile_is_shrunk_to_a_power_of_two(count, tile, min_tail, split):
+  assert flash_attention._split(count, tile, min_tail) == split
 
 
 def test_bad_shapes_and_key_counts_are_clear_errors():
