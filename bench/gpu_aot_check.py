@@ -15,8 +15,9 @@ Sections (vision_core.gpu_target does the compile-only part; one JSON line per c
 Each: compile seconds, the program's temporary memory, its thunks by kind (kernel launches,
 library calls, copies) and, for each of our kernels (flash_attention_*, mlp_gemm_*): grid,
 threads and shared memory (XLA's thunk list), registers and spilled bytes (ptxas -v on the
-PTX XLA wrote), its warpgroup matmul instructions (`wgmma`), and how many programs one SM
-holds at once (the least of what threads, registers and shared memory allow).
+PTX XLA wrote), its warpgroup matmul instructions (`wgmma`) and older `mma.sync` ones
+(Triton's choice for tiles under 64 rows), and how many programs one SM holds at once (the
+least of what threads, registers and shared memory allow).
 XLA does not autotune here (that needs the GPU): its GEMMs get default Triton tilings
 instead of the cuBLAS/Triton choices a GPU's autotuning makes, so thunk counts and memory
 are indicative and times must come from the GPU. Mosaic GPU kernels are only lowered:
@@ -57,11 +58,11 @@ SM_SHARED = gpu_target.TARGETS['h100']['shared_memory_per_core']  # the H200's t
 # bench/gpu_vit_variants.sh's variants: gpu_suite flags as VisionTransformer arguments.
 VARIANTS = {
     'ours': {},
-    'flash': dict(attention='pallas', token_multiple=1, flash_tiles='64,64,64,64,4,2'),
-    'flash128': dict(attention='pallas', token_multiple=1, flash_tiles='128,64,128,64,8,2'),
+    'flash': dict(attention='pallas', token_multiple=1, flash_tiles='64,64,64,64,4,3'),
+    'flash_whole': dict(attention='pallas', token_multiple=1, flash_tiles='64,64,64,64,4,3,64'),
     'fused_mlp': dict(mlp_impl='pallas', mlp_tiles=f'{CANDIDATES[0]}/{CANDIDATES[0]}'),
     'patch_matmul': dict(patch_embedding='matmul'),
-    'all': dict(attention='pallas', token_multiple=1, flash_tiles='64,64,64,64,4,2',
+    'all': dict(attention='pallas', token_multiple=1, flash_tiles='64,64,64,64,4,3',
                 mlp_impl='pallas', mlp_tiles=f'{CANDIDATES[0]}/{CANDIDATES[0]}',
                 patch_embedding='matmul'),
 }
@@ -133,8 +134,10 @@ def compile_report(fn, args, target: str) -> dict:
                                 capture_output=True, text=True, check=True)
         for name, info in parse_ptxas(result.stderr).items():
           kernels.get(name, {}).update(info)
-        if len(names) == 1:  # Hopper's warpgroup matmuls, not the older mma.sync
-          kernels[names.pop()]['wgmma'] = text.count('wgmma.mma_async')
+        if len(names) == 1:  # Hopper's warpgroup matmuls, and the older mma.sync (Triton
+          # takes it for tiles under 64 rows: the flash kernels' shrunk last tile)
+          kernels[names.pop()].update(wgmma=text.count('wgmma.mma_async'),
+                                      mma_sync=text.count('mma.sync'))
     for info in kernels.values():
       if 'registers' in info:
         info['blocks_per_sm'] = blocks_per_sm(info['threads'], info['registers'],
@@ -255,8 +258,8 @@ def main():
                       choices=['kernels', 'vit', 'igpt'])
   parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
   parser.add_argument('--flash-tiles', nargs='+',
-                      default=['64,64,64,64,4,2', '128,64,128,64,8,2', '64,32,64,32,4,3',
-                               '128,32,64,64,4,2'])
+                      default=['64,64,64,64,4,3', '64,64,64,64,4,3,64', '128,64,128,64,8,2',
+                               '64,32,64,32,4,3', '128,32,64,64,4,2'])
   parser.add_argument('--batch', type=int, default=512)
   parser.add_argument('--igpt-sizes', nargs='+', default=['S', 'L'])
   parser.add_argument('--igpt-batch', type=int, default=8)
@@ -289,7 +292,8 @@ def main():
       print(f"    {name:28s} grid {k['grid']} threads {k['threads']} shared "
             f"{k['shared_bytes']} B regs {k.get('registers')} spills "
             f"{k.get('spill_store_bytes')}/{k.get('spill_load_bytes')} B "
-            f"blocks/SM {k.get('blocks_per_sm')} wgmma {k.get('wgmma')}")
+            f"blocks/SM {k.get('blocks_per_sm')} wgmma {k.get('wgmma')} "
+            f"mma.sync {k.get('mma_sync')}")
 
 
 if __name__ == '__main__':

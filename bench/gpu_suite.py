@@ -97,7 +97,7 @@ def time_loop(step, warmup: int, steps: int, sync) -> float:
 
 
 def parse_flash_tiles(text: str):
-  """`--flash-tiles`' 'queries,keys,backward_keys,backward_queries[,warps,stages]' ->
+  """`--flash-tiles`' 'queries,keys,backward_keys,backward_queries[,warps,stages,min_tail]' ->
   vision_core.flash_attention.Tiles."""
   from vision_core import flash_attention  # pylint: disable=g-import-not-at-top
   return flash_attention.Tiles(*map(int, text.split(',')))
@@ -361,7 +361,8 @@ def main():
                       "stages' or 'mosaic:...'; gpu_mlp_kernels.py --best writes them)")
   parser.add_argument('--flash-tiles', help="attention='pallas': vision_core.flash_attention."
                       'Tiles as comma-separated fields (queries,keys,backward_keys,'
-                      'backward_queries[,num_warps,num_stages]; default 64,64,64,64,4,2)')
+                      'backward_queries[,num_warps,num_stages,min_tail]; default '
+                      '64,64,64,64,4,2,16)')
   parser.add_argument('--profile-dir', help='vit_profile: write HLO and op times here')
   parser.add_argument('--no-peer', action='store_true', help='skip the PyTorch ViT peer')
   parser.add_argument('--peer-only', action='store_true',

@@ -17,12 +17,13 @@
 #   mlp_kernels     bench/gpu_mlp_kernels.py: vision_core.fused_mlp's kernels against XLA
 #                   for several tile shapes; the fastest go to OUT.best_tiles
 #   ours            the default (the token stream padded to 200 once, in the encoder)
-#   flash, flash128 ours with attention='pallas': vision_core.flash_attention's Triton
-#                   kernels, the 197 tokens read in place (ragged last tile, no padding);
-#                   64-row tiles and 4 warps (flash, the default) or 128-row query tiles
-#                   in the forward and 128-row key tiles in the backward with 8 warps.
-#                   cuDNN's kernels ran at ~150 TFLOP/s on 200 tokens: 20.7 ms per step
-#                   with their dO.O and dq conversions (session 5)
+#   flash, flash_whole  ours with attention='pallas': vision_core.flash_attention's
+#                   Triton kernels, the 197 tokens read in place (no padding); 64-row
+#                   tiles, 4 warps, 3 stages. flash shrinks the last, partial tile to 16
+#                   rows (the default); flash_whole keeps it at 64 (min_tail=64: session
+#                   18's kernels, 134.4 ms against cuDNN's 134.9). cuDNN's kernels take
+#                   20.1 ms per step with their dO.O and dq conversions, ours 21.9 ms
+#                   (session 18); 128-row tiles were 2.5 ms slower (session 18)
 #   fused_mlp       ours with mlp_impl='pallas' and the fastest kernels of mlp_kernels,
 #                   Triton's or Mosaic GPU's (XLA's forward where it was faster; in session
 #                   13 Triton's fused forward was slower, its matmul at half cuBLAS's speed)
@@ -73,9 +74,9 @@ run ours timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer
 FLASH=(--attention pallas --token-multiple 1)
 [ -n "${QUICK:-}" ] && FLASH=(--attention pallas_interpret --token-multiple 1)
 run flash timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${FLASH[@]}" \
-  --flash-tiles 64,64,64,64,4,2
-run flash128 timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${FLASH[@]}" \
-  --flash-tiles 128,64,128,64,8,2
+  --flash-tiles 64,64,64,64,4,3
+run flash_whole timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${FLASH[@]}" \
+  --flash-tiles 64,64,64,64,4,3,64
 MLP=(--mlp-impl pallas)
 [ -n "${QUICK:-}" ] && MLP=(--mlp-impl pallas_interpret)
 if [ -s "$BEST" ]; then
