@@ -86,6 +86,38 @@ def test_values_and_gradients_match_numpy_and_autodiff(tokens, valid_keys, depth
   np.testing.assert_array_equal(np.asarray(grads[0][2])[:, valid_keys:], 0)
 
 
+@pytest.mark.parametrize('tokens,valid_keys,depth,tiles,dtype,causal', [
+    (21, 21, 16, TAILS, jnp.float32, False),  # shrunk last tiles: rows past N stay zero
+    (40, 37, 12, SMALL, jnp.float32, False),  # masked keys; head width 12 padded to 16
+    (45, 43, 16, flash_attention.Tiles(16, 8, 8, 32), jnp.bfloat16, False),
+    (37, 37, 16, flash_attention.Tiles(16, 8, 16, 16, min_tail=4), jnp.float32, True)])
+def test_bias_added_in_the_kernels_matches_numpy_and_autodiff(tokens, valid_keys, depth, tiles,
+                                                               dtype, causal):
+  """`bias=[3, H, D]` gives attention(q + b_q, k + b_k, v + b_v), and its gradient."""
+  rng = np.random.default_rng(tokens + 1)
+  q, k, v = (rng.normal(0, 0.7, (2, tokens, 3, depth)).astype(np.float32) for _ in range(3))
+  bias = rng.normal(0, 0.7, (3, 3, depth)).astype(np.float32)
+  cotangent = rng.normal(0, 1, (2, tokens, 3, depth)).astype(np.float32)
+  tol = dict(rtol=2e-2, atol=2e-2) if dtype == jnp.bfloat16 else dict(rtol=2e-5, atol=2e-5)
+
+  def flash(q, k, v, bias):
+    return flash_attention.attention(q.astype(dtype), k.astype(dtype), v.astype(dtype),
+                                     valid_keys, tiles, True, causal=causal,
+                                     bias=bias.astype(dtype)).astype(jnp.float32)
+
+  def plain(q, k, v, bias):
+    return plain_attention(q + bias[0], k + bias[1], v + bias[2], valid_keys, causal)
+
+  np.testing.assert_allclose(flash(q, k, v, bias), numpy_attention(
+      q + bias[0], k + bias[1], v + bias[2], valid_keys, causal), **tol)
+  grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cotangent), argnums=(0, 1, 2, 3))(
+      q, k, v, bias) for f in (flash, plain)]
+  for name, got, want in zip(('dq', 'dk', 'dv', 'dbias'), *grads):
+    scale = np.abs(want).max()  # bf16: errors relative to the largest value
+    np.testing.assert_allclose(got, want, err_msg=name, rtol=tol['rtol'],
+                               atol=tol['atol'] * max(scale, 1))
+
+
 @pytest.mark.parametrize('count, tile, min_tail, split', [
     (197, 64, 16, (3, 16)),  # ViT-B/16: three tiles of 64, then 16 rows for the last 5
     (200, 64, 16, (3, 16)),
@@ -104,6 +136,8 @@ def test_bad_shapes_and_key_counts_are_clear_errors():
     flash_attention.attention(x, x, x, 9, SMALL, True)
   with pytest.raises(ValueError, match=r'expected three \[B, N, H, D\] arrays of one shape'):
     flash_attention.attention(x, x[:, :4], x, 4, SMALL, True)
+  with pytest.raises(ValueError, match=r'bias: expected \[3, H, D\] = \[3, 2, 16\] .*got \[2, 16\]'):
+    flash_attention.attention(x, x, x, 8, SMALL, True, bias=jnp.zeros((2, 16)))
 
 
 def test_lowers_to_triton_for_cuda_at_vit_b16_shapes():

@@ -95,14 +95,25 @@ def _over_tiles(step, carry, first, count, tile, min_tail):
   return jax.lax.fori_loop(whole, whole + 1, lambda j, c: step(j * tile, last, c), carry)
 
 
-def _tiles(start, size, tokens, depth, *refs):
+def _tiles(start, size, tokens, depth, *refs, biases=()):
   """Rows `start:start + size` of `[N, D]` blocks: `(rows, rows < N, [tiles [size, Dp]])`,
-  the tiles zero past N and D."""
+  the tiles zero past N and D. `biases`: a `[Dp]` row (or None) per ref, added to the rows
+  before N only: a row past N stays zero, which the kernels rely on."""
   rows = start + jnp.arange(size)
   rows_ok = rows < tokens
   mask = rows_ok[:, None] & (jnp.arange(refs[0].shape[-1]) < depth)[None, :]
-  return rows, rows_ok, [plgpu.load(ref.at[pl.ds(start, size), :], mask=mask, other=0.0)
-                         for ref in refs]
+  tiles = [plgpu.load(ref.at[pl.ds(start, size), :], mask=mask, other=0.0) for ref in refs]
+  for i, bias in enumerate(biases):
+    if bias is not None:
+      tiles[i] = tiles[i] + jnp.where(rows_ok[:, None], bias[None, :], 0).astype(tiles[i].dtype)
+  return rows, rows_ok, tiles
+
+
+def _load_biases(refs, biased):
+  """A kernel's refs after q, k, v -> `((q's bias, v's bias) [Dp] or Nones, other refs)`."""
+  if not biased:
+    return (None, None), refs
+  return tuple(ref[...] for ref in refs[:2]), refs[2:]
 
 
 def _store(ref, start, value, valid_rows, depth):
@@ -133,11 +144,12 @@ def _over_keys(step, carry, start, bq, valid_keys, causal, tiles):
   return _over_tiles(step, carry, 0, valid_keys, bk, tiles.min_tail)
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, tokens, valid_keys, causal, depth,
-                    tiles):
+def _forward_kernel(q_ref, k_ref, v_ref, *refs, tokens, valid_keys, causal, depth, tiles,
+                    biased):
+  (qb, vb), (o_ref, lse_ref) = _load_biases(refs, biased)
 
   def program(start, bq):
-    rows, rows_ok, (q,) = _tiles(start, bq, tokens, depth, q_ref)
+    rows, rows_ok, (q,) = _tiles(start, bq, tokens, depth, q_ref, biases=(qb,))
 
     def step(key_start, bk, carry):
       acc, m, l = carry
@@ -153,18 +165,23 @@ def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, tokens, valid_keys, 
     init = (jnp.zeros((bq, q.shape[1]), jnp.float32), jnp.full((bq,), _MASKED, jnp.float32),
             jnp.zeros((bq,), jnp.float32))
     acc, m, l = _over_keys(step, init, start, bq, valid_keys, causal, tiles)
-    _store(o_ref, start, acc / l[:, None], rows_ok, depth)
+    out = acc / l[:, None]
+    _store(o_ref, start, out if vb is None else out + vb[None, :], rows_ok, depth)
     plgpu.store(lse_ref.at[pl.ds(start, bq)], m + jnp.log2(l), mask=rows_ok)
 
   _each_program(program, tokens, tiles.queries, tiles.min_tail)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, dq_ref, delta_ref, *, tokens,
-               valid_keys, causal, depth, tiles):
+def _dq_kernel(q_ref, k_ref, v_ref, *refs, tokens, valid_keys, causal, depth, tiles, biased):
+  (qb, vb), (o_ref, do_ref, lse_ref, dq_ref, delta_ref) = _load_biases(refs, biased)
 
   def program(start, bq):
-    rows, rows_ok, (q, do, o) = _tiles(start, bq, tokens, depth, q_ref, do_ref, o_ref)
-    delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=1)  # [bq]
+    rows, rows_ok, (q, do, o) = _tiles(start, bq, tokens, depth, q_ref, do_ref, o_ref,
+                                       biases=(qb,))
+    o = o.astype(jnp.float32)
+    if vb is not None:  # dO.(O - b_v): the dot products below use v without its bias
+      o = o - vb[None, :].astype(jnp.float32)
+    delta = jnp.sum(o * do.astype(jnp.float32), axis=1)  # [bq]
     lse = plgpu.load(lse_ref.at[pl.ds(start, bq)], mask=rows_ok, other=0.0)
 
     def step(key_start, bk, dq):
@@ -182,8 +199,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, dq_ref, delta_ref, *
   _each_program(program, tokens, tiles.queries, tiles.min_tail)
 
 
-def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, tokens,
-                valid_keys, causal, depth, tiles):
+def _dkv_kernel(q_ref, k_ref, v_ref, *refs, tokens, valid_keys, causal, depth, tiles, biased):
+  (qb, _), (do_ref, lse_ref, delta_ref, dk_ref, dv_ref) = _load_biases(refs, biased)
   bq = tiles.backward_queries
 
   def program(start, bk):
@@ -191,7 +208,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
 
     def step(query_start, bq, carry):
       dk, dv = carry
-      rows, rows_ok, (q, do) = _tiles(query_start, bq, tokens, depth, q_ref, do_ref)
+      rows, rows_ok, (q, do) = _tiles(query_start, bq, tokens, depth, q_ref, do_ref,
+                                      biases=(qb,))
       lse = plgpu.load(lse_ref.at[pl.ds(query_start, bq)], mask=rows_ok, other=0.0)
       delta = plgpu.load(delta_ref.at[pl.ds(query_start, bq)], mask=rows_ok, other=0.0)
       p_t = jnp.exp2(plgpu.dot(k, q, trans_b=True) * _LOG2E - lse[None, :])  # [bk, bq]
@@ -211,11 +229,12 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
   _each_program(program, tokens, tiles.backward_keys, tiles.min_tail)
 
 
-def _call(kernel, inputs, outputs, rows_per_program, tiles, interpret, mask):
-  """`kernel` over a (tile of N, batch, head) grid. `inputs`: `[B, N, H, D]` arrays (whole
-  rows of one head per program; D padded to a power of two in the block) or `[B, H, N]` row
-  statistics; `outputs`: arrays like `inputs[0]`, or 'rows' for float32 row statistics.
-  `mask`: `(valid_keys, causal)`."""
+def _call(kernel, inputs, outputs, rows_per_program, tiles, interpret, mask, bias):
+  """`kernel` over a (tile of N, batch, head) grid. `inputs`: q, k, v, then other
+  `[B, N, H, D]` arrays (whole rows of one head per program; D padded to a power of two in
+  the block) or `[B, H, N]` row statistics; `outputs`: arrays like `inputs[0]`, or 'rows'
+  for float32 row statistics. `mask`: `(valid_keys, causal)`. `bias`: None or q's and v's
+  `[H, Dp]` biases, passed after q, k, v (one `[Dp]` row per program)."""
   batch, tokens, heads, depth = inputs[0].shape
   outputs = [jax.ShapeDtypeStruct((batch, heads, tokens), jnp.float32) if isinstance(o, str)
              else jax.ShapeDtypeStruct(o.shape, o.dtype) for o in outputs]
@@ -224,11 +243,16 @@ def _call(kernel, inputs, outputs, rows_per_program, tiles, interpret, mask):
   def spec(shape):
     if len(shape) == 4:
       return pl.BlockSpec((None, tokens, None, depth_block), lambda _, b, h: (b, 0, h, 0))
+    if len(shape) == 2:  # a bias
+      return pl.BlockSpec((None, depth_block), lambda _, b, h: (h, 0))
     return pl.BlockSpec((None, None, tokens), lambda _, b, h: (b, h, 0))
+
+  if bias is not None:
+    inputs = (*inputs[:3], *bias, *inputs[3:])
 
   return pl.pallas_call(
       functools.partial(kernel, tokens=tokens, depth=depth, tiles=tiles, valid_keys=mask[0],
-                        causal=mask[1]),
+                        causal=mask[1], biased=bias is not None),
       grid=(pl.cdiv(tokens, rows_per_program), batch, heads),
       in_specs=[spec(x.shape) for x in inputs],
       out_specs=[spec(o.shape) for o in outputs],
@@ -240,42 +264,65 @@ def _call(kernel, inputs, outputs, rows_per_program, tiles, interpret, mask):
       name='flash_attention_' + kernel.__name__.strip('_').removesuffix('_kernel'))(*inputs)
 
 
-def _check(q, k, v, valid_keys):
+def _check(q, k, v, valid_keys, bias):
   if not q.shape == k.shape == v.shape or q.ndim != 4:
     raise ValueError(f'q, k, v: expected three [B, N, H, D] arrays of one shape, got '
                      f'{q.shape}, {k.shape}, {v.shape}.')
   if not 1 <= valid_keys <= q.shape[1]:
     raise ValueError(f'valid_keys={valid_keys}: expected 1..{q.shape[1]} (the tokens).')
+  if bias is not None and bias.shape != (3, *q.shape[2:]):
+    raise ValueError(f'bias: expected [3, H, D] = {[3, *q.shape[2:]]} (q, k and v\'s), got '
+                     f'{list(bias.shape)}.')
 
 
 def attention(q, k, v, valid_keys: int, tiles: Tiles | None = None, interpret: bool = False,
-              *, causal: bool = False):
+              *, causal: bool = False, bias=None):
   """`q, k, v [B, N, H, D]` -> `[B, N, H, D]` in q's dtype; keys `>= valid_keys` masked, and
   with `causal` every key after its query (token i attends to 0..i; the tiles wholly after
-  a query tile are not visited). `tiles`: None for TILES."""
-  _check(q, k, v, valid_keys)
-  return _attention(q, k, v, (valid_keys, causal), tiles or TILES, interpret)
+  a query tile are not visited). `tiles`: None for TILES. `bias`: None, or `[3, H, D]`
+  added to q, k and v (the projections' `x @ w + b`) inside the kernels, so the biased
+  arrays are never written and read back. Only q's is added to its tiles. k's adds the
+  same `q . b_k` to all of a query's scores, which softmax cancels: it changes nothing,
+  and its gradient is exactly zero. v's adds `sum_j p_ij b_v = b_v` to each output row:
+  it is added to the output once (and taken out of O in the backward's `dO . O`)."""
+  _check(q, k, v, valid_keys, bias)
+  return _attention(q, k, v, bias, (valid_keys, causal), tiles or TILES, interpret)
 
 
 # `mask`: (valid_keys, causal), static.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _attention(q, k, v, mask, tiles, interpret):
-  return _forward(q, k, v, mask, tiles, interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _attention(q, k, v, bias, mask, tiles, interpret):
+  return _forward(q, k, v, bias, mask, tiles, interpret)[0]
 
 
-def _forward(q, k, v, mask, tiles, interpret):
+def _padded_bias(bias, like):
+  """`[3, H, D]` -> q's and v's `[H, Dp]` biases in `like`'s dtype, zero past D."""
+  if bias is None:
+    return None
+  pad = pl.next_power_of_2(bias.shape[-1]) - bias.shape[-1]
+  bias = jnp.pad(bias.astype(like.dtype), ((0, 0), (0, 0), (0, pad)))
+  return bias[0], bias[2]
+
+
+def _forward(q, k, v, bias, mask, tiles, interpret):
   out, lse = _call(_forward_kernel, (q, k, v), (q, 'rows'), tiles.queries, tiles, interpret,
-                   mask)
-  return out, (q, k, v, out, lse)
+                   mask, _padded_bias(bias, q))
+  return out, (q, k, v, bias, out, lse)
 
 
 def _backward(mask, tiles, interpret, residuals, d_out):
-  q, k, v, out, lse = residuals
+  q, k, v, bias, out, lse = residuals
+  rows = _padded_bias(bias, q)
   dq, delta = _call(_dq_kernel, (q, k, v, out, d_out, lse), (q, 'rows'), tiles.queries,
-                    tiles, interpret, mask)
+                    tiles, interpret, mask, rows)
   dk, dv = _call(_dkv_kernel, (q, k, v, d_out, lse, delta), (k, v), tiles.backward_keys,
-                 tiles, interpret, mask)
-  return dq, dk, dv
+                 tiles, interpret, mask, rows)
+  d_bias = None
+  if bias is not None:  # added to every row, padding tokens' too; k's changes nothing
+    rows_sum = lambda g: jnp.sum(g.astype(jnp.float32), axis=(0, 1))
+    d_bias = jnp.stack([rows_sum(dq), jnp.zeros(bias.shape[1:]), rows_sum(d_out)])
+    d_bias = d_bias.astype(bias.dtype)
+  return dq, dk, dv, d_bias
 
 
 _attention.defvjp(_forward, _backward)
