@@ -6,8 +6,8 @@ and what do our kernels cost in registers, spills and shared memory.
   PYTHONPATH=/opt/cuda-jax python bench/gpu_aot_check.py --out aot.jsonl     # ~3 min
 
 Sections (vision_core.gpu_target does the compile-only part; one JSON line per check):
-- kernels: vision_core.flash_attention at ViT-B/16's shapes ([512, 197, 12, 64] bf16,
-  forward and gradients) for each --flash-tiles; fused_mlp's forward and backward kernels
+- kernels: vision_core.flash_attention at ViT-B/16's shapes ([512, 197, 12, 64] bf16, q/k/v
+  biases added in the kernels; forward and gradients) for each --flash-tiles; fused_mlp's forward and backward kernels
   ([102400, 768] x [768, 3072]) for each of bench/gpu_mlp_kernels.py's CANDIDATES.
 - vit: the ViT-B/16 train step (batch 512, bf16) of each variant of bench/gpu_vit_variants.sh.
 - igpt: Image GPT's loss gradients (bf16, 1024 tokens, --igpt-batch) for --igpt-sizes, with
@@ -58,11 +58,12 @@ SM_SHARED = gpu_target.TARGETS['h100']['shared_memory_per_core']  # the H200's t
 # bench/gpu_vit_variants.sh's variants: gpu_suite flags as VisionTransformer arguments.
 VARIANTS = {
     'ours': {},
-    'flash': dict(attention='pallas', token_multiple=1, flash_tiles='64,64,64,64,4,3'),
+    'flash': dict(attention='pallas', token_multiple=1, flash_tiles='64,64,64,64,4,2'),
+    'flash_s3': dict(attention='pallas', token_multiple=1, flash_tiles='64,64,64,64,4,3'),
     'flash_whole': dict(attention='pallas', token_multiple=1, flash_tiles='64,64,64,64,4,3,64'),
     'fused_mlp': dict(mlp_impl='pallas', mlp_tiles=f'{CANDIDATES[0]}/{CANDIDATES[0]}'),
     'patch_matmul': dict(patch_embedding='matmul'),
-    'all': dict(attention='pallas', token_multiple=1, flash_tiles='64,64,64,64,4,3',
+    'all': dict(attention='pallas', token_multiple=1, flash_tiles='64,64,64,64,4,2',
                 mlp_impl='pallas', mlp_tiles=f'{CANDIDATES[0]}/{CANDIDATES[0]}',
                 patch_embedding='matmul'),
 }
@@ -155,14 +156,17 @@ def on_device(device, shape, dtype):
 def section_kernels(args, device) -> list[dict]:
   from vision_core import flash_attention, fused_mlp  # pylint: disable=g-import-not-at-top
   rows = []
+  # As VisionTransformer(attention='pallas') calls it: q/k/v biases added in the kernels.
   qkv = [on_device(device, (args.batch, 197, 12, 64), jnp.bfloat16)] * 3
+  qkv_bias = on_device(device, (3, 12, 64), jnp.bfloat16)
   for text in args.flash_tiles:
     tiles = parse_flash_tiles(text)
 
-    def loss(q, k, v, tiles=tiles):
-      return jnp.sum(flash_attention.attention(q, k, v, 197, tiles).astype(jnp.float32))
+    def loss(q, k, v, bias, tiles=tiles):
+      out = flash_attention.attention(q, k, v, 197, tiles, bias=bias)
+      return jnp.sum(out.astype(jnp.float32))
     rows.append(({'kernel': 'flash_attention', 'tiles': text},
-                 lambda loss=loss: (jax.grad(loss, (0, 1, 2)), qkv)))
+                 lambda loss=loss: (jax.grad(loss, (0, 1, 2, 3)), [*qkv, qkv_bias])))
   m, d, f = args.batch * 200, 768, 3072
   x, dy = on_device(device, (m, d), jnp.bfloat16), on_device(device, (m, d), jnp.bfloat16)
   w1, b1 = on_device(device, (d, f), jnp.bfloat16), on_device(device, (f,), jnp.bfloat16)
@@ -258,7 +262,8 @@ def main():
                       choices=['kernels', 'vit', 'igpt'])
   parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
   parser.add_argument('--flash-tiles', nargs='+',
-                      default=['64,64,64,64,4,3', '64,64,64,64,4,3,64', '128,64,128,64,8,2',
+                      default=['64,64,64,64,4,2', '64,64,64,64,4,3', '64,64,64,64,4,3,64',
+                               '128,64,128,64,8,2',
                                '64,32,64,32,4,3', '128,32,64,64,4,2'])
   parser.add_argument('--batch', type=int, default=512)
   parser.add_argument('--igpt-sizes', nargs='+', default=['S', 'L'])

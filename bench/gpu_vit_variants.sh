@@ -8,7 +8,8 @@
 # to the candidates still open.
 #
 #   bash bench/gpu_vit_variants.sh [OUT] [PROFILE_DIR]
-#   VARIANTS="ours flash patch_matmul all profile" bash bench/gpu_vit_variants.sh OUT DIR
+#   VARIANTS="mlp_kernels ours flash flash_s3 flash_whole fused_mlp all profile" \
+#     BUDGET_S=420 bash bench/gpu_vit_variants.sh OUT DIR
 #
 # Before a lease, bench/gpu_aot_check.py compiles every variant below for an H100 on a CPU
 # host (no GPU): compile errors, register spills and shared-memory overflows show there.
@@ -17,22 +18,27 @@
 #   mlp_kernels     bench/gpu_mlp_kernels.py: vision_core.fused_mlp's kernels against XLA
 #                   for several tile shapes; the fastest go to OUT.best_tiles
 #   ours            the default (the token stream padded to 200 once, in the encoder)
-#   flash, flash_whole  ours with attention='pallas': vision_core.flash_attention's
-#                   Triton kernels, the 197 tokens read in place (no padding); 64-row
-#                   tiles, 4 warps, 3 stages. flash shrinks the last, partial tile to 16
-#                   rows (the default); flash_whole keeps it at 64 (min_tail=64: session
-#                   18's kernels, 134.4 ms against cuDNN's 134.9). cuDNN's kernels take
-#                   20.1 ms per step with their dO.O and dq conversions, ours 21.9 ms
-#                   (session 18); 128-row tiles were 2.5 ms slower (session 18)
+#   flash, flash_s3, flash_whole  ours with attention='pallas':
+#                   vision_core.flash_attention's Triton kernels, the 197 tokens read in
+#                   place (no padding), q/k/v biases added in the kernels; 64-row tiles,
+#                   4 warps. flash (2 stages) and flash_s3 (3 stages) shrink the last,
+#                   partial tile to 16 rows (the default); flash_whole keeps it at 64 (3
+#                   stages, min_tail=64: session 18's kernels, then without the biases,
+#                   134.4 ms against cuDNN's 134.9). cuDNN's kernels take 20.1 ms per
+#                   step with their dO.O and dq conversions, ours took 21.9 ms, and the
+#                   q/k/v bias adds 3.6 ms (session 18); 128-row tiles were 2.5 ms slower
 #   fused_mlp       ours with mlp_impl='pallas' and the fastest kernels of mlp_kernels,
 #                   Triton's or Mosaic GPU's (XLA's forward where it was faster; in session
 #                   13 Triton's fused forward was slower, its matmul at half cuBLAS's speed)
 #   patch_matmul    ours with patch_embedding='matmul' (the patch embedding as one matmul;
 #                   the strided convolution's forward runs on an sm80 implicit-GEMM kernel at
-#                   ~28 TFLOP/s: 4.2 ms, plus 0.8 ms for its weight gradient, session 13)
-#   all             patch_matmul plus fused_mlp (where mlp_kernels found working kernels)
-#                   plus the faster flash tiles (where flash beat ours)
-#   profile         (with PROFILE_DIR) kernel time by class of `all`, HLO, per-kernel ms
+#                   ~28 TFLOP/s: 4.2 ms, plus 0.8 ms for its weight gradient, session 13;
+#                   but with the matmul XLA lays the residual stream out as [N, D, B]: 13 ms
+#                   slower in session 18)
+#   all             every change above that beat ours alone (the fastest flash tiles), where
+#                   two or more did
+#   profile         (with PROFILE_DIR) kernel time by class of those changes together (ours
+#                   where none won), HLO, per-kernel ms
 #   timm            timm's vit_base_patch16_224, eager, bf16 autocast, fused AdamW
 # Tried and dropped (docs/benchmarks.md): q/k/v padded in every layer (token_multiple=1),
 # --xla_gpu_enable_cublaslt=true, biases inside the matmuls and a GELU keeping its input
@@ -74,6 +80,8 @@ run ours timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer
 FLASH=(--attention pallas --token-multiple 1)
 [ -n "${QUICK:-}" ] && FLASH=(--attention pallas_interpret --token-multiple 1)
 run flash timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${FLASH[@]}" \
+  --flash-tiles 64,64,64,64,4,2
+run flash_s3 timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${FLASH[@]}" \
   --flash-tiles 64,64,64,64,4,3
 run flash_whole timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${FLASH[@]}" \
   --flash-tiles 64,64,64,64,4,3,64
@@ -87,22 +95,38 @@ else
 fi
 run patch_matmul timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer \
   --patch-embedding matmul
-# The flash tiles of the fastest flash run, where it beat ours (any working one with QUICK).
-FLASH_BEST=$(python - "$OUT" "${QUICK:-}" <<'EOF'
+# The variants that beat ours (with QUICK: every one that ran), one line each: 'flash TILES'
+# (the fastest flash tiles), 'fused_mlp', 'patch_matmul'.
+WINNERS=$(python - "$OUT" "${QUICK:-}" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 rows = [r for r in rows if r.get('section') == 'vit_train' and 'step_s' in r
-        and r.get('mlp_impl') == 'xla' and r.get('patch_embedding') == 'conv']
-ours = [r['step_s'] for r in rows if not r.get('flash_tiles')]
-flash = sorted((r['step_s'], r['flash_tiles']) for r in rows if r.get('flash_tiles'))
-if flash and (sys.argv[2] or (ours and flash[0][0] < min(ours))):
-  print(flash[0][1])
+        and not r.get('xla_flags') and r['impl'].startswith('ours')]
+def change(r):  # what the row changes from ours, the default
+  if r.get('flash_tiles'):
+    return 'flash ' + r['flash_tiles']
+  if r.get('mlp_impl') != 'xla':
+    return 'fused_mlp'
+  return 'patch_matmul' if r.get('patch_embedding') == 'matmul' else None
+ours = min((r['step_s'] for r in rows if change(r) is None), default=None)
+best = {}
+for r in sorted(rows, key=lambda r: r['step_s']):
+  what = change(r)
+  if what and (sys.argv[2] or (ours and r['step_s'] < ours)):
+    best.setdefault(what.split()[0], what)
+print('\n'.join(best.values()))
 EOF
 )
-ALL=(--patch-embedding matmul)
-[ -s "$BEST" ] && ALL+=("${MLP[@]}" --mlp-tiles "$(cat "$BEST")")
-[ -n "$FLASH_BEST" ] && ALL+=("${FLASH[@]}" --flash-tiles "$FLASH_BEST")
-if (( ${#ALL[@]} > 2 )); then
+echo "## beat ours: $(echo ${WINNERS:-none})"
+ALL=()
+while read -r what tiles; do
+  case $what in
+    flash) ALL+=("${FLASH[@]}" --flash-tiles "$tiles") ;;
+    fused_mlp) ALL+=("${MLP[@]}" --mlp-tiles "$(cat "$BEST")") ;;
+    patch_matmul) ALL+=(--patch-embedding matmul) ;;
+  esac
+done <<< "$WINNERS"
+if (( $(grep -c . <<< "$WINNERS") > 1 )); then
   run all timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${ALL[@]}"
 fi
 if [ -n "$PROFILE_DIR" ]; then
