@@ -8,7 +8,8 @@ tile's rows are masked in the loads and stores, so ViT's 197 tokens are read in 
 of being padded to 256 in every layer. Keys from `valid_keys` on (the padding the encoder adds
 once) are masked out of the softmax; their queries are computed like any other. `causal=True`
 (Image GPT) also masks every key after its query, and skips the key tiles wholly after a
-query tile.
+query tile. `bias=` takes the q/k/v projections' biases and applies them inside the kernels
+(ViT's attention), so XLA does not add them in passes of their own.
 
 Forward: one program per (query tile, batch, head), an online softmax over the key tiles
 (FlashAttention-2), saving the rows' log-sum-exp. Backward: a dq kernel, one program per
