@@ -1,6 +1,7 @@
-"""vision_core.gpu_target (compiling for an H100 without one) and bench/gpu_aot_check.py's
-readers of what XLA and ptxas write. The compiles themselves need jax's CUDA plugin (~5 GB,
-not a project dependency): those tests skip without it; the rest run anywhere."""
+"""vision_core.gpu_target (compiling for an H100 without one), bench/gpu_aot_check.py's
+readers of what XLA and ptxas write, and smoke runs of the GPU benches. The compiles
+themselves need jax's CUDA plugin (~5 GB, not a project dependency): those tests skip
+without it; the rest run anywhere."""
 
 import importlib.util
 import re
@@ -9,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from bench import gpu_aot_check, profile_train_step
+from bench import gpu_aot_check, igpt_train_step, profile_train_step
+from igpt_jax import model as igpt_model
 from tests.test_vit_model import tiny_config
 from vision_core import flash_attention, fused_mlp, gpu_target, mesh as mesh_lib, optim
 from vision_core.errors import UserInputError
@@ -201,3 +203,17 @@ def test_fsdp_tp_train_step_compiles_for_eight_h100s():
   assert {'all-reduce', 'all-gather'} <= ops, ops  # gradients summed, fsdp params gathered
   mlp_kernel = state.params['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel']
   assert mlp_kernel.sharding.spec == jax.sharding.PartitionSpec('data', 'model')
+
+
+def test_igpt_train_step_bench_compares_both_attentions():
+  """bench/igpt_train_step.py's GPU comparison, run small with interpreted kernels (any
+  host): the same first steps with either attention; and its FLOP count: iGPT-S has 24
+  blocks of 12 D^2 matmul weights plus the 512 x D output head."""
+  rows = igpt_train_step.main(['--size', 'testing', '--image', '8', '--batch', '2', '--steps',
+                               '1', '--attention', 'einsum', 'pallas_interpret'])
+  assert [r['attention'] for r in rows] == ['einsum', 'pallas_interpret']
+  assert all(r['step_s'] > 0 and r['tokens'] == 64 for r in rows)
+  assert rows[0]['bits_per_dim'] == pytest.approx(rows[1]['bits_per_dim'], rel=1e-4)
+  model = igpt_model.ImageGPT(**igpt_model.get_size('S'), n_ctx=1024)
+  params = jax.eval_shape(lambda: igpt_model.init_params(model, jax.random.key(0)))
+  assert igpt_train_step.matmul_params(params) == 24 * 12 * 512**2 + 512 * 512
