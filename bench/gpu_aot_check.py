@@ -7,8 +7,9 @@ and what do our kernels cost in registers, spills and shared memory.
 
 Sections (vision_core.gpu_target does the compile-only part; one JSON line per check):
 - kernels: vision_core.flash_attention at ViT-B/16's shapes ([512, 197, 12, 64] bf16, q/k/v
-  biases added in the kernels; forward and gradients) for each --flash-tiles; fused_mlp's forward and backward kernels
-  ([102400, 768] x [768, 3072]) for each of bench/gpu_mlp_kernels.py's CANDIDATES.
+  biases added in the kernels; forward and gradients) for each --flash-tiles; fused_mlp's
+  forward and backward kernels ([102400, 768] x [768, 3072]) for each of
+  bench/gpu_mlp_kernels.py's CANDIDATES.
 - vit: the ViT-B/16 train step (batch 512, bf16) of each variant of bench/gpu_vit_variants.sh.
 - igpt: Image GPT's loss gradients (bf16, 1024 tokens, --igpt-batch) for --igpt-sizes, with
   einsum and with flash attention: the memory the [B, H, T, T] weights take.
@@ -56,16 +57,16 @@ OUR_KERNELS = re.compile(r'flash_attention_\w+|mlp_gemm_\w+')
 SM_THREADS, SM_REGISTERS, SM_BLOCKS = 2048, 65536, 32
 SM_SHARED = gpu_target.TARGETS['h100']['shared_memory_per_core']  # the H200's too
 # bench/gpu_vit_variants.sh's variants: gpu_suite flags as VisionTransformer arguments.
+_FLASH = dict(attention='pallas', token_multiple=1)
+_FUSED_MLP = dict(mlp_impl='pallas', mlp_tiles=f'{CANDIDATES[0]}/{CANDIDATES[0]}')
 VARIANTS = {
     'ours': {},
-    'flash': dict(attention='pallas', token_multiple=1, flash_tiles='64,64,64,64,4,2'),
-    'flash_s3': dict(attention='pallas', token_multiple=1, flash_tiles='64,64,64,64,4,3'),
-    'flash_whole': dict(attention='pallas', token_multiple=1, flash_tiles='64,64,64,64,4,3,64'),
-    'fused_mlp': dict(mlp_impl='pallas', mlp_tiles=f'{CANDIDATES[0]}/{CANDIDATES[0]}'),
+    'flash': dict(_FLASH, flash_tiles='64,64,64,64,4,2'),
+    'flash_s3': dict(_FLASH, flash_tiles='64,64,64,64,4,3'),
+    'flash_whole': dict(_FLASH, flash_tiles='64,64,64,64,4,3,64'),
+    'fused_mlp': _FUSED_MLP,
     'patch_matmul': dict(patch_embedding='matmul'),
-    'all': dict(attention='pallas', token_multiple=1, flash_tiles='64,64,64,64,4,2',
-                mlp_impl='pallas', mlp_tiles=f'{CANDIDATES[0]}/{CANDIDATES[0]}',
-                patch_embedding='matmul'),
+    'all': dict(_FLASH, flash_tiles='64,64,64,64,4,2', **_FUSED_MLP, patch_embedding='matmul'),
 }
 
 
@@ -210,7 +211,9 @@ def section_vit(args, device) -> list[dict]:
   rows = []
   for name in args.variants:
     settings = dict(VARIANTS[name])
-    flash_attention.TILES = parse_flash_tiles(settings.pop('flash_tiles', '64,64,64,64,4,2'))
+    flash_tiles = settings.pop('flash_tiles', None)
+    flash_attention.TILES = (parse_flash_tiles(flash_tiles) if flash_tiles
+                             else flash_attention.Tiles())
     mlp_tiles = settings.pop('mlp_tiles', None)
     if mlp_tiles:
       settings['mlp_tiles'] = parse_tile_pair(mlp_tiles)
@@ -263,8 +266,7 @@ def main():
   parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
   parser.add_argument('--flash-tiles', nargs='+',
                       default=['64,64,64,64,4,2', '64,64,64,64,4,3', '64,64,64,64,4,3,64',
-                               '128,64,128,64,8,2',
-                               '64,32,64,32,4,3', '128,32,64,64,4,2'])
+                               '128,64,128,64,8,2', '64,32,64,32,4,3', '128,32,64,64,4,2'])
   parser.add_argument('--batch', type=int, default=512)
   parser.add_argument('--igpt-sizes', nargs='+', default=['S', 'L'])
   parser.add_argument('--igpt-batch', type=int, default=8)

@@ -136,7 +136,8 @@ def test_bad_shapes_and_key_counts_are_clear_errors():
     flash_attention.attention(x, x, x, 9, SMALL, True)
   with pytest.raises(ValueError, match=r'expected three \[B, N, H, D\] arrays of one shape'):
     flash_attention.attention(x, x[:, :4], x, 4, SMALL, True)
-  with pytest.raises(ValueError, match=r'bias: expected \[3, H, D\] = \[3, 2, 16\] .*got \[2, 16\]'):
+  with pytest.raises(ValueError,
+                     match=r'bias: expected \[3, H, D\] = \[3, 2, 16\] .*got \[2, 16\]'):
     flash_attention.attention(x, x, x, 8, SMALL, True, bias=jnp.zeros((2, 16)))
 
 
