@@ -94,12 +94,15 @@ def main():
   w2 = (jax.random.normal(keys[3], (f, d)) / np.sqrt(f)).astype(dtype)
   b2 = (0.1 * jax.random.normal(keys[4], (d,))).astype(dtype)
   dy = jax.random.normal(keys[5], (m, d), dtype)
-  rows = []
 
   def emit(row):
+    """Print `row` and append it to --out at once: a run killed by its timeout (a short
+    device lease) keeps the rows it measured."""
     row = dict(row, shape=[m, d, f], backend=jax.default_backend())
     print(json.dumps(row), flush=True)
-    rows.append(row)
+    if args.out:
+      with open(args.out, 'a', encoding='utf-8') as fh:
+        fh.write(json.dumps(row) + '\n')
 
   @jax.jit
   def xla_forward(x, w1, b1):
@@ -158,10 +161,6 @@ def main():
     if args.best:
       with open(args.best, 'w', encoding='utf-8') as fh:
         fh.write(f"{best['forward'][1]}/{best['backward'][1]}\n")
-  if args.out:
-    with open(args.out, 'a', encoding='utf-8') as fh:
-      for r in rows:
-        fh.write(json.dumps(r) + '\n')
 
 
 if __name__ == '__main__':
