@@ -362,7 +362,7 @@ def main():
   parser.add_argument('--flash-tiles', help="attention='pallas': vision_core.flash_attention."
                       'Tiles as comma-separated fields (queries,keys,backward_keys,'
                       'backward_queries[,num_warps,num_stages,min_tail]; default '
-                      '64,64,64,64,4,2,16)')
+                      '64,64,64,64,4,3,16)')
   parser.add_argument('--profile-dir', help='vit_profile: write HLO and op times here')
   parser.add_argument('--no-peer', action='store_true', help='skip the PyTorch ViT peer')
   parser.add_argument('--peer-only', action='store_true',

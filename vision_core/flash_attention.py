@@ -50,7 +50,7 @@ class Tiles:
   backward_keys: int = 64
   backward_queries: int = 64
   num_warps: int = 4
-  num_stages: int = 2
+  num_stages: int = 3  # 3 beat 2 on an H100 in sessions 18 and 19 (docs/benchmarks.md)
   min_tail: int = 16
 
 
