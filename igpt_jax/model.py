@@ -110,13 +110,13 @@ class Attention(nn.Module):
                     shape)
     cast = lambda w: w.astype(self.dtype)
     if cache is None and self.attention != 'einsum':
-      # `[B, T, H, D/H]`, the layout the kernels read; q scaled before them.
-      q = jnp.einsum('bsf,hef->bshe', x, cast(wq * (1.0 / np.sqrt(d // self.num_heads))))
-      k = jnp.einsum('bsf,hef->bshe', x, cast(wk))
-      v = jnp.einsum('bsf,hef->bshe', x, cast(wv))
-      a = flash_attention.attention(q, k, v, x.shape[1],
-                                    interpret=self.attention == 'pallas_interpret',
-                                    causal=self.causal)
+      # One matmul into `[B, T, 3, H, D/H]` (k, v, q: the layout the kernels read, and the
+      # gradient they write: one input-gradient matmul); q scaled before them.
+      w_kvq = jnp.stack([wk, wv, wq * (1.0 / np.sqrt(d // self.num_heads))])
+      kvq = jnp.einsum('bsf,thef->bsthe', x, cast(w_kvq))
+      a = flash_attention.attention_kvq(kvq, x.shape[1],
+                                        interpret=self.attention == 'pallas_interpret',
+                                        causal=self.causal)
       return jnp.einsum('bshe,hef->bsf', a, cast(wc))
     q = jnp.einsum('bsf,hef->bhse', x, cast(wq))
     k = jnp.einsum('bsf,hef->bhse', x, cast(wk))

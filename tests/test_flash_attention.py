@@ -158,3 +158,60 @@ def test_lowers_to_triton_for_cuda_at_vit_b16_shapes():
   assert triton_calls(jax.grad(loss, argnums=(0, 1, 2))) == (
       3, ['flash_attention_dkv', 'flash_attention_dq', 'flash_attention_forward'])
   assert profile_train_step.kernel_class('flash_attention_dkv') == 'attention'
+
+
+@pytest.mark.parametrize('tokens,valid_keys,tiles,dtype,causal', [
+    (21, 21, TAILS, jnp.float32, False),  # shrunk last tiles
+    (40, 37, SMALL, jnp.float32, False),  # masked keys
+    (45, 43, flash_attention.Tiles(16, 8, 8, 32), jnp.bfloat16, False),
+    (37, 37, flash_attention.Tiles(16, 8, 16, 16, min_tail=4), jnp.float32, True)])
+def test_packed_kvq_matches_numpy_and_autodiff(tokens, valid_keys, tiles, dtype, causal):
+  """attention_kvq: k, v, q packed as `[B, N, 3, H, D]` (and the bias `[3, H, D]` in that
+  order). Its gradient comes back packed, dq written first and dk/dv into the same buffer
+  after it: a slot left unwritten or overwritten fails here."""
+  rng = np.random.default_rng(tokens + 2)
+  kvq = rng.normal(0, 0.7, (2, tokens, 3, 3, 16)).astype(np.float32)
+  bias = rng.normal(0, 0.7, (3, 3, 16)).astype(np.float32)
+  cotangent = rng.normal(0, 1, (2, tokens, 3, 16)).astype(np.float32)
+  tol = dict(rtol=2e-2, atol=2e-2) if dtype == jnp.bfloat16 else dict(rtol=2e-5, atol=2e-5)
+
+  def flash(kvq, bias):
+    return flash_attention.attention_kvq(kvq.astype(dtype), valid_keys, tiles, True,
+                                         causal=causal, bias=bias.astype(dtype))
+
+  def plain(kvq, bias):
+    k, v, q = (kvq[:, :, i] + bias[i] for i in range(3))
+    return plain_attention(q, k, v, valid_keys, causal)
+
+  out = flash(kvq, bias)
+  assert out.shape == (2, tokens, 3, 16) and out.dtype == dtype
+  k, v, q = (kvq[:, :, i] + bias[i] for i in range(3))
+  np.testing.assert_allclose(out.astype(jnp.float32),
+                             numpy_attention(q, k, v, valid_keys, causal), **tol)
+  grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a).astype(jnp.float32) * cotangent),
+                    argnums=(0, 1))(kvq, bias) for f in (flash, plain)]
+  for name, got, want in zip(('dkvq', 'dbias'), *grads):
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, err_msg=name, rtol=tol['rtol'],
+                               atol=tol['atol'] * max(scale, 1))
+  np.testing.assert_array_equal(np.asarray(grads[0][0])[:, valid_keys:, :2], 0)  # masked keys
+  with pytest.raises(ValueError, match=r'kvq: expected \[B, N, 3, H, D\] \(k, v, q\), got'):
+    flash_attention.attention_kvq(kvq[:, :, :2], valid_keys, tiles, True)
+  with pytest.raises(ValueError,
+                     match=r"bias: expected \[3, H, D\] = \[3, 3, 16\] \(k, v and q's\)"):
+    flash_attention.attention_kvq(kvq, valid_keys, tiles, True, bias=bias[:2])
+
+
+def test_packed_kvq_lowers_to_triton_for_cuda_with_its_gradient_written_in_place():
+  """ViT-B/16's shapes packed: three Triton calls for the gradient, the dk/dv kernel's output
+  aliased to the dq kernel's (one buffer, no concatenation)."""
+  shape = jax.ShapeDtypeStruct((8, 197, 3, 12, 64), jnp.bfloat16)
+  bias = jax.ShapeDtypeStruct((3, 12, 64), jnp.bfloat16)
+  loss = lambda kvq, b: jnp.sum(flash_attention.attention_kvq(kvq, 197, bias=b).astype(
+      jnp.float32))
+  text = jax.jit(jax.grad(loss, argnums=(0, 1))).trace(shape, bias).lower(
+      lowering_platforms=('cuda',)).as_text()
+  assert text.count('custom_call @__gpu$xla.gpu.triton') == 3
+  assert sorted(set(re.findall(r'flash_attention_\w+?(?=[^\w]|$)', text))) == [
+      'flash_attention_dkv_packed', 'flash_attention_dq', 'flash_attention_forward']
+  assert 'output_operand_aliases' in text

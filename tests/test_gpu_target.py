@@ -162,16 +162,23 @@ def test_profile_kernel_classes(name, kind):
 
 
 @pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="needs jax's CUDA plugin (compile only)")
-def test_flash_attention_compiles_for_h100_without_spills():
-  """The whole GPU pipeline down to ptxas, at ViT-B/16's shapes: three kernels on Hopper's
-  warpgroup matmuls, none spilling registers, each with two or more programs per SM."""
+@pytest.mark.parametrize('packed', [False, True])
+def test_flash_attention_compiles_for_h100_without_spills(packed):
+  """The whole GPU pipeline down to ptxas, at ViT-B/16's shapes, q, k, v as three arrays
+  or packed in one (attention_kvq): three kernels on Hopper's warpgroup matmuls, none
+  spilling registers, each with two or more programs per SM."""
   device = gpu_target.compile_only_devices('h100')[0]
-  qkv = [gpu_aot_check.on_device(device, (8, 197, 12, 64), jnp.bfloat16)] * 3
-  loss = lambda q, k, v: jnp.sum(flash_attention.attention(q, k, v, 197).astype(jnp.float32))
-  report = gpu_aot_check.compile_report(jax.grad(loss, (0, 1, 2)), qkv, 'h100')
+  if packed:
+    args = [gpu_aot_check.on_device(device, (8, 197, 3, 12, 64), jnp.bfloat16)]
+    attention = lambda kvq: flash_attention.attention_kvq(kvq, 197)
+  else:
+    args = [gpu_aot_check.on_device(device, (8, 197, 12, 64), jnp.bfloat16)] * 3
+    attention = lambda q, k, v: flash_attention.attention(q, k, v, 197)
+  loss = lambda *a: jnp.sum(attention(*a).astype(jnp.float32))
+  report = gpu_aot_check.compile_report(jax.grad(loss, tuple(range(len(args)))), args, 'h100')
   kernels = report['kernels']
-  assert sorted(kernels) == ['flash_attention_dkv', 'flash_attention_dq',
-                             'flash_attention_forward']
+  assert sorted(kernels) == ['flash_attention_dkv' + ('_packed' if packed else ''),
+                             'flash_attention_dq', 'flash_attention_forward']
   for info in kernels.values():
     assert info['grid'] == [4, 8, 12] and info['threads'] == 128
     assert info['registers'] > 0 and info['spill_store_bytes'] == 0

@@ -201,13 +201,18 @@ def test_wrong_image_shape_is_a_clear_error(shape, match):
 @pytest.mark.parametrize('classifier,attention,token_multiple', [
     ('token', 'xla', 1), ('gap', 'xla', 1), ('token', 'xla', 8), ('gap', 'xla', 8),
     ('token', 'einsum', 8), ('gap', 'einsum', 5), ('token', 'pallas_interpret', 8),
-    ('gap', 'pallas_interpret', 1)])
+    ('gap', 'pallas_interpret', 1), ('token', 'pallas_interpret_unpacked', 1)])
 def test_fused_attention_matches_numpy_forward_and_einsum_gradients(classifier, attention,
-                                                                     token_multiple):
+                                                                     token_multiple,
+                                                                     monkeypatch):
   """attention='xla' (jax.nn.dot_product_attention, the path 'cudnn' takes on GPUs), our
-  flash attention ('pallas', interpreted), and a token stream padded to a multiple (17
-  tokens -> 24 or 20, masked: the 'cudnn' default) compute the same logits as the numpy
-  reference and the same gradients as the plain path."""
+  flash attention ('pallas', interpreted; q, k, v packed from one matmul, or from three:
+  '_unpacked'), and a token stream padded to a multiple (17 tokens -> 24 or 20, masked: the
+  'cudnn' default) compute the same logits as the numpy reference and the same gradients
+  as the plain path."""
+  if attention.endswith('_unpacked'):
+    attention = attention.removesuffix('_unpacked')
+    monkeypatch.setattr(models_vit, 'PALLAS_PACKED_QKV', False)
   config = tiny_config(classifier)
   fused = models_vit.VisionTransformer(num_classes=7, attention=attention,
                                        token_multiple=token_multiple, **config)

@@ -118,9 +118,14 @@ def _load_biases(refs, biased):
 
 
 def _store(ref, start, value, valid_rows, depth):
+  """`value` into rows `start:` of an `[N, Dp]` block, or of slot `i` of an `[N, 2, Dp]`
+  block where `ref` is `(block, i)`."""
+  ref, slot = ref if isinstance(ref, tuple) else (ref, None)
+  rows = pl.ds(start, value.shape[0])
   cols = jnp.arange(ref.shape[-1]) < depth
-  plgpu.store(ref.at[pl.ds(start, value.shape[0]), :], value.astype(ref.dtype),
-              mask=valid_rows[:, None] & cols[None, :])
+  # The slot as an array: store's indexing takes no Python int.
+  index = (rows, slice(None)) if slot is None else (rows, jnp.int32(slot), slice(None))
+  plgpu.store(ref.at[index], value.astype(ref.dtype), mask=valid_rows[:, None] & cols[None, :])
 
 
 def _key_tiles(start, bq, bk, valid_keys, causal):
@@ -230,49 +235,80 @@ def _dkv_kernel(q_ref, k_ref, v_ref, *refs, tokens, valid_keys, causal, depth, t
   _each_program(program, tokens, tiles.backward_keys, tiles.min_tail)
 
 
-def _call(kernel, inputs, outputs, rows_per_program, tiles, interpret, mask, bias):
+def _dkv_packed_kernel(*refs, **settings):
+  """_dkv_kernel writing k's and v's gradients into one `[N, 2, Dp]` block of the packed
+  gradient. The input before it is that gradient's buffer (aliased, not read)."""
+  *refs, _, d_kv_ref = refs
+  _dkv_kernel(*refs, (d_kv_ref, 0), (d_kv_ref, 1), **settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slot:
+  """Part of a packed `[B, N, 3, H, D]` array (attention_kvq's): `size` slots (1 or 2) from
+  `index * size` on axis 2. A block of two slots is one ref `[N, 2, Dp]` in the kernel."""
+  array: jax.Array | jax.ShapeDtypeStruct
+  index: int
+  size: int = 1
+
+
+def _call(kernel, inputs, outputs, rows_per_program, tiles, interpret, mask, bias, *,
+          alias_last_input=False):
   """`kernel` over a (tile of N, batch, head) grid. `inputs`: q, k, v, then other
   `[B, N, H, D]` arrays (whole rows of one head per program; D padded to a power of two in
-  the block) or `[B, H, N]` row statistics; `outputs`: arrays like `inputs[0]`, or 'rows'
-  for float32 row statistics. `mask`: `(valid_keys, causal)`. `bias`: None or q's and v's
-  `[H, Dp]` biases, passed after q, k, v (one `[Dp]` row per program)."""
-  batch, tokens, heads, depth = inputs[0].shape
-  outputs = [jax.ShapeDtypeStruct((batch, heads, tokens), jnp.float32) if isinstance(o, str)
-             else jax.ShapeDtypeStruct(o.shape, o.dtype) for o in outputs]
+  the block) or `[B, H, N]` row statistics; any of the `[B, N, H, D]` ones may be `_Slot`s
+  of a packed array. `outputs`: arrays (or shapes) like those, `_Slot`s, or 'rows' for
+  float32 row statistics. `mask`: `(valid_keys, causal)`. `bias`: None or q's and v's
+  `[H, Dp]` biases, passed after q, k, v (one `[Dp]` row per program).
+  `alias_last_input`: the last input is the buffer of output 0 (written in place)."""
+  first = inputs[0].array if isinstance(inputs[0], _Slot) else inputs[0]
+  batch, tokens, heads, depth = (first.shape[:2] + first.shape[3:] if first.ndim == 5
+                                 else first.shape)
   depth_block = pl.next_power_of_2(depth)
 
-  def spec(shape):
-    if len(shape) == 4:
+  def spec(x):
+    if isinstance(x, _Slot):
+      slots = None if x.size == 1 else x.size
+      return pl.BlockSpec((None, tokens, slots, None, depth_block),
+                          lambda _, b, h: (b, 0, x.index, h, 0))
+    if len(x.shape) == 4:
       return pl.BlockSpec((None, tokens, None, depth_block), lambda _, b, h: (b, 0, h, 0))
-    if len(shape) == 2:  # a bias
+    if len(x.shape) == 2:  # a bias
       return pl.BlockSpec((None, depth_block), lambda _, b, h: (h, 0))
     return pl.BlockSpec((None, None, tokens), lambda _, b, h: (b, h, 0))
 
+  def shape(o):
+    if isinstance(o, str):
+      return jax.ShapeDtypeStruct((batch, heads, tokens), jnp.float32)
+    o = o.array if isinstance(o, _Slot) else o
+    return jax.ShapeDtypeStruct(o.shape, o.dtype)
+
   if bias is not None:
     inputs = (*inputs[:3], *bias, *inputs[3:])
-
+  body = functools.partial(kernel, tokens=tokens, depth=depth, tiles=tiles,
+                           valid_keys=mask[0], causal=mask[1], biased=bias is not None)
+  arrays = [x.array if isinstance(x, _Slot) else x for x in inputs]
   return pl.pallas_call(
-      functools.partial(kernel, tokens=tokens, depth=depth, tiles=tiles, valid_keys=mask[0],
-                        causal=mask[1], biased=bias is not None),
+      body,
       grid=(pl.cdiv(tokens, rows_per_program), batch, heads),
-      in_specs=[spec(x.shape) for x in inputs],
-      out_specs=[spec(o.shape) for o in outputs],
-      out_shape=outputs,
+      in_specs=[spec(x) for x in inputs],
+      out_specs=[spec(o) if not isinstance(o, str) else spec(shape(o)) for o in outputs],
+      out_shape=[shape(o) for o in outputs],
+      input_output_aliases={len(inputs) - 1: 0} if alias_last_input else {},
       compiler_params=plgpu.CompilerParams(num_warps=tiles.num_warps,
                                            num_stages=tiles.num_stages),
       interpret=interpret,
       # 'flash_attention_forward' etc.: bench/profile_train_step.py classes it as attention.
-      name='flash_attention_' + kernel.__name__.strip('_').removesuffix('_kernel'))(*inputs)
+      name='flash_attention_' + kernel.__name__.strip('_').removesuffix('_kernel'))(*arrays)
 
 
-def _check(q, k, v, valid_keys, bias):
+def _check(q, k, v, valid_keys, bias, order="q, k and v's"):
   if not q.shape == k.shape == v.shape or q.ndim != 4:
     raise ValueError(f'q, k, v: expected three [B, N, H, D] arrays of one shape, got '
                      f'{q.shape}, {k.shape}, {v.shape}.')
   if not 1 <= valid_keys <= q.shape[1]:
     raise ValueError(f'valid_keys={valid_keys}: expected 1..{q.shape[1]} (the tokens).')
   if bias is not None and bias.shape != (3, *q.shape[2:]):
-    raise ValueError(f'bias: expected [3, H, D] = {[3, *q.shape[2:]]} (q, k and v\'s), got '
+    raise ValueError(f'bias: expected [3, H, D] = {[3, *q.shape[2:]]} ({order}), got '
                      f'{list(bias.shape)}.')
 
 
@@ -327,3 +363,62 @@ def _backward(mask, tiles, interpret, residuals, d_out):
 
 
 _attention.defvjp(_forward, _backward)
+
+
+def attention_kvq(kvq, valid_keys: int, tiles: Tiles | None = None, interpret: bool = False,
+                  *, causal: bool = False, bias=None):
+  """`attention(q, k, v, ...)` on one packed `kvq [B, N, 3, H, D]` array: k, v and q stacked
+  in that order on axis 2 (one projection's output, `x @ [D, 3, H, D]`), and `bias`
+  `[3, H, D]` in that order too. -> `[B, N, H, D]`.
+
+  Why: the gradient comes back packed the same way, written in place by the kernels (dq
+  into its slot, then dk and dv into theirs), so the projections' input gradient is one
+  matmul; three separate q, k, v give three and a pass summing them (2.2 ms of the ViT-B/16
+  step on an H100, session 19). Why k, v, q: the dk/dv kernel stores its two gradients as
+  one block of two slots, and blocks start at multiples of their size."""
+  if kvq.ndim != 5 or kvq.shape[2] != 3:
+    raise ValueError(f'kvq: expected [B, N, 3, H, D] (k, v, q), got {list(kvq.shape)}.')
+  k, v, q = (jax.ShapeDtypeStruct(kvq.shape[:2] + kvq.shape[3:], kvq.dtype),) * 3
+  _check(q, k, v, valid_keys, bias, order="k, v and q's")
+  return _attention_kvq(kvq, bias, (valid_keys, causal), tiles or TILES, interpret)
+
+
+def _qkv_slots(kvq):
+  return tuple(_Slot(kvq, i) for i in (2, 0, 1))
+
+
+def _kvq_bias_rows(bias, like):
+  """kvq's `[3, H, D]` bias (k, v, q) -> q's and v's `[H, Dp]` rows, as `_padded_bias`."""
+  return None if bias is None else _padded_bias(bias[jnp.array([2, 0, 1])], like)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _attention_kvq(kvq, bias, mask, tiles, interpret):
+  return _forward_kvq(kvq, bias, mask, tiles, interpret)[0]
+
+
+def _forward_kvq(kvq, bias, mask, tiles, interpret):
+  out = jax.ShapeDtypeStruct(kvq.shape[:2] + kvq.shape[3:], kvq.dtype)
+  out, lse = _call(_forward_kernel, _qkv_slots(kvq), (out, 'rows'), tiles.queries, tiles,
+                   interpret, mask, _kvq_bias_rows(bias, kvq))
+  return out, (kvq, bias, out, lse)
+
+
+def _backward_kvq(mask, tiles, interpret, residuals, d_out):
+  kvq, bias, out, lse = residuals
+  rows = _kvq_bias_rows(bias, kvq)
+  grad = jax.ShapeDtypeStruct(kvq.shape, kvq.dtype)
+  d_kvq, delta = _call(_dq_kernel, (*_qkv_slots(kvq), out, d_out, lse), (_Slot(grad, 2), 'rows'),
+                       tiles.queries, tiles, interpret, mask, rows)
+  (d_kvq,) = _call(_dkv_packed_kernel, (*_qkv_slots(kvq), d_out, lse, delta, _Slot(d_kvq, 0, 2)),
+                   (_Slot(grad, 0, 2),), tiles.backward_keys, tiles, interpret, mask, rows,
+                   alias_last_input=True)
+  d_bias = None
+  if bias is not None:  # as in _backward: k's is zero
+    rows_sum = lambda g: jnp.sum(g.astype(jnp.float32), axis=(0, 1))
+    d_bias = jnp.stack([jnp.zeros(bias.shape[1:]), rows_sum(d_out), rows_sum(d_kvq[:, :, 2])])
+    d_bias = d_bias.astype(bias.dtype)
+  return d_kvq, d_bias
+
+
+_attention_kvq.defvjp(_forward_kvq, _backward_kvq)

@@ -36,6 +36,9 @@ Dtype = Any
 # `VisionTransformer(attention=...)`: ours (any backend), jax.nn.dot_product_attention's, or
 # vision_core.flash_attention's Pallas kernels (GPU; 'pallas_interpret' on any backend).
 ATTENTIONS = ('einsum', 'xla', 'cudnn', 'pallas', 'pallas_interpret')
+# attention='pallas': q, k, v from one matmul, packed (flash_attention.attention_kvq); False
+# takes three matmuls and flash_attention.attention (bench/gpu_suite.py --flash-unpacked).
+PALLAS_PACKED_QKV = True
 # `VisionTransformer(mlp_impl=...)`: XLA's ops, or vision_core.fused_mlp's GPU kernels (the
 # bias and GELU inside the matmuls; 'pallas_interpret' runs them interpreted, on any backend).
 MLP_IMPLS = ('xla', 'pallas', 'pallas_interpret')
@@ -210,16 +213,23 @@ class SelfAttention(nn.Module):
       raise ValueError(f'attention={self.attention!r} has no attention dropout; set '
                        "attention_dropout_rate=0 or attention='einsum'.")
     batch, tokens = x.shape[:2]
+    keys = tokens if valid_tokens is None else valid_tokens
+    interpret = self.attention == 'pallas_interpret'
+    if self.attention.startswith('pallas') and PALLAS_PACKED_QKV:
+      # One matmul into [B, N, 3, H, Dh] (k, v, q), read in place by the kernels, which
+      # write the gradient packed the same way: the input gradient is one matmul, not three
+      # and a pass summing them. The kernels add the biases as they load q, k, v: XLA adds
+      # each in a pass of its own over [B, N, H, Dh] (3.6 ms of the ViT-B/16 step on an
+      # H100, session 18).
+      order = jnp.array([1, 2, 0])
+      kvq = jnp.einsum('bnd,tdhk->bnthk', x, kernel[order])
+      return flash_attention.attention_kvq(kvq, keys, bias=bias[order], interpret=interpret)
     # Three matmuls straight into the [B, N, H, Dh] layout the fused kernel reads. One matmul
     # into [3, B, N, H, Dh] costs a transpose of q/k/v and of their gradients in every layer
     # (21% of the ViT-B/16 step on an H200: 143 -> 134 ms at batch 512).
     qkv = [jnp.einsum('bnd,dhk->bnhk', x, kernel[i]) for i in range(3)]
-    keys = tokens if valid_tokens is None else valid_tokens
     if self.attention.startswith('pallas'):
-      # The kernels add the biases as they load q, k, v: XLA adds each in a pass of its own
-      # over [B, N, H, Dh] (3.6 ms of the ViT-B/16 step on an H100, session 18).
-      return flash_attention.attention(*qkv, keys, bias=bias,
-                                       interpret=self.attention == 'pallas_interpret')
+      return flash_attention.attention(*qkv, keys, bias=bias, interpret=interpret)
     qkv = [t + b for t, b in zip(qkv, bias)]
     if self.attention == 'cudnn' and tokens % CUDNN_SEQ_MULTIPLE:
       # cuDNN's training kernels refuse odd lengths such as ViT's 197: pad q/k/v to a
