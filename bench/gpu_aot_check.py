@@ -6,8 +6,9 @@ and what do our kernels cost in registers, spills and shared memory.
   PYTHONPATH=/opt/cuda-jax python bench/gpu_aot_check.py --out aot.jsonl     # ~3 min
 
 Sections (vision_core.gpu_target does the compile-only part; one JSON line per check):
-- kernels: vision_core.flash_attention at ViT-B/16's shapes ([512, 197, 12, 64] bf16, q/k/v
-  biases added in the kernels; forward and gradients) for each --flash-tiles; fused_mlp's
+- kernels: vision_core.flash_attention at ViT-B/16's shapes (q, k, v packed as
+  [512, 197, 3, 12, 64] bf16, or for the first tiles also three [512, 197, 12, 64]; biases
+  added in the kernels; forward and gradients) for each --flash-tiles; fused_mlp's
   forward and backward kernels ([102400, 768] x [768, 3072]) for each of
   bench/gpu_mlp_kernels.py's CANDIDATES.
 - vit: the ViT-B/16 train step (batch 512, bf16) of each variant of bench/gpu_vit_variants.sh.
@@ -61,12 +62,12 @@ _FLASH = dict(attention='pallas', token_multiple=1)
 _FUSED_MLP = dict(mlp_impl='pallas', mlp_tiles=f'{CANDIDATES[0]}/{CANDIDATES[0]}')
 VARIANTS = {
     'ours': {},
-    'flash': dict(_FLASH, flash_tiles='64,64,64,64,4,2'),
-    'flash_s3': dict(_FLASH, flash_tiles='64,64,64,64,4,3'),
-    'flash_whole': dict(_FLASH, flash_tiles='64,64,64,64,4,3,64'),
+    'flash': dict(_FLASH, flash_tiles='64,64,64,64,4,3'),
+    'flash_s2': dict(_FLASH, flash_tiles='64,64,64,64,4,2'),
+    'flash_unpacked': dict(_FLASH, flash_tiles='64,64,64,64,4,3', flash_unpacked=True),
     'fused_mlp': _FUSED_MLP,
     'patch_matmul': dict(patch_embedding='matmul'),
-    'all': dict(_FLASH, flash_tiles='64,64,64,64,4,2', **_FUSED_MLP, patch_embedding='matmul'),
+    'all': dict(_FLASH, flash_tiles='64,64,64,64,4,3', **_FUSED_MLP),
 }
 
 
@@ -157,17 +158,26 @@ def on_device(device, shape, dtype):
 def section_kernels(args, device) -> list[dict]:
   from vision_core import flash_attention, fused_mlp  # pylint: disable=g-import-not-at-top
   rows = []
-  # As VisionTransformer(attention='pallas') calls it: q/k/v biases added in the kernels.
+  # As VisionTransformer(attention='pallas') calls them: q/k/v biases added in the kernels;
+  # q, k, v packed in one array (attention_kvq), and (the first tiles only) three arrays.
+  kvq = on_device(device, (args.batch, 197, 3, 12, 64), jnp.bfloat16)
   qkv = [on_device(device, (args.batch, 197, 12, 64), jnp.bfloat16)] * 3
   qkv_bias = on_device(device, (3, 12, 64), jnp.bfloat16)
-  for text in args.flash_tiles:
+  for i, text in enumerate(args.flash_tiles):
     tiles = parse_flash_tiles(text)
+
+    def loss_kvq(kvq, bias, tiles=tiles):
+      out = flash_attention.attention_kvq(kvq, 197, tiles, bias=bias)
+      return jnp.sum(out.astype(jnp.float32))
 
     def loss(q, k, v, bias, tiles=tiles):
       out = flash_attention.attention(q, k, v, 197, tiles, bias=bias)
       return jnp.sum(out.astype(jnp.float32))
-    rows.append(({'kernel': 'flash_attention', 'tiles': text},
-                 lambda loss=loss: (jax.grad(loss, (0, 1, 2, 3)), [*qkv, qkv_bias])))
+    rows.append(({'kernel': 'flash_attention_kvq', 'tiles': text},
+                 lambda loss=loss_kvq: (jax.grad(loss, (0, 1)), [kvq, qkv_bias])))
+    if i == 0:
+      rows.append(({'kernel': 'flash_attention', 'tiles': text},
+                   lambda loss=loss: (jax.grad(loss, (0, 1, 2, 3)), [*qkv, qkv_bias])))
   m, d, f = args.batch * 200, 768, 3072
   x, dy = on_device(device, (m, d), jnp.bfloat16), on_device(device, (m, d), jnp.bfloat16)
   w1, b1 = on_device(device, (d, f), jnp.bfloat16), on_device(device, (f,), jnp.bfloat16)
@@ -214,6 +224,7 @@ def section_vit(args, device) -> list[dict]:
     flash_tiles = settings.pop('flash_tiles', None)
     flash_attention.TILES = (parse_flash_tiles(flash_tiles) if flash_tiles
                              else flash_attention.Tiles())
+    models_vit.PALLAS_PACKED_QKV = not settings.pop('flash_unpacked', False)
     mlp_tiles = settings.pop('mlp_tiles', None)
     if mlp_tiles:
       settings['mlp_tiles'] = parse_tile_pair(mlp_tiles)
@@ -265,8 +276,8 @@ def main():
                       choices=['kernels', 'vit', 'igpt'])
   parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
   parser.add_argument('--flash-tiles', nargs='+',
-                      default=['64,64,64,64,4,2', '64,64,64,64,4,3', '64,64,64,64,4,3,64',
-                               '128,64,128,64,8,2', '64,32,64,32,4,3', '128,32,64,64,4,2'])
+                      default=['64,64,64,64,4,3', '64,64,64,64,4,2', '128,64,128,64,8,2',
+                               '64,32,64,32,4,3'])
   parser.add_argument('--batch', type=int, default=512)
   parser.add_argument('--igpt-sizes', nargs='+', default=['S', 'L'])
   parser.add_argument('--igpt-batch', type=int, default=8)

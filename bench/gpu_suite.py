@@ -119,6 +119,8 @@ def _vit_setup(args):
   if args.flash_tiles:  # attention='pallas': read when the model is traced
     from vision_core import flash_attention  # pylint: disable=g-import-not-at-top
     flash_attention.TILES = parse_flash_tiles(args.flash_tiles)
+  # attention='pallas': q, k, v from three matmuls instead of one packed (read when traced).
+  models_vit.PALLAS_PACKED_QKV = not args.flash_unpacked
   tiles = None
   if args.mlp_tiles:
     from bench.gpu_mlp_kernels import parse_tile_pair  # pylint: disable=g-import-not-at-top
@@ -149,6 +151,7 @@ def section_vit_train(args) -> list[dict]:
            'model': name, 'image': image, 'batch': batch, 'token_multiple': args.token_multiple,
            'mlp_impl': args.mlp_impl, 'mlp_tiles': args.mlp_tiles,
            'patch_embedding': args.patch_embedding, 'flash_tiles': args.flash_tiles,
+           'flash_unpacked': args.flash_unpacked,
            'xla_flags': os.environ.get('XLA_FLAGS', '')}
     try:
       step, row['compile_s'] = compiled_train_step(make_model(attention), images, labels,
@@ -363,6 +366,9 @@ def main():
                       'Tiles as comma-separated fields (queries,keys,backward_keys,'
                       'backward_queries[,num_warps,num_stages,min_tail]; default '
                       '64,64,64,64,4,3,16)')
+  parser.add_argument('--flash-unpacked', action='store_true',
+                      help="attention='pallas': q, k, v from three matmuls "
+                      '(flash_attention.attention), not one packed (attention_kvq)')
   parser.add_argument('--profile-dir', help='vit_profile: write HLO and op times here')
   parser.add_argument('--no-peer', action='store_true', help='skip the PyTorch ViT peer')
   parser.add_argument('--peer-only', action='store_true',

@@ -8,7 +8,7 @@
 # to the candidates still open.
 #
 #   bash bench/gpu_vit_variants.sh [OUT] [PROFILE_DIR]
-#   VARIANTS="mlp_kernels ours flash flash_s3 flash_whole fused_mlp all profile" \
+#   VARIANTS="mlp_kernels ours flash flash_s2 flash_unpacked fused_mlp all profile" \
 #     BUDGET_S=420 bash bench/gpu_vit_variants.sh OUT DIR
 #
 # Before a lease, bench/gpu_aot_check.py compiles every variant below for an H100 on a CPU
@@ -18,15 +18,15 @@
 #   mlp_kernels     bench/gpu_mlp_kernels.py: vision_core.fused_mlp's kernels against XLA
 #                   for several tile shapes; the fastest go to OUT.best_tiles
 #   ours            the default (the token stream padded to 200 once, in the encoder)
-#   flash, flash_s3, flash_whole  ours with attention='pallas':
-#                   vision_core.flash_attention's Triton kernels, the 197 tokens read in
-#                   place (no padding), q/k/v biases added in the kernels; 64-row tiles,
-#                   4 warps. flash (2 stages) and flash_s3 (3 stages) shrink the last,
-#                   partial tile to 16 rows (the default); flash_whole keeps it at 64 (3
-#                   stages, min_tail=64: session 18's kernels, then without the biases,
-#                   134.4 ms against cuDNN's 134.9). cuDNN's kernels take 20.1 ms per
-#                   step with their dO.O and dq conversions, ours took 21.9 ms, and the
-#                   q/k/v bias adds 3.6 ms (session 18); 128-row tiles were 2.5 ms slower
+#   flash           ours with attention='pallas': vision_core.flash_attention's Triton
+#                   kernels, the 197 tokens read in place (no padding), q/k/v biases added
+#                   in the kernels, 64-row tiles with a 16-row last one, 4 warps, 3 stages
+#                   (the default tiles); q, k, v from one matmul, packed [B, N, 3, H, Dh]
+#                   (attention_kvq), its gradient written in place
+#   flash_s2        flash with 2 stages (compiled for an H100, packed: dq takes 133
+#                   registers and 3 programs per SM against 176 and 2 with 3 stages)
+#   flash_unpacked  flash with q, k, v from three matmuls (session 19's measured kernels:
+#                   132.5 ms against cuDNN's 136.8; 2 stages 132.8, a whole last tile 135.6)
 #   fused_mlp       ours with mlp_impl='pallas' and the fastest kernels of mlp_kernels,
 #                   Triton's or Mosaic GPU's (XLA's forward where it was faster; in session
 #                   13 Triton's fused forward was slower, its matmul at half cuBLAS's speed)
@@ -80,11 +80,11 @@ run ours timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer
 FLASH=(--attention pallas --token-multiple 1)
 [ -n "${QUICK:-}" ] && FLASH=(--attention pallas_interpret --token-multiple 1)
 run flash timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${FLASH[@]}" \
-  --flash-tiles 64,64,64,64,4,2
-run flash_s3 timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${FLASH[@]}" \
   --flash-tiles 64,64,64,64,4,3
-run flash_whole timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${FLASH[@]}" \
-  --flash-tiles 64,64,64,64,4,3,64
+run flash_s2 timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${FLASH[@]}" \
+  --flash-tiles 64,64,64,64,4,2
+run flash_unpacked timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer \
+  "${FLASH[@]}" --flash-tiles 64,64,64,64,4,3 --flash-unpacked
 MLP=(--mlp-impl pallas)
 [ -n "${QUICK:-}" ] && MLP=(--mlp-impl pallas_interpret)
 if [ -s "$BEST" ]; then
@@ -96,7 +96,8 @@ fi
 run patch_matmul timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer \
   --patch-embedding matmul
 # The variants that beat ours (with QUICK: every one that ran), one line each: 'flash TILES'
-# (the fastest flash tiles), 'fused_mlp', 'patch_matmul'.
+# (the fastest flash variant: its tiles, and --flash-unpacked where that was faster),
+# 'fused_mlp', 'patch_matmul'.
 WINNERS=$(python - "$OUT" "${QUICK:-}" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
@@ -104,7 +105,7 @@ rows = [r for r in rows if r.get('section') == 'vit_train' and 'step_s' in r
         and not r.get('xla_flags') and r['impl'].startswith('ours')]
 def change(r):  # what the row changes from ours, the default
   if r.get('flash_tiles'):
-    return 'flash ' + r['flash_tiles']
+    return 'flash ' + r['flash_tiles'] + (' --flash-unpacked' if r.get('flash_unpacked') else '')
   if r.get('mlp_impl') != 'xla':
     return 'fused_mlp'
   return 'patch_matmul' if r.get('patch_embedding') == 'matmul' else None
@@ -121,7 +122,7 @@ echo "## beat ours: $(echo ${WINNERS:-none})"
 ALL=()
 while read -r what tiles; do
   case $what in
-    flash) ALL+=("${FLASH[@]}" --flash-tiles "$tiles") ;;
+    flash) read -r -a extra <<< "$tiles"; ALL+=("${FLASH[@]}" --flash-tiles "${extra[@]}") ;;
     fused_mlp) ALL+=("${MLP[@]}" --mlp-tiles "$(cat "$BEST")") ;;
     patch_matmul) ALL+=(--patch-embedding matmul) ;;
   esac
