@@ -1,5 +1,6 @@
-"""vision_core.flash_attention against a float64 numpy pass and jnp autodiff, in Pallas'
-interpreter; and lowered for CUDA at ViT-B/16's shapes."""
+"""vision_core.flash_attention (its kernels: vision_core.flash_kernels) against a float64
+numpy pass and jnp autodiff, in Pallas' interpreter; and lowered for CUDA at ViT-B/16's
+shapes."""
 
 import re
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from bench import profile_train_step
-from vision_core import flash_attention
+from vision_core import flash_attention, flash_kernels
 
 
 def numpy_attention(q, k, v, valid_keys, causal=False):
@@ -127,7 +128,7 @@ def test_bias_added_in_the_kernels_matches_numpy_and_autodiff(tokens, valid_keys
     (21, 16, 4, (1, 8)),
     (1024, 64, 16, (16, 0))])
 def test_last_partial_tile_is_shrunk_to_a_power_of_two(count, tile, min_tail, split):
-  assert flash_attention._split(count, tile, min_tail) == split
+  assert flash_kernels._split(count, tile, min_tail) == split
 
 
 def test_bad_shapes_and_key_counts_are_clear_errors():

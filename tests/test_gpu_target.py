@@ -212,6 +212,34 @@ def test_fsdp_tp_train_step_compiles_for_eight_h100s():
   assert mlp_kernel.sharding.spec == jax.sharding.PartitionSpec('data', 'model')
 
 
+@pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="needs jax's CUDA plugin (compile only)")
+def test_our_kernels_run_on_each_devices_shard_on_eight_h100s():
+  """Flash attention and the fused MLP in a data-parallel train step on 8 compile-only
+  H100s: no all-gathers at all (each kernel runs on its device's share of the batch; before
+  vision_core.pallas_sharding every device gathered q/k/v and the MLP's rows whole)."""
+  mesh = mesh_lib.make_mesh((8, 1), gpu_target.compile_only_devices('h100', 8))
+  config = tiny_config()
+  config.hidden_size, config.transformer.mlp_dim = 128, 256  # MLP kernels' least shapes
+  schedule = optim.make_schedule(base_lr=0.01, total_steps=10)
+  tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
+                            weight_decay=0.1)
+  batch = {'image': jax.ShapeDtypeStruct((64, 16, 16, 3), jnp.float32,
+                                         sharding=mesh_lib.batch_sharding(mesh, 4)),
+           'label': jax.ShapeDtypeStruct((64,), jnp.int32,
+                                         sharding=mesh_lib.batch_sharding(mesh, 1))}
+  with gpu_target.building_for('h100'):
+    model = models_vit.VisionTransformer(num_classes=10, dtype=jnp.bfloat16,
+                                         attention='pallas', mlp_impl='pallas', **config)
+    state, shardings = train.abstract_train_state(model=model, tx=tx,
+                                                  image_shape=(16, 16, 3), mesh=mesh)
+    step = train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
+                                 state_shardings=shardings, num_classes=10)
+    text = step.lower(state, batch).compile().as_text()
+  assert 'flash_attention_dkv_packed' in text and 'mlp_gemm_backward' in text
+  assert re.findall(r'= (\S+) all-gather', text) == []
+  assert ' all-reduce' in text or 'all-reduce-start' in text  # the gradients are summed
+
+
 def test_igpt_train_step_bench_compares_both_attentions():
   """bench/igpt_train_step.py's GPU comparison, run small with interpreted kernels (any
   host): the same first steps with either attention; and its FLOP count: iGPT-S has 24

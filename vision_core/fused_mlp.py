@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from vision_core import pallas_sharding
+
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _CUBIC = 0.044715
 
@@ -143,27 +145,34 @@ def pad_rows(x, multiple):
 
 def dense_gelu(x, w1, b1, tiles, interpret: bool = False):
   """The forward kernel: `x [M, D]`, `w1 [D, F]`, `b1 [F]` -> `(pre, gelu(pre))`, each
-  `[M, F]` in `x`'s dtype. `tiles`: Tiles (Triton) or fused_mlp_mosaic.MosaicTiles."""
-  if not isinstance(tiles, Tiles):
-    return _mosaic().dense_gelu(x, w1, b1, tiles, interpret=interpret)
-  m = x.shape[0]
-  pre, h = _tiled_call(_forward_kernel, pad_rows(x, tiles.block_m), w1, [], [b1],
-                       [x.dtype, x.dtype], False, tiles, interpret)
-  return pre[:m], h[:m]
+  `[M, F]` in `x`'s dtype. `tiles`: Tiles (Triton) or fused_mlp_mosaic.MosaicTiles. On a
+  mesh each device runs it on its rows (vision_core.pallas_sharding)."""
+  def run(x, w1, b1):
+    if not isinstance(tiles, Tiles):
+      return _mosaic().dense_gelu(x, w1, b1, tiles, interpret=interpret)
+    m = x.shape[0]
+    pre, h = _tiled_call(_forward_kernel, pad_rows(x, tiles.block_m), w1, [], [b1],
+                         [x.dtype, x.dtype], False, tiles, interpret)
+    return pre[:m], h[:m]
+  return pallas_sharding.sharded(run, ['b.', '..', '.'], ['b.', 'b.'])(x, w1, b1)
 
 
 def gelu_input_grad(dy, w2, pre, tiles, interpret: bool = False):
   """The backward kernel: `dy [M, D]`, `w2 [F, D]`, `pre [M, F]` ->
   `(dpre = (dy @ w2^T) * gelu'(pre) [M, F], its float32 column sums [F])`. `tiles`: Tiles
-  (Triton) or fused_mlp_mosaic.MosaicTiles."""
-  if not isinstance(tiles, Tiles):
-    return _mosaic().gelu_input_grad(dy, w2, pre, tiles, interpret=interpret)
-  m = dy.shape[0]
-  dpre, partial_sums = _tiled_call(
-      _backward_kernel, pad_rows(dy, tiles.block_m), w2.T,
-      [pad_rows(pre, tiles.block_m)], [], [dy.dtype], True, tiles, interpret)
-  # Padded rows have dy = 0, so they add nothing to the sums.
-  return dpre[:m], jnp.sum(partial_sums, axis=0)
+  (Triton) or fused_mlp_mosaic.MosaicTiles. On a mesh each device runs it on its rows, and
+  the column sums are summed over the devices."""
+  def run(dy, w2, pre):
+    if not isinstance(tiles, Tiles):
+      return _mosaic().gelu_input_grad(dy, w2, pre, tiles, interpret=interpret)
+    m = dy.shape[0]
+    dpre, partial_sums = _tiled_call(
+        _backward_kernel, pad_rows(dy, tiles.block_m), w2.T,
+        [pad_rows(pre, tiles.block_m)], [], [dy.dtype], True, tiles, interpret)
+    # Padded rows have dy = 0, so they add nothing to the sums.
+    return dpre[:m], jnp.sum(partial_sums, axis=0)
+  return pallas_sharding.sharded(run, ['b.', '..', 'b.'], ['b.', '.'], summed=(1,))(
+      dy, w2, pre)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
