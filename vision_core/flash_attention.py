@@ -111,16 +111,29 @@ def _forward(q, k, v, bias, mask, tiles, interpret):
 def _backward(mask, tiles, interpret, residuals, d_out):
   q, k, v, bias, out, lse = residuals
   rows = _padded_bias(bias, q)
-  dq, delta = call(dq_kernel, (q, k, v, out, d_out, lse), (q, 'rows'), tiles.queries,
-                   tiles, interpret, mask, rows)
+  dq, delta, *sums = call(dq_kernel, (q, k, v, out, d_out, lse), (q, 'rows', *_sums(bias)),
+                          tiles.queries, tiles, interpret, mask, rows)
   dk, dv = call(dkv_kernel, (q, k, v, d_out, lse, delta), (k, v), tiles.backward_keys,
                 tiles, interpret, mask, rows)
-  d_bias = None
-  if bias is not None:  # added to every row, padding tokens' too; k's changes nothing
-    rows_sum = lambda g: jnp.sum(g.astype(jnp.float32), axis=(0, 1))
-    d_bias = jnp.stack([rows_sum(dq), jnp.zeros(bias.shape[1:]), rows_sum(d_out)])
-    d_bias = d_bias.astype(bias.dtype)
-  return dq, dk, dv, d_bias
+  return dq, dk, dv, _bias_grad(bias, *sums, order=(0, 1, 2))
+
+
+def _sums(bias):
+  """The dq kernel's extra results where there are biases: its tiles' sums of dq and dO."""
+  return () if bias is None else ('tile_sums', 'tile_sums')
+
+
+def _bias_grad(bias, dq_sums=None, do_sums=None, *, order):
+  """The `[3, H, D]` biases' gradient from the dq kernel's `[B, programs, H, Dp]` tile sums
+  (both biases are added to every row, padding tokens' too): q's is the sum of dq, v's the
+  sum of dO, k's zero (it changes nothing). `order`: the slots of q, k and v in `bias`."""
+  if bias is None:
+    return None
+  depth = bias.shape[-1]
+  total = lambda sums: jnp.sum(sums, axis=(0, 1))[:, :depth]
+  grads = {order[0]: total(dq_sums), order[1]: jnp.zeros(bias.shape[1:], jnp.float32),
+           order[2]: total(do_sums)}
+  return jnp.stack([grads[i] for i in range(3)]).astype(bias.dtype)
 
 
 _attention.defvjp(_forward, _backward)
@@ -169,17 +182,13 @@ def _backward_kvq(mask, tiles, interpret, residuals, d_out):
   kvq, bias, out, lse = residuals
   rows = _kvq_bias_rows(bias, kvq)
   grad = jax.ShapeDtypeStruct(kvq.shape, kvq.dtype)
-  d_kvq, delta = call(dq_kernel, (*_qkv_slots(kvq), out, d_out, lse), (Slot(grad, 2), 'rows'),
-                      tiles.queries, tiles, interpret, mask, rows)
+  d_kvq, delta, *sums = call(dq_kernel, (*_qkv_slots(kvq), out, d_out, lse),
+                             (Slot(grad, 2), 'rows', *_sums(bias)), tiles.queries, tiles,
+                             interpret, mask, rows)
   (d_kvq,) = call(dkv_packed_kernel, (*_qkv_slots(kvq), d_out, lse, delta, Slot(d_kvq, 0, 2)),
                   (Slot(grad, 0, 2),), tiles.backward_keys, tiles, interpret, mask, rows,
                   alias_last_input=True)
-  d_bias = None
-  if bias is not None:  # as in _backward: k's is zero
-    rows_sum = lambda g: jnp.sum(g.astype(jnp.float32), axis=(0, 1))
-    d_bias = jnp.stack([jnp.zeros(bias.shape[1:]), rows_sum(d_out), rows_sum(d_kvq[:, :, 2])])
-    d_bias = d_bias.astype(bias.dtype)
-  return d_kvq, d_bias
+  return d_kvq, _bias_grad(bias, *sums, order=(2, 0, 1))
 
 
 _attention_kvq.defvjp(_forward_kvq, _backward_kvq)

@@ -142,7 +142,9 @@ def forward_kernel(q_ref, k_ref, v_ref, *refs, tokens, valid_keys, causal, depth
 
 
 def dq_kernel(q_ref, k_ref, v_ref, *refs, tokens, valid_keys, causal, depth, tiles, biased):
-  (qb, vb), (o_ref, do_ref, lse_ref, dq_ref, delta_ref) = _load_biases(refs, biased)
+  """With biases, also each tile's column sums of dq and dO (the q and v biases' gradients:
+  both are added to every row), so that XLA does not read dq and dO again to sum them."""
+  (qb, vb), (o_ref, do_ref, lse_ref, dq_ref, delta_ref, *sum_refs) = _load_biases(refs, biased)
 
   def program(start, bq):
     rows, rows_ok, (q, do, o) = _tiles(start, bq, tokens, depth, q_ref, do_ref, o_ref,
@@ -164,6 +166,10 @@ def dq_kernel(q_ref, k_ref, v_ref, *refs, tokens, valid_keys, causal, depth, til
                     causal, tiles)
     _store(dq_ref, start, dq, rows_ok, depth)
     plgpu.store(delta_ref.at[pl.ds(start, bq)], delta, mask=rows_ok)
+    if sum_refs:  # rows past N are zero in dq and dO: they add nothing
+      dq_sum_ref, do_sum_ref = sum_refs
+      dq_sum_ref[...] = jnp.sum(dq, axis=0)
+      do_sum_ref[...] = jnp.sum(do.astype(jnp.float32), axis=0)
 
   _each_program(program, tokens, tiles.queries, tiles.min_tail)
 
@@ -214,30 +220,44 @@ class Slot:
   size: int = 1
 
 
+@dataclasses.dataclass(frozen=True)
+class TileSums:
+  """A float32 `[B, programs, H, Dp]` result: one `[Dp]` row per program (`call`'s
+  'tile_sums')."""
+  array: jax.ShapeDtypeStruct
+
+
+def _array(x):
+  return x.array if isinstance(x, (Slot, TileSums)) else x
+
+
 def call(kernel, inputs, outputs, rows_per_program, tiles, interpret, mask, bias, *,
-          alias_last_input=False):
+         alias_last_input=False):
   """`kernel` over a (tile of N, batch, head) grid, on each device's shard of the batch and
   heads (vision_core.pallas_sharding). `inputs`: q, k, v, then other `[B, N, H, D]` arrays
   (whole rows of one head per program; D padded to a power of two in the block) or
   `[B, H, N]` row statistics; any of the `[B, N, H, D]` ones may be `Slot`s of a packed
-  array. `outputs`: arrays (or shapes) like those, `Slot`s, or 'rows' for float32 row
-  statistics. `mask`: `(valid_keys, causal)`. `bias`: None or q's and v's `[H, Dp]`
-  biases, passed after q, k, v (one `[Dp]` row per program). `alias_last_input`: the last
-  input is the buffer of output 0 (written in place)."""
+  array. `outputs`: arrays (or shapes) like those, `Slot`s, 'rows' for float32 row
+  statistics, or 'tile_sums' (`TileSums`). `mask`: `(valid_keys, causal)`. `bias`: None or
+  q's and v's `[H, Dp]` biases, passed after q, k, v (one `[Dp]` row per program).
+  `alias_last_input`: the last input is the buffer of output 0 (written in place)."""
   if bias is not None:
     inputs = (*inputs[:3], *bias, *inputs[3:])
-  arrays = [x.array if isinstance(x, Slot) else x for x in inputs]
+  arrays = [_array(x) for x in inputs]
   first = arrays[0]
   heads_axis = first.ndim - 2
-  outputs = [jax.ShapeDtypeStruct((first.shape[0], first.shape[heads_axis], first.shape[1]),
-                                  jnp.float32) if isinstance(o, str) else o for o in outputs]
+  batch, tokens, heads = first.shape[0], first.shape[1], first.shape[heads_axis]
+  programs, depth_block = pl.cdiv(tokens, rows_per_program), pl.next_power_of_2(first.shape[-1])
+  shapes = {'rows': jax.ShapeDtypeStruct((batch, heads, tokens), jnp.float32),
+            'tile_sums': TileSums(jax.ShapeDtypeStruct((batch, programs, heads, depth_block),
+                                                       jnp.float32))}
+  outputs = [shapes[o] if isinstance(o, str) else o for o in outputs]
 
   def local(o, batch, heads):  # a result's shape on one device
-    struct = o.array if isinstance(o, Slot) else o
-    shape = list(struct.shape)
+    shape = list(_array(o).shape)
     shape[0], shape[-2 if len(shape) > 3 else 1] = batch, heads
-    struct = jax.ShapeDtypeStruct(tuple(shape), struct.dtype)
-    return dataclasses.replace(o, array=struct) if isinstance(o, Slot) else struct
+    struct = jax.ShapeDtypeStruct(tuple(shape), _array(o).dtype)
+    return dataclasses.replace(o, array=struct) if isinstance(o, (Slot, TileSums)) else struct
 
   def run(*shards):
     slots = [dataclasses.replace(x, array=a) if isinstance(x, Slot) else a
@@ -247,13 +267,14 @@ def call(kernel, inputs, outputs, rows_per_program, tiles, interpret, mask, bias
                         rows_per_program, tiles, interpret, mask, bias is not None,
                         alias_last_input)
 
-  roles = lambda x: _ROLES[len((x.array if isinstance(x, Slot) else x).shape)]
+  roles = lambda x: _ROLES[len(_array(x).shape)]
   return pallas_sharding.sharded(run, [roles(x) for x in inputs],
                                  [roles(o) for o in outputs])(*arrays)
 
 
 # Which axes follow the batch ('b') and the heads ('h'), by rank: packed [B, N, 3, H, D],
-# [B, N, H, D], row statistics [B, H, N], biases [H, Dp].
+# [B, N, H, D] (and tile sums [B, programs, H, Dp]), row statistics [B, H, N], biases
+# [H, Dp].
 _ROLES = {5: 'b..h.', 4: 'b.h.', 3: 'bh.', 2: 'h.'}
 
 
@@ -261,12 +282,14 @@ def _pallas_call(kernel, inputs, outputs, rows_per_program, tiles, interpret, ma
                  alias_last_input):
   """_call's kernel on arrays of one device (biases already among `inputs`, 'rows' outputs
   already shapes)."""
-  first = inputs[0].array if isinstance(inputs[0], Slot) else inputs[0]
+  first = _array(inputs[0])
   batch, tokens, heads, depth = (first.shape[:2] + first.shape[3:] if first.ndim == 5
                                  else first.shape)
   depth_block = pl.next_power_of_2(depth)
 
   def spec(x):
+    if isinstance(x, TileSums):  # program i's row
+      return pl.BlockSpec((None, None, None, depth_block), lambda i, b, h: (b, i, h, 0))
     if isinstance(x, Slot):
       slots = None if x.size == 1 else x.size
       return pl.BlockSpec((None, tokens, slots, None, depth_block),
@@ -284,11 +307,11 @@ def _pallas_call(kernel, inputs, outputs, rows_per_program, tiles, interpret, ma
       grid=(pl.cdiv(tokens, rows_per_program), batch, heads),
       in_specs=[spec(x) for x in inputs],
       out_specs=[spec(o) for o in outputs],
-      out_shape=[o.array if isinstance(o, Slot) else o for o in outputs],
+      out_shape=[_array(o) for o in outputs],
       input_output_aliases={len(inputs) - 1: 0} if alias_last_input else {},
       compiler_params=plgpu.CompilerParams(num_warps=tiles.num_warps,
                                            num_stages=tiles.num_stages),
       interpret=interpret,
       # 'flash_attention_forward' etc.: bench/profile_train_step.py classes it as attention.
       name='flash_attention_' + kernel.__name__.strip('_').removesuffix('_kernel'))(
-          *[x.array if isinstance(x, Slot) else x for x in inputs])
+          *[_array(x) for x in inputs])
