@@ -154,6 +154,8 @@ def dq_kernel(q_ref, k_ref, v_ref, *refs, tokens, valid_keys, causal, depth, til
       o = o - vb[None, :].astype(jnp.float32)
     delta = jnp.sum(o * do.astype(jnp.float32), axis=1)  # [bq]
     lse = plgpu.load(lse_ref.at[pl.ds(start, bq)], mask=rows_ok, other=0.0)
+    if sum_refs:  # rows past N are zero in dO (and dq, below): they add nothing
+      sum_refs[1][...] = jnp.sum(do.astype(jnp.float32), axis=0)
 
     def step(key_start, bk, dq):
       keys, _, (k, v) = _tiles(key_start, bk, tokens, depth, k_ref, v_ref)
@@ -166,10 +168,8 @@ def dq_kernel(q_ref, k_ref, v_ref, *refs, tokens, valid_keys, causal, depth, til
                     causal, tiles)
     _store(dq_ref, start, dq, rows_ok, depth)
     plgpu.store(delta_ref.at[pl.ds(start, bq)], delta, mask=rows_ok)
-    if sum_refs:  # rows past N are zero in dq and dO: they add nothing
-      dq_sum_ref, do_sum_ref = sum_refs
-      dq_sum_ref[...] = jnp.sum(dq, axis=0)
-      do_sum_ref[...] = jnp.sum(do.astype(jnp.float32), axis=0)
+    if sum_refs:
+      sum_refs[0][...] = jnp.sum(dq, axis=0)
 
   _each_program(program, tokens, tiles.queries, tiles.min_tail)
 
