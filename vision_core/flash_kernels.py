@@ -280,8 +280,8 @@ _ROLES = {5: 'b..h.', 4: 'b.h.', 3: 'bh.', 2: 'h.'}
 
 def _pallas_call(kernel, inputs, outputs, rows_per_program, tiles, interpret, mask, biased,
                  alias_last_input):
-  """_call's kernel on arrays of one device (biases already among `inputs`, 'rows' outputs
-  already shapes)."""
+  """`call`'s kernel on one device's arrays (biases already among `inputs`; 'rows' and
+  'tile_sums' outputs already shapes)."""
   first = _array(inputs[0])
   batch, tokens, heads, depth = (first.shape[:2] + first.shape[3:] if first.ndim == 5
                                  else first.shape)
