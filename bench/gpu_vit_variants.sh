@@ -23,8 +23,8 @@
 #                   in the kernels, 64-row tiles with a 16-row last one, 4 warps, 3 stages
 #                   (the default tiles); q, k, v from one matmul, packed [B, N, 3, H, Dh]
 #                   (attention_kvq), its gradient written in place
-#   flash_s2        flash with 2 stages (compiled for an H100, packed: dq takes 133
-#                   registers and 3 programs per SM against 176 and 2 with 3 stages)
+#   flash_s2        flash with 2 stages (compiled for an H100, packed: dq takes 147
+#                   registers and 3 programs per SM against 172 and 2 with 3 stages)
 #   flash_unpacked  flash with q, k, v from three matmuls (session 19's measured kernels:
 #                   132.5 ms against cuDNN's 136.8; 2 stages 132.8, a whole last tile 135.6)
 #   fused_mlp       ours with mlp_impl='pallas' and the fastest kernels of mlp_kernels,

@@ -114,7 +114,7 @@ def _over_keys(step, carry, start, bq, valid_keys, causal, tiles):
 
 
 def forward_kernel(q_ref, k_ref, v_ref, *refs, tokens, valid_keys, causal, depth, tiles,
-                    biased):
+                   biased):
   (qb, vb), (o_ref, lse_ref) = _load_biases(refs, biased)
 
   def program(start, bq):
