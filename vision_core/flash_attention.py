@@ -87,35 +87,40 @@ def attention(q, k, v, valid_keys: int, tiles: Tiles | None = None, interpret: b
   return _attention(q, k, v, bias, (valid_keys, causal), tiles or TILES, interpret)
 
 
+# The slots of q, k and v in a bias (and in attention_kvq's packed array).
+_QKV, _KVQ = (0, 1, 2), (2, 0, 1)
+
+
 # `mask`: (valid_keys, causal), static.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def _attention(q, k, v, bias, mask, tiles, interpret):
   return _forward(q, k, v, bias, mask, tiles, interpret)[0]
 
 
-def _padded_bias(bias, like):
-  """`[3, H, D]` -> q's and v's `[H, Dp]` biases in `like`'s dtype, zero past D."""
+def _padded_bias(bias, like, order):
+  """`[3, H, D]` -> q's and v's `[H, Dp]` biases in `like`'s dtype, zero past D. `order`:
+  the slots of q, k and v in `bias`."""
   if bias is None:
     return None
   pad = pl.next_power_of_2(bias.shape[-1]) - bias.shape[-1]
   bias = jnp.pad(bias.astype(like.dtype), ((0, 0), (0, 0), (0, pad)))
-  return bias[0], bias[2]
+  return bias[order[0]], bias[order[2]]
 
 
 def _forward(q, k, v, bias, mask, tiles, interpret):
   out, lse = call(forward_kernel, (q, k, v), (q, 'rows'), tiles.queries, tiles, interpret,
-                  mask, _padded_bias(bias, q))
+                  mask, _padded_bias(bias, q, _QKV))
   return out, (q, k, v, bias, out, lse)
 
 
 def _backward(mask, tiles, interpret, residuals, d_out):
   q, k, v, bias, out, lse = residuals
-  rows = _padded_bias(bias, q)
+  rows = _padded_bias(bias, q, _QKV)
   dq, delta, *sums = call(dq_kernel, (q, k, v, out, d_out, lse), (q, 'rows', *_sums(bias)),
                           tiles.queries, tiles, interpret, mask, rows)
   dk, dv = call(dkv_kernel, (q, k, v, d_out, lse, delta), (k, v), tiles.backward_keys,
                 tiles, interpret, mask, rows)
-  return dq, dk, dv, _bias_grad(bias, *sums, order=(0, 1, 2))
+  return dq, dk, dv, _bias_grad(bias, *sums, order=_QKV)
 
 
 def _sums(bias):
@@ -158,12 +163,7 @@ def attention_kvq(kvq, valid_keys: int, tiles: Tiles | None = None, interpret: b
 
 
 def _qkv_slots(kvq):
-  return tuple(Slot(kvq, i) for i in (2, 0, 1))
-
-
-def _kvq_bias_rows(bias, like):
-  """kvq's `[3, H, D]` bias (k, v, q) -> q's and v's `[H, Dp]` rows, as `_padded_bias`."""
-  return None if bias is None else _padded_bias(bias[jnp.array([2, 0, 1])], like)
+  return tuple(Slot(kvq, i) for i in _KVQ)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -174,13 +174,13 @@ def _attention_kvq(kvq, bias, mask, tiles, interpret):
 def _forward_kvq(kvq, bias, mask, tiles, interpret):
   out = jax.ShapeDtypeStruct(kvq.shape[:2] + kvq.shape[3:], kvq.dtype)
   out, lse = call(forward_kernel, _qkv_slots(kvq), (out, 'rows'), tiles.queries, tiles,
-                  interpret, mask, _kvq_bias_rows(bias, kvq))
+                  interpret, mask, _padded_bias(bias, kvq, _KVQ))
   return out, (kvq, bias, out, lse)
 
 
 def _backward_kvq(mask, tiles, interpret, residuals, d_out):
   kvq, bias, out, lse = residuals
-  rows = _kvq_bias_rows(bias, kvq)
+  rows = _padded_bias(bias, kvq, _KVQ)
   grad = jax.ShapeDtypeStruct(kvq.shape, kvq.dtype)
   d_kvq, delta, *sums = call(dq_kernel, (*_qkv_slots(kvq), out, d_out, lse),
                              (Slot(grad, 2), 'rows', *_sums(bias)), tiles.queries, tiles,
@@ -188,7 +188,7 @@ def _backward_kvq(mask, tiles, interpret, residuals, d_out):
   (d_kvq,) = call(dkv_packed_kernel, (*_qkv_slots(kvq), d_out, lse, delta, Slot(d_kvq, 0, 2)),
                   (Slot(grad, 0, 2),), tiles.backward_keys, tiles, interpret, mask, rows,
                   alias_last_input=True)
-  return d_kvq, _bias_grad(bias, *sums, order=(2, 0, 1))
+  return d_kvq, _bias_grad(bias, *sums, order=_KVQ)
 
 
 _attention_kvq.defvjp(_forward_kvq, _backward_kvq)
