@@ -19,7 +19,9 @@ library calls, copies) and, for each of our kernels (flash_attention_*, mlp_gemm
 threads and shared memory (XLA's thunk list), registers and spilled bytes (ptxas -v on the
 PTX XLA wrote), its warpgroup matmul instructions (`wgmma`) and older `mma.sync` ones
 (Triton's choice for tiles under 64 rows), and how many programs one SM holds at once (the
-least of what threads, registers and shared memory allow).
+least of what threads, registers and shared memory allow). For the ViT also how many
+arrays hold the token stream in another axis order than `[B, N, D]` (a batch-minor layout
+of XLA's choosing, as in session 18's slow patch_matmul).
 XLA does not autotune here (that needs the GPU): its GEMMs get default Triton tilings
 instead of the cuBLAS/Triton choices a GPU's autotuning makes, so thunk counts and memory
 are indicative and times must come from the GPU. Mosaic GPU kernels are only lowered:
@@ -67,7 +69,7 @@ VARIANTS = {
     'flash_unpacked': dict(_FLASH, flash_tiles='64,64,64,64,4,3', flash_unpacked=True),
     'fused_mlp': _FUSED_MLP,
     'patch_matmul': dict(patch_embedding='matmul'),
-    'all': dict(_FLASH, flash_tiles='64,64,64,64,4,3', **_FUSED_MLP),
+    'all': dict(_FLASH, flash_tiles='64,64,64,64,4,3', patch_embedding='matmul', **_FUSED_MLP),
 }
 
 
@@ -117,14 +119,30 @@ def _ptxas() -> str | None:
     return None
 
 
-def compile_report(fn, args, target: str) -> dict:
+def permuted_stream_arrays(hlo: str, batch: int, tokens, width: int) -> int:
+  """How often an array of the token stream's size, `[batch, n, width]` for `n` in `tokens`,
+  appears in `hlo` (its logical shapes after optimization) with its axes in another order:
+  a residual stream laid out batch-minor shows up as `[n, width, batch]`, once per
+  instruction that reads or writes it (vit_jax.ops.PatchEmbedding)."""
+  count = 0
+  for dims in re.findall(r'\[(\d+),(\d+),(\d+)\]', hlo):
+    dims = tuple(map(int, dims))
+    count += any(sorted(dims) == sorted((batch, n, width)) and dims != (batch, n, width)
+                 for n in tokens)
+  return count
+
+
+def compile_report(fn, args, target: str, stream: tuple | None = None) -> dict:
   """Compiles `jax.jit(fn)` for `target` on abstract `args` (ShapeDtypeStructs on a
-  compile-only device) and reads what XLA wrote about it."""
+  compile-only device) and reads what XLA wrote about it. `stream`: `(batch, tokens,
+  width)` of a transformer's token stream, to count `permuted_stream_arrays`."""
   with tempfile.TemporaryDirectory() as dump, gpu_target.building_for(target):
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile(compiler_options={'xla_dump_to': dump})
     row = {'compile_s': round(time.perf_counter() - start, 2),
            'temp_gib': round(compiled.memory_analysis().temp_size_in_bytes / 2**30, 3)}
+    if stream:
+      row['permuted_stream_arrays'] = permuted_stream_arrays(compiled.as_text(), *stream)
     thunks = ''.join(open(f, encoding='utf-8').read()
                      for f in glob.glob(os.path.join(dump, '*thunk_sequence.txt')))
     row['thunks'], kernels = parse_thunks(thunks)
@@ -191,13 +209,13 @@ def section_kernels(args, device) -> list[dict]:
   return [_checked(row, build, args.target) for row, build in rows]
 
 
-def _checked(row, build, target) -> dict:
+def _checked(row, build, target, stream=None) -> dict:
   """`row` with `compile_report` of `build()`'s `(fn, args)` (built for `target`), or with
   the error that building or compiling raised; printed as a JSON line."""
   try:
     with gpu_target.building_for(target):
       fn, fargs = build()
-    row.update(compile_report(fn, fargs, target))
+    row.update(compile_report(fn, fargs, target, stream))
   except Exception as e:  # pylint: disable=broad-except
     row['error'] = f'{type(e).__name__}: {e}'[-1500:]
   print(json.dumps(row), flush=True)
@@ -218,6 +236,9 @@ def section_vit(args, device) -> list[dict]:
                                          sharding=mesh_lib.batch_sharding(mesh, 4)),
            'label': jax.ShapeDtypeStruct((args.batch,), jnp.int32,
                                          sharding=mesh_lib.batch_sharding(mesh, 1))}
+  patches = (224 // 16) ** 2
+  multiple = models_vit.CUDNN_SEQ_MULTIPLE  # cuDNN attention pads the stream to it
+  tokens = (patches, patches + 1, -(-(patches + 1) // multiple) * multiple)
   rows = []
   for name in args.variants:
     settings = dict(VARIANTS[name])
@@ -237,7 +258,8 @@ def section_vit(args, device) -> list[dict]:
                                                     image_shape=(224, 224, 3), mesh=mesh)
       return train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
                                    state_shardings=shardings, num_classes=1000), (state, batch)
-    rows.append(_checked({'variant': name, **VARIANTS[name]}, build, args.target))
+    rows.append(_checked({'variant': name, **VARIANTS[name]}, build, args.target,
+                         stream=(args.batch, tokens, model.hidden_size)))
   return rows
 
 
@@ -305,7 +327,10 @@ def main():
       print(f'{what:40s} ERROR {row["error"][-200:]}')
       continue
     thunks = ' '.join(f'{kind[1:]} {n}' for kind, n in sorted(row['thunks'].items()))
-    print(f"{what:40s} {row['compile_s']:5.1f} s  temp {row['temp_gib']:6.2f} GiB  {thunks}")
+    permuted = (f"  permuted stream arrays {row['permuted_stream_arrays']}"
+                if 'permuted_stream_arrays' in row else '')
+    print(f"{what:40s} {row['compile_s']:5.1f} s  temp {row['temp_gib']:6.2f} GiB  {thunks}"
+          f"{permuted}")
     for name, k in sorted(row['kernels'].items()):
       print(f"    {name:28s} grid {k['grid']} threads {k['threads']} shared "
             f"{k['shared_bytes']} B regs {k.get('registers')} spills "

@@ -135,8 +135,8 @@ def _tiny_model(**kw):
   return models_vit.VisionTransformer(num_classes=3, **{**config, **kw})
 
 
-def _losses(mesh, strategy, batches, accum_steps=1, steps=3, mixup_alpha=0.0):
-  model = _tiny_model()
+def _losses(mesh, strategy, batches, accum_steps=1, steps=3, mixup_alpha=0.0, **model_kw):
+  model = _tiny_model(**model_kw)
   schedule = optim.make_schedule(base_lr=0.01, total_steps=10)
   tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
                             weight_decay=0.1)
@@ -215,12 +215,17 @@ def test_mixup_is_the_same_on_a_sharded_mesh():
   np.testing.assert_allclose(eight, one, atol=1e-5, rtol=0)
 
 
-def test_data_and_model_meshes_match_one_device():
+# 'matmul': the patch embedding's layout pin runs per device (vision_core.layouts).
+@pytest.mark.parametrize('patch_embedding', ['conv', 'matmul'])
+def test_data_and_model_meshes_match_one_device(patch_embedding):
   assert jax.device_count() == 8
   batches = _batches()
-  one, _ = _losses(mesh_lib.make_mesh((1, 1), jax.devices()[:1]), 'replicated', batches)
-  eight, _ = _losses(mesh_lib.make_mesh((8, 1)), 'replicated', batches)
-  four_two, _ = _losses(mesh_lib.make_mesh((4, 2)), 'fsdp_tp', batches)
+  one, _ = _losses(mesh_lib.make_mesh((1, 1), jax.devices()[:1]), 'replicated', batches,
+                   patch_embedding=patch_embedding)
+  eight, _ = _losses(mesh_lib.make_mesh((8, 1)), 'replicated', batches,
+                     patch_embedding=patch_embedding)
+  four_two, _ = _losses(mesh_lib.make_mesh((4, 2)), 'fsdp_tp', batches,
+                        patch_embedding=patch_embedding)
   assert one[-1] < one[0]
   np.testing.assert_allclose(eight, one, atol=1e-5, rtol=0)
   np.testing.assert_allclose(four_two, one, atol=1e-5, rtol=0)

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vision_core.layouts import row_major
 from vision_core.matmul import matmul
 
 
@@ -43,6 +44,13 @@ class PatchEmbedding(nn.Module):
   docs/benchmarks.md, session 13). Here the image is cut into patches by a reshape and one
   transpose that keeps each patch row's `pw * C` values contiguous, and the product is a
   plain `[B * N, ph * pw * C] x [ph * pw * C, D]` matmul.
+
+  The output's layout is pinned row-major (`[B, h, w, D]`, D minor), as the convolution's
+  is. Unpinned, XLA's GPU layout assignment, free to choose, lays the whole residual stream
+  out as `[N, D, B]` (batch minor) and every residual add of every block then transposes a
+  matmul output: 13 ms slower per ViT-B/16 step on an H100 (docs/benchmarks.md, session 18;
+  tests/test_gpu_target.py compiles for an H100 and checks the stream's layout;
+  vision_core.layouts).
   """
   features: int
   patch: tuple[int, int]
@@ -58,5 +66,6 @@ class PatchEmbedding(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     x = x[:, :h * ph, :w * pw].astype(self.dtype).reshape(b, h, ph, w, pw * c)
     patches = x.transpose(0, 1, 3, 2, 4).reshape(b, h, w, ph * pw * c)
-    return (matmul(patches, kernel.reshape(ph * pw * c, self.features).astype(self.dtype))
-            + bias.astype(self.dtype))
+    tokens = (matmul(patches, kernel.reshape(ph * pw * c, self.features).astype(self.dtype))
+              + bias.astype(self.dtype))
+    return row_major(tokens)
