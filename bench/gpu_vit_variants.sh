@@ -5,11 +5,13 @@
 # stdout has the progress. About 8-9 minutes on an H100; variants that would start after
 # BUDGET_S seconds (default 360) are skipped, so the run fits a short lease. VARIANTS (a
 # space-separated list of the names below; default all) runs only those, so a lease can go
-# to the candidates still open.
+# to the candidates still open. MLP_TILES (fused_mlp's --mlp-tiles, e.g. a past run's
+# OUT.best_tiles) skips mlp_kernels and uses those tiles.
 #
 #   bash bench/gpu_vit_variants.sh [OUT] [PROFILE_DIR]
-#   VARIANTS="mlp_kernels ours flash flash_s2 flash_unpacked fused_mlp all profile" \
-#     BUDGET_S=420 bash bench/gpu_vit_variants.sh OUT DIR
+#   MLP_TILES=mosaic:128,128,64,3/128,128,64,8,3 VARIANTS="ours flash flash_s2 \
+#     flash_unpacked fused_mlp patch_matmul all profile" BUDGET_S=420 \
+#     bash bench/gpu_vit_variants.sh OUT DIR
 #
 # Before a lease, bench/gpu_aot_check.py compiles every variant below for an H100 on a CPU
 # host (no GPU): compile errors, register spills and shared-memory overflows show there.
@@ -32,9 +34,10 @@
 #                   13 Triton's fused forward was slower, its matmul at half cuBLAS's speed)
 #   patch_matmul    ours with patch_embedding='matmul' (the patch embedding as one matmul;
 #                   the strided convolution's forward runs on an sm80 implicit-GEMM kernel at
-#                   ~28 TFLOP/s: 4.2 ms, plus 0.8 ms for its weight gradient, session 13;
-#                   but with the matmul XLA lays the residual stream out as [N, D, B]: 13 ms
-#                   slower in session 18)
+#                   ~28 TFLOP/s: 4.2 ms, plus 0.8 ms for its weight gradient, session 13).
+#                   Session 18 measured it 13 ms slower: XLA laid the residual stream out
+#                   as [N, D, B]. Its layout is now pinned row-major (vision_core.layouts;
+#                   compiled for an H100: no convolution, no batch-minor stream; not timed)
 #   all             every change above that beat ours alone (the fastest flash tiles), where
 #                   two or more did
 #   profile         (with PROFILE_DIR) kernel time by class of those changes together (ours
@@ -74,8 +77,13 @@ cd "$(dirname "$0")/.."
 python bench/gpu_suite.py --sections env --out "$OUT" ${QUICK:+--quick}
 BEST="$OUT.best_tiles"
 rm -f "$BEST"
-run mlp_kernels timeout 150 python bench/gpu_mlp_kernels.py --out "$OUT" --best "$BEST" \
-  ${QUICK:+--quick}
+if [ -n "${MLP_TILES:-}" ]; then
+  echo "## mlp_kernels skipped: MLP_TILES=$MLP_TILES given"
+  echo "$MLP_TILES" > "$BEST"
+else
+  run mlp_kernels timeout 150 python bench/gpu_mlp_kernels.py --out "$OUT" --best "$BEST" \
+    ${QUICK:+--quick}
+fi
 run ours timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer
 FLASH=(--attention pallas --token-multiple 1)
 [ -n "${QUICK:-}" ] && FLASH=(--attention pallas_interpret --token-multiple 1)
