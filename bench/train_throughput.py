@@ -81,7 +81,7 @@ def compiled_train_step(model, images: np.ndarray, labels: np.ndarray, num_class
   return step, compile_s
 
 
-def bench_model(dtype: str = 'float32'):
+def bench_model(dtype: str = 'float32', patch_embedding: str = 'conv'):
   """Our ViT of the benchmark's architecture (the module docstring), `dtype` compute."""
   import jax  # pylint: disable=g-import-not-at-top
   from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
@@ -90,18 +90,22 @@ def bench_model(dtype: str = 'float32'):
   config.transformer.num_layers = DEPTH
   return models_vit.VisionTransformer(
       num_classes=CLASSES, dtype={'float32': jax.numpy.float32,
-                                  'bfloat16': jax.numpy.bfloat16}[dtype], **config)
+                                  'bfloat16': jax.numpy.bfloat16}[dtype],
+      patch_embedding=patch_embedding, **config)
 
 
-def bench_jax(batch: int, warmup: int, steps: int, dtype: str) -> dict:
+def bench_jax(batch: int, warmup: int, steps: int, dtype: str,
+              patch_embedding: str = 'conv') -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  train_step, compile_s = compiled_train_step(bench_model(dtype), *batch_arrays(batch),
-                                              CLASSES)
+  train_step, compile_s = compiled_train_step(bench_model(dtype, patch_embedding),
+                                              *batch_arrays(batch), CLASSES)
 
   def step():
     train_step().block_until_ready()
   times, cpu = time_steps(step, warmup, steps)
-  return {'impl': f'jax {jax.__version__} jit {dtype} (vit_jax.train)', 'compile_s': compile_s,
+  return {'impl': f'jax {jax.__version__} jit {dtype} (vit_jax.train)'
+                  + ('' if patch_embedding == 'conv' else f', {patch_embedding} patches'),
+          'compile_s': compile_s,
           'step_s': statistics.median(times), 'cpu_s': statistics.median(cpu), 'times': times}
 
 
@@ -172,11 +176,20 @@ def main():
   parser.add_argument('--torch-threads', type=int, nargs='+', default=[2, 1],
                       help='PyTorch is timed at each; the fastest is the peer')
   parser.add_argument('--only', choices=['jax', 'torch'])
+  parser.add_argument('--patch-embedding', nargs='+', default=['conv'],
+                      choices=['conv', 'matmul'],
+                      help="ours with VisionTransformer(patch_embedding=...), each; the "
+                           "first is compared with PyTorch")
   parser.add_argument('--json', help='also write the results here')
   args = parser.parse_args()
-  results = []
+  results, other_ours = [], []
   if args.only != 'torch':
-    results.append(bench_jax(args.batch, args.warmup, args.steps, args.dtype))
+    ours = [bench_jax(args.batch, args.warmup, args.steps, args.dtype, p)
+            for p in args.patch_embedding]
+    results.append(ours[0])
+    other_ours = ours[1:]
+    for other in other_ours:
+      print(f'  (ours, {other["impl"].split(", ")[-1]}: {other["step_s"] * 1000:.1f} ms/step)')
   if args.only != 'jax':
     peers = [bench_torch(args.batch, args.warmup, args.steps, t) for t in args.torch_threads]
     for peer in peers:
@@ -196,7 +209,7 @@ def main():
   if args.json:
     with open(args.json, 'w', encoding='utf-8') as f:
       json.dump({'machine': platform.processor() or platform.machine(), 'args': vars(args),
-                 'results': results}, f, indent=2)
+                 'results': results, 'other_ours': other_ours}, f, indent=2)
 
 
 if __name__ == '__main__':
