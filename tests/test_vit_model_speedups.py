@@ -1,5 +1,5 @@
-"""The speed-oriented pieces of the models (vision_core.matmul, vit_jax.ops) against plain
-formulations."""
+"""The speed-oriented pieces of the models (vision_core.matmul, vision_core.fused_norm,
+vit_jax.ops) against plain formulations."""
 
 import functools
 
@@ -10,6 +10,7 @@ import flax.linen as nn
 import pytest
 
 from tests.test_vit_model import tiny_config
+from vision_core import fused_norm
 from vision_core.matmul import matmul
 from vit_jax import models_vit, ops
 
@@ -38,7 +39,7 @@ def test_gelu_and_normalize_match_flax():
   assert np.abs(ops.gelu(x) - nn.gelu(x, approximate=False)).max() > 1e-4
   y = jax.random.normal(jax.random.key(0), (4, 16)) * 3 + 1
   ln = nn.LayerNorm()
-  np.testing.assert_allclose(ops.normalize(y), ln.apply(ln.init(jax.random.key(1), y), y),
+  np.testing.assert_allclose(fused_norm.normalize(y), ln.apply(ln.init(jax.random.key(1), y), y),
                              atol=1e-5)
 
 
@@ -74,3 +75,24 @@ def test_vit_patch_embedding_option():
   with pytest.raises(ValueError, match="patch_embedding='patches': expected one of"):
     models_vit.VisionTransformer(patch_embedding='patches', **config).init(
         jax.random.key(0), x)
+
+
+@pytest.mark.parametrize('classifier', ['token', 'gap'])
+def test_vit_fused_norm_option_matches_xla(classifier):
+  """norm_impl='pallas_interpret' (each residual add and the LayerNorm after it in one
+  kernel, interpreted) gives XLA's logits and parameter gradients. 'token': the last
+  block computes the class token only; 'gap': every token."""
+  config = dict(num_classes=5, **tiny_config(classifier=classifier))
+  x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+  xla_model = models_vit.VisionTransformer(**config)
+  fused = models_vit.VisionTransformer(norm_impl='pallas_interpret', **config)
+  params = xla_model.init(jax.random.key(0), x)['params']
+  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape),
+                        params)
+  np.testing.assert_allclose(fused.apply({'params': params}, x),
+                             xla_model.apply({'params': params}, x), rtol=1e-5, atol=1e-5)
+  loss = lambda m: (lambda p: jnp.sum(jnp.sin(m.apply({'params': p}, x))))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               jax.grad(loss(fused))(params), jax.grad(loss(xla_model))(params))
+  with pytest.raises(ValueError, match="norm_impl='fused': expected one of"):
+    models_vit.VisionTransformer(norm_impl='fused', **config).init(jax.random.key(0), x)

@@ -179,7 +179,8 @@ def gelu_input_grad(dy, w2, pre, tiles, interpret: bool = False):
 def mlp(x, w1, b1, w2, b2, tiles: Tiles | None = Tiles(), backward_tiles: Tiles = Tiles(),
         interpret: bool = False):
   """`gelu(x @ w1 + b1) @ w2 + b2` (tanh GELU): `x [M, D]`, `w1 [D, F]`, `b1 [F]`,
-  `w2 [F, D]`, `b2 [D]` -> `[M, D]`, all of one dtype (bfloat16 on GPUs). `tiles` is the
+  `w2 [F, D]`, `b2 [D]` (or None: no second bias) -> `[M, D]`, all of one dtype (bfloat16
+  on GPUs). `tiles` is the
   forward kernel's (None: XLA's ops instead), `backward_tiles` the backward's (either a
   fused_mlp_mosaic.MosaicTiles: that module's kernel); each needs `fits(D, F, ...)`."""
   return _mlp_fwd(x, w1, b1, w2, b2, tiles, backward_tiles, interpret)[0]
@@ -192,19 +193,19 @@ def _mlp_fwd(x, w1, b1, w2, b2, tiles, backward_tiles, interpret):
     h = jax.nn.gelu(pre, approximate=True)
   else:
     pre, h = dense_gelu(x, w1, b1, tiles, interpret)
-  y = jnp.dot(h, w2) + b2
-  return y, (x, w1, w2, pre, h)
+  y = jnp.dot(h, w2)
+  return (y if b2 is None else y + b2), (x, w1, w2, pre, h, b2)
 
 
 def _mlp_bwd(forward_tiles, tiles, interpret, residuals, dy):
   del forward_tiles
-  x, w1, w2, pre, h = residuals
+  x, w1, w2, pre, h, b2 = residuals  # b2: [D] or None, for its dtype
   dpre, db1 = gelu_input_grad(dy, w2, pre, tiles, interpret)
   dw1 = jnp.dot(x.T, dpre)
   dx = jnp.dot(dpre, w1.T)
   dw2 = jnp.dot(h.T, dy)
-  db2 = jnp.sum(dy.astype(jnp.float32), axis=0)
-  return dx, dw1, db1.astype(w1.dtype), dw2, db2.astype(w2.dtype)
+  db2 = None if b2 is None else jnp.sum(dy.astype(jnp.float32), axis=0).astype(b2.dtype)
+  return dx, dw1, db1.astype(w1.dtype), dw2, db2
 
 
 mlp.defvjp(_mlp_fwd, _mlp_bwd)

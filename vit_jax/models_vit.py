@@ -19,6 +19,7 @@ checkpoints in gs://vit_models (after `vit_jax.checkpoint.load` renames pre-Line
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -26,11 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vision_core import flash_attention, fused_mlp, gpu_target
+from vision_core import flash_attention, fused_mlp, fused_norm, gpu_target
 from vision_core.images import check_batch
 from vision_core.matmul import matmul
 from vit_jax import models_resnet
-from vit_jax.ops import PatchEmbedding, gelu, normalize
+from vit_jax.ops import PatchEmbedding, gelu
 
 Dtype = Any
 # `VisionTransformer(attention=...)`: ours (any backend), jax.nn.dot_product_attention's, or
@@ -71,6 +72,9 @@ class MlpBlock(nn.Module):
   # impl 'pallas': (forward or None, backward), each fused_mlp.Tiles (Triton) or
   # fused_mlp_mosaic.MosaicTiles (Mosaic GPU); None: Triton's defaults.
   tiles: Optional[Any] = None
+  # True: return `(y without Dense_1's bias, the bias)`, for the caller to add in a pass it
+  # makes anyway (vision_core.fused_norm); `(y, None)` where dropout follows the add.
+  separate_bias: bool = False
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool, norm=None):
@@ -100,14 +104,19 @@ class MlpBlock(nn.Module):
     # Shapes that do not tile, and dropout between the matmuls, take XLA's ops.
     if (self.impl != 'xla' and not dropout
         and all(fused_mlp.fits(out_dim, self.mlp_dim, t) for t in tiles)):
+      separate = self.separate_bias  # (no dropout on this path)
       y = fused_mlp.mlp(x.reshape(-1, out_dim).astype(self.dtype), kernel, bias, kernel2,
-                        bias2, *tiles, self.impl == 'pallas_interpret')
-      return y.reshape(x.shape[:-1] + (out_dim,))
+                        None if separate else bias2, *tiles, self.impl == 'pallas_interpret')
+      y = y.reshape(x.shape[:-1] + (out_dim,))
+      return (y, bias2) if separate else y
     x = matmul(x.astype(self.dtype), kernel) + bias
     x = gelu(x, self.gelu_approximate)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-    x = matmul(x, kernel2) + bias2
-    return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+    x = matmul(x, kernel2)
+    if self.separate_bias and not dropout:
+      return x, bias2
+    x = nn.Dropout(self.dropout_rate)(x + bias2, deterministic=deterministic)
+    return (x, None) if self.separate_bias else x
 
 
 class _DenseParams(nn.Module):
@@ -153,6 +162,8 @@ class SelfAttention(nn.Module):
   dtype: Dtype = jnp.float32
   dropout_rate: float = 0.0
   attention: str = 'einsum'
+  # True: return `(output without the `out` bias, the bias)`, for the caller to add.
+  separate_bias: bool = False
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool, num_queries: int | None = None, norm=None,
@@ -180,12 +191,16 @@ class SelfAttention(nn.Module):
     kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
     x = x.astype(self.dtype)
     out_kernel, out_bias = _DenseParams((heads, depth), (width,), name='out')()
+    out_bias = out_bias.astype(self.dtype)
+
+    def output(y):  # [B, N, D] without the bias
+      return (y, out_bias) if self.separate_bias else y + out_bias
+
     # A few queries (the class token of the last block) take the einsum path: tiny work,
     # and shapes fused kernels may not take.
     if self.attention != 'einsum' and num_queries is None:
       out = self._fused(x, kernel, bias, deterministic, valid_tokens)  # [B, N, H, Dh]
-      return (jnp.einsum('bnhc,hcd->bnd', out, out_kernel.astype(self.dtype))
-              + out_bias.astype(self.dtype))
+      return output(jnp.einsum('bnhc,hcd->bnd', out, out_kernel.astype(self.dtype)))
     if num_queries is None:
       qkv = jnp.einsum('bnd,tdhk->tbhnk', x, kernel) + bias[:, None, :, None, :]
       q, k, v = qkv[0], qkv[1], qkv[2]
@@ -200,8 +215,7 @@ class SelfAttention(nn.Module):
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
     weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
     out = jnp.einsum('bhqk,bhkc->bhqc', weights, v)  # [B, H, N, Dh]
-    return (jnp.einsum('bhnc,hcd->bnd', out, out_kernel.astype(self.dtype))
-            + out_bias.astype(self.dtype))
+    return output(jnp.einsum('bhnc,hcd->bnd', out, out_kernel.astype(self.dtype)))
 
   def _fused(self, x, kernel, bias, deterministic, valid_tokens):
     """`[B, N, H, Dh]` by `jax.nn.dot_product_attention` in its own layout, with `attention`
@@ -248,7 +262,8 @@ class SelfAttention(nn.Module):
 
 
 class Encoder1DBlock(nn.Module):
-  """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)). `[B, N, D]` -> same."""
+  """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)). `[B, N, D]` -> same,
+  with the last add left to the caller (`__call__`)."""
   mlp_dim: int
   num_heads: int
   dropout_rate: float = 0.0
@@ -258,31 +273,45 @@ class Encoder1DBlock(nn.Module):
   gelu_approximate: bool = True
   mlp_impl: str = 'xla'
   mlp_tiles: Optional[Any] = None
+  norm_impl: str = 'xla'  # fused_norm.IMPLS
 
   @nn.compact
-  def __call__(self, x, *, deterministic: bool, num_outputs: int | None = None,
-               valid_tokens: int | None = None):
-    """With `num_outputs`, only the first `num_outputs` tokens are computed and returned
+  def __call__(self, x, pending=None, *, deterministic: bool,
+               num_outputs: int | None = None, valid_tokens: int | None = None):
+    """`x [B, N, D]`: the residual stream; `pending` (or None): the previous block's output
+    and its bias (`[D]` or None), not yet added to it. Returns `(stream, (output, bias))`,
+    this block's output (the MLP's) left pending in turn: each add is done by the pass that
+    also normalises its result for the next LayerNorm (fused_norm.add_normalize; the caller
+    adds the last block's).
+
+    With `num_outputs`, only the first `num_outputs` tokens are computed and returned
     (`[B, num_outputs, D]`): exact for them, since each token's output depends on the other
     tokens only through attention's keys and values. `valid_tokens`: tokens after the first
     `valid_tokens` are padding, never attended to."""
     # LayerNorm_0/1 are applied as normalize() + their scale/bias folded into the weights
     # of the matmul that follows: same parameters and result, less activation-sized work.
+    # Each output comes back without its bias, added with the residual (`pending` is a
+    # (y, bias) pair): with norm_impl='pallas' no pass of its own adds it.
     width = x.shape[-1]
-    y = SelfAttention(num_heads=self.num_heads, dtype=self.dtype,
-                      dropout_rate=self.attention_dropout_rate, attention=self.attention,
-                      name='MultiHeadDotProductAttention_0')(
-                          normalize(x), deterministic=deterministic, num_queries=num_outputs,
-                          norm=_LayerNormParams(name='LayerNorm_0')(width),
-                          valid_tokens=valid_tokens)
+    add_normalize = functools.partial(fused_norm.add_normalize, impl=self.norm_impl)
+    x, normed = add_normalize(x, *(pending or (None, None)))
+    y, bias = SelfAttention(num_heads=self.num_heads, dtype=self.dtype,
+                            dropout_rate=self.attention_dropout_rate,
+                            attention=self.attention, separate_bias=True,
+                            name='MultiHeadDotProductAttention_0')(
+                                normed, deterministic=deterministic, num_queries=num_outputs,
+                                norm=_LayerNormParams(name='LayerNorm_0')(width),
+                                valid_tokens=valid_tokens)
     if num_outputs is not None:
       x = x[:, :num_outputs]
-    x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-    y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.gelu_approximate,
-                 self.mlp_impl, self.mlp_tiles, name='MlpBlock_0')(
-                     normalize(x), deterministic=deterministic,
-                     norm=_LayerNormParams(name='LayerNorm_1')(width))
-    return x + y
+    if self.dropout_rate > 0 and not deterministic:  # dropout follows the bias
+      y, bias = nn.Dropout(self.dropout_rate)(y + bias, deterministic=False), None
+    x, normed = add_normalize(x, y, bias)
+    pending = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.gelu_approximate,
+                       self.mlp_impl, self.mlp_tiles, separate_bias=True, name='MlpBlock_0')(
+                           normed, deterministic=deterministic,
+                           norm=_LayerNormParams(name='LayerNorm_1')(width))
+    return x, pending
 
 
 class Encoder(nn.Module):
@@ -301,6 +330,7 @@ class Encoder(nn.Module):
   token_multiple: int = 1
   mlp_impl: str = 'xla'
   mlp_tiles: Optional[Any] = None
+  norm_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x, *, train: bool, num_outputs: int | None = None):
@@ -312,16 +342,22 @@ class Encoder(nn.Module):
     pad = -tokens % self.token_multiple
     if pad:
       x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))  # zero tokens: LayerNorm maps them to 0
+    pending = None  # the last block's (output, bias), added by the next block's first pass
     for i in range(self.num_layers):
       last = i == self.num_layers - 1
       if last and num_outputs is not None:
         x = x[:, :tokens]
+        pending = None if pending is None else (pending[0][:, :tokens], pending[1])
       block = Encoder1DBlock(self.mlp_dim, self.num_heads, self.dropout_rate,
                              self.attention_dropout_rate, self.dtype, self.attention,
                              self.gelu_approximate, self.mlp_impl, self.mlp_tiles,
-                             name=f'encoderblock_{i}')
-      x = block(x, deterministic=not train, num_outputs=num_outputs if last else None,
-                valid_tokens=tokens if x.shape[1] > tokens else None)
+                             self.norm_impl, name=f'encoderblock_{i}')
+      x, pending = block(x, pending, deterministic=not train,
+                         num_outputs=num_outputs if last else None,
+                         valid_tokens=tokens if x.shape[1] > tokens else None)
+    if pending is not None:
+      y, bias = pending
+      x = x + (y if bias is None else y + bias)
     return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x[:, :tokens])
 
 
@@ -362,6 +398,9 @@ class VisionTransformer(nn.Module):
   # PATCH_EMBEDDINGS: the strided convolution, or the same map as one matmul over flattened
   # patches (PatchEmbedding); the same `embedding` parameters either way.
   patch_embedding: str = 'conv'
+  # fused_norm.IMPLS: 'pallas' does each residual add and the LayerNorm after it in one
+  # pass over memory, forward and backward (GPU kernels); 'xla': XLA's ops.
+  norm_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, images, *, train: bool = False, return_prelogits: bool = False):
@@ -401,7 +440,7 @@ class VisionTransformer(nn.Module):
       x = Encoder(name='Transformer', dtype=self.dtype, attention=self.attention,
                   gelu_approximate=self.gelu_approximate, token_multiple=multiple,
                   mlp_impl=self.mlp_impl, mlp_tiles=self.mlp_tiles,
-                  **self.transformer)(
+                  norm_impl=self.norm_impl, **self.transformer)(
           x, train=train, num_outputs=1 if self.classifier == 'token' else None)
     if self.classifier == 'token':
       x = x[:, 0]

@@ -1,5 +1,5 @@
-"""The ViT's GELU, LayerNorm and patch embedding, formulated for speed (models_vit uses them;
-its matmul is vision_core.matmul).
+"""The ViT's GELU and patch embedding, formulated for speed (models_vit uses them; its matmul
+is vision_core.matmul, its LayerNorm vision_core.fused_norm).
 
 Each computes what its plain formulation does (tests/test_vit_model_speedups.py checks that);
 only the work XLA is given differs.
@@ -23,15 +23,6 @@ def gelu(x, approximate: bool = True):
   if approximate:
     return jax.nn.gelu(x, approximate=True)
   return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
-
-
-def normalize(x, eps: float = 1e-6):
-  """LayerNorm without scale and bias, statistics in float32 as `nn.LayerNorm` computes them
-  (variance as E[x^2] - E[x]^2, clipped at 0). `[..., D]` -> float32 `[..., D]`."""
-  x = x.astype(jnp.float32)
-  mean = jnp.mean(x, -1, keepdims=True)
-  var = jnp.maximum(jnp.mean(jnp.square(x), -1, keepdims=True) - jnp.square(mean), 0.0)
-  return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
 class PatchEmbedding(nn.Module):
