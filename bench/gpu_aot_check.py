@@ -54,7 +54,7 @@ from bench.gpu_suite import parse_flash_tiles
 from vision_core import gpu_target
 # pylint: enable=wrong-import-position
 
-OUR_KERNELS = re.compile(r'flash_attention_\w+|mlp_gemm_\w+')
+OUR_KERNELS = re.compile(r'flash_attention_\w+|mlp_gemm_\w+|layer_norm_\w+')
 # Hopper, per SM: the limits a program's residency is the least of. Registers go to warps
 # in blocks of 256; a block reserves 1 KiB of shared memory for the system.
 SM_THREADS, SM_REGISTERS, SM_BLOCKS = 2048, 65536, 32
@@ -69,7 +69,9 @@ VARIANTS = {
     'flash_unpacked': dict(_FLASH, flash_tiles='64,64,64,64,4,3', flash_unpacked=True),
     'fused_mlp': _FUSED_MLP,
     'patch_matmul': dict(patch_embedding='matmul'),
-    'all': dict(_FLASH, flash_tiles='64,64,64,64,4,3', patch_embedding='matmul', **_FUSED_MLP),
+    'fused_norm': dict(norm_impl='pallas'),
+    'all': dict(_FLASH, flash_tiles='64,64,64,64,4,3', patch_embedding='matmul',
+                norm_impl='pallas', **_FUSED_MLP),
 }
 
 

@@ -121,6 +121,9 @@ def _vit_setup(args):
     flash_attention.TILES = parse_flash_tiles(args.flash_tiles)
   # attention='pallas': q, k, v from three matmuls instead of one packed (read when traced).
   models_vit.PALLAS_PACKED_QKV = not args.flash_unpacked
+  if args.norm_tiles:  # norm_impl='pallas': read when the model is traced
+    from vision_core import fused_norm  # pylint: disable=g-import-not-at-top
+    fused_norm.TILES = fused_norm.NormTiles(*(int(v) for v in args.norm_tiles.split(',')))
   tiles = None
   if args.mlp_tiles:
     from bench.gpu_mlp_kernels import parse_tile_pair  # pylint: disable=g-import-not-at-top
@@ -131,7 +134,8 @@ def _vit_setup(args):
                                         attention=attention,
                                         token_multiple=args.token_multiple,
                                         mlp_impl=args.mlp_impl, mlp_tiles=tiles,
-                                        patch_embedding=args.patch_embedding, **config)
+                                        patch_embedding=args.patch_embedding,
+                                        norm_impl=args.norm_impl, **config)
   return name, image, config, images, labels, make_model
 
 
@@ -151,8 +155,8 @@ def section_vit_train(args) -> list[dict]:
            'model': name, 'image': image, 'batch': batch, 'token_multiple': args.token_multiple,
            'mlp_impl': args.mlp_impl, 'mlp_tiles': args.mlp_tiles,
            'patch_embedding': args.patch_embedding, 'flash_tiles': args.flash_tiles,
-           'flash_unpacked': args.flash_unpacked,
-           'xla_flags': os.environ.get('XLA_FLAGS', '')}
+           'flash_unpacked': args.flash_unpacked, 'norm_impl': args.norm_impl,
+           'norm_tiles': args.norm_tiles, 'xla_flags': os.environ.get('XLA_FLAGS', '')}
     try:
       step, row['compile_s'] = compiled_train_step(make_model(attention), images, labels,
                                                    classes)
@@ -359,6 +363,10 @@ def main():
   parser.add_argument('--mlp-impl', default='xla', help='VisionTransformer(mlp_impl=)')
   parser.add_argument('--patch-embedding', default='conv',
                       help='VisionTransformer(patch_embedding=): conv or matmul')
+  parser.add_argument('--norm-impl', default='xla',
+                      help='VisionTransformer(norm_impl=): xla, pallas or pallas_interpret')
+  parser.add_argument('--norm-tiles', help="norm_impl='pallas': vision_core.fused_norm."
+                      'NormTiles as rows,num_warps (default 8,4)')
   parser.add_argument('--mlp-tiles', help='fused MLP tiles, FORWARD/BACKWARD, each as '
                       "bench/gpu_mlp_kernels.parse_tiles reads it ('xla', 'bm,bn,bk,warps,"
                       "stages' or 'mosaic:...'; gpu_mlp_kernels.py --best writes them)")

@@ -9,9 +9,8 @@
 # OUT.best_tiles) skips mlp_kernels and uses those tiles.
 #
 #   bash bench/gpu_vit_variants.sh [OUT] [PROFILE_DIR]
-#   MLP_TILES=mosaic:128,128,64,3/128,128,64,8,3 VARIANTS="ours flash flash_s2 \
-#     flash_unpacked fused_mlp patch_matmul all profile" BUDGET_S=420 \
-#     bash bench/gpu_vit_variants.sh OUT DIR
+#   MLP_TILES=mosaic:128,128,64,3/128,128,64,8,3 VARIANTS="ours flash fused_mlp \
+#     patch_matmul fused_norm all profile" BUDGET_S=420 bash bench/gpu_vit_variants.sh OUT DIR
 #
 # Before a lease, bench/gpu_aot_check.py compiles every variant below for an H100 on a CPU
 # host (no GPU): compile errors, register spills and shared-memory overflows show there.
@@ -38,6 +37,10 @@
 #                   Session 18 measured it 13 ms slower: XLA laid the residual stream out
 #                   as [N, D, B]. Its layout is now pinned row-major (vision_core.layouts;
 #                   compiled for an H100: no convolution, no batch-minor stream; not timed)
+#   fused_norm      ours with norm_impl='pallas': vision_core.fused_norm's kernels do each
+#                   residual add and the LayerNorm after it in one pass, forward and
+#                   backward (~40 GB of XLA's passes per step compiled for an H100; not
+#                   timed). fused_norm_16: 16 rows per program instead of 8
 #   all             every change above that beat ours alone (the fastest flash tiles), where
 #                   two or more did
 #   profile         (with PROFILE_DIR) kernel time by class of those changes together (ours
@@ -103,9 +106,15 @@ else
 fi
 run patch_matmul timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer \
   --patch-embedding matmul
+NORM=(--norm-impl pallas)
+[ -n "${QUICK:-}" ] && NORM=(--norm-impl pallas_interpret)
+run fused_norm timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer "${NORM[@]}" \
+  --norm-tiles 8,4
+run fused_norm_16 timeout 150 python bench/gpu_suite.py "${COMMON[@]}" --no-peer \
+  "${NORM[@]}" --norm-tiles 16,4
 # The variants that beat ours (with QUICK: every one that ran), one line each: 'flash TILES'
 # (the fastest flash variant: its tiles, and --flash-unpacked where that was faster),
-# 'fused_mlp', 'patch_matmul'.
+# 'fused_mlp', 'patch_matmul', 'fused_norm TILES'.
 WINNERS=$(python - "$OUT" "${QUICK:-}" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
@@ -116,6 +125,8 @@ def change(r):  # what the row changes from ours, the default
     return 'flash ' + r['flash_tiles'] + (' --flash-unpacked' if r.get('flash_unpacked') else '')
   if r.get('mlp_impl') != 'xla':
     return 'fused_mlp'
+  if r.get('norm_impl', 'xla') != 'xla':
+    return 'fused_norm ' + str(r.get('norm_tiles'))
   return 'patch_matmul' if r.get('patch_embedding') == 'matmul' else None
 ours = min((r['step_s'] for r in rows if change(r) is None), default=None)
 best = {}
@@ -133,6 +144,7 @@ while read -r what tiles; do
     flash) read -r -a extra <<< "$tiles"; ALL+=("${FLASH[@]}" --flash-tiles "${extra[@]}") ;;
     fused_mlp) ALL+=("${MLP[@]}" --mlp-tiles "$(cat "$BEST")") ;;
     patch_matmul) ALL+=(--patch-embedding matmul) ;;
+    fused_norm) ALL+=("${NORM[@]}" --norm-tiles "$tiles") ;;
   esac
 done <<< "$WINNERS"
 if (( $(grep -c . <<< "$WINNERS") > 1 )); then
@@ -160,7 +172,8 @@ for line in open(sys.argv[1]):
     continue
   what = (r.get('impl', '').replace('ours jax ', '') + ' mlp=' + str(r.get('mlp_impl'))
           + ' ' + str(r.get('mlp_tiles') or '') + ' patch=' + str(r.get('patch_embedding'))
-          + ' flash=' + str(r.get('flash_tiles')) + ' ' + r.get('xla_flags', ''))
+          + ' flash=' + str(r.get('flash_tiles')) + ' norm=' + str(r.get('norm_impl'))
+          + ' ' + str(r.get('norm_tiles') or '') + ' ' + r.get('xla_flags', ''))
   if 'error' in r:
     print(f"{what:70s} ERROR {r['error'][:200]}")
   else:

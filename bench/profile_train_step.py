@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _GPU_KERNEL_CLASSES = (
     ('convolution', r'fprop_implicit|s16816fprop|dgrad|wgrad|nhwcAddPadding'),
     ('attention', r'fmha|flash|sdpa|dot_do_o|convert_dq'),
+    ('layer norm (ours)', r'layer_norm_'),  # vision_core.fused_norm's kernels
     ('gemm', r'gemm|xmma|cutlass|nvjet|sm\d+_'),
     ('triton', r'triton'),
     ('copy/transpose', r'copy|transpose'),

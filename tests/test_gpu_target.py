@@ -13,7 +13,8 @@ import pytest
 from bench import gpu_aot_check, igpt_train_step, profile_train_step
 from igpt_jax import model as igpt_model
 from tests.test_vit_model import tiny_config
-from vision_core import flash_attention, fused_mlp, gpu_target, mesh as mesh_lib, optim
+from vision_core import (flash_attention, fused_mlp, fused_norm, gpu_target, mesh as mesh_lib,
+                         optim)
 from vision_core.errors import UserInputError
 from vit_jax import models_vit, ops, train
 
@@ -154,6 +155,8 @@ def test_fused_mlp_kernels_are_named_as_gemms():
     ('input_add_reduce_fusion_8', 'reduction fusion'),
     ('loop_convert_multiply_fusion_11', 'elementwise fusion'),
     ('input_transpose_fusion_71', 'copy/transpose'),
+    ('layer_norm_add_forward', 'layer norm (ours)'),  # vision_core.fused_norm, not XLA's
+    ('layer_norm_backward', 'layer norm (ours)'),
 ])
 def test_profile_kernel_classes(name, kind):
   """cuDNN's convolution kernels carry 'cudnn' in their names like its attention kernels,
@@ -184,6 +187,28 @@ def test_flash_attention_compiles_for_h100_without_spills(packed):
     assert info['registers'] > 0 and info['spill_store_bytes'] == 0
     assert info['blocks_per_sm'] >= 2
     assert info['wgmma'] > 0
+
+
+@pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="needs jax's CUDA plugin (compile only)")
+def test_fused_norm_kernels_compile_for_h100_without_spills():
+  """vision_core.fused_norm's kernels down to ptxas at a ViT-B/16 layer's shape (8 images,
+  197 tokens, width 768 in three 256-column chunks; bias included): no spills, and several
+  programs per SM (the kernels are memory-bound: occupancy keeps loads in flight)."""
+  device = gpu_target.compile_only_devices('h100')[0]
+  x = gpu_aot_check.on_device(device, (8, 197, 768), jnp.bfloat16)
+  bias = gpu_aot_check.on_device(device, (768,), jnp.bfloat16)
+
+  def loss(x, y, bias):
+    s, xn = fused_norm.add_normalize(x, y, bias, impl='pallas')
+    return jnp.sum(s.astype(jnp.float32)) + jnp.sum(jnp.square(xn.astype(jnp.float32)))
+  with gpu_target.building_for('h100'):
+    report = gpu_aot_check.compile_report(jax.grad(loss, (0, 1, 2)), (x, x, bias), 'h100')
+  kernels = report['kernels']
+  assert sorted(kernels) == ['layer_norm_add_forward', 'layer_norm_backward']
+  for info in kernels.values():
+    assert info['grid'] == [8 * 197 // fused_norm.TILES.rows, 1, 1]
+    assert info['registers'] > 0 and info['spill_store_bytes'] == 0
+    assert info['blocks_per_sm'] >= 4
 
 
 @pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="needs jax's CUDA plugin (compile only)")
