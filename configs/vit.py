@@ -89,6 +89,15 @@ def get_config(arg: str = 'ViT-B_16,cifar10') -> ml_collections.ConfigDict:
   # fastest on an H100, B/16 batch 512 bf16 training 132.5 ms/step against cudnn's 136.8;
   # docs/benchmarks.md, session 19). Attention dropout needs einsum.
   config.attention = 'einsum'
+  # More GPU kernels (NVIDIA GPUs; the defaults run anywhere; the same parameters either
+  # way): mlp_impl 'pallas' puts the MLP's bias and GELU inside its matmuls (with
+  # attention='pallas' the fastest ViT-B/16 step measured, 42.1% MFU on an H100, session
+  # 19); norm_impl 'pallas' does each residual add and the LayerNorm after it in one pass;
+  # patch_embedding 'matmul' replaces the strided convolution (slow on GPUs) by one matmul.
+  # The last two are compiled for an H100 but not yet timed (docs/benchmarks.md).
+  config.mlp_impl = 'xla'
+  config.norm_impl = 'xla'
+  config.patch_embedding = 'conv'
   config.seed = 0
   config.eval_every = 1000
   config.checkpoint_every = 1000

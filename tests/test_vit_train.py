@@ -288,6 +288,9 @@ def test_bad_inputs_have_clear_messages(dataset, tmp_path):
   with pytest.raises(UserInputError, match=r"attention='flash': expected one of einsum"):
     train_loop.train_and_evaluate(helpers.tiny_config(dataset, attention='flash'),
                                   str(tmp_path / 'w5'))
+  with pytest.raises(UserInputError, match=r"mlp_impl='triton': expected one of xla, pallas"):
+    train_loop.train_and_evaluate(helpers.tiny_config(dataset, mlp_impl='triton'),
+                                  str(tmp_path / 'w5'))
   if jax.default_backend() != 'gpu':
     for attention in ('cudnn', 'pallas'):
       with pytest.raises(UserInputError, match=(
@@ -295,6 +298,10 @@ def test_bad_inputs_have_clear_messages(dataset, tmp_path):
           f"{jax.default_backend()}; use einsum")):
         train_loop.train_and_evaluate(helpers.tiny_config(dataset, attention=attention),
                                       str(tmp_path / 'w7'))
+    with pytest.raises(UserInputError, match=(
+        "^norm_impl='pallas' runs on NVIDIA GPUs only, .*; use xla")):
+      train_loop.train_and_evaluate(helpers.tiny_config(dataset, norm_impl='pallas'),
+                                    str(tmp_path / 'w7'))
   dropout = helpers.tiny_config(dataset, attention='xla')
   dropout.model.transformer.attention_dropout_rate = 0.1
   with pytest.raises(UserInputError, match=r"attention='xla' has no attention dropout"):
@@ -410,3 +417,15 @@ def test_evaluate_mode_reads_only_the_params(uninterrupted, dataset, tmp_path):
   assert result['params'].endswith('step 6') and result['test_examples'] == 14
   assert result['test_accuracy'] == pytest.approx(final['test_accuracy'])
   assert result['test_loss'] == pytest.approx(final['test_loss'], rel=1e-5)
+
+
+def test_config_picks_the_kernels(dataset):
+  """configs/vit.py's mlp_impl, norm_impl and patch_embedding reach the model."""
+  config = helpers.tiny_config(dataset, mlp_impl='pallas_interpret',
+                               norm_impl='pallas_interpret', patch_embedding='matmul')
+  model = train_loop.build_model(config, num_classes=3)
+  assert (model.mlp_impl, model.norm_impl, model.patch_embedding) == (
+      'pallas_interpret', 'pallas_interpret', 'matmul')
+  default = train_loop.build_model(helpers.tiny_config(dataset), num_classes=3)
+  assert (default.mlp_impl, default.norm_impl, default.patch_embedding) == (
+      'xla', 'xla', 'conv')

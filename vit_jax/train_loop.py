@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vision_core import checkpointing, data, gpu_target, io, loop, metrics_log, run_config
+from vision_core import checkpointing, data, fused_norm, gpu_target, io, loop, metrics_log
+from vision_core import run_config
 from vision_core import mesh as mesh_lib
 from vision_core import optim
 from vision_core import sharding as sharding_lib
@@ -108,8 +109,16 @@ def build_model(config, num_classes: int) -> models_vit.VisionTransformer:
     raise UserInputError(f'attention={attention!r} has no attention dropout but '
                          f'model.transformer.attention_dropout_rate={attention_dropout}; set it '
                          "to 0 or use attention='einsum'.")
+  impls = {}
+  for field, choices in (('mlp_impl', models_vit.MLP_IMPLS), ('norm_impl', fused_norm.IMPLS),
+                         ('patch_embedding', models_vit.PATCH_EMBEDDINGS)):
+    impls[field] = config.get(field, choices[0])
+    if impls[field] not in choices:
+      raise UserInputError(f'{field}={impls[field]!r}: expected one of {", ".join(choices)}.')
+    if impls[field] == 'pallas':
+      gpu_target.require_gpu(f"{field}='pallas'", f'{choices[0]} (any backend)')
   return models_vit.VisionTransformer(num_classes=num_classes, dtype=DTYPES[config.dtype],
-                                      attention=attention, **config.model)
+                                      attention=attention, **impls, **config.model)
 
 
 def _setup(config, num_classes: int, image_shape, mesh, *, pretrained: bool = True):
