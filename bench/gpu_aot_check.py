@@ -21,7 +21,8 @@ PTX XLA wrote), its warpgroup matmul instructions (`wgmma`) and older `mma.sync`
 (Triton's choice for tiles under 64 rows), and how many programs one SM holds at once (the
 least of what threads, registers and shared memory allow). For the ViT also how many
 arrays hold the token stream in another axis order than `[B, N, D]` (a batch-minor layout
-of XLA's choosing, as in session 18's slow patch_matmul).
+of XLA's choosing, as in session 18's slow patch_matmul), and the GB that XLA's own
+memory-bound passes (not matmuls, not custom calls) read and write per step.
 XLA does not autotune here (that needs the GPU): its GEMMs get default Triton tilings
 instead of the cuBLAS/Triton choices a GPU's autotuning makes, so thunk counts and memory
 are indicative and times must come from the GPU. Mosaic GPU kernels are only lowered:
@@ -134,6 +135,40 @@ def permuted_stream_arrays(hlo: str, batch: int, tokens, width: int) -> int:
   return count
 
 
+_DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 'bf16': 2, 'f16': 2, 's32': 4, 'u32': 4, 'f32': 4}
+_LAUNCH = re.compile(r'\s*(?:ROOT )?%(\S+) = (.+?) (fusion|custom-call|copy|transpose)\((.*)$')
+
+
+def _array_bytes(shapes: str) -> int:
+  total = 0
+  for dtype, dims in re.findall(r'\b(pred|s8|u8|bf16|f16|s32|u32|f32)\[([\d,]*)\]', shapes):
+    total += _DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(',') if d)
+  return total
+
+
+def memory_passes_gb(hlo: str) -> float:
+  """GB that XLA's own kernels other than matmuls read and write per run of the optimized
+  program `hlo` (elementwise, reduction and copy fusions: memory-bound passes), counting
+  each launch's operands and results once: what fusing them into our kernels can save.
+  Matmul fusions, library calls and custom calls (our kernels, cuDNN) are left out."""
+  entry = hlo[hlo.index('\nENTRY'):]
+  shapes, total = {}, 0
+  for line in entry.split('\n'):
+    m = _LAUNCH.match(line)
+    if not m:
+      m2 = re.match(r'\s*(?:ROOT )?%(\S+) = (\S+(?: \S+)*?) [a-z\-]+\(', line)
+      if m2:
+        shapes[m2.group(1)] = m2.group(2)
+      continue
+    name, result, op, rest = m.groups()
+    shapes[name] = result
+    if op == 'custom-call' or 'gemm' in name or '__cublas' in line:
+      continue
+    operands = re.findall(r'%([\w.\-]+)', rest.split(')', 1)[0])
+    total += _array_bytes(result) + sum(_array_bytes(shapes.get(o, '')) for o in operands)
+  return total / 1e9
+
+
 def compile_report(fn, args, target: str, stream: tuple | None = None) -> dict:
   """Compiles `jax.jit(fn)` for `target` on abstract `args` (ShapeDtypeStructs on a
   compile-only device) and reads what XLA wrote about it. `stream`: `(batch, tokens,
@@ -144,7 +179,9 @@ def compile_report(fn, args, target: str, stream: tuple | None = None) -> dict:
     row = {'compile_s': round(time.perf_counter() - start, 2),
            'temp_gib': round(compiled.memory_analysis().temp_size_in_bytes / 2**30, 3)}
     if stream:
-      row['permuted_stream_arrays'] = permuted_stream_arrays(compiled.as_text(), *stream)
+      hlo = compiled.as_text()
+      row['permuted_stream_arrays'] = permuted_stream_arrays(hlo, *stream)
+      row['xla_memory_passes_gb'] = round(memory_passes_gb(hlo), 1)
     thunks = ''.join(open(f, encoding='utf-8').read()
                      for f in glob.glob(os.path.join(dump, '*thunk_sequence.txt')))
     row['thunks'], kernels = parse_thunks(thunks)
@@ -329,7 +366,8 @@ def main():
       print(f'{what:40s} ERROR {row["error"][-200:]}')
       continue
     thunks = ' '.join(f'{kind[1:]} {n}' for kind, n in sorted(row['thunks'].items()))
-    permuted = (f"  permuted stream arrays {row['permuted_stream_arrays']}"
+    permuted = (f"  permuted stream arrays {row['permuted_stream_arrays']}, XLA's memory "
+                f"passes {row['xla_memory_passes_gb']} GB"
                 if 'permuted_stream_arrays' in row else '')
     print(f"{what:40s} {row['compile_s']:5.1f} s  temp {row['temp_gib']:6.2f} GiB  {thunks}"
           f"{permuted}")

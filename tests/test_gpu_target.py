@@ -319,6 +319,29 @@ def test_matmul_patch_embedding_keeps_the_residual_stream_row_major(monkeypatch,
     assert permuted > 20  # the control: the check sees what the pin prevents
 
 
+def test_memory_passes_count_xla_fusions_but_not_matmuls_or_custom_calls():
+  hlo = """
+HloModule m
+
+%fused_add (p0: bf16[4,8], p1: bf16[4,8]) -> bf16[4,8] {
+  ROOT %a = bf16[4,8]{1,0} add(bf16[4,8]{1,0} %p0, bf16[4,8]{1,0} %p1)
+}
+
+ENTRY %main (x: bf16[4,8], w: bf16[8,8]) -> f32[4] {
+  %x = bf16[4,8]{1,0} parameter(0)
+  %w = bf16[8,8]{1,0} parameter(1)
+  %gemm_fusion_dot.1 = bf16[4,8]{1,0} fusion(bf16[4,8]{1,0} %x, bf16[8,8]{1,0} %w), kind=kCustom
+  %loop_add_fusion = bf16[4,8]{1,0} fusion(bf16[4,8]{1,0} %gemm_fusion_dot.1, bf16[4,8]{1,0} %x), kind=kLoop, calls=%fused_add
+  %ours = (bf16[4,8]{1,0}, f32[4]{0}) custom-call(bf16[4,8]{1,0} %loop_add_fusion), custom_call_target="__gpu$xla.gpu.triton"
+  %gte = f32[4]{0} get-tuple-element(%ours), index=1
+  ROOT %input_reduce_fusion = f32[4]{0} fusion(f32[4]{0} %gte), kind=kInput
+}
+"""
+  # The add reads two [4, 8] bf16 arrays and writes one (192 bytes); the reduction reads
+  # and writes [4] float32 (32 bytes); the matmul and the custom call are not counted.
+  assert gpu_aot_check.memory_passes_gb(hlo) == pytest.approx(224 / 1e9)
+
+
 def test_permuted_stream_arrays_counts_the_stream_in_another_axis_order():
   hlo = '''
   %a = bf16[8,197,64]{2,1,0} add(...)
