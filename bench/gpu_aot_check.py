@@ -264,7 +264,7 @@ def _checked(row, build, target, stream=None) -> dict:
 def section_vit(args, device) -> list[dict]:
   # pylint: disable=g-import-not-at-top
   from vision_core import flash_attention, mesh as mesh_lib, optim
-  from vit_jax import models_vit, train
+  from vit_jax import layers, models_vit, train
   from vit_jax.configs import models
   # pylint: enable=g-import-not-at-top
   mesh = mesh_lib.make_mesh((1, 1), [device])
@@ -276,7 +276,7 @@ def section_vit(args, device) -> list[dict]:
            'label': jax.ShapeDtypeStruct((args.batch,), jnp.int32,
                                          sharding=mesh_lib.batch_sharding(mesh, 1))}
   patches = (224 // 16) ** 2
-  multiple = models_vit.CUDNN_SEQ_MULTIPLE  # cuDNN attention pads the stream to it
+  multiple = layers.CUDNN_SEQ_MULTIPLE  # cuDNN attention pads the stream to it
   tokens = (patches, patches + 1, -(-(patches + 1) // multiple) * multiple)
   rows = []
   for name in args.variants:
@@ -284,7 +284,7 @@ def section_vit(args, device) -> list[dict]:
     flash_tiles = settings.pop('flash_tiles', None)
     flash_attention.TILES = (parse_flash_tiles(flash_tiles) if flash_tiles
                              else flash_attention.Tiles())
-    models_vit.PALLAS_PACKED_QKV = not settings.pop('flash_unpacked', False)
+    layers.PALLAS_PACKED_QKV = not settings.pop('flash_unpacked', False)
     mlp_tiles = settings.pop('mlp_tiles', None)
     if mlp_tiles:
       settings['mlp_tiles'] = parse_tile_pair(mlp_tiles)

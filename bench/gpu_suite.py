@@ -108,7 +108,7 @@ def _vit_setup(args):
   labels, make_model)`, one random batch of `--vit-batch` and `make_model(attention)` building
   the bf16-compute model with 1,000 classes."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
+  from vit_jax import layers, models_vit  # pylint: disable=g-import-not-at-top
   from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
   name, image = ('ViT-Ti_16', 64) if args.quick else ('ViT-B_16', 224)
   config = models.get_model_config(name)
@@ -120,7 +120,7 @@ def _vit_setup(args):
     from vision_core import flash_attention  # pylint: disable=g-import-not-at-top
     flash_attention.TILES = parse_flash_tiles(args.flash_tiles)
   # attention='pallas': q, k, v from three matmuls instead of one packed (read when traced).
-  models_vit.PALLAS_PACKED_QKV = not args.flash_unpacked
+  layers.PALLAS_PACKED_QKV = not args.flash_unpacked
   if args.norm_tiles:  # norm_impl='pallas': read when the model is traced
     from vision_core import fused_norm  # pylint: disable=g-import-not-at-top
     fused_norm.TILES = fused_norm.NormTiles(*(int(v) for v in args.norm_tiles.split(',')))

@@ -9,7 +9,7 @@ import pytest
 from tests import numpy_vit
 from vision_core import npz
 from vision_core.errors import UserInputError
-from vit_jax import checkpoint, models_resnet, models_vit
+from vit_jax import checkpoint, layers, models_resnet, models_vit
 from vit_jax.configs import models
 
 
@@ -212,7 +212,7 @@ def test_fused_attention_matches_numpy_forward_and_einsum_gradients(classifier, 
   as the plain path."""
   if attention.endswith('_unpacked'):
     attention = attention.removesuffix('_unpacked')
-    monkeypatch.setattr(models_vit, 'PALLAS_PACKED_QKV', False)
+    monkeypatch.setattr(layers, 'PALLAS_PACKED_QKV', False)
   config = tiny_config(classifier)
   fused = models_vit.VisionTransformer(num_classes=7, attention=attention,
                                        token_multiple=token_multiple, **config)

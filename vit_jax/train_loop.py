@@ -30,7 +30,7 @@ from vision_core import sharding as sharding_lib
 from vision_core.data import randaugment
 from vision_core.errors import UserInputError
 from vit_jax import checkpoint as vit_checkpoint
-from vit_jax import models_vit
+from vit_jax import layers, models_vit
 from vit_jax import train as train_lib
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -110,7 +110,7 @@ def build_model(config, num_classes: int) -> models_vit.VisionTransformer:
                          f'model.transformer.attention_dropout_rate={attention_dropout}; set it '
                          "to 0 or use attention='einsum'.")
   impls = {}
-  for field, choices in (('mlp_impl', models_vit.MLP_IMPLS), ('norm_impl', fused_norm.IMPLS),
+  for field, choices in (('mlp_impl', layers.MLP_IMPLS), ('norm_impl', fused_norm.IMPLS),
                          ('patch_embedding', models_vit.PATCH_EMBEDDINGS)):
     impls[field] = config.get(field, choices[0])
     if impls[field] not in choices:
