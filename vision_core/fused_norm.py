@@ -1,19 +1,23 @@
 """A pre-norm transformer's residual add and the next LayerNorm's normalisation in one pass
 over memory, forward and backward: Pallas (Triton) kernels for GPUs.
 
-`add_normalize(x, y)` is `s = x + y` (the new residual stream) and `normalize(s)` (the
-LayerNorm without its scale and bias, which the models fold into the next matmul). XLA
-runs it as three memory-bound passes over `[B, N, D]` (the add; the row statistics; the
-normalised output), and the backward as three more (the statistics of the gradient, the
-gradient, its sum with the residual's). Compiled for an H100, those passes move ~40 GB per
-ViT-B/16 training step at batch 512 (~14 ms at 2.8 TB/s; bench/gpu_aot_check.py's dump).
+`add_normalize(x, y, bias)` is `s = x + (y + bias)` (the new residual stream; `bias` is
+the last matmul's, so that no pass of its own adds it) and `normalize(s)` (the LayerNorm
+without its scale and bias, which the models fold into the next matmul). XLA runs it as
+several memory-bound passes over `[B, N, D]` (the adds, the row statistics, the normalised
+output), and the backward as several more (the statistics of the gradient, the gradient,
+its sum with the residual's, the bias gradient). Compiled for an H100, the ViT-B/16
+training step (batch 512, with our other kernels) has 54.0 GB of XLA's memory passes;
+with these kernels 9.5 GB, and the kernels move 29 GB themselves
+(bench/gpu_aot_check.py's memory_passes_gb; ~5.5 ms less at 2.8 TB/s, not yet timed).
 Here:
 
-- forward: one kernel reads `x` and `y` and writes `s`, `normalize(s)` and each row's mean
-  and reciprocal standard deviation (`[M]` float32, for the backward);
+- forward: one kernel reads `x`, `y` and `bias` and writes `s`, `normalize(s)` and each
+  row's mean and reciprocal standard deviation (`[M]` float32, for the backward);
 - backward: one kernel reads the cotangents of `s` and of the normalised output, and `s`,
   and writes the cotangent of `x` (which is also `y`'s): the LayerNorm's input gradient
-  plus the residual's, in one pass.
+  plus the residual's, in one pass; and each program's column sums of it, which XLA adds
+  up into the bias gradient (`[M / rows, D]`, a small fraction of a pass).
 
 `y=None` is the LayerNorm alone (`s` is `x`). The statistics are `normalize`'s (float32,
 variance as E[s^2] - E[s]^2 clipped at 0), so `impl='xla'` and the kernels compute the same
