@@ -12,6 +12,7 @@ import pytest
 
 from bench import gpu_aot_check, igpt_train_step, profile_train_step
 from igpt_jax import model as igpt_model
+from tests import vit_train_helpers as helpers
 from tests.test_vit_model import tiny_config
 from vision_core import (flash_attention, fused_mlp, fused_norm, gpu_target, mesh as mesh_lib,
                          optim)
@@ -219,18 +220,7 @@ def test_fsdp_tp_train_step_compiles_for_eight_h100s():
   config = tiny_config()
   config.hidden_size, config.transformer.mlp_dim = 128, 256  # MLP kernels over fsdp's minimum
   model = models_vit.VisionTransformer(num_classes=10, dtype=jnp.bfloat16, **config)
-  schedule = optim.make_schedule(base_lr=0.01, total_steps=10)
-  tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
-                            weight_decay=0.1)
-  state, shardings = train.abstract_train_state(model=model, tx=tx, image_shape=(16, 16, 3),
-                                                mesh=mesh, strategy='fsdp_tp')
-  batch = {'image': jax.ShapeDtypeStruct((16, 16, 16, 3), jnp.float32,
-                                         sharding=mesh_lib.batch_sharding(mesh, 4)),
-           'label': jax.ShapeDtypeStruct((16,), jnp.int32,
-                                         sharding=mesh_lib.batch_sharding(mesh, 1))}
-  step = train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
-                               state_shardings=shardings, num_classes=10)
-  text = step.lower(state, batch).compile().as_text()
+  text, state = helpers.compiled_train_step(model, mesh, batch=16, side=16, strategy='fsdp_tp')
   ops = set(re.findall(r' (all-reduce|all-gather|reduce-scatter)(?:-start)?\(', text))
   assert {'all-reduce', 'all-gather'} <= ops, ops  # gradients summed, fsdp params gathered
   mlp_kernel = state.params['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel']
@@ -246,22 +236,11 @@ def test_our_kernels_run_on_each_devices_shard_on_eight_h100s():
   mesh = mesh_lib.make_mesh((8, 1), gpu_target.compile_only_devices('h100', 8))
   config = tiny_config()
   config.hidden_size, config.transformer.mlp_dim = 128, 256  # MLP kernels' least shapes
-  schedule = optim.make_schedule(base_lr=0.01, total_steps=10)
-  tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
-                            weight_decay=0.1)
-  batch = {'image': jax.ShapeDtypeStruct((64, 16, 16, 3), jnp.float32,
-                                         sharding=mesh_lib.batch_sharding(mesh, 4)),
-           'label': jax.ShapeDtypeStruct((64,), jnp.int32,
-                                         sharding=mesh_lib.batch_sharding(mesh, 1))}
   with gpu_target.building_for('h100'):
     model = models_vit.VisionTransformer(num_classes=10, dtype=jnp.bfloat16,
                                          attention='pallas', mlp_impl='pallas',
                                          patch_embedding='matmul', **config)
-    state, shardings = train.abstract_train_state(model=model, tx=tx,
-                                                  image_shape=(16, 16, 3), mesh=mesh)
-    step = train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
-                                 state_shardings=shardings, num_classes=10)
-    text = step.lower(state, batch).compile().as_text()
+    text, _ = helpers.compiled_train_step(model, mesh, batch=64, side=16)
   assert 'flash_attention_dkv_packed' in text and 'mlp_gemm_backward' in text
   assert re.findall(r'= (\S+) all-gather', text) == []
   assert ' all-reduce' in text or 'all-reduce-start' in text  # the gradients are summed
@@ -295,21 +274,10 @@ def test_matmul_patch_embedding_keeps_the_residual_stream_row_major(monkeypatch,
   config = tiny_config()
   config.hidden_size, config.transformer.mlp_dim = 64, 128
   batch_size, side = 32, 64
-  schedule = optim.make_schedule(base_lr=0.01, total_steps=10)
-  tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
-                            weight_decay=0.1)
-  batch = {'image': jax.ShapeDtypeStruct((batch_size, side, side, 3), jnp.float32,
-                                         sharding=mesh_lib.batch_sharding(mesh, 4)),
-           'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32,
-                                         sharding=mesh_lib.batch_sharding(mesh, 1))}
   with gpu_target.building_for('h100'):
     model = models_vit.VisionTransformer(num_classes=10, dtype=jnp.bfloat16,
                                          patch_embedding='matmul', **config)
-    state, shardings = train.abstract_train_state(model=model, tx=tx,
-                                                  image_shape=(side, side, 3), mesh=mesh)
-    step = train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
-                                 state_shardings=shardings, num_classes=10)
-    text = step.lower(state, batch).compile().as_text()
+    text, _ = helpers.compiled_train_step(model, mesh, batch=batch_size, side=side)
   tokens = (side // 4) ** 2 + 1
   assert f'[{batch_size},{tokens},64]' in text
   permuted = gpu_aot_check.permuted_stream_arrays(text, batch_size, (tokens,), 64)

@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from tests import vit_train_helpers as helpers
 from tests.test_vit_model import tiny_config
-from vision_core import layouts, mesh as mesh_lib, optim
-from vit_jax import models_vit, train
+from vision_core import layouts, mesh as mesh_lib
+from vit_jax import models_vit
 
 
 def test_row_major_is_the_identity_with_its_gradient():
@@ -38,20 +39,8 @@ def test_vit_with_the_matmul_patch_embedding_gathers_nothing_on_a_data_mesh():
   """The data-parallel train step gathers no activation: with the layout pinned by
   `with_layout_constraint` alone (a custom call the sharding propagation cannot see
   through), every device gathered the patch embedding's output whole."""
-  mesh = mesh_lib.make_mesh((8, 1))
-  schedule = optim.make_schedule(base_lr=0.01, total_steps=10)
-  tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
-                            weight_decay=0.1)
   model = models_vit.VisionTransformer(num_classes=10, patch_embedding='matmul',
                                        **tiny_config())
-  state, shardings = train.abstract_train_state(model=model, tx=tx, image_shape=(16, 16, 3),
-                                                mesh=mesh)
-  batch = {'image': jax.ShapeDtypeStruct((64, 16, 16, 3), jnp.float32,
-                                         sharding=mesh_lib.batch_sharding(mesh, 4)),
-           'label': jax.ShapeDtypeStruct((64,), jnp.int32,
-                                         sharding=mesh_lib.batch_sharding(mesh, 1))}
-  step = train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
-                               state_shardings=shardings, num_classes=10)
-  text = step.lower(state, batch).compile().as_text()
+  text, _ = helpers.compiled_train_step(model, mesh_lib.make_mesh((8, 1)), batch=64, side=16)
   assert re.findall(r'= (\S+) all-gather', text) == []
   assert ' all-reduce' in text or 'all-reduce-start' in text  # the gradients are summed

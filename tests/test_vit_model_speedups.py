@@ -62,16 +62,26 @@ def test_patch_embedding_matmul_matches_strided_conv():
                  jax.grad(loss(ours))(params), jax.grad(loss(conv))(params))
 
 
-def test_vit_patch_embedding_option():
-  config = dict(num_classes=5, **tiny_config())
+def assert_same_vit(config, **option):
+  """`VisionTransformer(**option, **config)` gives the default model's logits and parameter
+  gradients, on perturbed parameters (so zero-initialised ones matter too)."""
   x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
-  conv = models_vit.VisionTransformer(**config)
-  matmul_model = models_vit.VisionTransformer(patch_embedding='matmul', **config)
-  params = conv.init(jax.random.key(0), x)['params']
+  default = models_vit.VisionTransformer(**config)
+  variant = models_vit.VisionTransformer(**option, **config)
+  params = default.init(jax.random.key(0), x)['params']
   params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape),
                         params)
-  np.testing.assert_allclose(matmul_model.apply({'params': params}, x),
-                             conv.apply({'params': params}, x), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(variant.apply({'params': params}, x),
+                             default.apply({'params': params}, x), rtol=1e-5, atol=1e-5)
+  loss = lambda m: (lambda p: jnp.sum(jnp.sin(m.apply({'params': p}, x))))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               jax.grad(loss(variant))(params), jax.grad(loss(default))(params))
+  return x
+
+
+def test_vit_patch_embedding_option():
+  config = dict(num_classes=5, **tiny_config())
+  x = assert_same_vit(config, patch_embedding='matmul')
   with pytest.raises(ValueError, match="patch_embedding='patches': expected one of"):
     models_vit.VisionTransformer(patch_embedding='patches', **config).init(
         jax.random.key(0), x)
@@ -83,16 +93,6 @@ def test_vit_fused_norm_option_matches_xla(classifier):
   kernel, interpreted) gives XLA's logits and parameter gradients. 'token': the last
   block computes the class token only; 'gap': every token."""
   config = dict(num_classes=5, **tiny_config(classifier=classifier))
-  x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
-  xla_model = models_vit.VisionTransformer(**config)
-  fused = models_vit.VisionTransformer(norm_impl='pallas_interpret', **config)
-  params = xla_model.init(jax.random.key(0), x)['params']
-  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape),
-                        params)
-  np.testing.assert_allclose(fused.apply({'params': params}, x),
-                             xla_model.apply({'params': params}, x), rtol=1e-5, atol=1e-5)
-  loss = lambda m: (lambda p: jnp.sum(jnp.sin(m.apply({'params': p}, x))))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               jax.grad(loss(fused))(params), jax.grad(loss(xla_model))(params))
+  x = assert_same_vit(config, norm_impl='pallas_interpret')
   with pytest.raises(ValueError, match="norm_impl='fused': expected one of"):
     models_vit.VisionTransformer(norm_impl='fused', **config).init(jax.random.key(0), x)

@@ -54,3 +54,28 @@ def tiny_config(dataset, **overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def compiled_train_step(model, mesh, *, batch: int, side: int, strategy='replicated',
+                        num_classes=10):
+  """`(HLO text, abstract state)` of `model`'s AdamW train step compiled for `mesh` (which
+  may hold compile-only GPU devices) on an abstract `[batch, side, side, 3]` batch split over
+  the data axis: what the sharding and layout tests read."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  from vision_core import mesh as mesh_lib, optim
+  from vit_jax import train
+  # pylint: enable=g-import-not-at-top
+  schedule = optim.make_schedule(base_lr=0.01, total_steps=10)
+  tx = optim.make_optimizer(name='adamw', schedule=schedule, grad_norm_clip=1.0,
+                            weight_decay=0.1)
+  state, shardings = train.abstract_train_state(model=model, tx=tx,
+                                                image_shape=(side, side, 3), mesh=mesh,
+                                                strategy=strategy)
+  images = jax.ShapeDtypeStruct((batch, side, side, 3), jnp.float32,
+                                sharding=mesh_lib.batch_sharding(mesh, 4))
+  labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=mesh_lib.batch_sharding(mesh, 1))
+  step = train.make_train_step(model=model, tx=tx, schedule=schedule, mesh=mesh,
+                               state_shardings=shardings, num_classes=num_classes)
+  return step.lower(state, {'image': images, 'label': labels}).compile().as_text(), state
