@@ -54,9 +54,9 @@ class MlpBlock(nn.Module):
     affine part is folded into Dense_0's weights (`[D, M]` work instead of `[B, N, D]`)."""
     out_dim = x.shape[-1]
     kernel, bias = DenseParams((out_dim,), (self.mlp_dim,),
-                                bias_init=_DENSE_INIT['bias_init'], name='Dense_0')()
+                               bias_init=_DENSE_INIT['bias_init'], name='Dense_0')()
     kernel2, bias2 = DenseParams((self.mlp_dim,), (out_dim,),
-                                  bias_init=_DENSE_INIT['bias_init'], name='Dense_1')()
+                                 bias_init=_DENSE_INIT['bias_init'], name='Dense_1')()
     if norm is not None:
       scale, shift = norm
       bias = bias + shift @ kernel
@@ -134,7 +134,7 @@ class SelfAttention(nn.Module):
   dtype: Dtype = jnp.float32
   dropout_rate: float = 0.0
   attention: str = 'einsum'
-  # True: return `(output without the `out` bias, the bias)`, for the caller to add.
+  # True: return `(output before the 'out' bias, the bias)`, for the caller to add.
   separate_bias: bool = False
 
   @nn.compact
@@ -165,7 +165,7 @@ class SelfAttention(nn.Module):
     out_kernel, out_bias = DenseParams((heads, depth), (width,), name='out')()
     out_bias = out_bias.astype(self.dtype)
 
-    def output(y):  # [B, N, D] without the bias
+    def output(y):  # `y [B, N, D]`, before the `out` bias
       return (y, out_bias) if self.separate_bias else y + out_bias
 
     # A few queries (the class token of the last block) take the einsum path: tiny work,
