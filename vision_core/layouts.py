@@ -36,8 +36,8 @@ def _pin_each_shard(x):
 @jax.custom_vjp
 def row_major(x):
   """`x [B, ...]` unchanged, laid out in memory row-major (last axis minor), as is its
-  gradient. Axis 0 is the batch: on a mesh it stays split as it is; the other axes must not
-  be split."""
+  gradient. Axis 0 is the batch: on a mesh it stays split as it is; the other axes are
+  made whole on each device (split, they would be gathered)."""
   return _pin_each_shard(x)
 
 

@@ -1,5 +1,5 @@
-"""The ViT's GELU and patch embedding, formulated for speed (models_vit uses them; its matmul
-is vision_core.matmul, its LayerNorm vision_core.fused_norm).
+"""The ViT's GELU and patch embedding, formulated for speed (vit_jax.layers and models_vit
+use them; their matmul is vision_core.matmul, their LayerNorm vision_core.fused_norm).
 
 Each computes what its plain formulation does (tests/test_vit_model_speedups.py checks that);
 only the work XLA is given differs.
