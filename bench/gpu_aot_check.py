@@ -141,7 +141,7 @@ _LAUNCH = re.compile(r'\s*(?:ROOT )?%(\S+) = (.+?) (fusion|custom-call|copy|tran
 
 def _array_bytes(shapes: str) -> int:
   total = 0
-  for dtype, dims in re.findall(r'\b(pred|s8|u8|bf16|f16|s32|u32|f32)\[([\d,]*)\]', shapes):
+  for dtype, dims in re.findall(rf"\b({'|'.join(_DTYPE_BYTES)})\[([\d,]*)\]", shapes):
     total += _DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(',') if d)
   return total
 

@@ -140,7 +140,7 @@ def pad_rows(x, multiple):
   """`x [M, ...]` with zero rows appended up to a multiple of `multiple` (the kernels' row
   blocks)."""
   pad = -x.shape[0] % multiple
-  return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
+  return jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)) if pad else x
 
 
 def dense_gelu(x, w1, b1, tiles, interpret: bool = False):

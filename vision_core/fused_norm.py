@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from vision_core import gpu_target, pallas_sharding
+from vision_core.fused_mlp import pad_rows
 
 IMPLS = ('xla', 'pallas', 'pallas_interpret')
 _EPS = 1e-6  # nn.LayerNorm's default, and the ViT's
@@ -64,13 +65,9 @@ def normalize(s, eps: float = _EPS):
   return (s - mean) * jax.lax.rsqrt(var + eps)
 
 
-def _chunk(width: int) -> int:
-  """The widest power of two up to 256 that divides `width`."""
-  return math.gcd(width, 256)
-
-
 def _column_chunks(width: int):
-  chunk = _chunk(width)
+  """`width` columns as slices of the widest power of two up to 256 that divides it."""
+  chunk = math.gcd(width, 256)
   return [pl.ds(c * chunk, chunk) for c in range(width // chunk)]
 
 
@@ -165,20 +162,15 @@ def _row_call(kernel, name, inputs, outputs, tiles: NormTiles, interpret: bool,
       name='layer_norm_' + name, **params)(*inputs)
 
 
-def _pad(a, rows):
-  pad = -a.shape[0] % rows
-  return jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)) if pad else a
-
-
 def _forward(x, y, bias, eps, tiles, interpret):
-  """`x`, `y` (or None) `[M, D]`, `bias` (or None) `[D]` -> `s` (None without `y`), `xn`,
-  mean, rstd."""
+  """`x`, `y` (or None) `[M, D]`, `bias` (or None) `[D]` -> `s` (`x` itself without `y`),
+  `xn`, mean, rstd."""
   has_y, has_bias = y is not None, bias is not None
   rows_in = [x] + ([y] if has_y else [])
 
   def run(*arrays):
     m, width = arrays[0].shape
-    padded = [_pad(a, tiles.rows) for a in arrays[:len(rows_in)]]
+    padded = [pad_rows(a, tiles.rows) for a in arrays[:len(rows_in)]]
     padded += arrays[len(rows_in):]
     rows = padded[0].shape[0]
     matrix = jax.ShapeDtypeStruct((rows, width), x.dtype)
@@ -194,14 +186,14 @@ def _forward(x, y, bias, eps, tiles, interpret):
   in_roles = ['b.'] * len(rows_in) + (['.'] if has_bias else [])
   out_roles = ['b.'] * (2 if has_y else 1) + ['b', 'b']
   outs = pallas_sharding.sharded(run, in_roles, out_roles)(*arrays)
-  return outs if has_y else (None, *outs)
+  return outs if has_y else (x, *outs)
 
 
 def _backward(ds, dxn, s, mean, rstd, with_sums, tiles, interpret):
   """`dx [M, D]`, and with `with_sums` its float32 column sums `[D]` (the bias gradient)."""
   def run(ds, dxn, s, mean, rstd):
     m, width = ds.shape
-    padded = [_pad(a, tiles.rows) for a in (ds, dxn, s, mean, rstd)]
+    padded = [pad_rows(a, tiles.rows) for a in (ds, dxn, s, mean, rstd)]
     outs = [jax.ShapeDtypeStruct(padded[0].shape, s.dtype)]
     if with_sums:  # padded rows have ds = dxn = 0, so dx = 0 there
       outs.append(jax.ShapeDtypeStruct((padded[0].shape[0] // tiles.rows, width),
@@ -221,8 +213,8 @@ def _fused(x, y, bias, has_y, eps, tiles, interpret):
 
 
 def _fused_fwd(x, y, bias, has_y, eps, tiles, interpret):
-  s, xn, mean, rstd = _forward(x, y if has_y else None, bias, eps, tiles, interpret)
-  s = s if has_y else x
+  del has_y  # `y` is None without it
+  s, xn, mean, rstd = _forward(x, y, bias, eps, tiles, interpret)
   return (s, xn), (s, mean, rstd, bias)  # the bias ([D] or None): for its dtype
 
 
