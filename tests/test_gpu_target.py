@@ -220,7 +220,7 @@ def test_fsdp_tp_train_step_compiles_for_eight_h100s():
   config = tiny_config()
   config.hidden_size, config.transformer.mlp_dim = 128, 256  # MLP kernels over fsdp's minimum
   model = models_vit.VisionTransformer(num_classes=10, dtype=jnp.bfloat16, **config)
-  text, state = helpers.compiled_train_step(model, mesh, batch=16, side=16, strategy='fsdp_tp')
+  text, state = helpers.train_step_hlo(model, mesh, batch=16, side=16, strategy='fsdp_tp')
   ops = set(re.findall(r' (all-reduce|all-gather|reduce-scatter)(?:-start)?\(', text))
   assert {'all-reduce', 'all-gather'} <= ops, ops  # gradients summed, fsdp params gathered
   mlp_kernel = state.params['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel']
@@ -240,7 +240,7 @@ def test_our_kernels_run_on_each_devices_shard_on_eight_h100s():
     model = models_vit.VisionTransformer(num_classes=10, dtype=jnp.bfloat16,
                                          attention='pallas', mlp_impl='pallas',
                                          patch_embedding='matmul', **config)
-    text, _ = helpers.compiled_train_step(model, mesh, batch=64, side=16)
+    text, _ = helpers.train_step_hlo(model, mesh, batch=64, side=16)
   assert 'flash_attention_dkv_packed' in text and 'mlp_gemm_backward' in text
   assert re.findall(r'= (\S+) all-gather', text) == []
   assert ' all-reduce' in text or 'all-reduce-start' in text  # the gradients are summed
@@ -277,7 +277,7 @@ def test_matmul_patch_embedding_keeps_the_residual_stream_row_major(monkeypatch,
   with gpu_target.building_for('h100'):
     model = models_vit.VisionTransformer(num_classes=10, dtype=jnp.bfloat16,
                                          patch_embedding='matmul', **config)
-    text, _ = helpers.compiled_train_step(model, mesh, batch=batch_size, side=side)
+    text, _ = helpers.train_step_hlo(model, mesh, batch=batch_size, side=side)
   tokens = (side // 4) ** 2 + 1
   assert f'[{batch_size},{tokens},64]' in text
   permuted = gpu_aot_check.permuted_stream_arrays(text, batch_size, (tokens,), 64)

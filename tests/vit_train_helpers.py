@@ -56,8 +56,8 @@ def tiny_config(dataset, **overrides):
   return config
 
 
-def compiled_train_step(model, mesh, *, batch: int, side: int, strategy='replicated',
-                        num_classes=10):
+def train_step_hlo(model, mesh, *, batch: int, side: int, strategy='replicated',
+                   num_classes=10):
   """`(HLO text, abstract state)` of `model`'s AdamW train step compiled for `mesh` (which
   may hold compile-only GPU devices) on an abstract `[batch, side, side, 3]` batch split over
   the data axis: what the sharding and layout tests read."""
