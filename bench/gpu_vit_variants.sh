@@ -77,7 +77,7 @@ run() {  # name, then the command (env assignments first, as for env(1))
 }
 # JAX allocates on demand, the same for every variant.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 python bench/gpu_suite.py --sections env --out "$OUT" ${QUICK:+--quick}
 BEST="$OUT.best_tiles"
 rm -f "$BEST"
@@ -138,7 +138,8 @@ for r in sorted(rows, key=lambda r: r['step_s']):
 print('\n'.join(best.values()))
 EOF
 )
-echo "## beat ours: $(echo ${WINNERS:-none})"
+BEAT=${WINNERS:-none}
+echo "## beat ours: ${BEAT//$'\n'/ }"
 ALL=()
 while read -r what tiles; do
   case $what in

@@ -140,16 +140,6 @@ def _stub_calls(stub_out: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in stub_out.read_text().splitlines()]
 
 
-@pytest.mark.parametrize('name', SCRIPTS + ['common.sh'])
-def test_shellcheck_clean(name):
-  shellcheck = shutil.which('shellcheck')
-  if shellcheck is None:
-    pytest.skip('shellcheck is not installed (apt-get install shellcheck) - lint not checked')
-  result = subprocess.run([shellcheck, '-x', str(TPU / name)], capture_output=True, text=True,
-                          check=False)
-  assert result.returncode == 0, result.stdout + result.stderr
-
-
 @pytest.mark.parametrize('name', SCRIPTS)
 def test_help(name, forbidden_gcloud):
   for flag in ('--help', '-h'):
