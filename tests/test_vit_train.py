@@ -298,10 +298,11 @@ def test_bad_inputs_have_clear_messages(dataset, tmp_path):
           f"{jax.default_backend()}; use einsum")):
         train_loop.train_and_evaluate(helpers.tiny_config(dataset, attention=attention),
                                       str(tmp_path / 'w7'))
-    with pytest.raises(UserInputError, match=(
-        "^norm_impl='pallas' runs on NVIDIA GPUs only, .*; use xla")):
-      train_loop.train_and_evaluate(helpers.tiny_config(dataset, norm_impl='pallas'),
-                                    str(tmp_path / 'w7'))
+    for field in ('norm_impl', 'mlp_impl'):
+      with pytest.raises(UserInputError, match=(
+          f"^{field}='pallas' runs on NVIDIA GPUs only, .*; use xla \\(any backend\\)")):
+        train_loop.train_and_evaluate(helpers.tiny_config(dataset, **{field: 'pallas'}),
+                                      str(tmp_path / 'w7'))
   dropout = helpers.tiny_config(dataset, attention='xla')
   dropout.model.transformer.attention_dropout_rate = 0.1
   with pytest.raises(UserInputError, match=r"attention='xla' has no attention dropout"):

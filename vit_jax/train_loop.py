@@ -98,27 +98,26 @@ def _evaluated_class_names(config, workdir: str, *, from_checkpoint: bool
 def build_model(config, num_classes: int) -> models_vit.VisionTransformer:
   if config.dtype not in DTYPES:
     raise UserInputError(f'dtype={config.dtype!r}: expected one of {", ".join(DTYPES)}.')
-  attention = config.get('attention', 'einsum')
-  if attention not in models_vit.ATTENTIONS:
-    raise UserInputError(f'attention={attention!r}: expected one of '
-                         f'{", ".join(models_vit.ATTENTIONS)}.')
-  if attention in ('cudnn', 'pallas'):
-    gpu_target.require_gpu(f'attention={attention!r}', 'einsum (any backend) or xla')
+  # Each kernel choice: its values (the first is the default, which runs anywhere) and
+  # those that compile only for a GPU.
+  impls = {}
+  for field, choices, gpu_only in (('attention', layers.ATTENTIONS, ('cudnn', 'pallas')),
+                                   ('mlp_impl', layers.MLP_IMPLS, ('pallas',)),
+                                   ('norm_impl', fused_norm.IMPLS, ('pallas',)),
+                                   ('patch_embedding', models_vit.PATCH_EMBEDDINGS, ())):
+    value = impls[field] = config.get(field, choices[0])
+    if value not in choices:
+      raise UserInputError(f'{field}={value!r}: expected one of {", ".join(choices)}.')
+    if value in gpu_only:
+      elsewhere = ' or '.join(c for c in choices if c not in gpu_only and 'interpret' not in c)
+      gpu_target.require_gpu(f'{field}={value!r}', f'{elsewhere} (any backend)')
   attention_dropout = (config.model.transformer or {}).get('attention_dropout_rate', 0.0)
-  if attention != 'einsum' and attention_dropout:
-    raise UserInputError(f'attention={attention!r} has no attention dropout but '
+  if impls['attention'] != 'einsum' and attention_dropout:
+    raise UserInputError(f"attention={impls['attention']!r} has no attention dropout but "
                          f'model.transformer.attention_dropout_rate={attention_dropout}; set it '
                          "to 0 or use attention='einsum'.")
-  impls = {}
-  for field, choices in (('mlp_impl', layers.MLP_IMPLS), ('norm_impl', fused_norm.IMPLS),
-                         ('patch_embedding', models_vit.PATCH_EMBEDDINGS)):
-    impls[field] = config.get(field, choices[0])
-    if impls[field] not in choices:
-      raise UserInputError(f'{field}={impls[field]!r}: expected one of {", ".join(choices)}.')
-    if impls[field] == 'pallas':
-      gpu_target.require_gpu(f"{field}='pallas'", f'{choices[0]} (any backend)')
   return models_vit.VisionTransformer(num_classes=num_classes, dtype=DTYPES[config.dtype],
-                                      attention=attention, **impls, **config.model)
+                                      **impls, **config.model)
 
 
 def _setup(config, num_classes: int, image_shape, mesh, *, pretrained: bool = True):
