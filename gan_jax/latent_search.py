@@ -253,7 +253,8 @@ def make_latent_search(apply_fn: Callable, *, latent_dim: int, config: SearchCon
   shardings = {}
   if mesh is not None:
     rep, data = mesh_lib.replicated(mesh), lambda n: mesh_lib.batch_sharding(mesh, n)
-    curves_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, 'data'))
+    curves_sharding = jax.sharding.NamedSharding(mesh_lib.auto_axes(mesh),
+                                                   jax.sharding.PartitionSpec(None, 'data'))
     shardings = dict(in_shardings=(rep, data(4), data(2)), out_shardings=SearchResult(
         data(2), data(1), data(2), curves_sharding, data(1)))
   # On CPU, without the ViT term: YNNPACK fusions without reductions. XLA:CPU otherwise

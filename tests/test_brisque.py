@@ -95,6 +95,16 @@ def test_threads_do_not_change_features():
   np.testing.assert_array_equal(brisque_features(list(batch[1:2])), serial[1:2])
 
 
+def test_features_on_a_jax_make_mesh_mesh():
+  """A mesh from `jax.make_mesh` (Explicit axes by default) shards as ours does."""
+  import jax  # pylint: disable=g-import-not-at-top
+  batch = _small_batch()  # 3 images on a 4-device 'data' axis: padded.
+  explicit = jax.make_mesh((4,), ('data',), axis_types=(jax.sharding.AxisType.Explicit,),
+                           devices=jax.devices()[:4])
+  np.testing.assert_array_equal(brisque_features(batch, mesh=explicit),
+                                brisque_features(batch, threads=1))
+
+
 def test_sharded_over_mesh_and_float_input_match(shared_data):
   from vision_core.mesh import make_mesh  # pylint: disable=g-import-not-at-top
   model, ranges = _paths(shared_data)

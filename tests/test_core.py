@@ -39,6 +39,20 @@ def test_shard_batch_splits_rows_over_data_axis():
       mesh.check_batch_size(size, m, field='batch_size')
 
 
+def test_explicit_meshes_are_used_as_auto_ones():
+  """`jax.make_mesh`'s meshes have Explicit axes by default; ours are Auto (see auto_axes)."""
+  explicit = jax.make_mesh((4, 2), ('data', 'model'),
+                           axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+  auto = mesh.auto_axes(explicit)
+  assert auto.axis_types == (jax.sharding.AxisType.Auto,) * 2
+  assert auto.axis_names == explicit.axis_names
+  np.testing.assert_array_equal(auto.devices, explicit.devices)
+  assert mesh.auto_axes(auto) is auto
+  assert mesh.make_mesh((4, 2)).axis_types == auto.axis_types
+  placed = mesh.shard_batch({'x': np.arange(16.0).reshape(8, 2)}, explicit)['x']
+  assert placed.sharding.mesh == auto and placed.sharding.spec[0] == 'data'
+
+
 def test_check_fields_names_the_first_field_out_of_its_range():
   config = ml_collections.ConfigDict(dict(steps=10, rate=0.5, g=dict(width=0)))
   run_config.check_fields(config, [('steps', '> 0'), ('rate', 'in [0, 1)')])  # in range

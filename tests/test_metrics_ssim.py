@@ -2,6 +2,7 @@
 
 import io
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -126,14 +127,23 @@ def test_ms_ssim_matches_independent_implementation(degrade):
   assert same == pytest.approx(1.0, abs=1e-6)
 
 
-def test_sharded_over_eight_devices_equals_single_device():
-  mesh = mesh_lib.make_mesh((-1, 1))
-  assert mesh.shape['data'] == 8
+# 'jax.make_mesh': a batch the user placed on jax.make_mesh's default mesh (Explicit axes,
+# where an array's sharding is part of its type) is scored as one placed by us.
+@pytest.mark.parametrize('placed_by', ['shard_batch', 'jax.make_mesh'])
+def test_sharded_over_eight_devices_equals_single_device(placed_by):
   rng = np.random.default_rng(1)
   base = skimage.data.astronaut()[:176, :184]
   a = np.stack([np.roll(base, 7 * i, axis=1) for i in range(8)])
   b = np.clip(a + rng.normal(0, 12, a.shape), 0, 255).astype(np.uint8)
-  sa, sb = mesh_lib.shard_batch((a, b), mesh)
+  if placed_by == 'shard_batch':
+    mesh = mesh_lib.make_mesh((-1, 1))
+    assert mesh.shape['data'] == 8
+    sa, sb = mesh_lib.shard_batch((a, b), mesh)
+  else:
+    mesh = jax.make_mesh((4, 2), ('data', 'model'),
+                         axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+    sa, sb = (jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+        'data'))) for x in (a, b))
   for fn, kwargs in ((metrics.ssim, {}), (metrics.ms_ssim, {}), (metrics.mse, {}),
                      (metrics.psnr, {'data_range': 255.0})):
     sharded = fn(sa, sb, **kwargs)

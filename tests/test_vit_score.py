@@ -171,8 +171,12 @@ def test_sharded_over_mesh_matches(tiny_vit):
   a, b = _images(3, n=5), _images(4, n=5)  # 5 pairs on an 8-device 'data' axis: padded.
   plain = vit_scores(a, b, model, params, k=5)
   sharded = vit_scores(a, b, model, params, k=5, mesh=make_mesh())
+  # jax.make_mesh's default (Explicit axes) is used as ours (Auto): vision_core.mesh.auto_axes.
+  explicit = vit_scores(a, b, model, params, k=5, mesh=jax.make_mesh(
+      (8,), ('data',), axis_types=(jax.sharding.AxisType.Explicit,)))
   for name in plain:
     np.testing.assert_allclose(sharded[name], plain[name], atol=1e-5)
+    np.testing.assert_allclose(explicit[name], plain[name], atol=1e-5)
 
 
 def test_resize_to_model_resolution(tiny_vit):

@@ -231,6 +231,18 @@ def test_data_and_model_meshes_match_one_device(patch_embedding):
   np.testing.assert_allclose(four_two, one, atol=1e-5, rtol=0)
 
 
+def test_a_jax_make_mesh_mesh_matches_one_device():
+  """A mesh from `jax.make_mesh` (Explicit axes by default) trains as ours does: before
+  `mesh.auto_axes`, the class token's concatenation refused its operands' shardings."""
+  batches = _batches()
+  one, _ = _losses(mesh_lib.make_mesh((1, 1), jax.devices()[:1]), 'replicated', batches,
+                   accum_steps=2)
+  explicit = jax.make_mesh((4, 2), ('data', 'model'),
+                           axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+  four_two, _ = _losses(explicit, 'fsdp_tp', batches, accum_steps=2)
+  np.testing.assert_allclose(four_two, one, atol=1e-5, rtol=0)
+
+
 def test_gradient_accumulation_matches_full_batch():
   mesh = mesh_lib.make_mesh((2, 1), jax.devices()[:2])
   batches = _batches(n=1)

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from vision_core.errors import UserInputError
 
@@ -112,17 +112,33 @@ def make_mesh(shape: Sequence[int] = (-1, 1), devices: Sequence[Any] | None = No
         f'mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices, but there are '
         f'{len(devices)} ({devices[0].platform}).')
   grid = np.asarray(devices, dtype=object).reshape(shape)
-  return Mesh(grid, AXES)
+  return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * len(AXES))
+
+
+def auto_axes(mesh: Mesh) -> Mesh:
+  """`mesh` with every axis in Auto mode; `mesh` itself where they already are.
+
+  Why: `jax.make_mesh` builds Explicit-axis meshes by default (it does in jax 0.10). There
+  an array's sharding is part of its type, and an op whose operands are sharded differently
+  is refused (the ViT's class token, replicated, concatenated to a batch-sharded sequence).
+  Our steps are written for Auto axes, where XLA's partitioner propagates the shardings, so
+  a mesh the user built either way is used as its Auto twin (the same devices and names).
+  A compiled step takes numpy batches or `shard_batch`'s arrays; jit refuses arrays that
+  the user placed on the Explicit mesh itself (its inputs must share one mesh).
+  """
+  if all(t == AxisType.Auto for t in mesh.axis_types):
+    return mesh
+  return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * mesh.devices.ndim)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   """The same full array on every device."""
-  return NamedSharding(mesh, P())
+  return NamedSharding(auto_axes(mesh), P())
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
   """Leading (batch) axis split over 'data', the rest whole: `[B, ...]`."""
-  return NamedSharding(mesh, P('data', *([None] * (ndim - 1))))
+  return NamedSharding(auto_axes(mesh), P('data', *([None] * (ndim - 1))))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, *, field: str = 'batch') -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vision_core.errors import UserInputError
+from vision_core import mesh as mesh_lib
 
 STRATEGIES = ('replicated', 'fsdp', 'tp', 'fsdp_tp')
 
@@ -98,6 +99,7 @@ def partition_specs(tree: Any, mesh: Mesh, *, strategy: str = 'replicated',
 
 def named_shardings(tree: Any, mesh: Mesh, **kwargs) -> Any:
   """`partition_specs` as `NamedSharding`s on `mesh`, for `jax.jit(out_shardings=...)`."""
+  mesh = mesh_lib.auto_axes(mesh)
   return jax.tree.map(lambda spec: NamedSharding(mesh, spec),
                       partition_specs(tree, mesh, **kwargs),
                       is_leaf=lambda x: isinstance(x, P))

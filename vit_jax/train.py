@@ -82,7 +82,8 @@ def _split_microbatches(batch, accum_steps: int, mesh: Mesh):
   def split(x):
     x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:])
     x = jnp.swapaxes(x, 0, 1)
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, 'data')))
+    return jax.lax.with_sharding_constraint(
+        x, NamedSharding(mesh_lib.auto_axes(mesh), P(None, 'data')))
   return jax.tree.map(split, batch)
 
 

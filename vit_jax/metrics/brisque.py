@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vision_core import mesh as mesh_lib
 from vision_core.errors import UserInputError
 from vision_core.images import check_batch
 from vit_jax.metrics import checks
@@ -179,7 +180,7 @@ def _features_sharded(images: jax.Array, zero: jax.Array, mesh) -> jax.Array:
   """`[B, H, W, C]` sharded over the mesh's 'data' axis: each device maps over its images."""
   spec = jax.sharding.PartitionSpec('data')
   local = lambda x, z: jax.lax.map(lambda im: _image_features(im, z), x)
-  return jax.shard_map(local, mesh=mesh, in_specs=(spec, jax.sharding.PartitionSpec()),
+  return jax.shard_map(local, mesh=mesh_lib.auto_axes(mesh), in_specs=(spec, jax.sharding.PartitionSpec()),
                        out_specs=spec)(images, zero)
 
 
@@ -225,13 +226,12 @@ def _check_images(images) -> None:
 
 
 def _pad_to_mesh(images, mesh):
-  from vision_core.mesh import shard_batch  # pylint: disable=g-import-not-at-top
   n = mesh.shape['data']
   pad = -images.shape[0] % n
   images = np.asarray(images)
   if pad:
     images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
-  return shard_batch(images, mesh)
+  return mesh_lib.shard_batch(images, mesh)
 
 
 _COMPILED = set()  # (image shape, dtype) that `_features_one` has been compiled for.
