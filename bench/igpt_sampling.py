@@ -29,7 +29,6 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 
 def best_of(fn, repeats: int) -> float:

@@ -12,3 +12,9 @@ from vision_core.data.loader import (GlobalBatchSampler, eval_batches, num_eval_
 from vision_core.data.preprocess import parse as parse_preprocess
 from vision_core.data.sources import (ArraySource, ImageFolderSource, MnistIdxSource, TfdsSource,
                                       align_classes, cache_in_memory, get_source, mnist_paths)
+
+__all__ = [
+    'GlobalBatchSampler', 'eval_batches', 'num_eval_batches', 'per_host_batch_size', 'seek',
+    'train_loader', 'parse_preprocess', 'ArraySource', 'ImageFolderSource', 'MnistIdxSource',
+    'TfdsSource', 'align_classes', 'cache_in_memory', 'get_source', 'mnist_paths',
+]
