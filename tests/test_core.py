@@ -31,6 +31,11 @@ def test_shard_batch_splits_rows_over_data_axis():
   shard_rows = {tuple(s.index[0].indices(8)) for s in placed['x'].addressable_shards}
   assert shard_rows == {(0, 2, 1), (2, 4, 1), (4, 6, 1), (6, 8, 1)}
   np.testing.assert_array_equal(mesh.to_host(placed)['x'], batch['x'])
+  with pytest.raises(UserInputError, match=r"^shard_batch: 6 rows \(\(6, 3\) per host\) "
+                     r"cannot be split over the 4 devices of the mesh's data axis; pad"):
+    mesh.shard_batch({'x': np.zeros((6, 3))}, m)
+  with pytest.raises(UserInputError, match='a scalar has no batch axis'):
+    mesh.shard_batch({'x': np.zeros((8, 3)), 'step': 3}, m)
   with pytest.raises(UserInputError, match='batch=6 is not divisible by the 4 devices'):
     mesh.check_batch_size(6, m)
   for size in (0, -4):  # divisible, and meaningless: named as the field, not the loader's

@@ -161,6 +161,14 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
   """
   def put(x):
     x = np.asarray(x)
+    # Said here, not as an IndivisibleError from deep in device_put.
+    if not x.ndim:
+      raise UserInputError('shard_batch: a scalar has no batch axis; expected [B, ...] arrays.')
+    rows, n = x.shape[0] * jax.process_count(), mesh.shape['data']
+    if rows % n:
+      raise UserInputError(
+          f"shard_batch: {rows} rows ({x.shape} per host) cannot be split over the {n} "
+          f"devices of the mesh's data axis; pad the batch to a multiple of {n}.")
     sharding = batch_sharding(mesh, x.ndim)
     if jax.process_count() == 1:
       return jax.device_put(x, sharding)
