@@ -23,8 +23,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vision_core.errors import UserInputError
 from vision_core import mesh as mesh_lib
+from vision_core.errors import UserInputError
 
 STRATEGIES = ('replicated', 'fsdp', 'tp', 'fsdp_tp')
 

@@ -180,8 +180,8 @@ def _features_sharded(images: jax.Array, zero: jax.Array, mesh) -> jax.Array:
   """`[B, H, W, C]` sharded over the mesh's 'data' axis: each device maps over its images."""
   spec = jax.sharding.PartitionSpec('data')
   local = lambda x, z: jax.lax.map(lambda im: _image_features(im, z), x)
-  return jax.shard_map(local, mesh=mesh_lib.auto_axes(mesh), in_specs=(spec, jax.sharding.PartitionSpec()),
-                       out_specs=spec)(images, zero)
+  return jax.shard_map(local, mesh=mesh_lib.auto_axes(mesh),
+                       in_specs=(spec, jax.sharding.PartitionSpec()), out_specs=spec)(images, zero)
 
 
 @jax.jit
