@@ -151,7 +151,8 @@ def run(config, workdir: str) -> dict:
     source = data.get_source(config.dataset, config.split)
     _check_image_shape(source, config)
     loader = data.train_loader(source, global_batch_size=config.batch_size,
-                               preprocess=config.preprocess, seed=config.seed)
+                               preprocess=config.preprocess, seed=config.seed,
+                               batch_field='batch_size')
     iterator = iter(loader)
     key = jax.random.PRNGKey(config.seed)
     state = jax.device_put(train.init_state(config, key), mesh_lib.replicated(mesh))

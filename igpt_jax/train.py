@@ -263,7 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                 step=jnp.int32(0)), mesh_lib.replicated(mesh))
     loader = data.train_loader(train_source, global_batch_size=config.batch_size,
                                preprocess=palette_lib.preprocess_spec(config.image_size),
-                               seed=config.seed)
+                               seed=config.seed, batch_field='batch_size')
     it = iter(loader)
     if restored:
       state = run_config.resume(ckpt, state, config, workdir, data_iterator=it,

@@ -170,6 +170,19 @@ def test_flatten_unflatten_inverse():
   np.testing.assert_array_equal(back['a']['c']['d'], tree['a']['c']['d'])
 
 
+def test_makedirs_refuses_files_in_the_path(tmp_path):
+  """A --workdir naming a file was a FileExistsError traceback from every trainer."""
+  (tmp_path / 'file').write_text('keep')
+  with pytest.raises(UserInputError, match=r'file exists and is not a folder; choose another'):
+    io.makedirs(str(tmp_path / 'file'))
+  with pytest.raises(UserInputError, match=r'file/run: cannot create it, .*file exists and is '
+                     r'not a folder'):
+    io.makedirs(str(tmp_path / 'file' / 'run'))
+  io.makedirs(str(tmp_path / 'a' / 'b'))
+  io.makedirs(str(tmp_path / 'a' / 'b'))  # an existing folder is fine
+  assert (tmp_path / 'a' / 'b').is_dir() and (tmp_path / 'file').read_text() == 'keep'
+
+
 def test_check_can_write_refuses_folders_and_files_in_the_path(tmp_path):
   (tmp_path / 'dir').mkdir()
   (tmp_path / 'file').write_text('keep')

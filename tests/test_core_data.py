@@ -261,8 +261,10 @@ def test_eval_sampler_pads_the_last_global_batch():
 
 
 def test_batch_too_large_and_mixed_sizes(tmp_path):
-  with pytest.raises(UserInputError, match='fewer than one batch'):
-    data.train_loader(_arrays(5), global_batch_size=8, preprocess='', seed=0)
+  with pytest.raises(UserInputError, match=r'has 5 examples, fewer than one batch: batch=8\. '
+                     r'Lower batch \(or add examples\)'):
+    data.train_loader(_arrays(5), global_batch_size=8, preprocess='', seed=0,
+                      batch_field='batch')
   write_folder(tmp_path, classes=('a',), per_class=2, size=8)
   Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(tmp_path / 'train' / 'a' / 'z.png')
   source = data.ImageFolderSource(tmp_path, 'train')

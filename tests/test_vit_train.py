@@ -291,6 +291,12 @@ def test_bad_inputs_have_clear_messages(dataset, tmp_path):
   with pytest.raises(UserInputError, match=r'does not exist'):
     train_loop.train_and_evaluate(helpers.tiny_config(str(tmp_path / 'missing')),
                                   str(tmp_path / 'w2'))
+  with pytest.raises(UserInputError, match=r'fewer than one batch: batch=256\. Lower batch'):
+    train_loop.train_and_evaluate(helpers.tiny_config(dataset, batch=256),
+                                  str(tmp_path / 'w2'))
+  (tmp_path / 'a_file').write_text('keep')
+  with pytest.raises(UserInputError, match=r'a_file exists and is not a folder'):
+    train_loop.train_and_evaluate(helpers.tiny_config(dataset), str(tmp_path / 'a_file'))
   bad = tmp_path / 'bad'
   helpers.write_dataset(bad)
   (bad / 'train' / 'a' / 'notes.png').write_text('not an image')

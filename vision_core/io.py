@@ -151,6 +151,9 @@ def makedirs(path: str | os.PathLike) -> None:
   """Creates a local folder and its parents. A no-op for URIs: object stores have no folders
   (an object's name is its whole path), and gcsfs would try to create a missing bucket."""
   if not is_uri(path):
+    if os.path.exists(path) and not os.path.isdir(path):  # e.g. --workdir naming a file
+      raise UserInputError(f'{os.fspath(path)} exists and is not a folder; choose another path.')
+    check_can_create(path)
     os.makedirs(path, exist_ok=True)
 
 

@@ -242,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                                    pretrained=not resuming)
     loader = data.train_loader(train_source, global_batch_size=config.batch,
                                preprocess=train_pp, seed=config.seed,
-                               worker_count=config.workers)
+                               worker_count=config.workers, batch_field='batch')
     batches = iter(loader)
     if resuming:
       state = run_config.resume(ckpt, state, config, workdir, data_iterator=batches,

@@ -198,7 +198,8 @@ def _transform(preprocess) -> pp_lib.Preprocess:
 
 def train_loader(source, *, global_batch_size: int, preprocess: str | pp_lib.Preprocess,
                  seed: int, num_epochs: int | None = None, worker_count: int = 0,
-                 read_threads: int = 8) -> grain.DataLoader:
+                 read_threads: int = 8, batch_field: str = 'global_batch_size'
+                 ) -> grain.DataLoader:
   """Shuffled batches `{'image': [b, ...], 'label': [b]}`, incomplete last batch dropped.
 
   `iter(loader)` is a grain iterator with `get_state()` / `set_state()` (bytes), saved by
@@ -206,11 +207,13 @@ def train_loader(source, *, global_batch_size: int, preprocess: str | pp_lib.Pre
   With `num_epochs` and `worker_count` w > 0 the stream ends at a whole round of w batches
   (each worker makes whole batches of its own records), so up to w - 1 more full batches
   are dropped than without workers: 20 examples, batch 4, 1 epoch give 5 batches, 3 with
-  3 workers. The batches that are read are the same.
+  3 workers. The batches that are read are the same. `batch_field`: the config field the
+  batch size came from, named when the source holds less than one batch.
   """
   if len(source) < global_batch_size:
-    raise UserInputError(f'{source!r} has {len(source)} examples, fewer than one batch of '
-                         f'{global_batch_size}.')
+    raise UserInputError(f'{source!r} has {len(source)} examples, fewer than one batch: '
+                         f'{batch_field}={global_batch_size}. Lower {batch_field} (or add '
+                         'examples).')
   per_host = per_host_batch_size(global_batch_size)
   _grain_workers_ready(worker_count)
   sampler = GlobalBatchSampler(len(source), per_process_batch=per_host, seed=seed,
