@@ -51,6 +51,8 @@ def get_config(arg: str = 'dcgan,mnist') -> ml_collections.ConfigDict:
     size = int(parts[2]) if len(parts) > 2 else 64
     c.dataset, c.split, channels = dataset, 'train', 3
     c.preprocess = f'resize_small({size})|central_crop({size})|flip_lr|value_range(-1,1)'
+  c.tfds_data_dir = ml_collections.config_dict.placeholder(str)
+  c.skip_bad_images = False  # image folders: skip (and count) unreadable files
   c.generator = ml_collections.ConfigDict(dict(
       family='dcgan', latent_dim=64 if size <= 32 else 128, image_size=size,
       channels=channels, width=16 if size <= 32 else 32, normalization='pixel'))

@@ -48,6 +48,7 @@ def get_config(arg: str = 'tiny,cifar10') -> ml_collections.ConfigDict:
   config.objective = objective  # generative | bert | finetune
   config.dataset = dataset
   config.tfds_data_dir = ml_collections.config_dict.placeholder(str)
+  config.skip_bad_images = False  # image folders: skip (and count) unreadable files
   config.cache_in_memory = False  # Decode every image once (small datasets like CIFAR).
   config.train_split = 'train'
   config.test_split = 'test'

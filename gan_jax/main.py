@@ -148,7 +148,8 @@ def run(config, workdir: str) -> dict:
   try:
     restored = latest is not None
     fid_vit = _make_fid_vit(config, mesh)  # Before the data: a bad checkpoint fails fast.
-    source = data.get_source(config.dataset, config.split)
+    source = data.get_source(config.dataset, config.split, data_dir=config.tfds_data_dir,
+                             skip_bad_images=config.skip_bad_images)
     _check_image_shape(source, config)
     loader = data.train_loader(source, global_batch_size=config.batch_size,
                                preprocess=config.preprocess, seed=config.seed,

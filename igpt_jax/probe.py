@@ -215,6 +215,11 @@ def main(argv=None) -> None:
                       help="[512, 3] .npy palette, or HF's preprocessor_config.json")
   parser.add_argument('--dataset', required=True, type=io.path_arg,
                       help='image folder or TFDS name')
+  parser.add_argument('--tfds_data_dir', type=io.path_arg, default=None,
+                      help='where a TFDS --dataset is prepared (default: TFDS\'s own)')
+  parser.add_argument('--skip_bad_images', action='store_true',
+                      help='image folders: skip (and count) unreadable files instead of '
+                      'stopping at the first')
   parser.add_argument('--image_size', type=int, default=None,
                       help="image side in pixels; default: the model's (sqrt of n_ctx)")
   parser.add_argument('--train_examples', type=int, default=10_000, help='0: all')
@@ -243,7 +248,9 @@ def main(argv=None) -> None:
                                             flag='--image_size')
     centers = palette_lib.load_palette(args.palette, num_clusters=model.vocab_size)
     from vision_core import data  # pylint: disable=g-import-not-at-top
-    sources = {split: data.get_source(args.dataset, split) for split in ('train', 'test')}
+    sources = {split: data.get_source(args.dataset, split, data_dir=args.tfds_data_dir,
+                                      skip_bad_images=args.skip_bad_images)
+               for split in ('train', 'test')}
     # The probe's classes are the train split's; a test split may lack some of them.
     data.align_classes(sources['test'], sources['train'].class_names,
                        what=f'--dataset={args.dataset} split test')

@@ -188,7 +188,8 @@ def initial_params(config, model, key) -> Any:
 
 
 def _source(config, split):
-  source = data.get_source(config.dataset, split, data_dir=config.tfds_data_dir)
+  source = data.get_source(config.dataset, split, data_dir=config.tfds_data_dir,
+                           skip_bad_images=config.skip_bad_images)
   return data.cache_in_memory(source) if config.cache_in_memory else source
 
 

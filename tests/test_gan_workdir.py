@@ -150,6 +150,13 @@ def test_a_refused_run_leaves_an_existing_workdir_as_it_was(tiny_config, tmp_pat
   assert sorted(os.listdir(workdir)) == ['checkpoints', 'notes.txt']
 
 
+def test_skip_bad_images_trains_on_the_readable_ones(tiny_config, tmp_path):
+  """The error above says to set skip_bad_images; the GAN's config has the field too."""
+  config = _unreadable_images(tmp_path / 'bad', tiny_config, fid_every=0)
+  config.skip_bad_images, config.total_steps = True, 2
+  assert main.run(config, str(tmp_path / 'w'))['step'] == 2  # on class 'a''s 8 images
+
+
 def test_fewer_real_images_than_fid_samples_is_said(tiny_config, tmp_path, capsys):
   """FID against fewer real images than samples is biased; the run used to say nothing."""
   source = data.get_source(tiny_config.dataset, split=tiny_config.split)

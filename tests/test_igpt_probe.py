@@ -101,7 +101,7 @@ def _probe_cli_inputs(tmp_path):
           str(tmp_path / 'out')]  # --image_size: the model's 4 (n_ctx 16).
 
 
-def test_cli_writes_table_json_and_plot(tmp_path):
+def test_cli_writes_table_json_and_plot(tmp_path, capsys):
   args = _probe_cli_inputs(tmp_path)
   probe.main(args)
   rows = json.loads((tmp_path / 'out' / 'probe.json').read_text())
@@ -113,6 +113,13 @@ def test_cli_writes_table_json_and_plot(tmp_path):
   assert e.value.code == 2
   with pytest.raises(SystemExit):
     probe.main(args[:-1] + [str(tmp_path / 'out2'), '--image_size', '8'])  # 64 > n_ctx 16.
+  # An unreadable file: an error that names it and says to skip; --skip_bad_images skips it.
+  (tmp_path / 'data' / 'test' / 'red' / 'notes.png').write_text('not an image')
+  with pytest.raises(SystemExit) as e:
+    probe.main(args[:-1] + [str(tmp_path / 'out3')])
+  assert e.value.code == 2 and 'notes.png: not a readable image' in capsys.readouterr().err
+  probe.main(args[:-1] + [str(tmp_path / 'out3'), '--skip_bad_images'])
+  assert (tmp_path / 'out3' / 'probe.json').exists()
 
 
 def test_cli_layers_keep_only_those_features_and_give_their_rows(tmp_path, monkeypatch,

@@ -105,6 +105,14 @@ def test_a_refused_run_leaves_an_existing_workdir_as_it_was(tmp_path):
   assert (workdir / 'notes.txt').read_text() == 'mine'
 
 
+def test_skip_bad_images_drops_the_unreadable_files(tmp_path):
+  """The error above says to set skip_bad_images; Image GPT's config has the field too."""
+  config = _unreadable_train_images(tmp_path)
+  config.skip_bad_images = True
+  source = train._source(config, 'train')  # pylint: disable=protected-access
+  assert len(source) == 4 and {source[i]['label'] for i in range(4)} == {0}
+
+
 def test_a_finished_run_started_again_does_nothing_and_returns_its_result(
     tmp_path, capsys, monkeypatch):
   _, _, config = _grey_run_config(tmp_path)  # sample_grid on: samples.png is drawn.
