@@ -139,6 +139,11 @@ def test_bad_inputs_are_clear_messages(tiny_checkpoint, tmp_path):
   with pytest.raises(UserInputError, match='do not match the model'):
     assess.main(['--originals', str(orig), '--reconstructions', str(recon), '--checkpoint',
                  ckpt, '--out', str(tmp_path / 'out'), '--model', 'ViT-B_16'])
+  # The default --k 100 is for ImageNet heads; this one has 20 classes.
+  with pytest.raises(UserInputError, match=r"^--k 100: expected 1 <= k <= 20, the classes of "
+                     r"\S*tiny\.npz's head \(pass e\.g\. --k 6\)"):
+    assess.main(['--originals', str(orig), '--reconstructions', str(recon), '--checkpoint',
+                 ckpt, '--out', str(tmp_path / 'out')])
   assert not (tmp_path / 'out').exists()
 
 

@@ -120,7 +120,10 @@ def parse_args(argv):
   parser.add_argument('--resize', action='store_true',
                       help='resize reconstructions of another size to the original (bicubic)')
   parser.add_argument('--force', action='store_true', help='overwrite existing reports')
-  parser.add_argument('--k', type=int, default=100, help='top-k classes of the ViT-Score')
+  parser.add_argument('--k', type=int, default=100,
+                      help="top-k classes of the ViT-Score, at most the head's classes "
+                      '(default 100, for ImageNet heads; the study uses 3 with its '
+                      '10-class ViT)')
   parser.add_argument('--alpha-background', type=int, default=255, metavar='GREY',
                       help='grey level (0-255) that transparent images are composited on '
                       'before scoring (default 255, white, as the study does)')
@@ -146,12 +149,16 @@ def main(argv=None) -> None:
                                         resize=args.resize, compressed=args.compressed,
                                         alpha_background=args.alpha_background)
   model, params, image_size, model_name = load_classifier(args.checkpoint, args.model)
+  num_classes = int(np.shape(params['head']['bias'])[-1])
+  if not 1 <= args.k <= num_classes:
+    raise UserInputError(f'--k {args.k}: expected 1 <= k <= {num_classes}, the classes of '
+                         f"{args.checkpoint}'s head (pass e.g. --k {max(1, num_classes // 3)}).")
   brisque_files = (args.brisque_model, args.brisque_range) if args.brisque_model else None
   cols, fids = score_pairs(pairs, model=model, params=params, image_size=image_size, k=args.k,
                            brisque_files=brisque_files)
   from vit_jax import assess_report  # pylint: disable=g-import-not-at-top
   info = dict(model=model_name, checkpoint=args.checkpoint, image_size=image_size, k=args.k,
-              num_classes=int(np.shape(params['head']['bias'])[-1]), ignored=ignored,
+              num_classes=num_classes, ignored=ignored,
               brisque=brisque_files)
   contents = {
       'report.md': assess_report.markdown(pairs, cols, fids, info).encode(),
