@@ -167,6 +167,17 @@ def test_predict_names_a_missing_checkpoint_by_its_flag(tmp_path, capsys):
   assert capsys.readouterr().err == (
       f'vit_jax.predict: error: --checkpoint {missing}: no such file (an official .npz '
       'checkpoint, e.g. ViT-B_16.npz, or a model.npz written by vit_jax.main).\n')
+  # A folder (e.g. the workdir, not its model.npz): said, with the file where there is one.
+  with pytest.raises(SystemExit):
+    predict.main(['--checkpoint', str(tmp_path), str(tmp_path)])
+  assert capsys.readouterr().err.endswith(
+      f'--checkpoint {tmp_path} is a folder; expected an official .npz checkpoint, e.g. '
+      'ViT-B_16.npz, or a model.npz written by vit_jax.main.\n')
+  _tiny_npz(tmp_path / 'model.npz')
+  with pytest.raises(SystemExit):
+    predict.main(['--checkpoint', str(tmp_path), str(tmp_path)])
+  assert capsys.readouterr().err.endswith(
+      f'--checkpoint {tmp_path} is a folder; did you mean {tmp_path / "model.npz"}?\n')
 
 
 def test_resume_with_an_incompatible_change_names_the_changed_fields(tmp_path):
@@ -249,13 +260,13 @@ def test_a_diverged_run_is_one_line_not_a_traceback(tmp_path, capsys):
 def test_predict_on_a_folder_of_class_folders_names_them(tmp_path):
   # e.g. a dataset's test split: only the images directly in a folder are read, and the
   # message used to say just that the folder holds no images.
-  from vit_jax import predict
+  from vision_core import images as images_lib
   dataset = helpers.write_dataset(tmp_path / 'ds')
   with pytest.raises(train_loop.UserInputError,
-                     match=r'test: folder holds no image files \(.*\); it has sub-folders \(a, '
-                           r'b\), which are not searched: pass them\.$'):
-    predict.expand_inputs([os.path.join(dataset, 'test')])
-  assert len(predict.expand_inputs([os.path.join(dataset, 'test', 'a')])) == 7
+                     match=r'test: folder holds no \.jpg/.*/\.webp files; it has sub-folders '
+                           r'\(a, b\), which are not searched: pass them\.$'):
+    images_lib.expand_inputs([os.path.join(dataset, 'test')])
+  assert len(images_lib.expand_inputs([os.path.join(dataset, 'test', 'a')])) == 7
 
 
 def test_crop_above_resize_is_named_before_training(tmp_path):

@@ -206,9 +206,14 @@ def check_exists(path: str | os.PathLike, *, label: str) -> None:
   where the path came from (`--checkpoint PATH`, `pretrained=PATH`): the npz reader's
   FileNotFoundError named neither that nor what belongs there."""
   from vision_core import io  # pylint: disable=g-import-not-at-top
+  expected = 'an official .npz checkpoint, e.g. ViT-B_16.npz, or a model.npz written by '\
+      'vit_jax.main'
   if not io.exists(os.fspath(path)):
-    raise UserInputError(f'{label}: no such file (an official .npz checkpoint, e.g. '
-                         'ViT-B_16.npz, or a model.npz written by vit_jax.main).')
+    raise UserInputError(f'{label}: no such file ({expected}).')
+  if io.isdir(os.fspath(path)):  # e.g. a vit_jax.main workdir: its model.npz is meant
+    inside = io.join(os.fspath(path), 'model.npz')
+    hint = f'; did you mean {inside}?' if io.exists(inside) else f'; expected {expected}.'
+    raise UserInputError(f'{label} is a folder{hint}')
 
 
 def infer_model_name(params: Mapping[str, Any], *, source: str, model_arg: str) -> str:
