@@ -173,7 +173,8 @@ def compress(targets_uint8, generator: generators.Generator, *,
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='python -m gan_jax.compress', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('images', nargs='+', type=path_arg, help='image files (PNG, JPEG, ...)')
+  p.add_argument('images', nargs='+', type=path_arg,
+                 help='image files (PNG, JPEG, ...), or folders of them (not recursive)')
   p.add_argument('-o', '--output', required=True, type=path_arg, help='output directory')
   p.add_argument('--generator', default=DEFAULT_GENERATOR, type=path_arg,
                  help='generator checkpoint (.npz)')
@@ -208,6 +209,7 @@ def main(argv=None) -> None:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     fileformat.Quantization.parse(args.quantization)
     seeds.check_seed(args.seed, field='--seed')
+    args.images = images_lib.expand_inputs(args.images)
     outputs = [os.path.join(args.output, os.path.splitext(os.path.basename(p))[0] + SUFFIX)
                for p in args.images]
     dupes = sorted({o for o in outputs if outputs.count(o) > 1})

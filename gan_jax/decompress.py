@@ -17,6 +17,7 @@ import numpy as np
 
 from gan_jax import compress as compress_lib
 from gan_jax import fileformat, generators
+from vision_core import images as images_lib
 from vision_core.errors import UserInputError, cli_errors
 from vision_core.io import atomic_write, check_can_write, path_arg
 
@@ -47,7 +48,7 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog='python -m gan_jax.decompress', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('files', nargs='+', type=path_arg,
-                      help='.ganz files written by gan_jax.compress')
+                      help='.ganz files written by gan_jax.compress, or folders of them')
   parser.add_argument('-o', '--output', required=True, type=path_arg,
                       help='output directory for PNGs')
   parser.add_argument('--generator', default=compress_lib.DEFAULT_GENERATOR, type=path_arg)
@@ -57,6 +58,7 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   with cli_errors('gan_jax.decompress'):
     from PIL import Image  # pylint: disable=g-import-not-at-top
+    args.files = images_lib.expand_inputs(args.files, (compress_lib.SUFFIX,))
     outputs = [os.path.join(args.output, os.path.splitext(os.path.basename(f))[0] + '.png')
                for f in args.files]
     dupes = sorted({o for o in outputs if outputs.count(o) > 1})

@@ -148,15 +148,25 @@ def test_compress_composites_transparency_on_white(gen_path, tmp_path):
   assert row['psnr'] == pytest.approx(10 * np.log10(255 ** 2 / mse))
 
 
-def test_decompress_a_folder_says_it_is_a_folder(gen_path, tmp_path, capsys):
+def test_folders_stand_for_their_files(gen_path, tmp_path, capsys):
+  """As vit_jax.predict takes folders: decompress a folder's .ganz files, compress a
+  folder's images (not recursive); a folder without any is said, not an errno."""
   gpath, generator = gen_path
   _ganz(tmp_path / 'files' / 'x.ganz', generator, 0)
-  with pytest.raises(SystemExit) as e:
-    decompress.main([str(tmp_path / 'files'), '-o', str(tmp_path / 'out'), '--generator', gpath])
-  assert e.value.code == 2
-  err = capsys.readouterr().err
-  assert 'files is a folder; expected a compressed .ganz file' in err, err
-  assert 'no such' not in err  # It exists: saying otherwise sends the user looking for typos.
+  _ganz(tmp_path / 'files' / 'y.ganz', generator, 1)
+  (tmp_path / 'files' / 'notes.txt').write_text('not a .ganz file')
+  decompress.main([str(tmp_path / 'files'), '-o', str(tmp_path / 'out'), '--generator', gpath])
+  assert sorted(os.listdir(tmp_path / 'out')) == ['x.png', 'y.png']
+  (tmp_path / 'empty').mkdir()
+  for main in (decompress.main, compress.main):
+    with pytest.raises(SystemExit) as e:
+      main([str(tmp_path / 'empty'), '-o', str(tmp_path / 'out2'), '--generator', gpath])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert 'empty: folder holds no ' in err and 'Errno' not in err, err
+  compress.main([str(tmp_path / 'out'), '-o', str(tmp_path / 'again'), '--generator', gpath,
+                 '--steps', '2', '--restarts', '1'])
+  assert sorted(os.listdir(tmp_path / 'again')) == ['x.ganz', 'y.ganz']
 
 
 def test_compress_several_inputs_errors_name_them(gen_path, tmp_path, capsys):

@@ -157,8 +157,10 @@ def composite_alpha(image: np.ndarray, background: int) -> np.ndarray:
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def list_images(directory: str | os.PathLike) -> list[str]:
-  """Sorted image files directly inside `directory` (by extension, case-insensitive).
+def list_images(directory: str | os.PathLike,
+                extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[str]:
+  """Sorted image files directly inside `directory` (by extension, case-insensitive; other
+  `extensions` list other files, e.g. ('.ganz',)).
 
   Hidden files are left out: macOS writes `._name.jpg` metadata files (AppleDouble) beside
   the images it copies to other file systems, and they are no images.
@@ -167,7 +169,30 @@ def list_images(directory: str | os.PathLike) -> list[str]:
   if not os.path.isdir(directory):
     raise UserInputError(f'{directory}: not a directory of images.')
   return sorted(os.path.join(directory, f) for f in os.listdir(directory)
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.'))
+                if f.lower().endswith(extensions) and not f.startswith('.'))
+
+
+def expand_inputs(inputs: list[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+                  ) -> list[str]:
+  """A command line's inputs: files as given, folders -> their files with `extensions`
+  (sorted, not recursive). An empty folder, or a missing path, is a clear error."""
+  paths = []
+  for item in inputs:
+    if os.path.isdir(item):
+      found = list_images(item, extensions)
+      if not found:
+        subfolders = sorted(d.name for d in os.scandir(item)
+                            if d.is_dir() and not d.name.startswith('.'))
+        hint = (f'; it has sub-folders ({", ".join(subfolders[:5])}'
+                f'{", ..." if len(subfolders) > 5 else ""}), which are not searched: pass them'
+                if subfolders else '')
+        raise UserInputError(f'{item}: folder holds no {"/".join(extensions)} files{hint}.')
+      paths += found
+    elif os.path.exists(item):
+      paths.append(item)
+    else:
+      raise UserInputError(f'{item}: no such file or folder.')
+  return paths
 
 
 def to_model_range(images_uint8) -> np.ndarray:

@@ -28,28 +28,6 @@ from vision_core.data import preprocess as pp_lib
 from vision_core.errors import UserInputError, cli_errors
 
 
-def expand_inputs(inputs: list[str]) -> list[str]:
-  """Files as given; folders -> their image files (sorted, not recursive)."""
-  paths = []
-  for item in inputs:
-    if os.path.isdir(item):
-      found = images_lib.list_images(item)
-      if not found:
-        subfolders = sorted(d.name for d in os.scandir(item)
-                            if d.is_dir() and not d.name.startswith('.'))
-        hint = (f'; it has sub-folders ({", ".join(subfolders[:5])}'
-                f'{", ..." if len(subfolders) > 5 else ""}), which are not searched: pass them'
-                if subfolders else '')
-        raise UserInputError(f'{item}: folder holds no image files '
-                             f'({"/".join(images_lib.IMAGE_EXTENSIONS)}){hint}.')
-      paths += found
-    elif os.path.exists(item):
-      paths.append(item)
-    else:
-      raise UserInputError(f'{item}: no such file or folder.')
-  return paths
-
-
 def _label_names(spec: str | None, num_classes: int) -> list[str]:
   from vit_jax import class_names  # pylint: disable=g-import-not-at-top
   if spec is None:
@@ -153,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
       io.check_can_write(args.csv, overwrite=args.force)
     from vit_jax import checkpoint as vit_checkpoint  # pylint: disable=g-import-not-at-top
     vit_checkpoint.check_exists(args.checkpoint, label=f'--checkpoint {args.checkpoint}')
-    paths = expand_inputs(args.inputs)
+    paths = images_lib.expand_inputs(args.inputs)
     # Read once: it gives both the model and the test preprocessing. --model: a zoo model.
     meta = None if args.model else vit_checkpoint.model_json(args.checkpoint)
     model, params, names, resolution = load_model(
