@@ -1,6 +1,8 @@
 """vision_core: mesh construction, batch placement, atomic writes, flat npz trees."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -68,6 +70,32 @@ def test_check_fields_names_the_first_field_out_of_its_range():
   config.rate = float('nan')
   with pytest.raises(UserInputError, match=r'^rate=nan: expected >= 0\.$'):
     run_config.check_fields(config, [('rate', '>= 0')])
+
+
+def test_a_workdir_of_another_trainer_is_refused(tmp_path):
+  """The shipped trainers' configs, each against the others' config.json; an older run of
+  the same trainer (a field since added) is not refused."""
+  from tests.vit_train_helpers import load_config_module  # pylint: disable=g-import-not-at-top
+  configs = {name: load_config_module(name).get_config(arg) for name, arg in (
+      ('vit', 'testing,/tmp/x'), ('igpt', 'testing,/tmp/x'), ('gan', 'dcgan,mnist'))}
+  for name, saved in configs.items():
+    workdir = tmp_path / name
+    workdir.mkdir()
+    (workdir / run_config.FILE).write_text(saved.to_json())
+    for other, config in configs.items():
+      if other == name:
+        older = ml_collections.ConfigDict(json.loads(saved.to_json()))
+        del older['seed']
+        (workdir / 'older').mkdir(exist_ok=True)
+        (workdir / 'older' / run_config.FILE).write_text(older.to_json())
+        run_config.check_same_program(config, str(workdir))
+        run_config.check_same_program(config, str(workdir / 'older'))
+      else:
+        with pytest.raises(UserInputError, match=rf'^{re.escape(str(workdir))} holds the run of '
+                           rf'another program: its config\.json has fields this config does '
+                           r'not \(\w+, .*\); use a new workdir\.$'):
+          run_config.check_same_program(config, str(workdir))
+  run_config.check_same_program(configs['vit'], str(tmp_path / 'absent'))
 
 
 @pytest.mark.parametrize('env, message', [

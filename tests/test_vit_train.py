@@ -294,6 +294,12 @@ def test_bad_inputs_have_clear_messages(dataset, tmp_path):
   with pytest.raises(UserInputError, match=r'fewer than one batch: batch=256\. Lower batch'):
     train_loop.train_and_evaluate(helpers.tiny_config(dataset, batch=256),
                                   str(tmp_path / 'w2'))
+  gan_run = tmp_path / 'gan_run'
+  gan_run.mkdir()
+  (gan_run / 'config.json').write_text(helpers.load_config_module('gan').get_config().to_json())
+  for run in (train_loop.train_and_evaluate, train_loop.evaluate_only):
+    with pytest.raises(UserInputError, match=r'gan_run holds the run of another program'):
+      run(helpers.tiny_config(dataset), str(gan_run))
   (tmp_path / 'a_file').write_text('keep')
   with pytest.raises(UserInputError, match=r'a_file exists and is not a folder'):
     train_loop.train_and_evaluate(helpers.tiny_config(dataset), str(tmp_path / 'a_file'))

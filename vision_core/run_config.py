@@ -159,12 +159,37 @@ def finished(config, workdir: str | os.PathLike, latest_step: int | None):
   return final
 
 
+def check_same_program(config, workdir: str | os.PathLike) -> None:
+  """Refuses a workdir whose config.json another trainer wrote (a ViT run's workdir given to
+  the GAN trainer): resuming it failed with orbax's dump of two unrelated state trees.
+
+  Another trainer: fewer than half of the two configs' top-level fields are shared. Runs of
+  one trainer share nearly all (its configs/*.py differ in values; a field added since an
+  older run is one of ~30); the three trainers share 10-26%.
+  """
+  path = io.join(workdir, FILE)
+  try:
+    saved = json.loads(io.read_bytes(path)) if io.exists(path) else None
+  except ValueError:
+    return  # not ours to judge; written again by this run
+  if not isinstance(saved, dict):
+    return
+  mine, theirs = set(config.keys()), set(saved)
+  if 2 * len(mine & theirs) < len(mine | theirs):
+    only = sorted(theirs - mine)
+    raise UserInputError(
+        f'{workdir} holds the run of another program: its {FILE} has fields this config does '
+        f'not ({", ".join(only[:6])}{", ..." if len(only) > 6 else ""}); use a new workdir.')
+
+
 def open_checkpoints(config, workdir: str | os.PathLike, **checkpointer_options):
   """`(ckpt, latest_step, final)`: the workdir's `checkpoints/` Checkpointer (opening it
   creates nothing), its latest step (None: a fresh run), and final.json's dict when the run
   is already complete (`finished`, which says so), in which case `ckpt` is closed and the
   trainer returns `final`; else None and the trainer goes on (and closes `ckpt`). A workdir
-  whose latest checkpoint is past `total_steps` without its final.json is refused."""
+  whose latest checkpoint is past `total_steps` without its final.json is refused, and so
+  is one of another trainer (`check_same_program`)."""
+  check_same_program(config, workdir)
   ckpt = checkpointing.Checkpointer(io.join(workdir, 'checkpoints'), **checkpointer_options)
   try:
     latest = ckpt.latest_step()

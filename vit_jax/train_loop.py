@@ -337,6 +337,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   mesh_lib.initialize_distributed()
   mesh = make_mesh(config)
   mesh_lib.check_batch_size(config.batch_eval, mesh, field='batch_eval')
+  run_config.check_same_program(config, workdir)
   ckpt_dir = io.join(workdir, 'checkpoints')
   # Closed on every path, the errors included. Opening it creates nothing, so a workdir
   # without checkpoints needs no check first.
