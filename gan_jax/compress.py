@@ -209,7 +209,7 @@ def main(argv=None) -> None:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     fileformat.Quantization.parse(args.quantization)
     seeds.check_seed(args.seed, field='--seed')
-    args.images = images_lib.expand_inputs(args.images)
+    args.images = images_lib.expand_inputs(args.images, kind='image file')
     outputs = [os.path.join(args.output, os.path.splitext(os.path.basename(p))[0] + SUFFIX)
                for p in args.images]
     dupes = sorted({o for o in outputs if outputs.count(o) > 1})

@@ -58,7 +58,8 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   with cli_errors('gan_jax.decompress'):
     from PIL import Image  # pylint: disable=g-import-not-at-top
-    args.files = images_lib.expand_inputs(args.files, (compress_lib.SUFFIX,))
+    args.files = images_lib.expand_inputs(args.files, (compress_lib.SUFFIX,),
+                                          kind='compressed file')
     outputs = [os.path.join(args.output, os.path.splitext(os.path.basename(f))[0] + '.png')
                for f in args.files]
     dupes = sorted({o for o in outputs if outputs.count(o) > 1})

@@ -164,6 +164,9 @@ def test_folders_stand_for_their_files(gen_path, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert 'empty: folder holds no ' in err and 'Errno' not in err, err
+  with pytest.raises(SystemExit):
+    compress.main([str(tmp_path / 'gone.png'), '-o', str(tmp_path / 'out2'), '--generator', gpath])
+  assert 'gone.png: no such image file or folder.' in capsys.readouterr().err
   compress.main([str(tmp_path / 'out'), '-o', str(tmp_path / 'again'), '--generator', gpath,
                  '--steps', '2', '--restarts', '1'])
   assert sorted(os.listdir(tmp_path / 'again')) == ['x.ganz', 'y.ganz']

@@ -172,10 +172,11 @@ def list_images(directory: str | os.PathLike,
                 if f.lower().endswith(extensions) and not f.startswith('.'))
 
 
-def expand_inputs(inputs: list[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS
-                  ) -> list[str]:
+def expand_inputs(inputs: list[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS, *,
+                  kind: str = 'file') -> list[str]:
   """A command line's inputs: files as given, folders -> their files with `extensions`
-  (sorted, not recursive). An empty folder, or a missing path, is a clear error."""
+  (sorted, not recursive). An empty folder, or a missing path ('no such {kind} or
+  folder'), is a clear error."""
   paths = []
   for item in inputs:
     if os.path.isdir(item):
@@ -191,7 +192,7 @@ def expand_inputs(inputs: list[str], extensions: tuple[str, ...] = IMAGE_EXTENSI
     elif os.path.exists(item):
       paths.append(item)
     else:
-      raise UserInputError(f'{item}: no such file or folder.')
+      raise UserInputError(f'{item}: no such {kind} or folder.')
   return paths
 
 
