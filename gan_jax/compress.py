@@ -101,6 +101,27 @@ def reconstruct(generator: generators.Generator, latent) -> np.ndarray:
   return report.to_uint8(jax.device_get(image))[0]
 
 
+def check_targets(targets, generator: generators.Generator) -> np.ndarray:
+  """`targets` as a `[B, S, S, C]` uint8 array of the generator's size and channels, else a
+  `UserInputError` saying what differs (and `prepare`, which converts one image). Without
+  it, float [0, 1] or 16-bit pixels were fitted as near-black or over-bright targets."""
+  targets = np.asarray(targets)
+  s, c = generator.image_size, generator.channels
+  if targets.dtype != np.uint8:
+    span = (f' in [{targets.min():.4g}, {targets.max():.4g}]'
+            if targets.size and np.issubdtype(targets.dtype, np.number) else '')
+    raise UserInputError(
+        f'compress: expected uint8 images (0..255), got {targets.dtype}{span}; e.g. '
+        '(x * 255).round().astype(np.uint8) for floats in [0, 1], or prepare(image, '
+        'generator) per image.')
+  if targets.ndim != 4 or not len(targets) or targets.shape[1:] != (s, s, c):
+    raise UserInputError(
+        f'compress: expected a batch [B >= 1, {s}, {s}, {c}] (the generator makes {s}x{s} '
+        f'with {c} channel(s)), got {targets.shape}; prepare(image, generator, resize=True) '
+        'converts one [H, W, C] image.')
+  return targets
+
+
 def search_latents(targets_uint8, generator: generators.Generator,
                    config: latent_search.SearchConfig, *, mesh=None, features_fn=None
                    ) -> latent_search.SearchResult:
@@ -112,6 +133,7 @@ def search_latents(targets_uint8, generator: generators.Generator,
   generator rounds differently per batch size; a long search can amplify that). Padding
   rows for the mesh are copies of the last image and are dropped.
   """
+  targets_uint8 = check_targets(targets_uint8, generator)
   ids = latent_search.image_ids(targets_uint8)
   targets = images_lib.to_model_range(targets_uint8)  # [-1, 1]: the generator's range.
   b = len(targets)
@@ -157,7 +179,7 @@ def compress(targets_uint8, generator: generators.Generator, *,
   Image i's result depends on (config, its pixels), not on the other images or on i (see
   `search_latents`), so callers may split a set into batches of any size.
   """
-  targets_uint8 = np.asarray(targets_uint8)
+  targets_uint8 = check_targets(targets_uint8, generator)
   result = search_latents(targets_uint8, generator, config, mesh=mesh,
                           features_fn=features_fn)
   files, recons = [], []

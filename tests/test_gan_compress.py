@@ -140,6 +140,23 @@ def test_compress_library_reconstruction_equals_decompress(generator, held_out):
     np.testing.assert_array_equal(decompress.decompress(data, generator), recon)
 
 
+def test_library_refuses_targets_it_would_misread(generator, held_out):
+  """Float [0, 1] or 16-bit pixels were fitted silently as near-black or over-bright
+  targets; wrong sizes failed deep in JAX. Each is now named before any search."""
+  from vision_core.errors import UserInputError  # pylint: disable=g-import-not-at-top
+  cases = [
+      (held_out / 255.0, r'expected uint8 images \(0\.\.255\), got float64 in \[0, 1\]'),
+      (held_out.astype(np.uint16) * 257, r'expected uint8 images .*, got uint16 in'),
+      (held_out[0], r'expected a batch \[B >= 1, 28, 28, 1\] .*, got \(28, 28, 1\)'),
+      (np.zeros((2, 32, 32, 1), np.uint8), r'got \(2, 32, 32, 1\); prepare\(image, '),
+      (np.zeros((2, 28, 28, 3), np.uint8), r'with 1 channel\(s\)\), got \(2, 28, 28, 3\)'),
+      (held_out[:0], r'expected a batch \[B >= 1'),
+  ]
+  for targets, message in cases:
+    with pytest.raises(UserInputError, match=message):
+      compress.compress(targets, generator)
+
+
 def test_perceptual_term_on_vit_features(generator, held_out):
   import jax.numpy as jnp
   from gan_jax import perceptual
