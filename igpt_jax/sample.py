@@ -115,7 +115,9 @@ def cache_spans(start: int, stop: int, segments: int) -> list[tuple[int, int]]:
 
 def row_keys(key, rows: int):
   """`[rows]` raw PRNG keys: `key` itself when it already holds one per row, else
-  `fold_in(key, r)` for row r."""
+  `fold_in(key, r)` for row r. Typed keys (`jax.random.key`) are taken as their raw data."""
+  if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
   key = jnp.asarray(key)
   if key.ndim == 2:  # [rows, 2]: one raw key per row.
     if key.shape[0] != rows:
@@ -192,10 +194,17 @@ def make_sampler(model: igpt_model.ImageGPT, *, num_tokens: int, prefix_len: int
       if prefix_len:
         raise UserInputError(f'this sampler keeps {prefix_len} prefix tokens; pass them.')
       prefix = jnp.zeros((batch_size or 1, 0), jnp.int32)
-    prefix = jnp.asarray(prefix, jnp.int32)
+    raw = np.asarray(prefix)
+    if raw.size and not np.issubdtype(raw.dtype, np.integer):
+      raise UserInputError(f'prefix: expected integer tokens, found {raw.dtype}.')
+    prefix = jnp.asarray(raw, jnp.int32)
     if prefix.ndim != 2 or prefix.shape[1] != prefix_len:
       raise UserInputError(f'prefix: expected [B, {prefix_len}] tokens, found shape '
                            f'{prefix.shape}.')
+    if raw.size and not 0 <= raw.min() <= raw.max() < model.vocab_size:
+      # The model would clip them, and they would come back in the output unchanged.
+      raise UserInputError(f'prefix: tokens must be in [0, {model.vocab_size}), found '
+                           f'[{raw.min()}, {raw.max()}].')
     return fn(params, row_keys(key, prefix.shape[0]), prefix)
 
   return sample
@@ -223,6 +232,8 @@ def complete(model, params, key, tokens, *, image_shape: tuple[int, int], keep_r
   if tokens.ndim != 2 or tokens.shape[1] != h * w:
     raise UserInputError(f'tokens: expected [B, {h * w}] for {h}x{w} images, found shape '
                          f'{tokens.shape}.')
+  if num_completions < 1:
+    raise UserInputError(f'num_completions={num_completions}: expected at least 1.')
   if not 1 <= keep_rows < h:
     raise UserInputError(f'keep_rows={keep_rows}: expected 1 <= keep_rows < {h} (the image '
                          f'has {h} rows; keep some, sample the rest).')

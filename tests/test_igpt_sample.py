@@ -62,6 +62,10 @@ def test_completions_keep_the_top_rows(model_and_params):
     for j in range(3):
       np.testing.assert_array_equal(out[i, j, :8], tokens[i, :8])
   assert not np.array_equal(out[0, 0, 8:], out[0, 1, 8:])  # N different completions.
+  # A typed key (jax.random.key, JAX's recommended kind) draws as its raw data does.
+  typed = igpt_sample.complete(model, params, jax.random.key(0), tokens, image_shape=(4, 4),
+                               keep_rows=2, num_completions=3)
+  np.testing.assert_array_equal(typed, out)
 
 
 def test_filters_match_their_definitions():
@@ -136,9 +140,17 @@ def test_bad_requests_are_clear_errors(model_and_params, tmp_path):
   with pytest.raises(UserInputError, match=r'expected \[B, 16\] for 4x4 images'):
     igpt_sample.complete(model, params, jax.random.PRNGKey(0), tokens[:, :9],
                          image_shape=(4, 4), keep_rows=2)
+  with pytest.raises(UserInputError, match=r'^num_completions=0: expected at least 1\.$'):
+    igpt_sample.complete(model, params, jax.random.PRNGKey(0), tokens, image_shape=(4, 4),
+                         keep_rows=2, num_completions=0)
   sampler = igpt_sample.make_sampler(model, num_tokens=16, prefix_len=4)
   with pytest.raises(UserInputError, match=r'prefix: expected \[B, 4\]'):
     sampler(params, jax.random.PRNGKey(0), tokens[:, :3])
+  for bad, message in ((tokens[:, :4] + 600, r'tokens must be in \[0, 512\), found \[600, '),
+                       (tokens[:, :4] - 1, r'tokens must be in .*, found \[-1, -1\]'),
+                       (tokens[:, :4] + 0.5, r'expected integer tokens, found float32')):
+    with pytest.raises(UserInputError, match=rf'^prefix: {message}'):
+      sampler(params, jax.random.PRNGKey(0), bad)
   igpt_sample.save_png(tmp_path / 'g.png', np.zeros((4, 4, 3), np.uint8))
   with pytest.raises(UserInputError, match='refusing to overwrite'):
     igpt_sample.save_png(tmp_path / 'g.png', np.zeros((4, 4, 3), np.uint8))
