@@ -94,6 +94,25 @@ def test_conv_stem_hybrid_matches_numpy_forward():
         jax.random.PRNGKey(0), images, train=False)
 
 
+def test_plain_dict_configs_build_the_same_model():
+  """model.json's "model" is plain JSON: its dicts (patches, resnet, conv_stem) are used as
+  the ConfigDicts are (before, `patches.size` failed on flax's FrozenDict)."""
+  import json  # pylint: disable=g-import-not-at-top
+  images = np.random.default_rng(3).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  for name in ('testing', 'R26+ViT-S_32'):
+    config = models.get_model_config(name)
+    if name != 'testing':  # a small hybrid: the ResNet stem's fields too
+      config.hidden_size, config.transformer.num_layers = 24, 1
+    plain = json.loads(config.to_json())
+    assert isinstance(plain['patches'], dict)
+    reference = models_vit.VisionTransformer(num_classes=3, **config)
+    params = random_params(reference, 32)
+    np.testing.assert_array_equal(
+        models_vit.VisionTransformer(num_classes=3, **plain).apply(
+            {'params': params}, images, train=False),
+        reference.apply({'params': params}, images, train=False))
+
+
 @pytest.mark.parametrize('shape', [(2, 8, 6, 3), (1, 7, 9, 2)])
 def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient(shape):
   """The stem's reshape-and-max pool (XLA:CPU runs reduce_window's gradient as a scatter):

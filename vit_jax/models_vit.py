@@ -195,11 +195,12 @@ class VisionTransformer(nn.Module):
     check_batch(images, name='VisionTransformer input', channels=(self.channels,))
     x = jnp.asarray(images, self.dtype)
     if self.resnet is not None:
-      x = models_resnet.resnet_stem(x, num_layers=tuple(self.resnet.num_layers),
-                                    width_factor=self.resnet.width_factor, dtype=self.dtype)
+      x = models_resnet.resnet_stem(x, num_layers=tuple(self.resnet['num_layers']),
+                                    width_factor=self.resnet['width_factor'], dtype=self.dtype)
     if self.conv_stem is not None:
-      x = models_resnet.conv_stem(x, features=tuple(self.conv_stem.features), dtype=self.dtype)
-    patch = tuple(self.patches.size)
+      x = models_resnet.conv_stem(x, features=tuple(self.conv_stem['features']), dtype=self.dtype)
+    # Item access: the sub-configs may be ConfigDicts or plain dicts (model.json's).
+    patch = tuple(self.patches['size'])
     if self.patch_embedding == 'conv':
       x = nn.Conv(self.hidden_size, patch, strides=patch, padding='VALID', dtype=self.dtype,
                   name='embedding')(x)
