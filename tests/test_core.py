@@ -23,6 +23,12 @@ def test_mesh_shapes_and_errors():
     mesh.make_mesh((3, 2))
   with pytest.raises(UserInputError, match='cannot be split'):
     mesh.make_mesh((-1, 3))
+  for shape in ((-2, 1), (-4, -2), 8, (8,), (0, 8), (2.0, 4)):
+    with pytest.raises(UserInputError, match=r'^mesh shape .*: expected two sizes \(data, '
+                       r'model\), each > 0 or -1'):
+      mesh.make_mesh(shape)
+  with pytest.raises(UserInputError, match=r"mesh axes \('batch',\): expected a 'data' axis"):
+    mesh.shard_batch(np.zeros((8, 2)), jax.make_mesh((8,), ('batch',)))
 
 
 def test_shard_batch_splits_rows_over_data_axis():

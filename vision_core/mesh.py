@@ -95,9 +95,11 @@ def make_mesh(shape: Sequence[int] = (-1, 1), devices: Sequence[Any] | None = No
     devices: defaults to `jax.devices()` (every device of every host).
   """
   devices = list(jax.devices() if devices is None else devices)
+  if not isinstance(shape, (list, tuple)) or len(shape) != len(AXES) or not all(
+      isinstance(s, (int, np.integer)) and (s > 0 or s == -1) for s in shape):
+    raise UserInputError(f'mesh shape {shape!r}: expected two sizes (data, model), each '
+                         '> 0 or -1 (what is left), e.g. (-1, 1).')
   shape = list(shape)
-  if len(shape) != len(AXES):
-    raise UserInputError(f'mesh shape {tuple(shape)}: expected two sizes (data, model).')
   if shape.count(-1) > 1:
     raise UserInputError(f'mesh shape {tuple(shape)}: at most one size may be -1.')
   known = int(np.prod([s for s in shape if s != -1]))
@@ -138,6 +140,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
   """Leading (batch) axis split over 'data', the rest whole: `[B, ...]`."""
+  if 'data' not in mesh.axis_names:
+    raise UserInputError(f"mesh axes {mesh.axis_names}: expected a 'data' axis to split "
+                         "batches over, e.g. jax.make_mesh((n,), ('data',)) or "
+                         'vision_core.mesh.make_mesh().')
   return NamedSharding(auto_axes(mesh), P('data', *([None] * (ndim - 1))))
 
 
@@ -164,12 +170,12 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     # Said here, not as an IndivisibleError from deep in device_put.
     if not x.ndim:
       raise UserInputError('shard_batch: a scalar has no batch axis; expected [B, ...] arrays.')
+    sharding = batch_sharding(mesh, x.ndim)  # (which checks the mesh has a 'data' axis)
     rows, n = x.shape[0] * jax.process_count(), mesh.shape['data']
     if rows % n:
       raise UserInputError(
           f"shard_batch: {rows} rows ({x.shape} per host) cannot be split over the {n} "
           f"devices of the mesh's data axis; pad the batch to a multiple of {n}.")
-    sharding = batch_sharding(mesh, x.ndim)
     if jax.process_count() == 1:
       return jax.device_put(x, sharding)
     return jax.make_array_from_process_local_data(sharding, x)
