@@ -107,6 +107,9 @@ def test_grey_batch_without_channel_axis_gets_the_channel_hint():
     metrics.mse(a[0], b[0])
   with pytest.raises(UserInputError, match=r'single image\? add a batch axis'):
     metrics.psnr(a[..., None][0], b[..., None][0])
+  # The metrics that take one batch (vision_core.images.check_batch) give the same hints.
+  with pytest.raises(UserInputError, match=r'grey images\? add a channel axis: x\[\.\.\., None\]'):
+    metrics.brisque_features(a)
   # Following the hint gives scikit-image's grey SSIM image by image.
   want = [skimage.metrics.structural_similarity(
       x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255)

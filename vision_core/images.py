@@ -13,11 +13,24 @@ from vision_core.errors import UserInputError
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp')
 
 
+def batch_axis_hint(shape: tuple[int, ...]) -> str:
+  """What to do with an array of `shape` that is not a `[B, H, W, C]` batch ('' if unsure)."""
+  if len(shape) == 3 and shape[-1] in (1, 3, 4):
+    return ' (a single image? add a batch axis: x[None])'
+  if len(shape) == 3:
+    # [B, H, W] grey batches are common (skimage, MNIST); x[None] would turn one into a
+    # single image of W channels, H pixels high, and be scored without complaint.
+    return ' (a batch of grey images? add a channel axis: x[..., None])'
+  if len(shape) == 2:
+    return ' (a single grey image? x[None, ..., None])'
+  return ''
+
+
 def check_batch(images, *, name: str = 'images', channels: Sequence[int] = (3,)) -> None:
   """Raises `UserInputError` unless `images` is `[B, H, W, C]` with C in `channels`."""
   shape = np.shape(images)
   if len(shape) != 4:
-    hint = ' (a single image? add a batch axis: x[None])' if len(shape) == 3 else ''
+    hint = batch_axis_hint(shape)
     raise UserInputError(
         f'{name}: expected a 4-D batch [B, H, W, C], got shape {shape}{hint}.')
   if shape[-1] not in channels:

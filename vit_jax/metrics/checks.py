@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vision_core import images as images_lib
 from vision_core.errors import UserInputError
 
 
@@ -42,17 +43,8 @@ def check_pair(a, b, *, metric: str, min_size: int = 1) -> tuple[int, int, int, 
   for name, x in (('a', a), ('b', b)):
     shape = np.shape(x)
     if len(shape) != 4:
-      hint = ''
-      if len(shape) == 3 and shape[-1] in (1, 3, 4):
-        hint = ' (a single image? add a batch axis: x[None])'
-      elif len(shape) == 3:
-        # [B, H, W] grey batches are common (skimage, MNIST); x[None] would turn one into a
-        # single image of W channels, H pixels high, and be scored without complaint.
-        hint = ' (a batch of grey images? add a channel axis: x[..., None])'
-      elif len(shape) == 2:
-        hint = ' (a single grey image? x[None, ..., None])'
-      raise UserInputError(
-          f'{metric}: {name} must be a 4-D batch [B, H, W, C], got shape {shape}{hint}.')
+      raise UserInputError(f'{metric}: {name} must be a 4-D batch [B, H, W, C], got shape '
+                           f'{shape}{images_lib.batch_axis_hint(shape)}.')
     dtype = dtype_of(x)
     # jnp.issubdtype, not numpy's: bfloat16 and the other ml_dtypes floats (what a model
     # computing in bf16 hands back) are not np.number subtypes but are real numbers.
