@@ -95,6 +95,17 @@ def test_nested_lists_and_torch_tensors_are_scored_as_arrays():
     metrics.mse(torch.from_numpy(a).requires_grad_(), b)
 
 
+def test_channels_first_batch_gets_the_layout_hint():
+  """[B, C, H, W] batches (torch's layout) were told only that their 3x64 images are small."""
+  a = np.random.default_rng(0).integers(0, 256, (2, 3, 64, 64)).astype(np.uint8)
+  for fn in (metrics.ssim, metrics.ms_ssim):
+    with pytest.raises(UserInputError, match=r'too small; .* \(channels first, as PyTorch '
+                       r'stores them\? x\.permute\(0, 2, 3, 1\)'):
+      fn(a, a)
+  np.testing.assert_allclose(metrics.ssim(np.moveaxis(a, 1, -1), np.moveaxis(a, 1, -1)), 1.0,
+                             atol=1e-6)
+
+
 def test_grey_batch_without_channel_axis_gets_the_channel_hint():
   """A [B, H, W] grey batch was told 'a single image? add a batch axis: x[None]', which makes
   it one image of W channels and H pixels high: SSIM then scored it without complaint."""

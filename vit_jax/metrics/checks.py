@@ -68,9 +68,13 @@ def check_pair(a, b, *, metric: str, min_size: int = 1) -> tuple[int, int, int, 
     if isinstance(x, np.ndarray) and x.dtype.kind == 'f' and not np.isfinite(x).all():
       raise UserInputError(f'{metric}: {name} contains NaN or infinite values.')
   if min(sa[1], sa[2]) < min_size:
+    # [B, C, H, W] (PyTorch's layout) reads as images C pixels high: say so.
+    layout = (' (channels first, as PyTorch stores them? x.permute(0, 2, 3, 1) or '
+              'np.moveaxis(x, 1, -1) gives [B, H, W, C])'
+              if sa[1] in (1, 3, 4) and sa[-1] > 4 else '')
     raise UserInputError(
         f'{metric}: images of {sa[1]}x{sa[2]} pixels are too small; height and width must be '
-        f'at least {min_size}.')
+        f'at least {min_size}{layout}.')
   check_dtypes(a, b, metric=metric)
   return sa
 
