@@ -96,12 +96,17 @@ def encode(latent, *, generator_id: str | bytes, quantization: str | Quantizatio
   """One latent (any shape) -> file bytes. `generator_id`: hex digest or raw bytes."""
   quant = quantization if isinstance(quantization, Quantization) else \
       Quantization.parse(quantization)
-  latent = np.asarray(latent, np.float32)
+  raw = np.asarray(latent)
+  if not raw.size or not (np.issubdtype(raw.dtype, np.floating)
+                          or np.issubdtype(raw.dtype, np.integer)):
+    raise UserInputError(f'latent: expected a non-empty array of real numbers, got '
+                         f'{raw.dtype} {raw.shape}.')
+  latent = raw.astype(np.float32)
   if not np.all(np.isfinite(latent)):
     raise UserInputError('latent has NaN or infinite values; refusing to write it.')
   try:
     gid = bytes.fromhex(generator_id) if isinstance(generator_id, str) else bytes(generator_id)
-  except ValueError:
+  except (ValueError, TypeError):
     gid = b''
   if len(gid) < 16:
     raise UserInputError(f'generator_id {generator_id!r}: expected a SHA-256 hex digest (or at '
@@ -113,6 +118,9 @@ def encode(latent, *, generator_id: str | bytes, quantization: str | Quantizatio
       float(latent.max()) - float(latent.min()) > float(np.finfo(np.float32).max)):
     raise UserInputError(f'latent range [{latent.min():.4g}, {latent.max():.4g}] is too wide '
                          f'for {quant} quantisation in float32; use float32.')
+  if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
+      or not all(isinstance(s, (int, np.integer)) for s in image_size)):
+    raise UserInputError(f'image size {image_size!r}: expected (height, width) in pixels.')
   h, w = image_size
   if not (0 < h < 65536 and 0 < w < 65536):
     raise UserInputError(f'image size {image_size}: each side must be in 1..65535.')
@@ -140,6 +148,9 @@ def _payload_bytes(quant: Quantization, count: int) -> int:
 
 def decode(data: bytes, *, source: str = '<bytes>') -> Compressed:
   """File bytes -> `Compressed`; a clear `UserInputError` naming `source` on any defect."""
+  if not isinstance(data, (bytes, bytearray, memoryview)):
+    raise UserInputError(f'decode: expected the file\'s bytes, got a {type(data).__name__}'
+                         f'{"; read(path) reads a file" if isinstance(data, str) else ""}.')
   if len(data) < 4 or data[:4] != MAGIC:
     raise UserInputError(f'{source}: not a gan_jax compressed file (magic bytes '
                          f'{bytes(data[:4])!r}, expected {MAGIC!r}).')

@@ -88,9 +88,20 @@ def test_encode_refuses_what_the_file_cannot_hold():
   with pytest.raises(UserInputError, match='too wide for 8bit'):
     fileformat.encode(np.array([-3e38, 3e38], np.float32), generator_id=gid,
                       quantization='8bit', image_size=(1, 1))
-  for bad in ('ab', 'not hex', b'\x01\x02'):
+  for bad in ('ab', 'not hex', b'\x01\x02', None):
     with pytest.raises(UserInputError, match='generator_id'):
       fileformat.encode(np.zeros(4), generator_id=bad, quantization='8bit', image_size=(1, 1))
+  # Arguments that were raw numpy/struct/Python errors deep inside.
+  for kwargs, message in ((dict(latent=np.zeros(0)), r'^latent: expected a non-empty array'),
+                          (dict(latent=np.zeros(2, complex)), r'of real numbers, got complex'),
+                          (dict(image_size=32), r'^image size 32: expected \(height, width\)'),
+                          (dict(image_size=(32.5, 32)), r'expected \(height, width\)')):
+    kwargs = {'latent': np.zeros(4), 'image_size': (1, 1), **kwargs}
+    with pytest.raises(UserInputError, match=message):
+      fileformat.encode(generator_id=gid, quantization='8bit', **kwargs)
+  with pytest.raises(UserInputError, match=r"^decode: expected the file's bytes, got a str; "
+                     r'read\(path\) reads a file\.$'):
+    fileformat.decode('/tmp/x.ganz')
   # Values that fit still round-trip exactly as the quantiser says.
   z = np.array([-65504.0, 0.5, 3.0], np.float32)
   item = fileformat.decode(fileformat.encode(z, generator_id=gid, quantization='float16',
