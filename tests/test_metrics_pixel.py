@@ -60,6 +60,9 @@ def test_uint8_and_float32_still_match_skimage():
   _check(a, b.astype(np.uint8), 255.0)
   af = (a / 255.0).astype(np.float32)
   _check(af, (af + np.float32(1e-3)).astype(np.float32), 1.0)
+  # data_range may be passed by position, as ssim's and skimage's may.
+  np.testing.assert_array_equal(metrics.psnr(af[None], af[None] + 1e-3, 1.0),
+                                metrics.psnr(af[None], af[None] + 1e-3, data_range=1.0))
 
 
 def test_identical_images_give_zero_and_inf_like_skimage():

@@ -115,7 +115,7 @@ def _psnr_from_parts(scaled, scale, data_range):
   return (20.0 * (np.log10(data_range) - jnp.log10(scale)) - 10.0 * jnp.log10(scaled))
 
 
-def psnr(a, b, *, data_range: float | None = None) -> jax.Array:
+def psnr(a, b, data_range: float | None = None) -> jax.Array:
   """Peak signal-to-noise ratio in dB per image, like `skimage.metrics.peak_signal_noise_ratio`.
 
   Args:
