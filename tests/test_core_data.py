@@ -139,7 +139,8 @@ def test_preprocess_ops():
   np.testing.assert_array_equal(corner[:4, 4:], image[4:0:-1, :4])
   zeros = data.parse_preprocess('random_crop(8, pad=4)')({'image': image[:8, :8]}, Corner())
   assert not zeros['image'][:4].any()
-  with pytest.raises(UserInputError, match='random_crop.*mode'):
+  with pytest.raises(UserInputError, match=r"random_crop.*mode.*: expected constant, reflect "
+                     r"or edge\.$"):  # one full stop, not the op's and the wrapper's
     data.parse_preprocess('random_crop(8, pad=4, mode="wrap")')
   with pytest.raises(UserInputError, match='unknown preprocessing op .*known ops'):
     data.parse_preprocess('rezise(3)')
@@ -265,6 +266,8 @@ def test_batch_too_large_and_mixed_sizes(tmp_path):
                      r'Lower batch \(or add examples\)'):
     data.train_loader(_arrays(5), global_batch_size=8, preprocess='', seed=0,
                       batch_field='batch')
+  with pytest.raises(UserInputError, match=r'^global_batch_size=0 must be a positive multiple'):
+    data.train_loader(_arrays(5), global_batch_size=0, preprocess='', seed=0)
   write_folder(tmp_path, classes=('a',), per_class=2, size=8)
   Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(tmp_path / 'train' / 'a' / 'z.png')
   source = data.ImageFolderSource(tmp_path, 'train')

@@ -208,13 +208,13 @@ def train_loader(source, *, global_batch_size: int, preprocess: str | pp_lib.Pre
   (each worker makes whole batches of its own records), so up to w - 1 more full batches
   are dropped than without workers: 20 examples, batch 4, 1 epoch give 5 batches, 3 with
   3 workers. The batches that are read are the same. `batch_field`: the config field the
-  batch size came from, named when the source holds less than one batch.
+  batch size came from, named in the messages about it.
   """
+  per_host = per_host_batch_size(global_batch_size, field=batch_field)
   if len(source) < global_batch_size:
     raise UserInputError(f'{source!r} has {len(source)} examples, fewer than one batch: '
                          f'{batch_field}={global_batch_size}. Lower {batch_field} (or add '
                          'examples).')
-  per_host = per_host_batch_size(global_batch_size)
   _grain_workers_ready(worker_count)
   sampler = GlobalBatchSampler(len(source), per_process_batch=per_host, seed=seed,
                                process_index=jax.process_index(),

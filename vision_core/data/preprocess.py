@@ -212,7 +212,7 @@ class Preprocess(grain.RandomMapTransform):
       try:
         self.ops.append((factory(*args, **kwargs), is_random))
       except (TypeError, ValueError) as e:  # a wrong argument count or value
-        raise UserInputError(f'preprocessing op {part.strip()!r}: {e}.') from None
+        raise UserInputError(f"preprocessing op {part.strip()!r}: {str(e).rstrip('.')}.") from None
 
   def random_map(self, element: Record, rng: np.random.Generator) -> Record:
     for op, is_random in self.ops:
