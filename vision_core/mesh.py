@@ -104,7 +104,7 @@ def make_mesh(shape: Sequence[int] = (-1, 1), devices: Sequence[Any] | None = No
     raise UserInputError(f'mesh shape {tuple(shape)}: at most one size may be -1.')
   known = int(np.prod([s for s in shape if s != -1]))
   if -1 in shape:
-    if known <= 0 or len(devices) % known:
+    if len(devices) % known:
       raise UserInputError(
           f'mesh shape {tuple(shape)}: {len(devices)} devices cannot be split into groups of '
           f'{known}.')

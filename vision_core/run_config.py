@@ -60,6 +60,15 @@ def check_fields(config, rules, *, prefix: str = '') -> None:
       raise UserInputError(f'{prefix}{field}={value}: expected {expected}{note}.')
 
 
+def _saved(workdir: str | os.PathLike):
+  """The workdir's config.json as parsed JSON; None where it is absent or not JSON."""
+  path = io.join(workdir, FILE)
+  try:
+    return json.loads(io.read_bytes(path)) if io.exists(path) else None
+  except ValueError:
+    return None
+
+
 def changed_fields(config, workdir: str | os.PathLike, *,
                    ignore: tuple[str, ...] = ('mode',)) -> list[str]:
   """'name old -> new' for every leaf field that differs from the workdir's config.json.
@@ -67,12 +76,8 @@ def changed_fields(config, workdir: str | os.PathLike, *,
   Empty when there is no config.json (or it is not JSON: it is then only replaced). `mode`
   is left out: an evaluate run of a training workdir differs in it by design.
   """
-  path = io.join(workdir, FILE)
-  if not io.exists(path):
-    return []
-  try:
-    saved = json.loads(io.read_bytes(path))
-  except ValueError:
+  saved = _saved(workdir)
+  if saved is None:
     return []
   before = dict(config_cli.field_items(saved))
   now = dict(config_cli.field_items(json.loads(config.to_json())))  # as config.json holds it
@@ -167,12 +172,8 @@ def check_same_program(config, workdir: str | os.PathLike) -> None:
   one trainer share nearly all (its configs/*.py differ in values; a field added since an
   older run is one of ~30); the three trainers share 10-26%.
   """
-  path = io.join(workdir, FILE)
-  try:
-    saved = json.loads(io.read_bytes(path)) if io.exists(path) else None
-  except ValueError:
-    return  # not ours to judge; written again by this run
-  if not isinstance(saved, dict):
+  saved = _saved(workdir)
+  if not isinstance(saved, dict):  # absent, or not ours to judge: written again by this run
     return
   mine, theirs = set(config.keys()), set(saved)
   if 2 * len(mine & theirs) < len(mine | theirs):
