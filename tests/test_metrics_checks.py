@@ -40,10 +40,11 @@ def test_correct_data_range_still_matches_skimage():
 
 
 @pytest.mark.parametrize('fn', [metrics.ssim, metrics.psnr])
-def test_boolean_data_range_is_refused(fn):
+@pytest.mark.parametrize('data_range', [True, '255'])
+def test_non_numeric_data_range_is_refused(fn, data_range):
   a, b = _pair()
-  with pytest.raises(UserInputError, match='data_range must be a number, got True'):
-    fn(a / 255.0, b / 255.0, data_range=True)
+  with pytest.raises(UserInputError, match=f'data_range must be a number, got {data_range!r}'):
+    fn(a, b, data_range=data_range)
 
 
 @pytest.mark.parametrize('fn', [metrics.ssim, metrics.mse, metrics.pixel_row_fid])

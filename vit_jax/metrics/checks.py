@@ -163,7 +163,8 @@ def resolve_data_range(a, b, data_range, *, metric: str) -> float:
 
 def check_data_range(data_range, *, metric: str) -> float:
   """The value range (max - min) of the images, e.g. 255.0 for uint8 or 1.0 for [0, 1]."""
-  if isinstance(data_range, (bool, np.bool_)):  # float(True) would silently give 1.0
+  # float(True) would silently give 1.0, and float('255') a number the caller never had.
+  if isinstance(data_range, (bool, np.bool_, str, bytes)):
     raise UserInputError(f'{metric}: data_range must be a number, got {data_range!r}.')
   try:
     value = float(data_range)
