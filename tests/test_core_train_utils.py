@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import struct
 import time
 
@@ -142,6 +143,58 @@ def test_resume_with_another_number_of_grain_workers(tmp_path):
                seek_data=lambda step: data.seek(with_workers, batches=step, global_batch_size=4))
   for _ in range(3):
     np.testing.assert_array_equal(next(with_workers)['image'], next(plain)['image'])
+  ckpt.close()
+
+
+def _three_checkpoints(directory):
+  ckpt = checkpointing.Checkpointer(directory, async_save=False)
+  state = {'params': {'w': jnp.arange(4096.0).reshape(64, 64)}, 'step': jnp.int32(0)}
+  for step in (1, 2, 3):
+    ckpt.save(step, state)
+  return ckpt, state
+
+
+def test_a_checkpoint_without_its_state_names_the_one_before(tmp_path):
+  ckpt, state = _three_checkpoints(tmp_path)
+  shutil.rmtree(tmp_path / '3' / 'state')
+  # Before: "does not match this run's model or optimizer ... use a new workdir", which
+  # would throw away a run whose steps 1 and 2 are intact.
+  for restore in (lambda: ckpt.restore(checkpointing.abstract_like(state)),
+                  lambda: ckpt.restore_part('params', checkpointing.abstract_like(
+                      state['params']))):
+    with pytest.raises(UserInputError, match=r'/3: this checkpoint cannot be read; it looks '
+                       r'damaged \(its state/ folder is missing\)\. Move it .* uses step 2'):
+      restore()
+  ckpt.close()
+
+
+def test_a_truncated_checkpoint_file_is_reported_as_damage(tmp_path):
+  ckpt, state = _three_checkpoints(tmp_path)
+  data_files = sorted((tmp_path / '3' / 'state').rglob('d/*'), key=lambda f: f.stat().st_size)
+  data_files[-1].write_bytes(data_files[-1].read_bytes()[:100])
+  # Before: orbax's bare Exception escaped (and hundreds of lines of its other reads).
+  with pytest.raises(UserInputError, match=r'/3: this checkpoint cannot be read; it looks '
+                     r'damaged \(ValueError: .*\).* uses step 2'):
+    ckpt.restore(checkpointing.abstract_like(state))
+  with pytest.raises(UserInputError, match='it looks damaged'):
+    ckpt.restore_part('params', checkpointing.abstract_like(state['params']))
+  np.testing.assert_array_equal(  # the step before is untouched
+      ckpt.restore(checkpointing.abstract_like(state), step=2)['params']['w'],
+      state['params']['w'])
+  ckpt.close()
+
+
+def test_a_checkpoint_of_another_optimizer_names_the_arrays(tmp_path):
+  ckpt, state = _three_checkpoints(tmp_path)
+  other = {**state, 'opt': {'mu': jnp.zeros((64, 64))}}
+  with pytest.raises(UserInputError, match=r'(?s)/3: the checkpoint does not match this run\'s '
+                     r'model or optimizer; its arrays differ \(1\):\n  opt/mu: not in the '
+                     r'checkpoint'):
+    ckpt.restore(checkpointing.abstract_like(other))
+  del other['opt'], other['step']
+  with pytest.raises(UserInputError, match=r'arrays differ \(1\):\n  step: in the checkpoint, '
+                     'not in this run'):
+    ckpt.restore(checkpointing.abstract_like(other))
   ckpt.close()
 
 

@@ -138,7 +138,7 @@ def test_resume_names_the_config_fields_that_changed(tiny_config, tmp_path, capl
   # Run on: the same command on a finished run would only say that it is complete.
   tiny_config.total_steps = 4
   tiny_config.generator.width = 8  # the checkpoint no longer fits
-  with pytest.raises(UserInputError, match=r"(?s)array shapes differ.*changed since the last "
+  with pytest.raises(UserInputError, match=r"(?s)arrays differ.*changed since the last "
                      r"run in this workdir .*: generator\.width 4 -> 8; total_steps 2 -> 4\."):
     main.run(tiny_config, workdir)
   tiny_config.generator.width = 4

@@ -182,7 +182,7 @@ def test_evaluate_closes_its_checkpointer_on_every_path(dataset, tmp_path,
   assert result['params'] == str(trained / 'model.npz')
   wider = helpers.tiny_config(dataset)
   wider.model.hidden_size = 12  # the checkpoint's arrays no longer fit
-  with pytest.raises(UserInputError, match='shapes differ'):
+  with pytest.raises(UserInputError, match='arrays differ'):
     train_loop.evaluate_only(wider, str(trained))
   assert train_loop.evaluate_only(helpers.tiny_config(dataset), str(trained))['test_examples'] \
       == 14

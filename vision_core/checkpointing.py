@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Callable
 
 import grain.python as grain
@@ -55,6 +56,29 @@ def _check_same_sampler(saved_state: dict[str, Any], current_state: dict[str, An
         'batch size, seed, dataset size or number of workers differs):\n'
         f'  checkpoint: {saved}\n  this run:   {current}\n'
         'Resume with the settings of the checkpoint, or start a new workdir.')
+
+
+def _first_lines(error: BaseException) -> str:
+  """`Type: first line` of the error at the root of `error`'s chain (orbax wraps the reader's
+  error, which names the array and the file, in a bare Exception), at most 300 characters."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  line = str(error).strip().split('\n')[0]
+  return (f'{type(error).__name__}: {line}' if line else type(error).__name__)[:300]
+
+
+def _quiet_orbax_reads() -> None:
+  """After one array of a checkpoint failed to read, orbax's other reads, still in flight,
+  fail as they are collected and Python prints each one ("Exception ignored in: <coroutine
+  object _read_array_index_and_device_put ...>": hundreds of lines under our one-line error).
+  Those and only those are dropped from then on."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if getattr(unraisable.object, '__qualname__', '').startswith('_read_array_index'):
+      return
+    previous(unraisable)
+  sys.unraisablehook = hook
 
 
 def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -125,7 +149,10 @@ class Checkpointer:
       # grain saves one position per process (`process_{i}-of-{n}.json`).
       name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
       saved = io.join(data_dir, name)
-      saved_state = json.loads(io.read_bytes(saved)) if io.exists(saved) else None
+      try:
+        saved_state = json.loads(io.read_bytes(saved)) if io.exists(saved) else None
+      except ValueError as e:
+        raise self._damaged(step, f'{name}: {e}') from None
       current_state = json.loads(data_iterator.get_state())
       if saved_state is not None and (seek_data is None or _layout(saved_state) ==
                                       _layout(current_state)):
@@ -153,7 +180,7 @@ class Checkpointer:
     if step is None:
       raise UserInputError(f'{self.directory}: no checkpoint to restore.')
     item = {key: abstract}
-    self._check_shapes(step, item)
+    self._check_shapes(step, item, partial=True)
     # The state item's own handler (StandardCheckpointHandler) restores whole trees only.
     handler = ocp.PyTreeCheckpointHandler()
     try:
@@ -162,41 +189,57 @@ class Checkpointer:
           args=ocp.args.PyTreeRestore(
               item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
               partial_restore=True))[key]
-    except (ValueError, KeyError) as e:
-      raise UserInputError(
-          f'{self.directory}/{step}: the checkpoint\'s {key} do not match this run\'s model '
-          f'({type(e).__name__}: {str(e)[:500]}); use the config of the run that wrote it.'
-      ) from None
+    except Exception as e:  # pylint: disable=broad-except
+      # Paths and shapes were checked above: what fails now is reading the files.
+      _quiet_orbax_reads()
+      raise self._damaged(step, _first_lines(e)) from None
     finally:
       handler.close()
 
-  def _check_shapes(self, step: int, abstract_state: Any) -> None:
+  def _check_shapes(self, step: int, abstract_state: Any, *, partial: bool = False) -> None:
     """Refuses a checkpoint whose arrays have other shapes than `abstract_state`'s, naming
     them. Orbax would stop at the first such array with a message that names none, and its
     reads of the others, still in flight, then print thousands of lines of tracebacks."""
+    if not io.isdir(io.join(self.directory, str(step), 'state')):
+      raise self._damaged(step, 'its state/ folder is missing')
     try:
       stored = self._manager.item_metadata(step)['state']
-    except Exception:  # pylint: disable=broad-except
-      return  # no readable metadata: orbax's restore says what is wrong
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._damaged(step, 'its metadata cannot be read: ' + _first_lines(e)) from None
     stored = _shapes_by_path(getattr(stored, 'tree', stored))
     wanted = _shapes_by_path(abstract_state)
-    differ = [f'  {path}: checkpoint {stored[path]}, this run {shape}'
-              for path, shape in wanted.items() if path in stored and stored[path] != shape]
+    # A whole state must be all the checkpoint holds; a part (restore_part) only be in it.
+    differ = [] if partial else [f'  {path}: in the checkpoint, not in this run'
+                                 for path in stored if path not in wanted]
+    differ = [f'  {path}: not in the checkpoint' for path in wanted if path not in stored] + [
+        f'  {path}: checkpoint {stored[path]}, this run {shape}'
+        for path, shape in wanted.items() if path in stored and stored[path] != shape] + differ
     if differ:
       more = f'\n  ... and {len(differ) - 8} more' if len(differ) > 8 else ''
       raise UserInputError(
           f'{self.directory}/{step}: the checkpoint does not match this run\'s model or '
-          f'optimizer; array shapes differ ({len(differ)}):\n' + '\n'.join(differ[:8]) +
+          f'optimizer; its arrays differ ({len(differ)}):\n' + '\n'.join(differ[:8]) +
           f'{more}\nUse a new workdir or the same config.')
+
+  def _damaged(self, step: int, reason: str) -> UserInputError:
+    """The error for a checkpoint that matches this run but cannot be read (a crash or a
+    full disk while it was copied, a file deleted): the way back to the one before it."""
+    earlier = [s for s in self.all_steps() if s < step]
+    then = (f'the run then uses step {earlier[-1]}, the one before' if earlier else
+            'there is no earlier checkpoint')
+    return UserInputError(
+        f'{self.directory}/{step}: this checkpoint cannot be read; it looks damaged ({reason}). '
+        f'Move it out of the checkpoint folder (e.g. mv {self.directory}/{step} '
+        f'{self.directory}-{step}.damaged) and run again: {then}.')
 
   def _restore(self, step: int, items: dict[str, Any]) -> Any:
     try:
       return self._manager.restore(step, args=ocp.args.Composite(**items))
-    except (ValueError, KeyError) as e:
-      raise UserInputError(
-          f'{self.directory}/{step}: the checkpoint does not match this run\'s model or '
-          f'optimizer ({type(e).__name__}: {str(e)[:500]}); use a new workdir or the same '
-          'config.') from None
+    except Exception as e:  # pylint: disable=broad-except
+      # _check_shapes has compared every path and shape with the checkpoint's metadata: what
+      # fails now is reading the arrays (orbax raises a bare Exception around the cause).
+      _quiet_orbax_reads()
+      raise self._damaged(step, _first_lines(e)) from None
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
