@@ -32,7 +32,7 @@ from vision_core import images as images_lib
 from vision_core import mesh as mesh_lib
 from vision_core import seeds
 from vision_core.errors import UserInputError, cli_errors
-from vision_core.io import check_can_write, path_arg
+from vision_core.io import check_can_write, check_not_an_input, path_arg
 
 SUFFIX = '.ganz'
 _WEIGHTS = os.path.join(os.path.dirname(__file__), 'weights')
@@ -240,11 +240,8 @@ def main(argv=None) -> None:
                            f'{[p for p, o in zip(args.images, outputs) if o in dupes]}; '
                            'compress them into different folders or rename them.')
     if args.report:  # --force must not let the JSON replace an input or a .ganz of this run.
-      same = [p for p in args.images + outputs
-              if os.path.abspath(p) == os.path.abspath(args.report)]
-      if same:
-        raise UserInputError(f'--report {args.report} is also {same[0]}, an input or output '
-                             'of this run; give the report another name.')
+      check_not_an_input(args.report, args.images + outputs + [args.generator],
+                         flag='--report')
     for out in outputs + ([args.report] if args.report else []):
       check_can_write(out, overwrite=args.force)  # Fail before any work is done.
     generator = generators.load(args.generator)

@@ -145,6 +145,15 @@ def test_bad_inputs_are_clear_messages(tiny_checkpoint, tmp_path):
     assess.main(['--originals', str(orig), '--reconstructions', str(recon), '--checkpoint',
                  ckpt, '--out', str(tmp_path / 'out')])
   assert not (tmp_path / 'out').exists()
+  # --force replaces old reports, not an input that has a report's name.
+  Image.fromarray(im).save(orig / 'report.png')
+  Image.fromarray(im).save(recon / 'report.png')
+  kept = (orig / 'report.png').read_bytes()
+  with pytest.raises(UserInputError, match=r'^--out \S*report\.png is also \S*report\.png, an '
+                     'input or output of this run'):
+    assess.main(['--originals', str(orig), '--reconstructions', str(recon), '--checkpoint',
+                 ckpt, '--out', str(orig), '--force', '--k', '3'])
+  assert (orig / 'report.png').read_bytes() == kept
 
 
 def test_checkpoint_with_model_json_beside_it(tmp_path):

@@ -210,10 +210,10 @@ def test_compress_report_never_replaces_an_input_or_output(gen_path, tmp_path, c
   Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
   before = image.read_bytes()
   out = tmp_path / 'out'
-  for report in (image, out / 'x.ganz'):
+  for report in (image, out / 'x.ganz', gpath):
     with pytest.raises(SystemExit):
       compress.main([str(image), '-o', str(out), '--generator', gpath, '--steps', '1',
                      '--restarts', '1', '--report', str(report), '--force'])
-    assert 'give the report another name' in capsys.readouterr().err
+    assert 'an input or output of this run; give it another name' in capsys.readouterr().err
   assert image.read_bytes() == before  # Before: the user's image became the JSON report.
   assert not out.exists()

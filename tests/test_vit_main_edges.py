@@ -180,6 +180,23 @@ def test_predict_names_a_missing_checkpoint_by_its_flag(tmp_path, capsys):
       f'--checkpoint {tmp_path} is a folder; did you mean {tmp_path / "model.npz"}?\n')
 
 
+def test_predict_csv_never_replaces_the_checkpoint_or_an_image(tmp_path, capsys):
+  from PIL import Image
+  from vit_jax import predict
+  checkpoint = _tiny_npz(tmp_path / 'm.npz')
+  image = tmp_path / 'images' / 'x.png'
+  image.parent.mkdir()
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+  kept = {p: p.read_bytes() for p in (tmp_path / 'm.npz', image)}
+  # Before: --force let the CSV replace them ("wrote m.npz").
+  for csv_path in (tmp_path / 'm.npz', image, tmp_path / 'images' / '..' / 'images' / 'x.png'):
+    with pytest.raises(SystemExit):
+      predict.main(['--checkpoint', checkpoint, '--model', 'testing', '--csv', str(csv_path),
+                    '--force', str(image.parent)])
+    assert 'an input or output of this run; give it another name' in capsys.readouterr().err
+  assert all(p.read_bytes() == data for p, data in kept.items())
+
+
 def test_resume_with_an_incompatible_change_names_the_changed_fields(tmp_path):
   dataset = helpers.write_dataset(tmp_path / 'ds')
   workdir = str(tmp_path / 'w')

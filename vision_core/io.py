@@ -199,6 +199,19 @@ def check_can_write(path: str | os.PathLike, *, overwrite: bool) -> None:
         '(pass overwrite=True / --force to replace it).')
 
 
+def check_not_an_input(path: str | os.PathLike, inputs, *, flag: str) -> None:
+  """Raises `UserInputError` if the output `path` is one of `inputs` (files this run reads
+  or writes): `--force` lets an output replace an old output, never the run's own files."""
+  def key(p):
+    p = os.fspath(p)
+    return p if is_uri(p) else os.path.realpath(p)
+  target = key(path)
+  same = next((os.fspath(p) for p in inputs if p and key(p) == target), None)
+  if same is not None:
+    raise UserInputError(f'{flag} {os.fspath(path)} is also {same}, an input or output of '
+                         'this run; give it another name.')
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = 'wb', *,
                  overwrite: bool = False) -> Iterator[IO]:

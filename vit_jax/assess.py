@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 from vision_core.errors import UserInputError, cli_errors
-from vision_core.io import atomic_write, check_can_write, path_arg
+from vision_core.io import atomic_write, check_can_write, check_not_an_input, path_arg
 from vit_jax import assess_io
 
 OUTPUTS = ('report.md', 'report.csv', 'report.png')
@@ -148,6 +148,11 @@ def main(argv=None) -> None:
   pairs, ignored = assess_io.load_pairs(args.originals, args.reconstructions,
                                         resize=args.resize, compressed=args.compressed,
                                         alpha_background=args.alpha_background)
+  read = [args.checkpoint, args.brisque_model, args.brisque_range] + [
+      p for pair in pairs for p in (pair.original_path, pair.reconstruction_path,
+                                    pair.compressed_path)]
+  for name in OUTPUTS:  # --force replaces old reports, never a file this run reads.
+    check_not_an_input(os.path.join(args.out, name), read, flag='--out')
   model, params, image_size, model_name = load_classifier(args.checkpoint, args.model)
   num_classes = int(np.shape(params['head']['bias'])[-1])
   if not 1 <= args.k <= num_classes:

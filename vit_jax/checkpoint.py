@@ -128,7 +128,7 @@ def resize_posemb(posemb: np.ndarray, num_tokens: int, *, has_class_token: bool)
   return np.concatenate([tok, grid.astype(posemb.dtype)], axis=1)
 
 
-def _model_json_path(checkpoint: str | os.PathLike) -> str:
+def model_json_path(checkpoint: str | os.PathLike) -> str:
   from vision_core import io  # pylint: disable=g-import-not-at-top
   return io.join(io.dirname(io.abspath(os.fspath(checkpoint))), 'model.json')
 
@@ -138,7 +138,7 @@ def model_json(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
   names, resolution, test preprocessing), for the checkpoint file `checkpoint`; None when
   there is none. A local path or a URI."""
   from vision_core import io  # pylint: disable=g-import-not-at-top
-  path = _model_json_path(checkpoint)
+  path = model_json_path(checkpoint)
   if not io.exists(path):
     return None
   try:
@@ -332,7 +332,7 @@ def load_for_inference(checkpoint: str | os.PathLike, *, model_name: str | None 
   else:
     meta = model_json(source) if meta is None else meta
     if meta is not None:
-      model_config, json_resolution, class_names = _meta_fields(meta, _model_json_path(source))
+      model_config, json_resolution, class_names = _meta_fields(meta, model_json_path(source))
       config = ml_collections.ConfigDict(model_config)
     else:
       config = models.get_model_config(infer_model_name(params, source=source,

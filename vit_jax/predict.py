@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     from vit_jax import checkpoint as vit_checkpoint  # pylint: disable=g-import-not-at-top
     vit_checkpoint.check_exists(args.checkpoint, label=f'--checkpoint {args.checkpoint}')
     paths = images_lib.expand_inputs(args.inputs)
+    if args.csv:  # --force replaces an old CSV, never the checkpoint or an image read here.
+      io.check_not_an_input(args.csv, paths + [args.checkpoint, args.labels,
+                                               vit_checkpoint.model_json_path(args.checkpoint)],
+                            flag='--csv')
     # Read once: it gives both the model and the test preprocessing. --model: a zoo model.
     meta = None if args.model else vit_checkpoint.model_json(args.checkpoint)
     model, params, names, resolution = load_model(
