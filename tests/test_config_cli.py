@@ -26,6 +26,18 @@ def test_config_spec_and_field_paths():
     config_cli.check_overrides(['--config.pp.crap=8'], config)
 
 
+def test_a_tuple_field_given_twice_is_refused():
+  config = ml_collections.ConfigDict({'batch': 8, 'mesh': (-1, 1)})
+  config_cli.check_overrides(['--config.batch=2', '--config.batch=4', '--config.mesh=(2,1)'],
+                             config)  # a scalar given twice: the last wins, as absl does
+  for argv in (['--config.mesh=(1,1)', '--config.mesh=(2,2)'],
+               ['--config.mesh', '(1,1)', '--config.mesh=(2,2)']):
+    # ml_collections would have made the mesh (1, 1, 2, 2).
+    with pytest.raises(UserInputError, match=r'^--config.mesh is given twice; give a tuple '
+                       'field once'):
+      config_cli.check_overrides(argv, config)
+
+
 @pytest.mark.parametrize('module, spec, message', [
     ('gan_jax.main', 'configs/gan.py:dcgan,mnist',
      '--config.lossx: no such config field. Did you mean loss? Valid fields: adam_b1'),

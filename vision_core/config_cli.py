@@ -45,7 +45,9 @@ def field_paths(config) -> Iterator[str]:
 
 def check_overrides(argv: list[str], config) -> None:
   """Fails with the list of valid fields if a `--config.X=...` names no field of `config`."""
-  valid = sorted(field_paths(config))
+  values = dict(field_items(config))
+  valid = sorted(values)
+  given = set()
   for arg in argv:
     if arg.startswith('--config.'):
       field = arg[len('--config.'):].split('=', 1)[0]
@@ -54,6 +56,12 @@ def check_overrides(argv: list[str], config) -> None:
         hint = f' Did you mean {", ".join(close)}?' if close else ''
         raise UserInputError(f'--config.{field}: no such config field.{hint} Valid fields: '
                              f'{", ".join(valid)}.')
+      # A repeated scalar override is taken last-wins, but ml_collections joins a repeated
+      # tuple's values: --config.mesh=(1,1) --config.mesh=(2,2) gave the mesh (1, 1, 2, 2).
+      if field in given and isinstance(values.get(field), (tuple, list)):
+        raise UserInputError(f'--config.{field} is given twice; give a tuple field once (its '
+                             'values would be joined into one tuple, not replaced).')
+      given.add(field)
 
 
 def config_spec(argv: list[str]) -> str | None:
