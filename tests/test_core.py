@@ -122,6 +122,23 @@ def test_multi_process_environment_errors_are_clear(monkeypatch, env, message):
   assert not jax.distributed.is_initialized()
 
 
+@pytest.mark.parametrize('env', [{'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': '1'},
+                                 {'JAX_PROCESS_ID': '0'}])
+def test_process_count_without_a_coordinator_is_refused(monkeypatch, env):
+  # Before: each process ran alone as process 0 of 1, all of them writing one workdir.
+  for name in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID',
+               'TPU_WORKER_HOSTNAMES', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  with pytest.raises(UserInputError, match='set but JAX_COORDINATOR_ADDRESS is not'):
+    mesh.initialize_distributed()
+  monkeypatch.setenv('JAX_NUM_PROCESSES', '1')  # one process of one: nothing to start
+  monkeypatch.delenv('JAX_PROCESS_ID', raising=False)
+  mesh.initialize_distributed()
+  assert not jax.distributed.is_initialized()
+
+
 def test_bare_coordinator_address_outside_a_cluster_is_a_clear_error():
   """JAX reads only the address from the environment; outside a TPU VM, SLURM or MPI it
   cannot tell the process count. (A fresh process: JAX must not have started yet.)"""

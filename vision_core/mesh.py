@@ -32,7 +32,16 @@ def initialize_distributed() -> None:
            or ',' in env.get('TPU_WORKER_HOSTNAMES', '')
            or int(env.get('SLURM_NTASKS', '1')) > 1
            or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1)
-  if not multi or jax.distributed.is_initialized():
+  if not multi:
+    # Without a coordinator every process would run alone as process 0 of 1, all writing
+    # the same workdir; the count and index say several were meant.
+    if env.get('JAX_NUM_PROCESSES', '1') not in ('', '1') or env.get('JAX_PROCESS_ID'):
+      raise UserInputError(
+          'JAX_NUM_PROCESSES / JAX_PROCESS_ID are set but JAX_COORDINATOR_ADDRESS is not: set '
+          "it to host:port of process 0's machine in every process (outside a TPU VM, SLURM "
+          'or MPI, which JAX detects itself).')
+    return
+  if jax.distributed.is_initialized():
     return
   # JAX itself reads only the coordinator's address from the environment; the count and the
   # index come from a detected cluster (TPU metadata, SLURM, MPI) or from these two.
