@@ -139,7 +139,7 @@ def search_latents(targets_uint8, generator: generators.Generator,
   b = len(targets)
   if b == 1:  # One image on one device: padding it for the mesh would only add copies.
     mesh = None
-  n = mesh.shape['data'] if mesh is not None else 1
+  n = mesh_lib.data_size(mesh) if mesh is not None else 1
   padded = -(-b // n) * n
   if padded != b:  # Copies of the last image (and its id): rows the caller never sees.
     targets = np.concatenate([targets, np.repeat(targets[-1:], padded - b, axis=0)])

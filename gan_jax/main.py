@@ -116,6 +116,10 @@ def _check_settings(config) -> None:
   if config.get('num_devices', 0) > jax.device_count():
     raise UserInputError(f'config.num_devices={config.num_devices}: expected at most the '
                          f'{jax.device_count()} devices there are (0: every device).')
+  if jax.process_count() > 1 and config.get('num_devices', 0) not in (0, jax.device_count()):
+    # The first devices are the first processes': the others would have none to feed.
+    raise UserInputError(f'config.num_devices={config.num_devices}: a run of '
+                         f'{jax.process_count()} processes uses every device (0).')
   if not 0 <= config.ema_decay < 1:
     raise UserInputError(f'config.ema_decay={config.ema_decay}: expected 0 <= ema_decay < 1 '
                          '(e.g. 0.995; 0 keeps no average).')

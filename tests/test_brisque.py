@@ -105,6 +105,12 @@ def test_features_on_a_jax_make_mesh_mesh():
                                 brisque_features(batch, threads=1))
 
 
+def test_a_mesh_without_a_data_axis_is_named():
+  import jax  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserInputError, match=r"mesh axes \('batch',\): expected a 'data' axis"):
+    brisque_features(_small_batch(), mesh=jax.make_mesh((8,), ('batch',)))  # was KeyError
+
+
 def test_sharded_over_mesh_and_float_input_match(shared_data):
   from vision_core.mesh import make_mesh  # pylint: disable=g-import-not-at-top
   model, ranges = _paths(shared_data)

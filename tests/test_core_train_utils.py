@@ -376,3 +376,29 @@ def test_sharding_rules():
   assert sharding.partition_specs(tree, mesh)['head']['kernel'] == P(None, None)
   with pytest.raises(UserInputError, match='expected one of'):
     sharding.partition_specs(tree, mesh, strategy='zero3')
+  # A mesh of the user's with one axis: no 'model' axis, no tensor parallelism (was KeyError).
+  data_only = jax.make_mesh((8,), ('data',))
+  assert sharding.partition_specs(tree, data_only, strategy='tp')['head']['kernel'] == P(None,
+                                                                                        None)
+  assert sharding.partition_specs(tree, jax.make_mesh((8,), ('batch',)), strategy='fsdp',
+                                  fsdp_min_size=1)['head']['kernel'] == P(None, None)
+
+
+def test_replication_note_says_what_the_strategy_does_not_split():
+  def block(heads, mlp):
+    return {'Transformer': {'encoderblock_0': {
+        'MultiHeadDotProductAttention_0': {'query': {'kernel': np.zeros((8, heads, 4))}},
+        'MlpBlock_0': {'Dense_0': {'kernel': np.zeros((8, mlp))}}}}}
+  # 2 heads and an MLP of 10 over a model axis of 4: nothing splits (a helper's sweep found
+  # a whole model axis idle, said only at INFO level).
+  note = sharding.replication_note(block(2, 10), mesh_lib.make_mesh((2, 4)), strategy='tp')
+  assert note.startswith("sharding 'tp': 2 array axes that tensor parallelism splits over "
+                         "'model' (4 devices) do not divide by it and are replicated (e.g. "
+                         'Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel axis 1 (10))')
+  assert sharding.replication_note(block(4, 16), mesh_lib.make_mesh((2, 4)),
+                                   strategy='fsdp_tp', fsdp_min_size=1) is None
+  note = sharding.replication_note(block(4, 16), mesh_lib.make_mesh((8, 1)), strategy='fsdp')
+  assert note == ("sharding 'fsdp': FSDP splits no parameter over 'data' (8 devices): each has "
+                  'fewer than 16384 values or no axis that divides by it.')
+  assert sharding.replication_note(block(2, 10), mesh_lib.make_mesh((2, 4)),
+                                   strategy='replicated') is None

@@ -80,11 +80,12 @@ def dataset(tmp_path_factory):
                                test_per_class=5, classes=('a', 'b', 'c'))
 
 
-def vit_argv(dataset, workdir, total_steps):
+def vit_argv(dataset, workdir, total_steps, **more):
   overrides = {'total_steps': total_steps, 'checkpoint_every': 100000, 'eval_every': 0,
                'progress_every': 1, 'batch': 8, 'batch_eval': 8, 'warmup_steps': 0,
                'decay_type': 'constant', 'base_lr': 0.05, 'pp.crop': 8, 'pp.resize': 8,
-               'pp.augment': 'pad_crop', 'model.patches.size': '(4,4)', 'mesh': '(-1,1)'}
+               'pp.augment': 'pad_crop', 'model.patches.size': '(4,4)', 'mesh': '(-1,1)',
+               **more}
   return (['vit_jax.main', '--config', f'configs/vit.py:testing,{dataset}',
            '--workdir', str(workdir)] + [f'--config.{k}={v}' for k, v in overrides.items()])
 
@@ -150,6 +151,19 @@ def test_vit_two_processes_match_one_and_survive_a_preemption_of_one(dataset, tm
   assert final_two['test_examples'] == final_one['test_examples'] == 15
   np.testing.assert_allclose(final_two['test_loss'], final_one['test_loss'], rtol=1e-5)
   assert final_two['test_accuracy'] == final_one['test_accuracy']
+
+
+def test_a_data_index_across_processes_is_refused(dataset, tmp_path):
+  # Mesh (1, 4) over 2 processes of 2 devices: one data index with both processes' devices.
+  # Each process fed it its own rows; JAX took them for copies of one shard, and the run
+  # trained on half of each batch and scored 8 of the 15 test images, with exit code 0.
+  argv = vit_argv(dataset, tmp_path / 'w', 2, mesh='(1,4)', sharding='tp')
+  codes, logs = finish(launch(argv, tmp_path / 'logs', processes=2, devices=2), tmp_path / 'logs')
+  assert codes == [2, 2], '\n'.join(log[-3000:] for log in logs)
+  for log in logs:
+    assert 'vit_jax.main: error: mesh (1, 4) over 2 processes: ' in log, log[-3000:]
+    assert 'e.g. (2, 2)' in log
+  assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
 
 
 def test_gan_two_processes_match_one(dataset, tmp_path):

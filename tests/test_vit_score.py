@@ -179,6 +179,17 @@ def test_sharded_over_mesh_matches(tiny_vit):
     np.testing.assert_allclose(explicit[name], plain[name], atol=1e-5)
 
 
+def test_a_mesh_without_a_data_axis_is_named(tiny_vit):
+  from vit_jax.metrics import vit_extractor  # pylint: disable=g-import-not-at-top
+  model, params = tiny_vit
+  a = _images(3, n=2)
+  batch_mesh = jax.make_mesh((8,), ('batch',))  # before: KeyError: 'data'
+  with pytest.raises(UserInputError, match=r"mesh axes \('batch',\): expected a 'data' axis"):
+    vit_scores(a, a, model, params, k=5, mesh=batch_mesh)
+  with pytest.raises(UserInputError, match=r"expected a 'data' axis"):
+    vit_extractor(model, params, mesh=batch_mesh)
+
+
 def test_resize_to_model_resolution(tiny_vit):
   model, params = tiny_vit
   x = np.random.default_rng(5).integers(0, 256, (2, 48, 40, 3), dtype=np.uint8)

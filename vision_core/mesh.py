@@ -7,6 +7,7 @@ function here is multi-host safe: each process feeds its own part of the global 
 
 from __future__ import annotations
 
+import collections
 import os
 from typing import Any, Sequence
 
@@ -147,18 +148,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(auto_axes(mesh), P())
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
-  """Leading (batch) axis split over 'data', the rest whole: `[B, ...]`."""
+def data_size(mesh: Mesh) -> int:
+  """The size of the mesh's 'data' axis, which batches are split over; a clear error for a
+  mesh (the user's own) that has none."""
   if 'data' not in mesh.axis_names:
     raise UserInputError(f"mesh axes {mesh.axis_names}: expected a 'data' axis to split "
                          "batches over, e.g. jax.make_mesh((n,), ('data',)) or "
                          'vision_core.mesh.make_mesh().')
+  return mesh.shape['data']
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+  """Leading (batch) axis split over 'data', the rest whole: `[B, ...]`."""
+  data_size(mesh)
   return NamedSharding(auto_axes(mesh), P('data', *([None] * (ndim - 1))))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, *, field: str = 'batch') -> None:
   """Raises a clear error if a global batch cannot be split evenly over the 'data' axis."""
-  n = mesh.shape['data']
+  n = data_size(mesh)
   if batch_size <= 0:  # 0 and -n divide evenly; the loader's message names no field.
     raise UserInputError(f'{field}={batch_size}: expected > 0 (a multiple of the {n} devices '
                          "of the mesh's data axis).")
@@ -166,6 +174,33 @@ def check_batch_size(batch_size: int, mesh: Mesh, *, field: str = 'batch') -> No
     raise UserInputError(
         f'{field}={batch_size} is not divisible by the {n} devices of the mesh\'s data axis; '
         f'use a multiple of {n} (e.g. {max(n, batch_size // n * n)}).')
+
+
+def check_data_rows_per_process(mesh: Mesh, *, field: str = 'mesh') -> None:
+  """Raises unless each index of the mesh's 'data' axis lies within one process, every
+  process holding as many.
+
+  Why: each process reads its own rows of every batch (vision_core.data), and `shard_batch`
+  puts them on the data indices of its own devices. A data index whose devices sit in two
+  processes would get two processes' different rows for one shard: JAX takes them for copies
+  of it and the run trains on half its batch and scores half its test split, silently.
+  """
+  processes = jax.process_count()
+  if processes == 1 or 'data' not in mesh.axis_names:  # (batch_sharding names the latter)
+    return
+  data = mesh.axis_names.index('data')
+  rows = np.moveaxis(mesh.devices, data, 0).reshape(mesh.devices.shape[data], -1)
+  owners = [{d.process_index for d in row} for row in rows]
+  per_process = collections.Counter(next(iter(o)) for o in owners if len(o) == 1)
+  if any(len(o) > 1 for o in owners) or sorted(per_process.values()) != (
+      [len(rows) // processes] * processes):
+    shape = tuple(mesh.devices.shape)
+    raise UserInputError(
+        f'{field} {shape} over {processes} processes: each process feeds its own images to its '
+        f'own indices of the data axis, so every index of it must lie within one process, and '
+        f'every process hold as many. Use a data size that is a multiple of {processes}, '
+        f'e.g. ({processes}, {mesh.devices.size // processes}), not a model axis across '
+        'processes.')
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
@@ -187,7 +222,8 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
           f"devices of the mesh's data axis; pad the batch to a multiple of {n}.")
     if jax.process_count() == 1:
       return jax.device_put(x, sharding)
-    return jax.make_array_from_process_local_data(sharding, x)
+    return jax.make_array_from_process_local_data(sharding, x, (rows, *x.shape[1:]))
+  check_data_rows_per_process(mesh, field='shard_batch: mesh')
   return jax.tree.map(put, batch)
 
 

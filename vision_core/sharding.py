@@ -15,7 +15,6 @@ optimizer state alike. A rule whose axis does not divide evenly falls back to re
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any, Sequence
 
@@ -53,7 +52,10 @@ def path_str(path: Sequence[Any]) -> str:
   return '/'.join(parts)
 
 
-def _tp_spec(path: str, shape: tuple[int, ...], mesh: Mesh, rules) -> list:
+def _tp_spec(path: str, shape: tuple[int, ...], mesh: Mesh, rules,
+             unsplit: list[str] | None = None) -> list:
+  """The rule's spec for `path`; axes that do not divide are replicated, and said in
+  `unsplit` as 'path axis i (size)'."""
   spec = [None] * len(shape)
   for pattern, rule in rules:
     if re.search(pattern, path):
@@ -62,15 +64,14 @@ def _tp_spec(path: str, shape: tuple[int, ...], mesh: Mesh, rules) -> list:
       for axis, name in enumerate(rule):
         if name is not None and shape[axis] % mesh.shape[name] == 0:
           spec[axis] = name
-        elif name is not None:
-          logging.info('sharding: %s axis %d (%d) not divisible by %s=%d; replicated.',
-                       path, axis, shape[axis], name, mesh.shape[name])
+        elif name is not None and unsplit is not None:
+          unsplit.append(f'{path} axis {axis} ({shape[axis]})')
       break
   return spec
 
 
 def _fsdp_spec(spec: list, shape: tuple[int, ...], mesh: Mesh, min_size: int) -> list:
-  n = mesh.shape['data']
+  n = mesh.shape.get('data', 1)  # (a mesh of the user's without one: nothing to split over)
   if n == 1 or int(np.prod(shape)) < min_size:
     return spec
   free = [a for a in range(len(shape)) if spec[a] is None and shape[a] % n == 0]
@@ -89,12 +90,38 @@ def partition_specs(tree: Any, mesh: Mesh, *, strategy: str = 'replicated',
   def leaf_spec(path, leaf):
     shape = tuple(np.shape(leaf))
     spec = [None] * len(shape)
-    if 'tp' in strategy and mesh.shape['model'] > 1:
+    if 'tp' in strategy and mesh.shape.get('model', 1) > 1:
       spec = _tp_spec(path_str(path), shape, mesh, tp_rules)
     if 'fsdp' in strategy:
       spec = _fsdp_spec(spec, shape, mesh, fsdp_min_size)
     return P(*spec)
   return jax.tree_util.tree_map_with_path(leaf_spec, tree)
+
+
+def replication_note(params: Any, mesh: Mesh, *, strategy: str,
+                     tp_rules: Sequence[tuple[str, tuple]] = TRANSFORMER_TP_RULES,
+                     fsdp_min_size: int = 2 ** 14) -> str | None:
+  """What `strategy` was chosen for but does not do on `mesh` for `params`, in one line, or
+  None: the tensor-parallel rules' axes that do not divide by the 'model' axis (e.g. 12
+  heads over 8 devices), or FSDP that splits no array over 'data'. Those arrays are
+  replicated: correct, but a run that chose the strategy to fit in memory should know."""
+  notes = []
+  if 'tp' in strategy and mesh.shape.get('model', 1) > 1:
+    unsplit = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+      _tp_spec(path_str(path), tuple(np.shape(leaf)), mesh, tp_rules, unsplit)
+    if unsplit:
+      notes.append(f"{len(unsplit)} array axes that tensor parallelism splits over 'model' "
+                   f"({mesh.shape['model']} devices) do not divide by it and are replicated "
+                   f'(e.g. {unsplit[0]}): pick a model axis that divides the heads and the '
+                   'MLP width')
+  if 'fsdp' in strategy and mesh.shape.get('data', 1) > 1:
+    specs = partition_specs(params, mesh, strategy='fsdp', fsdp_min_size=fsdp_min_size)
+    if not any('data' in spec for spec in jax.tree.leaves(
+        specs, is_leaf=lambda x: isinstance(x, P))):
+      notes.append(f"FSDP splits no parameter over 'data' ({mesh.shape['data']} devices): "
+                   f'each has fewer than {fsdp_min_size} values or no axis that divides by it')
+  return f'sharding {strategy!r}: ' + '; '.join(notes) + '.' if notes else None
 
 
 def named_shardings(tree: Any, mesh: Mesh, **kwargs) -> Any:

@@ -140,7 +140,14 @@ def _setup(config, num_classes: int, image_shape, mesh, *, pretrained: bool = Tr
   state, shardings = train_lib.create_train_state(
       model=model, tx=tx, image_shape=image_shape, mesh=mesh, seed=config.seed,
       strategy=config.sharding, init_params=init_params)
+  _warn_if_replicated(state.params, mesh, config)
   return model, tx, schedule, state, shardings
+
+
+def _warn_if_replicated(params, mesh, config) -> None:
+  note = sharding_lib.replication_note(params, mesh, strategy=config.sharding)
+  if note:
+    logging.warning('%s (config.mesh %s)', note, tuple(mesh.devices.shape))
 
 
 def make_mesh(config) -> jax.sharding.Mesh:
@@ -152,7 +159,9 @@ def make_mesh(config) -> jax.sharding.Mesh:
   if -1 not in shape and 0 < size < len(devices) and jax.process_count() == 1:
     logging.warning('mesh %s uses %d of the %d devices.', shape, size, len(devices))
     devices = devices[:size]
-  return mesh_lib.make_mesh(shape, devices)
+  mesh = mesh_lib.make_mesh(shape, devices)
+  mesh_lib.check_data_rows_per_process(mesh, field='mesh')
+  return mesh
 
 
 def _check_config(config, mesh) -> None:
@@ -360,6 +369,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
       # optimizer state would take memory, and this config's optimizer (and schedule) need not
       # be the training run's.
       params_shardings = sharding_lib.named_shardings(fresh, mesh, strategy=config.sharding)
+      _warn_if_replicated(fresh, mesh, config)
       try:
         params = ckpt.restore_part('params', jax.tree.map(
             lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),

@@ -226,7 +226,7 @@ def _check_images(images) -> None:
 
 
 def _pad_to_mesh(images, mesh):
-  n = mesh.shape['data']
+  n = mesh_lib.data_size(mesh)
   pad = -images.shape[0] % n
   images = np.asarray(images)
   if pad:

@@ -37,12 +37,14 @@ IMAGES_PER_BATCH = 64
 
 def _batched(fn, *, mesh=None) -> Extractor:
   """Runs jitted `fn` on a host batch; with a mesh, pads it to the 'data' size and shards it."""
+  if mesh is not None:
+    mesh_lib.data_size(mesh)  # a mesh without a 'data' axis: said now, not at the first call
   def run(images):
     images = np.asarray(images)
     if mesh is None:
       return np.asarray(fn(images))
     n = images.shape[0]
-    size = mesh.shape['data']
+    size = mesh_lib.data_size(mesh)
     padded = -(-n // size) * size
     if padded != n:
       images = np.concatenate([images, np.repeat(images[-1:], padded - n, axis=0)])
@@ -73,7 +75,8 @@ def inception_extractor(variables, *, data_range: float = 255.0, mesh=None,
     if data_range == 255.0:
       checks.check_float_levels(images, metric='inception_extractor', name='input')
     checks.check_within_range(images, data_range, metric='inception_extractor', name='input')
-    return _batched(apply, mesh=mesh)(images)
+    return batched(images)
+  batched = _batched(apply, mesh=mesh)  # (now: it checks the mesh)
   return run
 
 
@@ -93,7 +96,8 @@ def vit_extractor(model, params, *, mesh=None) -> Extractor:
     images_lib.check_batch(images, name='vit_extractor input', channels=(3,))
     checks.check_float_levels(images, metric='vit_extractor', name='input')
     checks.check_integer_levels(images, metric='vit_extractor', name='input')
-    return _batched(apply, mesh=mesh)(images)
+    return batched(images)
+  batched = _batched(apply, mesh=mesh)  # (now: it checks the mesh)
   return run
 
 

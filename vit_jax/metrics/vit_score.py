@@ -174,9 +174,9 @@ def vit_scores(original, reconstruction, model, params, k: int = 100, *,
   n = original.shape[0]
   step = batch_size
   if mesh is not None:
-    from vision_core.mesh import replicated  # pylint: disable=g-import-not-at-top
+    from vision_core.mesh import data_size, replicated  # pylint: disable=g-import-not-at-top
+    d = data_size(mesh)  # (first: a clear error for a mesh without a 'data' axis)
     params = jax.device_put(params, replicated(mesh))
-    d = mesh.shape['data']
     step = max(d, batch_size // d * d)
   out = {'top_k': [], 'weighted': [], 'cosine': []}
   for start in range(0, n, step):
@@ -184,7 +184,7 @@ def vit_scores(original, reconstruction, model, params, k: int = 100, *,
     m = a.shape[0]
     if mesh is not None:
       from vision_core.mesh import shard_batch  # pylint: disable=g-import-not-at-top
-      pad = -m % mesh.shape['data']
+      pad = -m % d
       if pad:
         a = np.concatenate([a, np.repeat(a[-1:], pad, 0)])
         b = np.concatenate([b, np.repeat(b[-1:], pad, 0)])
