@@ -205,6 +205,9 @@ def decode(data: bytes, *, source: str = '<bytes>') -> Compressed:
     latent = (np.float32(lo) + q.astype(np.float32) * np.float32(step)).astype(np.float32)
   if not np.all(np.isfinite(latent)):
     raise UserInputError(f'{source}: corrupt: the latent has NaN or infinite values.')
+  if not (h and w):  # encode writes 1..65535: a 0 here was written by something else
+    raise UserInputError(f'{source}: corrupt: image size {h}x{w} in the header; encode '
+                         'writes sides of at least 1 pixel.')
   return Compressed(latent.reshape(shape), gid, (h, w), quant)
 
 

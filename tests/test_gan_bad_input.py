@@ -59,6 +59,15 @@ def test_wrong_magic_and_version(good):
     fileformat.Quantization.parse('17bit')
 
 
+def test_a_zero_image_size_with_a_valid_crc_is_corrupt(good):
+  head = fileformat._HEAD  # pylint: disable=protected-access
+  fields = list(head.unpack_from(good))
+  fields[-2] = 0  # height 0: encode never writes it; decompress failed inside Pillow
+  body = head.pack(*fields) + good[head.size:-4]
+  with pytest.raises(UserInputError, match=r'x.ganz: corrupt: image size 0x28 in the header'):
+    fileformat.decode(body + struct.pack('<I', zlib.crc32(body)), source='x.ganz')
+
+
 def test_file_from_a_different_generator(gens, good):
   assert gens[0].identity != gens[1].identity
   with pytest.raises(UserInputError, match=r'x.ganz: made by generator [0-9a-f]{32}, but '
