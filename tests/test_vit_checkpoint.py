@@ -104,6 +104,65 @@ def test_pickled_npz_is_refused(tmp_path):
     checkpoint.load(path)
 
 
+def test_non_numeric_and_non_finite_arrays_are_refused_by_name(tmp_path):
+  model, config = _model()
+  params = random_params(model, 16)
+  flat = npz.flatten(params)
+  path = tmp_path / 'strings.npz'
+  np.savez(path, **{**flat, 'embedding/kernel': np.array(['abc'])})
+  # Before: "Dtype <U3 is not a valid JAX array type" from deep in JAX.
+  with pytest.raises(UserInputError, match=r"strings\.npz: entry 'embedding/kernel' has dtype "
+                     r'<U3; expected numeric arrays'):
+    checkpoint.load(path)
+  path = tmp_path / 'nan.npz'
+  broken = flat['Transformer/encoder_norm/scale'].copy()
+  broken[3] = np.nan
+  np.savez(path, **{**flat, 'Transformer/encoder_norm/scale': broken})
+  # Before: fine-tuning said "loss is nan at step 1; lower base_lr", predict printed nan%.
+  init = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 16, 16, 3)))['params']
+  with pytest.raises(UserInputError, match=r"nan\.npz: 1 arrays hold NaN or infinite values "
+                     r"\(e\.g\. 'Transformer/encoder_norm/scale'\)"):
+    checkpoint.load_pretrained(pretrained_path=path, init_params=init, model_config=config)
+
+
+def test_malformed_position_embeddings_and_keys_name_the_file(tmp_path):
+  model, config = _model()
+  params = random_params(model, 16)
+  init = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 16, 16, 3)))['params']
+  flat = npz.flatten(params)
+  key = 'Transformer/posembed_input/pos_embedding'
+  cases = [
+      # Before: "all the input arrays must have same number of dimensions" (np.concatenate).
+      ({key: flat[key][0]}, rf'2d\.npz: {key} has shape \(17, 32\), expected \[1, tokens, '
+                            r'width\]'),
+      # Before: "position embeddings: cannot resize ...", without the file.
+      ({key: flat[key][:, :6]}, rf'2d\.npz: {key}: cannot resize a grid of 5 tokens to 16'),
+      ({'Transformer': np.zeros(2)}, r"2d\.npz: key 'Transformer.*' is both an array and a "
+                                    'group of arrays'),
+  ]
+  for change, message in cases:
+    path = tmp_path / '2d.npz'
+    path.unlink(missing_ok=True)
+    np.savez(path, **{**flat, **change})
+    with pytest.raises(UserInputError, match=message):
+      checkpoint.load_pretrained(pretrained_path=path, init_params=init, model_config=config)
+
+
+def test_a_file_for_another_model_lists_twenty_keys_and_says_so(tmp_path):
+  model, _ = _model()
+  params = random_params(model, 16)
+  path = tmp_path / 'other.npz'
+  np.savez(path, **{k: np.zeros(v.shape[:-1] + (v.shape[-1] + 1,), v.dtype)
+                    for k, v in npz.flatten(params).items()})  # every key mis-shaped
+  with pytest.raises(UserInputError) as info:
+    checkpoint.load_params(path, params)
+  lines = str(info.value).splitlines()
+  total = len(npz.flatten(params))
+  assert f'({total} mismatched keys)' in lines[0] and len(lines) == 1 + 20 + 2
+  assert lines[-2] == f'  ... and {total - 20} more'
+  assert lines[-1].startswith('Most keys differ: is this file for another model')
+
+
 def test_missing_and_corrupt_files_are_clear_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match='nope.npz: no such checkpoint file'):
     checkpoint.load(tmp_path / 'nope.npz')

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests import vit_train_helpers as helpers
 from vit_jax import checkpoint as vit_checkpoint
@@ -107,7 +108,6 @@ def test_fine_tuning_from_the_workdirs_own_model_npz_is_refused(tmp_path):
 
 @pytest.mark.parametrize('mode', ['RGB', 'L'])
 def test_16_bit_grey_png_is_scaled_not_clipped(tmp_path, mode):
-  from PIL import Image
   from vision_core import images
   grey16 = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 257).astype(np.uint16)
   grey16[0, :3] = [0, 32768, 65535]
@@ -148,7 +148,6 @@ def test_help_lists_the_flags(module, flag):
 @pytest.mark.parametrize('flag, value', [('--batch', '0'), ('--top', '-1'),
                                          ('--resolution', '0')])
 def test_predict_rejects_non_positive_counts(tmp_path, capsys, flag, value):
-  from PIL import Image
   from vit_jax import predict
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'x.png')
   with pytest.raises(SystemExit) as exit_info:
@@ -156,6 +155,17 @@ def test_predict_rejects_non_positive_counts(tmp_path, capsys, flag, value):
                   flag, value, str(tmp_path / 'x.png')])
   assert exit_info.value.code == 2
   assert f'{flag} {value}: expected a positive whole number' in capsys.readouterr().err
+
+
+def test_predict_refuses_a_resolution_that_is_not_whole_patches(tmp_path, capsys):
+  from vit_jax import predict
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'x.png')
+  with pytest.raises(SystemExit):  # before: the last 8 pixels were silently cropped off
+    predict.main(['--checkpoint', _tiny_npz(tmp_path / 'm.npz'), '--model', 'testing',
+                  '--resolution', '40', str(tmp_path / 'x.png')])
+  assert capsys.readouterr().err.endswith(
+      'm.npz: resolution 40 (argument) is not a multiple of the 16-pixel patches; use e.g. '
+      '32.\n')
 
 
 def test_predict_names_a_missing_checkpoint_by_its_flag(tmp_path, capsys):
@@ -181,7 +191,6 @@ def test_predict_names_a_missing_checkpoint_by_its_flag(tmp_path, capsys):
 
 
 def test_predict_csv_never_replaces_the_checkpoint_or_an_image(tmp_path, capsys):
-  from PIL import Image
   from vit_jax import predict
   checkpoint = _tiny_npz(tmp_path / 'm.npz')
   image = tmp_path / 'images' / 'x.png'
@@ -238,7 +247,6 @@ def test_resume_or_evaluate_at_another_resolution_names_the_arrays_and_shapes(tm
 def test_predict_prepares_images_with_the_runs_test_ops(tmp_path, capsys):
   # predict always scaled to [-1, 1] after a plain resize, so a model evaluated with other
   # pp.test_ops got other inputs from predict than from the evaluation: other answers.
-  from PIL import Image
   from vit_jax import predict
   dataset = helpers.write_dataset(tmp_path / 'ds')
   workdir = tmp_path / 'w'

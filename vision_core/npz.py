@@ -17,6 +17,8 @@ from vision_core import io
 from vision_core.errors import UserInputError
 
 Tree = Mapping[str, Any]
+# check_matches lists this many mismatched keys; a wrong model size mismatches hundreds.
+MAX_LISTED = 20
 
 
 def flatten(tree: Tree, prefix: str = '') -> dict[str, Any]:
@@ -31,8 +33,9 @@ def flatten(tree: Tree, prefix: str = '') -> dict[str, Any]:
   return flat
 
 
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-  """`{'a/b': x}` -> `{'a': {'b': x}}`."""
+def unflatten(flat: Mapping[str, Any], *, source: str = '') -> dict[str, Any]:
+  """`{'a/b': x}` -> `{'a': {'b': x}}`. `source` (a file) prefixes the errors."""
+  where = f'{source}: ' if source else ''
   tree: dict[str, Any] = {}
   for name, value in flat.items():
     *parents, leaf = name.split('/')
@@ -40,9 +43,11 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     for part in parents:
       node = node.setdefault(part, {})
       if not isinstance(node, dict):
-        raise UserInputError(f'key {name!r}: {part!r} is both an array and a group of arrays.')
+        raise UserInputError(f'{where}key {name!r}: {part!r} is both an array and a group of '
+                             'arrays.')
     if isinstance(node.get(leaf), dict):  # else the array would replace the whole group
-      raise UserInputError(f'key {name!r}: {leaf!r} is both an array and a group of arrays.')
+      raise UserInputError(f'{where}key {name!r}: {leaf!r} is both an array and a group of '
+                           'arrays.')
     node[leaf] = value
   return tree
 
@@ -134,6 +139,9 @@ def check_matches(found: Tree, expected: Tree, *, source: str) -> None:
   """Raises `UserInputError` listing every mismatched key if the trees differ in structure."""
   lines = shape_mismatches(found, expected)
   if lines:
+    more = (f'\n  ... and {len(lines) - MAX_LISTED} more' if len(lines) > MAX_LISTED else '')
+    hint = ('\nMost keys differ: is this file for another model (size, patch or classifier)?'
+            if len(lines) > len(flatten(expected)) // 2 else '')
     raise UserInputError(
         f'{source}: the parameters do not match the model ({len(lines)} mismatched keys):\n'
-        + '\n'.join(lines))
+        + '\n'.join(lines[:MAX_LISTED]) + more + hint)

@@ -67,7 +67,24 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
   Never unpickles (`allow_pickle=False`); a missing, corrupt or pickle-holding file raises an
   error naming the file.
   """
-  return _fix_groupnorm(convert_pre_linen(npz.unflatten(npz.load_flat(path))))
+  flat = npz.load_flat(path)
+  _check_finite(flat, source=os.fspath(path))
+  return _fix_groupnorm(convert_pre_linen(npz.unflatten(flat, source=os.fspath(path))))
+
+
+def _check_finite(flat: Mapping[str, np.ndarray], *, source: str) -> None:
+  """Every array numeric and finite. A string array failed deep in JAX; NaN or infinite
+  weights (a diverged run's, or a damaged file's) would train to a NaN loss blamed on the
+  learning rate, or predict 'nan%' for every class."""
+  for key, value in flat.items():
+    if value.dtype.kind not in 'biuf':  # strings, bytes, dates, records
+      raise UserInputError(f'{source}: entry {key!r} has dtype {value.dtype}; expected '
+                           'numeric arrays (float, int or bool).')
+  bad = [k for k, v in flat.items() if v.dtype.kind == 'f' and not np.isfinite(v).all()]
+  if bad:
+    raise UserInputError(
+        f'{source}: {len(bad)} arrays hold NaN or infinite values (e.g. {bad[0]!r}); the '
+        'checkpoint is damaged or from a run that diverged.')
 
 
 def save(path: str | os.PathLike, params: Mapping[str, Any], *, overwrite: bool = False) -> None:
@@ -109,20 +126,23 @@ def interpolate_grid(grid: np.ndarray, new_size: int) -> np.ndarray:
   return out
 
 
-def resize_posemb(posemb: np.ndarray, num_tokens: int, *, has_class_token: bool) -> np.ndarray:
+def resize_posemb(posemb: np.ndarray, num_tokens: int, *, has_class_token: bool,
+                  source: str = 'position embeddings') -> np.ndarray:
   """Resizes `[1, N, D]` position embeddings to `[1, num_tokens, D]`.
 
   The class-token embedding (first row, when `has_class_token`) is kept as is; the patch
-  grid is interpolated bilinearly to the new square grid.
+  grid is interpolated bilinearly to the new square grid. `source` names them in errors.
   """
   posemb = np.asarray(posemb)
+  if posemb.ndim != 3 or posemb.shape[0] != 1:
+    raise UserInputError(f'{source}: shape {posemb.shape}, expected [1, tokens, width].')
   start = 1 if has_class_token else 0
   tok, grid = posemb[:, :start], posemb[0, start:]
   old, new = int(round(np.sqrt(len(grid)))), int(round(np.sqrt(num_tokens - start)))
   if old * old != len(grid) or new * new != num_tokens - start:
     raise UserInputError(
-        f'position embeddings: cannot resize a grid of {len(grid)} tokens to '
-        f'{num_tokens - start}; both must be square grids.')
+        f'{source}: cannot resize a grid of {len(grid)} tokens to {num_tokens - start}; both '
+        'must be square grids.')
   logging.info('Resizing position embedding grid %dx%d -> %dx%d', old, old, new, new)
   grid = interpolate_grid(grid.reshape(old, old, -1), new).reshape(1, new * new, -1)
   return np.concatenate([tok, grid.astype(posemb.dtype)], axis=1)
@@ -190,13 +210,17 @@ def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[
   posemb = transformer.get('posembed_input', {}).get('pos_embedding')
   expected = init_params.get('Transformer', {}).get('posembed_input', {}).get('pos_embedding')
   if posemb is not None and expected is not None and np.shape(posemb) != np.shape(expected):
+    if np.ndim(posemb) != 3:  # (before its width is read)
+      raise UserInputError(f'{source}: Transformer/posembed_input/pos_embedding has shape '
+                           f'{np.shape(posemb)}, expected [1, tokens, width].')
     if np.shape(posemb)[-1] != np.shape(expected)[-1]:
       raise UserInputError(
           f'{source}: pos_embedding width {np.shape(posemb)[-1]} != model width '
           f'{np.shape(expected)[-1]}; is this checkpoint for another model size?')
     has_token = model_config.get('classifier') in ('token', 'token_unpooled')
     transformer['posembed_input']['pos_embedding'] = resize_posemb(
-        posemb, np.shape(expected)[1], has_class_token=has_token)
+        posemb, np.shape(expected)[1], has_class_token=has_token,
+        source=f'{source}: Transformer/posembed_input/pos_embedding')
   npz.check_matches(restored, init_params, source=source)
   return restored
 
@@ -363,6 +387,12 @@ def load_for_inference(checkpoint: str | os.PathLike, *, model_name: str | None 
   else:
     resolution, resolution_from = input_size(model, params), 'position embeddings'
   resolution = int(resolution)
+  patch = int(config['patches']['size'][0])
+  if not config.get('resnet') and not config.get('conv_stem') and resolution % patch:
+    # The patch embedding would drop the last `resolution % patch` rows and columns.
+    raise UserInputError(
+        f'{source}: resolution {resolution} ({resolution_from}) is not a multiple of the '
+        f'{patch}-pixel patches; use e.g. {max(patch, resolution // patch * patch)}.')
   expected = jax.eval_shape(lambda: model.init(
       jax.random.key(0), np.zeros((1, resolution, resolution, 3), np.float32))['params'])
   npz.check_matches(params, expected, source=f'{source} (as {name}, {resolution} px)')
