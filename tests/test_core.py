@@ -104,6 +104,19 @@ def test_a_workdir_of_another_trainer_is_refused(tmp_path):
   run_config.check_same_program(configs['vit'], str(tmp_path / 'absent'))
 
 
+@pytest.mark.parametrize('text', ['{not json', '[1, 2]'])
+def test_a_damaged_config_json_is_refused_not_replaced(tmp_path, text):
+  # Before: read as absent, so the checks against the workdir's run were skipped unsaid and
+  # the file replaced.
+  (tmp_path / run_config.FILE).write_text(text)
+  config = ml_collections.ConfigDict({'batch': 8})
+  for check in (run_config.changed_fields, run_config.check_same_program):
+    with pytest.raises(UserInputError, match=r'config\.json: not a config saved by a run .*'
+                       'damaged. Restore it, or move it aside'):
+      check(config, str(tmp_path))
+  assert (tmp_path / run_config.FILE).read_text() == text
+
+
 @pytest.mark.parametrize('env, message', [
     ({'JAX_NUM_PROCESSES': '2'}, 'set both JAX_NUM_PROCESSES and JAX_PROCESS_ID'),
     ({'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': 'one'}, "JAX_PROCESS_ID='one': expected a"),
@@ -211,6 +224,18 @@ def test_atomic_write_gives_plain_open_permissions(tmp_path):
   finally:
     os.umask(old)
   assert os.stat(tmp_path / 'a.bin').st_mode & 0o777 == os.stat(tmp_path / 'b.bin').st_mode & 0o777
+
+
+def test_atomic_write_to_a_read_only_folder_names_the_file(tmp_path, monkeypatch):
+  def denied(**kwargs):  # what a read-only folder does (root, who runs CI, is never denied)
+    raise PermissionError(13, 'Permission denied', os.path.join(kwargs['dir'], '.a.json.x.tmp'))
+  monkeypatch.setattr(io.tempfile, 'mkstemp', denied)
+  # Before: "[Errno 13] Permission denied: '.../.a.json.x.tmp'", a file the user never named.
+  with pytest.raises(UserInputError, match=rf'^{re.escape(str(tmp_path))}/a\.json: cannot '
+                     rf'write there \(permission denied for the folder {re.escape(str(tmp_path))}'
+                     r'\)\.$'):
+    with io.atomic_write(tmp_path / 'a.json', 'w') as f:
+      f.write('{}')
 
 
 def test_flatten_unflatten_inverse():

@@ -228,9 +228,13 @@ def atomic_write(path: str | os.PathLike, mode: str = 'wb', *,
       yield f
     return
   directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp',
-                             dir=directory)
+  try:
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp',
+                               dir=directory)
+  except PermissionError:  # its message would name our hidden temporary file
+    raise UserInputError(f'{path}: cannot write there (permission denied for the folder '
+                         f'{directory}).') from None
   try:
     # mkstemp creates 0600 files; give the result the permissions a plain open() would.
     umask = os.umask(0)

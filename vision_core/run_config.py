@@ -61,19 +61,30 @@ def check_fields(config, rules, *, prefix: str = '') -> None:
 
 
 def _saved(workdir: str | os.PathLike):
-  """The workdir's config.json as parsed JSON; None where it is absent or not JSON."""
+  """The workdir's config.json as parsed JSON; None where it is absent.
+
+  One that is not JSON is refused: we write it atomically, so it was damaged or edited, and
+  replacing it would skip, unsaid, the checks of this run against the workdir's.
+  """
   path = io.join(workdir, FILE)
-  try:
-    return json.loads(io.read_bytes(path)) if io.exists(path) else None
-  except ValueError:
+  if not io.exists(path):
     return None
+  try:
+    saved = json.loads(io.read_bytes(path))
+  except ValueError as e:
+    saved = e
+  if not isinstance(saved, dict):
+    raise UserInputError(
+        f'{path}: not a config saved by a run ({saved}); this workdir\'s record of its run is '
+        'damaged. Restore it, or move it aside to have this run write its own.')
+  return saved
 
 
 def changed_fields(config, workdir: str | os.PathLike, *,
                    ignore: tuple[str, ...] = ('mode',)) -> list[str]:
   """'name old -> new' for every leaf field that differs from the workdir's config.json.
 
-  Empty when there is no config.json (or it is not JSON: it is then only replaced). `mode`
+  Empty when there is no config.json. `mode`
   is left out: an evaluate run of a training workdir differs in it by design.
   """
   saved = _saved(workdir)
