@@ -8,7 +8,7 @@
 # to the candidates still open. MLP_TILES (fused_mlp's --mlp-tiles, e.g. a past run's
 # OUT.best_tiles) skips mlp_kernels and uses those tiles.
 #
-#   bash bench/gpu_vit_variants.sh [OUT] [PROFILE_DIR]
+#   bash bench/gpu_vit_variants.sh [OUT] [PROFILE_DIR]     # -h, --help: this text
 #   MLP_TILES=mosaic:128,128,64,3/128,128,64,8,3 VARIANTS="ours flash fused_mlp \
 #     patch_matmul fused_norm all profile" BUDGET_S=420 bash bench/gpu_vit_variants.sh OUT DIR
 #
@@ -53,6 +53,26 @@
 # --xla_gpu_triton_gemm_any=true, --xla_gpu_cudnn_gemm_fusion_level=2,
 # --xla_gpu_cublas_fallback=false (does not compile: no Triton config for one dot).
 set -u
+case ${1:-} in
+  -h | --help)
+    # The usage is the header comment above: every line from the second up to `set -u`.
+    sed -n '2,/^set -u$/{/^#/s/^# \{0,1\}//p;}' "$0"
+    exit 0
+    ;;
+esac
+if (($# > 2)); then
+  echo "$0: error: expected at most OUT and PROFILE_DIR, got $# arguments (see --help)" >&2
+  exit 2
+fi
+# A word starting with '-' is a mistyped flag, not a path: taken as OUT it would start the
+# whole run and `rm -f` a file named after it.
+for arg in "$@"; do
+  if [[ $arg == -* ]]; then
+    echo "$0: error: unknown flag '$arg': the arguments are [OUT] [PROFILE_DIR]" \
+      "(a path starting with '-': write ./$arg; see --help)" >&2
+    exit 2
+  fi
+done
 OUT=${1:-gpu_vit_variants.jsonl}
 PROFILE_DIR=${2:-}
 BUDGET_S=${BUDGET_S:-360}
