@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -46,3 +48,21 @@ def test_gpu_vit_variants_refuses_flags_as_paths(args, forbidden_python, tmp_pat
   assert result.returncode == 2
   assert result.stdout == '' and len(result.stderr.strip().splitlines()) == 1, result.stderr
   assert 'error' in result.stderr and '--help' in result.stderr
+
+
+def test_gpu_mlp_kernels_quick_off_gpu_skips_mosaic_without_error_rows(tmp_path):
+  """--quick runs anywhere: off a GPU the Mosaic candidates are skipped with a note, not
+  recorded as error rows, and the Triton (interpreted) and XLA rows are all there."""
+  out = tmp_path / 'rows.jsonl'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO))
+  result = subprocess.run([sys.executable, str(REPO / 'bench' / 'gpu_mlp_kernels.py'),
+                           '--quick', '--out', str(out)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert not [r for r in rows if 'error' in r], rows
+  assert {(r['kernel'], r['impl']) for r in rows} == {
+      ('forward', 'xla'), ('backward', 'xla'), ('forward', 'pallas'), ('backward', 'pallas'),
+      ('mlp value_and_grad', 'xla'), ('mlp value_and_grad', 'fused')}
+  [note] = [line for line in result.stderr.splitlines() if 'mosaic:' in line]
+  assert 'skipped: Mosaic GPU needs a GPU' in note
