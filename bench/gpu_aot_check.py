@@ -53,6 +53,7 @@ import jax.numpy as jnp
 from bench.gpu_mlp_kernels import CANDIDATES, parse_tile_pair, parse_tiles
 from bench.gpu_suite import parse_flash_tiles
 from vision_core import gpu_target
+from vision_core.errors import cli_errors
 # pylint: enable=wrong-import-position
 
 OUR_KERNELS = re.compile(r'flash_attention_\w+|mlp_gemm_\w+|layer_norm_\w+')
@@ -344,6 +345,13 @@ def main():
   parser.add_argument('--igpt-batch', type=int, default=8)
   parser.add_argument('--out', help='append one JSON line per check here')
   args = parser.parse_args()
+  # A missing CUDA plugin (or a bad --out) is the user's to fix: one line, not the chained
+  # traceback of jax's topology lookup.
+  with cli_errors(parser.prog):
+    _run(args)
+
+
+def _run(args):
   if not os.environ.get('JAX_PLATFORMS'):
     # Compile only: run on the CPU, so that no GPU is looked for (nor taken, where one is).
     jax.config.update('jax_platforms', 'cpu')

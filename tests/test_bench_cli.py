@@ -66,3 +66,23 @@ def test_gpu_mlp_kernels_quick_off_gpu_skips_mosaic_without_error_rows(tmp_path)
       ('mlp value_and_grad', 'xla'), ('mlp value_and_grad', 'fused')}
   [note] = [line for line in result.stderr.splitlines() if 'mosaic:' in line]
   assert 'skipped: Mosaic GPU needs a GPU' in note
+
+
+def test_gpu_aot_check_without_the_cuda_plugin_says_so_in_one_line(monkeypatch, capsys):
+  """The topology lookup's failure (no jax CUDA plugin here, or made so) is one line and
+  status 2, not a chained traceback."""
+  from bench import gpu_aot_check  # pylint: disable=g-import-not-at-top
+  from vision_core.errors import UserInputError  # pylint: disable=g-import-not-at-top
+
+  def no_plugin(name, count=1):
+    del count
+    raise UserInputError(f"compiling for {name} needs jax's CUDA plugin (test)")
+  monkeypatch.setattr(gpu_aot_check.gpu_target, 'compile_only_devices', no_plugin)
+  monkeypatch.setattr(sys, 'argv', ['gpu_aot_check.py', '--sections', 'kernels'])
+  with pytest.raises(SystemExit) as exit_info:
+    gpu_aot_check.main()
+  assert exit_info.value.code == 2
+  captured = capsys.readouterr()
+  assert captured.err == ("gpu_aot_check.py: error: compiling for h100 needs jax's CUDA "
+                          'plugin (test)\n')
+  assert captured.out == ''
