@@ -86,3 +86,12 @@ def test_gpu_aot_check_without_the_cuda_plugin_says_so_in_one_line(monkeypatch, 
   assert captured.err == ("gpu_aot_check.py: error: compiling for h100 needs jax's CUDA "
                           'plugin (test)\n')
   assert captured.out == ''
+
+
+def test_gpu_suite_quick_uses_a_small_vit_batch():
+  """--quick is a CPU smoke test: a small ViT batch unless --vit-batch says otherwise."""
+  from bench import gpu_suite  # pylint: disable=g-import-not-at-top
+  assert gpu_suite.parse_args([]).vit_batch == 256
+  assert gpu_suite.parse_args(['--quick']).vit_batch == gpu_suite.QUICK_VIT_BATCH <= 16
+  assert gpu_suite.parse_args(['--quick', '--vit-batch', '32']).vit_batch == 32
+  assert gpu_suite.parse_args(['--vit-batch', '64']).vit_batch == 64
