@@ -79,7 +79,7 @@ def torch_conv_seconds(forward, targets, z0, steps: int) -> float:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--steps', type=int, default=50)
   parser.add_argument('--latent', type=int, default=128)

@@ -332,7 +332,7 @@ def section_igpt(args, device) -> list[dict]:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
   parser.add_argument('--target', default='h100', choices=list(gpu_target.TARGETS))
   parser.add_argument('--sections', nargs='+', default=['kernels', 'vit', 'igpt'],
                       choices=['kernels', 'vit', 'igpt'])

@@ -75,7 +75,7 @@ def _rel(a, b) -> float:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
   parser.add_argument('--out', help='append one JSON line per result here')
   parser.add_argument('--best', help='write the fastest tiles here')
   parser.add_argument('--quick', action='store_true', help='small shapes, interpreted')

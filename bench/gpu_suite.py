@@ -354,7 +354,7 @@ SECTIONS = {'env': section_env, 'vit_train': section_vit_train,
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
   parser.add_argument('--sections', nargs='+', default=list(SECTIONS), choices=list(SECTIONS))
   parser.add_argument('--out', help='append one JSON line per result here')
   parser.add_argument('--quick', action='store_true', help='tiny sizes: a smoke test')

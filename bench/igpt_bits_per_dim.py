@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
   parser.add_argument('--workdir', required=True, help='an igpt_jax.main run (params.npz)')
   parser.add_argument('--dataset', required=True, help='image folder or TFDS name')
   parser.add_argument('--image_size', type=int, required=True)

@@ -41,7 +41,7 @@ def best_of(fn, repeats: int) -> float:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
   parser.add_argument('--width', type=int, default=256)
   parser.add_argument('--heads', type=int, default=8)
   parser.add_argument('--layers', type=int, default=8)

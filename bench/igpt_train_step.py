@@ -86,7 +86,7 @@ def time_step(size: str, attention: str, args) -> dict:
 
 
 def main(argv=None) -> list:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
   parser.add_argument('--size', nargs='+', default=['tiny'], help='igpt_jax.model.SIZES names')
   parser.add_argument('--image', type=int, default=16, help='image side: image^2 tokens')
   parser.add_argument('--batch', type=int, default=64)

@@ -96,7 +96,7 @@ def ms_per_call(fn, reps):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--reps', type=int, default=30)
   args = parser.parse_args()

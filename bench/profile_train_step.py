@@ -100,7 +100,7 @@ def report(per_op, per_kind, hlo: str, top: int) -> list[str]:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
   parser.add_argument('--steps', type=int, default=2)
   parser.add_argument('--top', type=int, default=25)
   args = parser.parse_args()

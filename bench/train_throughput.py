@@ -168,7 +168,7 @@ def bench_torch(batch: int, warmup: int, steps: int, threads: int | None) -> dic
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--steps', type=int, default=10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import pathlib
@@ -95,3 +96,31 @@ def test_gpu_suite_quick_uses_a_small_vit_batch():
   assert gpu_suite.parse_args(['--quick']).vit_batch == gpu_suite.QUICK_VIT_BATCH <= 16
   assert gpu_suite.parse_args(['--quick', '--vit-batch', '32']).vit_batch == 32
   assert gpu_suite.parse_args(['--vit-batch', '64']).vit_batch == 64
+
+
+def _first_paragraph(path: pathlib.Path) -> str:
+  return (ast.get_docstring(ast.parse(path.read_text())) or '').split('\n\n', maxsplit=1)[0]
+
+
+# The bench scripts whose --help describes them with their docstring and whose first
+# paragraph runs over more than one line: the ones a first-line description would cut short.
+_MULTILINE_DESCRIPTIONS = sorted(
+    p.name for p in (REPO / 'bench').glob('*.py')
+    if 'description=__doc__' in p.read_text() and '\n' in _first_paragraph(p))
+
+
+def test_multiline_descriptions_found():
+  # An empty list would make the test below vacuous.
+  assert {'igpt_probe.py', 'gpu_aot_check.py', 'pgan_conv_layers.py'} <= set(
+      _MULTILINE_DESCRIPTIONS)
+
+
+@pytest.mark.parametrize('name', _MULTILINE_DESCRIPTIONS)
+def test_help_describes_the_script_with_its_whole_first_paragraph(name):
+  result = subprocess.run([sys.executable, str(REPO / 'bench' / name), '--help'],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO)))
+  assert result.returncode == 0, result.stderr
+  # argparse rewraps the description: compare the words.
+  assert ' '.join(_first_paragraph(REPO / 'bench' / name).split()) in ' '.join(
+      result.stdout.split())
