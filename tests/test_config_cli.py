@@ -59,6 +59,19 @@ def test_every_trainer_reports_a_bad_command_line_in_one_line(tmp_path, module, 
   assert not (tmp_path / 'w').exists()
 
 
+def test_a_parsed_command_line_with_a_tuple_given_twice_is_refused(tmp_path):
+  # absl parses it: ml_collections joins the two, and the mesh was (1, 1, 2, 4).
+  result = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.main', '--config', 'configs/vit.py:testing,cifar10',
+       '--workdir', str(tmp_path / 'w'), '--config.mesh=(1,1)', '--config.mesh=(2,4)'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.endswith('vit_jax.main: error: --config.mesh is given twice; give a '
+                                'tuple field once (its values would be joined into one '
+                                'tuple, not replaced).\n'), result.stderr[-2000:]
+  assert not (tmp_path / 'w').exists()
+
+
 @pytest.mark.parametrize('module, args, message', [
     ('vit_jax.main', ['--config', 'configs/vit.py:ViT-B_16,cifar10'],
      '--workdir: required, e.g. --config configs/vit.py:ViT-B_16,cifar10 --workdir'),

@@ -173,6 +173,8 @@ def parse_flags(argv: list[str], *, example: str,
     raise UserInputError(f'bad command line: {e}') from None
   expand_user_flags(path_flags, comma_lists=comma_lists)
   config = flags.FLAGS['config'].value if 'config' in flags.FLAGS else None
+  if hasattr(config, 'items'):
+    check_overrides(argv[1:], config)  # parsed, but a repeated tuple field was joined
   if hasattr(config, 'items') and 'seed' in config:
     # Checked before the run starts: a trainer seeds its model (and Image GPT its palette
     # fit) before the data loader, which would otherwise be the first to refuse it.
