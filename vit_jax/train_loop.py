@@ -364,12 +364,13 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     model = build_model(config, num_classes)
     fresh = jax.eval_shape(lambda: model.init(
         jax.random.key(0), jnp.zeros((1, *image_shape)), train=False)['params'])
+    # As training places them: a model that needs FSDP to fit is scored with FSDP.
+    params_shardings = sharding_lib.named_shardings(fresh, mesh, strategy=config.sharding)
+    _warn_if_replicated(fresh, mesh, config)
     if step is not None:
       # The checkpoint holds the weights; don't load pretrained too. Only they are read: the
       # optimizer state would take memory, and this config's optimizer (and schedule) need not
       # be the training run's.
-      params_shardings = sharding_lib.named_shardings(fresh, mesh, strategy=config.sharding)
-      _warn_if_replicated(fresh, mesh, config)
       try:
         params = ckpt.restore_part('params', jax.tree.map(
             lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
@@ -378,9 +379,8 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
         raise UserInputError(f'{e}{run_config.describe_changes(config, workdir)}') from None
       source = f'{ckpt_dir} step {step}'
     elif config.pretrained:
-      params = vit_checkpoint.load_params(config.pretrained, fresh)
-      params_shardings = jax.tree.map(lambda _: mesh_lib.replicated(mesh), params)
-      params = jax.device_put(params, params_shardings)
+      params = jax.device_put(vit_checkpoint.load_params(config.pretrained, fresh),
+                              params_shardings)
       source = config.pretrained
     else:
       exported = io.join(workdir, 'model.npz')  # kept where the checkpoints were deleted
