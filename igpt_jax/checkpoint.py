@@ -53,6 +53,11 @@ def is_optimizer_state(name: str) -> bool:
   return bool(_OPTIMIZER_PARTS.intersection(parts)) or parts[-1] in _OPTIMIZER_NAMES
 
 
+# The variables `model_from_params` reads sizes from: their rank and layout.
+_SIZE_LAYOUTS = {'wte': (2, '[vocab, D]'), 'wpe': (2, '[n_ctx, D]'),
+                 'h0/attn/q_proj': (3, '[H, D/H, D]'), 'clf/wclf': (2, '[classes, D]')}
+
+
 def model_from_params(flat: Mapping[str, Any], *, source: str,
                       num_heads: Optional[int] = None, dtype=None) -> igpt_model.ImageGPT:
   """An `ImageGPT` with the sizes of flat parameters (`h0/attn/q_proj` gives the heads)."""
@@ -61,6 +66,10 @@ def model_from_params(flat: Mapping[str, Any], *, source: str,
   if missing:
     raise UserInputError(f'{source}: cannot tell the model size; missing {", ".join(missing)} '
                          f'(found {len(flat)} variables: {", ".join(sorted(flat)[:8])}...).')
+  bad = [f'{k} has shape {np.shape(flat[k])}, expected {layout}'
+         for k, (rank, layout) in _SIZE_LAYOUTS.items() if k in flat and np.ndim(flat[k]) != rank]
+  if bad:
+    raise UserInputError(f'{source}: cannot tell the model size: {"; ".join(bad)}.')
   layers = {int(m.group(1)) for k in flat if (m := re.match(r'h(\d+)/', k))}
   kwargs = dict(
       width=int(np.shape(flat['wte'])[1]),
@@ -71,6 +80,9 @@ def model_from_params(flat: Mapping[str, Any], *, source: str,
       bert='sos' not in flat)
   if dtype is not None:
     kwargs['dtype'] = dtype
+  if kwargs['num_heads'] < 1:
+    raise UserInputError(f'{source}: h0/attn/q_proj has shape {np.shape(flat["h0/attn/q_proj"])}'
+                         ', expected [H, D/H, D] with at least one head.')
   if kwargs['width'] % kwargs['num_heads']:
     raise UserInputError(f'{source}: width {kwargs["width"]} is not divisible by '
                          f'{kwargs["num_heads"]} heads.')
@@ -185,8 +197,8 @@ def hf_to_flat(state: Mapping[str, np.ndarray], *, num_heads: int, source: str) 
     elif m and m.group(2) in ('mlp.c_fc', 'mlp.c_proj'):
       flat[f'h{m.group(1)}/{m.group(2).replace(".", "/")}/w'] = value
     elif m and m.group(2) in ('attn.c_attn', 'attn.c_proj'):
-      d = value.shape[0]
-      if d % num_heads or value.shape[1] != (3 * d if 'c_attn' in key else d):
+      d = value.shape[0] if value.ndim == 2 else 0
+      if value.ndim != 2 or d % num_heads or value.shape[1] != (3 * d if 'c_attn' in key else d):
         problems.append(f'  shape    {key}: expected [D, {"3D" if "c_attn" in key else "D"}] '
                         f'with D divisible by n_head={num_heads}, found {value.shape}')
         continue
