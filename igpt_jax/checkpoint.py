@@ -144,15 +144,35 @@ def openai_names(params) -> dict[str, np.ndarray]:
   return {'model/' + k: np.asarray(v) for k, v in npz.flatten(params).items()}
 
 
+def _read_json_object(path: str, what: str) -> dict:
+  """A JSON file that must hold an object (`what` says which, for the message)."""
+  with open(path, encoding='utf-8') as f:
+    try:
+      value = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise UserInputError(f'{path}: not valid JSON ({e}).') from None
+  if not isinstance(value, dict):
+    found = {list: 'an array', str: 'a string', bool: 'a boolean', type(None): 'null'}.get(
+        type(value), 'a number')
+    raise UserInputError(f'{path}: expected a JSON object ({what}), found {found}.')
+  return value
+
+
+# The integer fields of HF's config.json read here: n_head for the heads, the others to
+# compare with the weights' shapes.
+HF_INT_FIELDS = ('n_head', 'n_layer', 'n_embd', 'vocab_size', 'n_positions')
+
+
 def _hf_config(path: str) -> dict:
   config_path = os.path.join(os.path.dirname(path), 'config.json')
   if not os.path.exists(config_path):
     return {}
-  with open(config_path, encoding='utf-8') as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise UserInputError(f'{config_path}: not valid JSON ({e}).') from None
+  config = _read_json_object(config_path, "HF's ImageGPTConfig, as save_pretrained writes it")
+  for key in HF_INT_FIELDS:
+    value = config.get(key)
+    if key in config and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+      raise UserInputError(f'{config_path}: {key} must be a positive integer, found {value!r}.')
+  return config
 
 
 # ImageGPTConfig fields that change HF's forward pass, with the values that give the
@@ -239,14 +259,15 @@ def _read_hf_shards(index_path: str) -> dict[str, np.ndarray]:
   """The tensors of a sharded save (`save_pretrained` splits big models, such as
   imagegpt-large in float32, into `model-0000k-of-0000n.safetensors` (or `.bin`) files listed
   by the index)."""
-  with open(index_path, encoding='utf-8') as f:
-    try:
-      weight_map = json.load(f).get('weight_map')
-    except json.JSONDecodeError as e:
-      raise UserInputError(f'{index_path}: not valid JSON ({e}).') from None
+  weight_map = _read_json_object(index_path, 'a sharded save\'s index').get('weight_map')
   if not isinstance(weight_map, dict) or not weight_map:
     raise UserInputError(f'{index_path}: expected a "weight_map" of tensor names to shard '
                          'files, as transformers writes it.')
+  bad = [f'{name!r}: {shard!r}' for name, shard in weight_map.items()
+         if not isinstance(shard, str) or not shard]
+  if bad:
+    raise UserInputError(f'{index_path}: "weight_map" values must be shard file names, '
+                         f'found {", ".join(bad[:3])}.')
   state = {}
   for shard in sorted(set(weight_map.values())):
     state.update(_read_hf_file(os.path.join(os.path.dirname(index_path), shard)))

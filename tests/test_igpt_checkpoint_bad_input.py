@@ -3,6 +3,8 @@
 Files are written as tests/test_igpt_checkpoint.py writes them (`write_bundle`, `write_hf`).
 """
 
+import json
+
 import numpy as np
 import pytest
 from safetensors import numpy as st_numpy
@@ -54,3 +56,44 @@ def test_hf_attention_weight_of_the_wrong_rank_is_named(tmp_path, flat):
   with pytest.raises(UserInputError, match=r'model\.safetensors: not a loadable ImageGPT .*\n'
                      r'.*h\.0\.attn\.c_attn\.weight: expected \[D, 3D\] .* found \(96,\)'):
     checkpoint.load(tmp_path / 'hf')
+
+
+@pytest.mark.parametrize('config, expected', [
+    ([1, 2], r'config\.json: expected a JSON object \(HF\'s ImageGPTConfig.*\), found an array'),
+    ('n_head="2"', r'config\.json: n_head must be a positive integer, found \'2\''),
+    ('n_head=0', r'config\.json: n_head must be a positive integer, found 0'),
+    ('n_layer=true', r'config\.json: n_layer must be a positive integer, found True'),
+    ('n_embd=32.0', r'config\.json: n_embd must be a positive integer, found 32\.0'),
+    ('vocab_size=null', r'config\.json: vocab_size must be a positive integer, found None'),
+], ids=['list', 'n_head-string', 'n_head-zero', 'n_layer-bool', 'n_embd-float', 'vocab-null'])
+def test_malformed_hf_configs_are_named(tmp_path, flat, config, expected):
+  """A list crashed with AttributeError (`.get`), a string n_head with TypeError."""
+  write_hf(tmp_path / 'hf', flat, num_heads=4)
+  config_path = tmp_path / 'hf' / 'config.json'
+  if isinstance(config, str):
+    key, value = config.split('=')
+    config = {**json.loads(config_path.read_text()), key: json.loads(value)}
+  config_path.write_text(json.dumps(config))
+  with pytest.raises(UserInputError, match=expected):
+    checkpoint.load(tmp_path / 'hf')
+
+
+@pytest.mark.parametrize('index, expected', [
+    ([1], r'index\.json: expected a JSON object \(a sharded save\'s index\), found an array'),
+    ({'weight_map': {'lm_head.weight': 3}},
+     r'index\.json: "weight_map" values must be shard file names, found \'lm_head\.weight\': 3'),
+    ({'weight_map': []}, r'index\.json: expected a "weight_map" of tensor names to shard files'),
+], ids=['list', 'shard-number', 'map-list'])
+def test_malformed_shard_indexes_are_named(tmp_path, flat, index, expected):
+  """A list crashed with AttributeError, a number for a shard with TypeError."""
+  write_hf(tmp_path / 'hf', flat, num_heads=4)
+  (tmp_path / 'hf' / 'model.safetensors').rename(tmp_path / 'hf' / 'model-1-of-1.safetensors')
+  index_path = tmp_path / 'hf' / checkpoint.HF_SHARD_INDEX
+  index_path.write_text(json.dumps(index))
+  with pytest.raises(UserInputError, match=expected):
+    checkpoint.load(tmp_path / 'hf')
+  # The same save with a well-formed index loads.
+  state = st_numpy.load_file(str(tmp_path / 'hf' / 'model-1-of-1.safetensors'))
+  index_path.write_text(json.dumps({'weight_map': {k: 'model-1-of-1.safetensors'
+                                                   for k in state}}))
+  checkpoint.load(tmp_path / 'hf')
