@@ -190,6 +190,25 @@ def check_hf_config(config: Mapping[str, Any], *, source: str) -> None:
                          'forward pass only, so these weights would give other logits.')
 
 
+def check_hf_config_sizes(config: Mapping[str, Any], flat: Mapping[str, Any], *,
+                          config_path: str, weights_path: str) -> None:
+  """Raises `UserInputError` where config.json's sizes disagree with the weights (in our
+  flat names). n_head is not among them: the shapes only show that it divides n_embd."""
+  layers = {int(m.group(1)) for k in flat if (m := re.match(r'h(\d+)/', k))}
+  shown = {'n_layer': (max(layers) + 1 if layers else 0, 'the weights hold {} layers')}
+  if np.ndim(flat.get('wte')) == 2:
+    rows, width = np.shape(flat['wte'])
+    shown['n_embd'] = (width, 'the weights are {} wide')
+    shown['vocab_size'] = (rows + 1, 'wte.weight has {} rows')  # HF's has sos as its last.
+  if np.ndim(flat.get('wpe')) == 2:
+    shown['n_positions'] = (np.shape(flat['wpe'])[0], 'wpe.weight has {} rows')
+  bad = [f'{key}={config[key]} but {said.format(found)}' for key, (found, said) in shown.items()
+         if key in config and config[key] != found]
+  if bad:
+    raise UserInputError(f'{config_path} does not describe the weights in {weights_path}: '
+                         f'{"; ".join(bad)}.')
+
+
 def hf_to_flat(state: Mapping[str, np.ndarray], *, num_heads: int, source: str) -> dict:
   """HF ImageGPT tensors (`transformer.` prefix optional) -> our flat names."""
   state = {k[len('transformer.'):] if k.startswith('transformer.') else k: v
@@ -306,6 +325,8 @@ def load_hf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = N
                          'config.json beside the file or pass num_heads.')
   state = _read_hf_shards(path) if path.endswith('.json') else _read_hf_file(path)
   flat = hf_to_flat(state, num_heads=num_heads, source=path)
+  check_hf_config_sizes(config, flat, weights_path=path,
+                        config_path=os.path.join(os.path.dirname(path), 'config.json'))
   return _finish(flat, model, path, num_heads=num_heads, need_lm_head=need_lm_head)
 
 

@@ -97,3 +97,24 @@ def test_malformed_shard_indexes_are_named(tmp_path, flat, index, expected):
   index_path.write_text(json.dumps({'weight_map': {k: 'model-1-of-1.safetensors'
                                                    for k in state}}))
   checkpoint.load(tmp_path / 'hf')
+
+
+@pytest.mark.parametrize('field, value, expected', [
+    ('n_layer', 7, 'n_layer=7 but the weights hold 2 layers'),
+    ('n_embd', 64, 'n_embd=64 but the weights are 32 wide'),
+    ('vocab_size', 257, 'vocab_size=257 but wte.weight has 513 rows'),
+    ('n_positions', 8, 'n_positions=8 but wpe.weight has 16 rows'),
+])
+def test_hf_config_sizes_must_match_the_weights(tmp_path, flat, field, value, expected):
+  """A config.json saying 7 layers beside weights of 2 loaded as if all were well."""
+  write_hf(tmp_path / 'hf', flat, num_heads=4)
+  config_path = tmp_path / 'hf' / 'config.json'
+  config = json.loads(config_path.read_text())
+  assert (config['n_layer'], config['n_embd'], config['vocab_size'], config['n_positions']) == (
+      2, 32, 513, 16)  # What write_hf wrote, from the weights: these load.
+  checkpoint.load(tmp_path / 'hf')
+  config_path.write_text(json.dumps({**config, field: value}))
+  with pytest.raises(UserInputError) as e:
+    checkpoint.load(tmp_path / 'hf')
+  assert str(e.value) == (f'{config_path} does not describe the weights in '
+                          f'{tmp_path / "hf" / "model.safetensors"}: {expected}.')
