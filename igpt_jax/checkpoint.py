@@ -120,8 +120,11 @@ def _finish(flat, model, source, num_heads=None, need_lm_head=True):
 
 
 def load_openai_tf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = None,
-                   verify_checksums: bool = False, need_lm_head: bool = True):
+                   verify_checksums: bool = True, need_lm_head: bool = True):
   """OpenAI's released checkpoint (`PREFIX`, `PREFIX.index` or its directory).
+
+  Each tensor's crc32c is checked (`tf_bundle.read_bundle`); `verify_checksums=False` skips
+  that, for a checkpoint already checked.
 
   Returns:
     `(params, model)`.

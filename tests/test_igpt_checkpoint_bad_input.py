@@ -118,3 +118,22 @@ def test_hf_config_sizes_must_match_the_weights(tmp_path, flat, field, value, ex
     checkpoint.load(tmp_path / 'hf')
   assert str(e.value) == (f'{config_path} does not describe the weights in '
                           f'{tmp_path / "hf" / "model.safetensors"}: {expected}.')
+
+
+def test_a_flipped_bit_in_a_tf_data_shard_is_caught_by_default(tmp_path, flat):
+  """TensorFlow checks each tensor's crc32c; this reader did so only when asked, so a damaged
+  download loaded silently, with one wrong weight."""
+  arrays = {'model/' + k: np.asarray(v) for k, v in flat.items()}
+  write_bundle(tmp_path / 'model.ckpt-1', arrays, num_shards=2)
+  first = sorted(arrays)[0]  # write_bundle puts it at the start of shard 0.
+  shard = tmp_path / 'model.ckpt-1.data-00000-of-00002'
+  data = bytearray(shard.read_bytes())
+  data[5] ^= 0x10
+  shard.write_bytes(bytes(data))
+  with pytest.raises(UserInputError) as e:
+    checkpoint.load(tmp_path / 'model.ckpt-1')
+  assert str(e.value).startswith(f'{shard}: tensor {first!r} fails its crc32c checksum')
+  # The opt-out reads the damaged bytes as they are.
+  params, _ = checkpoint.load_openai_tf(tmp_path / 'model.ckpt-1', verify_checksums=False)
+  damaged = npz.flatten(params)[first[len('model/'):]]
+  assert np.sum(damaged != flat[first[len('model/'):]]) == 1
