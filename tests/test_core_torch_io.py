@@ -40,7 +40,7 @@ def test_tensors_come_back_as_numpy(tmp_path):
 
 def test_safe_globals_come_back_as_dicts(tmp_path):
   torch.save({'config': TrainingConfig(5), 'w': torch.ones(1)}, tmp_path / 'c.pth')
-  with pytest.raises(UserInputError, match=r'c\.pth: not a readable weights-only'):
+  with pytest.raises(UserInputError, match=r'c\.pth: holds Python objects other than'):
     torch_io.read(tmp_path / 'c.pth')  # Not allowed unless named.
   got = torch_io.read(tmp_path / 'c.pth',
                       safe_globals=[(TrainingConfig, f'{__name__}.TrainingConfig')])
@@ -52,9 +52,26 @@ def test_code_in_the_pickle_never_runs(tmp_path):
   if os.path.isdir(marker):
     os.rmdir(marker)
   torch.save({'w': torch.ones(1), 'x': Payload()}, tmp_path / 'evil.bin')
-  with pytest.raises(UserInputError, match=r'evil\.bin: not a readable weights-only PyTorch'):
+  with pytest.raises(UserInputError, match=r'evil\.bin: holds Python objects other than '
+                     r'tensors \(Unsupported global: GLOBAL (posix|nt)\.mkdir\)'):
     torch_io.read(tmp_path / 'evil.bin')
   assert not os.path.exists(marker)
+
+
+@pytest.mark.parametrize('stored, culprit', [
+    (TrainingConfig(), f'{__name__}.TrainingConfig'),
+    (np.ones(3), 'numpy._core.multiarray._reconstruct'),
+], ids=['custom-class', 'numpy-array'])
+def test_refusal_names_the_file_and_the_culprit_in_one_plain_line(tmp_path, stored, culprit):
+  """torch's refusal is many lines with terminal escapes, advises turning weights_only off,
+  and names the culprit only after its first line, which was all that was kept."""
+  torch.save({'w': torch.ones(1), 'extra': stored}, tmp_path / 'extra.bin')
+  with pytest.raises(UserInputError) as e:
+    torch_io.read(tmp_path / 'extra.bin')
+  assert str(e.value) == (
+      f'{tmp_path / "extra.bin"}: holds Python objects other than tensors (Unsupported '
+      f'global: GLOBAL {culprit}), which cannot be loaded without running code from the '
+      'file; only tensors and plain containers are read.')
 
 
 def test_state_dict_unwrapped_and_checked(tmp_path):

@@ -9,6 +9,7 @@ PyTorch files need it (FID Inception, pytorch_GAN_zoo, HF ImageGPT `.bin` saves)
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -36,9 +37,7 @@ def read(path: str | os.PathLike, *, safe_globals: Sequence[tuple[type, str]] = 
     with torch.serialization.safe_globals(list(safe_globals)):
       obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError ...
-    first_line = str(e).splitlines()[0] if str(e) else ''
-    raise UserInputError(f'{path}: not a readable weights-only PyTorch file '
-                         f'({type(e).__name__}: {first_line}).') from None
+    raise UserInputError(_load_error_message(path, e)) from None
   classes = tuple(cls for cls, _ in safe_globals)
 
   def to_numpy(x):
@@ -53,6 +52,30 @@ def read(path: str | os.PathLike, *, safe_globals: Sequence[tuple[type, str]] = 
       return type(x)(to_numpy(v) for v in x)
     return x
   return to_numpy(obj)
+
+
+_ANSI_ESCAPE = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+
+
+def _load_error_message(path: str, error: Exception) -> str:
+  """One line for `torch.load`'s error. Its refusal of a pickled object is many lines, with
+  terminal escapes and the advice to turn weights_only off (that is: to run the file's
+  code), and names the culprit only in a later line, which is kept here."""
+  text = _ANSI_ESCAPE.sub('', str(error))
+  if 'WeightsUnpickler error' in text or 'Weights only load failed' in text:
+    # "Unsupported global: GLOBAL m.Name was not an allowed global ...", or for a module
+    # torch blocks outright (os, subprocess ...) "unsupported GLOBAL posix.mkdir whose ...".
+    culprit = re.search(r'GLOBAL ([\w.]+)', text)
+    detail = re.search(r'WeightsUnpickler error: ([^\n]*)', text)
+    found = (f'Unsupported global: GLOBAL {culprit.group(1)}' if culprit
+             else detail.group(1).strip() if detail else '')
+    found = f' ({found})' if found else ''
+    return (f'{path}: holds Python objects other than tensors{found}, which cannot be loaded '
+            'without running code from the file; only tensors and plain containers are read.')
+  first_line = next((line.strip() for line in text.splitlines() if line.strip()), '')
+  first_line = f': {first_line}' if first_line else ''
+  return (f'{path}: not a readable weights-only PyTorch file '
+          f'({type(error).__name__}{first_line}).')
 
 
 def read_state_dict(path: str | os.PathLike, *, hint: str = '') -> dict[str, np.ndarray]:
