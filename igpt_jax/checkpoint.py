@@ -285,11 +285,14 @@ def _read_hf_shards(index_path: str) -> dict[str, np.ndarray]:
   if not isinstance(weight_map, dict) or not weight_map:
     raise UserInputError(f'{index_path}: expected a "weight_map" of tensor names to shard '
                          'files, as transformers writes it.')
+  # Plain names: a shard lies beside its index, and a downloaded index must not make us read
+  # '../../x' or '/etc/x' instead.
   bad = [f'{name!r}: {shard!r}' for name, shard in weight_map.items()
-         if not isinstance(shard, str) or not shard]
+         if not isinstance(shard, str) or not shard or os.path.basename(shard) != shard
+         or shard in ('.', '..')]
   if bad:
-    raise UserInputError(f'{index_path}: "weight_map" values must be shard file names, '
-                         f'found {", ".join(bad[:3])}.')
+    raise UserInputError(f'{index_path}: "weight_map" values must be names of shard files '
+                         f'beside it, found {", ".join(bad[:3])}.')
   state = {}
   for shard in sorted(set(weight_map.values())):
     state.update(_read_hf_file(os.path.join(os.path.dirname(index_path), shard)))

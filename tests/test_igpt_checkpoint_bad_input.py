@@ -81,9 +81,13 @@ def test_malformed_hf_configs_are_named(tmp_path, flat, config, expected):
 @pytest.mark.parametrize('index, expected', [
     ([1], r'index\.json: expected a JSON object \(a sharded save\'s index\), found an array'),
     ({'weight_map': {'lm_head.weight': 3}},
-     r'index\.json: "weight_map" values must be shard file names, found \'lm_head\.weight\': 3'),
+     r'index\.json: "weight_map" values must be names of shard files beside it, found '
+     r"'lm_head\.weight': 3"),
+    # Was read: a downloaded index could point anywhere.
+    ({'weight_map': {'lm_head.weight': '../hf/model-1-of-1.safetensors'}},
+     r"beside it, found 'lm_head\.weight': '\.\./hf/model-1-of-1\.safetensors'"),
     ({'weight_map': []}, r'index\.json: expected a "weight_map" of tensor names to shard files'),
-], ids=['list', 'shard-number', 'map-list'])
+], ids=['list', 'shard-number', 'shard-path', 'map-list'])
 def test_malformed_shard_indexes_are_named(tmp_path, flat, index, expected):
   """A list crashed with AttributeError, a number for a shard with TypeError."""
   write_hf(tmp_path / 'hf', flat, num_heads=4)
