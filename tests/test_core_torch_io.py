@@ -90,3 +90,11 @@ def test_missing_and_damaged_files_are_named(tmp_path):
   (tmp_path / 'cut.pth').write_bytes(data[:len(data) // 3])
   with pytest.raises(UserInputError, match=r'cut\.pth: not a readable weights-only PyTorch'):
     torch_io.read(tmp_path / 'cut.pth')
+  # Before: torch's "KeyError: 101" for the first, "EOFError" for the second.
+  (tmp_path / 'page.pth').write_text('<html>Not Found</html>')
+  with pytest.raises(UserInputError, match=r"page\.pth: not a PyTorch file \(it starts with "
+                     r"b'<html>Not Found<'\); expected one written by torch\.save"):
+    torch_io.read(tmp_path / 'page.pth')
+  (tmp_path / 'empty.pth').write_bytes(b'')
+  with pytest.raises(UserInputError, match=r'empty\.pth: not a PyTorch file \(it is empty\)'):
+    torch_io.read(tmp_path / 'empty.pth')

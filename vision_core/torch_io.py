@@ -27,6 +27,14 @@ def read(path: str | os.PathLike, *, safe_globals: Sequence[tuple[type, str]] = 
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path}: no such weights file.')
+  with open(path, 'rb') as f:
+    head = f.read(16)
+  # torch.save writes a zip (PK..), older versions a pickle (protocol >= 2: 0x80). Anything
+  # else (a text file, an HTML error page) made torch say only "KeyError: 101".
+  if not head.startswith((b'PK', b'\x80')):
+    start = f'it starts with {head!r}' if head else 'it is empty'
+    raise UserInputError(f'{path}: not a PyTorch file ({start}); expected one written by '
+                         'torch.save (.pt, .pth, .bin).')
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
