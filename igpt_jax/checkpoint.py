@@ -24,7 +24,6 @@ Layouts, for the same weights:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Mapping, Optional
@@ -33,7 +32,7 @@ import numpy as np
 
 from igpt_jax import model as igpt_model
 from igpt_jax import tf_bundle
-from vision_core import npz, torch_io
+from vision_core import io, npz, torch_io
 from vision_core.errors import UserInputError
 
 _OPTIMIZER_PARTS = {'Adam', 'Adam_1', 'adam_m', 'adam_v', 'AdamWeightDecayOptimizer',
@@ -147,20 +146,6 @@ def openai_names(params) -> dict[str, np.ndarray]:
   return {'model/' + k: np.asarray(v) for k, v in npz.flatten(params).items()}
 
 
-def _read_json_object(path: str, what: str) -> dict:
-  """A JSON file that must hold an object (`what` says which, for the message)."""
-  with open(path, encoding='utf-8') as f:
-    try:
-      value = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise UserInputError(f'{path}: not valid JSON ({e}).') from None
-  if not isinstance(value, dict):
-    found = {list: 'an array', str: 'a string', bool: 'a boolean', type(None): 'null'}.get(
-        type(value), 'a number')
-    raise UserInputError(f'{path}: expected a JSON object ({what}), found {found}.')
-  return value
-
-
 # The integer fields of HF's config.json read here: n_head for the heads, the others to
 # compare with the weights' shapes.
 HF_INT_FIELDS = ('n_head', 'n_layer', 'n_embd', 'vocab_size', 'n_positions')
@@ -170,7 +155,7 @@ def _hf_config(path: str) -> dict:
   config_path = os.path.join(os.path.dirname(path), 'config.json')
   if not os.path.exists(config_path):
     return {}
-  config = _read_json_object(config_path, "HF's ImageGPTConfig, as save_pretrained writes it")
+  config = io.read_json_object(config_path, "HF's ImageGPTConfig, as save_pretrained writes it")
   for key in HF_INT_FIELDS:
     value = config.get(key)
     if key in config and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -281,7 +266,7 @@ def _read_hf_shards(index_path: str) -> dict[str, np.ndarray]:
   """The tensors of a sharded save (`save_pretrained` splits big models, such as
   imagegpt-large in float32, into `model-0000k-of-0000n.safetensors` (or `.bin`) files listed
   by the index)."""
-  weight_map = _read_json_object(index_path, 'a sharded save\'s index').get('weight_map')
+  weight_map = io.read_json_object(index_path, 'a sharded save\'s index').get('weight_map')
   if not isinstance(weight_map, dict) or not weight_map:
     raise UserInputError(f'{index_path}: expected a "weight_map" of tensor names to shard '
                          'files, as transformers writes it.')

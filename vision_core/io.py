@@ -19,6 +19,7 @@ import contextlib
 import functools
 import importlib.util
 import io as std_io
+import json
 import os
 import re
 import shutil
@@ -197,6 +198,21 @@ def check_can_write(path: str | os.PathLike, *, overwrite: bool) -> None:
     raise UserInputError(
         f'{os.fspath(path)} already exists; refusing to overwrite it '
         '(pass overwrite=True / --force to replace it).')
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+  """The JSON object in `path` (local or URI); `what` says which file it should be, for the
+  message when it is not JSON or holds an array, string, number or null instead."""
+  path = os.fspath(path)
+  try:
+    value = json.loads(read_bytes(path))
+  except ValueError as e:  # (UnicodeDecodeError, too)
+    raise UserInputError(f'{path}: not valid JSON ({e}).') from None
+  if not isinstance(value, dict):
+    found = {list: 'an array', str: 'a string', bool: 'a boolean', type(None): 'null'}.get(
+        type(value), 'a number')
+    raise UserInputError(f'{path}: expected a JSON object ({what}), found {found}.')
+  return value
 
 
 def check_not_an_input(path: str | os.PathLike, inputs, *, flag: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -161,13 +160,7 @@ def model_json(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
   path = model_json_path(checkpoint)
   if not io.exists(path):
     return None
-  try:
-    meta = json.loads(io.read_bytes(path))
-  except ValueError as e:
-    raise UserInputError(f'{path}: not valid JSON ({e}).') from None
-  if not isinstance(meta, dict):
-    raise UserInputError(f'{path}: expected a JSON object, found {type(meta).__name__}.')
-  return meta
+  return io.read_json_object(path, "the model.json vit_jax.main writes")
 
 
 def input_size(model, params: Mapping[str, Any], *, probe: int = 224) -> int:
