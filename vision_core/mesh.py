@@ -8,6 +8,7 @@ function here is multi-host safe: each process feeds its own part of the global 
 from __future__ import annotations
 
 import collections
+import functools
 import os
 from typing import Any, Sequence
 
@@ -176,6 +177,7 @@ def check_batch_size(batch_size: int, mesh: Mesh, *, field: str = 'batch') -> No
         f'use a multiple of {n} (e.g. {max(n, batch_size // n * n)}).')
 
 
+@functools.lru_cache(maxsize=None)  # shard_batch asks it at every step, of the same mesh
 def check_data_rows_per_process(mesh: Mesh, *, field: str = 'mesh') -> None:
   """Raises unless each index of the mesh's 'data' axis lies within one process, every
   process holding as many.
