@@ -58,7 +58,7 @@ def _check_same_sampler(saved_state: dict[str, Any], current_state: dict[str, An
         'Resume with the settings of the checkpoint, or start a new workdir.')
 
 
-def _first_lines(error: BaseException) -> str:
+def _root_cause(error: BaseException) -> str:
   """`Type: first line` of the error at the root of `error`'s chain (orbax wraps the reader's
   error, which names the array and the file, in a bare Exception), at most 300 characters."""
   while error.__cause__ is not None:
@@ -192,7 +192,7 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       # Paths and shapes were checked above: what fails now is reading the files.
       _quiet_orbax_reads()
-      raise self._damaged(step, _first_lines(e)) from None
+      raise self._damaged(step, _root_cause(e)) from None
     finally:
       handler.close()
 
@@ -205,15 +205,16 @@ class Checkpointer:
     try:
       stored = self._manager.item_metadata(step)['state']
     except Exception as e:  # pylint: disable=broad-except
-      raise self._damaged(step, 'its metadata cannot be read: ' + _first_lines(e)) from None
+      raise self._damaged(step, 'its metadata cannot be read: ' + _root_cause(e)) from None
     stored = _shapes_by_path(getattr(stored, 'tree', stored))
     wanted = _shapes_by_path(abstract_state)
+    missing = [f'  {path}: not in the checkpoint' for path in wanted if path not in stored]
+    reshaped = [f'  {path}: checkpoint {stored[path]}, this run {shape}'
+                for path, shape in wanted.items() if path in stored and stored[path] != shape]
     # A whole state must be all the checkpoint holds; a part (restore_part) only be in it.
-    differ = [] if partial else [f'  {path}: in the checkpoint, not in this run'
-                                 for path in stored if path not in wanted]
-    differ = [f'  {path}: not in the checkpoint' for path in wanted if path not in stored] + [
-        f'  {path}: checkpoint {stored[path]}, this run {shape}'
-        for path, shape in wanted.items() if path in stored and stored[path] != shape] + differ
+    extra = [] if partial else [f'  {path}: in the checkpoint, not in this run'
+                                for path in stored if path not in wanted]
+    differ = missing + reshaped + extra
     if differ:
       more = f'\n  ... and {len(differ) - 8} more' if len(differ) > 8 else ''
       raise UserInputError(
@@ -239,7 +240,7 @@ class Checkpointer:
       # _check_shapes has compared every path and shape with the checkpoint's metadata: what
       # fails now is reading the arrays (orbax raises a bare Exception around the cause).
       _quiet_orbax_reads()
-      raise self._damaged(step, _first_lines(e)) from None
+      raise self._damaged(step, _root_cause(e)) from None
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -84,8 +84,8 @@ def changed_fields(config, workdir: str | os.PathLike, *,
                    ignore: tuple[str, ...] = ('mode',)) -> list[str]:
   """'name old -> new' for every leaf field that differs from the workdir's config.json.
 
-  Empty when there is no config.json. `mode`
-  is left out: an evaluate run of a training workdir differs in it by design.
+  Empty when there is no config.json. `mode` is left out: an evaluate run of a training
+  workdir differs in it by design.
   """
   saved = _saved(workdir)
   if saved is None:
@@ -184,7 +184,7 @@ def check_same_program(config, workdir: str | os.PathLike) -> None:
   older run is one of ~30); the three trainers share 10-26%.
   """
   saved = _saved(workdir)
-  if not isinstance(saved, dict):  # absent, or not ours to judge: written again by this run
+  if saved is None:  # a new workdir
     return
   mine, theirs = set(config.keys()), set(saved)
   if 2 * len(mine & theirs) < len(mine | theirs):

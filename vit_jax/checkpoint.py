@@ -134,7 +134,7 @@ def resize_posemb(posemb: np.ndarray, num_tokens: int, *, has_class_token: bool,
   """
   posemb = np.asarray(posemb)
   if posemb.ndim != 3 or posemb.shape[0] != 1:
-    raise UserInputError(f'{source}: shape {posemb.shape}, expected [1, tokens, width].')
+    raise UserInputError(f'{source} has shape {posemb.shape}, expected [1, tokens, width].')
   start = 1 if has_class_token else 0
   tok, grid = posemb[:, :start], posemb[0, start:]
   old, new = int(round(np.sqrt(len(grid)))), int(round(np.sqrt(num_tokens - start)))
@@ -203,10 +203,8 @@ def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[
   posemb = transformer.get('posembed_input', {}).get('pos_embedding')
   expected = init_params.get('Transformer', {}).get('posembed_input', {}).get('pos_embedding')
   if posemb is not None and expected is not None and np.shape(posemb) != np.shape(expected):
-    if np.ndim(posemb) != 3:  # (before its width is read)
-      raise UserInputError(f'{source}: Transformer/posembed_input/pos_embedding has shape '
-                           f'{np.shape(posemb)}, expected [1, tokens, width].')
-    if np.shape(posemb)[-1] != np.shape(expected)[-1]:
+    # (Another rank: resize_posemb says so.)
+    if np.ndim(posemb) == 3 and np.shape(posemb)[-1] != np.shape(expected)[-1]:
       raise UserInputError(
           f'{source}: pos_embedding width {np.shape(posemb)[-1]} != model width '
           f'{np.shape(expected)[-1]}; is this checkpoint for another model size?')
