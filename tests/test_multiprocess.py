@@ -23,6 +23,7 @@ from tests import vit_train_helpers as helpers
 from vision_core import host_memory, metrics_log
 
 TIMEOUT_S = 300
+_CACHE_SETTINGS = ('JAX_COMPILATION_CACHE_', 'JAX_PERSISTENT_CACHE_')
 
 
 def _free_port() -> int:
@@ -38,7 +39,10 @@ def launch(module_argv, logs_dir, *, processes, devices):
   os.makedirs(logs_dir, exist_ok=True)
   procs = []
   for i in range(processes):
-    env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_')}
+    # No JAX_ settings of this process (its platform, its coordinator), but for the test
+    # run's compilation cache (tests/conftest.py).
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith('JAX_') or k.startswith(_CACHE_SETTINGS)}
     env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
     if processes > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES=str(processes),
