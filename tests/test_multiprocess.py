@@ -10,6 +10,7 @@ run started on 1 process and resumed on 2.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,7 +44,11 @@ def launch(module_argv, logs_dir, *, processes, devices):
     # run's compilation cache (tests/conftest.py).
     env = {k: v for k, v in os.environ.items()
            if not k.startswith('JAX_') or k.startswith(_CACHE_SETTINGS)}
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+    # This run's other XLA flags (tests/conftest.py's compile settings), its own device count.
+    other_flags = re.sub(r'--xla_force_host_platform_device_count=\S+', '',
+                         os.environ.get('XLA_FLAGS', '')).split()
+    env['XLA_FLAGS'] = ' '.join([f'--xla_force_host_platform_device_count={devices}',
+                                 *other_flags])
     if processes > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES=str(processes),
                  JAX_PROCESS_ID=str(i))
