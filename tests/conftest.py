@@ -16,8 +16,8 @@ import tempfile
 # old emitters only, 234 s with both at -O0 and 313 s (one more test included) with both at
 # -O1. Not -O0: it stops vectorising reductions, and float32 sums come out in another order
 # (an MSE 4e-6 off scikit-image's, Image GPT's CIFAR-10 test just over its bound). -O1 keeps
-# them: the whole suite passes under both settings. Run with XLA's defaults by setting
-# XLA_FLAGS yourself, e.g. `XLA_FLAGS=--xla_force_host_platform_device_count=8`.
+# them: the whole suite passes with these and with XLA's defaults. Run with the defaults by
+# setting XLA_FLAGS yourself, e.g. `XLA_FLAGS=--xla_force_host_platform_device_count=8`.
 FAST_COMPILE_FLAGS = '--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false'
 
 
