@@ -5,6 +5,10 @@ Orbax writes each checkpoint into a temporary folder and renames it when complet
 crash mid-save leaves the previous checkpoints intact and the half-written one invisible
 (`latest_step` never returns it). The last `max_to_keep` checkpoints are kept.
 
+Each checkpoint also records its arrays' fingerprints (`vision_core.fingerprint`), and a
+restore compares the arrays it read with them: orbax's data files carry no checksum, so a
+damaged byte would otherwise come back silently as a wrong weight.
+
   ckpt = Checkpointer(workdir / 'checkpoints', max_to_keep=3)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(abstract_state, data_iterator=it)   # resumes the data too
@@ -27,8 +31,13 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from vision_core import io, sharding
+from vision_core import fingerprint, io, sharding
 from vision_core.errors import UserInputError
+
+
+# The item (a folder in each checkpoint) and file that hold the arrays' fingerprints.
+_FINGERPRINTS = 'fingerprints'
+_FINGERPRINTS_FILE = 'fingerprints.json'
 
 
 def abstract_like(tree: Any) -> Any:
@@ -81,6 +90,13 @@ def _quiet_orbax_reads() -> None:
   sys.unraisablehook = hook
 
 
+def _dtypes_by_path(tree: Any) -> dict[str, str]:
+  """`{'params/Transformer/cls': 'float32', ...}` for the array leaves of `tree`."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {sharding.path_str(path): str(leaf.dtype) for path, leaf in leaves
+          if hasattr(leaf, 'shape') and hasattr(leaf, 'dtype')}
+
+
 def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
   """`{'params/Transformer/cls': (1, 1, 768), ...}` for the array leaves of `tree` (a state, its
   abstract form or orbax's metadata of it: named tuples there become dicts, so keys are named
@@ -112,7 +128,8 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
-                       'data': grain.PyGrainCheckpointHandler()})
+                       'data': grain.PyGrainCheckpointHandler(),
+                       _FINGERPRINTS: ocp.JsonCheckpointHandler(filename=_FINGERPRINTS_FILE)})
 
   def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or None."""
@@ -123,7 +140,11 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, *, data_iterator: Any = None) -> None:
     """Saves `state` (a pytree of arrays) and the iterator's position as checkpoint `step`."""
-    items = {'state': ocp.args.StandardSave(state)}
+    dtypes = _dtypes_by_path(state)
+    arrays = {path: {'dtype': dtypes[path], 'fingerprint': value}
+              for path, value in fingerprint.fingerprints(state).items()}
+    items = {'state': ocp.args.StandardSave(state),
+             _FINGERPRINTS: ocp.args.JsonSave({'format': fingerprint.FORMAT, 'arrays': arrays})}
     if data_iterator is not None:
       items['data'] = grain.PyGrainCheckpointSave(data_iterator)
     self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
@@ -168,6 +189,7 @@ class Checkpointer:
         seek = True
     self._check_shapes(step, abstract_state)
     state = self._restore(step, items)['state']
+    self._check_fingerprints(step, state)
     if seek:
       seek_data(step)
     return state
@@ -184,17 +206,42 @@ class Checkpointer:
     # The state item's own handler (StandardCheckpointHandler) restores whole trees only.
     handler = ocp.PyTreeCheckpointHandler()
     try:
-      return handler.restore(
+      restored = handler.restore(
           epath.Path(io.join(self.directory, str(step), 'state')),
           args=ocp.args.PyTreeRestore(
               item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-              partial_restore=True))[key]
+              partial_restore=True))
     except Exception as e:  # pylint: disable=broad-except
       # Paths and shapes were checked above: what fails now is reading the files.
       _quiet_orbax_reads()
       raise self._damaged(step, _root_cause(e)) from None
     finally:
       handler.close()
+    self._check_fingerprints(step, restored)
+    return restored[key]
+
+  def _check_fingerprints(self, step: int, restored: Any) -> None:
+    """Refuses arrays that read back other bits than were saved. Checkpoints from before
+    fingerprints were recorded, and arrays restored into another dtype, are not compared."""
+    path = io.join(self.directory, str(step), _FINGERPRINTS, _FINGERPRINTS_FILE)
+    if not io.exists(path):
+      return
+    try:
+      record = json.loads(io.read_bytes(path))
+      if record.get('format') != fingerprint.FORMAT:
+        return  # written by another version of the formula: nothing to compare with
+      saved = {name: (entry['dtype'], entry['fingerprint'])
+               for name, entry in record['arrays'].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+      raise self._damaged(step, f'{_FINGERPRINTS}/{_FINGERPRINTS_FILE} cannot be read: '
+                          f'{type(e).__name__}: {e}') from None
+    dtypes = _dtypes_by_path(restored)
+    differ = [name for name, value in fingerprint.fingerprints(restored).items()
+              if name in saved and saved[name][0] == dtypes[name] and saved[name][1] != value]
+    if differ:
+      more = f', ... and {len(differ) - 4} more' if len(differ) > 4 else ''
+      raise self._damaged(step, f'{len(differ)} of its arrays read back other values than '
+                          f'were saved: {", ".join(differ[:4])}{more}')
 
   def _check_shapes(self, step: int, abstract_state: Any, *, partial: bool = False) -> None:
     """Refuses a checkpoint whose arrays have other shapes than `abstract_state`'s, naming
