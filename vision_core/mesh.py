@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 import os
 from typing import Any, Sequence
 
@@ -126,6 +127,21 @@ def make_mesh(shape: Sequence[int] = (-1, 1), devices: Sequence[Any] | None = No
         f'{len(devices)} ({devices[0].platform}).')
   grid = np.asarray(devices, dtype=object).reshape(shape)
   return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * len(AXES))
+
+
+def make_config_mesh(shape: Sequence[int], *, field: str = 'mesh') -> Mesh:
+  """The mesh of a config's `mesh` field, `(data, model)`. A fixed shape smaller than the
+  device count (single process) uses the first devices, e.g. (1, 1) for a one-device run on
+  a multi-device machine; each process must hold whole rows of the data axis."""
+  shape = tuple(shape)
+  devices = jax.devices()
+  size = int(np.prod(shape))
+  if -1 not in shape and 0 < size < len(devices) and jax.process_count() == 1:
+    logging.warning('%s %s uses %d of the %d devices.', field, shape, size, len(devices))
+    devices = devices[:size]
+  mesh = make_mesh(shape, devices)
+  check_data_rows_per_process(mesh, field=field)
+  return mesh
 
 
 def auto_axes(mesh: Mesh) -> Mesh:

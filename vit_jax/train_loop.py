@@ -151,17 +151,8 @@ def _warn_if_replicated(params, mesh, config) -> None:
 
 
 def make_mesh(config) -> jax.sharding.Mesh:
-  """The mesh of `config.mesh`; a fixed shape smaller than the device count (single process)
-  uses the first devices, e.g. (1, 1) for a one-device run on a multi-device machine."""
-  shape = tuple(config.mesh)
-  devices = jax.devices()
-  size = int(np.prod(shape))
-  if -1 not in shape and 0 < size < len(devices) and jax.process_count() == 1:
-    logging.warning('mesh %s uses %d of the %d devices.', shape, size, len(devices))
-    devices = devices[:size]
-  mesh = mesh_lib.make_mesh(shape, devices)
-  mesh_lib.check_data_rows_per_process(mesh, field='mesh')
-  return mesh
+  """The mesh of `config.mesh` (see `vision_core.mesh.make_config_mesh`)."""
+  return mesh_lib.make_config_mesh(config.mesh, field='mesh')
 
 
 def _check_config(config, mesh) -> None:
