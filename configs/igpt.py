@@ -72,6 +72,8 @@ def get_config(arg: str = 'tiny,cifar10') -> ml_collections.ConfigDict:
   config.bert_mask_prob = 0.15
   config.gen_loss_weight = 0.5 if objective == 'finetune' else 1.0  # Finetune: joint.
   config.init_from = ''  # Params (.npz, TF checkpoint, HF safetensors) to start from.
+  config.mesh = (-1, 1)  # (data, model) devices; -1 takes the remaining devices.
+  config.sharding = 'replicated'  # replicated | fsdp | tp | fsdp_tp (see vision_core.sharding)
 
   config.seed = 0
   config.log_every = 50

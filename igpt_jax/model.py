@@ -43,6 +43,14 @@ SIZES = {
     'testing': dict(width=32, num_heads=4, num_layers=2),
 }
 NORM_EPSILON = 1e-5
+# Tensor parallelism over the mesh's 'model' axis (vision_core.sharding's 'tp' and 'fsdp_tp'),
+# by parameter path: attention's heads ([H, D/H, D] q/k/v/c_proj) and the MLP's hidden axis
+# are split, so each block sums partial results twice (after attention, after the MLP).
+TP_RULES = (
+    (r'attn/(q_proj|k_proj|v_proj|c_proj)$', ('model', None, None)),
+    (r'mlp/c_fc/w$', (None, 'model')),
+    (r'mlp/c_proj/w$', ('model', None)),
+)
 MASK_VALUE = -1e10  # The release's masked attention logit (w * b - 1e10 * (1 - b)).
 # Attention without a cache: 'einsum' (any backend; materialises the [B, H, T, T] weights)
 # or vision_core.flash_attention's kernels: 'pallas' (NVIDIA GPUs; memory linear in T),

@@ -2,8 +2,9 @@
 
 `train_and_evaluate(config, workdir)` (see configs/igpt.py) reads images with the shared
 pipeline (`vision_core.data`), turns them into palette tokens on the device, and trains with
-one jit-compiled step over the `('data', 'model')` mesh (batch split over 'data', parameters
-replicated). A workdir holding checkpoints is resumed, data position included (the weights
+one jit-compiled step over the `('data', 'model')` mesh of `config.mesh` (batch split over
+'data'; parameters and optimizer state replicated, or split as `config.sharding` says: FSDP
+over 'data', tensor parallelism over 'model' by `igpt_model.TP_RULES`). A workdir holding checkpoints is resumed, data position included (the weights
 of `init_from` are then not read: the checkpoint replaces them). Outputs:
 `checkpoints/`, `config.json`, `metrics.jsonl`, TensorBoard scalars, `palette.npy`, `params.npz`,
 `samples.png` (completions of test images) and `final.json`. `workdir` is a local folder or a
@@ -31,6 +32,7 @@ from igpt_jax import run_palette
 from igpt_jax import sample as igpt_sample
 from vision_core import data, gpu_target, io, loop, mesh as mesh_lib, metrics_log, npz, optim
 from vision_core import run_config
+from vision_core import sharding as sharding_lib
 from vision_core.errors import UserInputError
 
 LN2 = math.log(2.0)
@@ -75,11 +77,12 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def make_train_step(*, model, optimizer, objective: str, gen_loss_weight: float = 1.0,
-                    bert_mask_prob: float = 0.15):
+                    bert_mask_prob: float = 0.15, state_shardings: Any = None):
   """A jit-compiled `step(state, batch, centers, key) -> (state, metrics)`.
 
   `batch` = `{'image': uint8 [B, H, W, 3], 'label': [B]}` (sharded over 'data'); images
-  become palette tokens on the device.
+  become palette tokens on the device. `state_shardings` (a tree like `state`): the new
+  state is placed so, as the old one was; None: where XLA puts it.
   """
   def loss_fn(params, tokens, labels, key):
     gen, clf, logits = token_losses(model, params, tokens, objective=objective, key=key,
@@ -102,7 +105,11 @@ def make_train_step(*, model, optimizer, objective: str, gen_loss_weight: float 
     metrics['grad_norm'] = optax.global_norm(grads)
     return dict(params=params, opt_state=opt_state, step=state['step'] + 1), metrics
 
-  return jax.jit(step, donate_argnums=0)
+  if state_shardings is None:
+    return jax.jit(step, donate_argnums=0)
+  mesh = jax.tree.leaves(state_shardings)[0].mesh
+  return jax.jit(step, donate_argnums=0,
+                 out_shardings=(state_shardings, mesh_lib.replicated(mesh)))
 
 
 def make_eval_step(*, model, objective: str):
@@ -187,6 +194,22 @@ def initial_params(config, model, key) -> Any:
   return params
 
 
+def place_state(config, params, optimizer, mesh) -> tuple[dict[str, Any], Any]:
+  """The training state `{params, opt_state, step}` on `mesh`, split as `config.sharding`
+  says, and its shardings (a tree like it). The optimizer state is made where it lives."""
+  def make(p):
+    return dict(params=p, opt_state=optimizer.init(p), step=jnp.int32(0))
+  shardings = sharding_lib.named_shardings(jax.eval_shape(make, params), mesh,
+                                           strategy=config.sharding,
+                                           tp_rules=igpt_model.TP_RULES)
+  note = sharding_lib.replication_note(params, mesh, strategy=config.sharding,
+                                       tp_rules=igpt_model.TP_RULES)
+  if note:
+    print(f'{note} (mesh {tuple(mesh.devices.shape)})')
+  params = jax.device_put(params, shardings['params'])
+  return jax.jit(make, out_shardings=shardings)(params), shardings
+
+
 def _source(config, split):
   source = data.get_source(config.dataset, split, data_dir=config.tfds_data_dir,
                            skip_bad_images=config.skip_bad_images)
@@ -233,7 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains per `config`, resuming from `workdir`'s checkpoints; returns the final metrics."""
   mesh_lib.initialize_distributed()
   workdir = io.abspath(workdir)
-  mesh = mesh_lib.make_mesh()
+  mesh = mesh_lib.make_config_mesh(config.mesh, field='mesh')
   check_config(config, mesh)
   optimizer = make_optimizer(config)  # Checks warmup_steps against total_steps.
   # Nothing is written to the workdir until every check has passed and a fresh run's first
@@ -260,8 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     palette, new_palette = run_palette.choose_palette(config, train_source, workdir,
                                                       resuming=restored)
     centers = jax.device_put(jnp.asarray(palette), mesh_lib.replicated(mesh))
-    state = jax.device_put(dict(params=params, opt_state=optimizer.init(params),
-                                step=jnp.int32(0)), mesh_lib.replicated(mesh))
+    state, state_shardings = place_state(config, params, optimizer, mesh)
     loader = data.train_loader(train_source, global_batch_size=config.batch_size,
                                preprocess=palette_lib.preprocess_spec(config.image_size),
                                seed=config.seed, batch_field='batch_size')
@@ -282,7 +304,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   run_config.write(config, workdir)
   train_step = make_train_step(model=model, optimizer=optimizer, objective=config.objective,
                                gen_loss_weight=config.gen_loss_weight,
-                               bert_mask_prob=config.bert_mask_prob)
+                               bert_mask_prob=config.bert_mask_prob,
+                               state_shardings=state_shardings)
   eval_step = make_eval_step(model=model, objective=config.objective)
   log = metrics_log.MetricsLog(workdir, resume_step=first if restored else -1)
   bar = metrics_log.Progress(total_steps=config.total_steps, initial_step=first,
