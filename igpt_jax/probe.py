@@ -30,20 +30,27 @@ import optax
 
 from igpt_jax import palette as palette_lib
 from igpt_jax import model as igpt_model
-from vision_core import io
+from vision_core import io, mesh as mesh_lib
 from vision_core.errors import UserInputError, cli_errors
 
 
 def extract_features(model, params, tokens, *, batch_size: int = 256,
-                     layers: Sequence[int] | None = None, out: np.ndarray | None = None):
+                     layers: Sequence[int] | None = None, out: np.ndarray | None = None,
+                     mesh: jax.sharding.Mesh | None = None):
   """Tokens `[N, T]` -> features `[len(layers), N, D]` (float32; all L + 1 by default), in
   batches, written into `out` when given (e.g. a disk-backed `open_memmap`).
 
-  Only the chosen layers leave the device and are kept: all of iGPT-L's 49 for 50,000 images
-  are 15 GB, one is 0.3 GB. The rows are written in place (a list of chunks concatenated at
-  the end held every feature twice).
+  Each batch is split over `mesh`'s 'data' axis (default: every device of this process),
+  the parameters replicated; a batch is `batch_size` rows rounded up to a multiple of the
+  devices, the last one padded (one compiled shape). Only the chosen layers leave the
+  devices and are kept: all of iGPT-L's 49 for 50,000 images are 15 GB, one is 0.3 GB. The
+  rows are written in place (a list of chunks concatenated at the end held every feature
+  twice).
   """
   idx = np.arange(model.num_layers + 1) if layers is None else np.asarray(layers)
+  mesh = mesh_lib.make_mesh((-1, 1), jax.local_devices()) if mesh is None else mesh
+  devices = mesh_lib.data_size(mesh)
+  params = jax.device_put(params, mesh_lib.replicated(mesh))
   fn = jax.jit(lambda p, t: model.apply({'params': p}, t, return_features=True)['features'][idx])
   tokens = np.asarray(tokens)
   shape = (len(idx), len(tokens), model.width)
@@ -51,12 +58,14 @@ def extract_features(model, params, tokens, *, batch_size: int = 256,
     out = np.empty(shape, np.float32)
   elif out.shape != shape:
     raise ValueError(f'out: expected shape {shape}, got {out.shape}.')
-  for i in range(0, len(tokens), batch_size):
-    chunk = tokens[i:i + batch_size]
+  rows = -(-max(1, min(batch_size, len(tokens))) // devices) * devices
+  for i in range(0, len(tokens), rows):
+    chunk = tokens[i:i + rows]
     n = len(chunk)
-    if n < batch_size and len(tokens) > batch_size:  # Pad: one compiled shape.
-      chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - n, 0)])
-    out[:, i:i + n] = np.asarray(fn(params, jnp.asarray(chunk)))[:, :n]
+    if n < rows:  # Pad: one compiled shape, whole rows for every device.
+      chunk = np.concatenate([chunk, np.repeat(chunk[:1], rows - n, 0)])
+    chunk = jax.device_put(chunk, mesh_lib.batch_sharding(mesh, chunk.ndim))
+    out[:, i:i + n] = np.asarray(fn(params, chunk))[:, :n]
   return out
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -9,6 +10,7 @@ from scipy import optimize
 
 from igpt_jax import checkpoint, probe
 from tests.test_igpt_model import random_params, tiny_model
+from vision_core import mesh as mesh_lib
 from vision_core.errors import UserInputError
 
 
@@ -53,6 +55,19 @@ def test_features_in_batches_equal_the_models():
   assert feats.shape == (3, 10, 32)
   whole = np.asarray(model.apply({'params': params}, tokens, return_features=True)['features'])
   np.testing.assert_allclose(feats, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_features_split_over_the_devices_equal_one_devices():
+  model = tiny_model()
+  params = random_params(model)
+  tokens = np.random.default_rng(4).integers(0, 512, (13, 16))
+  one = mesh_lib.make_mesh((1, 1), jax.local_devices()[:1])
+  alone = probe.extract_features(model, params, tokens, batch_size=5, mesh=one)
+  # 8 devices here (conftest): batches of 8 rows (5 rounded up), the second padded from 5.
+  assert mesh_lib.data_size(mesh_lib.make_mesh((-1, 1), jax.local_devices())) == 8
+  split = probe.extract_features(model, params, tokens, batch_size=5)
+  np.testing.assert_allclose(split, alone, rtol=1e-5, atol=1e-6)
+  assert probe.extract_features(model, params, tokens[:0]).shape == (3, 0, 32)
 
 
 def test_probe_finds_the_informative_layer():
