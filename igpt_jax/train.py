@@ -4,8 +4,9 @@
 pipeline (`vision_core.data`), turns them into palette tokens on the device, and trains with
 one jit-compiled step over the `('data', 'model')` mesh of `config.mesh` (batch split over
 'data'; parameters and optimizer state replicated, or split as `config.sharding` says: FSDP
-over 'data', tensor parallelism over 'model' by `igpt_model.TP_RULES`). A workdir holding checkpoints is resumed, data position included (the weights
-of `init_from` are then not read: the checkpoint replaces them). Outputs:
+over 'data', tensor parallelism over 'model' by `igpt_model.TP_RULES`). A workdir holding
+checkpoints is resumed, data position included (the weights of `init_from` are then not
+read: the checkpoint replaces them). Outputs:
 `checkpoints/`, `config.json`, `metrics.jsonl`, TensorBoard scalars, `palette.npy`, `params.npz`,
 `samples.png` (completions of test images) and `final.json`. `workdir` is a local folder or a
 bucket URI (`gs://bucket/run`, via `vision_core.io`).

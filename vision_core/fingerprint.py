@@ -7,9 +7,9 @@ disk, a copy between machines) otherwise restores silently as a wrong weight.
 Computed where the arrays live, by a small jitted program per array shape (one program for
 the whole tree took 40 s to compile for ViT-B/16's 602 arrays): a sharded array is
 fingerprinted shard by shard and the partial sums are added across devices (and hosts), so
-nothing is gathered onto one host and every process gets the same value. Integer sums modulo 2**32 do
-not depend on the order they are added in, so the value is the same on any backend, mesh or
-sharding of the same array.
+nothing is gathered onto one host and every process gets the same value. Integer sums
+modulo 2**32 do not depend on the order they are added in, so the value is the same on any
+backend, mesh or sharding of the same array.
 
 Each array's bits are read as 32-bit words w[i] (i the flat row-major index) and
 
