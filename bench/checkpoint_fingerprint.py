@@ -52,7 +52,7 @@ def alternated_best(reps, fns):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--model', default='ViT-B_16', choices=sorted(MODEL_CONFIGS))
   parser.add_argument('--reps', type=int, default=3)
   parser.add_argument('--dir', default='/tmp/ckpt_bench')
