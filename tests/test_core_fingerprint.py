@@ -2,7 +2,11 @@
 restored checkpoints built on it."""
 
 import json
+import os
+import pathlib
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +19,7 @@ from vision_core import checkpointing, fingerprint
 from vision_core.errors import UserInputError
 
 _M32 = 0xFFFFFFFF
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
@@ -55,6 +60,29 @@ def test_the_same_on_every_mesh_and_sharding():
     mesh = jax.make_mesh(shape, ('data', 'model')[:len(shape)])
     placed = jax.device_put(x, NamedSharding(mesh, spec))
     assert fingerprint.fingerprints([placed]) == {'0': expected}, (shape, spec)
+
+
+_MANY_SHARDED_ARRAYS = '''
+import numpy as np, jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+from vision_core import fingerprint, mesh as mesh_lib
+mesh = mesh_lib.make_mesh((4, 2))
+cases = [((4, 8, 32), P('model', None, None)), ((32, 128), P(None, 'model')),
+         ((512, 32), P('data', None)), ((32,), P())]
+tree = [jax.device_put(np.full(shape, i, np.float32), NamedSharding(mesh, spec))
+        for i in range(200) for shape, spec in [cases[i % 4]]]
+print(len(fingerprint.fingerprints(tree)))
+'''
+
+
+def test_many_sharded_arrays_at_once_on_cpu_devices():
+  """200 arrays over a (4, 2) mesh of CPU devices: with every program queued at once,
+  XLA:CPU's all-reduces deadlocked and the process aborted after a 40 s timeout. In a child
+  process, so that such an abort fails this test rather than the test worker."""
+  result = subprocess.run([sys.executable, '-c', _MANY_SHARDED_ARRAYS], capture_output=True,
+                          text=True, timeout=300, check=False, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert result.returncode == 0 and result.stdout.split() == ['200'], result.stderr[-2000:]
 
 
 @pytest.mark.parametrize('dtype', [np.float32, ml_dtypes.bfloat16, np.int8])

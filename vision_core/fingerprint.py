@@ -96,5 +96,10 @@ def fingerprints(tree: Any) -> dict[str, str]:
     if hasattr(leaf, 'shape') and hasattr(leaf, 'dtype'):
       paths.append(sharding.path_str(path))
       leaves.append(leaf)
-  values = jax.device_get([_fingerprint_jit(x) for x in leaves])
+  # One program in flight at a time, after the arrays are computed: XLA:CPU's in-process
+  # collectives (several CPU devices) deadlock when many small programs with all-reduces are
+  # queued at once (200 sharded arrays on a (4, 2) mesh: every run aborted after the 40 s
+  # rendezvous timeout). On an accelerator that costs a sync per array.
+  jax.block_until_ready(leaves)
+  values = [jax.device_get(_fingerprint_jit(x)) for x in leaves]
   return {path: f'{int(a):08x}{int(b):08x}' for path, (a, b) in zip(paths, values)}
