@@ -67,8 +67,8 @@ def main(argv=None) -> None:
   parser.add_argument('--top_p', type=float, default=1.0)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--batch', type=int, default=64,
-                      help='completions sampled at once (memory); the result does not depend '
-                      'on it')
+                      help='completions sampled at once (memory), split over the devices '
+                      '(rounded up to a multiple of them); the result does not depend on it')
   parser.add_argument('--out', required=True, type=io.path_arg, help='PNG to write')
   parser.add_argument('--force', action='store_true', help='overwrite --out')
   args = parser.parse_args(argv)

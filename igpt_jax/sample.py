@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from igpt_jax import model as igpt_model
-from vision_core import io
+from vision_core import io, mesh as mesh_lib
 from vision_core.errors import UserInputError
 
 
@@ -187,7 +187,9 @@ def make_sampler(model: igpt_model.ImageGPT, *, num_tokens: int, prefix_len: int
   fn = jax.jit(sample_cached if cached else sample_uncached)
 
   def sample(params, key, prefix=None, *, batch_size: int | None = None,
-             check_head: bool = True):
+             check_head: bool = True, mesh: jax.sharding.Mesh | None = None):
+    # mesh: the rows are split over its 'data' axis (their count a multiple of its size),
+    # the parameters replicated; None: where the inputs are (one device).
     if check_head:  # False: the caller checked these params (sample_in_batches, once)
       warn_if_no_lm_head(params)
     if prefix is None:
@@ -205,17 +207,25 @@ def make_sampler(model: igpt_model.ImageGPT, *, num_tokens: int, prefix_len: int
       # The model would clip them, and they would come back in the output unchanged.
       raise UserInputError(f'prefix: tokens must be in [0, {model.vocab_size}), found '
                            f'[{raw.min()}, {raw.max()}].')
-    return fn(params, row_keys(key, prefix.shape[0]), prefix)
+    keys = row_keys(key, prefix.shape[0])
+    if mesh is not None:
+      mesh_lib.check_batch_size(prefix.shape[0], mesh, field='sample: rows')
+      rows = mesh_lib.batch_sharding(mesh, 2)
+      keys, prefix = jax.device_put(keys, rows), jax.device_put(prefix, rows)
+      params = jax.device_put(params, mesh_lib.replicated(mesh))
+    return fn(params, keys, prefix)
 
   return sample
 
 
 def complete(model, params, key, tokens, *, image_shape: tuple[int, int], keep_rows: int,
-             num_completions: int = 1, batch_size: int = 64, **sampler_kwargs):
+             num_completions: int = 1, batch_size: int = 64,
+             mesh: jax.sharding.Mesh | None = None, **sampler_kwargs):
   """Keeps the top `keep_rows` rows of each image and samples the rest, N times each.
 
   Completion j of image i uses the key `fold_in(fold_in(key, i), j)`, so it is the same
-  whatever `batch_size` (rows sampled at once, to bound the memory) and the other images.
+  whatever `batch_size` (rows sampled at once, to bound the memory), the devices (`mesh`,
+  as `sample_in_batches`) and the other images.
 
   Args:
     tokens: `[B, H * W]` palette tokens of the originals.
@@ -242,27 +252,35 @@ def complete(model, params, key, tokens, *, image_shape: tuple[int, int], keep_r
   per_image = row_keys(key, tokens.shape[0])
   keys = jax.vmap(lambda k: row_keys(k, num_completions))(per_image).reshape(
       -1, *per_image.shape[1:])
-  out = sample_in_batches(sample, params, keys, prefix, batch_size=batch_size)
+  out = sample_in_batches(sample, params, keys, prefix, batch_size=batch_size, mesh=mesh)
   return out.reshape(tokens.shape[0], num_completions, h * w)
 
 
-def sample_in_batches(sample, params, keys, prefix, *, batch_size: int):
+def sample_in_batches(sample, params, keys, prefix, *, batch_size: int,
+                      mesh: jax.sharding.Mesh | None = None):
   """`sample` (a `make_sampler` function) over rows `batch_size` at a time, one key per row
-  (`[rows, 2]`): the same tokens as one call, in bounded memory. The last batch is padded
-  to the others' shape, so the sampler compiles once. Params without a language-model head
-  give one warning (`warn_if_no_lm_head`) for all the batches."""
+  (`[rows, 2]`): the same tokens as one call, in bounded memory. Each batch is split over
+  `mesh`'s 'data' axis (default: every device of this process), the parameters replicated;
+  a batch is `batch_size` rows rounded up to a multiple of the devices. The last batch is
+  padded to the others' shape, so the sampler compiles once. Params without a
+  language-model head give one warning (`warn_if_no_lm_head`) for all the batches."""
   if batch_size < 1:
     raise UserInputError(f'batch_size={batch_size}: expected at least 1 row per batch.')
   warn_if_no_lm_head(params)
+  mesh = mesh_lib.make_mesh((-1, 1), jax.local_devices()) if mesh is None else mesh
+  devices = mesh_lib.data_size(mesh)
+  params = jax.device_put(params, mesh_lib.replicated(mesh))  # once, not per batch
   prefix = jnp.asarray(prefix, jnp.int32)
   rows = prefix.shape[0]
-  size = min(batch_size, rows)
+  size = -(-max(1, min(batch_size, rows)) // devices) * devices
   pad = -rows % size
   keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, axis=0)])
   prefix = jnp.concatenate([prefix, jnp.repeat(prefix[-1:], pad, axis=0)])
-  return jnp.concatenate([sample(params, keys[i:i + size], prefix[i:i + size],
-                                 check_head=False)
-                          for i in range(0, rows + pad, size)])[:rows]
+  # Each batch comes back to the host as it is done: the devices hold one batch at a time.
+  return jnp.asarray(np.concatenate([
+      np.asarray(sample(params, keys[i:i + size], prefix[i:i + size], check_head=False,
+                        mesh=mesh))
+      for i in range(0, rows + pad, size)])[:rows])
 
 
 def completion_grid(originals, completions, *, keep_rows: int, pad: int = 2) -> np.ndarray:

@@ -7,6 +7,7 @@ import pytest
 
 from igpt_jax import sample as igpt_sample
 from tests.test_igpt_model import random_params, tiny_model
+from vision_core import mesh as mesh_lib
 from vision_core.errors import UserInputError
 
 
@@ -102,6 +103,23 @@ def test_a_completion_does_not_depend_on_the_batch_or_the_other_images(model_and
   keys = igpt_sample.row_keys(key, 3)
   np.testing.assert_array_equal(np.asarray(sampler(params, keys[2:], jnp.zeros((1, 0), jnp.int32))),
                                 all_rows[2:])
+
+
+def test_completions_split_over_the_devices_equal_one_devices(model_and_params):
+  model, params = model_and_params
+  tokens = jax.random.randint(jax.random.PRNGKey(6), (3, 16), 0, 512)
+  run = lambda **k: np.asarray(igpt_sample.complete(
+      model, params, jax.random.PRNGKey(4), tokens, image_shape=(4, 4), keep_rows=1,
+      num_completions=3, top_k=50, **k))
+  one = run(batch_size=4, mesh=mesh_lib.make_mesh((1, 1), jax.local_devices()[:1]))
+  # 8 devices here (conftest): 9 rows in batches of 8 (4 rounded up), the second padded.
+  assert len(jax.local_devices()) == 8
+  np.testing.assert_array_equal(run(batch_size=4), one)
+  np.testing.assert_array_equal(run(mesh=mesh_lib.make_mesh((4, 2))), one)
+  sampler = igpt_sample.make_sampler(model, num_tokens=16, prefix_len=4)
+  with pytest.raises(UserInputError, match=r'sample: rows=3 is not divisible by the 8 devices'):
+    sampler(params, jax.random.PRNGKey(0), np.zeros((3, 4), np.int32),
+            mesh=mesh_lib.make_mesh((8, 1)))
 
 
 def test_sampled_frequencies_follow_the_filtered_softmax():
