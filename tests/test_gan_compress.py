@@ -163,14 +163,16 @@ def test_perceptual_term_on_vit_features(generator, held_out):
   from vit_jax import models_vit
   from vit_jax.configs import models
   vit = models_vit.VisionTransformer(num_classes=None, **models.get_model_config('testing'))
-  vit_params = vit.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  # init and the reference computations jitted: op by op they compiled every op afresh.
+  vit_params = jax.jit(vit.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
   features = perceptual.vit_features(vit, vit_params, 32)
   cfg = latent_search.SearchConfig(steps=25, restarts=1, perceptual_weight=0.5)
   result = compress.search_latents(held_out[:2], generator, cfg, features_fn=features)
   target = (held_out[:2].astype(np.float32) - 127.5) / 127.5
-  recon = generator.generate(result.latents)
+  recon = jax.jit(generator.generate)(result.latents)
+  jit_features = jax.jit(features)
   expected = (np.mean((np.asarray(recon) - target) ** 2, axis=(1, 2, 3)) + 0.5 * np.mean(
-      (np.asarray(features(recon)) - np.asarray(features(target))) ** 2, axis=-1))
+      (np.asarray(jit_features(recon)) - np.asarray(jit_features(target))) ** 2, axis=-1))
   np.testing.assert_allclose(result.loss, expected, rtol=1e-3)
   assert np.all(result.loss < np.asarray(result.curves)[0].min(axis=-1))
 

@@ -1,5 +1,6 @@
 """FID on ViT pre-logits for GAN training (gan_jax.fid_vit), against independent references."""
 
+import jax
 import numpy as np
 import pytest
 import scipy.linalg
@@ -58,9 +59,10 @@ def test_fid_matches_independent_numpy_scipy(vit_fid, real):
   ours = vit_fid.fid(vit_fid.stats(real), vit_fid.stats(noise))
   # Independent: the ViT applied directly to the whole set, numpy statistics, scipy sqrtm.
   model, params = vit_fid.classifier.model, vit_fid.classifier.params
-  feats = lambda x: np.asarray(model.apply(
-      {'params': params}, (x.astype(np.float32) - 127.5) / 127.5, train=False,
-      return_prelogits=True), np.float64)
+  # Jitted (op by op, each op compiled afresh took most of this test's time).
+  apply = jax.jit(lambda x: model.apply({'params': params}, x, train=False,
+                                        return_prelogits=True))
+  feats = lambda x: np.asarray(apply((x.astype(np.float32) - 127.5) / 127.5), np.float64)
   a, b = feats(real), feats(noise)
   assert a.shape == (300, 128)
   ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
