@@ -97,6 +97,14 @@ def _dtypes_by_path(tree: Any) -> dict[str, str]:
           if hasattr(leaf, 'shape') and hasattr(leaf, 'dtype')}
 
 
+def _fingerprint_record(tree: Any) -> dict[str, dict[str, str]]:
+  """`{'params/Transformer/cls': {'dtype': 'float32', 'fingerprint': '3f2a...'}, ...}` for the
+  array leaves of `tree`: what a checkpoint records, and what a restore compares with it."""
+  dtypes = _dtypes_by_path(tree)
+  return {path: {'dtype': dtypes[path], 'fingerprint': value}
+          for path, value in fingerprint.fingerprints(tree).items()}
+
+
 def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
   """`{'params/Transformer/cls': (1, 1, 768), ...}` for the array leaves of `tree` (a state, its
   abstract form or orbax's metadata of it: named tuples there become dicts, so keys are named
@@ -140,11 +148,8 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, *, data_iterator: Any = None) -> None:
     """Saves `state` (a pytree of arrays) and the iterator's position as checkpoint `step`."""
-    dtypes = _dtypes_by_path(state)
-    arrays = {path: {'dtype': dtypes[path], 'fingerprint': value}
-              for path, value in fingerprint.fingerprints(state).items()}
-    items = {'state': ocp.args.StandardSave(state),
-             _FINGERPRINTS: ocp.args.JsonSave({'format': fingerprint.FORMAT, 'arrays': arrays})}
+    record = {'format': fingerprint.FORMAT, 'arrays': _fingerprint_record(state)}
+    items = {'state': ocp.args.StandardSave(state), _FINGERPRINTS: ocp.args.JsonSave(record)}
     if data_iterator is not None:
       items['data'] = grain.PyGrainCheckpointSave(data_iterator)
     self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
@@ -235,9 +240,9 @@ class Checkpointer:
     except (ValueError, KeyError, TypeError, AttributeError) as e:
       raise self._damaged(step, f'{_FINGERPRINTS}/{_FINGERPRINTS_FILE} cannot be read: '
                           f'{type(e).__name__}: {e}') from None
-    dtypes = _dtypes_by_path(restored)
-    differ = [name for name, value in fingerprint.fingerprints(restored).items()
-              if name in saved and saved[name][0] == dtypes[name] and saved[name][1] != value]
+    differ = [name for name, entry in _fingerprint_record(restored).items()
+              if name in saved and saved[name][0] == entry['dtype']
+              and saved[name][1] != entry['fingerprint']]
     if differ:
       more = f', ... and {len(differ) - 4} more' if len(differ) > 4 else ''
       raise self._damaged(step, f'{len(differ)} of its arrays read back other values than '
