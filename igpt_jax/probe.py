@@ -48,8 +48,7 @@ def extract_features(model, params, tokens, *, batch_size: int = 256,
   twice).
   """
   idx = np.arange(model.num_layers + 1) if layers is None else np.asarray(layers)
-  mesh = mesh_lib.make_mesh((-1, 1), jax.local_devices()) if mesh is None else mesh
-  devices = mesh_lib.data_size(mesh)
+  mesh = mesh_lib.local_data_mesh() if mesh is None else mesh
   params = jax.device_put(params, mesh_lib.replicated(mesh))
   fn = jax.jit(lambda p, t: model.apply({'params': p}, t, return_features=True)['features'][idx])
   tokens = np.asarray(tokens)
@@ -58,7 +57,7 @@ def extract_features(model, params, tokens, *, batch_size: int = 256,
     out = np.empty(shape, np.float32)
   elif out.shape != shape:
     raise ValueError(f'out: expected shape {shape}, got {out.shape}.')
-  rows = -(-max(1, min(batch_size, len(tokens))) // devices) * devices
+  rows = mesh_lib.rows_per_batch(batch_size, len(tokens), mesh)
   for i in range(0, len(tokens), rows):
     chunk = tokens[i:i + rows]
     n = len(chunk)

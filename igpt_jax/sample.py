@@ -267,12 +267,11 @@ def sample_in_batches(sample, params, keys, prefix, *, batch_size: int,
   if batch_size < 1:
     raise UserInputError(f'batch_size={batch_size}: expected at least 1 row per batch.')
   warn_if_no_lm_head(params)
-  mesh = mesh_lib.make_mesh((-1, 1), jax.local_devices()) if mesh is None else mesh
-  devices = mesh_lib.data_size(mesh)
+  mesh = mesh_lib.local_data_mesh() if mesh is None else mesh
   params = jax.device_put(params, mesh_lib.replicated(mesh))  # once, not per batch
   prefix = jnp.asarray(prefix, jnp.int32)
   rows = prefix.shape[0]
-  size = -(-max(1, min(batch_size, rows)) // devices) * devices
+  size = mesh_lib.rows_per_batch(batch_size, rows, mesh)
   pad = -rows % size
   keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, axis=0)])
   prefix = jnp.concatenate([prefix, jnp.repeat(prefix[-1:], pad, axis=0)])

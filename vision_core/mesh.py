@@ -144,6 +144,20 @@ def make_config_mesh(shape: Sequence[int], *, field: str = 'mesh') -> Mesh:
   return mesh
 
 
+def local_data_mesh() -> Mesh:
+  """Every device of this process on 'data': for work each host does alone (features,
+  samples), with the parameters replicated and the rows split."""
+  return make_mesh((-1, 1), jax.local_devices())
+
+
+def rows_per_batch(batch_size: int, rows: int, mesh: Mesh) -> int:
+  """The rows of each batch when `rows` are processed `batch_size` at a time (fewer if there
+  are fewer rows, at least one) split over the mesh's 'data' axis: rounded up to a multiple
+  of its size, so every device gets whole rows (the last batch is padded)."""
+  devices = data_size(mesh)
+  return -(-max(1, min(batch_size, rows)) // devices) * devices
+
+
 def auto_axes(mesh: Mesh) -> Mesh:
   """`mesh` with every axis in Auto mode; `mesh` itself where they already are.
 
