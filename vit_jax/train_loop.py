@@ -150,11 +150,6 @@ def _warn_if_replicated(params, mesh, config) -> None:
     logging.warning('%s (config.mesh %s)', note, tuple(mesh.devices.shape))
 
 
-def make_mesh(config) -> jax.sharding.Mesh:
-  """The mesh of `config.mesh` (see `vision_core.mesh.make_config_mesh`)."""
-  return mesh_lib.make_config_mesh(config.mesh, field='mesh')
-
-
 def _check_config(config, mesh) -> None:
   mesh_lib.check_batch_size(config.batch, mesh, field='batch')
   mesh_lib.check_batch_size(config.batch_eval, mesh, field='batch_eval')
@@ -214,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `on_step(step)` is called after every step (tests use it to simulate a crash).
   """
   mesh_lib.initialize_distributed()
-  mesh = make_mesh(config)
+  mesh = mesh_lib.make_config_mesh(config.mesh, field='mesh')
   _check_config(config, mesh)
   # Nothing is written to the workdir until every check has passed and the first batch is
   # read: a refused run leaves a fresh workdir as it was (opening the Checkpointer creates
@@ -335,7 +330,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Test accuracy of the latest checkpoint in `workdir`, else of `config.pretrained`."""
   mesh_lib.initialize_distributed()
-  mesh = make_mesh(config)
+  mesh = mesh_lib.make_config_mesh(config.mesh, field='mesh')
   mesh_lib.check_batch_size(config.batch_eval, mesh, field='batch_eval')
   run_config.check_same_program(config, workdir)
   ckpt_dir = io.join(workdir, 'checkpoints')
