@@ -8,7 +8,7 @@ google-crc32c's C code computes it (0.2 s per GiB: hardware CRC instructions) wh
 compiled extension is installed (a dependency: wheels for the common platforms). Without it
 (its pure-Python fallback is slower than ours), `crc32c_numpy`: short inputs through the
 byte-at-a-time table loop (about 190 s per GiB in CPython); inputs of `_ROW_BYTES` or more
-through numpy, about 3 s per GiB (bench/crc32c_bench.py): the data is read as rows
+through numpy, about 2 s per GiB (bench/crc32c_bench.py): the data is read as rows
 of `_LANES` little-endian 32-bit words, and lane k (word k of every row) is one interleaved
 stream whose CRC register advances a row at a time, by two lookups in 65536-entry tables per
 word. CRC is linear over GF(2), so the lanes' registers then fold into the CRC of the whole.
