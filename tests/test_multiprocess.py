@@ -10,7 +10,6 @@ run started on 1 process and resumed on 2.
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 from tests import vit_train_helpers as helpers
+from tests.subprocess_env import xla_flags
 from vision_core import host_memory, metrics_log
 
 TIMEOUT_S = 300
@@ -44,11 +44,7 @@ def launch(module_argv, logs_dir, *, processes, devices):
     # run's compilation cache (tests/conftest.py).
     env = {k: v for k, v in os.environ.items()
            if not k.startswith('JAX_') or k.startswith(_CACHE_SETTINGS)}
-    # This run's other XLA flags (tests/conftest.py's compile settings), its own device count.
-    other_flags = re.sub(r'--xla_force_host_platform_device_count=\S+', '',
-                         os.environ.get('XLA_FLAGS', '')).split()
-    env['XLA_FLAGS'] = ' '.join([f'--xla_force_host_platform_device_count={devices}',
-                                 *other_flags])
+    env['XLA_FLAGS'] = xla_flags(devices)
     if processes > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES=str(processes),
                  JAX_PROCESS_ID=str(i))

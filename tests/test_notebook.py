@@ -1,11 +1,9 @@
 """Runs notebooks/quickstart.ipynb top to bottom on CPU with tiny settings, so it cannot rot."""
 
-import os
-import re
-
 import pytest
 
 from tests.study_helpers import ROOT
+from tests.subprocess_env import xla_flags
 
 nbformat = pytest.importorskip('nbformat')
 nbclient = pytest.importorskip('nbclient')
@@ -17,8 +15,7 @@ def test_quickstart_notebook_runs(monkeypatch):
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   # One CPU device, as on a user's laptop or a Colab CPU runtime, not the suite's 8 (its
   # compile settings kept): the notebook ran in 39 s instead of 72 s.
-  monkeypatch.setenv('XLA_FLAGS', re.sub(r'--xla_force_host_platform_device_count=\S+', '',
-                                         os.environ.get('XLA_FLAGS', '')).strip())
+  monkeypatch.setenv('XLA_FLAGS', xla_flags(1))
   monkeypatch.setenv('PYTHONPATH', str(ROOT))
   client = nbclient.NotebookClient(notebook, timeout=300, kernel_name='python3',
                                    resources={'metadata': {'path': str(ROOT / 'notebooks')}})

@@ -14,6 +14,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from tests import study_helpers as h
+from tests.subprocess_env import xla_flags
 from vision_core.errors import UserInputError
 
 
@@ -196,7 +197,7 @@ def _cli(weights, out):
          '--config.images=skimage:astronaut,skimage:chelsea', '--config.steps=30',
          '--config.restarts=2', '--config.vit_score_k=2', '--config.brisque_model=',
          '--config.brisque_range=', '--out', str(out)]
-  return cmd, dict(os.environ, PYTHONPATH=str(h.ROOT))
+  return cmd, dict(os.environ, PYTHONPATH=str(h.ROOT), XLA_FLAGS=xla_flags(1))
 
 
 @pytest.mark.parametrize('sig,ignored_by_parent', [
