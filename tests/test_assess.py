@@ -2,6 +2,7 @@
 
 import csv
 import io
+import os
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +65,7 @@ def _run(orig, recon, ckpt, out, *extra):
                '--out', str(out), '--k', '5', *extra])
 
 
-def test_report_matches_direct_metrics(tiny_checkpoint, tmp_path, shared_data):
+def test_report_matches_direct_metrics(tiny_checkpoint, tmp_path, shared_data, monkeypatch):
   ckpt, model, params = tiny_checkpoint
   orig, recon, comp, images = _dataset(tmp_path)
   out = tmp_path / 'out'
@@ -109,6 +110,15 @@ def test_report_matches_direct_metrics(tiny_checkpoint, tmp_path, shared_data):
     _run(orig, recon, ckpt, out, '--resize')
   _run(orig, recon, ckpt, out, '--resize', '--force')
   assert 'brisque_original' not in (out / 'report.csv').read_text()
+  # A --force run (another k: other scores) that fails while writing its last report leaves
+  # the old set whole, and no temporary files.
+  before = {name: (out / name).read_bytes() for name in assess.OUTPUTS}
+  from vit_jax import assess_report
+  monkeypatch.setattr(assess_report, 'figure_png', lambda *a, **k: 'not bytes')
+  with pytest.raises(TypeError):
+    _run(orig, recon, ckpt, out, '--resize', '--force', '--k', '3')
+  assert {name: (out / name).read_bytes() for name in assess.OUTPUTS} == before
+  assert sorted(os.listdir(out)) == sorted(assess.OUTPUTS)
 
 
 def test_bad_inputs_are_clear_messages(tiny_checkpoint, tmp_path):

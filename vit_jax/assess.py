@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import sys
 
@@ -170,9 +171,13 @@ def main(argv=None) -> None:
       'report.csv': assess_report.csv_text(pairs, cols).encode(),
       'report.png': assess_report.figure_png(pairs, cols),
   }
-  for name in OUTPUTS:
-    with atomic_write(os.path.join(args.out, name), 'wb', overwrite=args.force) as f:
-      f.write(contents[name])
+  # Every report is written to its temporary file before any is renamed into place, so a
+  # failed write (a full disk) leaves the old set whole instead of a new report.md beside an
+  # old report.csv; what is left is the moment of the three renames.
+  with contextlib.ExitStack() as stack:
+    for name in OUTPUTS:
+      stack.enter_context(atomic_write(os.path.join(args.out, name), 'wb',
+                                       overwrite=args.force)).write(contents[name])
   print(f'wrote {", ".join(os.path.join(args.out, n) for n in OUTPUTS)} ({len(pairs)} pairs)')
 
 
