@@ -3,6 +3,7 @@
 import csv
 import io
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -164,6 +165,37 @@ def test_bad_inputs_are_clear_messages(tiny_checkpoint, tmp_path):
     assess.main(['--originals', str(orig), '--reconstructions', str(recon), '--checkpoint',
                  ckpt, '--out', str(orig), '--force', '--k', '3'])
   assert (orig / 'report.png').read_bytes() == kept
+
+
+def test_originals_of_different_sizes_get_the_set_fid_of_their_prelogits(tiny_checkpoint,
+                                                                         tmp_path):
+  """The set-level FID on ViT pre-logits for originals of several sizes (it stacked every
+  image into one batch and failed with numpy's "all input arrays must have the same shape").
+  Reference: each image resized and embedded alone."""
+  ckpt, model, params = tiny_checkpoint
+  orig, recon = tmp_path / 'orig', tmp_path / 'recon'
+  orig.mkdir()
+  recon.mkdir()
+  crops = {'astro': data.astronaut()[:48, :64], 'coffee': data.coffee()[:40, :50],
+           'cat': data.chelsea()[:40, :50]}
+  for name, im in crops.items():
+    Image.fromarray(im).save(orig / f'{name}.png')
+    Image.open(io.BytesIO(_jpeg(im, 10))).save(recon / f'{name}.png')
+  _run(orig, recon, ckpt, tmp_path / 'out')
+  report = (tmp_path / 'out' / 'report.md').read_text()
+  found = re.search(r'FID on ViT pre-logit features \(.*\): \*\*([0-9.e+-]+)\*\*', report)
+  assert found, report
+
+  def embed(path):
+    x = jnp.asarray(np.asarray(Image.open(path)), jnp.float32)[None]
+    x = jax.image.resize(x, (1, 32, 32, 3), 'bilinear', antialias=True)
+    return np.asarray(model.apply({'params': params}, (x - 127.5) / 127.5,
+                                  return_prelogits=True), np.float64)[0]
+  names = sorted(crops)
+  expected = metrics.fid(np.stack([embed(orig / f'{n}.png') for n in names]),
+                         np.stack([embed(recon / f'{n}.png') for n in names]))
+  assert float(found.group(1)) == pytest.approx(expected, rel=1e-3, abs=1e-4)
+  assert 'Raw-pixel FID: not computed' in report
 
 
 def test_checkpoint_with_model_json_beside_it(tmp_path):

@@ -42,6 +42,7 @@ def score_pairs(pairs, *, model, params, image_size, k, brisque_files=None, mesh
   from vit_jax import metrics  # pylint: disable=g-import-not-at-top
   n = len(pairs)
   cols = collections.defaultdict(lambda: np.full(n, np.nan))
+  prelogits = [[None] * n, [None] * n]  # of the originals, of the reconstructions
   for idx in _group_by_shape(pairs):
     for fine in (False, True):  # 8-bit pairs, then pairs with a 16-bit file (float levels).
       sub = [i for i in idx if (pairs[i].original_levels is not None) == fine]
@@ -54,7 +55,11 @@ def score_pairs(pairs, *, model, params, image_size, k, brisque_files=None, mesh
     a = np.stack([pairs[i].original for i in idx])
     b = np.stack([pairs[i].reconstruction for i in idx])
     rgb_a, rgb_b = (np.repeat(x, 3, -1) if x.shape[-1] == 1 else x for x in (a, b))
-    vit = metrics.vit_scores(rgb_a, rgb_b, model, params, k, image_size=image_size, mesh=mesh)
+    vit = metrics.vit_scores(rgb_a, rgb_b, model, params, k, image_size=image_size, mesh=mesh,
+                             return_prelogits=True)
+    for j, i in enumerate(idx):
+      prelogits[0][i] = vit['prelogits_original'][j]
+      prelogits[1][i] = vit['prelogits_reconstruction'][j]
     cols['vit_score'][idx] = vit['top_k']
     cols['vit_score_weighted'][idx] = vit['weighted']
     cols['vit_cosine'][idx] = vit['cosine']
@@ -67,25 +72,19 @@ def score_pairs(pairs, *, model, params, image_size, k, brisque_files=None, mesh
       h, w, c = p.original.shape
       cols['compression_ratio'][i] = h * w * c / size  # Against the 8-bit raw image.
       cols['bpp'][i] = 8 * size / (h * w)
-  return dict(cols), _set_fid(pairs, model, params, image_size)
+  return dict(cols), _set_fid(pairs, *(np.stack(side).astype(np.float64)
+                                       for side in prelogits))
 
 
-def _set_fid(pairs, model, params, image_size):
-  """FID between the set of originals and of reconstructions: ViT pre-logits, raw pixels."""
-  import jax  # pylint: disable=g-import-not-at-top
+def _set_fid(pairs, prelogits_a, prelogits_b):
+  """FID between the set of originals and of reconstructions: on the ViT pre-logits that
+  scored them (`[n, D]` each; originals of any sizes), and on raw pixels (one size only)."""
   from vit_jax import metrics  # pylint: disable=g-import-not-at-top
   out = {}
   if len(pairs) < 2:
     return out
-  def embed(images):
-    x = np.stack([np.repeat(i, 3, -1) if i.shape[-1] == 1 else i for i in images])
-    x = jax.image.resize(x.astype(np.float32), (len(x), image_size, image_size, 3),
-                         'bilinear', antialias=True)
-    return np.asarray(model.apply({'params': params}, (x - 127.5) / 127.5,
-                                  return_prelogits=True), np.float64)
   shapes = {p.original.shape for p in pairs}
-  out['vit_prelogits'] = metrics.fid(embed([p.original for p in pairs]),
-                                     embed([p.reconstruction for p in pairs]))
+  out['vit_prelogits'] = metrics.fid(prelogits_a, prelogits_b)
   if len(shapes) == 1:
     a, b = (np.stack(side).reshape(len(pairs), -1).astype(np.float64)
             for side in zip(*(p.pixels() for p in pairs)))

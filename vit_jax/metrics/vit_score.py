@@ -87,7 +87,8 @@ def _logits_and_prelogits(model, params, images):
 
 def make_vit_score_fn(*, model, k: int, image_size: int | None = None
                       ) -> Callable[[Any, jax.Array, jax.Array], dict[str, jax.Array]]:
-  """A jit-compiled `fn(params, original, reconstruction) -> {top_k, weighted, cosine}`.
+  """A jit-compiled `fn(params, original, reconstruction) -> {top_k, weighted, cosine,
+  prelogits_original, prelogits_reconstruction}` (scores `[B]`, pre-logits `[B, D]`).
 
   Both batches are `[B, H, W, 3]` in [0, 255]; if `image_size` is set they are resized
   (bilinear, antialiased) to `image_size` x `image_size` first. One forward pass per batch:
@@ -106,6 +107,8 @@ def make_vit_score_fn(*, model, k: int, image_size: int | None = None
         'top_k': top_k_overlap(logits[:b], logits[b:], k),
         'weighted': weighted_top_k_overlap(logits[:b], logits[b:], k),
         'cosine': cosine_similarity(prelogits[:b], prelogits[b:]),
+        'prelogits_original': prelogits[:b],
+        'prelogits_reconstruction': prelogits[b:],
     }
   return jax.jit(fn)
 
@@ -146,8 +149,10 @@ def check_pair(original, reconstruction, k: int, num_classes: int) -> None:
 
 def vit_scores(original, reconstruction, model, params, k: int = 100, *,
                image_size: int | None = None, batch_size: int = 64,
-               mesh=None) -> dict[str, np.ndarray]:
-  """All three scores per image pair: `{'top_k', 'weighted', 'cosine'}`, each `[B]` float.
+               mesh=None, return_prelogits: bool = False) -> dict[str, np.ndarray]:
+  """All three scores per image pair: `{'top_k', 'weighted', 'cosine'}`, each `[B]` float;
+  with `return_prelogits`, also the ViT's pre-logits of both images,
+  `{'prelogits_original', 'prelogits_reconstruction'}` `[B, D]` (for a FID on them).
 
   Args:
     original, reconstruction: `[B, H, W, 3]` RGB in [0, 255], same shape.
@@ -179,6 +184,8 @@ def vit_scores(original, reconstruction, model, params, k: int = 100, *,
     params = jax.device_put(params, replicated(mesh))
     step = max(d, batch_size // d * d)
   out = {'top_k': [], 'weighted': [], 'cosine': []}
+  if return_prelogits:
+    out.update(prelogits_original=[], prelogits_reconstruction=[])
   for start in range(0, n, step):
     a, b = original[start:start + step], reconstruction[start:start + step]
     m = a.shape[0]
