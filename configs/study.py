@@ -13,7 +13,7 @@ Presets:
     from ../shared (BRISQUE is added when ../shared/data/brisque/*.yml exists). Expected
     (docs/results.md, ## Study): GAN rows at 0.84 bits per pixel (108-byte files), mean
     ViT-Score 0.42, SSIM 0.27, PSNR 13.7 dB; JPEG rows at quality 1, 5.1 bpp (JPEG cannot
-    get smaller at 32x32); about 21 s wall (26 s of CPU time) on a quiet 2-core CPU.
+    get smaller at 32x32); about 33 s wall (43 s of CPU time) on a quiet 2-core CPU.
   pgan_celebahq512: the study's own setting: PGAN celebAHQ-512 (pytorch_GAN_zoo, converted with
     `python -m gan_jax.pgan_import`), the official ViT-B/16 ImageNet-2012 npz (ViT-Score top-100
     of 1000 classes at 384 px), images given by the user; see docs/study.md.
