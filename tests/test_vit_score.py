@@ -169,14 +169,22 @@ def test_cosine_matches_numpy():
 def test_sharded_over_mesh_matches(tiny_vit):
   model, params = tiny_vit
   a, b = _images(3, n=5), _images(4, n=5)  # 5 pairs on an 8-device 'data' axis: padded.
-  plain = vit_scores(a, b, model, params, k=5)
-  sharded = vit_scores(a, b, model, params, k=5, mesh=make_mesh())
+  plain = vit_scores(a, b, model, params, k=5, return_prelogits=True)
+  sharded = vit_scores(a, b, model, params, k=5, mesh=make_mesh(), return_prelogits=True)
   # jax.make_mesh's default (Explicit axes) is used as ours (Auto): vision_core.mesh.auto_axes.
   explicit = vit_scores(a, b, model, params, k=5, mesh=jax.make_mesh(
       (8,), ('data',), axis_types=(jax.sharding.AxisType.Explicit,)))
+  assert sorted(explicit) == ['cosine', 'top_k', 'weighted']
   for name in plain:
     np.testing.assert_allclose(sharded[name], plain[name], atol=1e-5)
+  for name in explicit:
     np.testing.assert_allclose(explicit[name], plain[name], atol=1e-5)
+  # The pre-logits (for a FID on them): the model's own, padding rows dropped.
+  for images, name in ((a, 'prelogits_original'), (b, 'prelogits_reconstruction')):
+    want = model.apply({'params': params}, (np.asarray(images, np.float32) - 127.5) / 127.5,
+                       train=False, return_prelogits=True)
+    assert plain[name].shape == sharded[name].shape == want.shape
+    np.testing.assert_allclose(sharded[name], want, rtol=1e-5, atol=1e-5)
 
 
 def test_a_mesh_without_a_data_axis_is_named(tiny_vit):
