@@ -160,8 +160,8 @@ def read_bundle(path: str | os.PathLike, *, skip=lambda name: False,
     path: the checkpoint prefix (`.../model.ckpt-1000000`), its `.index`, or a directory.
     skip: names to leave unread (optimizer slots: reading them would triple the I/O).
     verify_checksums: check each tensor's crc32c, as TensorFlow does (`vision_core.crc32c`:
-      0.2 s per GiB with google-crc32c, 2 s without); False skips it. Sizes and the index's block checksums are
-      always checked.
+      0.2 s per GiB with google-crc32c, 2 s without); False skips it. Sizes and the index's
+      block checksums are always checked.
 
   Returns:
     `{name: array}` in the stored dtype and shape.
