@@ -32,17 +32,16 @@ import numpy as np
 
 from igpt_jax import model as igpt_model
 from igpt_jax import tf_bundle
-from vision_core import io, npz, torch_io
+from vision_core import hf_io, npz
 from vision_core.errors import UserInputError
 
 _OPTIMIZER_PARTS = {'Adam', 'Adam_1', 'adam_m', 'adam_v', 'AdamWeightDecayOptimizer',
                     'AdamWeightDecayOptimizer_1', 'Momentum', 'ExponentialMovingAverage'}
 _OPTIMIZER_NAMES = {'global_step', '_step', 'beta1_power', 'beta2_power'}
-HF_SHARD_INDEX = 'model.safetensors.index.json'
-# The files of an HF save, in the order `from_pretrained` prefers them: safetensors, then the
-# PyTorch pickles of older saves (read with `weights_only=True`; torch is an optional extra).
-HF_WEIGHT_FILES = ('model.safetensors', HF_SHARD_INDEX, 'pytorch_model.bin',
-                   'pytorch_model.bin.index.json')
+HF_SHARD_INDEX = hf_io.SHARD_INDEX
+HF_WEIGHT_FILES = hf_io.WEIGHT_FILES  # in the order `from_pretrained` prefers them
+_BIN_HINT = (" Or save it as safetensors elsewhere: ImageGPTModel.from_pretrained(d)"
+             ".save_pretrained(d, safe_serialization=True).")
 _HF_BUFFERS = re.compile(r'h\.\d+\.attn\.(bias|masked_bias)$')
 
 
@@ -152,14 +151,8 @@ HF_INT_FIELDS = ('n_head', 'n_layer', 'n_embd', 'vocab_size', 'n_positions')
 
 
 def _hf_config(path: str) -> dict:
-  config_path = os.path.join(os.path.dirname(path), 'config.json')
-  if not os.path.exists(config_path):
-    return {}
-  config = io.read_json_object(config_path, "HF's ImageGPTConfig, as save_pretrained writes it")
-  for key in HF_INT_FIELDS:
-    value = config.get(key)
-    if key in config and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-      raise UserInputError(f'{config_path}: {key} must be a positive integer, found {value!r}.')
+  config = hf_io.read_config(path, 'ImageGPTConfig')
+  hf_io.check_positive_ints(config, HF_INT_FIELDS, source=hf_io.config_path(path))
   return config
 
 
@@ -243,51 +236,6 @@ def hf_to_flat(state: Mapping[str, np.ndarray], *, num_heads: int, source: str) 
   return flat
 
 
-def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-  from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path}: no such safetensors file.')
-  try:
-    return st_numpy.load_file(path)
-  except Exception as e:  # safetensors raises its own error types for corrupt headers.
-    raise UserInputError(f'{path}: not a readable safetensors file ({e}).') from None
-
-
-def _read_hf_file(path: str) -> dict[str, np.ndarray]:
-  """One HF weights file: safetensors, or a PyTorch `.bin` state dict."""
-  if path.endswith('.bin'):
-    return torch_io.read_state_dict(path, hint=(
-        " Or save it as safetensors elsewhere: ImageGPTModel.from_pretrained(d)"
-        ".save_pretrained(d, safe_serialization=True)."))
-  return _read_safetensors(path)
-
-
-def _read_hf_shards(index_path: str) -> dict[str, np.ndarray]:
-  """The tensors of a sharded save (`save_pretrained` splits big models, such as
-  imagegpt-large in float32, into `model-0000k-of-0000n.safetensors` (or `.bin`) files listed
-  by the index)."""
-  weight_map = io.read_json_object(index_path, 'a sharded save\'s index').get('weight_map')
-  if not isinstance(weight_map, dict) or not weight_map:
-    raise UserInputError(f'{index_path}: expected a "weight_map" of tensor names to shard '
-                         'files, as transformers writes it.')
-  # Plain names: a shard lies beside its index, and a downloaded index must not make us read
-  # '../../x' or '/etc/x' instead.
-  bad = [f'{name!r}: {shard!r}' for name, shard in weight_map.items()
-         if not isinstance(shard, str) or not shard or os.path.basename(shard) != shard
-         or shard in ('.', '..')]
-  if bad:
-    raise UserInputError(f'{index_path}: "weight_map" values must be names of shard files '
-                         f'beside it, found {", ".join(bad[:3])}.')
-  state = {}
-  for shard in sorted(set(weight_map.values())):
-    state.update(_read_hf_file(os.path.join(os.path.dirname(index_path), shard)))
-  missing = sorted(set(weight_map) - set(state))
-  if missing:
-    raise UserInputError(f'{index_path}: {len(missing)} tensors listed but not in their shard '
-                         f'files: {", ".join(missing[:5])}.')
-  return state
-
-
 def load_hf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = None,
             num_heads: Optional[int] = None, need_lm_head: bool = True):
   """HF transformers' ImageGPT save: a weights file (`.safetensors`, `pytorch_model.bin`, or a
@@ -299,25 +247,17 @@ def load_hf(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = N
   Returns:
     `(params, model)`.
   """
-  path = os.fspath(path)
-  if os.path.isdir(path):
-    found = [n for n in HF_WEIGHT_FILES if os.path.exists(os.path.join(path, n))]
-    if not found:
-      raise FileNotFoundError(f'{path}: no HF weights in it (expected one of '
-                              f'{", ".join(HF_WEIGHT_FILES)}).')
-    path = os.path.join(path, found[0])
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path}: no such weights file.')
+  path = hf_io.weights_file(path)
   config = _hf_config(path)
-  check_hf_config(config, source=os.path.join(os.path.dirname(path), 'config.json'))
+  check_hf_config(config, source=hf_io.config_path(path))
   num_heads = num_heads or (model.num_heads if model else config.get('n_head'))
   if not num_heads:
     raise UserInputError(f'{path}: the number of heads is not stored in the weights; put HF\'s '
                          'config.json beside the file or pass num_heads.')
-  state = _read_hf_shards(path) if path.endswith('.json') else _read_hf_file(path)
+  state = hf_io.read_weights(path, hint=_BIN_HINT)
   flat = hf_to_flat(state, num_heads=num_heads, source=path)
   check_hf_config_sizes(config, flat, weights_path=path,
-                        config_path=os.path.join(os.path.dirname(path), 'config.json'))
+                        config_path=hf_io.config_path(path))
   return _finish(flat, model, path, num_heads=num_heads, need_lm_head=need_lm_head)
 
 
@@ -332,8 +272,7 @@ def load(path: str | os.PathLike, *, model: Optional[igpt_model.ImageGPT] = None
   if path.endswith('.npz'):
     flat = npz.load_flat(path)
     return _finish(flat, model, path, num_heads=num_heads, need_lm_head=need_lm_head)
-  if path.endswith(('.safetensors', '.bin', '.index.json')) or any(
-      os.path.exists(os.path.join(path, name)) for name in HF_WEIGHT_FILES):
+  if hf_io.is_save(path):
     return load_hf(path, num_heads=num_heads, **kwargs)
   ours = os.path.join(path, 'params.npz')
   if os.path.isdir(path) and os.path.isfile(ours) and not any(
