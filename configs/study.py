@@ -48,8 +48,9 @@ def get_config(arg: str = 'default') -> ml_collections.ConfigDict:
   c.alpha_background = 255  # RGBA images are composited on this grey level (255 = white).
   # Generator checkpoint (.npz, gan_jax.generators); '' = the shipped CIFAR-10 DCGAN.
   c.generator = ''
-  # ViT classifier (.npz, official layout). '' = the shipped CIFAR-10 ViT. Its model config
-  # comes from the model.json beside it (our trainer writes it) or from `vit_model`.
+  # ViT classifier (.npz, official layout; or an HF ViT save_pretrained folder). '' = the
+  # shipped CIFAR-10 ViT. Its model config comes from the model.json beside it (our trainer
+  # writes it), HF's config.json, or `vit_model`.
   c.vit_checkpoint = ''
   c.vit_model = ''  # zoo name (e.g. ViT-B_16) when there is no model.json
   c.vit_resolution = 0  # 0 = model.json's resolution, else this (e.g. 384)

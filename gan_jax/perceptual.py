@@ -26,7 +26,8 @@ def vit_features(module, params, image_size: int) -> Callable:
 
 
 def load_vit_features(model_name: str | None, checkpoint: str | os.PathLike) -> Callable:
-  """Loads the ViT `checkpoint` (.npz, official layout) and returns its feature function.
+  """Loads the ViT `checkpoint` (.npz, official layout, or an HF ViT save) and returns its
+  feature function.
 
   `vit_jax.checkpoint.load_for_inference` without the head: the architecture comes from the
   `model.json` that `vit_jax.main` writes beside its npz (the shipped CIFAR-10 ViT has one)

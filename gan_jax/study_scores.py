@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vision_core.errors import UserInputError
+from vit_jax import hf_import
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,14 +45,15 @@ class Classifier:
 
 def load_classifier(checkpoint: str, *, model_name: str = '', resolution: int = 0,
                     model_field: str = '--config.vit_model') -> Classifier:
-  """Loads an official-layout ViT npz (float16 storage is converted to float32).
+  """Loads an official-layout ViT npz or an HF ViT save (float16 storage is converted to
+  float32).
 
   The model comes from the `model.json` that `vit_jax.main` writes beside its npz, or from
   the zoo name `model_name` (e.g. ViT-B_16 for the official checkpoints), else from its
   shapes; `model_field` is the config field that gives that name, for the error messages.
   """
   from vit_jax import predict  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(checkpoint):
+  if not os.path.isfile(checkpoint) and not hf_import.is_hf_save(checkpoint):
     raise UserInputError(f'vit_checkpoint: {checkpoint} does not exist.')
   model, params, names, res = predict.load_model(
       checkpoint, model_name=model_name or None, resolution=resolution or None, labels=None,

@@ -176,13 +176,15 @@ def test_predict_names_a_missing_checkpoint_by_its_flag(tmp_path, capsys):
   assert exit_info.value.code == 2
   assert capsys.readouterr().err == (
       f'vit_jax.predict: error: --checkpoint {missing}: no such file (an official .npz '
-      'checkpoint, e.g. ViT-B_16.npz, or a model.npz written by vit_jax.main).\n')
+      'checkpoint, e.g. ViT-B_16.npz, a model.npz written by vit_jax.main, or an HF ViT '
+      'save_pretrained folder).\n')
   # A folder (e.g. the workdir, not its model.npz): said, with the file where there is one.
   with pytest.raises(SystemExit):
     predict.main(['--checkpoint', str(tmp_path), str(tmp_path)])
   assert capsys.readouterr().err.endswith(
       f'--checkpoint {tmp_path} is a folder; expected an official .npz checkpoint, e.g. '
-      'ViT-B_16.npz, or a model.npz written by vit_jax.main.\n')
+      'ViT-B_16.npz, a model.npz written by vit_jax.main, or an HF ViT save_pretrained '
+      'folder.\n')
   _tiny_npz(tmp_path / 'model.npz')
   with pytest.raises(SystemExit):
     predict.main(['--checkpoint', str(tmp_path), str(tmp_path)])

@@ -58,7 +58,8 @@ def test_a_missing_pretrained_file_names_the_field_and_creates_nothing(dataset, 
   run = train_loop.train_and_evaluate if mode == 'train' else train_loop.evaluate_only
   with pytest.raises(UserInputError, match=(
       f'^pretrained={re.escape(missing)}: no such file \\(an official .npz checkpoint, e.g. '
-      'ViT-B_16.npz, or a model.npz written by vit_jax.main\\).$')):
+      'ViT-B_16.npz, a model.npz written by vit_jax.main, or an HF ViT save_pretrained '
+      'folder\\).$')):
     run(config, str(tmp_path / 'runs' / 'w'))
   assert not os.path.exists(tmp_path / 'runs')
 

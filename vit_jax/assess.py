@@ -111,7 +111,7 @@ def parse_args(argv):
   parser.add_argument('--reconstructions', required=True, type=path_arg,
                       help='folder of reconstructions, same file names (any extension)')
   parser.add_argument('--checkpoint', required=True, type=path_arg,
-                      help='ViT classifier .npz (official layout)')
+                      help='ViT classifier .npz (official layout) or HF ViT save folder')
   parser.add_argument('--model', help='model name (e.g. ViT-B_16); default: the model.json '
                       'beside the checkpoint, else inferred from its shapes')
   parser.add_argument('--compressed', type=path_arg, help='folder of compressed files, same names')

@@ -1,10 +1,12 @@
-"""Official ViT `.npz` checkpoints: load, save, and adapt for fine-tuning.
+"""Official ViT `.npz` checkpoints (and HF saves): load, save, and adapt for fine-tuning.
 
 The released files (gs://vit_models/imagenet21k, imagenet21k+imagenet2012, augreg, sam) hold
 one array per parameter under flat `'/'`-joined keys, some with pre-Linen module names
 (`MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`) and, in old hybrids,
 GroupNorm scales of shape `[1, 1, 1, C]`. `load` turns any of them into the tree that
-`models_vit.VisionTransformer` uses; `save` writes that tree back in the same layout.
+`models_vit.VisionTransformer` uses; `save` writes that tree back in the same layout. HF
+transformers' ViT saves (a save_pretrained folder or its weights file) load into the same tree
+(`vit_jax.hf_import`), wherever an `.npz` is taken.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from vision_core import npz
 from vision_core.errors import UserInputError
+from vit_jax import hf_import
 
 _NUMBERED = re.compile(r'^(.*)_(\d+)$')
 
@@ -61,11 +64,14 @@ def _fix_groupnorm(tree: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
-  """Reads an official (or our) `.npz` checkpoint into a nested parameter dict of numpy arrays.
+  """Reads an official (or our) `.npz` checkpoint into a nested parameter dict of numpy arrays;
+  an HF ViT save (`hf_import.is_hf_save`) into the same tree.
 
   Never unpickles (`allow_pickle=False`); a missing, corrupt or pickle-holding file raises an
   error naming the file.
   """
+  if hf_import.is_hf_save(path):
+    return hf_import.load(path).params
   flat = npz.load_flat(path)
   _check_finite(flat, source=os.fspath(path))
   return _fix_groupnorm(convert_pre_linen(npz.unflatten(flat, source=os.fspath(path))))
@@ -158,7 +164,7 @@ def model_json(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
   there is none. A local path or a URI."""
   from vision_core import io  # pylint: disable=g-import-not-at-top
   path = model_json_path(checkpoint)
-  if not io.exists(path):
+  if hf_import.is_hf_save(checkpoint) or not io.exists(path):  # (HF's config.json instead)
     return None
   return io.read_json_object(path, "the model.json vit_jax.main writes")
 
@@ -221,11 +227,12 @@ def check_exists(path: str | os.PathLike, *, label: str) -> None:
   where the path came from (`--checkpoint PATH`, `pretrained=PATH`): the npz reader's
   FileNotFoundError named neither that nor what belongs there."""
   from vision_core import io  # pylint: disable=g-import-not-at-top
-  expected = 'an official .npz checkpoint, e.g. ViT-B_16.npz, or a model.npz written by '\
-      'vit_jax.main'
+  expected = 'an official .npz checkpoint, e.g. ViT-B_16.npz, a model.npz written by '\
+      'vit_jax.main, or an HF ViT save_pretrained folder'
   if not io.exists(os.fspath(path)):
     raise UserInputError(f'{label}: no such file ({expected}).')
-  if io.isdir(os.fspath(path)):  # e.g. a vit_jax.main workdir: its model.npz is meant
+  # A folder other than an HF save: e.g. a vit_jax.main workdir, whose model.npz is meant.
+  if io.isdir(os.fspath(path)) and not hf_import.is_hf_save(path):
     inside = io.join(os.fspath(path), 'model.npz')
     hint = f'; did you mean {inside}?' if io.exists(inside) else f'; expected {expected}.'
     raise UserInputError(f'{label} is a folder{hint}')
@@ -309,9 +316,9 @@ class Inference:
   config: Any  # its ml_collections.ConfigDict (without num_classes)
   params: dict[str, Any]
   resolution: int
-  resolution_from: str  # 'argument', 'model.json' or 'position embeddings'
+  resolution_from: str  # 'argument', 'model.json', 'config.json' (HF) or 'position embeddings'
   model_name: str
-  class_names: list[str] | None  # model.json's, when it was used
+  class_names: list[str] | None  # model.json's (or HF's id2label), when it was used
   meta: dict[str, Any] | None  # the model.json, when it was used
 
 
@@ -319,15 +326,17 @@ def load_for_inference(checkpoint: str | os.PathLike, *, model_name: str | None 
                        resolution: int | None = None, head: bool = True,
                        meta: Mapping[str, Any] | None = None,
                        model_arg: str = '--model') -> Inference:
-  """Loads a ViT `.npz` (official layout, or `vit_jax.main`'s with its model.json) to run.
+  """Loads a ViT `.npz` (official layout, or `vit_jax.main`'s with its model.json) or an HF
+  ViT save to run.
 
   One policy for every reader (predict, assess, the GAN perceptual term, the study):
   - architecture: the zoo config `model_name` when given (model.json is then ignored), else
-    the `model.json` beside the file (`meta`, when the caller has read it already), else
-    the one zoo model its shapes fit (`infer_model_name`); a zoo config takes the file's
-    `pre_logits` width as its representation size (the ImageNet-21k releases have one);
-  - resolution: `resolution` when given, else model.json's, else what the position
-    embeddings hold (`input_size`: e.g. 384 px for the ImageNet fine-tuned ViT-B/16);
+    the `model.json` beside the file (`meta`, when the caller has read it already) or an HF
+    save's config.json, else the one zoo model its shapes fit (`infer_model_name`); a zoo
+    config takes the file's `pre_logits` width as its representation size (the
+    ImageNet-21k releases have one);
+  - resolution: `resolution` when given, else model.json's (HF: image_size), else what the
+    position embeddings hold (`input_size`: e.g. 384 px for the ImageNet fine-tuned B/16);
   - `head`: True needs the classification head (its size gives `num_classes`); False drops
     it and builds a pre-logits model (`num_classes=None`);
   - every key and shape must match the model, else `UserInputError` lists the mismatches.
@@ -338,12 +347,16 @@ def load_for_inference(checkpoint: str | os.PathLike, *, model_name: str | None 
   from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
   from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
   source = os.fspath(checkpoint)
-  params = load(source)
+  hf = hf_import.load(source) if hf_import.is_hf_save(source) else None
+  params = load(source) if hf is None else hf.params
   class_names = None
   json_resolution = None
   if model_name:
     meta = None
     config = models.get_model_config(model_name)
+  elif hf is not None:  # Its config.json gives what a model.json would.
+    meta = None
+    config, class_names, json_resolution = hf.config, hf.class_names, hf.resolution
   else:
     meta = model_json(source) if meta is None else meta
     if meta is not None:
@@ -374,7 +387,7 @@ def load_for_inference(checkpoint: str | os.PathLike, *, model_name: str | None 
   if resolution:
     resolution_from = 'argument'
   elif json_resolution:
-    resolution, resolution_from = json_resolution, 'model.json'
+    resolution, resolution_from = json_resolution, 'model.json' if hf is None else 'config.json'
   else:
     resolution, resolution_from = input_size(model, params), 'position embeddings'
   resolution = int(resolution)

@@ -1,15 +1,17 @@
-"""Top-k labels for image files or folders, from an official or our own ViT checkpoint.
+"""Top-k labels for image files or folders, from an official, HF or our own ViT checkpoint.
 
   python -m vit_jax.predict --checkpoint runs/ti/model.npz photos/ cat.jpg
   python -m vit_jax.predict --checkpoint ViT-B_16.npz --model ViT-B_16 --resolution 384 \
       --labels imagenet2012 --csv predictions.csv dog.jpg
+  python -m vit_jax.predict --checkpoint vit-base-patch16-224/ dog.jpg  # HF save_pretrained
 
 A checkpoint written by `vit_jax.main` has a `model.json` beside it (model config, class
 names, resolution), so nothing else is needed. For an official `.npz`, the model is told
 from its shapes (pass `--model` where they fit no zoo model or several); the
 class count comes from the file's head, the resolution from its position embeddings (or
 `--resolution`), and the label names from `--labels` (by default imagenet2012 for 1,000
-classes, cifar10 / cifar100 for 10 / 100, else class numbers).
+classes, cifar10 / cifar100 for 10 / 100, else class numbers). An HF transformers ViT folder
+gives all of these in its config.json (id2label, image_size; `vit_jax.hf_import`).
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('inputs', nargs='+', type=io.path_arg,
                       help='image files and/or folders of images')
   parser.add_argument('--checkpoint', required=True, type=io.path_arg,
-                      help='.npz (official layout)')
+                      help='.npz (official layout), or an HF ViT save_pretrained folder')
   parser.add_argument('--model', help='zoo name, e.g. ViT-B_16 (default: from model.json)')
   parser.add_argument('--resolution', type=int, help='input size (default: model.json or 224)')
   parser.add_argument('--labels', type=io.path_arg,
