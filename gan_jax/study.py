@@ -65,20 +65,7 @@ def check_output(out: str, *, force: bool) -> None:
 def _publish(staging: str, out: str, *, force: bool) -> None:
   """Renames the complete staging folder onto `out` (replacing an old study if forced)."""
   check_output(out, force=force)
-  old = None
-  if os.path.lexists(out):
-    old = tempfile.mkdtemp(prefix='.' + os.path.basename(out) + '.old-',
-                           dir=os.path.dirname(os.path.abspath(out)))
-    os.rmdir(old)
-    os.rename(out, old)
-  try:
-    os.rename(staging, out)
-  except BaseException:
-    if old is not None:
-      os.rename(old, out)
-    raise
-  if old is not None:
-    shutil.rmtree(old, ignore_errors=True)
+  io.publish_folder(staging, out)
 
 
 def _save_png(path: str, image) -> None:

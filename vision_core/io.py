@@ -271,6 +271,27 @@ def atomic_write(path: str | os.PathLike, mode: str = 'wb', *,
     raise
 
 
+def publish_folder(staging: str, out: str) -> None:
+  """Renames the complete local folder `staging` onto `out`. An existing `out` (the caller
+  has checked that it may be replaced) is moved aside first, put back if the rename fails,
+  and deleted only once the new folder is in place: `out` is never half-written. Both lie
+  on one filesystem (make `staging` beside `out`)."""
+  old = None
+  if os.path.lexists(out):
+    old = tempfile.mkdtemp(prefix='.' + os.path.basename(out) + '.old-',
+                           dir=os.path.dirname(os.path.abspath(out)))
+    os.rmdir(old)
+    os.rename(out, old)
+  try:
+    os.rename(staging, out)
+  except BaseException:
+    if old is not None:
+      os.rename(old, out)
+    raise
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def _uri_atomic_write(path: str, mode: str, *, overwrite: bool) -> Iterator[IO]:
   if mode not in ('w', 'wb'):
