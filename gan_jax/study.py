@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -135,11 +133,7 @@ def run(config, *, out: str | None = None, force: bool = False, progress: bool =
   chunks = [slice(s, s + batch) for s in range(0, len(targets), batch)]
   stage = on_stage or (lambda name: None)
 
-  parent = os.path.dirname(os.path.abspath(out))
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix='.' + os.path.basename(os.path.abspath(out)) +
-                             '.partial-', dir=parent)
-  try:
+  with io.staging_folder(out) as staging:
     folders = {k_: os.path.join(staging, k_) for k_ in
                ('originals', 'compressed', 'reconstructions', 'jpeg')}
     for folder in folders.values():
@@ -243,8 +237,6 @@ def run(config, *, out: str | None = None, force: bool = False, progress: bool =
     bar.close()
     stage('publish')
     _publish(staging, out, force=force)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
   return {k_: os.path.join(out, os.path.basename(p)) for k_, p in paths.items()}
 
 

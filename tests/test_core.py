@@ -226,6 +226,47 @@ def test_atomic_write_gives_plain_open_permissions(tmp_path):
   assert os.stat(tmp_path / 'a.bin').st_mode & 0o777 == os.stat(tmp_path / 'b.bin').st_mode & 0o777
 
 
+def test_a_folder_is_staged_and_published_whole(tmp_path, monkeypatch):
+  out = tmp_path / 'out'
+  old = os.umask(0o022)
+  try:
+    with io.staging_folder(out) as staging:
+      assert os.path.basename(staging).startswith('.out.partial-')
+      (tmp_path / 'plain').mkdir()  # mkdtemp's 0700 was not what a user's mkdir gives
+      assert os.stat(staging).st_mode & 0o777 == os.stat(tmp_path / 'plain').st_mode & 0o777
+      with open(os.path.join(staging, 'a'), 'w') as f:
+        f.write('new')
+      out.mkdir()
+      (out / 'a').write_text('old')
+      io.publish_folder(staging, out)
+  finally:
+    os.umask(old)
+  assert (out / 'a').read_text() == 'new' and sorted(os.listdir(tmp_path)) == ['out', 'plain']
+  # A Ctrl-C or SIGTERM (KeyboardInterrupt) the instant the folder is made: nothing left
+  # (the study's CLI test once found its staging folder after a SIGTERM under load).
+  real_mkdir = os.mkdir
+
+  def mkdir_then_signal(path, *args):
+    real_mkdir(path, *args)
+    raise KeyboardInterrupt
+  monkeypatch.setattr(io.os, 'mkdir', mkdir_then_signal)
+  with pytest.raises(KeyboardInterrupt):
+    with io.staging_folder(out):
+      pass
+  assert sorted(os.listdir(tmp_path)) == ['out', 'plain']
+  # A failed rename puts the old folder back.
+  monkeypatch.setattr(io.os, 'mkdir', real_mkdir)
+  with io.staging_folder(out) as staging:
+    def rename_fails_for_staging(source, target, real=os.rename):
+      if source == staging:
+        raise OSError('disk gone')
+      real(source, target)
+    monkeypatch.setattr(io.os, 'rename', rename_fails_for_staging)
+    with pytest.raises(OSError, match='disk gone'):
+      io.publish_folder(staging, str(out))
+  assert (out / 'a').read_text() == 'new'
+
+
 def test_atomic_write_to_a_read_only_folder_names_the_file(tmp_path, monkeypatch):
   def denied(**kwargs):  # what a read-only folder does (root, who runs CI, is never denied)
     raise PermissionError(13, 'Permission denied', os.path.join(kwargs['dir'], '.a.json.x.tmp'))

@@ -22,6 +22,7 @@ import io as std_io
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -269,6 +270,28 @@ def atomic_write(path: str | os.PathLike, mode: str = 'wb', *,
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
     raise
+
+
+@contextlib.contextmanager
+def staging_folder(out: str) -> Iterator[str]:
+  """A new hidden folder `.NAME.partial-RANDOM` beside the local folder `out`, to build it in
+  before `publish_folder`; removed however the block ends. The folder is made inside the
+  cleanup's reach: a Ctrl-C or SIGTERM (raised as KeyboardInterrupt) just after mkdtemp
+  made it left it behind. Made with a plain mkdir's permissions (mkdtemp's are 0700)."""
+  parent = os.path.dirname(os.path.abspath(out))
+  os.makedirs(parent, exist_ok=True)
+  path = os.path.join(parent, f'.{os.path.basename(os.path.abspath(out))}.partial-'
+                      f'{secrets.token_hex(8)}')
+  try:
+    try:
+      os.mkdir(path)
+    except FileExistsError:  # a clash of 64 random bits: not ours to remove
+      path = None
+      raise
+    yield path
+  finally:
+    if path is not None:
+      shutil.rmtree(path, ignore_errors=True)
 
 
 def publish_folder(staging: str, out: str) -> None:

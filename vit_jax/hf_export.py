@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from typing import Any, Mapping
 
 import numpy as np
@@ -153,26 +151,14 @@ def export(loaded, out: str, *, force: bool = False) -> None:
   config = hf_config(loaded.config, num_classes=num_classes, resolution=loaded.resolution,
                      class_names=loaded.class_names)
   tensors = hf_tensors(loaded.params)
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  staging = tempfile.mkdtemp(prefix='.' + os.path.basename(out) + '.', dir=os.path.dirname(out))
-  try:
+  with io.staging_folder(out) as staging:
     save_file(tensors, os.path.join(staging, 'model.safetensors'), metadata={'format': 'pt'})
     for name, content in (('config.json', config),
                           ('preprocessor_config.json', preprocessor_config(loaded.resolution))):
       with open(os.path.join(staging, name), 'w', encoding='utf-8') as f:
         json.dump(content, f, indent=2)
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 -> what a plain mkdir gives
     check_out(out, force=force)  # (again: it may have appeared meanwhile)
     io.publish_folder(staging, out)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
-
-
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
 
 
 def main(argv: list[str] | None = None) -> None:
