@@ -76,7 +76,7 @@ def get_config(arg: str = 'dcgan,mnist') -> ml_collections.ConfigDict:
   c.sample_every = 1000
   c.fid_every = 500  # and after the last step; 0 = no FID (no real statistics either)
   c.fid_samples = 2000  # EMA samples (and training images) per FID evaluation
-  c.fid_vit_checkpoint = DEFAULT_FID_VIT  # ViT .npz with model.json beside it; '' = off
+  c.fid_vit_checkpoint = DEFAULT_FID_VIT  # ViT .npz (+ model.json) or HF ViT folder; '' = off
   c.fid_vit_model = ''  # zoo name (e.g. 'ViT-B_16') for a checkpoint without model.json
   c.fid_batch_size = 500  # images per compiled ViT call (sharded over 'data')
   c.checkpoint_every = 500

@@ -35,19 +35,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vision_core import io, metrics_log
+from vision_core import hf_io, io, metrics_log
 from vision_core.errors import UserInputError
-from vit_jax import metrics
+from vit_jax import hf_import, metrics
 
 # Bump when the input convention above changes: old cached statistics then stop matching.
 CONVENTION = 'uint8|grey->rgb|bilinear-resize|vit-prelogits:v1'
 
 
 def checkpoint_sha256(path: str) -> str:
-  """SHA-256 of the checkpoint's bytes and of its `model.json` (which fixes the architecture)."""
+  """SHA-256 of the checkpoint's bytes and of its `model.json` (which fixes the architecture);
+  for an HF save, of its weights, config.json and preprocessor_config.json."""
   digest = hashlib.sha256()
-  meta = os.path.join(os.path.dirname(os.path.abspath(path)), 'model.json')
-  for file in (path, meta):
+  if hf_import.is_hf_save(path):
+    files = hf_io.save_files(hf_io.weights_file(path))
+  else:
+    files = (path, os.path.join(os.path.dirname(os.path.abspath(path)), 'model.json'))
+  for file in files:
     if os.path.isfile(file):
       with open(file, 'rb') as f:
         for block in iter(lambda f=f: f.read(1 << 20), b''):
@@ -72,7 +76,8 @@ class VitFid:
   """A ViT feature extractor for FID: statistics of uint8 image sets, cached real statistics.
 
   Args:
-    checkpoint: the ViT `.npz` (official layout); `model.json` beside it, or `model_name`.
+    checkpoint: the ViT `.npz` (official layout; `model.json` beside it, or `model_name`), or
+      an HF ViT save.
     model_name: zoo name (e.g. 'ViT-B_16') for a checkpoint without `model.json`.
     mesh: optional `vision_core.mesh` mesh; each batch is sharded over its 'data' axis.
     batch_size: images per compiled call (every call has this shape: the last is padded).
@@ -82,11 +87,12 @@ class VitFid:
   def __init__(self, checkpoint: str, *, model_name: str = '', mesh=None,
                batch_size: int = 500, field: str = 'config.fid_vit_checkpoint'):
     from gan_jax import study_scores  # pylint: disable=g-import-not-at-top
-    if not checkpoint or not os.path.isfile(checkpoint):
+    if not checkpoint or not (os.path.isfile(checkpoint) or hf_import.is_hf_save(checkpoint)):
       raise UserInputError(
           f'{field}: {checkpoint or "(empty)"} does not exist; expected a ViT classifier .npz '
           '(official layout, with the model.json that vit_jax.main writes beside it), e.g. '
-          'vit_jax/weights/vit_cifar10/model.npz; or set it to "" to skip fid_vit.')
+          'vit_jax/weights/vit_cifar10/model.npz, or an HF ViT save_pretrained folder; or set '
+          'it to "" to skip fid_vit.')
     if batch_size < 1:
       raise UserInputError(f'config.fid_batch_size={batch_size}: expected >= 1.')
     self.checkpoint = checkpoint

@@ -189,12 +189,18 @@ def test_broken_saves_are_named(tmp_path):
   save_hf(tmp_path)
   weights = tmp_path / 'model.safetensors'
   state = load_file(weights)
-  save_file({**{k: v for k, v in state.items() if k != 'vit.embeddings.cls_token'},
-             'vit.extra.weight': np.zeros(3, np.float32)}, weights)
+  save_file({**state, 'vit.extra.weight': np.zeros(3, np.float32)}, weights)
   with pytest.raises(UserInputError, match=r'1 problems\):\n  extra    vit.extra.weight'):
     checkpoint.load(str(tmp_path))
-  save_file({k: v for k, v in state.items() if k != 'vit.embeddings.cls_token'}, weights)
-  with pytest.raises(UserInputError, match='missing embeddings.cls_token'):
+  dropped = ('vit.embeddings.cls_token', 'vit.encoder.layer.1.intermediate.dense.weight')
+  save_file({k: v for k, v in state.items() if k not in dropped}, weights)
+  with pytest.raises(UserInputError, match='not a complete HF ViT save; missing '
+                     'embeddings.cls_token, encoder.layer.1.intermediate.dense.weight.$'):
+    checkpoint.load(str(tmp_path))
+  save_file({k: v for k, v in state.items() if not k.startswith('vit.encoder.layer.0.')},
+            weights)
+  with pytest.raises(UserInputError, match=r'missing encoder layers between 0 and 1 \(found '
+                     r'\[1\]\)'):
     checkpoint.load(str(tmp_path))
   weights.write_bytes(b'not a safetensors file')
   with pytest.raises(UserInputError, match='model.safetensors: not a readable safetensors'):
@@ -253,3 +259,22 @@ def test_the_study_takes_an_hf_folder_as_its_vit(tmp_path):
   with pytest.raises(UserInputError, match='vit_checkpoint: .* is a folder; expected an .npz '
                                            'file or an HF ViT save_pretrained folder'):
     study._resolve_paths(config)  # pylint: disable=protected-access
+
+
+def test_gan_fid_features_of_an_hf_folder(tmp_path):
+  """`config.fid_vit_checkpoint=FOLDER`: the features are HF's class token after its final
+  LayerNorm (what its classifier reads); the cache key covers the processor's mean / std."""
+  from gan_jax import fid_vit  # pylint: disable=g-import-not-at-top
+  model = save_hf(tmp_path)
+  transformers.ViTImageProcessorPil(image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD) \
+      .save_pretrained(tmp_path)
+  images = np.random.default_rng(3).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+  vit_fid = fid_vit.VitFid(str(tmp_path), batch_size=8)
+  normalised = (images / 255 - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
+  with torch.no_grad():
+    expected = model.vit(pixel_values=torch.from_numpy(
+        normalised.transpose(0, 3, 1, 2).astype(np.float32))).last_hidden_state[:, 0].numpy()
+  np.testing.assert_allclose(vit_fid.features(images, pad_to=8), expected, atol=1e-4)
+  key = fid_vit.checkpoint_sha256(str(tmp_path))
+  transformers.ViTImageProcessorPil().save_pretrained(tmp_path)  # mean = std = 0.5
+  assert fid_vit.checkpoint_sha256(str(tmp_path)) != key

@@ -50,6 +50,19 @@ def weights_file(path: str | os.PathLike) -> str:
   return path
 
 
+def save_files(weights_path: str) -> list[str]:
+  """The files that make the model of a save: the weights (each shard of a sharded save),
+  then config.json and preprocessor_config.json where present (e.g. to fingerprint it)."""
+  folder = os.path.dirname(weights_path)
+  files = [weights_path]
+  if weights_path.endswith('.json'):
+    weight_map = io.read_json_object(weights_path, 'a sharded save\'s index').get('weight_map')
+    files += sorted({os.path.join(folder, os.path.basename(str(shard)))
+                     for shard in (weight_map or {}).values()})
+  extra = [os.path.join(folder, n) for n in ('config.json', 'preprocessor_config.json')]
+  return files + [f for f in extra if os.path.isfile(f)]
+
+
 def config_path(weights_path: str) -> str:
   return os.path.join(os.path.dirname(weights_path), 'config.json')
 

@@ -53,6 +53,14 @@ _BIN_HINT = (' Or save it as safetensors elsewhere: ViTForImageClassification.fr
 # (ViTForMaskedImageModeling's mask token and decoder).
 _IGNORED = re.compile(r'^(vit\.)?embeddings\.mask_token$|^decoder\.')
 _LAYER = re.compile(r'^encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$')
+# The tensors a save must hold (HF names without `vit.`), outside and in each layer.
+_REQUIRED = ('embeddings.cls_token', 'embeddings.position_embeddings',
+             'embeddings.patch_embeddings.projection.weight',
+             'embeddings.patch_embeddings.projection.bias', 'layernorm.weight', 'layernorm.bias')
+_LAYER_REQUIRED = tuple(f'{part}.{leaf}' for part in (
+    'layernorm_before', 'layernorm_after', 'attention.output.dense', 'intermediate.dense',
+    'output.dense') for leaf in ('weight', 'bias')) + tuple(
+        f'attention.attention.{part}.weight' for part in ('query', 'key', 'value'))
 _LAYER_PARTS = {
     'layernorm_before': ('LayerNorm_0', None),
     'layernorm_after': ('LayerNorm_1', None),
@@ -94,6 +102,7 @@ def load(path: str | os.PathLike) -> HFViT:
                          'number of heads is not stored in the weights).')
   _check_config(config, config_path)
   state = hf_io.read_weights(weights, hint=_BIN_HINT)
+  _check_complete(state, source=weights)
   params = _to_tree(state, num_heads=config.get('num_attention_heads', 12), source=weights)
   _check_sizes(config, params, config_path=config_path, weights=weights)
   scale, shift = _input_affine(os.path.join(os.path.dirname(weights),
@@ -203,32 +212,37 @@ def _add_missing_qkv_biases(tree: dict, num_heads: int) -> None:
         attention[part]['bias'] = np.zeros(kernel.shape[1:], np.float32)
 
 
+def _check_complete(state: Mapping[str, np.ndarray], *, source: str) -> None:
+  """Every tensor of a ViT's forward pass is in the save (q/k/v biases may be absent:
+  qkv_bias=False), else `UserInputError` naming the missing ones."""
+  names = {k[len('vit.'):] if k.startswith('vit.') else k for k in state}
+  layers = sorted({int(m.group(1)) for n in names if (m := _LAYER.match(n))})
+  required = list(_REQUIRED) + [f'encoder.layer.{i}.{part}' for i in layers
+                                for part in _LAYER_REQUIRED]
+  missing = [n for n in required if n not in names]
+  if not layers:
+    missing.append('encoder.layer.0.*')
+  elif layers != list(range(len(layers))):
+    missing.append(f'encoder layers between 0 and {layers[-1]} (found {layers})')
+  if missing:
+    more = f' and {len(missing) - 6} more' if len(missing) > 6 else ''
+    raise UserInputError(f'{source}: not a complete HF ViT save; missing '
+                         f'{", ".join(missing[:6])}{more}.')
+
+
 def _check_sizes(config: Mapping[str, Any], params: Mapping[str, Any], *, config_path: str,
                  weights: str) -> None:
-  """config.json's sizes against the weights', and every required tensor present."""
-  transformer = params.get('Transformer', {})
-  layers = sorted(int(k.split('_')[-1]) for k in transformer if k.startswith('encoderblock_'))
-  kernel = params.get('embedding', {}).get('kernel')
-  missing = [n for n, present in (
-      ('embeddings.cls_token', 'cls' in params),
-      ('embeddings.position_embeddings', 'posembed_input' in transformer),
-      ('embeddings.patch_embeddings.projection.weight', kernel is not None),
-      ('embeddings.patch_embeddings.projection.bias', 'bias' in params.get('embedding', {})),
-      ('layernorm.weight', 'encoder_norm' in transformer),
-      ('encoder.layer.0', bool(layers))) if not present]
-  if layers != list(range(len(layers))):
-    missing.append(f'encoder layers (found {layers})')
-  if missing:
-    raise UserInputError(f'{weights}: not a complete HF ViT save; missing '
-                         f'{", ".join(missing)}.')
-  mlp = transformer['encoderblock_0'].get('MlpBlock_0', {}).get('Dense_0', {}).get('kernel')
+  """config.json's sizes against the weights' (all present: `_check_complete`)."""
+  transformer = params['Transformer']
+  layers = sum(k.startswith('encoderblock_') for k in transformer)
+  kernel = params['embedding']['kernel']
+  mlp = transformer['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel']
   patch = config.get('patch_size', kernel.shape[0])
   patch = patch if isinstance(patch, (list, tuple)) else [patch, patch]
   shown = {'hidden_size': (kernel.shape[-1], 'the weights are {} wide'),
-           'num_hidden_layers': (len(layers), 'the weights hold {} layers'),
+           'num_hidden_layers': (layers, 'the weights hold {} layers'),
            'num_channels': (kernel.shape[2], 'the patch embedding takes {} channels'),
-           'intermediate_size': (None if mlp is None else mlp.shape[1],
-                                 'the MLP is {} wide')}
+           'intermediate_size': (mlp.shape[1], 'the MLP is {} wide')}
   bad = [f'{key}={config[key]} but {said.format(found)}' for key, (found, said) in shown.items()
          if key in config and config[key] != found]
   if list(patch) != list(kernel.shape[:2]):
