@@ -121,3 +121,25 @@ def test_a_failed_write_keeps_the_earlier_export(run_dir, tmp_path, monkeypatch)
                      str(tmp_path / 'hf'), force=True)
   assert {n: (tmp_path / 'hf' / n).read_bytes() for n in os.listdir(tmp_path / 'hf')} == before
   assert sorted(os.listdir(tmp_path)) == ['hf']
+
+
+def test_the_shipped_cifar10_vit_exports_with_its_class_names(tmp_path):
+  """Trained weights (exact GELU, 4 px patches): HF's model and processor from the export give
+  predict's probabilities for a real photo, and CIFAR-10's names."""
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import vit_jax  # pylint: disable=g-import-not-at-top
+  from vit_jax import predict  # pylint: disable=g-import-not-at-top
+  hf_export.main(['--checkpoint', vit_jax.SHIPPED_CIFAR10_VIT, '--out', str(tmp_path / 'hf')])
+  hf = transformers.ViTForImageClassification.from_pretrained(tmp_path / 'hf').eval()
+  assert hf.config.hidden_act == 'gelu' and hf.config.id2label[3] == 'cat'
+  processor = transformers.ViTImageProcessorPil.from_pretrained(tmp_path / 'hf')
+  photo = skimage.data.chelsea()
+  Image.fromarray(photo).save(tmp_path / 'cat.png')
+  pixels = processor(images=Image.fromarray(photo), return_tensors='np')['pixel_values']
+  hf_probs = torch.softmax(torch.from_numpy(hf_outputs(hf, pixels.transpose(0, 2, 3, 1))), -1)
+  model, params, _, resolution = predict.load_model(vit_jax.SHIPPED_CIFAR10_VIT, model_name=None,
+                                                    resolution=None, labels=None)
+  ours = predict.predict([str(tmp_path / 'cat.png')], model=model, params=params,
+                         resolution=resolution, top=10)[0][1]
+  np.testing.assert_allclose([p for _, p in sorted(ours)], hf_probs[0].numpy(), atol=1e-5)
