@@ -28,12 +28,27 @@ def test_uint8_ops_after_value_range_are_named_when_parsed(op):
     ('inception_crop(8, area_max=0)', r'area_min=5, area_max=0: expected percentages'),
     ('inception_crop(8, area_max=150)', r'area_min=5, area_max=150: expected percentages'),
     ('inception_crop(8, 0.08, 1)', r'area_max=1: the areas are percentages .* pass \(8, 100\)'),
+    ("resize(8, method='cubic')", "method 'cubic': expected one of nearest, bilinear, bicubic"),
 ])
 def test_bad_resize_small_and_inception_crop_arguments_are_named_when_parsed(spec, message):
   # They passed parsing; the first image then failed in a loader thread ("unsupported operand
   # type(s) for /: 'tuple' and 'int'", "math domain error", "high - low < 0").
   with pytest.raises(UserInputError, match=rf'preprocessing op .*{message}'):
     data.parse_preprocess(spec)
+
+
+@pytest.mark.parametrize('method', ['bilinear', 'bicubic', 'nearest', 'lanczos'])
+def test_resize_methods_are_pillows_filters(method):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = np.random.default_rng(1).integers(0, 256, (30, 45, 3), dtype=np.uint8)
+  filters = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC, 'nearest': Image.NEAREST,
+             'lanczos': Image.LANCZOS}
+  expected = np.asarray(Image.fromarray(image).resize((13, 11), filters[method]))
+  out = data.parse_preprocess(f"resize((11, 13), method='{method}')")({'image': image})['image']
+  np.testing.assert_array_equal(out, expected)
+  small = data.parse_preprocess(f"resize_small(15, method='{method}')")({'image': image})
+  np.testing.assert_array_equal(small['image'], np.asarray(
+      Image.fromarray(image).resize((22, 15), filters[method])))  # 45 * 15 / 30 = 22.5 -> 22
 
 
 def test_inception_crop_area_range_is_honoured():

@@ -278,3 +278,35 @@ def test_gan_fid_features_of_an_hf_folder(tmp_path):
   key = fid_vit.checkpoint_sha256(str(tmp_path))
   transformers.ViTImageProcessorPil().save_pretrained(tmp_path)  # mean = std = 0.5
   assert fid_vit.checkpoint_sha256(str(tmp_path)) != key
+
+
+def test_predict_prepares_images_as_the_saves_processor(tmp_path, capsys):
+  """A DeiT-style processor (bicubic resize to 40x40, centre crop to 32): predict's
+  probabilities for a non-square photo are HF's on its processor's output."""
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from vit_jax import predict  # pylint: disable=g-import-not-at-top
+  model = save_hf(tmp_path / 'hf')
+  processor = transformers.DeiTImageProcessorPil(
+      size={'height': 40, 'width': 40}, crop_size={'height': 32, 'width': 32},
+      image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+  processor.save_pretrained(tmp_path / 'hf')
+  assert hf_import.test_ops(tmp_path / 'hf', 32) == (
+      "to_rgb|resize((40, 40), method='bicubic')|central_crop((32, 32))|value_range(-1, 1)")
+  photo = skimage.data.coffee()  # 400x600
+  Image.fromarray(photo).save(tmp_path / 'coffee.png')
+  pixels = processor(images=Image.fromarray(photo), return_tensors='np')['pixel_values']
+  hf_probs = torch.softmax(torch.from_numpy(hf_outputs(model, pixels.transpose(0, 2, 3, 1))),
+                           -1)[0].numpy()
+  predict.main(['--checkpoint', str(tmp_path / 'hf'), '--top', '5', '--csv',
+                str(tmp_path / 'p.csv'), str(tmp_path / 'coffee.png')])
+  capsys.readouterr()
+  rows = (tmp_path / 'p.csv').read_text().splitlines()[1:]
+  ours = {int(r.split(',')[2]): float(r.split(',')[4]) for r in rows}
+  np.testing.assert_allclose([ours[i] for i in range(5)], hf_probs, atol=2e-6)
+  # A processor whose images do not fit the model is named.
+  processor.crop_size = {'height': 48, 'width': 48}
+  processor.save_pretrained(tmp_path / 'hf')
+  with pytest.raises(UserInputError, match=r'preprocessor_config.json: its images are 48x48 '
+                     'pixels, but the model takes 32x32'):
+    hf_import.test_ops(tmp_path / 'hf', 32)

@@ -272,6 +272,52 @@ def _input_affine(path: str) -> tuple[np.ndarray, np.ndarray]:
   return 127.5 * rescale / std, (127.5 * rescale - mean) / std
 
 
+# HF processors' `resample`: PIL's filter numbers -> `vision_core.data.preprocess` names.
+_PIL_FILTERS = {0: 'nearest', 1: 'lanczos', 2: 'bilinear', 3: 'bicubic', 4: 'box', 5: 'hamming'}
+
+
+def test_ops(path: str | os.PathLike, resolution: int) -> str | None:
+  """The op spec (`vision_core.data.preprocess`) that prepares an RGB image for the model as
+  the save's preprocessor_config.json says: resize (to a size, or the shorter side), centre
+  crop, then [-1, 1] (the normalisation is folded into the weights); without a resize or crop
+  in it, a resize to `resolution`. None without the file. `UserInputError` when its images
+  would not be `resolution` pixels square."""
+  source = os.path.join(os.path.dirname(hf_io.weights_file(path)), 'preprocessor_config.json')
+  if not os.path.exists(source):
+    return None
+  pp = io.read_json_object(source, "HF's image processor config")
+  ops, size = ['to_rgb'], None
+  method = _PIL_FILTERS.get(pp.get('resample', 2))
+  if method is None:
+    raise UserInputError(f'{source}: resample {pp.get("resample")!r}; expected a PIL filter '
+                         f'number ({", ".join(f"{k} {v}" for k, v in _PIL_FILTERS.items())}).')
+  for field, op in (('size', 'resize'), ('crop_size', 'central_crop')):
+    if not pp.get('do_resize' if field == 'size' else 'do_center_crop', field == 'size'):
+      continue
+    value = pp.get(field, resolution)
+    if isinstance(value, dict) and 'shortest_edge' in value and field == 'size':
+      ops.append(f"resize_small({value['shortest_edge']!r}, method='{method}')")
+      size = 'shorter side'
+      continue
+    if isinstance(value, dict):
+      value = (value.get('height'), value.get('width'))
+    hw = value if isinstance(value, (list, tuple)) else (value, value)
+    if len(hw) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0
+                               for s in hw):
+      raise UserInputError(f'{source}: {field} {pp.get(field)!r}; expected a positive number, '
+                           '{"height": H, "width": W} or {"shortest_edge": S}.')
+    size = tuple(hw)
+    ops.append(f"resize({size}, method='{method}')" if op == 'resize' else
+               f'central_crop({size})')
+  if size is None:  # (HF would pass the image as it is: any other size fails)
+    ops.append(f'resize({resolution})')
+  elif size != (resolution, resolution):
+    shape = 'of any shape' if size == 'shorter side' else f'{size[0]}x{size[1]} pixels'
+    raise UserInputError(f'{source}: its images are {shape}, but the model takes '
+                         f'{resolution}x{resolution}.')
+  return '|'.join(ops + ['value_range(-1, 1)'])
+
+
 def fold_input_affine(embedding: Mapping[str, np.ndarray], scale, shift) -> dict:
   """Patch embedding `{kernel [p, p, C, D], bias [D]}` for inputs `x` that gives what the
   given one gives for `scale * x + shift` (per channel `[C]`, or one value for all)."""

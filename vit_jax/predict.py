@@ -11,7 +11,8 @@ from its shapes (pass `--model` where they fit no zoo model or several); the
 class count comes from the file's head, the resolution from its position embeddings (or
 `--resolution`), and the label names from `--labels` (by default imagenet2012 for 1,000
 classes, cifar10 / cifar100 for 10 / 100, else class numbers). An HF transformers ViT folder
-gives all of these in its config.json (id2label, image_size; `vit_jax.hf_import`).
+gives all of these in its config.json (id2label, image_size; `vit_jax.hf_import`), and its
+preprocessor_config.json says how images are resized and cropped.
 """
 
 from __future__ import annotations
@@ -143,8 +144,15 @@ def main(argv: list[str] | None = None) -> None:
     model, params, names, resolution = load_model(
         args.checkpoint, model_name=args.model, resolution=args.resolution, labels=args.labels,
         meta=meta)
-    # Images are prepared as the run's test split was (its pp.test_ops, if it set them).
-    preprocess = None if args.model else saved_test_preprocess(meta, resolution)
+    # Images are prepared as the run's test split was (its pp.test_ops, if it set them), or
+    # as an HF save's image processor would (resize, crop).
+    from vit_jax import hf_import  # pylint: disable=g-import-not-at-top
+    if args.model:
+      preprocess = None
+    elif hf_import.is_hf_save(args.checkpoint):  # (--resolution: its sizes are not for it)
+      preprocess = None if args.resolution else hf_import.test_ops(args.checkpoint, resolution)
+    else:
+      preprocess = saved_test_preprocess(meta, resolution)
     results = predict(paths, model=model, params=params, resolution=resolution,
                       top=min(args.top, len(names)), batch_size=args.batch,
                       preprocess=preprocess)

@@ -57,30 +57,43 @@ def apply_pil(image: np.ndarray, fn: Callable[[Image.Image], Image.Image]) -> np
   return out[..., None] if grey else out
 
 
-def _resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-  """Bilinear (antialiased when shrinking) resize of uint8 `[H, W, C]` to `[h, w, C]`."""
+# Pillow's resampling filters by name (the `method` of the resize ops).
+RESAMPLE = {'nearest': Image.NEAREST, 'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC,
+            'lanczos': Image.LANCZOS, 'box': Image.BOX, 'hamming': Image.HAMMING}
+
+
+def _resample(method: str) -> int:
+  if method not in RESAMPLE:
+    raise ValueError(f'method {method!r}: expected one of {", ".join(RESAMPLE)}')
+  return RESAMPLE[method]
+
+
+def _resize(image: np.ndarray, hw: tuple[int, int], resample: int = Image.BILINEAR
+            ) -> np.ndarray:
+  """Pillow resize (antialiased when shrinking) of uint8 `[H, W, C]` to `[h, w, C]`."""
   if image.shape[:2] == hw:
     return image
-  return apply_pil(image, lambda pil: pil.resize((hw[1], hw[0]), Image.BILINEAR))
+  return apply_pil(image, lambda pil: pil.resize((hw[1], hw[0]), resample))
 
 
 @register('resize', uint8=True)
-def resize(size):
-  """Resize to `size` (int: square, or (h, w))."""
-  hw = _size2(size)
-  return lambda r: {**r, 'image': _resize(r['image'], hw)}
+def resize(size, method: str = 'bilinear'):
+  """Resize to `size` (int: square, or (h, w)); `method`: a Pillow filter (`RESAMPLE`)."""
+  hw, resample = _size2(size), _resample(method)
+  return lambda r: {**r, 'image': _resize(r['image'], hw, resample)}
 
 
 @register('resize_small', uint8=True)
-def resize_small(size: int):
+def resize_small(size: int, method: str = 'bilinear'):
   """Resize so that the shorter side is `size`, keeping the aspect ratio."""
   if not np.isscalar(size):  # a pair would only fail in the loader: 'tuple / int'
     raise ValueError(f'size {size!r}: expected a positive int (the shorter side)')
   _size2(size)
+  resample = _resample(method)
   def op(r):
     h, w = r['image'].shape[:2]
     s = size / min(h, w)
-    return {**r, 'image': _resize(r['image'], (round(h * s), round(w * s)))}
+    return {**r, 'image': _resize(r['image'], (round(h * s), round(w * s)), resample)}
   return op
 
 
