@@ -45,19 +45,8 @@ MARKER = 'study.json'
 
 def check_output(out: str, *, force: bool) -> None:
   """Refuses an existing `out` unless --force, and never replaces a non-study folder."""
-  if not os.path.lexists(out):
-    io.check_can_create(out, name=f'--out {out}')
-    return
-  if not os.path.isdir(out):
-    raise UserInputError(f'{out} exists and is not a folder; choose another --out.')
-  if not os.listdir(out):
-    return
-  if not os.path.isfile(os.path.join(out, MARKER)):
-    raise UserInputError(f'{out} exists and is not a study output folder (no {MARKER}); '
-                         'refusing to replace it, even with --force. Choose another --out.')
-  if not force:
-    raise UserInputError(f'{out} already holds a study report; pass --force to replace it, '
-                         'or choose another --out.')
+  io.check_output_folder(out, force=force, what='a study output folder', not_ours=lambda d: (
+      None if os.path.isfile(os.path.join(d, MARKER)) else f'no {MARKER}'))
 
 
 def _publish(staging: str, out: str, *, force: bool) -> None:

@@ -90,7 +90,7 @@ def test_an_existing_folder_is_replaced_only_when_forced_and_an_export(run_dir, 
   first = (tmp_path / 'hf' / 'model.safetensors').read_bytes()
   with pytest.raises(SystemExit):
     hf_export.main(args)
-  assert 'already holds an HF save; pass --force' in capsys.readouterr().err
+  assert 'already holds an HF export of this tool; pass --force' in capsys.readouterr().err
   _, other = random_params(models.get_model_config('testing'), seed=1)
   checkpoint.save(tmp_path / 'other.npz', other)
   args = ['--checkpoint', str(tmp_path / 'other.npz'), '--model', 'testing', '--out',
@@ -101,7 +101,7 @@ def test_an_existing_folder_is_replaced_only_when_forced_and_an_export(run_dir, 
   (tmp_path / 'hf' / 'README.md').write_text('notes')  # the user's own file: never deleted
   with pytest.raises(SystemExit):
     hf_export.main(args + ['--force'])
-  assert 'not an export of this tool (it holds README.md)' in capsys.readouterr().err
+  assert 'not an HF export of this tool (it holds README.md)' in capsys.readouterr().err
   assert (tmp_path / 'hf' / 'README.md').read_text() == 'notes'
   assert sorted(os.listdir(tmp_path)) == ['hf', 'other.npz']  # no staging folder left
 

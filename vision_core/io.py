@@ -272,6 +272,27 @@ def atomic_write(path: str | os.PathLike, mode: str = 'wb', *,
     raise
 
 
+def check_output_folder(out: str, *, force: bool, what: str, not_ours) -> None:
+  """Refuses an existing non-empty local folder `out` unless `force`, and never one that
+  `not_ours(out)` gives a reason for (a string, e.g. 'no study.json': replacing it would
+  delete what the user keeps there; None: an earlier output of ours). `what`: the kind of
+  output, e.g. 'a study output folder'. A missing `out` must be creatable."""
+  if not os.path.lexists(out):
+    check_can_create(out, name=f'--out {out}')
+    return
+  if not os.path.isdir(out):
+    raise UserInputError(f'{out} exists and is not a folder; choose another --out.')
+  if not os.listdir(out):
+    return
+  reason = not_ours(out)
+  if reason:
+    raise UserInputError(f'{out} exists and is not {what} ({reason}); refusing to replace it, '
+                         'even with --force. Choose another --out.')
+  if not force:
+    raise UserInputError(f'{out} already holds {what}; pass --force to replace it, or choose '
+                         'another --out.')
+
+
 @contextlib.contextmanager
 def staging_folder(out: str) -> Iterator[str]:
   """A new hidden folder `.NAME.partial-RANDOM` beside the local folder `out`, to build it in

@@ -126,20 +126,13 @@ def check_out(out: str, *, force: bool) -> None:
   holds anything but an earlier export's files (--force would delete them)."""
   if io.is_uri(out):
     raise UserInputError(f'--out {out}: HF saves are written to a local folder.')
-  if not os.path.lexists(out):
-    io.check_can_create(out, name=f'--out {out}')
-    return
-  if not os.path.isdir(out):
-    raise UserInputError(f'--out {out} exists and is not a folder; choose another --out.')
-  if not os.listdir(out):
-    return
-  others = sorted(set(os.listdir(out)) - set(EXPORT_FILES))
-  if others or not hf_io.is_save(out):
-    raise UserInputError(f'--out {out} exists and is not an export of this tool (it holds '
-                         f'{", ".join(others or sorted(os.listdir(out)))}); refusing to replace '
-                         'it, even with --force. Choose another --out.')
-  if not force:
-    raise UserInputError(f'--out {out} already holds an HF save; pass --force to replace it.')
+
+  def not_ours(folder):
+    others = sorted(set(os.listdir(folder)) - set(EXPORT_FILES))
+    if others or not hf_io.is_save(folder):
+      return f'it holds {", ".join(others or sorted(os.listdir(folder)))}'
+    return None
+  io.check_output_folder(out, force=force, what='an HF export of this tool', not_ours=not_ours)
 
 
 def export(loaded, out: str, *, force: bool = False) -> None:
