@@ -310,3 +310,21 @@ def test_predict_prepares_images_as_the_saves_processor(tmp_path, capsys):
   with pytest.raises(UserInputError, match=r'preprocessor_config.json: its images are 48x48 '
                      'pixels, but the model takes 32x32'):
     hf_import.test_ops(tmp_path / 'hf', 32)
+
+
+def test_a_bfloat16_save_loads_in_a_fresh_process(tmp_path):
+  """safetensors reads bfloat16 into numpy only once ml_dtypes is imported (jax does, but
+  the reader runs before jax is imported in a fresh process)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  model = save_hf(tmp_path)
+  model.to(torch.bfloat16).save_pretrained(tmp_path / 'bf16')
+  code = ('import sys; from vision_core import hf_io; '
+          'state = hf_io.read_weights(hf_io.weights_file(sys.argv[1])); '
+          'print(sorted({str(v.dtype) for v in state.values()}), "jax" in sys.modules)')
+  out = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'bf16')], check=True,
+                       capture_output=True, text=True).stdout
+  assert out.strip() == "['bfloat16'] False"
+  params = hf_import.load(tmp_path / 'bf16').params
+  expected = model.classifier.weight.detach().float().numpy().T  # (bfloat16 values, exact)
+  np.testing.assert_array_equal(params['head']['kernel'], expected)

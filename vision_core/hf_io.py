@@ -94,6 +94,10 @@ def read_weights(path: str, *, hint: str = '') -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  # numpy knows bfloat16 (saves made with torch_dtype=bfloat16) once ml_dtypes, a dependency
+  # of jax, is imported; without it safetensors fails with "data type 'bfloat16' not
+  # understood" (as it did in a process that had not imported jax yet).
+  import ml_dtypes  # pylint: disable=g-import-not-at-top,unused-import
   from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path}: no such safetensors file.')
