@@ -10,6 +10,7 @@ Used by Image GPT's and the ViT's importers; what the tensors mean is theirs. Lo
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
@@ -97,7 +98,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   # numpy knows bfloat16 (saves made with torch_dtype=bfloat16) once ml_dtypes, a dependency
   # of jax, is imported; without it safetensors fails with "data type 'bfloat16' not
   # understood" (as it did in a process that had not imported jax yet).
-  import ml_dtypes  # pylint: disable=g-import-not-at-top,unused-import
+  importlib.import_module('ml_dtypes')
   from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path}: no such safetensors file.')
