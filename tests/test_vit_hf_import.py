@@ -162,6 +162,7 @@ def _edit_config(directory, **changes):
   with open(path, encoding='utf-8') as f:
     config = json.load(f)
   config.update(changes)
+  config = {k: v for k, v in config.items() if v is not None}  # None: the field removed
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(config, f)
 
@@ -176,6 +177,8 @@ def _edit_config(directory, **changes):
     ({'num_attention_heads': '4'}, "num_attention_heads must be a positive integer, found '4'"),
     ({'id2label': {'0': 'a'}}, 'id2label must name classes 0..4 .* found 1 entries'),
     ({'image_size': [32, 48]}, r'image_size \[32, 48\]; expected one positive whole number'),
+    ({'model_type': None, 'architecture': 'vit_base_patch16_224'},
+     "a timm save \\(architecture 'vit_base_patch16_224'\\); timm's layout is not read here"),
 ])
 def test_config_that_does_not_fit_is_named(tmp_path, changes, message):
   save_hf(tmp_path)
@@ -201,6 +204,10 @@ def test_broken_saves_are_named(tmp_path):
             weights)
   with pytest.raises(UserInputError, match=r'missing encoder layers between 0 and 1 \(found '
                      r'\[1\]\)'):
+    checkpoint.load(str(tmp_path))
+  save_file({'cls_token': state['vit.embeddings.cls_token'],
+             'blocks.0.attn.qkv.weight': np.zeros((96, 32), np.float32)}, weights)
+  with pytest.raises(UserInputError, match=r'timm tensor names .* not read here'):
     checkpoint.load(str(tmp_path))
   weights.write_bytes(b'not a safetensors file')
   with pytest.raises(UserInputError, match='model.safetensors: not a readable safetensors'):

@@ -49,6 +49,8 @@ _INT_FIELDS = ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'inter
                'num_channels')
 _BIN_HINT = (' Or save it as safetensors elsewhere: ViTForImageClassification.from_pretrained(d)'
              '.save_pretrained(d, safe_serialization=True).')
+_TIMM = ("timm's layout is not read here: HF transformers ViT saves (model_type 'vit') and "
+         'official .npz checkpoints are.')
 # Tensors of HF ViT models that are not part of the forward pass to classes or features
 # (ViTForMaskedImageModeling's mask token and decoder).
 _IGNORED = re.compile(r'^(vit\.)?embeddings\.mask_token$|^decoder\.')
@@ -115,6 +117,9 @@ def load(path: str | os.PathLike) -> HFViT:
 
 
 def _check_config(config: Mapping[str, Any], source: str) -> None:
+  if 'model_type' not in config and 'architecture' in config:  # timm's config.json
+    raise UserInputError(f'{source}: a timm save (architecture {config["architecture"]!r}); '
+                         + _TIMM)
   hf_io.check_positive_ints(config, _INT_FIELDS, source=source)
   model_type = config.get('model_type', 'vit')
   if model_type != 'vit':
@@ -216,6 +221,8 @@ def _check_complete(state: Mapping[str, np.ndarray], *, source: str) -> None:
   """Every tensor of a ViT's forward pass is in the save (q/k/v biases may be absent:
   qkv_bias=False), else `UserInputError` naming the missing ones."""
   names = {k[len('vit.'):] if k.startswith('vit.') else k for k in state}
+  if any(n.startswith('blocks.') for n in names):
+    raise UserInputError(f'{source}: timm tensor names (blocks.0.attn.qkv, ...); ' + _TIMM)
   layers = sorted({int(m.group(1)) for n in names if (m := _LAYER.match(n))})
   required = list(_REQUIRED) + [f'encoder.layer.{i}.{part}' for i in layers
                                 for part in _LAYER_REQUIRED]
