@@ -74,10 +74,11 @@ def main():
       fn()
       times[name].append(time.perf_counter() - start)
 
+  attention = getattr(hf.config, '_attn_implementation', '?')
   print(f'{args.model} at {size} px, batch {args.batch}, {args.rounds} alternating rounds; '
         f'jax {jax.__version__} ({jax.devices()[0].platform}, {jax.device_count()} devices), '
         f'torch {torch.__version__} ({torch.get_num_threads()} threads), transformers '
-        f'{transformers.__version__} (attention {hf.config._attn_implementation}); '  # pylint: disable=protected-access
+        f'{transformers.__version__} (attention {attention}); '
         f'logits agree to {error:.1e} of their scale')
   print('| side | median s/batch | best s/batch | img/s (median) |')
   print('|---|---|---|---|')
