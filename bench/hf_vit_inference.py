@@ -1,6 +1,7 @@
 """ViT inference, ours (jit) against HF transformers (PyTorch eager), on the same weights.
 
   python bench/hf_vit_inference.py [--model ViT-B_16] [--resolution 224] [--batch 8] [--rounds 5]
+  python bench/hf_vit_inference.py --checkpoint vit_jax/weights/vit_cifar10/model.npz --batch 256
 
 Random weights for the zoo model go through `vit_jax.hf_export` and HF's own
 `ViTForImageClassification.from_pretrained`, and the two forward passes must agree (logits to
@@ -30,6 +31,8 @@ def main():
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--classes', type=int, default=1000)
   parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--checkpoint', help='a ViT checkpoint instead of random weights, e.g. '
+                      'vit_jax/weights/vit_cifar10/model.npz (its model and resolution)')
   args = parser.parse_args()
 
   import torch  # pylint: disable=g-import-not-at-top
@@ -37,17 +40,23 @@ def main():
   from vit_jax import checkpoint, hf_export, models_vit  # pylint: disable=g-import-not-at-top
   from vit_jax.configs import models  # pylint: disable=g-import-not-at-top
 
-  config = models.get_model_config(args.model)
-  model = models_vit.VisionTransformer(num_classes=args.classes, **config)
-  size = args.resolution
-  params = model.init(jax.random.key(0), np.zeros((1, size, size, 3), np.float32))['params']
-  rng = np.random.default_rng(0)  # the head starts at zero: random, so logits differ
-  params = jax.tree.map(lambda x: (np.asarray(x) + rng.normal(size=x.shape) * 0.02)
-                        .astype(np.float32), params)
-  with tempfile.TemporaryDirectory() as tmp:
+  rng = np.random.default_rng(0)
+  if args.checkpoint:
+    loaded = checkpoint.load_for_inference(args.checkpoint)
+    model, params, size = loaded.model, loaded.params, loaded.resolution
+    args.model = loaded.model_name
+  else:
+    config = models.get_model_config(args.model)
+    model = models_vit.VisionTransformer(num_classes=args.classes, **config)
+    size = args.resolution
+    params = model.init(jax.random.key(0), np.zeros((1, size, size, 3), np.float32))['params']
+    # (The head starts at zero: random, so the logits differ.)
+    params = jax.tree.map(lambda x: (np.asarray(x) + rng.normal(size=x.shape) * 0.02)
+                          .astype(np.float32), params)
     loaded = checkpoint.Inference(model=model, config=config, params=params, resolution=size,
                                   resolution_from='argument', model_name=args.model,
                                   class_names=None, meta=None)
+  with tempfile.TemporaryDirectory() as tmp:
     hf_export.export(loaded, os.path.join(tmp, 'hf'))
     hf = transformers.ViTForImageClassification.from_pretrained(os.path.join(tmp, 'hf')).eval()
 
