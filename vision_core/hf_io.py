@@ -11,6 +11,7 @@ Used by Image GPT's and the ViT's importers; what the tensors mean is theirs. Lo
 from __future__ import annotations
 
 import importlib
+import json
 import os
 
 import numpy as np
@@ -92,6 +93,38 @@ def read_weights(path: str, *, hint: str = '') -> dict[str, np.ndarray]:
   if path.endswith('.json'):
     return _read_shards(path, hint=hint)
   return _read_file(path, hint=hint)
+
+
+def check_export_folder(out: str, names, *, force: bool) -> None:
+  """Refuses an existing non-empty `out` unless `force`, and never replaces a folder holding
+  anything but an earlier export's files `names` (--force would delete them)."""
+  if io.is_uri(out):
+    raise UserInputError(f'--out {out}: HF saves are written to a local folder.')
+
+  def not_ours(folder):
+    others = sorted(set(os.listdir(folder)) - set(names))
+    if others or not is_save(folder):
+      return f'it holds {", ".join(others or sorted(os.listdir(folder)))}'
+    return None
+  io.check_output_folder(out, force=force, what='an HF export of this tool', not_ours=not_ours)
+
+
+def write_save(out: str, tensors: dict[str, np.ndarray], json_files: dict[str, dict], *,
+               force: bool = False) -> None:
+  """Writes the folder `out` as `save_pretrained` would: `model.safetensors` (`tensors`) and
+  the JSON files `json_files` ({'config.json': {...}, ...}). The folder appears whole or not
+  at all (staged beside it, then renamed); see `check_export_folder` for what it replaces."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  out = os.path.abspath(out)
+  names = ['model.safetensors', *json_files]
+  check_export_folder(out, names, force=force)
+  with io.staging_folder(out) as staging:
+    save_file(tensors, os.path.join(staging, 'model.safetensors'), metadata={'format': 'pt'})
+    for name, content in json_files.items():
+      with open(os.path.join(staging, name), 'w', encoding='utf-8') as f:
+        json.dump(content, f, indent=2)
+    check_export_folder(out, names, force=force)  # (again: it may have appeared meanwhile)
+    io.publish_folder(staging, out)
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:

@@ -17,7 +17,6 @@ and only when it holds an earlier export and nothing else.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Mapping
@@ -121,37 +120,14 @@ def preprocessor_config(resolution: int) -> dict[str, Any]:
           'image_mean': [0.5, 0.5, 0.5], 'image_std': [0.5, 0.5, 0.5]}
 
 
-def check_out(out: str, *, force: bool) -> None:
-  """Refuses an existing non-empty `out` unless `force`, and never replaces a folder that
-  holds anything but an earlier export's files (--force would delete them)."""
-  if io.is_uri(out):
-    raise UserInputError(f'--out {out}: HF saves are written to a local folder.')
-
-  def not_ours(folder):
-    others = sorted(set(os.listdir(folder)) - set(EXPORT_FILES))
-    if others or not hf_io.is_save(folder):
-      return f'it holds {", ".join(others or sorted(os.listdir(folder)))}'
-    return None
-  io.check_output_folder(out, force=force, what='an HF export of this tool', not_ours=not_ours)
-
-
 def export(loaded, out: str, *, force: bool = False) -> None:
   """Writes `loaded` (a `vit_jax.checkpoint.Inference`, with its head) to the folder `out`."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  out = os.path.abspath(out)
-  check_out(out, force=force)
   num_classes = int(np.shape(loaded.params['head']['bias'])[0])
   config = hf_config(loaded.config, num_classes=num_classes, resolution=loaded.resolution,
                      class_names=loaded.class_names)
-  tensors = hf_tensors(loaded.params)
-  with io.staging_folder(out) as staging:
-    save_file(tensors, os.path.join(staging, 'model.safetensors'), metadata={'format': 'pt'})
-    for name, content in (('config.json', config),
-                          ('preprocessor_config.json', preprocessor_config(loaded.resolution))):
-      with open(os.path.join(staging, name), 'w', encoding='utf-8') as f:
-        json.dump(content, f, indent=2)
-    check_out(out, force=force)  # (again: it may have appeared meanwhile)
-    io.publish_folder(staging, out)
+  hf_io.write_save(out, hf_tensors(loaded.params), {
+      'config.json': config, 'preprocessor_config.json': preprocessor_config(loaded.resolution)},
+                   force=force)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -165,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
   with cli_errors('vit_jax.hf_export'):
     from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
     checkpoint.check_exists(args.checkpoint, label=f'--checkpoint {args.checkpoint}')
-    check_out(os.path.abspath(args.out), force=args.force)
+    hf_io.check_export_folder(os.path.abspath(args.out), EXPORT_FILES, force=args.force)
     # The resolution is the one the position embeddings hold (or model.json's).
     loaded = checkpoint.load_for_inference(args.checkpoint, model_name=args.model)
     export(loaded, args.out, force=args.force)
