@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 from gan_jax import study_images, study_report, study_scores
-from vision_core import io
+from vision_core import folders
 from vision_core import seeds
 from vision_core.errors import UserInputError
 import vit_jax
@@ -45,14 +45,14 @@ MARKER = 'study.json'
 
 def check_output(out: str, *, force: bool) -> None:
   """Refuses an existing `out` unless --force, and never replaces a non-study folder."""
-  io.check_output_folder(out, force=force, what='a study output folder', not_ours=lambda d: (
+  folders.check_output_folder(out, force=force, what='a study output folder', not_ours=lambda d: (
       None if os.path.isfile(os.path.join(d, MARKER)) else f'no {MARKER}'))
 
 
 def _publish(staging: str, out: str, *, force: bool) -> None:
   """Renames the complete staging folder onto `out` (replacing an old study if forced)."""
   check_output(out, force=force)
-  io.publish_folder(staging, out)
+  folders.publish_folder(staging, out)
 
 
 def _save_png(path: str, image) -> None:
@@ -122,10 +122,10 @@ def run(config, *, out: str | None = None, force: bool = False, progress: bool =
   chunks = [slice(s, s + batch) for s in range(0, len(targets), batch)]
   stage = on_stage or (lambda name: None)
 
-  with io.staging_folder(out) as staging:
-    folders = {k_: os.path.join(staging, k_) for k_ in
+  with folders.staging_folder(out) as staging:
+    subfolders = {k_: os.path.join(staging, k_) for k_ in
                ('originals', 'compressed', 'reconstructions', 'jpeg')}
-    for folder in folders.values():
+    for folder in subfolders.values():
       os.makedirs(folder)
     bar = tqdm(total=len(chunks) + 4, desc='study', unit='stage', disable=not progress)
     gan_bytes, search_seconds, losses = [], 0.0, []
@@ -140,7 +140,7 @@ def run(config, *, out: str | None = None, force: bool = False, progress: bool =
       search_seconds += time.time() - t
       losses.extend(float(x) for x in result.loss)
       for name, data in zip(names[chunk], files):
-        fileformat.write(os.path.join(folders['compressed'], name + compress_lib.SUFFIX), data)
+        fileformat.write(os.path.join(subfolders['compressed'], name + compress_lib.SUFFIX), data)
         gan_bytes.append(len(data))
       bar.update()
 
@@ -148,12 +148,12 @@ def run(config, *, out: str | None = None, force: bool = False, progress: bool =
     bar.set_postfix_str('decompress from the files')
     recons = []
     for name, original in zip(names, targets):
-      path = os.path.join(folders['compressed'], name + compress_lib.SUFFIX)
+      path = os.path.join(subfolders['compressed'], name + compress_lib.SUFFIX)
       with open(path, 'rb') as f:
         recon = decompress_lib.decompress(f.read(), generator, source=path)
       recons.append(recon)
-      _save_png(os.path.join(folders['originals'], name + '.png'), original)
-      _save_png(os.path.join(folders['reconstructions'], name + '.png'), recon)
+      _save_png(os.path.join(subfolders['originals'], name + '.png'), original)
+      _save_png(os.path.join(subfolders['reconstructions'], name + '.png'), recon)
     recons = np.stack(recons)
     bar.update()
 
@@ -163,7 +163,7 @@ def run(config, *, out: str | None = None, force: bool = False, progress: bool =
     for name, original, nbytes in zip(names, targets, gan_bytes):
       fit = rate_lib.jpeg_at_size(original, nbytes)
       data = rate_lib.jpeg_bytes(original, fit['jpeg_quality'])
-      with open(os.path.join(folders['jpeg'], name + '.jpg'), 'wb') as f:
+      with open(os.path.join(subfolders['jpeg'], name + '.jpg'), 'wb') as f:
         f.write(data)
       jpegs.append(rate_lib.decode_jpeg(data, generator.channels))
       jpeg_bytes.append(len(data))

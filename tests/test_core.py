@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vision_core import io, mesh, npz, run_config
+from vision_core import folders, io, mesh, npz, run_config
 from vision_core.errors import UserInputError
 
 
@@ -230,7 +230,7 @@ def test_a_folder_is_staged_and_published_whole(tmp_path, monkeypatch):
   out = tmp_path / 'out'
   old = os.umask(0o022)
   try:
-    with io.staging_folder(out) as staging:
+    with folders.staging_folder(out) as staging:
       assert os.path.basename(staging).startswith('.out.partial-')
       (tmp_path / 'plain').mkdir()  # mkdtemp's 0700 was not what a user's mkdir gives
       assert os.stat(staging).st_mode & 0o777 == os.stat(tmp_path / 'plain').st_mode & 0o777
@@ -238,7 +238,7 @@ def test_a_folder_is_staged_and_published_whole(tmp_path, monkeypatch):
         f.write('new')
       out.mkdir()
       (out / 'a').write_text('old')
-      io.publish_folder(staging, out)
+      folders.publish_folder(staging, out)
   finally:
     os.umask(old)
   assert (out / 'a').read_text() == 'new' and sorted(os.listdir(tmp_path)) == ['out', 'plain']
@@ -249,21 +249,21 @@ def test_a_folder_is_staged_and_published_whole(tmp_path, monkeypatch):
   def mkdir_then_signal(path, *args):
     real_mkdir(path, *args)
     raise KeyboardInterrupt
-  monkeypatch.setattr(io.os, 'mkdir', mkdir_then_signal)
+  monkeypatch.setattr(folders.os, 'mkdir', mkdir_then_signal)
   with pytest.raises(KeyboardInterrupt):
-    with io.staging_folder(out):
+    with folders.staging_folder(out):
       pass
   assert sorted(os.listdir(tmp_path)) == ['out', 'plain']
   # A failed rename puts the old folder back.
-  monkeypatch.setattr(io.os, 'mkdir', real_mkdir)
-  with io.staging_folder(out) as staging:
+  monkeypatch.setattr(folders.os, 'mkdir', real_mkdir)
+  with folders.staging_folder(out) as staging:
     def rename_fails_for_staging(source, target, real=os.rename):
       if source == staging:
         raise OSError('disk gone')
       real(source, target)
-    monkeypatch.setattr(io.os, 'rename', rename_fails_for_staging)
+    monkeypatch.setattr(folders.os, 'rename', rename_fails_for_staging)
     with pytest.raises(OSError, match='disk gone'):
-      io.publish_folder(staging, str(out))
+      folders.publish_folder(staging, str(out))
   assert (out / 'a').read_text() == 'new'
 
 

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from vision_core import io, torch_io
+from vision_core import folders, io, torch_io
 from vision_core.errors import UserInputError
 
 SHARD_INDEX = 'model.safetensors.index.json'
@@ -106,7 +106,7 @@ def check_export_folder(out: str, names, *, force: bool) -> None:
     if others or not is_save(folder):
       return f'it holds {", ".join(others or sorted(os.listdir(folder)))}'
     return None
-  io.check_output_folder(out, force=force, what='an HF export of this tool', not_ours=not_ours)
+  folders.check_output_folder(out, force=force, what='an HF export of this tool', not_ours=not_ours)
 
 
 def write_save(out: str, tensors: dict[str, np.ndarray], json_files: dict[str, dict], *,
@@ -118,13 +118,13 @@ def write_save(out: str, tensors: dict[str, np.ndarray], json_files: dict[str, d
   out = os.path.abspath(out)
   names = ['model.safetensors', *json_files]
   check_export_folder(out, names, force=force)
-  with io.staging_folder(out) as staging:
+  with folders.staging_folder(out) as staging:
     save_file(tensors, os.path.join(staging, 'model.safetensors'), metadata={'format': 'pt'})
     for name, content in json_files.items():
       with open(os.path.join(staging, name), 'w', encoding='utf-8') as f:
         json.dump(content, f, indent=2)
     check_export_folder(out, names, force=force)  # (again: it may have appeared meanwhile)
-    io.publish_folder(staging, out)
+    folders.publish_folder(staging, out)
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
