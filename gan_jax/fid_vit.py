@@ -37,6 +37,7 @@ import numpy as np
 
 from vision_core import hf_io, io, metrics_log
 from vision_core.errors import UserInputError
+from vit_jax import checkpoint as vit_checkpoint
 from vit_jax import hf_import, metrics
 
 # Bump when the input convention above changes: old cached statistics then stop matching.
@@ -87,7 +88,7 @@ class VitFid:
   def __init__(self, checkpoint: str, *, model_name: str = '', mesh=None,
                batch_size: int = 500, field: str = 'config.fid_vit_checkpoint'):
     from gan_jax import study_scores  # pylint: disable=g-import-not-at-top
-    if not checkpoint or not (os.path.isfile(checkpoint) or hf_import.is_hf_save(checkpoint)):
+    if not checkpoint or not vit_checkpoint.is_present(checkpoint):
       raise UserInputError(
           f'{field}: {checkpoint or "(empty)"} does not exist; expected a ViT classifier .npz '
           '(official layout, with the model.json that vit_jax.main writes beside it), e.g. '

@@ -35,7 +35,7 @@ from vision_core import folders
 from vision_core import seeds
 from vision_core.errors import UserInputError
 import vit_jax
-from vit_jax import hf_import
+from vit_jax import checkpoint as vit_checkpoint
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GENERATOR = os.path.join(PACKAGE_ROOT, 'gan_jax', 'weights', 'dcgan_cifar10_32.npz')
@@ -71,11 +71,12 @@ def _resolve_paths(config) -> tuple[str, str]:
   generator = config.generator or DEFAULT_GENERATOR
   vit = config.vit_checkpoint or DEFAULT_VIT
   for field, path in (('generator', generator), ('vit_checkpoint', vit)):
-    hf_folder = field == 'vit_checkpoint' and hf_import.is_hf_save(path)
-    if os.path.isdir(path) and not hf_folder:
+    present = (vit_checkpoint.is_present(path) if field == 'vit_checkpoint'
+               else os.path.isfile(path))
+    if os.path.isdir(path) and not present:
       raise UserInputError(f'{field}: {path} is a folder; expected an .npz file' + (
           ' or an HF ViT save_pretrained folder.' if field == 'vit_checkpoint' else '.'))
-    if not os.path.isfile(path) and not hf_folder:
+    if not present:
       raise UserInputError(f'{field}: {path} does not exist.')
   return generator, vit
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vision_core.errors import UserInputError
-from vit_jax import hf_import
+from vit_jax import checkpoint as vit_checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,7 @@ def load_classifier(checkpoint: str, *, model_name: str = '', resolution: int = 
   shapes; `model_field` is the config field that gives that name, for the error messages.
   """
   from vit_jax import predict  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(checkpoint) and not hf_import.is_hf_save(checkpoint):
+  if not vit_checkpoint.is_present(checkpoint):
     raise UserInputError(f'vit_checkpoint: {checkpoint} does not exist.')
   model, params, names, res = predict.load_model(
       checkpoint, model_name=model_name or None, resolution=resolution or None, labels=None,

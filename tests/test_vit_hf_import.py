@@ -266,6 +266,12 @@ def test_the_study_takes_an_hf_folder_as_its_vit(tmp_path):
   with pytest.raises(UserInputError, match='vit_checkpoint: .* is a folder; expected an .npz '
                                            'file or an HF ViT save_pretrained folder'):
     study._resolve_paths(config)  # pylint: disable=protected-access
+  # A missing weights file is named by the field (the name alone once passed for a save).
+  config.vit_checkpoint = str(tmp_path / 'nope.safetensors')
+  with pytest.raises(UserInputError, match='vit_checkpoint: .*nope.safetensors does not exist'):
+    study._resolve_paths(config)  # pylint: disable=protected-access
+  with pytest.raises(UserInputError, match='vit_checkpoint: .*nope.safetensors does not exist'):
+    study_scores.load_classifier(config.vit_checkpoint)
 
 
 def test_gan_fid_features_of_an_hf_folder(tmp_path):

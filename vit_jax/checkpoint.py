@@ -222,6 +222,13 @@ def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[
   return restored
 
 
+def is_present(path: str | os.PathLike) -> bool:
+  """An existing checkpoint file, or a folder holding an HF ViT save: what `load` reads (a
+  local path; `check_exists` says what is wrong with one that is not)."""
+  path = os.fspath(path)
+  return os.path.isfile(path) or (os.path.isdir(path) and hf_import.is_hf_save(path))
+
+
 def check_exists(path: str | os.PathLike, *, label: str) -> None:
   """Refuses a checkpoint path with no file before anything is read or written; `label` names
   where the path came from (`--checkpoint PATH`, `pretrained=PATH`): the npz reader's
