@@ -61,12 +61,17 @@ def save_files(weights_path: str) -> list[str]:
     weight_map = io.read_json_object(weights_path, 'a sharded save\'s index').get('weight_map')
     files += sorted({os.path.join(folder, os.path.basename(str(shard)))
                      for shard in (weight_map or {}).values()})
-  extra = [os.path.join(folder, n) for n in ('config.json', 'preprocessor_config.json')]
+  extra = [config_path(weights_path), processor_config_path(weights_path)]
   return files + [f for f in extra if os.path.isfile(f)]
 
 
 def config_path(weights_path: str) -> str:
   return os.path.join(os.path.dirname(weights_path), 'config.json')
+
+
+def processor_config_path(weights_path: str) -> str:
+  """The image processor's config beside `weights_path` (resize, crop, mean / std)."""
+  return os.path.join(os.path.dirname(weights_path), 'preprocessor_config.json')
 
 
 def read_config(weights_path: str, what: str) -> dict:

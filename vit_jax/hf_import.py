@@ -107,8 +107,7 @@ def load(path: str | os.PathLike) -> HFViT:
   _check_complete(state, source=weights)
   params = _to_tree(state, num_heads=config.get('num_attention_heads', 12), source=weights)
   _check_sizes(config, params, config_path=config_path, weights=weights)
-  scale, shift = _input_affine(os.path.join(os.path.dirname(weights),
-                                            'preprocessor_config.json'))
+  scale, shift = _input_affine(hf_io.processor_config_path(weights))
   params['embedding'] = fold_input_affine(params['embedding'], scale, shift)
   model_config = _model_config(config, params, name=_model_name(config, weights))
   return HFViT(params=params, config=model_config,
@@ -289,7 +288,7 @@ def test_ops(path: str | os.PathLike, resolution: int) -> str | None:
   crop, then [-1, 1] (the normalisation is folded into the weights); without a resize or crop
   in it, a resize to `resolution`. None without the file. `UserInputError` when its images
   would not be `resolution` pixels square."""
-  source = os.path.join(os.path.dirname(hf_io.weights_file(path)), 'preprocessor_config.json')
+  source = hf_io.processor_config_path(hf_io.weights_file(path))
   if not os.path.exists(source):
     return None
   pp = io.read_json_object(source, "HF's image processor config")
