@@ -40,7 +40,7 @@ from vision_core import gpu_target, pallas_sharding
 from vision_core.fused_mlp import pad_rows
 
 IMPLS = ('xla', 'pallas', 'pallas_interpret')
-_EPS = 1e-6  # nn.LayerNorm's default, and the ViT's
+EPS = 1e-6  # nn.LayerNorm's default; every LayerNorm of the ViT (models_vit) uses it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,7 @@ class NormTiles:
 TILES = NormTiles()
 
 
-def normalize(s, eps: float = _EPS):
+def normalize(s, eps: float = EPS):
   """LayerNorm without scale and bias, statistics in float32 (`nn.LayerNorm`'s formula).
   `[..., D]` -> float32 `[..., D]`."""
   s = s.astype(jnp.float32)
@@ -232,7 +232,7 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 def add_normalize(x, y=None, bias=None, *, impl: str = 'xla',
-                  tiles: NormTiles | None = None, eps: float = _EPS):
+                  tiles: NormTiles | None = None, eps: float = EPS):
   """`(s, normalize(s))` with `s = x + (y + bias)` (`x` itself when `y` is None; no bias
   when `bias` is None): `x`, `y` `[..., D]` and `bias` `[D]`, of one dtype -> `s` in that
   dtype and the normalised `s`: float32 with impl 'xla' (XLA's ops, any backend), `x`'s

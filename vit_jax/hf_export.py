@@ -23,12 +23,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vision_core import hf_io, io
+from vision_core import fused_norm, hf_io, io
 from vision_core.errors import UserInputError, cli_errors
 
 # Ours -> HF's hidden_act (both GELUs are HF activations).
 _HIDDEN_ACT = {False: 'gelu', True: 'gelu_pytorch_tanh'}
-LAYER_NORM_EPS = 1e-6  # flax's nn.LayerNorm default, which every model here uses
+LAYER_NORM_EPS = fused_norm.EPS  # every LayerNorm of our ViT
 EXPORT_FILES = ('config.json', 'model.safetensors', 'preprocessor_config.json')
 
 

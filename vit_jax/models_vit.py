@@ -143,7 +143,8 @@ class Encoder(nn.Module):
     if pending is not None:
       y, bias = pending
       x = x + (y if bias is None else y + bias)
-    return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x[:, :tokens])
+    return nn.LayerNorm(epsilon=fused_norm.EPS, dtype=self.dtype, name='encoder_norm')(
+        x[:, :tokens])
 
 
 class VisionTransformer(nn.Module):
