@@ -85,16 +85,17 @@ def get_config(arg: str = 'ViT-B_16,cifar10') -> ml_collections.ConfigDict:
   config.sharding = 'replicated'  # replicated | fsdp | tp | fsdp_tp
   config.dtype = 'float32'  # compute dtype: float32 | bfloat16 (params stay float32)
   # einsum (any backend) | cudnn (NVIDIA GPU flash attention, bf16; 1.18x faster training
-  # for B/16 on an H200) | xla | pallas (our Triton flash attention, NVIDIA GPUs: the
-  # fastest on an H100, B/16 batch 512 bf16 training 132.5 ms/step against cudnn's 136.8;
-  # docs/benchmarks.md, session 19). Attention dropout needs einsum.
+  # for B/16 on an H200) | xla | pallas (our Triton flash attention, NVIDIA GPUs: faster
+  # than cudnn, B/16 batch 512 bf16 training 122.7 ms/step against 128.2 on an H200;
+  # docs/benchmarks.md, session 28). Attention dropout needs einsum.
   config.attention = 'einsum'
   # More GPU kernels (NVIDIA GPUs; the defaults run anywhere; the same parameters either
-  # way): mlp_impl 'pallas' puts the MLP's bias and GELU inside its matmuls (with
-  # attention='pallas' the fastest ViT-B/16 step measured, 42.1% MFU on an H100, session
-  # 19); norm_impl 'pallas' does each residual add and the LayerNorm after it in one pass;
-  # patch_embedding 'matmul' replaces the strided convolution (slow on GPUs) by one matmul.
-  # The last two are compiled for an H100 but not yet timed (docs/benchmarks.md).
+  # way): norm_impl 'pallas' does each residual add and the LayerNorm after it in one pass;
+  # patch_embedding 'matmul' replaces the strided convolution (slow on GPUs) by one matmul;
+  # mlp_impl 'pallas' puts the MLP's bias and GELU inside its matmuls. The fastest ViT-B/16
+  # step measured (H200, batch 512, session 28: 114.2 ms, 47.7% MFU, timm's 179.5 ms):
+  #   --config.dtype=bfloat16 --config.attention=pallas --config.patch_embedding=matmul
+  #   --config.norm_impl=pallas    (adding mlp_impl=pallas: 115.1 ms, no gain)
   config.mlp_impl = 'xla'
   config.norm_impl = 'xla'
   config.patch_embedding = 'conv'
