@@ -7,9 +7,16 @@ import numpy as np
 import pytest
 
 from gan_jax import compress, decompress, fileformat, generators, latent_search, report
+from tests import gan_search_helpers
 from vision_core import mesh as mesh_lib
 
-SEARCH = latent_search.SearchConfig(steps=150, restarts=3, optimizer='sgd')
+# Compiled chunks of 2 steps (the default is 10): on a CPU compiling the chunk is most of a
+# short search's time, and it grows with the steps a chunk unrolls (tests/gan_search_helpers).
+# The steps and results do not depend on the chunk (test_while_loop_and_chunked_drivers_agree).
+SEARCH = latent_search.SearchConfig(steps=150, restarts=3, optimizer='sgd', chunk=2)
+# The Adam search of two images: also the library compression test's, which reuses its
+# compiled program.
+ADAM = latent_search.SearchConfig(steps=60, restarts=1, optimizer='adam', chunk=2)
 
 
 @pytest.fixture(scope='module')
@@ -68,8 +75,7 @@ def test_best_of_restarts_never_worse_than_one_start(generator, held_out, search
 
 
 def test_adam_also_converges(generator, held_out):
-  adam = latent_search.SearchConfig(steps=60, restarts=1, optimizer='adam')
-  result = compress.search_latents(held_out[:2], generator, adam)
+  result = compress.search_latents(held_out[:2], generator, ADAM)
   curves = np.asarray(result.curves)
   assert np.all(result.loss < 0.5 * curves[0].min(axis=-1))
 
@@ -99,8 +105,10 @@ def _digest(paths):
   return [hashlib.sha256(open(p, 'rb').read()).hexdigest() for p in paths]
 
 
-def test_cli_roundtrip_is_exact_and_never_touches_inputs(generator, held_out, tmp_path):
+def test_cli_roundtrip_is_exact_and_never_touches_inputs(generator, held_out, tmp_path,
+                                                         monkeypatch):
   from PIL import Image
+  gan_search_helpers.shorten_chunks(monkeypatch)
   gpath = tmp_path / 'g.npz'
   generators.save(gpath, generator)
   inputs = []
@@ -135,7 +143,7 @@ def test_cli_roundtrip_is_exact_and_never_touches_inputs(generator, held_out, tm
 
 def test_compress_library_reconstruction_equals_decompress(generator, held_out):
   files, recons, _ = compress.compress(held_out[:2], generator, quantization='6bit',
-                                       config=latent_search.SearchConfig(steps=30, restarts=1))
+                                       config=ADAM)
   for data, recon in zip(files, recons):
     np.testing.assert_array_equal(decompress.decompress(data, generator), recon)
 
@@ -166,7 +174,7 @@ def test_perceptual_term_on_vit_features(generator, held_out):
   # init and the reference computations jitted: op by op they compiled every op afresh.
   vit_params = jax.jit(vit.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
   features = perceptual.vit_features(vit, vit_params, 32)
-  cfg = latent_search.SearchConfig(steps=25, restarts=1, perceptual_weight=0.5)
+  cfg = latent_search.SearchConfig(steps=25, restarts=1, perceptual_weight=0.5, chunk=2)
   result = compress.search_latents(held_out[:2], generator, cfg, features_fn=features)
   target = (held_out[:2].astype(np.float32) - 127.5) / 127.5
   recon = jax.jit(generator.generate)(result.latents)
@@ -178,7 +186,8 @@ def test_perceptual_term_on_vit_features(generator, held_out):
 
 
 def test_early_stop_on_plateau(generator, held_out):
-  cfg = latent_search.SearchConfig(steps=3000, restarts=1, stop_patience=5, stop_rtol=1e-2)
+  cfg = latent_search.SearchConfig(steps=3000, restarts=1, stop_patience=5, stop_rtol=1e-2,
+                                   chunk=2)
   result = compress.search_latents(held_out[:2], generator, cfg)
   curves = np.asarray(result.curves)
   for b, n in enumerate(result.steps_run):  # Each image stops on its own plateau.
@@ -196,8 +205,10 @@ def test_while_loop_and_chunked_drivers_agree(generator, held_out, stop_patience
   base = dict(steps=23, restarts=2, stop_patience=stop_patience, stop_rtol=0.2)
   a = compress.search_latents(held_out[:2], generator,
                               latent_search.SearchConfig(loop='while', **base))
+  # Chunks of 2 steps: the 23 steps end inside a chunk, and so does the early stop (after
+  # step 3), with the chunk queued after it still to come.
   b = compress.search_latents(held_out[:2], generator,
-                              latent_search.SearchConfig(loop='chunked', chunk=5, **base))
+                              latent_search.SearchConfig(loop='chunked', chunk=2, **base))
   np.testing.assert_array_equal(a.steps_run, b.steps_run)
   if stop_patience:
     assert np.all(b.steps_run < 15)  # stopped early, chunks queued past the stop
