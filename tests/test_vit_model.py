@@ -1,5 +1,7 @@
 """The ViT family: official parameter tree, zoo sizes, and logits against a numpy forward pass."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -218,6 +220,27 @@ def test_wrong_image_shape_is_a_clear_error(shape, match):
     model.init(jax.random.PRNGKey(0), jnp.zeros(shape))
 
 
+def _logits_and_grads(model, params, images):
+  """`model`'s logits and the gradient of their sum of squares, from one jitted program: op
+  by op, each op of the gradient compiled alone, and apart, the forward pass compiled twice."""
+  def both(p):
+    logits, vjp = jax.vjp(lambda q: model.apply({'params': q}, images), p)
+    return logits, vjp(2 * logits)[0]
+  return jax.jit(both)(params)
+
+
+@functools.cache
+def _plain_attention_reference(classifier):
+  """Params, images, the numpy logits and the plain (einsum) model's gradients for
+  `tiny_config(classifier)`: the same for every fused variant, so computed once (each
+  compilation of a gradient takes seconds on a CPU)."""
+  plain = models_vit.VisionTransformer(num_classes=7, **tiny_config(classifier))
+  params = random_params(plain, 16)
+  images = np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+  expected = numpy_vit.forward(params, images, num_heads=4, classifier=classifier, patch=4)
+  return params, images, expected, _logits_and_grads(plain, params, images)[1]
+
+
 @pytest.mark.parametrize('classifier,attention,token_multiple', [
     ('token', 'xla', 1), ('gap', 'xla', 1), ('token', 'xla', 8), ('gap', 'xla', 8),
     ('token', 'einsum', 8), ('gap', 'einsum', 5), ('token', 'pallas_interpret', 8),
@@ -233,19 +256,12 @@ def test_fused_attention_matches_numpy_forward_and_einsum_gradients(classifier, 
   if attention.endswith('_unpacked'):
     attention = attention.removesuffix('_unpacked')
     monkeypatch.setattr(layers, 'PALLAS_PACKED_QKV', False)
-  config = tiny_config(classifier)
   fused = models_vit.VisionTransformer(num_classes=7, attention=attention,
-                                       token_multiple=token_multiple, **config)
-  plain = models_vit.VisionTransformer(num_classes=7, **config)
-  params = random_params(plain, 16)
-  images = np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
-  expected = numpy_vit.forward(params, images, num_heads=4, classifier=classifier, patch=4)
-  # Jitted: op by op, each op of the gradient compiles alone.
-  np.testing.assert_allclose(jax.jit(lambda p: fused.apply({'params': p}, images))(params),
-                             expected, rtol=1e-5, atol=1e-5)
-  grads = [jax.jit(jax.grad(lambda p, m=m: jnp.sum(m.apply({'params': p}, images) ** 2)))(
-      params) for m in (fused, plain)]
-  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+                                       token_multiple=token_multiple, **tiny_config(classifier))
+  params, images, expected, plain_grads = _plain_attention_reference(classifier)
+  logits, grads = _logits_and_grads(fused, params, images)
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(plain_grads)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
