@@ -32,9 +32,11 @@ def test_gelu_and_normalize_match_flax():
   for approximate in (True, False):
     ours = functools.partial(ops.gelu, approximate=approximate)
     flax_gelu = functools.partial(nn.gelu, approximate=approximate)
-    np.testing.assert_allclose(ours(x), flax_gelu(x), atol=2e-6)
-    np.testing.assert_allclose(jax.grad(lambda t, f=ours: f(t).sum())(x),
-                               jax.grad(lambda t, f=flax_gelu: f(t).sum())(x), atol=1e-5)
+    # Values and gradients of both in one jitted program: op by op, each op compiles alone.
+    (value, grad), (flax_value, flax_grad) = jax.jit(lambda t: [
+        (f(t), jax.grad(lambda u, f=f: f(u).sum())(t)) for f in (ours, flax_gelu)])(x)
+    np.testing.assert_allclose(value, flax_value, atol=2e-6)
+    np.testing.assert_allclose(grad, flax_grad, atol=1e-5)
   # The default is the official models' tanh form, not the exact one.
   assert np.abs(ops.gelu(x) - nn.gelu(x, approximate=False)).max() > 1e-4
   y = jax.random.normal(jax.random.key(0), (4, 16)) * 3 + 1
@@ -62,30 +64,49 @@ def test_patch_embedding_matmul_matches_strided_conv():
                  jax.grad(loss(ours))(params), jax.grad(loss(conv))(params))
 
 
-def assert_same_vit(config, **option):
-  """`VisionTransformer(**option, **config)` gives the default model's logits and parameter
-  gradients, on perturbed parameters (so zero-initialised ones matter too)."""
+def _logits_and_grads(model, params, x):
+  """`model`'s logits and the parameter gradients of `sum(sin(logits))`, from one jitted
+  program: op by op, each of the gradient's few hundred ops compiles alone (~3x slower);
+  apart, the forward pass compiles twice."""
+  def both(p):
+    logits, vjp = jax.vjp(lambda q: model.apply({'params': q}, x), p)
+    return logits, vjp(jnp.cos(logits))[0]
+  return jax.jit(both)(params)
+
+
+def _config(classifier):
+  return dict(num_classes=5, **tiny_config(classifier=classifier))
+
+
+@functools.cache
+def _default_vit(classifier):
+  """The default model of `_config(classifier)`: its input, perturbed parameters (so
+  zero-initialised ones matter too), logits and gradients. Computed once for the options
+  compared with it (each compilation takes seconds on a CPU)."""
   x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
-  default = models_vit.VisionTransformer(**config)
-  variant = models_vit.VisionTransformer(**option, **config)
-  # Jitted: op by op, each of the gradient's few hundred ops compiles alone (~3x slower).
+  default = models_vit.VisionTransformer(**_config(classifier))
   params = jax.jit(default.init)(jax.random.key(0), x)['params']
   params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape),
                         params)
-  apply = lambda m: jax.jit(lambda p: m.apply({'params': p}, x))
-  np.testing.assert_allclose(apply(variant)(params), apply(default)(params), rtol=1e-5,
-                             atol=1e-5)
-  loss = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(m.apply({'params': p}, x)))))
+  return x, params, _logits_and_grads(default, params, x)
+
+
+def assert_same_vit(classifier, **option):
+  """`VisionTransformer(**option, **_config(classifier))` gives the default model's logits
+  and parameter gradients; returns the input."""
+  x, params, (logits, grads) = _default_vit(classifier)
+  variant = models_vit.VisionTransformer(**option, **_config(classifier))
+  variant_logits, variant_grads = _logits_and_grads(variant, params, x)
+  np.testing.assert_allclose(variant_logits, logits, rtol=1e-5, atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               loss(variant)(params), loss(default)(params))
+               variant_grads, grads)
   return x
 
 
 def test_vit_patch_embedding_option():
-  config = dict(num_classes=5, **tiny_config())
-  x = assert_same_vit(config, patch_embedding='matmul')
+  x = assert_same_vit('token', patch_embedding='matmul')
   with pytest.raises(ValueError, match="patch_embedding='patches': expected one of"):
-    models_vit.VisionTransformer(patch_embedding='patches', **config).init(
+    models_vit.VisionTransformer(patch_embedding='patches', **_config('token')).init(
         jax.random.key(0), x)
 
 
@@ -94,7 +115,7 @@ def test_vit_fused_norm_option_matches_xla(classifier):
   """norm_impl='pallas_interpret' (each residual add and the LayerNorm after it in one
   kernel, interpreted) gives XLA's logits and parameter gradients. 'token': the last
   block computes the class token only; 'gap': every token."""
-  config = dict(num_classes=5, **tiny_config(classifier=classifier))
-  x = assert_same_vit(config, norm_impl='pallas_interpret')
+  x = assert_same_vit(classifier, norm_impl='pallas_interpret')
   with pytest.raises(ValueError, match="norm_impl='fused': expected one of"):
-    models_vit.VisionTransformer(norm_impl='fused', **config).init(jax.random.key(0), x)
+    models_vit.VisionTransformer(norm_impl='fused', **_config(classifier)).init(
+        jax.random.key(0), x)
