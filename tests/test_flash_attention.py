@@ -34,6 +34,16 @@ def plain_attention(q, k, v, valid_keys, causal=False):
   return jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(logits, -1), v[:, :valid_keys])
 
 
+def value_and_grads(f, args, cotangent):
+  """`f(*args)` and the gradients of `sum(f(*args) * cotangent)` for every argument, as one
+  compiled program: eager, the interpreted kernels and each op of the references would be
+  compiled one by one (most of these tests' time)."""
+  def run(*args):
+    out, vjp = jax.vjp(f, *args)
+    return out, vjp(cotangent)
+  return jax.jit(run)(*args)
+
+
 SMALL = flash_attention.Tiles(queries=8, keys=16, backward_keys=16, backward_queries=8)
 # Last, partial tiles shrunk down to 4 rows (on a GPU: 16).
 TAILS = flash_attention.Tiles(16, 16, 16, 16, min_tail=4)
@@ -68,23 +78,23 @@ def test_values_and_gradients_match_numpy_and_autodiff(tokens, valid_keys, depth
   cotangent = rng.normal(0, 1, (2, tokens, 3, depth)).astype(np.float32)
   tol = dict(rtol=2e-2, atol=2e-2) if dtype == jnp.bfloat16 else dict(rtol=2e-5, atol=2e-5)
 
-  def flash(q, k, v):
+  def attention(q, k, v):
     return flash_attention.attention(q.astype(dtype), k.astype(dtype), v.astype(dtype),
-                                     valid_keys, tiles, True, causal=causal).astype(jnp.float32)
+                                     valid_keys, tiles, True, causal=causal)
 
-  out = flash(q, k, v)
-  assert out.shape == q.shape and flash_attention.attention(
-      q.astype(dtype), k.astype(dtype), v.astype(dtype), valid_keys, tiles, True).dtype == dtype
+  flash = lambda *a: attention(*a).astype(jnp.float32)
+  assert jax.eval_shape(attention, q, k, v) == jax.ShapeDtypeStruct(q.shape, dtype)
+  out, grads = value_and_grads(flash, (q, k, v), cotangent)
   # Every query, padding tokens' included, attends to the valid keys only.
   np.testing.assert_allclose(out, numpy_attention(q, k, v, valid_keys, causal), **tol)
 
-  grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cotangent), argnums=(0, 1, 2))(q, k, v)
-           for f in (flash, lambda *a: plain_attention(*a, valid_keys, causal))]
-  for name, got, want in zip('qkv', *grads):
+  _, want_grads = value_and_grads(lambda *a: plain_attention(*a, valid_keys, causal),
+                                  (q, k, v), cotangent)
+  for name, got, want in zip('qkv', grads, want_grads):
     np.testing.assert_allclose(got, want, err_msg=f'd{name}', **tol)
   # Masked keys get no gradient.
-  np.testing.assert_array_equal(np.asarray(grads[0][1])[:, valid_keys:], 0)
-  np.testing.assert_array_equal(np.asarray(grads[0][2])[:, valid_keys:], 0)
+  np.testing.assert_array_equal(np.asarray(grads[1])[:, valid_keys:], 0)
+  np.testing.assert_array_equal(np.asarray(grads[2])[:, valid_keys:], 0)
 
 
 @pytest.mark.parametrize('tokens,valid_keys,depth,tiles,dtype,causal', [
@@ -109,11 +119,11 @@ def test_bias_added_in_the_kernels_matches_numpy_and_autodiff(tokens, valid_keys
   def plain(q, k, v, bias):
     return plain_attention(q + bias[0], k + bias[1], v + bias[2], valid_keys, causal)
 
-  np.testing.assert_allclose(flash(q, k, v, bias), numpy_attention(
+  (out, grads), (_, want_grads) = (value_and_grads(f, (q, k, v, bias), cotangent)
+                                   for f in (flash, plain))
+  np.testing.assert_allclose(out, numpy_attention(
       q + bias[0], k + bias[1], v + bias[2], valid_keys, causal), **tol)
-  grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cotangent), argnums=(0, 1, 2, 3))(
-      q, k, v, bias) for f in (flash, plain)]
-  for name, got, want in zip(('dq', 'dk', 'dv', 'dbias'), *grads):
+  for name, got, want in zip(('dq', 'dk', 'dv', 'dbias'), grads, want_grads):
     scale = np.abs(want).max()  # bf16: errors relative to the largest value
     np.testing.assert_allclose(got, want, err_msg=name, rtol=tol['rtol'],
                                atol=tol['atol'] * max(scale, 1))
@@ -184,18 +194,16 @@ def test_packed_kvq_matches_numpy_and_autodiff(tokens, valid_keys, tiles, dtype,
     k, v, q = (kvq[:, :, i] + bias[i] for i in range(3))
     return plain_attention(q, k, v, valid_keys, causal)
 
-  out = flash(kvq, bias)
-  assert out.shape == (2, tokens, 3, 16) and out.dtype == dtype
+  assert jax.eval_shape(flash, kvq, bias) == jax.ShapeDtypeStruct((2, tokens, 3, 16), dtype)
+  (out, grads), (_, want_grads) = (value_and_grads(f, (kvq, bias), cotangent) for f in (
+      lambda *a: flash(*a).astype(jnp.float32), plain))
   k, v, q = (kvq[:, :, i] + bias[i] for i in range(3))
-  np.testing.assert_allclose(out.astype(jnp.float32),
-                             numpy_attention(q, k, v, valid_keys, causal), **tol)
-  grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a).astype(jnp.float32) * cotangent),
-                    argnums=(0, 1))(kvq, bias) for f in (flash, plain)]
-  for name, got, want in zip(('dkvq', 'dbias'), *grads):
+  np.testing.assert_allclose(out, numpy_attention(q, k, v, valid_keys, causal), **tol)
+  for name, got, want in zip(('dkvq', 'dbias'), grads, want_grads):
     scale = np.abs(want).max()
     np.testing.assert_allclose(got, want, err_msg=name, rtol=tol['rtol'],
                                atol=tol['atol'] * max(scale, 1))
-  np.testing.assert_array_equal(np.asarray(grads[0][0])[:, valid_keys:, :2], 0)  # masked keys
+  np.testing.assert_array_equal(np.asarray(grads[0])[:, valid_keys:, :2], 0)  # masked keys
   with pytest.raises(ValueError, match=r'kvq: expected \[B, N, 3, H, D\] \(k, v, q\), got'):
     flash_attention.attention_kvq(kvq[:, :, :2], valid_keys, tiles, True)
   with pytest.raises(ValueError,
