@@ -60,7 +60,11 @@ def test_load_pretrained_resizes_posemb_like_scipy_zoom(tmp_path, classifier):
   path = tmp_path / 'pretrained.npz'
   checkpoint.save(path, old)
   new_model, _ = _model(classifier=classifier, num_classes=3)
-  init = new_model.init(jax.random.PRNGKey(1), jnp.zeros((1, 28, 28, 3)))['params']  # 7x7
+  # 28 px, a 7x7 grid. As vit_jax.train_loop passes them: zeros in a fresh model's shapes
+  # (of the values, only the head's are kept; an init op by op compiled each op alone).
+  shapes = jax.eval_shape(lambda: new_model.init(jax.random.PRNGKey(1),
+                                                 jnp.zeros((1, 28, 28, 3)))['params'])
+  init = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   params = checkpoint.load_pretrained(pretrained_path=path, init_params=init,
                                       model_config=config)
   posemb = params['Transformer']['posembed_input']['pos_embedding']
@@ -75,7 +79,8 @@ def test_load_pretrained_resizes_posemb_like_scipy_zoom(tmp_path, classifier):
   assert 'pre_logits' not in params  # representation_size is None: drop-head variant
   np.testing.assert_array_equal(params['head']['kernel'], np.zeros((32, 3)))
   np.testing.assert_array_equal(params['embedding']['kernel'], old['embedding']['kernel'])
-  logits = new_model.apply({'params': params}, np.zeros((2, 28, 28, 3), np.float32))
+  # Jitted: op by op, each of the forward pass's ops compiles alone.
+  logits = jax.jit(new_model.apply)({'params': params}, np.zeros((2, 28, 28, 3), np.float32))
   assert logits.shape == (2, 3)
 
 
@@ -119,7 +124,7 @@ def test_non_numeric_and_non_finite_arrays_are_refused_by_name(tmp_path):
   broken[3] = np.nan
   np.savez(path, **{**flat, 'Transformer/encoder_norm/scale': broken})
   # Before: fine-tuning said "loss is nan at step 1; lower base_lr", predict printed nan%.
-  init = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 16, 16, 3)))['params']
+  init = random_params(model, 16, seed=1)  # a fresh model's shapes, which the errors need
   with pytest.raises(UserInputError, match=r"nan\.npz: 1 arrays hold NaN or infinite values "
                      r"\(e\.g\. 'Transformer/encoder_norm/scale'\)"):
     checkpoint.load_pretrained(pretrained_path=path, init_params=init, model_config=config)
@@ -128,7 +133,7 @@ def test_non_numeric_and_non_finite_arrays_are_refused_by_name(tmp_path):
 def test_malformed_position_embeddings_and_keys_name_the_file(tmp_path):
   model, config = _model()
   params = random_params(model, 16)
-  init = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 16, 16, 3)))['params']
+  init = random_params(model, 16, seed=1)  # a fresh model's shapes, which the errors need
   flat = npz.flatten(params)
   key = 'Transformer/posembed_input/pos_embedding'
   cases = [
@@ -172,17 +177,13 @@ def test_missing_and_corrupt_files_are_clear_errors(tmp_path):
     checkpoint.load(bad)
 
 
-def test_every_zoo_model_is_told_from_its_parameter_shapes():
-  """infer_model_name (used when an official .npz has no model.json) names each registered
-  model from its own parameter shapes, hybrids included: they differ only in the ResNet
-  stem's units per stage (R26 (2, 2, 2, 2), R50 (3, 4, 9) or (3, 4, 6, 3), R+Ti none)."""
+def test_a_resnet_stem_of_no_zoo_model_is_named_in_the_error():
+  """infer_model_name names a stem with a stage count no zoo model has. (That it tells each
+  registered model from its own parameter shapes is checked in test_vit_model.py's
+  test_zoo_parameter_counts, on the shapes traced there: one trace of each model, ~1 s
+  apiece, not two.)"""
   from vit_jax.configs.models import MODEL_CONFIGS
   images = np.zeros((1, 64, 64, 3), np.float32)
-  for name, config in MODEL_CONFIGS.items():
-    model = models_vit.VisionTransformer(num_classes=10, **config)
-    shapes = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), images)['params'])
-    assert checkpoint.infer_model_name(shapes, source='x.npz', model_arg='--model') == name
-  # A stem with a stage count no zoo model has is named in the error.
   params = dict(jax.eval_shape(lambda: models_vit.VisionTransformer(
       num_classes=10, **MODEL_CONFIGS['R26+ViT-S_32']).init(jax.random.key(0), images)[
           'params']))

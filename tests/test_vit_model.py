@@ -196,6 +196,11 @@ PUBLISHED_MILLIONS = {
 
 @pytest.mark.parametrize('name', sorted(models.MODEL_CONFIGS))
 def test_zoo_parameter_counts(name):
+  """Each registered model's parameter count, and its name told from its parameter shapes
+  by checkpoint.infer_model_name (used when an official .npz has no model.json), hybrids
+  included: they differ only in the ResNet stem's units per stage (R26 (2, 2, 2, 2), R50
+  (3, 4, 9) or (3, 4, 6, 3), R+Ti none). One trace of each model for both (a second, in
+  test_vit_checkpoint.py, took ~1 s per model)."""
   config = models.get_model_config(name)
   model = models_vit.VisionTransformer(num_classes=1000, **config)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))
@@ -205,6 +210,8 @@ def test_zoo_parameter_counts(name):
     assert count == 86_567_656
   if name in PUBLISHED_MILLIONS:
     assert round(count / 1e6, 2) == PUBLISHED_MILLIONS[name]
+  assert checkpoint.infer_model_name(shapes['params'], source='x.npz', model_arg='--model') == (
+      name)
 
 
 def test_unknown_model_name_lists_valid_names():
