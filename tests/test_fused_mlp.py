@@ -2,6 +2,8 @@
 Mosaic GPU kernels (fused_mlp_mosaic), run through Pallas' interpreters on the CPU, against an
 independent numpy forward and backward pass and against the model's XLA path."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,19 +123,23 @@ def _bfloat16(*arrays):
   return [jnp.asarray(a, jnp.bfloat16) for a in arrays]
 
 
-@pytest.mark.parametrize('tiles, m, d, f, programs', [
-    # 200 rows padded to 256; 8 output tiles over 3 programs (uneven).
+# Each interpreted program compiles its threads' code anew (seconds each), so the cases use
+# few programs, and the backward's two `pre` loadings share one forward.
+@pytest.mark.parametrize('tiles, m, d, f, programs, prefetch', [
+    # 150 rows padded to 192; 3 output tiles over 2 programs (uneven), walked in bands of
+    # 2 rows, the last one partial; 4 steps over 2 stages.
     (fused_mlp_mosaic.MosaicTiles(tile_m=64, tile_n=64, tile_k=64, stages=2, band=2),
-     200, 256, 256, 3),
-    # The default shape: four epilogue sub-tiles per tile, alternating the two slots.
-    (fused_mlp_mosaic.MosaicTiles(band=2), 256, 256, 512, 3),
-    # The backward loading `pre` one sub-tile at a time, into two alternating slots.
-    (fused_mlp_mosaic.MosaicTiles(band=2, prefetch=False), 256, 256, 512, 3),
-    # Tiles walked along N first, 3 steps deep over 3 stages.
+     150, 256, 128, 2, (True,)),
+    # The default shape: four epilogue sub-tiles per tile, alternating the two slots; one
+    # program walks all 4 tiles. The backward twice: loading the whole tile's `pre` while
+    # the steps run, and one sub-tile at a time into two alternating slots (the forward has
+    # no such setting).
+    (fused_mlp_mosaic.MosaicTiles(band=2), 256, 256, 512, 1, (True, False)),
+    # Tiles walked along N first (6, 3 per program), 3 steps deep over 3 stages.
     (fused_mlp_mosaic.MosaicTiles(tile_m=64, tile_n=64, tile_k=64, m_minor=False, band=1),
-     128, 192, 384, 5),
-], ids=['padded_rows', 'default_tile', 'no_prefetch', 'n_minor'])
-def test_mosaic_kernels_match_numpy_in_the_interpreter(tiles, m, d, f, programs):
+     128, 192, 384, 2, (True,)),
+], ids=['padded_rows', 'default_tile_and_no_prefetch', 'n_minor'])
+def test_mosaic_kernels_match_numpy_in_the_interpreter(tiles, m, d, f, programs, prefetch):
   """Both Mosaic GPU kernels, run by Pallas' Mosaic GPU interpreter (warpgroups, TMA,
   barriers; memory starts as NaN, so an unwritten tile fails), against float64 numpy on the
   same bfloat16 inputs. Tolerance: the kernels round the accumulator to bfloat16 (as XLA's
@@ -145,13 +151,15 @@ def test_mosaic_kernels_match_numpy_in_the_interpreter(tiles, m, d, f, programs)
   np.testing.assert_allclose(_f64(pre), want_pre, rtol=0, atol=1e-2 * np.abs(want_pre).max())
   value, slope = fused_mlp.gelu_tanh_and_slope(jnp.asarray(pre, jnp.float32))
   np.testing.assert_allclose(_f64(h), _f64(value), rtol=1e-2, atol=1e-2)
-  dpre, bias_grad = fused_mlp_mosaic.gelu_input_grad(dy, w2, pre, tiles, num_sms=programs,
-                                                      interpret=True)
   want_dpre = (_f64(dy) @ _f64(w2).T) * _f64(slope)
-  np.testing.assert_allclose(_f64(dpre), want_dpre, rtol=0,
-                             atol=1e-2 * np.abs(want_dpre).max())
-  # The column sums are of the bfloat16 dpre the kernel wrote.
-  np.testing.assert_allclose(bias_grad, _f64(dpre).sum(0), rtol=1e-5, atol=1e-3)
+  for p in prefetch:
+    dpre, bias_grad = fused_mlp_mosaic.gelu_input_grad(
+        dy, w2, pre, dataclasses.replace(tiles, prefetch=p), num_sms=programs, interpret=True)
+    np.testing.assert_allclose(_f64(dpre), want_dpre, rtol=0,
+                               atol=1e-2 * np.abs(want_dpre).max(), err_msg=f'prefetch={p}')
+    # The column sums are of the bfloat16 dpre the kernel wrote.
+    np.testing.assert_allclose(bias_grad, _f64(dpre).sum(0), rtol=1e-5, atol=1e-3,
+                               err_msg=f'prefetch={p}')
 
 
 def test_mlp_with_mosaic_kernels_matches_numpy():
