@@ -18,7 +18,8 @@ NUM_CLASSES = 20
 @pytest.fixture(scope='module')
 def tiny_vit():
   model = models_vit.VisionTransformer(num_classes=NUM_CLASSES, **get_model_config('testing'))
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  # Jitted (as the forward passes below): op by op, each op compiles alone.
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
   # The head is zero-initialised (all logits tie); give it random weights.
   params = dict(params)
   params['head'] = {'kernel': jax.random.normal(jax.random.PRNGKey(1), (10, NUM_CLASSES)),
@@ -46,8 +47,8 @@ def test_different_images_score_below_one_and_match_logits(tiny_vit):
   assert scores['top_k'].min() < 1.0
   # Against an independent numpy computation from the model's logits.
   to_model = lambda x: (x.astype(np.float32) - 127.5) / 127.5
-  la = np.asarray(model.apply({'params': params}, to_model(a)))
-  lb = np.asarray(model.apply({'params': params}, to_model(b)))
+  logits = jax.jit(lambda x: model.apply({'params': params}, x))
+  la, lb = np.asarray(logits(to_model(a))), np.asarray(logits(to_model(b)))
   want = [len(set(np.argsort(-x)[:5]) & set(np.argsort(-y)[:5])) / 5 for x, y in zip(la, lb)]
   np.testing.assert_allclose(scores['top_k'], want)
 
@@ -180,9 +181,10 @@ def test_sharded_over_mesh_matches(tiny_vit):
   for name in explicit:
     np.testing.assert_allclose(explicit[name], plain[name], atol=1e-5)
   # The pre-logits (for a FID on them): the model's own, padding rows dropped.
+  prelogits = jax.jit(lambda x: model.apply({'params': params}, x, train=False,
+                                            return_prelogits=True))
   for images, name in ((a, 'prelogits_original'), (b, 'prelogits_reconstruction')):
-    want = model.apply({'params': params}, (np.asarray(images, np.float32) - 127.5) / 127.5,
-                       train=False, return_prelogits=True)
+    want = prelogits((np.asarray(images, np.float32) - 127.5) / 127.5)
     assert plain[name].shape == sharded[name].shape == want.shape
     np.testing.assert_allclose(sharded[name], want, rtol=1e-5, atol=1e-5)
 
