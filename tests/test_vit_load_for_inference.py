@@ -3,12 +3,12 @@ perceptual term and the study, on checkpoints with and without a model.json."""
 
 import json
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
+from tests.test_vit_model import random_params
 from vision_core.errors import UserInputError
 from vit_jax import checkpoint as vit_checkpoint
 from vit_jax import models_vit
@@ -22,9 +22,11 @@ _OWN = {'model_name': 'ViT-p4-w12-l1', 'classifier': 'token', 'hidden_size': 12,
 
 
 def _save(path, config, size, num_classes=3, seed=0):
+  """`config`'s model for `size` px with random parameters (all of them: an init's zero head
+  would give every model the same zero logits), saved at `path`. (Noise in the shapes of an
+  init traced, not run: op by op, each op of an init compiled alone.)"""
   model = models_vit.VisionTransformer(num_classes=num_classes, **config)
-  params = model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)))['params']
-  params = jax.tree.map(np.asarray, params)
+  params = random_params(model, size, seed=seed)
   path.parent.mkdir(parents=True, exist_ok=True)
   vit_checkpoint.save(path, params)
   return model, params
@@ -58,8 +60,8 @@ def test_without_head_the_model_gives_pre_logits(tmp_path):
   path, params = _with_model_json(tmp_path)
   loaded = vit_checkpoint.load_for_inference(path, head=False)
   assert 'head' not in loaded.params and loaded.model.num_classes is None
-  x = jnp.zeros((1, 16, 16, 3))
-  assert loaded.model.apply({'params': loaded.params}, x, train=False).shape == (1, 12)
+  x = jnp.zeros((2, 16, 16, 3))  # the previous test's shape: its ops, compiled, are reused
+  assert loaded.model.apply({'params': loaded.params}, x, train=False).shape == (2, 12)
 
 
 def test_without_model_json_the_zoo_model_and_size_come_from_the_shapes(tmp_path):
