@@ -8,9 +8,19 @@ import pytest
 from PIL import Image
 
 from gan_jax import compress, decompress, fileformat, generators
+from tests import gan_search_helpers
 from vision_core.errors import UserInputError
 
 CONFIG = {'family': 'dcgan', 'latent_dim': 8, 'image_size': 28, 'channels': 1, 'width': 4}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def short_search_chunks():
+  """The compress runs here search in compiled chunks of 2 steps, not 10: compiling the
+  chunk was most of their time (tests/gan_search_helpers.py)."""
+  with pytest.MonkeyPatch.context() as patch:
+    gan_search_helpers.shorten_chunks(patch)
+    yield
 
 
 @pytest.fixture(scope='module')
@@ -150,13 +160,16 @@ def test_compress_composites_transparency_on_white(gen_path, tmp_path):
                                 np.repeat(la_flat, 3, -1))
   assert (compress.read_input(str(paths['pal']))[0, 0] == 255).all()
   report = tmp_path / 'report.json'
-  compress.main([str(paths['rgba']), '-o', str(tmp_path / 'o'), '--generator', gpath,
-                 '--steps', '2', '--restarts', '1', '--report', str(report)])
-  row, = json.loads(report.read_text())
-  recon = decompress.decompress((tmp_path / 'o' / 'rgba.ganz').read_bytes(), generator)
-  target = np.asarray(Image.fromarray(flat).convert('L'))[..., None]  # the 1-channel generator
-  mse = np.mean((recon.astype(np.float64) - target) ** 2)
-  assert row['psnr'] == pytest.approx(10 * np.log10(255 ** 2 / mse))
+  # Two images, as the other compress tests here: one compiled search serves them all.
+  compress.main([str(paths['rgba']), str(paths['la']), '-o', str(tmp_path / 'o'),
+                 '--generator', gpath, '--steps', '2', '--restarts', '1', '--report',
+                 str(report)])
+  rows = {os.path.basename(r['image']): r for r in json.loads(report.read_text())}
+  for name, shown in (('rgba', flat), ('la', np.repeat(la_flat, 3, -1))):
+    recon = decompress.decompress((tmp_path / 'o' / f'{name}.ganz').read_bytes(), generator)
+    target = np.asarray(Image.fromarray(shown).convert('L'))[..., None]  # 1-channel generator
+    mse = np.mean((recon.astype(np.float64) - target) ** 2)
+    assert rows[f'{name}.png']['psnr'] == pytest.approx(10 * np.log10(255 ** 2 / mse))
 
 
 def test_folders_stand_for_their_files(gen_path, tmp_path, capsys):

@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 
 from gan_jax import compress, fileformat, generators, latent_search, report
+from tests import gan_search_helpers
 from vision_core.errors import UserInputError
 
 # Stops each image after 3 steps without a 10% gain: the three test images stop at
-# different steps (18, 15 and 4), so a shared stop would show.
+# different steps (18, 15 and 4), so a shared stop would show. Compiled chunks of 2 steps:
+# compiling the chunk is most of this search's time, and grows with the steps it unrolls.
 SEARCH = latent_search.SearchConfig(steps=40, restarts=2, stop_patience=3, stop_rtol=0.1,
-                                    loop='chunked', chunk=5)
+                                    loop='chunked', chunk=2)
 
 
 @pytest.fixture(scope='module')
@@ -63,9 +65,10 @@ def test_the_same_row_of_two_batches_starts_apart(images):
   assert not np.array_equal(latent_search.image_ids(changed[None])[0], ids[0])
 
 
-def test_cli_batch_size_and_padding_change_no_latent(generator, images, tmp_path):
+def test_cli_batch_size_and_padding_change_no_latent(generator, images, tmp_path, monkeypatch):
   """Three images in one batch, or in batches of 2 (the last one padded): same latents."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  gan_search_helpers.shorten_chunks(monkeypatch)  # 2-step compiled chunks, not 10
   gpath = tmp_path / 'g.npz'
   generators.save(gpath, generator)
   inputs = []

@@ -13,9 +13,20 @@ import pytest
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from tests import gan_search_helpers
 from tests import study_helpers as h
 from tests.subprocess_env import xla_flags
 from vision_core.errors import UserInputError
+
+
+@pytest.fixture(scope='module', autouse=True)
+def short_search_chunks():
+  """The studies run in this process search in compiled chunks of 2 steps, not 10: the
+  chunk's compilation was most of each new study's time (tests/gan_search_helpers.py). The
+  command-line tests below run the default chunk."""
+  with pytest.MonkeyPatch.context() as patch:
+    gan_search_helpers.shorten_chunks(patch)
+    yield
 
 
 @pytest.fixture(scope='module')
