@@ -1,6 +1,7 @@
 """`vit_jax.main` / `vit_jax.predict` on awkward inputs: folders whose splits differ in classes,
 16-bit images, resumed runs and command-line mistakes."""
 
+import functools
 import os
 import shutil
 import subprocess
@@ -24,6 +25,22 @@ def _three_class_dataset(root):
   return str(root)
 
 
+@functools.cache
+def _tiny_params(num_classes):
+  """A random init of `helpers.tiny_config`'s model (8x8 input), as numpy arrays: one per
+  class count for the whole file (jitted; op by op, each op of an init compiles alone).
+  Callers that change it change a copy."""
+  model = models_vit.VisionTransformer(num_classes=num_classes, **helpers.tiny_config('x').model)
+  init = jax.jit(lambda key: model.init(key, jnp.zeros((1, 8, 8, 3)), train=False)['params'])
+  return jax.tree.map(np.asarray, init(jax.random.key(1)))
+
+
+def _tiny_npz(path, num_classes=2):
+  """`_tiny_params(num_classes)` saved as an official .npz."""
+  vit_checkpoint.save(path, _tiny_params(num_classes))
+  return str(path)
+
+
 def test_test_split_missing_a_class_keeps_the_train_numbering(tmp_path):
   root = _three_class_dataset(tmp_path / 'ds')
   config = helpers.tiny_config(root)
@@ -43,9 +60,7 @@ def test_test_split_missing_a_class_keeps_the_train_numbering(tmp_path):
 def test_evaluate_a_three_class_model_on_a_two_class_test_folder(tmp_path):
   root = _three_class_dataset(tmp_path / 'ds')
   config = helpers.tiny_config(root, mode='evaluate')
-  model = models_vit.VisionTransformer(num_classes=3, **config.model)
-  params = jax.tree.map(np.asarray, model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)),
-                                               train=False)['params'])
+  params = jax.tree.map(np.copy, _tiny_params(3))  # (its head's kernel is zero)
   params['head']['bias'] = np.asarray([0.0, 0.0, 5.0], np.float32)  # always predicts 'c'
   vit_checkpoint.save(tmp_path / 'c.npz', params)
   with config.unlocked():
@@ -72,25 +87,19 @@ def test_test_class_unknown_to_the_model_is_a_clear_error(tmp_path):
     train_loop._source(helpers.tiny_config(root), 'test', class_names=('a', 'b', 'c'))
 
 
-def _tiny_npz(path, num_classes=2):
-  """Random init of `helpers.tiny_config`'s model (8x8 input) saved as an official .npz."""
-  model = models_vit.VisionTransformer(num_classes=num_classes, **helpers.tiny_config('x').model)
-  params = model.init(jax.random.key(1), jnp.zeros((1, 8, 8, 3)), train=False)['params']
-  vit_checkpoint.save(path, jax.tree.map(np.asarray, params))
-  return str(path)
-
-
 def test_resume_does_not_need_the_pretrained_file_any_more(tmp_path):
   dataset = helpers.write_dataset(tmp_path / 'ds')
   pretrained = _tiny_npz(tmp_path / 'pre.npz')
   workdir = str(tmp_path / 'w')
-  config = helpers.tiny_config(dataset, total_steps=2, checkpoint_every=2, export_npz=False,
+  # 1 step, then 2: the schedules, so the compiled train steps, of this file's other 1- and
+  # 2-step runs (a run of 3 steps compiled one more; compilations are cached across tests).
+  config = helpers.tiny_config(dataset, total_steps=1, checkpoint_every=1, export_npz=False,
                                pretrained=pretrained)
   train_loop.train_and_evaluate(config, workdir)
   os.remove(pretrained)  # e.g. on a scratch disk that was cleaned
-  config = helpers.tiny_config(dataset, total_steps=3, checkpoint_every=3, export_npz=False,
+  config = helpers.tiny_config(dataset, total_steps=2, checkpoint_every=2, export_npz=False,
                                pretrained=pretrained)
-  assert train_loop.train_and_evaluate(config, workdir)['step'] == 3
+  assert train_loop.train_and_evaluate(config, workdir)['step'] == 2
 
 
 
@@ -330,9 +339,7 @@ def test_predict_reads_model_json_once(tmp_path, capsys, monkeypatch):
   from vit_jax import predict
   dataset = helpers.write_dataset(tmp_path / 'ds')
   config = helpers.tiny_config(dataset)
-  model = models_vit.VisionTransformer(num_classes=2, **config.model)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)['params']
-  train_loop.save_model_files(str(tmp_path), jax.device_get(params), config, ('a', 'b'),
+  train_loop.save_model_files(str(tmp_path), _tiny_params(2), config, ('a', 'b'),
                               test_preprocess='resize(8)|value_range(0, 1)')
   reads, model_json = [], vit_checkpoint.model_json
   monkeypatch.setattr(vit_checkpoint, 'model_json',
