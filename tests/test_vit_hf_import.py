@@ -142,8 +142,11 @@ def test_fine_tuning_starts_from_an_hf_save(tmp_path):
           intermediate_size=10, patch_size=16, image_size=32)
   config = models.get_model_config('testing')
   model = models_vit.VisionTransformer(num_classes=7, **config)
-  init = jax.tree.map(np.asarray, model.init(jax.random.key(0),
+  # As vit_jax.train_loop passes them: zeros in a fresh model's shapes (of the values, only
+  # the head's are kept; an init op by op compiled each of its ops alone).
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
                                              np.zeros((1, 48, 48, 3), np.float32))['params'])
+  init = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   checkpoint.check_exists(str(tmp_path), label='pretrained')
   params = checkpoint.load_pretrained(pretrained_path=str(tmp_path), init_params=init,
                                       model_config=config)
