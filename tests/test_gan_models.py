@@ -82,7 +82,9 @@ def test_pgan_state_dict_matches_numpy_forward(inner_module, data_parallel):
   z = rng.standard_normal((3, L)).astype(np.float32)
   np.testing.assert_allclose(np.asarray(generator.generate(z)), _numpy_gnet(state, z),
                              rtol=2e-4, atol=2e-4)
-  blended = generators.build({**config, 'alpha': 0.3}).apply({'params': generator.params}, z)
+  # Jitted, as `generate` is: op by op, every op of the forward pass compiled afresh.
+  blended = jax.jit(generators.build({**config, 'alpha': 0.3}).apply)(
+      {'params': generator.params}, z)
   np.testing.assert_allclose(np.asarray(blended), _numpy_gnet(state, z, alpha=0.3),
                              rtol=2e-4, atol=2e-4)
 
@@ -210,15 +212,17 @@ def test_upscale2d_conv3x3_equals_upsample_then_conv():
     return jax.lax.conv_general_dilated(models_pgan.upscale2d(x), kernel, (1, 1), 'SAME',
                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
-  folded = models_pgan.upscale2d_conv3x3(x, kernel)
+  # Each side jitted, as the search and the training step trace them: op by op, every op
+  # (and its gradient's) compiled afresh.
+  folded = jax.jit(models_pgan.upscale2d_conv3x3)(x, kernel)
   assert folded.shape == (2, 6, 10, 6)
-  np.testing.assert_allclose(folded, reference(x), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(folded, jax.jit(reference)(x), rtol=1e-5, atol=1e-5)
   cotangent = jnp.asarray(rng.standard_normal(folded.shape), jnp.float32)
-  grad = lambda f: jax.grad(lambda v: jnp.sum(f(v) * cotangent))(x)
+  grad = lambda f: jax.jit(jax.grad(lambda v: jnp.sum(f(v) * cotangent)))(x)
   np.testing.assert_allclose(grad(lambda v: models_pgan.upscale2d_conv3x3(v, kernel)),
                              grad(reference), rtol=1e-4, atol=1e-4)
   # The kernel's gradient too (GAN training), through the interleave's own backward pass.
-  kernel_grad = lambda f: jax.grad(lambda k: jnp.sum(f(x, k) * cotangent))(kernel)
+  kernel_grad = lambda f: jax.jit(jax.grad(lambda k: jnp.sum(f(x, k) * cotangent)))(kernel)
   np.testing.assert_allclose(
       kernel_grad(models_pgan.upscale2d_conv3x3),
       kernel_grad(lambda v, k: jax.lax.conv_general_dilated(
