@@ -5,6 +5,8 @@ pytorch-fid's FIDInceptionV3 (torchvision Inception3 with FIDInceptionA/C/E_1/E_
 creates the random state dict, in pytorch-fid's key names, that the importer has to read.
 """
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -118,7 +120,11 @@ class _TorchReference:
     return F.adaptive_avg_pool2d(x, 1).flatten(1).numpy()
 
 
-def test_imported_random_weights_match_torch_forward(tmp_path):
+def test_imported_random_weights_match_torch_forward(tmp_path, monkeypatch):
+  # The model's tree of shapes, traced once for the five loads below: each load traced the
+  # whole Inception afresh for it (2-3 s each on a 2-core CPU).
+  monkeypatch.setattr(inception_import, 'expected_shapes',
+                      functools.lru_cache(inception_import.expected_shapes))
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (2, 83, 79, 3)).astype(np.uint8)  # odd sizes: pooling edges
   ref = _TorchReference()
