@@ -23,7 +23,8 @@ from vit_jax.configs.models import get_model_config
 @pytest.fixture(scope='module')
 def tiny_checkpoint(tmp_path_factory):
   model = models_vit.VisionTransformer(num_classes=20, **get_model_config('testing'))
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  # Jitted: op by op, every op of the init compiled afresh.
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
   params = jax.tree.map(np.asarray, dict(params))
   params['head'] = {'kernel': np.random.default_rng(0).normal(size=(10, 20)).astype(np.float32),
                     'bias': np.zeros(20, np.float32)}
@@ -111,13 +112,14 @@ def test_report_matches_direct_metrics(tiny_checkpoint, tmp_path, shared_data, m
     _run(orig, recon, ckpt, out, '--resize')
   _run(orig, recon, ckpt, out, '--resize', '--force')
   assert 'brisque_original' not in (out / 'report.csv').read_text()
-  # A --force run (another k: other scores) that fails while writing its last report leaves
-  # the old set whole, and no temporary files.
+  # A --force run (with the compressed files: other columns) that fails while writing its
+  # last report leaves the old set whole, and no temporary files. (Not another --k: each k
+  # is another compiled ViT-Score program.)
   before = {name: (out / name).read_bytes() for name in assess.OUTPUTS}
   from vit_jax import assess_report
   monkeypatch.setattr(assess_report, 'figure_png', lambda *a, **k: 'not bytes')
   with pytest.raises(TypeError):
-    _run(orig, recon, ckpt, out, '--resize', '--force', '--k', '3')
+    _run(orig, recon, ckpt, out, '--resize', '--force', '--compressed', str(comp))
   assert {name: (out / name).read_bytes() for name in assess.OUTPUTS} == before
   assert sorted(os.listdir(out)) == sorted(assess.OUTPUTS)
 
@@ -186,11 +188,14 @@ def test_originals_of_different_sizes_get_the_set_fid_of_their_prelogits(tiny_ch
   found = re.search(r'FID on ViT pre-logit features \(.*\): \*\*([0-9.e+-]+)\*\*', report)
   assert found, report
 
+  @jax.jit  # one program per image size: op by op, every op compiled afresh
+  def prelogits(x):
+    x = jax.image.resize(x, (1, 32, 32, 3), 'bilinear', antialias=True)
+    return model.apply({'params': params}, (x - 127.5) / 127.5, return_prelogits=True)
+
   def embed(path):
     x = jnp.asarray(np.asarray(Image.open(path)), jnp.float32)[None]
-    x = jax.image.resize(x, (1, 32, 32, 3), 'bilinear', antialias=True)
-    return np.asarray(model.apply({'params': params}, (x - 127.5) / 127.5,
-                                  return_prelogits=True), np.float64)[0]
+    return np.asarray(prelogits(x), np.float64)[0]
   names = sorted(crops)
   expected = metrics.fid(np.stack([embed(orig / f'{n}.png') for n in names]),
                          np.stack([embed(recon / f'{n}.png') for n in names]))
@@ -208,7 +213,7 @@ def test_checkpoint_with_model_json_beside_it(tmp_path):
                             'num_heads': 2, 'num_layers': 2}}
   import ml_collections
   model = models_vit.VisionTransformer(num_classes=7, **ml_collections.ConfigDict(config))
-  params = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)))['params']
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)))['params']
   params = jax.tree.map(np.asarray, dict(params))
   params['head'] = {'kernel': np.random.default_rng(1).normal(size=(12, 7)).astype(np.float32),
                     'bias': np.zeros(7, np.float32)}
